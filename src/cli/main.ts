@@ -1,0 +1,50 @@
+// Entry point of the `vmtc` binary: `vmtc <command> [options]`, `vmtc --help`, `vmtc <command> --help`.
+import { helpText, parseCommandArgs, formatCliError, type Command } from './registry.ts';
+
+// Each command module is loaded only when used, so `vmtc --help` stays fast and a service's
+// dependencies are not loaded by another's process.
+const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  controller: { summary: 'run the VM Traffic Controller (REST API, migrations, agent hub)', load: async () => (await import('../controller/command.ts')).command },
+  agent: { summary: 'run a host agent on a hypervisor host', load: async () => (await import('../../agents/host/command.ts')).command },
+};
+
+export function register(name: string, summary: string, load: () => Promise<Command>): void {
+  COMMANDS[name] = { summary, load };
+}
+
+function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((k) => k.length)) + 2;
+  return [
+    'vmtc — the VM Traffic Controller',
+    '',
+    'usage: vmtc <command> [options]     (vmtc <command> --help for its options)',
+    '',
+    'commands:',
+    ...Object.entries(COMMANDS).map(([k, v]) => `  ${k.padEnd(width)}${v.summary}`),
+  ].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage() + '\n');
+    return name ? 0 : 2;
+  }
+  const entry = COMMANDS[name];
+  if (!entry) {
+    process.stderr.write(`vmtc: unknown command '${name}'\n\n${usage()}\n`);
+    return 2;
+  }
+  try {
+    const cmd = await entry.load();
+    const parsed = parseCommandArgs(cmd, rest);
+    if (parsed.help) {
+      process.stdout.write(helpText(cmd) + '\n');
+      return 0;
+    }
+    return await cmd.run(parsed.values, parsed.positionals);
+  } catch (e) {
+    process.stderr.write(formatCliError(e) + '\n');
+    return 1;
+  }
+}

@@ -1,0 +1,24 @@
+// pino loggers. Child loggers carry { svc, hostId, vmId, migrationId } so one migration can be
+// followed across services with one grep (STYLE.md §8).
+import { pino, type Logger } from 'pino';
+
+export type { Logger };
+
+export interface LogOptions {
+  svc: string;
+  level?: string;
+  /** Write to this destination instead of stdout (tests pass a file or a silent stream). */
+  destination?: NodeJS.WritableStream;
+}
+
+export function createLogger(opts: LogOptions): Logger {
+  const level = opts.level ?? process.env.VMTC_LOG_LEVEL ?? 'info';
+  const base = { svc: opts.svc };
+  if (opts.destination) return pino({ level, base }, opts.destination as pino.DestinationStream);
+  return pino({ level, base });
+}
+
+/** A logger that drops everything: for tests and library use that did not pass one. */
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}
