@@ -1,0 +1,62 @@
+#!/bin/busybox sh
+# /init of the lab guest (PID 1). Kept tiny: the guest exists to be migrated and probed.
+# Settings come from the kernel command line (vmtc.*), so one image serves every test:
+#   vmtc.ip=10.1.1.2/24 vmtc.gw=10.1.1.1   eth0 address and default route (paper Fig. 2)
+#   vmtc.tcp=7 vmtc.udp=7                  TCP echo server / UDP echo responder ports (0 = off)
+#   vmtc.clock=50                          internal probe: print gaps over 50 ms (0 = off)
+#   vmtc.clockus=200                       its sampling period in microseconds (paper: 0.2 ms)
+#   vmtc.hb=10                             serial heartbeat on /dev/ttyS1 every 10 ms (0 = off)
+#   vmtc.dirty=MB[:PERIOD_MS]              memory-dirtying load (0 = off)
+/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+# The initramfs has no /dev/console node; now that devtmpfs is mounted, point stdio at it.
+exec 0</dev/console 1>/dev/console 2>&1
+
+IP=10.1.1.2/24; GW=10.1.1.1; TCP=7; UDP=7; CLOCK=0; CLOCKUS=200; HB=0; DIRTY=0
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    vmtc.ip=*) IP="${arg#vmtc.ip=}" ;;
+    vmtc.gw=*) GW="${arg#vmtc.gw=}" ;;
+    vmtc.tcp=*) TCP="${arg#vmtc.tcp=}" ;;
+    vmtc.udp=*) UDP="${arg#vmtc.udp=}" ;;
+    vmtc.clock=*) CLOCK="${arg#vmtc.clock=}" ;;
+    vmtc.clockus=*) CLOCKUS="${arg#vmtc.clockus=}" ;;
+    vmtc.hb=*) HB="${arg#vmtc.hb=}" ;;
+    vmtc.dirty=*) DIRTY="${arg#vmtc.dirty=}" ;;
+  esac
+done
+
+# Order matters: each module needs the ones before it (LAB-NOTES).
+for m in @MODULES@; do
+  insmod "/lib/modules/$m.ko" || echo "VMTC-WARN insmod $m failed"
+done
+
+ip link set lo up
+n=0
+while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 50 ]; do usleep 100000; n=$((n + 1)); done
+if [ -e /sys/class/net/eth0 ]; then
+  ip addr add "$IP" dev eth0
+  ip link set eth0 up
+  [ -n "$GW" ] && ip route add default via "$GW"
+  MAC=$(cat /sys/class/net/eth0/address)
+else
+  MAC=none
+  echo "VMTC-WARN no eth0"
+fi
+
+[ "$TCP" != 0 ] && vmtc-probe tcp-echo "$TCP" &
+[ "$UDP" != 0 ] && vmtc-probe udp-echo "$UDP" &
+[ "$CLOCK" != 0 ] && vmtc-probe clock "$CLOCK" "$CLOCKUS" &
+[ "$HB" != 0 ] && [ -e /dev/ttyS1 ] && vmtc-probe heartbeat /dev/ttyS1 "$HB" &
+if [ "$DIRTY" != 0 ]; then
+  DMB="${DIRTY%%:*}"; DPER=100
+  case "$DIRTY" in *:*) DPER="${DIRTY#*:}" ;; esac
+  vmtc-probe dirty "$DMB" "$DPER" &
+fi
+
+echo "VMTC-GUEST-READY ip=$IP mac=$MAC tcp=$TCP udp=$UDP clock=$CLOCK hb=$HB dirty=$DIRTY"
+# PID 1 must never exit (the kernel would panic); reap orphans while waiting.
+while true; do wait; sleep 3600; done
