@@ -1,0 +1,147 @@
+// Host capacity and the pre-checks of DESIGN.md step 2 (after the Nova live-migration design).
+// Pure functions over agent inventories and the controller's capacity holds, so they can be
+// tested without servers and run synchronously at admission time (which is what makes two
+// concurrent requests unable to overcommit a host: Node runs the check-and-hold atomically).
+import type { HostInventory, VmInfo } from '../common/agent-protocol.ts';
+import type { Hold } from './store.ts';
+import { err } from './errors.ts';
+
+export interface Resources { vcpus: number; memoryMb: number; diskGb: number }
+
+export interface HostUsage {
+  totals: Resources;
+  used: Resources;
+  held: Resources;
+  available: Resources;
+  byProject: Record<string, Resources & { vms: number }>;
+}
+
+const zero = (): Resources => ({ vcpus: 0, memoryMb: 0, diskGb: 0 });
+const ACTIVE_STATES = new Set(['running', 'paused', 'migrating', 'postmigrate', 'incoming', 'crashed']);
+
+/** Usage of one host: VMs it reports plus capacity held for incoming migrations. An incoming VM
+ *  that belongs to a held migration is counted once (by its hold). */
+export function hostUsage(inv: HostInventory, holds: (Hold & { vmId?: string })[]): HostUsage {
+  const used = zero();
+  const held = zero();
+  const byProject: HostUsage['byProject'] = {};
+  const heldVms = new Set(holds.map((h) => h.vmId).filter(Boolean));
+  const add = (project: string, r: Resources, vm: boolean) => {
+    const p = (byProject[project] ??= { ...zero(), vms: 0 });
+    p.vcpus += r.vcpus; p.memoryMb += r.memoryMb; p.diskGb += r.diskGb; if (vm) p.vms++;
+  };
+  for (const vm of inv.vms) {
+    if (vm.state === 'incoming' && heldVms.has(vm.vmId)) continue;
+    const r: Resources = ACTIVE_STATES.has(vm.state) ? { vcpus: vm.vcpus, memoryMb: vm.memoryMb, diskGb: vm.diskGb } : { vcpus: 0, memoryMb: 0, diskGb: vm.diskGb };
+    used.vcpus += r.vcpus; used.memoryMb += r.memoryMb; used.diskGb += r.diskGb;
+    add(vm.project, r, true);
+  }
+  for (const h of holds) {
+    held.vcpus += h.vcpus; held.memoryMb += h.memoryMb; held.diskGb += h.diskGb;
+    add(h.project, h, false);
+  }
+  const totals: Resources = { vcpus: inv.cpu.vcpus, memoryMb: inv.memoryMb, diskGb: inv.diskGb };
+  return {
+    totals, used, held, byProject,
+    available: {
+      vcpus: totals.vcpus - used.vcpus - held.vcpus,
+      memoryMb: totals.memoryMb - used.memoryMb - held.memoryMb,
+      diskGb: totals.diskGb - used.diskGb - held.diskGb,
+    },
+  };
+}
+
+/** Where a VM is the primary copy: the host that reports it in a non-incoming state. */
+export function locateVm(inventories: HostInventory[], vmId: string): { host: HostInventory; vm: VmInfo } | undefined {
+  for (const host of inventories) {
+    const vm = host.vms.find((v) => v.vmId === vmId && v.state !== 'incoming');
+    if (vm) return { host, vm };
+  }
+  return undefined;
+}
+
+function versionTuple(v: string): number[] {
+  return (v.match(/\d+/g) ?? []).slice(0, 3).map(Number);
+}
+
+/** A destination may run the same or a newer hypervisor release (QEMU migrates forward). */
+export function versionCompatible(source: string, dest: string): boolean {
+  const a = versionTuple(source);
+  const b = versionTuple(dest);
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    const x = a[i] ?? 0;
+    const y = b[i] ?? 0;
+    if (y !== x) return y > x;
+  }
+  return true;
+}
+
+export interface PrecheckInput {
+  vmId: string;
+  mode: 'live' | 'cold' | 'auto';
+  destinationHostId: string;
+  /** Inventories of every known host with whether it is connected now. */
+  hosts: { inventory: HostInventory; connected: boolean }[];
+  holds: (Hold & { vmId?: string })[];
+  /** True when the VM already has a non-terminal migration. */
+  inFlight: string | undefined;
+}
+
+export interface PrecheckResult {
+  source: HostInventory;
+  dest: HostInventory;
+  vm: VmInfo;
+  path: 'live' | 'cold';
+  sharedStorage: boolean;
+  hold: Resources;
+  checks: string[];
+}
+
+/** Run every pre-check in order; the first failure throws its own coded error. */
+export function precheck(input: PrecheckInput): PrecheckResult {
+  const checks: string[] = [];
+  const connected = input.hosts.filter((h) => h.connected).map((h) => h.inventory);
+  const loc = locateVm(connected, input.vmId) ?? locateVm(input.hosts.map((h) => h.inventory), input.vmId);
+  if (!loc) throw err('VMTC_VM_NOT_FOUND', { vmId: input.vmId });
+  checks.push('vm-exists');
+  if (input.inFlight) throw err('VMTC_MIGRATION_IN_FLIGHT', { vmId: input.vmId, migrationId: input.inFlight });
+  checks.push('no-migration-in-flight');
+  const { host: source, vm } = loc;
+  const okStates = input.mode === 'cold' ? ['running', 'stopped', 'paused'] : ['running'];
+  if (!okStates.includes(vm.state)) throw err('VMTC_VM_NOT_RUNNING', { vmId: vm.vmId, state: vm.state, hostId: source.hostId });
+  checks.push('vm-running');
+  const srcEntry = input.hosts.find((h) => h.inventory.hostId === source.hostId);
+  if (!srcEntry?.connected) throw err('VMTC_HOST_NOT_CONNECTED', { hostId: source.hostId, role: 'source' });
+  const destEntry = input.hosts.find((h) => h.inventory.hostId === input.destinationHostId);
+  if (!destEntry) throw err('VMTC_HOST_NOT_FOUND', { hostId: input.destinationHostId, role: 'destination' });
+  if (!destEntry.connected) throw err('VMTC_HOST_NOT_CONNECTED', { hostId: input.destinationHostId, role: 'destination' });
+  if (source.hostId === input.destinationHostId) throw err('VMTC_SAME_HOST', { hostId: source.hostId });
+  checks.push('hosts-connected-and-distinct');
+  const dest = destEntry.inventory;
+  const sharedStorage = source.sharedStorage && dest.sharedStorage;
+  const usage = hostUsage(dest, input.holds.filter((h) => h.hostId === dest.hostId));
+  const need: Resources = { vcpus: vm.vcpus, memoryMb: vm.memoryMb, diskGb: sharedStorage ? 0 : vm.diskGb };
+  if (usage.available.memoryMb < need.memoryMb) throw err('VMTC_INSUFFICIENT_MEMORY', { hostId: dest.hostId, needMb: need.memoryMb, availableMb: usage.available.memoryMb });
+  if (usage.available.vcpus < need.vcpus) throw err('VMTC_INSUFFICIENT_VCPUS', { hostId: dest.hostId, need: need.vcpus, available: usage.available.vcpus });
+  if (usage.available.diskGb < need.diskGb) throw err('VMTC_INSUFFICIENT_DISK', { hostId: dest.hostId, needGb: need.diskGb, availableGb: usage.available.diskGb });
+  checks.push('destination-capacity');
+  if (source.hypervisor.type !== dest.hypervisor.type) throw err('VMTC_HYPERVISOR_MISMATCH', { source: source.hypervisor.type, destination: dest.hypervisor.type });
+  if (!versionCompatible(source.hypervisor.version, dest.hypervisor.version)) {
+    throw err('VMTC_HYPERVISOR_VERSION_INCOMPATIBLE', { source: source.hypervisor.version, destination: dest.hypervisor.version });
+  }
+  checks.push('hypervisor-compatible');
+  let path: 'live' | 'cold' = input.mode === 'cold' ? 'cold' : 'live';
+  if (input.mode !== 'cold') {
+    const destFeatures = new Set(dest.cpu.features);
+    const missing = source.cpu.features.filter((f) => !destFeatures.has(f));
+    if (missing.length > 0) {
+      // mode=auto: a CPU mismatch rules out live migration but not a cold boot at the destination.
+      if (input.mode === 'live') throw err('VMTC_CPU_INCOMPATIBLE', { missing: missing.slice(0, 50), missingCount: missing.length });
+      path = 'cold';
+      checks.push('cpu-incompatible-cold-chosen');
+    } else {
+      checks.push('cpu-compatible');
+    }
+  }
+  return { source, dest, vm, path, sharedStorage, hold: need, checks };
+}

@@ -1,0 +1,42 @@
+// What the migration runner needs from the outside world, as narrow interfaces. The AgentHub
+// (hub.ts) provides HubPort; the AAA and broker clients and the tunnel agents provide the others
+// through adapters in integrations.ts. Keeping them narrow lets the runner be tested against
+// real agents while the AAA/broker steps are simply not configured.
+import type { EventEmitter } from 'node:events';
+import type { HostInventory, HostMethods } from '../common/agent-protocol.ts';
+
+export interface HubPort extends EventEmitter {
+  isConnected(hostId: string): boolean;
+  inventory(hostId: string): HostInventory | undefined;
+  request<M extends keyof HostMethods>(hostId: string, method: M, params: HostMethods[M][0], timeoutMs?: number): Promise<HostMethods[M][1]>;
+}
+
+export interface LightpathRequest {
+  migrationId: string;
+  vmId: string;
+  project: string;
+  /** Endpoint names (sites) as the AAA policy and the broker topology know them. */
+  src: string;
+  dst: string;
+  bandwidthMbps: number;
+  window: { start: number; end: number };
+}
+
+export interface AuthorizationPort {
+  /** DESIGN.md step 3: pre-authorisation. Resolves with a capability token or throws coded. */
+  authorize(req: LightpathRequest): Promise<{ token: string; jti: string; expiresAt: number; audience?: string[] }>;
+}
+
+export interface LightpathPort {
+  /** DESIGN.md step 4: reserve, commit and provision with the token. Resolves when the circuit is up. */
+  setup(req: LightpathRequest, token: string): Promise<{ reservationId: string; details?: Record<string, unknown> }>;
+  /** Release and terminate; must tolerate an id that is already gone. */
+  teardown(reservationId: string, token: string): Promise<void>;
+}
+
+export interface TunnelPort {
+  /** DESIGN.md step 6: send toward both the old and the new site. */
+  bicast(vmId: string, oldSite: string, newSite: string): Promise<void>;
+  /** Keep only `keepSite` (after commit: the new site; after rollback: the old one). */
+  prune(vmId: string, keepSite: string, dropSite: string): Promise<void>;
+}

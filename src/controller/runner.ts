@@ -1,0 +1,499 @@
+// The runner performs the effects the pure state machine (machine.ts) asks for, and feeds the
+// outcomes back as events. Events for one migration are applied one at a time; each effect
+// remembers the state it was started in and its outcome is dropped if the migration has moved
+// on meanwhile (for example a cancel arrived), so a late reply can never drive a transition.
+import { EventEmitter } from 'node:events';
+import type { Logger } from '../common/log.ts';
+import type { Clock, Ids } from '../common/clock.ts';
+import { VmtcError, toVmtcError, type ErrorBody } from '../common/errors.ts';
+import type { MigrationProgress, MigrationResult, VmInfo } from '../common/agent-protocol.ts';
+import { CANCELLABLE, TERMINAL, transition, type Effect, type MigrationEvent, type MigrationState } from './machine.ts';
+import type { ControllerStore, MigrationCtx, MigrationRow } from './store.ts';
+import type { AuthorizationPort, HubPort, LightpathPort, LightpathRequest, TunnelPort } from './ports.ts';
+import { err } from './errors.ts';
+
+export interface RunnerOptions {
+  /** How long the destination may take to report the VM running after the last page. */
+  destinationRunTimeoutMs: number;
+  /** Default deadline when a request gives none. */
+  defaultDeadlineMs: number;
+  /** Safety-net poll of the source agent while waiting for a migration to end. */
+  statusPollMs: number;
+  /** Address the destination listens on when its inventory names no migration address. */
+  defaultListenHost: string;
+}
+
+export interface RunnerDeps {
+  store: ControllerStore;
+  hub: HubPort;
+  logger: Logger;
+  clock: Clock;
+  ids: Ids;
+  options: RunnerOptions;
+  aaa?: AuthorizationPort;
+  lightpath?: LightpathPort;
+  tunnel?: TunnelPort;
+}
+
+interface Live {
+  abort: AbortController;
+  deadline?: { cancel(): void };
+}
+
+const NOT_FOUND = /NOT_FOUND$/;
+
+export class MigrationRunner extends EventEmitter {
+  private readonly live = new Map<string, Live>();
+  private readonly queues = new Map<string, Promise<unknown>>();
+  private closed = false;
+
+  constructor(private readonly d: RunnerDeps) {
+    super();
+  }
+
+  private log(row: Pick<MigrationRow, 'id' | 'vmId' | 'sourceHostId' | 'destinationHostId'>): Logger {
+    return this.d.logger.child({ migrationId: row.id, vmId: row.vmId, hostId: row.sourceHostId, destHostId: row.destinationHostId });
+  }
+
+  /** Start driving a newly created migration (state 'prechecking'). */
+  start(row: MigrationRow): void {
+    this.arm(row);
+    void this.dispatch(row.id, { type: 'PRECHECKS_PASSED' }, { checks: row.ctx }).then(() =>
+      this.dispatch(row.id, { type: row.ctx.path === 'cold' ? 'START_COLD' : 'START_LIVE' }));
+  }
+
+  /** Operator cancel (REST). Throws a coded error if the state does not allow it. */
+  async cancel(id: string): Promise<MigrationRow> {
+    const row = this.d.store.migration(id);
+    if (!row) throw err('VMTC_MIGRATION_NOT_FOUND', { migrationId: id });
+    // Validate synchronously so the caller gets the coded error.
+    transition(row.state, { type: 'CANCEL' });
+    await this.dispatch(id, { type: 'CANCEL' }, undefined, { ctxPatch: { cancelRequested: true }, error: err('VMTC_CANCELLED', { migrationId: id }).toJSON() });
+    return this.d.store.migration(id)!;
+  }
+
+  /**
+   * Apply one event: pure transition, persist (state + log in one transaction), then launch the
+   * effects of the new state. Serialised per migration.
+   */
+  dispatch(id: string, event: MigrationEvent, detail?: unknown, opts: { ctxPatch?: Partial<MigrationCtx>; error?: ErrorBody; expectState?: MigrationState } = {}): Promise<void> {
+    const prev = this.queues.get(id) ?? Promise.resolve();
+    const next = prev.then(() => this.apply(id, event, detail, opts)).catch((e) => {
+      this.d.logger.warn({ migrationId: id, event: event.type, code: (e as VmtcError).code, err: e }, 'event not applied');
+      if (event.type === 'CANCEL') throw e;
+    });
+    this.queues.set(id, next.catch(() => undefined));
+    return next;
+  }
+
+  private async apply(id: string, event: MigrationEvent, detail: unknown, opts: { ctxPatch?: Partial<MigrationCtx>; error?: ErrorBody; expectState?: MigrationState }): Promise<void> {
+    if (this.closed) return;
+    const row = this.d.store.migration(id);
+    if (!row) throw err('VMTC_MIGRATION_NOT_FOUND', { migrationId: id });
+    if (opts.expectState && row.state !== opts.expectState) {
+      this.log(row).info({ event: event.type, state: row.state, expected: opts.expectState }, 'stale effect outcome dropped');
+      return;
+    }
+    const t = transition(row.state, event);
+    const now = this.d.clock.now();
+    const ctx: MigrationCtx = { ...row.ctx, ...(opts.ctxPatch ?? {}) };
+    const lastAt = this.d.store.transitions(id).at(-1)?.at ?? row.createdAt;
+    ctx.timings = { ...(ctx.timings ?? {}), [row.state]: (ctx.timings?.[row.state] ?? 0) + (now - lastAt) };
+    if (event.type === 'FALLBACK_COLD') ctx.path = 'cold';
+    this.d.store.recordTransition(id, t.from, t.to, t.event, now, { ctx, ...(opts.error ? { error: opts.error } : {}) }, detail);
+    this.log(row).info({ from: t.from, to: t.to, event: t.event, ...(opts.error ? { code: opts.error.code } : {}) }, 'migration transition');
+    this.emit('change', id);
+    // Leaving the happy path: stop whatever effect is still running for the old state.
+    if (event.type === 'CANCEL' || event.type === 'FAIL') this.live.get(id)?.abort.abort();
+    const fresh = this.d.store.migration(id)!;
+    for (const effect of t.effects) this.launch(fresh, effect);
+  }
+
+  private arm(row: MigrationRow): Live {
+    let l = this.live.get(row.id);
+    if (!l) {
+      l = { abort: new AbortController() };
+      this.live.set(row.id, l);
+      const deadlineAt = row.request.deadline ? Date.parse(row.request.deadline) : row.createdAt + this.d.options.defaultDeadlineMs;
+      l.deadline = this.d.clock.setTimeout(() => {
+        const cur = this.d.store.migration(row.id);
+        if (cur && CANCELLABLE.has(cur.state)) {
+          void this.dispatch(row.id, { type: 'FAIL' }, undefined, { error: err('VMTC_DEADLINE_EXCEEDED', { deadline: new Date(deadlineAt).toISOString(), state: cur.state }).toJSON() });
+        }
+      }, Math.max(0, deadlineAt - this.d.clock.now()));
+    }
+    return l;
+  }
+
+  private signal(id: string): AbortSignal {
+    const l = this.live.get(id);
+    if (!l || l.abort.signal.aborted) {
+      const fresh = new AbortController();
+      if (l) l.abort = fresh;
+      else this.live.set(id, { abort: fresh });
+      return fresh.signal;
+    }
+    return l.abort.signal;
+  }
+
+  private launch(row: MigrationRow, effect: Effect): void {
+    const state = row.state;
+    const signal = effect === 'rollback' || effect === 'finish' ? new AbortController().signal : this.signal(row.id);
+    const log = this.log(row);
+    const run = async () => {
+      const out = await this.effect(effect, row, signal, log);
+      if (out) await this.dispatch(row.id, out.event, out.detail, { ...(out.ctxPatch ? { ctxPatch: out.ctxPatch } : {}), expectState: state });
+    };
+    run().catch(async (e) => {
+      if (this.closed) return;
+      const ve = toVmtcError(e);
+      const cur = this.d.store.migration(row.id);
+      if (!cur || cur.state !== state) {
+        log.info({ effect, code: ve.code, state: cur?.state }, 'effect ended after the migration moved on');
+        return;
+      }
+      log.warn({ effect, code: ve.code, details: ve.details, err: ve.status >= 500 ? e : undefined }, 'effect failed');
+      await this.dispatch(row.id, { type: 'FAIL' }, { effect }, { error: ve.toJSON(), expectState: state });
+    });
+  }
+
+  private ctxPatch(row: MigrationRow, patch: Partial<MigrationCtx>): MigrationCtx {
+    const ctx = { ...this.d.store.migration(row.id)!.ctx, ...patch };
+    this.d.store.saveCtx(row.id, ctx, this.d.clock.now());
+    return ctx;
+  }
+
+  private lightpathRequest(row: MigrationRow): LightpathRequest {
+    const src = this.d.hub.inventory(row.sourceHostId)?.site ?? row.sourceHostId;
+    const dst = this.d.hub.inventory(row.destinationHostId)?.site ?? row.destinationHostId;
+    const start = Math.floor(this.d.clock.now() / 1000);
+    const deadline = row.request.deadline ? Date.parse(row.request.deadline) : row.createdAt + this.d.options.defaultDeadlineMs;
+    return {
+      migrationId: row.id, vmId: row.vmId, project: row.project, src, dst,
+      bandwidthMbps: row.request.bandwidthMbps ?? 1000,
+      window: { start, end: Math.max(start + 60, Math.ceil(deadline / 1000)) },
+    };
+  }
+
+  private site(hostId: string): string {
+    return this.d.hub.inventory(hostId)?.site ?? hostId;
+  }
+
+  // ---- effects ---------------------------------------------------------------------------
+  private async effect(effect: Effect, row: MigrationRow, signal: AbortSignal, log: Logger): Promise<{ event: MigrationEvent; detail?: unknown; ctxPatch?: Partial<MigrationCtx> } | void> {
+    const hub = this.d.hub;
+    switch (effect) {
+      case 'startLive':
+      case 'startCold':
+        return;
+      case 'requestToken': {
+        if (!this.d.aaa) return { event: { type: 'TOKEN_GRANTED' }, ctxPatch: { token: { skipped: 'no AAA configured' } } };
+        try {
+          const t = await this.d.aaa.authorize(this.lightpathRequest(row));
+          this.secrets.set(row.id, t.token);
+          return { event: { type: 'TOKEN_GRANTED' }, detail: { jti: t.jti }, ctxPatch: { token: { jti: t.jti, expiresAt: t.expiresAt, ...(t.audience ? { audience: t.audience } : {}) } } };
+        } catch (e) {
+          throw wrap(e, 'VMTC_AUTHORIZATION_FAILED');
+        }
+      }
+      case 'provisionLightpath': {
+        const token = this.secrets.get(row.id);
+        if (!this.d.lightpath || token === undefined) {
+          return { event: { type: 'LIGHTPATH_UP' }, ctxPatch: { lightpath: { skipped: this.d.lightpath ? 'no token' : 'no broker configured' } } };
+        }
+        try {
+          const lp = await this.d.lightpath.setup(this.lightpathRequest(row), token);
+          return { event: { type: 'LIGHTPATH_UP' }, detail: lp, ctxPatch: { lightpath: { reservationId: lp.reservationId, provisioned: true, ...(lp.details ? { details: lp.details } : {}) } } };
+        } catch (e) {
+          const ve = wrap(e, 'VMTC_LIGHTPATH_FAILED');
+          const rid = (ve.details as { reservationId?: string } | undefined)?.reservationId;
+          if (rid) this.ctxPatch(row, { lightpath: { reservationId: rid, provisioned: false } });
+          throw ve;
+        }
+      }
+      case 'prepareDestination': {
+        const src = await hub.request(row.sourceHostId, 'vm.describe', { vmId: row.vmId });
+        if (src.state !== 'running') throw err('VMTC_VM_NOT_RUNNING', { vmId: row.vmId, state: src.state });
+        const listenHost = (row.ctx.lightpath?.details?.destinationAddress as string | undefined) ?? hub.inventory(row.destinationHostId)?.migrationAddress ?? this.d.options.defaultListenHost;
+        // Record intent before asking, so a rollback after a lost reply still cleans the destination.
+        this.ctxPatch(row, { incoming: { uri: '', prepared: false } });
+        const { uri } = await hub.request(row.destinationHostId, 'vm.prepareIncoming', { spec: src.spec, migrationId: row.id, listenHost }, 60_000);
+        let tunnel: MigrationCtx['tunnel'] = { skipped: 'no tunnel agent' };
+        if (this.d.tunnel) {
+          await this.d.tunnel.bicast(row.vmId, this.site(row.sourceHostId), this.site(row.destinationHostId));
+          tunnel = { bicast: true };
+        }
+        return { event: { type: 'DESTINATION_PREPARED' }, detail: { uri, listenHost }, ctxPatch: { incoming: { uri, prepared: true }, tunnel } };
+      }
+      case 'startMigration': {
+        const result = await this.runMigration(row, signal, log);
+        return { event: { type: 'MIGRATION_COMPLETED' }, detail: result, ctxPatch: { result: pickResult(result) } };
+      }
+      case 'watchStopAndCopy':
+        return; // the startMigration effect is still running and reports completion
+      case 'awaitDestinationRunning': {
+        try {
+          const vm = await hub.request(row.destinationHostId, 'vm.waitRunning', { vmId: row.vmId, timeoutMs: this.d.options.destinationRunTimeoutMs }, this.d.options.destinationRunTimeoutMs + 5_000);
+          return { event: { type: 'DESTINATION_RUNNING' }, detail: { state: vm.state } };
+        } catch (e) {
+          throw wrap(e, 'VMTC_DESTINATION_NOT_RUNNING');
+        }
+      }
+      case 'activate': {
+        // Commit point passed: from here on failures are warnings, never a rollback.
+        if (this.d.tunnel && row.ctx.tunnel?.bicast) {
+          try {
+            await this.d.tunnel.prune(row.vmId, this.site(row.destinationHostId), this.site(row.sourceHostId));
+            return { event: { type: 'ACTIVATED' }, ctxPatch: { tunnel: { bicast: true, pruned: true } } };
+          } catch (e) {
+            return { event: { type: 'ACTIVATED' }, ctxPatch: { warnings: [...(row.ctx.warnings ?? []), toVmtcError(e).toJSON()] } };
+          }
+        }
+        return { event: { type: 'ACTIVATED' } };
+      }
+      case 'cleanupSource': {
+        const warnings = [...(row.ctx.warnings ?? [])];
+        try {
+          await hub.request(row.sourceHostId, 'vm.destroy', { vmId: row.vmId });
+        } catch (e) {
+          if (!NOT_FOUND.test(toVmtcError(e).code)) warnings.push(toVmtcError(e).toJSON());
+        }
+        const lightpath = await this.releaseLightpath(row, warnings);
+        this.d.store.releaseHold(row.id);
+        return { event: { type: 'CLEANED_UP' }, ctxPatch: { warnings, ...(lightpath ? { lightpath } : {}) } };
+      }
+      case 'coldExport':
+      case 'coldImport':
+      case 'coldVerify':
+        // EGI D4.4 cold relocation is a later piece of work; the branch exists so auto/cold
+        // requests end in a defined, rolled-back state with a clear code.
+        throw err('VMTC_COLD_NOT_AVAILABLE', { step: effect });
+      case 'rollback':
+        return this.rollback(row, log);
+      case 'finish': {
+        this.d.store.releaseHold(row.id);
+        this.secrets.delete(row.id);
+        const l = this.live.get(row.id);
+        l?.deadline?.cancel();
+        this.live.delete(row.id);
+        this.emit('finished', row.id, row.state);
+        return;
+      }
+    }
+  }
+
+  /** Tokens are secrets: kept in memory only, never in the store. */
+  private readonly secrets = new Map<string, string>();
+
+  private async releaseLightpath(row: MigrationRow, warnings: ErrorBody[]): Promise<MigrationCtx['lightpath'] | undefined> {
+    const lp = this.d.store.migration(row.id)!.ctx.lightpath;
+    if (!lp?.reservationId || lp.released || !this.d.lightpath) return undefined;
+    try {
+      await this.d.lightpath.teardown(lp.reservationId, this.secrets.get(row.id) ?? '');
+      return { ...lp, released: true };
+    } catch (e) {
+      warnings.push(toVmtcError(e).toJSON());
+      return lp;
+    }
+  }
+
+  /** Start (or, after a controller restart, re-attach to) the source's live migration and wait
+   *  for its end, streaming progress into the record. */
+  private runMigration(row: MigrationRow, signal: AbortSignal, log: Logger): Promise<MigrationResult> {
+    const hub = this.d.hub;
+    return new Promise<MigrationResult>((resolve, reject) => {
+      let settled = false;
+      let lastProgressSave = 0;
+      let poll: { cancel(): void } | undefined;
+      const finish = (fn: () => void) => {
+        if (settled) return;
+        settled = true;
+        hub.off('event', onEvent);
+        hub.off('connected', onConnected);
+        poll?.cancel();
+        signal.removeEventListener('abort', onAbort);
+        fn();
+      };
+      const onResult = (r: MigrationResult) => {
+        if (r.status === 'completed') finish(() => resolve(r));
+        else finish(() => reject(r.error ? new VmtcError(r.error.code, 502, r.error.message, r.error.details) : err('VMTC_MIGRATION_FAILED', { status: r.status })));
+      };
+      const onProgress = (p: MigrationProgress) => {
+        const now = this.d.clock.now();
+        if (now - lastProgressSave >= 250 || p.status !== 'active') {
+          lastProgressSave = now;
+          this.d.store.saveProgress(row.id, { ...p, at: now }, now);
+          this.emit('progress', row.id, p);
+        }
+        if (p.status === 'device') {
+          void this.dispatch(row.id, { type: 'STOP_AND_COPY' }, undefined, { expectState: 'precopy' });
+        }
+      };
+      const onEvent = (hostId: string, name: string, data: unknown) => {
+        if (hostId !== row.sourceHostId || !data || typeof data !== 'object') return;
+        const d = data as { migrationId?: string };
+        if (d.migrationId !== row.id) return;
+        if (name === 'migration.progress') onProgress(data as MigrationProgress);
+        else if (name === 'migration.done') onResult(data as MigrationResult);
+      };
+      const check = async () => {
+        try {
+          const s = await hub.request(row.sourceHostId, 'vm.migrationStatus', { vmId: row.vmId });
+          if (s && (s as { migrationId?: string }).migrationId === row.id) {
+            if (s.status === 'completed' || s.status === 'failed' || s.status === 'cancelled') {
+              if ('totalBytes' in s) {
+                // Only a progress snapshot: the final result follows as an event.
+              } else onResult(s as MigrationResult);
+            }
+          }
+        } catch (e) {
+          log.debug({ code: toVmtcError(e).code }, 'status poll failed');
+        }
+      };
+      const schedulePoll = () => {
+        poll = this.d.clock.setTimeout(() => {
+          if (settled) return;
+          void check().finally(() => { if (!settled) schedulePoll(); });
+        }, this.d.options.statusPollMs);
+      };
+      const onConnected = (hostId: string) => { if (hostId === row.sourceHostId) void check(); };
+      const onAbort = () => finish(() => reject(err('VMTC_CANCELLED', { migrationId: row.id })));
+      hub.on('event', onEvent);
+      hub.on('connected', onConnected);
+      signal.addEventListener('abort', onAbort);
+      if (signal.aborted) return onAbort();
+
+      const begin = async () => {
+        // Re-attach if the source already runs this migration (controller restarted mid-copy).
+        const s = await hub.request(row.sourceHostId, 'vm.migrationStatus', { vmId: row.vmId }).catch(() => null);
+        if (s && (s as { migrationId?: string }).migrationId === row.id) {
+          log.info({ status: s.status }, 'attached to a migration already under way');
+          if (!('totalBytes' in s)) return onResult(s as MigrationResult);
+          if (s.status !== 'failed' && s.status !== 'cancelled') return schedulePoll();
+        }
+        const cur = this.d.store.migration(row.id)!;
+        if (!cur.ctx.incoming?.uri) throw err('VMTC_DESTINATION_NOT_RUNNING', { reason: 'destination was never prepared' });
+        this.ctxPatch(row, { migrationStarted: true });
+        const r = row.request;
+        await hub.request(row.sourceHostId, 'vm.migrate', {
+          vmId: row.vmId,
+          uri: cur.ctx.incoming.uri,
+          params: {
+            migrationId: row.id,
+            ...(r.bandwidthMbps !== undefined ? { bandwidthMbps: r.bandwidthMbps } : {}),
+            ...(r.maxDowntimeMs !== undefined ? { maxDowntimeMs: r.maxDowntimeMs } : {}),
+            ...(r.autoConverge !== undefined ? { autoConverge: r.autoConverge } : {}),
+            ...(r.postcopy !== undefined ? { postcopy: r.postcopy } : {}),
+            ...(r.multifd !== undefined ? { multifd: r.multifd } : {}),
+          },
+        });
+        schedulePoll();
+      };
+      begin().catch((e) => finish(() => reject(wrap(e, 'VMTC_MIGRATION_FAILED'))));
+    });
+  }
+
+  /** Undo everything (DESIGN.md: circuits released, source resumed, destination cleaned,
+   *  capacity freed). Each step is idempotent so a restarted controller can run it again. */
+  private async rollback(row: MigrationRow, log: Logger): Promise<{ event: MigrationEvent; detail?: unknown; ctxPatch?: Partial<MigrationCtx> }> {
+    const hub = this.d.hub;
+    const ctx = this.d.store.migration(row.id)!.ctx;
+    const problems: ErrorBody[] = [];
+    const soft = async (what: string, fn: () => Promise<unknown>) => {
+      try {
+        await fn();
+      } catch (e) {
+        const ve = toVmtcError(e);
+        if (!NOT_FOUND.test(ve.code)) {
+          log.warn({ step: what, code: ve.code }, 'rollback step failed');
+          problems.push({ ...ve.toJSON(), details: { ...(ve.details ?? {}), step: what } });
+        }
+      }
+    };
+    if (ctx.migrationStarted) await soft('cancel-migration', () => hub.request(row.sourceHostId, 'vm.cancelMigration', { vmId: row.vmId }));
+    // The source copy is the primary until commit: make sure it runs.
+    let source: VmInfo | undefined;
+    await soft('resume-source', async () => {
+      source = await hub.request(row.sourceHostId, 'vm.describe', { vmId: row.vmId });
+      if (source.state === 'paused' || source.state === 'postmigrate') source = await hub.request(row.sourceHostId, 'vm.resume', { vmId: row.vmId });
+    });
+    if (ctx.incoming) await soft('destroy-destination', () => hub.request(row.destinationHostId, 'vm.destroy', { vmId: row.vmId }));
+    if (this.d.tunnel && ctx.tunnel?.bicast) {
+      await soft('tunnel-prune', () => this.d.tunnel!.prune(row.vmId, this.site(row.sourceHostId), this.site(row.destinationHostId)));
+    }
+    const warnings: ErrorBody[] = [];
+    const lightpath = await this.releaseLightpath(row, warnings);
+    problems.push(...warnings);
+    this.d.store.releaseHold(row.id);
+    const patch: Partial<MigrationCtx> = { warnings: [...(ctx.warnings ?? []), ...problems], ...(lightpath ? { lightpath } : {}) };
+    // The VM must end in exactly one place, in the state it had before: otherwise say so.
+    const expected = ctx.sourceState ?? 'running';
+    if (!source || source.state !== expected) {
+      return { event: { type: 'ROLLBACK_FAILED' }, detail: { sourceState: source?.state ?? 'unknown', expected }, ctxPatch: patch };
+    }
+    if (row.mode === 'auto' && ctx.path === 'live' && !ctx.cancelRequested && !ctx.fallbackCold) {
+      return { event: { type: 'FALLBACK_COLD' }, ctxPatch: { ...patch, fallbackCold: true } };
+    }
+    return { event: { type: 'ROLLED_BACK', cancelled: Boolean(ctx.cancelRequested) }, ctxPatch: patch };
+  }
+
+  /**
+   * After a restart: bring every unfinished migration to a safe place. States before any VM
+   * state moved roll back; later ones resume their effect, which asks the agents what is really
+   * happening (a live migration that is still running is re-attached, not restarted).
+   */
+  reconcile(row: MigrationRow): void {
+    if (TERMINAL.has(row.state)) return;
+    this.arm(row);
+    const log = this.log(row);
+    const go = () => {
+      const cur = this.d.store.migration(row.id)!;
+      log.info({ state: cur.state }, 'reconciling after restart');
+      if (['prechecking', 'reserved', 'authorizing', 'provisioning', 'preparing', 'cold_exporting', 'cold_importing', 'cold_verifying'].includes(cur.state)) {
+        void this.dispatch(row.id, { type: 'FAIL' }, { reconcile: true }, { error: err('VMTC_CONTROLLER_RESTARTED', { state: cur.state }).toJSON(), expectState: cur.state });
+      } else {
+        const effects: Partial<Record<MigrationState, Effect>> = {
+          precopy: 'startMigration', stopcopy: 'startMigration', committing: 'awaitDestinationRunning',
+          activating: 'activate', cleanup: 'cleanupSource', rolling_back: 'rollback',
+        };
+        const eff = effects[cur.state];
+        // stop-and-copy re-attaches through the same effect as pre-copy.
+        if (eff) this.launch(cur.state === 'stopcopy' ? { ...cur, state: 'stopcopy' } : cur, eff);
+      }
+    };
+    const need = [row.sourceHostId, row.destinationHostId];
+    if (need.every((h) => this.d.hub.isConnected(h))) return go();
+    // Wait for both agents: the controller asks them, it does not guess.
+    const onConnected = () => {
+      if (need.every((h) => this.d.hub.isConnected(h))) {
+        this.d.hub.off('connected', onConnected);
+        go();
+      }
+    };
+    this.d.hub.on('connected', onConnected);
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const l of this.live.values()) {
+      l.abort.abort();
+      l.deadline?.cancel();
+    }
+    this.live.clear();
+  }
+}
+
+function wrap(e: unknown, code: Parameters<typeof err>[0]): VmtcError {
+  const ve = toVmtcError(e);
+  if (ve.code !== 'VMTC_INTERNAL' && ve.code !== 'VMTC_PEER_UNREACHABLE' && ve.code !== 'VMTC_TIMEOUT') return ve;
+  return err(code, { cause: ve.toJSON() }, { cause: e });
+}
+
+function pickResult(r: MigrationResult): NonNullable<MigrationCtx['result']> {
+  const out: NonNullable<MigrationCtx['result']> = {};
+  if (r.downtimeMs !== undefined) out.downtimeMs = r.downtimeMs;
+  if (r.totalTimeMs !== undefined) out.totalTimeMs = r.totalTimeMs;
+  if (r.transferredBytes !== undefined) out.transferredBytes = r.transferredBytes;
+  if (r.setupTimeMs !== undefined) out.setupTimeMs = r.setupTimeMs;
+  return out;
+}

@@ -1,0 +1,254 @@
+// The controller's durable state: one SQLite file (DIR/controller.db). Every migration
+// transition is written in the same transaction as the state change, so a controller killed with
+// -9 restarts with an exact record of how far each migration got.
+import { createHash } from 'node:crypto';
+import { openDb, type Db } from '../common/db.ts';
+import type { HostInventory } from '../common/agent-protocol.ts';
+import type { MigrationState } from './machine.ts';
+import type { ErrorBody } from '../common/errors.ts';
+
+const MIGRATIONS = [
+  `
+  CREATE TABLE credentials (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL, revoked_at INTEGER
+  );
+  CREATE TABLE hosts (
+    host_id TEXT PRIMARY KEY, inventory TEXT NOT NULL, connected INTEGER NOT NULL DEFAULT 0,
+    last_seen INTEGER NOT NULL
+  );
+  CREATE TABLE migrations (
+    id TEXT PRIMARY KEY, vm_id TEXT NOT NULL, project TEXT NOT NULL, source_host TEXT NOT NULL,
+    dest_host TEXT NOT NULL, mode TEXT NOT NULL, state TEXT NOT NULL, request TEXT NOT NULL,
+    ctx TEXT NOT NULL, error TEXT, progress TEXT, request_id TEXT UNIQUE, request_hash TEXT,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL
+  );
+  CREATE INDEX migrations_vm ON migrations(vm_id, state);
+  CREATE TABLE transitions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, migration_id TEXT NOT NULL REFERENCES migrations(id),
+    from_state TEXT, to_state TEXT NOT NULL, event TEXT NOT NULL, at INTEGER NOT NULL, detail TEXT
+  );
+  CREATE INDEX transitions_mig ON transitions(migration_id, seq);
+  CREATE TABLE holds (
+    migration_id TEXT PRIMARY KEY REFERENCES migrations(id), host_id TEXT NOT NULL, project TEXT NOT NULL,
+    vcpus INTEGER NOT NULL, memory_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL, created_at INTEGER NOT NULL
+  );
+  `,
+];
+
+export interface MigrationRequest {
+  vmId: string;
+  destinationHostId: string;
+  mode: 'live' | 'cold' | 'auto';
+  maxDowntimeMs?: number;
+  bandwidthMbps?: number;
+  deadline?: string;
+  requestId?: string;
+  autoConverge?: boolean;
+  postcopy?: boolean;
+  multifd?: boolean;
+}
+
+/** What the runner learns along the way; persisted as JSON with the record. */
+export interface MigrationCtx {
+  /** The path actually taken (auto may become cold). */
+  path: 'live' | 'cold';
+  /** The VM's state at the source when the request was admitted (rollback restores it). */
+  sourceState?: string;
+  /** Pre-checks that passed, in order. */
+  checks?: string[];
+  cancelRequested?: boolean;
+  token?: { jti: string; expiresAt: number; audience?: string[] } | { skipped: string };
+  lightpath?: { reservationId?: string; provisioned?: boolean; released?: boolean; skipped?: string; details?: Record<string, unknown> };
+  incoming?: { uri: string; prepared: boolean };
+  tunnel?: { bicast?: boolean; pruned?: boolean; skipped?: string };
+  migrationStarted?: boolean;
+  result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number };
+  /** Milliseconds spent in each step, by state name. */
+  timings?: Record<string, number>;
+  warnings?: ErrorBody[];
+  fallbackCold?: boolean;
+}
+
+export interface MigrationRow {
+  id: string;
+  vmId: string;
+  project: string;
+  sourceHostId: string;
+  destinationHostId: string;
+  mode: 'live' | 'cold' | 'auto';
+  state: MigrationState;
+  request: MigrationRequest;
+  ctx: MigrationCtx;
+  error: ErrorBody | null;
+  progress: Record<string, unknown> | null;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export interface TransitionRow {
+  seq: number;
+  from: MigrationState | null;
+  to: MigrationState;
+  event: string;
+  at: number;
+  detail?: unknown;
+}
+
+export interface Hold {
+  migrationId: string;
+  hostId: string;
+  project: string;
+  vcpus: number;
+  memoryMb: number;
+  diskGb: number;
+}
+
+type Raw = Record<string, unknown>;
+
+function rowToMigration(r: Raw): MigrationRow {
+  return {
+    id: r.id as string,
+    vmId: r.vm_id as string,
+    project: r.project as string,
+    sourceHostId: r.source_host as string,
+    destinationHostId: r.dest_host as string,
+    mode: r.mode as MigrationRow['mode'],
+    state: r.state as MigrationState,
+    request: JSON.parse(r.request as string),
+    ctx: JSON.parse(r.ctx as string),
+    error: r.error ? JSON.parse(r.error as string) : null,
+    progress: r.progress ? JSON.parse(r.progress as string) : null,
+    createdAt: r.created_at as number,
+    updatedAt: r.updated_at as number,
+  };
+}
+
+export function hashSecret(s: string): string {
+  return createHash('sha256').update(s).digest('hex');
+}
+
+export class ControllerStore {
+  readonly db: Db;
+  constructor(file: string) {
+    this.db = openDb(file, MIGRATIONS);
+  }
+  close(): void {
+    this.db.close();
+  }
+
+  // ---- credentials
+  addCredential(c: { id: string; name: string; role: string; token: string; at: number }): void {
+    this.db.prepare('INSERT INTO credentials (id, name, role, token_hash, created_at) VALUES (?, ?, ?, ?, ?)').run(c.id, c.name, c.role, hashSecret(c.token), c.at);
+  }
+  findCredential(token: string): { id: string; name: string; role: string } | undefined {
+    return this.db.prepare('SELECT id, name, role FROM credentials WHERE token_hash = ? AND revoked_at IS NULL').get(hashSecret(token)) as { id: string; name: string; role: string } | undefined;
+  }
+  listCredentials(): { id: string; name: string; role: string; createdAt: number; revokedAt: number | null }[] {
+    return (this.db.prepare('SELECT id, name, role, created_at, revoked_at FROM credentials ORDER BY created_at').all() as Raw[]).map((r) => ({
+      id: r.id as string, name: r.name as string, role: r.role as string, createdAt: r.created_at as number, revokedAt: (r.revoked_at as number | null) ?? null,
+    }));
+  }
+  revokeCredential(id: string, at: number): boolean {
+    return this.db.prepare('UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(at, id).changes > 0;
+  }
+  credentialCount(): number {
+    return (this.db.prepare('SELECT COUNT(*) AS n FROM credentials').get() as { n: number }).n;
+  }
+
+  // ---- hosts
+  saveHost(inv: HostInventory, connected: boolean, at: number): void {
+    this.db.prepare(`INSERT INTO hosts (host_id, inventory, connected, last_seen) VALUES (?, ?, ?, ?)
+      ON CONFLICT(host_id) DO UPDATE SET inventory = excluded.inventory, connected = excluded.connected, last_seen = excluded.last_seen`)
+      .run(inv.hostId, JSON.stringify(inv), connected ? 1 : 0, at);
+  }
+  setHostConnected(hostId: string, connected: boolean, at: number): void {
+    this.db.prepare('UPDATE hosts SET connected = ?, last_seen = ? WHERE host_id = ?').run(connected ? 1 : 0, at, hostId);
+  }
+  hosts(): { inventory: HostInventory; connected: boolean; lastSeen: number }[] {
+    return (this.db.prepare('SELECT inventory, connected, last_seen FROM hosts ORDER BY host_id').all() as Raw[]).map((r) => ({
+      inventory: JSON.parse(r.inventory as string), connected: r.connected === 1, lastSeen: r.last_seen as number,
+    }));
+  }
+  host(hostId: string): { inventory: HostInventory; connected: boolean; lastSeen: number } | undefined {
+    const r = this.db.prepare('SELECT inventory, connected, last_seen FROM hosts WHERE host_id = ?').get(hostId) as Raw | undefined;
+    return r && { inventory: JSON.parse(r.inventory as string), connected: r.connected === 1, lastSeen: r.last_seen as number };
+  }
+
+  // ---- migrations
+  /** Insert a migration, its first transition and its capacity hold in one transaction. */
+  createMigration(m: MigrationRow, hold: Hold | null, requestHash: string | null, detail: unknown): void {
+    this.db.transaction(() => {
+      this.db.prepare(`INSERT INTO migrations (id, vm_id, project, source_host, dest_host, mode, state, request, ctx, error, progress, request_id, request_hash, created_at, updated_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?)`).run(
+        m.id, m.vmId, m.project, m.sourceHostId, m.destinationHostId, m.mode, m.state, JSON.stringify(m.request), JSON.stringify(m.ctx),
+        m.request.requestId ?? null, requestHash, m.createdAt, m.updatedAt,
+      );
+      this.db.prepare('INSERT INTO transitions (migration_id, from_state, to_state, event, at, detail) VALUES (?, NULL, ?, ?, ?, ?)').run(m.id, m.state, 'REQUESTED', m.createdAt, JSON.stringify(detail ?? null));
+      if (hold) {
+        this.db.prepare('INSERT INTO holds (migration_id, host_id, project, vcpus, memory_mb, disk_gb, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+          .run(hold.migrationId, hold.hostId, hold.project, hold.vcpus, hold.memoryMb, hold.diskGb, m.createdAt);
+      }
+    })();
+  }
+
+  /** Persist a state change and its log entry atomically. */
+  recordTransition(id: string, from: MigrationState, to: MigrationState, event: string, at: number, patch: { ctx?: MigrationCtx; error?: ErrorBody | null }, detail?: unknown): void {
+    this.db.transaction(() => {
+      const sets = ['state = ?', 'updated_at = ?'];
+      const args: unknown[] = [to, at];
+      if (patch.ctx) { sets.push('ctx = ?'); args.push(JSON.stringify(patch.ctx)); }
+      if (patch.error !== undefined) { sets.push('error = ?'); args.push(patch.error ? JSON.stringify(patch.error) : null); }
+      const res = this.db.prepare(`UPDATE migrations SET ${sets.join(', ')} WHERE id = ? AND state = ?`).run(...args, id, from);
+      if (res.changes !== 1) throw new Error(`migration ${id} is not in state ${from}`);
+      this.db.prepare('INSERT INTO transitions (migration_id, from_state, to_state, event, at, detail) VALUES (?, ?, ?, ?, ?, ?)').run(id, from, to, event, at, detail === undefined ? null : JSON.stringify(detail));
+    })();
+  }
+
+  saveCtx(id: string, ctx: MigrationCtx, at: number): void {
+    this.db.prepare('UPDATE migrations SET ctx = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(ctx), at, id);
+  }
+  saveProgress(id: string, progress: Record<string, unknown>, at: number): void {
+    this.db.prepare('UPDATE migrations SET progress = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(progress), at, id);
+  }
+
+  migration(id: string): MigrationRow | undefined {
+    const r = this.db.prepare('SELECT * FROM migrations WHERE id = ?').get(id) as Raw | undefined;
+    return r && rowToMigration(r);
+  }
+  migrationByRequestId(requestId: string): { row: MigrationRow; hash: string | null } | undefined {
+    const r = this.db.prepare('SELECT * FROM migrations WHERE request_id = ?').get(requestId) as Raw | undefined;
+    return r && { row: rowToMigration(r), hash: (r.request_hash as string | null) ?? null };
+  }
+  migrations(filter: { state?: string; vmId?: string; limit?: number } = {}): MigrationRow[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.state) { where.push('state = ?'); args.push(filter.state); }
+    if (filter.vmId) { where.push('vm_id = ?'); args.push(filter.vmId); }
+    const sql = `SELECT * FROM migrations ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at DESC, id LIMIT ?`;
+    return (this.db.prepare(sql).all(...args, filter.limit ?? 100) as Raw[]).map(rowToMigration);
+  }
+  activeMigrations(terminal: ReadonlySet<string>): MigrationRow[] {
+    const states = [...terminal];
+    return (this.db.prepare(`SELECT * FROM migrations WHERE state NOT IN (${states.map(() => '?').join(',')}) ORDER BY created_at`).all(...states) as Raw[]).map(rowToMigration);
+  }
+  transitions(id: string): TransitionRow[] {
+    return (this.db.prepare('SELECT seq, from_state, to_state, event, at, detail FROM transitions WHERE migration_id = ? ORDER BY seq').all(id) as Raw[]).map((r) => ({
+      seq: r.seq as number, from: (r.from_state as MigrationState | null) ?? null, to: r.to_state as MigrationState, event: r.event as string, at: r.at as number,
+      ...(r.detail ? { detail: JSON.parse(r.detail as string) } : {}),
+    }));
+  }
+
+  // ---- capacity holds
+  holds(hostId?: string): (Hold & { vmId: string })[] {
+    const base = 'SELECT h.*, m.vm_id FROM holds h JOIN migrations m ON m.id = h.migration_id';
+    const rows = (hostId ? this.db.prepare(`${base} WHERE h.host_id = ?`).all(hostId) : this.db.prepare(base).all()) as Raw[];
+    return rows.map((r) => ({
+      migrationId: r.migration_id as string, hostId: r.host_id as string, project: r.project as string, vmId: r.vm_id as string,
+      vcpus: r.vcpus as number, memoryMb: r.memory_mb as number, diskGb: r.disk_gb as number,
+    }));
+  }
+  releaseHold(migrationId: string): void {
+    this.db.prepare('DELETE FROM holds WHERE migration_id = ?').run(migrationId);
+  }
+}
