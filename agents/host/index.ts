@@ -1,0 +1,197 @@
+// The host agent (`vmtc agent`): one per hypervisor host. It keeps a link to the controller's
+// agent hub (agents/common/agent-link.ts), serves the HostMethods requests by calling its
+// HypervisorDriver, and reports: its inventory on every connect and whenever a VM changes state,
+// and the progress and end of each live migration it runs as a source (DESIGN.md step 5).
+import type { Logger } from '../../src/common/log.ts';
+import { silentLogger } from '../../src/common/log.ts';
+import { toVmtcError } from '../../src/common/errors.ts';
+import type { HostInventory, HostMethods, MigrationParams, MigrationProgress, MigrationResult, VmSpec } from '../../src/common/agent-protocol.ts';
+import type { Handler } from '../../src/common/rpc.ts';
+import { AgentLink, type BackoffOptions } from '../common/agent-link.ts';
+import type { HypervisorDriver } from './driver.ts';
+import { hostError } from './errors.ts';
+
+export const AGENT_VERSION = '0.1.0';
+
+export interface HostAgentOptions {
+  /** Base URL of the controller's REST API (used to enrol). */
+  controllerUrl: string;
+  enrollToken?: string;
+  dataDir: string;
+  driver: HypervisorDriver;
+  site?: string;
+  /** This host's end of the lightpath, reported in the inventory. */
+  migrationAddress?: string;
+  logger?: Logger;
+  agentVersion?: string;
+  /** Expected sha256 of the controller's CA (checked at enrolment). */
+  caFingerprint?: string;
+  /** Reconnect backoff (default 200 ms doubling to 10 s, jitter 0.5). */
+  backoff?: BackoffOptions;
+  /** Inventory changes within this window are sent once (default 50 ms). */
+  inventoryCoalesceMs?: number;
+}
+
+export interface HostAgent {
+  hostId: string;
+  link: AgentLink;
+  close(): Promise<void>;
+}
+
+type HandlerMap = { [M in keyof HostMethods]: (p: HostMethods[M][0]) => Promise<HostMethods[M][1]> };
+
+export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent> {
+  const log = (opts.logger ?? silentLogger()).child({ svc: 'agent' });
+  const driver = opts.driver;
+  const agentVersion = opts.agentVersion ?? AGENT_VERSION;
+  /** Last progress or result of each VM's migration, for vm.migrationStatus. */
+  const migrations = new Map<string, MigrationProgress | MigrationResult>();
+  const running = new Set<string>();
+  let closed = false;
+  let hostId = '';
+
+  const inventory = async (): Promise<HostInventory> => {
+    const [facts, vms] = await Promise.all([driver.facts(), driver.list()]);
+    return {
+      hostId,
+      ...(opts.site ? { site: opts.site } : {}),
+      ...facts,
+      ...(opts.migrationAddress ? { migrationAddress: opts.migrationAddress } : {}),
+      vms,
+      agentVersion,
+    };
+  };
+
+  const str = (v: unknown, field: string): string => {
+    if (typeof v !== 'string' || v.length === 0) throw hostError('VMTC_HOST_BAD_PARAMS', { field });
+    return v;
+  };
+  const obj = (v: unknown, field: string): Record<string, unknown> => {
+    if (!v || typeof v !== 'object' || Array.isArray(v)) throw hostError('VMTC_HOST_BAD_PARAMS', { field });
+    return v as Record<string, unknown>;
+  };
+
+  const handlers: HandlerMap = {
+    'host.inventory': async () => inventory(),
+    'vm.start': async (p) => driver.start(obj(obj(p, 'params').spec, 'spec') as unknown as VmSpec),
+    'vm.describe': async (p) => driver.describe(str(obj(p, 'params').vmId, 'vmId')),
+    'vm.stop': async (p) => {
+      await driver.stop(str(obj(p, 'params').vmId, 'vmId'));
+      return { ok: true as const };
+    },
+    'vm.destroy': async (p) => {
+      await driver.destroy(str(obj(p, 'params').vmId, 'vmId'));
+      return { ok: true as const };
+    },
+    'vm.resume': async (p) => driver.resume(str(obj(p, 'params').vmId, 'vmId')),
+    'vm.prepareIncoming': async (p) => {
+      const q = obj(p, 'params');
+      const port = q.port;
+      if (port !== undefined && !(Number.isInteger(port) && (port as number) >= 0 && (port as number) <= 65535)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'port' });
+      return driver.prepareIncoming(obj(q.spec, 'spec') as unknown as VmSpec, str(q.migrationId, 'migrationId'), str(q.listenHost, 'listenHost'), port as number | undefined);
+    },
+    'vm.migrate': async (p) => {
+      const q = obj(p, 'params');
+      const vmId = str(q.vmId, 'vmId');
+      const uri = str(q.uri, 'uri');
+      const params = obj(q.params, 'params.params') as unknown as MigrationParams;
+      const migrationId = str(params.migrationId, 'params.migrationId');
+      if (running.has(vmId)) throw hostError('VMTC_HOST_MIGRATION_IN_PROGRESS', { vmId });
+      // Refuse what cannot start now, so the controller's request fails rather than a later event.
+      const info = await driver.describe(vmId);
+      if (info.state !== 'running') throw hostError('VMTC_HOST_VM_STATE', { vmId, state: info.state, op: 'migrate' });
+      running.add(vmId);
+      const mlog = log.child({ hostId, vmId, migrationId });
+      migrations.set(vmId, { migrationId, vmId, status: 'setup', totalBytes: 0, transferredBytes: 0, remainingBytes: 0 });
+      mlog.info({ uri, bandwidthMbps: params.bandwidthMbps }, 'live migration started');
+      void (async () => {
+        let result: MigrationResult;
+        try {
+          result = await driver.migrate(vmId, uri, params, (prog) => {
+            migrations.set(vmId, prog);
+            link.send('migration.progress', prog);
+          });
+        } catch (e) {
+          const ve = toVmtcError(e);
+          result = { migrationId, vmId, status: 'failed', error: ve.toJSON() };
+        }
+        running.delete(vmId);
+        migrations.set(vmId, result);
+        mlog.info({ status: result.status, downtimeMs: result.downtimeMs, totalTimeMs: result.totalTimeMs, error: result.error }, 'live migration ended');
+        // Sent (or queued while the link is down) exactly once per migration.
+        link.send('migration.done', result);
+      })();
+      return { started: true as const };
+    },
+    'vm.migrationStatus': async (p) => migrations.get(str(obj(p, 'params').vmId, 'vmId')) ?? null,
+    'vm.cancelMigration': async (p) => {
+      await driver.cancelMigration(str(obj(p, 'params').vmId, 'vmId'));
+      return { ok: true as const };
+    },
+    'vm.waitRunning': async (p) => {
+      const q = obj(p, 'params');
+      const t = q.timeoutMs;
+      if (!(typeof t === 'number' && t > 0)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'timeoutMs' });
+      return driver.waitRunning(str(q.vmId, 'vmId'), t);
+    },
+  };
+
+  const link = await AgentLink.open({
+    kind: 'host',
+    dataDir: opts.dataDir,
+    logger: log,
+    agentVersion,
+    controllerUrl: opts.controllerUrl,
+    ...(opts.enrollToken ? { enrollToken: opts.enrollToken } : {}),
+    ...(opts.caFingerprint ? { caFingerprint: opts.caFingerprint } : {}),
+    ...(opts.backoff ? { backoff: opts.backoff } : {}),
+    handlers: handlers as unknown as Record<string, Handler>,
+  });
+  hostId = link.hostId;
+
+  // Inventory: sent on every (re)connect, and after driver changes, coalesced so a burst of state
+  // changes (a migration ending touches two VMs) becomes one message; never two sends in flight.
+  let timer: NodeJS.Timeout | undefined;
+  let sending = false;
+  let again = false;
+  const sendInventory = async () => {
+    if (sending) {
+      again = true;
+      return;
+    }
+    sending = true;
+    try {
+      do {
+        again = false;
+        if (!link.connected || closed) break;
+        link.send('inventory', await inventory());
+      } while (again);
+    } catch (e) {
+      log.warn({ err: e }, 'inventory failed');
+    } finally {
+      sending = false;
+    }
+  };
+  const schedule = () => {
+    if (closed || timer) return;
+    timer = setTimeout(() => {
+      timer = undefined;
+      void sendInventory();
+    }, opts.inventoryCoalesceMs ?? 50);
+  };
+  driver.onChange(schedule);
+  link.on('connected', () => void sendInventory());
+  log.info({ hostId, driver: driver.type }, 'host agent started');
+
+  return {
+    hostId,
+    link,
+    async close() {
+      if (closed) return;
+      closed = true;
+      clearTimeout(timer);
+      await link.close();
+      log.info({ hostId }, 'host agent stopped');
+    },
+  };
+}
