@@ -205,7 +205,7 @@ export function signClientCsr(ca: KeyAndCert, csrPem: string, opts: ClientCertOp
   try {
     ok = csr.verify();
   } catch (e) {
-    throw new CsrError(`cannot verify the request: ${(e as Error).message}`);
+    throw new CsrError(`the request signature does not verify (${(e as Error).message})`);
   }
   if (!ok) throw new CsrError('the request signature does not verify');
   const pub = csr.publicKey as forge.pki.rsa.PublicKey | null;
