@@ -1,0 +1,152 @@
+// Starting, finding and stopping delay-line processes (lab/delay-line-main.ts) from another
+// process. A delay line outlives whoever started it (the `vmtc lab up` CLI exits; the broker may
+// restart), so it runs detached with its stdout in a stats file, and is recorded by pid plus a
+// tag in its argv: before signalling a recorded pid we check that /proc still shows our
+// delay line with that tag, so a reused pid is never signalled.
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { sleep } from '../src/common/clock.ts';
+import type { DelayLineReport } from './delay-line.ts';
+import { labError } from './errors.ts';
+
+const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const MAIN = join(REPO_ROOT, 'lab', 'delay-line-main.ts');
+
+export interface DelayLineSpec {
+  /** Namespace to run in (the lab's WAN namespace). */
+  ns: string;
+  listenHost: string;
+  /** Endpoint addresses; datagrams from one go to the other. */
+  a: string;
+  b: string;
+  oneWayMs: number;
+  rateMbps: number;
+  queueMs: number;
+  loss: number;
+  /** Identifies the process in /proc (e.g. "vmtc-dl:<connection id>"). */
+  tag: string;
+  statsFile: string;
+  errFile: string;
+  reportMs?: number;
+}
+
+export interface DelayLineHandle {
+  pid: number;
+  port: number;
+  tag: string;
+  statsFile: string;
+  errFile: string;
+}
+
+/** Spawn a delay line in `spec.ns` and wait until its socket is bound; returns pid and port. */
+export async function startDelayLine(spec: DelayLineSpec, timeoutMs = 15_000): Promise<DelayLineHandle> {
+  const out = openSync(spec.statsFile, 'w');
+  const err = openSync(spec.errFile, 'w');
+  let exited: number | null = null;
+  let pid: number | undefined;
+  try {
+    const child = spawn('ip', [
+      'netns', 'exec', spec.ns,
+      process.execPath, '--import', 'tsx', MAIN,
+      '--listen-host', spec.listenHost,
+      '--a', spec.a, '--b', spec.b,
+      '--one-way-ms', String(spec.oneWayMs),
+      '--rate-mbps', String(spec.rateMbps),
+      '--queue-ms', String(spec.queueMs),
+      '--loss', String(spec.loss),
+      '--report-ms', String(spec.reportMs ?? 1000),
+      '--tag', spec.tag,
+    ], { cwd: REPO_ROOT, detached: true, stdio: ['ignore', out, err] });
+    pid = child.pid;
+    child.on('exit', (code) => { exited = code ?? -1; });
+    child.on('error', () => { exited = -1; });
+    child.unref();
+  } finally {
+    closeSync(out);
+    closeSync(err);
+  }
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const first = readFileSync(spec.statsFile, 'utf8').split('\n')[0];
+    if (first) {
+      try {
+        const m = JSON.parse(first) as { event: string; port: number; pid: number };
+        if (m.event === 'listening') return { pid: m.pid, port: m.port, tag: spec.tag, statsFile: spec.statsFile, errFile: spec.errFile };
+      } catch { /* partial line: read again */ }
+    }
+    if (exited !== null) break;
+    await sleep(50);
+  }
+  if (pid !== undefined && exited === null) await stopDelayLine({ pid, tag: spec.tag });
+  let stderr = '';
+  try { stderr = readFileSync(spec.errFile, 'utf8').slice(-1000); } catch { /* none */ }
+  throw labError('VMTC_LAB_DELAY_LINE_FAILED', { ns: spec.ns, exitCode: exited, stderr });
+}
+
+/** Is `pid` a live delay line started with `tag`? */
+export function isOurDelayLine(pid: number, tag: string): boolean {
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    const ti = argv.indexOf('--tag');
+    return argv.some((a) => a.endsWith('delay-line-main.ts')) && ti >= 0 && argv[ti + 1] === tag;
+  } catch {
+    return false;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** SIGTERM (it writes its final report), then SIGKILL after `graceMs`. Not ours or gone: no-op. */
+export async function stopDelayLine(h: { pid: number; tag: string }, graceMs = 3000): Promise<boolean> {
+  if (!isOurDelayLine(h.pid, h.tag)) return false;
+  try { process.kill(h.pid, 'SIGTERM'); } catch { return false; }
+  const deadline = Date.now() + graceMs;
+  while (Date.now() < deadline) {
+    if (!alive(h.pid) || !isOurDelayLine(h.pid, h.tag)) return true;
+    await sleep(25);
+  }
+  try { process.kill(h.pid, 'SIGKILL'); } catch { /* gone */ }
+  return true;
+}
+
+/** The last report line in a stats file (stats or final), or null. */
+export async function lastDelayLineReport(statsFile: string): Promise<DelayLineReport | null> {
+  let text: string;
+  try {
+    text = await readFile(statsFile, 'utf8');
+  } catch {
+    return null;
+  }
+  const lines = text.trimEnd().split('\n');
+  for (let i = lines.length - 1; i >= 0; i--) {
+    try {
+      const m = JSON.parse(lines[i]!) as DelayLineReport;
+      if (m.event === 'stats' || m.event === 'final') return m;
+    } catch { /* torn last line */ }
+  }
+  return null;
+}
+
+/** Ask a running delay line for a report now (SIGUSR2) and return it. */
+export async function requestDelayLineReport(h: DelayLineHandle, timeoutMs = 2000): Promise<DelayLineReport | null> {
+  if (!isOurDelayLine(h.pid, h.tag)) return lastDelayLineReport(h.statsFile);
+  const before = (await readFile(h.statsFile, 'utf8').catch(() => '')).length;
+  process.kill(h.pid, 'SIGUSR2');
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const text = await readFile(h.statsFile, 'utf8').catch(() => '');
+    if (text.length > before && text.endsWith('\n')) return lastDelayLineReport(h.statsFile);
+    await sleep(20);
+  }
+  return lastDelayLineReport(h.statsFile);
+}

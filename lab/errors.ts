@@ -1,0 +1,17 @@
+// The lab's error catalogue (STYLE.md §2). The lab is a tool rather than a service, but its
+// failures still cross into the broker (through the Linux driver) and the CLI, so they carry
+// stable codes like everything else.
+import { COMMON_ERRORS, errorFactory, mergeCatalogues } from '../src/common/errors.ts';
+
+export const LAB_ERRORS = mergeCatalogues(COMMON_ERRORS, {
+  VMTC_LAB_COMMAND_FAILED: { status: 500, message: 'a network command failed in the lab' },
+  VMTC_LAB_BAD_PREFIX: { status: 400, message: 'the lab prefix must be 1-4 lower-case letters or digits' },
+  VMTC_LAB_NOT_FOUND: { status: 404, message: 'no lab with this prefix is recorded' },
+  VMTC_LAB_NO_SUCH_SITE: { status: 404, message: 'the lab has no site of this name' },
+  VMTC_LAB_DELAY_LINE_FAILED: { status: 500, message: 'the delay line process did not start' },
+  VMTC_LIGHTPATH_BAD_SETTINGS: { status: 400, message: 'a lightpath end node lacks the settings the Linux driver needs' },
+  VMTC_LIGHTPATH_PROVISION_FAILED: { status: 502, message: 'the lightpath could not be brought up; nothing was left behind' },
+  VMTC_LIGHTPATH_CONFLICT: { status: 409, message: 'another lightpath already joins these two sites' },
+});
+
+export const labError = errorFactory(LAB_ERRORS);
