@@ -1,7 +1,7 @@
 // One way to build a fastify server for every vmtc service: JSON Schema on every route with
 // unknown fields refused, errors always { code, message, details? } from a catalogue, a body
 // limit, and the OpenAPI document at GET /openapi.json.
-import Fastify, { type FastifyInstance, type FastifyError, type FastifyServerOptions } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyError, type FastifyServerOptions } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { Logger } from './log.ts';
 import { VmtcError, commonError, toVmtcError } from './errors.ts';
@@ -20,7 +20,7 @@ export interface HttpOptions {
 export async function buildHttp(opts: HttpOptions): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: opts.logger.child({ mod: 'http' }),
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: opts.bodyLimit ?? 64 * 1024,
     ajv: {
       customOptions: {

@@ -58,7 +58,7 @@ export class MigrationRunner extends EventEmitter {
   /** Start driving a newly created migration (state 'prechecking'). */
   start(row: MigrationRow): void {
     this.arm(row);
-    void this.dispatch(row.id, { type: 'PRECHECKS_PASSED' }, { checks: row.ctx }).then(() =>
+    void this.dispatch(row.id, { type: 'PRECHECKS_PASSED' }, { checks: row.ctx.checks }).then(() =>
       this.dispatch(row.id, { type: row.ctx.path === 'cold' ? 'START_COLD' : 'START_LIVE' }));
   }
 
@@ -76,7 +76,7 @@ export class MigrationRunner extends EventEmitter {
    * Apply one event: pure transition, persist (state + log in one transaction), then launch the
    * effects of the new state. Serialised per migration.
    */
-  dispatch(id: string, event: MigrationEvent, detail?: unknown, opts: { ctxPatch?: Partial<MigrationCtx>; error?: ErrorBody; expectState?: MigrationState } = {}): Promise<void> {
+  dispatch(id: string, event: MigrationEvent, detail?: unknown, opts: { ctxPatch?: Partial<MigrationCtx>; error?: ErrorBody; expectState?: MigrationState | MigrationState[] } = {}): Promise<void> {
     const prev = this.queues.get(id) ?? Promise.resolve();
     const next = prev.then(() => this.apply(id, event, detail, opts)).catch((e) => {
       this.d.logger.warn({ migrationId: id, event: event.type, code: (e as VmtcError).code, err: e }, 'event not applied');
@@ -86,11 +86,11 @@ export class MigrationRunner extends EventEmitter {
     return next;
   }
 
-  private async apply(id: string, event: MigrationEvent, detail: unknown, opts: { ctxPatch?: Partial<MigrationCtx>; error?: ErrorBody; expectState?: MigrationState }): Promise<void> {
+  private async apply(id: string, event: MigrationEvent, detail: unknown, opts: { ctxPatch?: Partial<MigrationCtx>; error?: ErrorBody; expectState?: MigrationState | MigrationState[] }): Promise<void> {
     if (this.closed) return;
     const row = this.d.store.migration(id);
     if (!row) throw err('VMTC_MIGRATION_NOT_FOUND', { migrationId: id });
-    if (opts.expectState && row.state !== opts.expectState) {
+    if (opts.expectState && ![opts.expectState].flat().includes(row.state)) {
       this.log(row).info({ event: event.type, state: row.state, expected: opts.expectState }, 'stale effect outcome dropped');
       return;
     }
@@ -137,7 +137,9 @@ export class MigrationRunner extends EventEmitter {
   }
 
   private launch(row: MigrationRow, effect: Effect): void {
-    const state = row.state;
+    // The outcome of an effect is only valid in the state(s) it was started for; pre-copy moves
+    // to stop-and-copy while the same migration effect keeps running.
+    const state: MigrationState[] = row.state === 'precopy' || row.state === 'stopcopy' ? ['precopy', 'stopcopy'] : [row.state];
     const signal = effect === 'rollback' || effect === 'finish' ? new AbortController().signal : this.signal(row.id);
     const log = this.log(row);
     const run = async () => {
@@ -148,7 +150,7 @@ export class MigrationRunner extends EventEmitter {
       if (this.closed) return;
       const ve = toVmtcError(e);
       const cur = this.d.store.migration(row.id);
-      if (!cur || cur.state !== state) {
+      if (!cur || !state.includes(cur.state)) {
         log.info({ effect, code: ve.code, state: cur?.state }, 'effect ended after the migration moved on');
         return;
       }

@@ -1,0 +1,36 @@
+// `vmtc controller`: run the VM Traffic Controller.
+import type { Command } from '../cli/registry.ts';
+import { runUntilSignal } from '../cli/registry.ts';
+import { parseListen } from '../common/http.ts';
+import { createLogger } from '../common/log.ts';
+import { startController } from './index.ts';
+import { commonError } from '../common/errors.ts';
+
+export const command: Command = {
+  name: 'controller',
+  summary: 'Run the VM Traffic Controller: REST API for orchestrators, migration state machine, agent hub (WebSocket, mutual TLS), SQLite state.',
+  usage: 'On first start it creates DIR, a certificate authority in DIR/pki and an admin credential in DIR/admin.token (mode 0600).',
+  options: {
+    listen: { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:7700', help: 'REST API address' },
+    'agent-listen': { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:7701', help: 'agent WebSocket (mutual TLS) address' },
+    data: { type: 'string', arg: 'DIR', required: true, help: 'state directory' },
+    'heartbeat-ms': { type: 'string', arg: 'MS', default: '5000', help: 'agent heartbeat interval' },
+    'log-level': { type: 'string', arg: 'LEVEL', default: 'info', help: 'pino log level' },
+  },
+  async run(o) {
+    const logger = createLogger({ svc: 'controller', level: o['log-level'] as string });
+    const heartbeatMs = Number(o['heartbeat-ms']);
+    if (!Number.isInteger(heartbeatMs) || heartbeatMs < 100) {
+      throw commonError('VMTC_CONFIG_INVALID', { field: 'heartbeat-ms', value: o['heartbeat-ms'] }, { message: '--heartbeat-ms must be an integer ≥ 100' });
+    }
+    const c = await startController({
+      dataDir: o.data as string,
+      listen: parseListen(o.listen as string, 'listen'),
+      agentListen: parseListen(o['agent-listen'] as string, 'agent-listen'),
+      heartbeatMs,
+      logger,
+    });
+    process.stdout.write(JSON.stringify({ event: 'ready', url: c.url, agentUrl: c.agentUrl, adminTokenFile: `${o.data}/admin.token` }) + '\n');
+    return runUntilSignal(() => c.close());
+  },
+};

@@ -1,0 +1,142 @@
+// Builds the VM Traffic Controller: state store, agent hub (mutual TLS), migration runner and
+// REST API. Returns a handle with close().
+import { mkdirSync, writeFileSync, existsSync, readFileSync, chmodSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { buildHttp, baseUrl } from '../common/http.ts';
+import { createLogger, type Logger } from '../common/log.ts';
+import { systemClock, randomIds, type Clock, type Ids } from '../common/clock.ts';
+import { commonError, mergeCatalogues } from '../common/errors.ts';
+import { ControllerStore } from './store.ts';
+import { MigrationRunner, type RunnerOptions } from './runner.ts';
+import { registerApi, requireRole } from './api.ts';
+import { AgentHub } from './hub.ts';
+import { registerEnrollRoutes } from './enroll-routes.ts';
+import { HUB_ERRORS } from './hub-errors.ts';
+import { CONTROLLER_ERRORS } from './errors.ts';
+import { TERMINAL } from './machine.ts';
+import type { AuthorizationPort, LightpathPort, TunnelPort } from './ports.ts';
+
+/** Every code the controller can answer with (its own, the hub's and the common ones). */
+export const ALL_CONTROLLER_ERRORS = mergeCatalogues(CONTROLLER_ERRORS, HUB_ERRORS);
+
+/** Options of the controller, with their defaults in CONTROLLER_DEFAULTS (the one place). */
+export interface ControllerOptions {
+  /** State directory: controller.db, pki/, admin.token. */
+  dataDir: string;
+  /** REST API for orchestrators. */
+  listen?: { host: string; port: number };
+  /** WebSocket endpoint for agents (mutual TLS). */
+  agentListen?: { host: string; port: number };
+  logger?: Logger;
+  clock?: Clock;
+  ids?: Ids;
+  heartbeatMs?: number;
+  agentRequestTimeoutMs?: number;
+  bodyLimit?: number;
+  runner?: Partial<RunnerOptions>;
+  /** Injected integrations (AAA, broker, tunnel); absent ones are recorded as skipped steps. */
+  authorization?: AuthorizationPort;
+  lightpath?: LightpathPort;
+  tunnel?: TunnelPort;
+  /** Called with the hub once it exists, to build integrations that need it (tunnel agents). */
+  integrations?: (hub: AgentHub) => { authorization?: AuthorizationPort; lightpath?: LightpathPort; tunnel?: TunnelPort };
+}
+
+export const CONTROLLER_DEFAULTS = {
+  listen: { host: '127.0.0.1', port: 7700 },
+  agentListen: { host: '127.0.0.1', port: 7701 },
+  heartbeatMs: 5000,
+  agentRequestTimeoutMs: 15_000,
+  bodyLimit: 64 * 1024,
+  runner: {
+    destinationRunTimeoutMs: 60_000,
+    defaultDeadlineMs: 30 * 60_000,
+    statusPollMs: 2_000,
+    defaultListenHost: '127.0.0.1',
+  } satisfies RunnerOptions,
+} as const;
+
+export interface Controller {
+  url: string;
+  agentUrl: string;
+  adminToken: string;
+  app: FastifyInstance;
+  hub: AgentHub;
+  store: ControllerStore;
+  runner: MigrationRunner;
+  close(): Promise<void>;
+}
+
+/** On first start, create the admin credential and write it to DIR/admin.token (0600). */
+function ensureAdmin(store: ControllerStore, dataDir: string, ids: Ids, clock: Clock): string {
+  const file = join(dataDir, 'admin.token');
+  if (store.credentialCount() === 0 || !existsSync(file)) {
+    const token = `vmtc_${ids.secret(32)}`;
+    store.addCredential({ id: ids.next('cred'), name: 'admin', role: 'admin', token, at: clock.now() });
+    writeFileSync(file, token + '\n', { mode: 0o600 });
+    chmodSync(file, 0o600);
+    return token;
+  }
+  return readFileSync(file, 'utf8').trim();
+}
+
+export async function startController(opts: ControllerOptions): Promise<Controller> {
+  if (!opts.dataDir) throw commonError('VMTC_CONFIG_INVALID', { field: 'dataDir' }, { message: 'dataDir is required' });
+  const logger = opts.logger ?? createLogger({ svc: 'controller' });
+  const clock = opts.clock ?? systemClock;
+  const ids = opts.ids ?? randomIds;
+  mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
+  const store = new ControllerStore(join(opts.dataDir, 'controller.db'));
+  const cleanups: (() => Promise<void> | void)[] = [() => store.close()];
+  const unwind = async () => { for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined); };
+  try {
+    const adminToken = ensureAdmin(store, opts.dataDir, ids, clock);
+    const hub = await AgentHub.start({
+      logger: logger.child({ mod: 'hub' }), db: store.db, dataDir: opts.dataDir, clock, ids,
+      listen: opts.agentListen ?? CONTROLLER_DEFAULTS.agentListen,
+      heartbeatMs: opts.heartbeatMs ?? CONTROLLER_DEFAULTS.heartbeatMs,
+      requestTimeoutMs: opts.agentRequestTimeoutMs ?? CONTROLLER_DEFAULTS.agentRequestTimeoutMs,
+    });
+    cleanups.push(() => hub.close());
+    hub.on('inventory', (_hostId: string, inv) => store.saveHost(inv, true, clock.now()));
+    hub.on('connected', (hostId: string) => { if (store.host(hostId)) store.setHostConnected(hostId, true, clock.now()); });
+    hub.on('disconnected', (hostId: string) => store.setHostConnected(hostId, false, clock.now()));
+
+    const integ = opts.integrations?.(hub) ?? {};
+    const authorization = opts.authorization ?? integ.authorization;
+    const lightpath = opts.lightpath ?? integ.lightpath;
+    const tunnel = opts.tunnel ?? integ.tunnel;
+    const runner = new MigrationRunner({
+      store, hub, logger: logger.child({ mod: 'runner' }), clock, ids,
+      options: { ...CONTROLLER_DEFAULTS.runner, ...(opts.runner ?? {}) },
+      ...(authorization ? { aaa: authorization } : {}), ...(lightpath ? { lightpath } : {}), ...(tunnel ? { tunnel } : {}),
+    });
+    cleanups.push(() => runner.close());
+
+    const app = await buildHttp({ logger, title: 'vmtc controller', bodyLimit: opts.bodyLimit ?? CONTROLLER_DEFAULTS.bodyLimit });
+    cleanups.push(() => app.close());
+    registerApi(app, { store, hub, runner, clock, ids, logger });
+    registerEnrollRoutes(app, hub, { requireAdmin: requireRole(store, 'admin') });
+    const listen = opts.listen ?? CONTROLLER_DEFAULTS.listen;
+    await app.listen({ host: listen.host, port: listen.port });
+    const url = baseUrl(app);
+
+    // Reconcile what a previous run left unfinished: ask the agents, do not guess.
+    for (const row of store.activeMigrations(TERMINAL)) runner.reconcile(row);
+
+    logger.info({ url, agentUrl: hub.url, dataDir: opts.dataDir }, 'controller started');
+    let closed = false;
+    return {
+      url, agentUrl: hub.url, adminToken, app, hub, store, runner,
+      async close() {
+        if (closed) return;
+        closed = true;
+        await unwind();
+      },
+    };
+  } catch (e) {
+    await unwind();
+    throw e;
+  }
+}

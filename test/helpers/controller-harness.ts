@@ -1,0 +1,101 @@
+// Starts a real controller (port 0, real TLS hub, SQLite in a temp dir) and in-process host
+// agents over real mutual-TLS WebSocket links. Everything started is closed by close(), which
+// tests call from afterEach/finally so a half-done setup is still torn down.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startController, type Controller, type ControllerOptions } from '../../src/controller/index.ts';
+import { startHostAgent, type HostAgent } from '../../agents/host/index.ts';
+import { DoubleDriver, type DoubleDriverConfig } from '../../agents/host/double-driver.ts';
+import { silentLogger } from '../../src/common/log.ts';
+
+export interface Harness {
+  dir: string;
+  controller: Controller;
+  agents: Map<string, { agent: HostAgent; driver: DoubleDriver }>;
+  addHost(hostId: string, cfg?: DoubleDriverConfig, site?: string): Promise<DoubleDriver>;
+  stopHost(hostId: string): Promise<void>;
+  api(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: any }>;
+  waitFor<T>(fn: () => T | undefined | false | Promise<T | undefined | false>, what: string | (() => string), timeoutMs?: number): Promise<T>;
+  waitState(migrationId: string, states: string[], timeoutMs?: number): Promise<any>;
+  close(): Promise<void>;
+}
+
+export function vmSpec(vmId: string, over: Partial<{ memoryMb: number; vcpus: number; diskGb: number; project: string }> = {}) {
+  return { vmId, project: over.project ?? 'demo', vcpus: over.vcpus ?? 1, memoryMb: over.memoryMb ?? 256, diskGb: over.diskGb ?? 2 };
+}
+
+export async function startHarness(opts: Partial<ControllerOptions> = {}): Promise<Harness> {
+  const dir = mkdtempSync(join(tmpdir(), 'vmtc-ctl-'));
+  const agents = new Map<string, { agent: HostAgent; driver: DoubleDriver }>();
+  let controller: Controller | undefined;
+  const h: Harness = {
+    dir,
+    get controller() { return controller!; },
+    agents,
+    async addHost(hostId, cfg = {}, site) {
+      const tok = controller!.hub.mintEnrollToken({ kind: 'host', hostId });
+      const driver = new DoubleDriver({ bytesPerMb: 4096, ...cfg });
+      try {
+        const agent = await startHostAgent({
+          controllerUrl: controller!.url, enrollToken: tok.token, dataDir: join(dir, 'agent-' + hostId), driver,
+          logger: silentLogger(), site: site ?? `site-${hostId}`, migrationAddress: '127.0.0.1',
+          backoff: { initialMs: 50, maxMs: 500, jitter: 0.2 },
+        });
+        agents.set(hostId, { agent, driver });
+      } catch (e) {
+        await driver.close();
+        throw e;
+      }
+      await h.waitFor(() => controller!.hub.inventory(hostId), `inventory of ${hostId}`);
+      return driver;
+    },
+    async stopHost(hostId) {
+      const a = agents.get(hostId);
+      if (!a) return;
+      agents.delete(hostId);
+      await a.agent.close();
+      await a.driver.close();
+    },
+    async api(method, path, body, token) {
+      const res = await fetch(controller!.url + path, {
+        method,
+        headers: { authorization: `Bearer ${token ?? controller!.adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+        ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
+      });
+      const text = await res.text();
+      return { status: res.status, body: text ? JSON.parse(text) : undefined };
+    },
+    async waitFor(fn, what, timeoutMs = 15_000) {
+      const until = Date.now() + timeoutMs;
+      for (;;) {
+        const v = await fn();
+        if (v) return v as never;
+        if (Date.now() > until) throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    async waitState(id, states, timeoutMs = 20_000) {
+      let last: any;
+      return h.waitFor(async () => {
+        last = (await h.api('GET', `/v1/migrations/${id}`)).body;
+        return states.includes(last.state) ? last : undefined;
+      }, () => `migration ${id} to reach ${states.join('|')} (last: ${JSON.stringify(last?.state)} ${JSON.stringify(last?.error)})`, timeoutMs);
+    },
+    async close() {
+      for (const id of [...agents.keys()]) await h.stopHost(id).catch(() => undefined);
+      await controller?.close().catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    controller = await startController({
+      dataDir: join(dir, 'controller'), listen: { host: '127.0.0.1', port: 0 }, agentListen: { host: '127.0.0.1', port: 0 },
+      logger: silentLogger(), heartbeatMs: 500, runner: { statusPollMs: 200, destinationRunTimeoutMs: 5000 }, ...opts,
+    });
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+  return h;
+}

@@ -1,0 +1,165 @@
+// The controller against real host agents (DoubleDriver hypervisor test double, real mutual-TLS
+// WebSocket links, real TCP migration streams), over its real REST API.
+import { describe, it, expect, afterEach } from 'vitest';
+import { startHarness, vmSpec, type Harness } from '../helpers/controller-harness.ts';
+
+let h: Harness | undefined;
+afterEach(async () => { await h?.close(); h = undefined; });
+
+describe('controller: live migration through the state machine', () => {
+  it('migrates a VM from A to B: pre-checks, every transition recorded, VM ends at B only', async () => {
+    h = await startHarness();
+    await h.addHost('A', { vms: [vmSpec('vm1')] });
+    await h.addHost('B');
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'live', maxDowntimeMs: 300, bandwidthMbps: 800 });
+    expect(res.status).toBe(202);
+    expect(res.body.sourceHostId).toBe('A');
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect(done.state).toBe('completed');
+    const states = done.transitions.map((t: any) => t.to);
+    expect(states).toEqual(['prechecking', 'reserved', 'authorizing', 'provisioning', 'preparing', 'precopy', 'stopcopy', 'committing', 'activating', 'cleanup', 'completed']);
+    expect(done.steps.token).toEqual({ skipped: 'no AAA configured' });
+    expect(done.progress.status).toBeDefined();
+    expect(Object.keys(done.timings)).toContain('precopy');
+    const vms = (await h.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === 'vm1');
+    await h.waitFor(async () => {
+      const list = (await h!.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === 'vm1');
+      return list.length === 1 && list[0].hostId === 'B' && list[0].state === 'running';
+    }, 'vm1 only at B', 5000);
+    expect(vms.length).toBeGreaterThan(0);
+    // The hold is gone: B's used memory is the VM itself, nothing held.
+    const b = (await h.api('GET', '/v1/hosts/B')).body;
+    expect(b.held.memoryMb).toBe(0);
+    expect(b.used.memoryMb).toBe(256);
+    expect(b.byProject.demo.vms).toBe(1);
+  });
+
+  it('cancel during pre-copy leaves the VM running at the source and nothing at the destination', async () => {
+    h = await startHarness();
+    await h.addHost('A', { vms: [vmSpec('vm1', { memoryMb: 2048 })], bytesPerMb: 64 * 1024 });
+    await h.addHost('B');
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', bandwidthMbps: 2 });
+    expect(res.status).toBe(202);
+    await h.waitState(res.body.id, ['precopy']);
+    const c = await h.api('POST', `/v1/migrations/${res.body.id}/cancel`);
+    expect(c.status).toBe(202);
+    const done = await h.waitState(res.body.id, ['cancelled', 'rolled_back', 'failed']);
+    expect(done.state).toBe('cancelled');
+    expect(done.error.code).toBe('VMTC_CANCELLED');
+    await h.waitFor(async () => {
+      const list = (await h!.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === 'vm1');
+      return list.length === 1 && list[0].hostId === 'A' && list[0].state === 'running';
+    }, 'vm1 running only at A');
+    expect((await h.api('GET', '/v1/hosts/B')).body.held.memoryMb).toBe(0);
+    // Cancelling a finished migration is an illegal transition with its own code.
+    const again = await h.api('POST', `/v1/migrations/${res.body.id}/cancel`);
+    expect(again.status).toBe(409);
+    expect(again.body.code).toBe('VMTC_MIGRATION_NOT_CANCELLABLE');
+    expect(again.body.details.state).toBe('cancelled');
+  });
+
+  it('a migration stream that breaks rolls back: source resumed, destination cleaned', async () => {
+    h = await startHarness();
+    await h.addHost('A', { vms: [vmSpec('vm1')], failures: { failMigrateAfterBytes: 100_000 } });
+    await h.addHost('B');
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B' });
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect(done.state).toBe('rolled_back');
+    expect(done.error.code).toMatch(/^VMTC_/);
+    const list = (await h.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === 'vm1');
+    expect(list).toHaveLength(1);
+    expect(list[0]).toMatchObject({ hostId: 'A', state: 'running' });
+  });
+
+  it('mode auto with incompatible CPUs takes the cold branch, which ends rolled back with a clear code', async () => {
+    h = await startHarness();
+    await h.addHost('A', { vms: [vmSpec('vm1')], cpu: { model: 'x', features: ['avx512f', 'sse2'], vcpus: 8 } });
+    await h.addHost('B', { cpu: { model: 'y', features: ['sse2'], vcpus: 8 } });
+    const live = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'live' });
+    expect(live.status).toBe(409);
+    expect(live.body.code).toBe('VMTC_CPU_INCOMPATIBLE');
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'auto' });
+    expect(res.status).toBe(202);
+    expect(res.body.path).toBe('cold');
+    const done = await h.waitState(res.body.id, ['rolled_back', 'failed', 'completed']);
+    expect(done.state).toBe('rolled_back');
+    expect(done.error.code).toBe('VMTC_COLD_NOT_AVAILABLE');
+    expect(done.transitions.map((t: any) => t.to)).toContain('cold_exporting');
+  });
+});
+
+describe('controller: pre-checks through REST, each with its own code, changing nothing', () => {
+  it('gives the right code for each failing check', async () => {
+    h = await startHarness();
+    await h.addHost('A', { vms: [vmSpec('vm1'), vmSpec('big', { memoryMb: 8192 }), vmSpec('wide', { vcpus: 6 }), vmSpec('fat', { diskGb: 400 })], sharedStorage: false, version: '7.2.0' });
+    await h.addHost('B', { memoryMb: 4096, cpu: { model: 'd', features: ['sse2', 'sse4_2', 'avx'], vcpus: 4 }, diskGb: 100, sharedStorage: false, version: '7.2.0' });
+    await h.addHost('OLD', { version: '6.0.0' });
+    await h.addHost('C');
+    await h.controller.hub.request('A', 'vm.stop', { vmId: 'wide' });
+    await h.waitFor(() => h!.controller.hub.inventory('A')?.vms.find((v) => v.vmId === 'wide')?.state === 'stopped', 'wide stopped');
+    const post = (b: Record<string, unknown>) => h!.api('POST', '/v1/migrations', { mode: 'live', ...b });
+    const cases: [Record<string, unknown>, number, string][] = [
+      [{ vmId: 'nope', destinationHostId: 'B' }, 404, 'VMTC_VM_NOT_FOUND'],
+      [{ vmId: 'vm1', destinationHostId: 'ZZ' }, 404, 'VMTC_HOST_NOT_FOUND'],
+      [{ vmId: 'vm1', destinationHostId: 'A' }, 409, 'VMTC_SAME_HOST'],
+      [{ vmId: 'big', destinationHostId: 'B' }, 409, 'VMTC_INSUFFICIENT_MEMORY'],
+      [{ vmId: 'fat', destinationHostId: 'B' }, 409, 'VMTC_INSUFFICIENT_DISK'],
+      [{ vmId: 'vm1', destinationHostId: 'OLD' }, 409, 'VMTC_HYPERVISOR_VERSION_INCOMPATIBLE'],
+      [{ vmId: 'wide', destinationHostId: 'B' }, 409, 'VMTC_VM_NOT_RUNNING'],
+    ];
+    for (const [body, status, code] of cases) {
+      const r = await post(body);
+      expect({ body, status: r.status, code: r.body.code }).toEqual({ body, status, code });
+    }
+    // Nothing was created by the refused requests.
+    expect((await h.api('GET', '/v1/migrations')).body.migrations).toHaveLength(0);
+    // vCPUs: start a 4-vCPU-wide VM elsewhere and ask for more than B has left.
+    await h.controller.hub.request('A', 'vm.start', { spec: vmSpec('cpu5', { vcpus: 5, memoryMb: 64 }) });
+    await h.waitFor(() => h!.controller.hub.inventory('A')?.vms.some((v) => v.vmId === 'cpu5'), 'cpu5 in inventory');
+    const r = await post({ vmId: 'cpu5', destinationHostId: 'B' });
+    expect(r.body.code).toBe('VMTC_INSUFFICIENT_VCPUS');
+    // A destination that is known but disconnected.
+    await h.stopHost('C');
+    await h.waitFor(() => !h!.controller.hub.isConnected('C'), 'C disconnected');
+    const dc = await post({ vmId: 'vm1', destinationHostId: 'C' });
+    expect(dc.body.code).toBe('VMTC_HOST_NOT_CONNECTED');
+  });
+
+  it('refuses a second migration of a VM in flight, and honours requestId idempotency', async () => {
+    h = await startHarness();
+    await h.addHost('A', { vms: [vmSpec('vm1', { memoryMb: 1024 })], bytesPerMb: 64 * 1024 });
+    await h.addHost('B');
+    const body = { vmId: 'vm1', destinationHostId: 'B', bandwidthMbps: 2, requestId: 'req-1' };
+    const first = await h.api('POST', '/v1/migrations', body);
+    expect(first.status).toBe(202);
+    const dup = await h.api('POST', '/v1/migrations', body);
+    expect(dup.status).toBe(200);
+    expect(dup.body.id).toBe(first.body.id);
+    const conflict = await h.api('POST', '/v1/migrations', { ...body, bandwidthMbps: 3 });
+    expect(conflict.body.code).toBe('VMTC_IDEMPOTENCY_CONFLICT');
+    const second = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B' });
+    expect(second.status).toBe(409);
+    expect(second.body.code).toBe('VMTC_MIGRATION_IN_FLIGHT');
+    await h.api('POST', `/v1/migrations/${first.body.id}/cancel`);
+    await h.waitState(first.body.id, ['cancelled']);
+  });
+
+  it('concurrent requests never overcommit the destination', async () => {
+    h = await startHarness();
+    const vms = Array.from({ length: 8 }, (_, i) => vmSpec(`v${i}`, { memoryMb: 1024 }));
+    await h.addHost('A', { vms, memoryMb: 65536, bytesPerMb: 64 * 1024 });
+    // Room for exactly three of them.
+    await h.addHost('B', { memoryMb: 3 * 1024 + 512 });
+    const results = await Promise.all(vms.map((v) => h!.api('POST', '/v1/migrations', { vmId: v.vmId, destinationHostId: 'B', bandwidthMbps: 2 })));
+    const accepted = results.filter((r) => r.status === 202);
+    const refused = results.filter((r) => r.status !== 202);
+    expect(accepted).toHaveLength(3);
+    expect(refused.map((r) => r.body.code)).toEqual(Array(5).fill('VMTC_INSUFFICIENT_MEMORY'));
+    const b = (await h.api('GET', '/v1/hosts/B')).body;
+    expect(b.held.memoryMb).toBe(3 * 1024);
+    expect(b.available.memoryMb).toBe(512);
+    for (const r of accepted) await h.api('POST', `/v1/migrations/${r.body.id}/cancel`);
+    for (const r of accepted) await h.waitState(r.body.id, ['cancelled']);
+    expect((await h.api('GET', '/v1/hosts/B')).body.held.memoryMb).toBe(0);
+  });
+});
