@@ -368,16 +368,17 @@ export class AgentHub extends EventEmitter {
         return;
       }
       const old = this.links.get(link.hostId);
-      if (old && old !== link) {
-        // A second connection with the same identity wins: the old one is usually a half-dead
-        // socket the agent has already given up on. Silent for listeners: the host stays connected.
-        link.log.info('newer link replaces the current one');
-        old.ready = false;
-        this.dropLink(old, 'VMTC_AGENT_REPLACED');
-      }
       link.ready = true;
       link.agentVersion = h.agentVersion.slice(0, 64);
       this.links.set(link.hostId, link);
+      if (old && old !== link) {
+        // A second connection with the same identity wins: the old one is usually a half-dead
+        // socket the agent has already given up on. The new link is current before the old one
+        // closes, so listeners see no 'disconnected' (the host never stopped being reachable),
+        // but they do see 'connected' again (requests in flight on the old link have failed).
+        link.log.info('newer link replaces the current one');
+        this.dropLink(old, 'VMTC_AGENT_REPLACED');
+      }
       link.peer.emit('welcome', { hostId: link.hostId, heartbeatMs: this.heartbeatMs });
       link.log.info({ kind: link.kind, agentVersion: link.agentVersion }, 'agent connected');
       this.emit('connected', link.hostId, link.kind);
