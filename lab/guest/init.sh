@@ -36,7 +36,7 @@ done
 
 ip link set lo up
 n=0
-while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 50 ]; do usleep 100000; n=$((n + 1)); done
+while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 10 ]; do usleep 100000; n=$((n + 1)); done
 if [ -e /sys/class/net/eth0 ]; then
   ip addr add "$IP" dev eth0
   ip link set eth0 up
