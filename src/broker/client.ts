@@ -1,0 +1,127 @@
+// The controller's client for a broker (DESIGN.md step 4): every call that uses the capability
+// token carries `Authorization: DPoP <token>` and a fresh DPoP proof (RFC 9449) made with the
+// holder's key; refusals come back as VmtcError with the broker's own code.
+import type { KeyObject } from 'node:crypto';
+import { VmtcError } from '../common/errors.ts';
+import { makeDpopProofSync, type PublicJwk } from '../common/dpop.ts';
+import { requestJson } from './http-client.ts';
+
+export interface HolderKey {
+  privateKey: KeyObject;
+  publicJwk: PublicJwk;
+}
+
+export interface ReserveRequest {
+  src: string;
+  dst: string;
+  bandwidthMbps: number;
+  /** Epoch seconds; start omitted = now (on-demand). */
+  window: { start?: number; end: number };
+  migrationId?: string;
+}
+
+/** What GET /v1/reservations/:id answers (the fields a caller is likely to need). */
+export interface ReservationView {
+  id: string;
+  domain: string;
+  src: string;
+  dst: string;
+  bandwidthMbps: number;
+  window: { start: number; end: number };
+  path: { nodes: string[]; links: string[]; cost: number; alternative: boolean };
+  reservationState: string;
+  provisionState: string;
+  lifecycleState: string;
+  committed: boolean;
+  booked: boolean;
+  dataPlane: { active: boolean; version: number; details?: Record<string, unknown>; error?: { code: string; message: string } };
+  downstream?: { domain: string; reservationId: string };
+  migrationId?: string;
+  history?: { seq: number; machine: string; from: string; to: string; event: string; at: number }[];
+  [k: string]: unknown;
+}
+
+export interface BrokerClientOptions {
+  /** PEM of the CA that signed the broker's server certificate (https brokers). */
+  ca?: string;
+  timeoutMs?: number;
+  /** Clock for proof iat (ms since the epoch). */
+  now?: () => number;
+}
+
+export class BrokerClient {
+  readonly baseUrl: string;
+
+  constructor(baseUrl: string, private readonly opts: BrokerClientOptions = {}) {
+    this.baseUrl = baseUrl.replace(/\/+$/, '');
+  }
+
+  private async call<T>(method: string, path: string, body: unknown, token: string | undefined, key: HolderKey | undefined): Promise<T> {
+    const url = `${this.baseUrl}${path}`;
+    const headers: Record<string, string> = {};
+    if (token !== undefined) headers.authorization = `DPoP ${token}`;
+    if (key) headers.dpop = makeDpopProofSync(key, method, url, token, this.opts.now ? { now: this.opts.now() } : {});
+    const res = await requestJson(url, { method, headers, body, timeoutMs: this.opts.timeoutMs ?? 60_000, ...(this.opts.ca ? { tls: { ca: this.opts.ca } } : {}) });
+    if (res.status >= 200 && res.status < 300) return res.body as T;
+    throw VmtcError.fromBody(res.body, res.status);
+  }
+
+  reserve(body: ReserveRequest, token: string, holderKey: HolderKey): Promise<ReservationView> {
+    return this.call('POST', '/v1/reservations', body, token, holderKey);
+  }
+
+  commit(id: string, token: string | undefined, holderKey: HolderKey): Promise<ReservationView> {
+    return this.call('POST', `/v1/reservations/${encodeURIComponent(id)}/commit`, {}, token, holderKey);
+  }
+
+  abort(id: string, token: string | undefined, holderKey: HolderKey): Promise<ReservationView> {
+    return this.call('POST', `/v1/reservations/${encodeURIComponent(id)}/abort`, {}, token, holderKey);
+  }
+
+  /** Provision needs the token that created the reservation (docs/broker.md "Token gate"). */
+  provision(id: string, token: string, holderKey: HolderKey): Promise<ReservationView> {
+    return this.call('POST', `/v1/reservations/${encodeURIComponent(id)}/provision`, {}, token, holderKey);
+  }
+
+  release(id: string, token: string | undefined, holderKey: HolderKey): Promise<ReservationView> {
+    return this.call('POST', `/v1/reservations/${encodeURIComponent(id)}/release`, {}, token, holderKey);
+  }
+
+  terminate(id: string, token: string | undefined, holderKey: HolderKey): Promise<ReservationView> {
+    return this.call('POST', `/v1/reservations/${encodeURIComponent(id)}/terminate`, {}, token, holderKey);
+  }
+
+  get(id: string): Promise<ReservationView> {
+    return this.call('GET', `/v1/reservations/${encodeURIComponent(id)}`, undefined, undefined, undefined);
+  }
+
+  list(): Promise<{ reservations: ReservationView[] }> {
+    return this.call('GET', '/v1/reservations', undefined, undefined, undefined);
+  }
+
+  /**
+   * Reserve, commit and provision in one go (DESIGN.md step 4); on any failure after the reserve,
+   * the reservation is aborted or terminated so nothing is left held.
+   */
+  async setup(body: ReserveRequest, token: string, holderKey: HolderKey): Promise<ReservationView> {
+    const r = await this.reserve(body, token, holderKey);
+    try {
+      await this.commit(r.id, token, holderKey);
+      return await this.provision(r.id, token, holderKey);
+    } catch (e) {
+      await this.terminate(r.id, token, holderKey).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** Release and terminate; an id that is already gone or terminated is not an error. */
+  async teardown(id: string, token: string | undefined, holderKey: HolderKey): Promise<void> {
+    await this.release(id, token, holderKey).catch(() => undefined);
+    try {
+      await this.terminate(id, token, holderKey);
+    } catch (e) {
+      if (e instanceof VmtcError && (e.code === 'VMTC_RESERVATION_NOT_FOUND' || e.code === 'VMTC_ILLEGAL_TRANSITION')) return;
+      throw e;
+    }
+  }
+}

@@ -1,0 +1,39 @@
+// `vmtc broker`: run a lightpath broker for one network domain.
+import { runUntilSignal, type Command } from '../cli/registry.ts';
+import { commonError } from '../common/errors.ts';
+import { createLogger } from '../common/log.ts';
+import { BROKER_DEFAULTS, startBroker } from './index.ts';
+
+export const command: Command = {
+  name: 'broker',
+  summary: 'run a lightpath broker: topology, calendar, NSI-style reservations',
+  usage: 'Formats of the topology and trust files: docs/broker.md.',
+  options: {
+    listen: { type: 'string', arg: 'HOST:PORT', help: 'address to listen on', default: '127.0.0.1:8443' },
+    data: { type: 'string', arg: 'DIR', help: 'state directory (DIR/broker.db)', required: true },
+    domain: { type: 'string', arg: 'NAME', help: 'this network domain (tokens must name broker:NAME in aud)', required: true },
+    topology: { type: 'string', arg: 'FILE', help: 'topology file (JSON)', required: true },
+    trust: { type: 'string', arg: 'FILE', help: 'trust file: AAA issuers and keys, peer brokers, TLS (JSON)', required: true },
+    driver: { type: 'string', arg: 'memory|linux', help: 'network element driver', default: BROKER_DEFAULTS.driver },
+    'hold-timeout-s': { type: 'string', arg: 'SECONDS', help: 'how long a held reservation waits for its commit', default: String(BROKER_DEFAULTS.holdTimeoutMs / 1000) },
+  },
+  async run(o) {
+    const driver = o.driver as string;
+    if (driver !== 'memory' && driver !== 'linux') throw commonError('VMTC_CONFIG_INVALID', { field: 'driver', value: driver }, { message: '--driver must be memory or linux' });
+    const hold = Number(o['hold-timeout-s']);
+    if (!Number.isFinite(hold) || hold <= 0) throw commonError('VMTC_CONFIG_INVALID', { field: 'hold-timeout-s', value: o['hold-timeout-s'] }, { message: '--hold-timeout-s must be a positive number' });
+    const logger = createLogger({ svc: 'broker' });
+    const broker = await startBroker({
+      listen: o.listen as string,
+      dataDir: o.data as string,
+      domain: o.domain as string,
+      topology: o.topology as string,
+      trust: o.trust as string,
+      driver,
+      holdTimeoutMs: hold * 1000,
+      logger,
+    });
+    process.stdout.write(`vmtc broker ${broker.domain} listening on ${broker.url}\n`);
+    return runUntilSignal(() => broker.close());
+  },
+};

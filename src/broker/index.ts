@@ -1,0 +1,145 @@
+// The lightpath broker service (issue 3): topology, path computation, bandwidth calendar, NSI CS
+// v2 reservations, the token gate, network element drivers and inter-domain peering.
+// startBroker() builds it and returns something with close() (STYLE.md §1).
+import { join } from 'node:path';
+import { randomIds, systemClock, type Clock, type Ids } from '../common/clock.ts';
+import { commonError } from '../common/errors.ts';
+import { baseUrl, buildHttp, parseListen } from '../common/http.ts';
+import { silentLogger, type Logger } from '../common/log.ts';
+import type { NetworkElementDriver } from './driver.ts';
+import { MemoryDoubleDriver } from './drivers/memory-double.ts';
+import { TokenGate } from './gate.ts';
+import { PeerLinks } from './peer.ts';
+import { registerRoutes } from './routes.ts';
+import { BrokerService, type FaultInjection } from './service.ts';
+import { BrokerStore } from './store.ts';
+import { loadTopology, parseTopology, type Topology } from './topology.ts';
+import { IssuerKeys, loadTrust, parseTrust, type TrustConfig } from './trust.ts';
+
+/** Every option of the broker, with its default (STYLE.md §7). */
+export interface BrokerOptions {
+  /** HOST:PORT to listen on. Default "127.0.0.1:0" (a free port). */
+  listen?: string;
+  /** Directory of the state store (DIR/broker.db). Required. */
+  dataDir: string;
+  /** This broker's domain name; tokens must carry the audience "broker:<domain>". Required. */
+  domain: string;
+  /** A topology file path, a parsed document, or a parsed Topology. Required. */
+  topology: string | Topology | Record<string, unknown>;
+  /** A trust file path or a parsed TrustConfig (PEMs inline). Required. */
+  trust: string | TrustConfig;
+  /** A driver instance, or "memory" (the test double, default) or "linux". */
+  driver?: NetworkElementDriver | 'memory' | 'linux';
+  /** How long a held reservation waits for its commit. Default 120 000 ms. */
+  holdTimeoutMs?: number;
+  clock?: Clock;
+  ids?: Ids;
+  logger?: Logger;
+  /** Test hooks (never set in production). */
+  faults?: FaultInjection;
+  /** Largest request body in bytes. Default 64 KiB. */
+  bodyLimit?: number;
+}
+
+export const BROKER_DEFAULTS = {
+  listen: '127.0.0.1:0',
+  driver: 'memory',
+  holdTimeoutMs: 120_000,
+  bodyLimit: 64 * 1024,
+} as const;
+
+export interface Broker {
+  url: string;
+  domain: string;
+  service: BrokerService;
+  store: BrokerStore;
+  driver: NetworkElementDriver;
+  topology: Topology;
+  close(): Promise<void>;
+}
+
+async function makeDriver(kind: 'memory' | 'linux', logger: Logger): Promise<NetworkElementDriver> {
+  if (kind === 'memory') return new MemoryDoubleDriver();
+  // Loaded only when asked for: the Linux driver needs root and iproute2.
+  const path = './drivers/linux.ts';
+  const mod = (await import(path)) as Record<string, unknown>;
+  if (typeof mod.createLinuxDriver === 'function') return (mod.createLinuxDriver as (o: { logger: Logger }) => NetworkElementDriver)({ logger });
+  if (typeof mod.LinuxDriver === 'function') return new (mod.LinuxDriver as new (o: { logger: Logger }) => NetworkElementDriver)({ logger });
+  throw commonError('VMTC_CONFIG_INVALID', { field: 'driver', reason: 'drivers/linux.ts exports neither LinuxDriver nor createLinuxDriver' });
+}
+
+export async function startBroker(opts: BrokerOptions): Promise<Broker> {
+  if (!opts.domain || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.domain)) throw commonError('VMTC_CONFIG_INVALID', { field: 'domain', value: opts.domain }, { message: 'domain must be a short name of letters, digits, _ . -' });
+  if (!opts.dataDir) throw commonError('VMTC_CONFIG_INVALID', { field: 'data' }, { message: 'data directory is required' });
+  const holdTimeoutMs = opts.holdTimeoutMs ?? BROKER_DEFAULTS.holdTimeoutMs;
+  if (!(holdTimeoutMs > 0)) throw commonError('VMTC_CONFIG_INVALID', { field: 'holdTimeoutMs', value: holdTimeoutMs }, { message: 'hold timeout must be positive' });
+  const { host, port } = parseListen(opts.listen ?? BROKER_DEFAULTS.listen, 'listen');
+  const clock = opts.clock ?? systemClock;
+  const ids = opts.ids ?? randomIds;
+  const logger = (opts.logger ?? silentLogger()).child({ svc: 'broker', domain: opts.domain });
+
+  const topology = typeof opts.topology === 'string'
+    ? loadTopology(opts.topology, opts.domain)
+    : opts.topology.nodes instanceof Map ? (opts.topology as Topology) : parseTopology(opts.topology, opts.domain);
+  const trust = typeof opts.trust === 'string' ? loadTrust(opts.trust) : parseTrust(opts.trust);
+
+  const ownDriver = opts.driver === undefined || typeof opts.driver === 'string';
+  const driver = typeof opts.driver === 'object' ? opts.driver : await makeDriver(opts.driver ?? BROKER_DEFAULTS.driver, logger);
+  const store = new BrokerStore(join(opts.dataDir, 'broker.db'));
+  const peers = new PeerLinks(trust.peers ?? [], trust.tls);
+  const keys = new IssuerKeys(trust.issuers, () => clock.now());
+  const gate = new TokenGate({ domain: opts.domain, keys, clock, store });
+  const service = new BrokerService({ domain: opts.domain, topology, store, driver, peers, clock, ids, logger, holdTimeoutMs, ...(opts.faults ? { faults: opts.faults } : {}) });
+  const streams = new Set<{ end(): void }>();
+  let app;
+  try {
+    store.pruneJtis(Math.floor(clock.now() / 1000));
+    await service.restore();
+    const https = trust.tls
+      ? {
+          key: trust.tls.key,
+          cert: trust.tls.cert,
+          // Peers authenticate with client certificates signed by their CAs; controllers come
+          // without one and authenticate with their token and DPoP proof instead.
+          ca: (trust.peers ?? []).map((p) => p.ca),
+          requestCert: true,
+          rejectUnauthorized: false,
+        }
+      : undefined;
+    app = await buildHttp({ logger, title: `vmtc broker (${opts.domain})`, bodyLimit: opts.bodyLimit ?? BROKER_DEFAULTS.bodyLimit, ...(https ? { fastify: { https } } : {}) });
+    registerRoutes(app, { domain: opts.domain, service, gate, peers, clock, streams });
+    await app.listen({ host, port });
+  } catch (e) {
+    service.close();
+    await app?.close().catch(() => undefined);
+    store.close();
+    if (ownDriver) await driver.close();
+    throw e;
+  }
+  const url = baseUrl(app, trust.tls ? 'https' : 'http');
+  // Expired jtis are refused as expired anyway; forget them hourly so the table stays small.
+  const prune = clock.setTimeout(function again() {
+    store.pruneJtis(Math.floor(clock.now() / 1000));
+  }, 3_600_000);
+  logger.info({ url, nodes: topology.nodes.size, links: topology.links.size, driver: driver.name }, 'broker listening');
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    domain: opts.domain,
+    service,
+    store,
+    driver,
+    topology,
+    close() {
+      closing ??= (async () => {
+        prune.cancel();
+        service.close();
+        for (const s of [...streams]) s.end();
+        await app.close();
+        if (ownDriver) await driver.close();
+        store.close();
+      })();
+      return closing;
+    },
+  };
+}
