@@ -22,7 +22,7 @@ let root: string;
 const started: AaaHandle[] = [];
 let a: AaaHandle, b: AaaHandle, c: AaaHandle;
 let ctl: RequesterKey;
-let aKeyJwk: Record<string, unknown>;
+let aKeyJwk: { kid: string; x: string };
 let deadUrl: string;
 
 const now = () => Math.floor(Date.now() / 1000);
