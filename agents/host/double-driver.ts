@@ -230,11 +230,17 @@ export class DoubleDriver implements HypervisorDriver {
     socket.setNoDelay(true);
     socket.on('error', () => { /* surfaced as 'close' below */ });
     const closed = new Promise<void>((r) => socket.once('close', () => r()));
+    // The destination's "OK" may arrive (and its end close the socket) while this side is still
+    // in its last pacing sleep, so it is remembered rather than inferred from the socket state.
+    let okReceived = false;
     const gotOk = new Promise<boolean>((resolve) => {
       let buf = '';
       socket.on('data', (d) => {
         buf += d.toString('utf8');
-        if (buf.includes('OK\n')) resolve(true);
+        if (buf.includes('OK\n')) {
+          okReceived = true;
+          resolve(true);
+        }
       });
       socket.once('close', () => resolve(false));
     });
@@ -270,7 +276,7 @@ export class DoubleDriver implements HypervisorDriver {
         report(status, p + 1);
       }
     }
-    if (out.cancelled || socket.destroyed) return broken();
+    if (!okReceived && (out.cancelled || socket.destroyed)) return broken();
     if (!(await gotOk)) return broken();
     socket.end();
     return finish('completed');

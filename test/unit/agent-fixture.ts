@@ -72,17 +72,18 @@ export function tempDir(prefix = 'vmtc-agent-'): string {
 }
 
 /** Wait for an emitter event whose arguments satisfy `pred` (rejects after timeoutMs). */
-export async function waitFor<T extends unknown[]>(em: NodeJS.EventEmitter, event: string, pred: (...args: T) => boolean = () => true, timeoutMs = 10_000): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export async function waitFor(em: NodeJS.EventEmitter, event: string, pred: (...args: any[]) => boolean = () => true, timeoutMs = 10_000): Promise<any[]> {
+  return new Promise<any[]>((resolve, reject) => {
     const t = setTimeout(() => {
       em.off(event, h);
       reject(new Error(`timed out waiting for '${event}'`));
     }, timeoutMs);
     const h = (...args: unknown[]) => {
-      if (!pred(...(args as T))) return;
+      if (!pred(...args)) return;
       clearTimeout(t);
       em.off(event, h);
-      resolve(args as T);
+      resolve(args);
     };
     em.on(event, h);
   });

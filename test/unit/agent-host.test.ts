@@ -1,0 +1,134 @@
+// The host agent over a real hub link, with the DoubleDriver test double (whose live migration is
+// real TCP between the two agents' drivers): inventory updates, a full migration with progress,
+// cancellation, a destination killed mid-stream, and injected faults.
+import { describe, it, expect, afterEach } from 'vitest';
+import { rmSync } from 'node:fs';
+import type { MigrationProgress, MigrationResult, VmSpec } from '../../src/common/agent-protocol.ts';
+import { startHostAgent, type HostAgent } from '../../agents/host/index.ts';
+import { DoubleDriver, type DoubleDriverConfig } from '../../agents/host/double-driver.ts';
+import { startHub, tempDir, waitFor, until, type HubFixture } from './agent-fixture.ts';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const spec = (vmId: string, memoryMb = 32): VmSpec => ({ vmId, project: 'demo', vcpus: 1, memoryMb, diskGb: 1 });
+
+async function setup(cfgA: DoubleDriverConfig = {}, cfgB: DoubleDriverConfig = {}) {
+  const f: HubFixture = await startHub();
+  cleanups.push(() => f.close());
+  const agent = async (hostId: string, cfg: DoubleDriverConfig) => {
+    const driver = new DoubleDriver(cfg);
+    cleanups.push(() => driver.close());
+    const d = tempDir();
+    cleanups.push(() => rmSync(d, { recursive: true, force: true }));
+    const inv = waitFor(f.hub, 'inventory', (h) => h === hostId);
+    const a: HostAgent = await startHostAgent({ controllerUrl: f.controllerUrl, enrollToken: f.hub.mintEnrollToken({ kind: 'host', hostId }).token, dataDir: d, driver, site: hostId });
+    cleanups.push(() => a.close());
+    await inv;
+    return { agent: a, driver };
+  };
+  const A = await agent('host-a', cfgA);
+  const B = await agent('host-b', cfgB);
+  const events: { hostId: string; name: string; data: any }[] = [];
+  f.hub.on('event', (hostId: string, name: string, data: unknown) => events.push({ hostId, name, data }));
+  return { f, A, B, events };
+}
+
+async function startMigration(f: HubFixture, vmId: string, migrationId: string, bandwidthMbps: number) {
+  const vm = await f.hub.request('host-a', 'vm.describe', { vmId });
+  const { uri } = await f.hub.request('host-b', 'vm.prepareIncoming', { spec: vm.spec, migrationId, listenHost: '127.0.0.1' });
+  expect(uri).toMatch(/^tcp:127\.0\.0\.1:\d+$/);
+  const done = waitFor(f.hub, 'event', (h, name, d) => h === 'host-a' && name === 'migration.done' && d.migrationId === migrationId, 20_000);
+  expect(await f.hub.request('host-a', 'vm.migrate', { vmId, uri, params: { migrationId, bandwidthMbps } })).toEqual({ started: true });
+  return done.then((args) => args[2] as MigrationResult);
+}
+
+describe('host agent with the DoubleDriver', () => {
+  it('re-sends its inventory when a VM changes', async () => {
+    const { f } = await setup();
+    const inv = waitFor(f.hub, 'inventory', (h, i) => h === 'host-a' && i.vms.some((v: any) => v.vmId === 'vm-new' && v.state === 'running'));
+    const info = await f.hub.request('host-a', 'vm.start', { spec: spec('vm-new') });
+    expect(info.state).toBe('running');
+    await inv;
+    const stopped = waitFor(f.hub, 'inventory', (h, i) => h === 'host-a' && i.vms.some((v: any) => v.vmId === 'vm-new' && v.state === 'stopped'));
+    await f.hub.request('host-a', 'vm.stop', { vmId: 'vm-new' });
+    await stopped;
+    expect(f.hub.inventory('host-a')!.vms.find((v) => v.vmId === 'vm-new')!.state).toBe('stopped');
+    await expect(f.hub.request('host-a', 'vm.start', { spec: { ...spec('vm-big'), memoryMb: 10_000_000 } })).rejects.toMatchObject({ code: 'VMTC_HOST_INSUFFICIENT_RESOURCES' });
+    await expect(f.hub.requestRaw('host-a', 'vm.start', { spec: { vmId: 1 } })).rejects.toMatchObject({ code: 'VMTC_HOST_BAD_PARAMS' });
+  });
+
+  it('moves a VM between two host agents over TCP with progress events', async () => {
+    const { f, events } = await setup({ vms: [spec('vm-1', 32)] });
+    const result = await startMigration(f, 'vm-1', 'mig-1', 1000);
+    expect(result).toMatchObject({ migrationId: 'mig-1', vmId: 'vm-1', status: 'completed' });
+    // 32 MiB in passes of 1, 1/4, 1/16: all of it crossed the socket.
+    expect(result.transferredBytes).toBe((32 + 8 + 2) * 1024 * 1024);
+    expect(result.downtimeMs).toBeGreaterThanOrEqual(0);
+    const progress = events.filter((e) => e.name === 'migration.progress').map((e) => e.data as MigrationProgress);
+    expect(progress.length).toBeGreaterThanOrEqual(3);
+    expect(progress.every((p) => p.migrationId === 'mig-1' && p.totalBytes === result.transferredBytes)).toBe(true);
+    const sent = progress.map((p) => p.transferredBytes);
+    expect([...sent].sort((a, b) => a - b)).toEqual(sent);
+    expect(new Set(progress.map((p) => p.pass).filter(Boolean))).toEqual(new Set([1, 2, 3]));
+    expect(progress.some((p) => p.status === 'device')).toBe(true);
+    expect(events.filter((e) => e.name === 'migration.done')).toHaveLength(1);
+
+    expect((await f.hub.request('host-a', 'vm.describe', { vmId: 'vm-1' })).state).toBe('postmigrate');
+    expect((await f.hub.request('host-b', 'vm.waitRunning', { vmId: 'vm-1', timeoutMs: 5000 })).state).toBe('running');
+    expect(await f.hub.request('host-a', 'vm.migrationStatus', { vmId: 'vm-1' })).toMatchObject({ status: 'completed', migrationId: 'mig-1' });
+    // Commit: the source copy goes; both inventories say so.
+    await f.hub.request('host-a', 'vm.destroy', { vmId: 'vm-1' });
+    await until(() => f.hub.inventory('host-a')!.vms.length === 0 && f.hub.inventory('host-b')!.vms.some((v) => v.vmId === 'vm-1' && v.state === 'running'), 5000, 'inventories');
+  });
+
+  it('cancel stops the stream: source back to running, incoming VM removed', async () => {
+    const { f } = await setup({ vms: [spec('vm-2', 256)] });
+    const firstProgress = waitFor(f.hub, 'event', (h, n, d) => h === 'host-a' && n === 'migration.progress' && d.status === 'active');
+    const done = startMigration(f, 'vm-2', 'mig-2', 200);
+    await firstProgress;
+    await expect(f.hub.request('host-a', 'vm.migrate', { vmId: 'vm-2', uri: 'tcp:127.0.0.1:1', params: { migrationId: 'again' } })).rejects.toMatchObject({ code: 'VMTC_HOST_MIGRATION_IN_PROGRESS' });
+    await f.hub.request('host-a', 'vm.cancelMigration', { vmId: 'vm-2' });
+    const r = await done;
+    expect(r.status).toBe('cancelled');
+    expect(r.transferredBytes).toBeLessThan(256 * 1024 * 1024);
+    expect((await f.hub.request('host-a', 'vm.describe', { vmId: 'vm-2' })).state).toBe('running');
+    await until(async () => (await f.hub.request('host-b', 'vm.describe', { vmId: 'vm-2' }).catch((e) => e.code)) === 'VMTC_HOST_VM_NOT_FOUND', 5000, 'incoming VM removed');
+    await expect(f.hub.request('host-a', 'vm.cancelMigration', { vmId: 'vm-2' })).rejects.toMatchObject({ code: 'VMTC_HOST_MIGRATION_NOT_FOUND' });
+  });
+
+  it('a destination killed mid-stream fails the migration and the source keeps running', async () => {
+    const { f } = await setup({ vms: [spec('vm-3', 256)] });
+    const firstProgress = waitFor(f.hub, 'event', (h, n, d) => h === 'host-a' && n === 'migration.progress' && d.status === 'active');
+    const done = startMigration(f, 'vm-3', 'mig-3', 200);
+    await firstProgress;
+    await f.hub.request('host-b', 'vm.destroy', { vmId: 'vm-3' });
+    const r = await done;
+    expect(r.status).toBe('failed');
+    expect(r.error?.code).toBe('VMTC_HOST_MIGRATION_FAILED');
+    expect((await f.hub.request('host-a', 'vm.describe', { vmId: 'vm-3' })).state).toBe('running');
+    expect(await f.hub.request('host-a', 'vm.migrationStatus', { vmId: 'vm-3' })).toMatchObject({ status: 'failed' });
+  });
+
+  it('injected faults: source drops the stream, destination drops it, prepareIncoming refuses', async () => {
+    const { f } = await setup({ vms: [spec('vm-4', 16), spec('vm-5', 16)], failures: { failMigrateAfterBytes: 1024 * 1024 } }, { failures: { dropIncomingAfterBytes: 2 * 1024 * 1024 } });
+    const r = await startMigration(f, 'vm-4', 'mig-4', 2000);
+    expect(r).toMatchObject({ status: 'failed', error: { code: 'VMTC_HOST_FAULT_INJECTED' } });
+    expect((await f.hub.request('host-a', 'vm.describe', { vmId: 'vm-4' })).state).toBe('running');
+
+    // The same double with no source fault but a destination that cuts at 2 MiB.
+    const a = new DoubleDriver({ vms: [spec('vm-6', 16)] });
+    const b = new DoubleDriver({ failures: { dropIncomingAfterBytes: 2 * 1024 * 1024 } });
+    cleanups.push(() => a.close(), () => b.close());
+    const { uri } = await b.prepareIncoming(spec('vm-6', 16), 'mig-6', '127.0.0.1');
+    const r6 = await a.migrate('vm-6', uri, { migrationId: 'mig-6' }, () => {});
+    expect(r6.status).toBe('failed');
+    expect((await a.describe('vm-6')).state).toBe('running');
+    await until(async () => (await b.list()).length === 0, 5000, 'incoming removed');
+    const c = new DoubleDriver({ failures: { failPrepareIncoming: true } });
+    await expect(c.prepareIncoming(spec('vm-7'), 'm', '127.0.0.1')).rejects.toMatchObject({ code: 'VMTC_HOST_FAULT_INJECTED' });
+    await expect(a.migrate('vm-6', 'http://x', { migrationId: 'm' }, () => {})).rejects.toMatchObject({ code: 'VMTC_HOST_MIGRATION_URI' });
+  });
+});
