@@ -60,12 +60,9 @@ export interface Broker {
 
 async function makeDriver(kind: 'memory' | 'linux', logger: Logger): Promise<NetworkElementDriver> {
   if (kind === 'memory') return new MemoryDoubleDriver();
-  // Loaded only when asked for: the Linux driver needs root and iproute2.
-  const path = './drivers/linux.ts';
-  const mod = (await import(path)) as Record<string, unknown>;
-  if (typeof mod.createLinuxDriver === 'function') return (mod.createLinuxDriver as (o: { logger: Logger }) => NetworkElementDriver)({ logger });
-  if (typeof mod.LinuxDriver === 'function') return new (mod.LinuxDriver as new (o: { logger: Logger }) => NetworkElementDriver)({ logger });
-  throw commonError('VMTC_CONFIG_INVALID', { field: 'driver', reason: 'drivers/linux.ts exports neither LinuxDriver nor createLinuxDriver' });
+  // Loaded only when asked for: the Linux driver needs root, iproute2 and the lab's delay line.
+  const { LinuxLightpathDriver } = await import('./drivers/linux.ts');
+  return new LinuxLightpathDriver({ log: logger });
 }
 
 export async function startBroker(opts: BrokerOptions): Promise<Broker> {
