@@ -82,9 +82,8 @@ async function makeDriver(o: Record<string, unknown>, dataDir: string, logger: L
     const accel = o.accel as string;
     if (accel !== 'tcg' && accel !== 'kvm') throw commonError('VMTC_CONFIG_INVALID', { field: 'accel', value: accel }, { message: '--accel must be tcg or kvm' });
     // Loaded only when chosen, so a host running the double never needs QEMU's module.
-    const path = './qemu-driver.ts';
-    const mod = (await import(path)) as { QemuDriver: new (opts: { dataDir: string; logger: Logger; accel?: 'tcg' | 'kvm'; netns?: string }) => HypervisorDriver };
-    return new mod.QemuDriver({ dataDir: resolve(dataDir, 'qemu'), logger, accel, ...(o.netns ? { netns: o.netns as string } : {}) });
+    const { QemuDriver } = await import('./qemu-driver.ts');
+    return new QemuDriver({ dataDir: resolve(dataDir, 'qemu'), logger, accel, ...(o.netns ? { netns: o.netns as string } : {}) });
   }
   throw commonError('VMTC_CONFIG_INVALID', { field: 'driver', value: kind }, { message: '--driver must be qemu or double' });
 }
