@@ -38,6 +38,9 @@ export interface QemuDriverOptions {
   qemuBinary?: string;
   /** How often migrate() polls query-migrate. Default 200 ms. */
   pollMs?: number;
+  /** With MigrationParams.postcopy: switch to post-copy once QEMU's dirty-sync-count reaches
+   *  this. Default 2 (after the first full pass); 1 switches as soon as pre-copy starts. */
+  postcopyAfterPass?: number;
   /** Reported in facts(); the lab has none. Default false. */
   sharedStorage?: boolean;
 }
@@ -348,6 +351,12 @@ export class QemuDriver implements HypervisorDriver {
         }
       }
       if (status === 'completed') {
+        // QEMU announces `completed` (event and status) a moment before it fills in the
+        // timings; ask again briefly so the downtime figure is not a premature zero.
+        for (let i = 0; i < 20 && !q['total-time']; i++) {
+          await sleep(10);
+          q = await qmp.execute<QueryMigrate>('query-migrate').catch(() => q);
+        }
         const r: MigrationResult = { ...base, status: 'completed', transferredBytes: ram?.transferred ?? 0 };
         if (q.downtime !== undefined) r.downtimeMs = q.downtime;
         if (q['total-time'] !== undefined) r.totalTimeMs = q['total-time'];
@@ -367,7 +376,7 @@ export class QemuDriver implements HypervisorDriver {
       // Post-copy as an option: switch once the first full pass has gone (the remaining
       // pages are then fetched on demand by the destination). From here a failure loses the VM
       // at both ends, which is why it is off unless asked for.
-      if (params.postcopy && !postcopyStarted && status === 'active' && (ram?.['dirty-sync-count'] ?? 0) >= 2) {
+      if (params.postcopy && !postcopyStarted && status === 'active' && (ram?.['dirty-sync-count'] ?? 0) >= (this.opts.postcopyAfterPass ?? 2)) {
         postcopyStarted = true;
         log.info('switching to post-copy');
         await qmp.execute('migrate-start-postcopy').catch((e: unknown) => log.warn({ err: String(e) }, 'migrate-start-postcopy refused'));
