@@ -19,7 +19,6 @@ export const AAA_OWN_ERRORS = {
   VMTC_AAA_POLICY_INVALID: { status: 500, message: 'the policy file is invalid' },
   VMTC_AAA_GRANT_UNKNOWN: { status: 404, message: 'no grant with this jti was issued by this AAA' },
   VMTC_AAA_TOKEN_INVALID: { status: 401, message: 'the capability token is invalid' },
-  VMTC_AAA_KEY_UNKNOWN: { status: 404, message: 'no signing key with this kid' },
 } as const satisfies Catalogue;
 
 export const AAA_ERRORS = mergeCatalogues(mergeCatalogues(COMMON_ERRORS, DPOP_ERRORS), AAA_OWN_ERRORS);
