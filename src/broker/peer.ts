@@ -45,6 +45,7 @@ export class PeerLinks {
     const res = await requestJson(`${p.url}${path}`, { method, headers, body: body ?? (method === 'POST' ? {} : undefined), tls, timeoutMs: this.timeoutMs });
     if (res.status >= 200 && res.status < 300) return res.body as T;
     const e = VmtcError.fromBody(res.body, res.status);
-    throw new VmtcError(e.code, e.status, e.message, { ...(e.details ?? {}), domain });
+    // Keep the domain a refusal came from when it was relayed through a chain of peers.
+    throw new VmtcError(e.code, e.status, e.message, { domain, ...(e.details ?? {}) });
   }
 }
