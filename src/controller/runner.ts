@@ -367,7 +367,17 @@ export class MigrationRunner extends EventEmitter {
 
       const begin = async () => {
         // Re-attach if the source already runs this migration (controller restarted mid-copy).
-        const s = await hub.request(row.sourceHostId, 'vm.migrationStatus', { vmId: row.vmId }).catch(() => null);
+        // Never start a second stream because a status question went unanswered: retry, then fail.
+        let s: Awaited<ReturnType<typeof hub.request<'vm.migrationStatus'>>> = null;
+        for (let attempt = 1; ; attempt++) {
+          try {
+            s = await hub.request(row.sourceHostId, 'vm.migrationStatus', { vmId: row.vmId });
+            break;
+          } catch (e) {
+            if (attempt >= 5 || signal.aborted) throw e;
+            await new Promise((r) => setTimeout(r, 300 * attempt));
+          }
+        }
         if (s && (s as { migrationId?: string }).migrationId === row.id) {
           log.info({ status: s.status }, 'attached to a migration already under way');
           if (!('totalBytes' in s)) return onResult(s as MigrationResult);
@@ -463,7 +473,10 @@ export class MigrationRunner extends EventEmitter {
         if (eff) this.launch(cur.state === 'stopcopy' ? { ...cur, state: 'stopcopy' } : cur, eff);
       }
     };
-    const need = [row.sourceHostId, row.destinationHostId];
+    // Ask the host that knows: the source knows how a pre-copy ended; after the last page the
+    // destination knows whether the VM runs. A host that never comes back is not waited for
+    // unless it is the one that knows.
+    const need = row.state === 'committing' || row.state === 'activating' ? [row.destinationHostId] : [row.sourceHostId];
     if (need.every((h) => this.d.hub.isConnected(h))) return go();
     // Wait for both agents: the controller asks them, it does not guess.
     const onConnected = () => {
