@@ -77,7 +77,9 @@ async function blackholeProxy(targetPort: number) {
     pairs.push(pair);
     a.on('data', (d) => { if (!pair.dead) b.write(d); });
     b.on('data', (d) => { if (!pair.dead) a.write(d); });
-    const end = () => { a.destroy(); b.destroy(); };
+    // Once black-holed, a close at one end is not passed on either: each end has to find out
+    // by itself (the hub by missing pongs, the agent by missing pings).
+    const end = () => { if (!pair.dead) { a.destroy(); b.destroy(); } };
     a.on('close', end); b.on('close', end); a.on('error', end); b.on('error', end);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
