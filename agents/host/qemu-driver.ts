@@ -300,7 +300,7 @@ export class QemuDriver implements HypervisorDriver {
         result = await fail(e, { step: 'setup' });
         return result;
       }
-      result = await this.followMigration(rec, params, onProgress, log);
+      result = await this.followMigration(rec, params, onProgress, log).catch((e: unknown) => fail(e, { step: 'follow' }));
       return result;
     } finally {
       rec.migrating = false;
