@@ -24,12 +24,12 @@ import { hostError } from './errors.ts';
 export interface DoubleDriverConfig {
   /** Reported as hypervisor.version (default '1.0.0'). */
   version?: string;
-  cpu?: { model: string; features: string[]; vcpus: number };
+  cpu?: { model: string; features: readonly string[]; vcpus: number };
   memoryMb?: number;
   diskGb?: number;
   sharedStorage?: boolean;
   /** VMs running from construction. */
-  vms?: VmSpec[];
+  vms?: readonly VmSpec[];
   /** Pace of migrate() when params.bandwidthMbps is absent (default 4000 Mbit/s). */
   defaultBandwidthMbps?: number;
   /** Pre-copy passes including the final stop-and-copy (default 3). */
