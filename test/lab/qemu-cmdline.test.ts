@@ -1,6 +1,10 @@
 // The QEMU command line is a pure function of the spec: both ends of a migration must build the
 // same device model, differing only in host-local paths, tap names and `-incoming defer`.
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { QEMU_ERRORS } from '../../agents/host/qemu-errors.ts';
+import { GUEST_ERRORS } from '../../lab/guest/errors.ts';
 import { buildQemuArgs, mapRunState, validateSpec, type VmPaths } from '../../agents/host/qemu-cmdline.ts';
 import type { VmSpec } from '../../src/common/agent-protocol.ts';
 
@@ -48,5 +52,12 @@ describe('QEMU command line', () => {
     expect(mapRunState('paused', { migrating: false, incoming: false })).toBe('paused');
     expect(mapRunState('guest-panicked', { migrating: false, incoming: false })).toBe('crashed');
     expect(mapRunState('shutdown', { migrating: false, incoming: false })).toBe('stopped');
+  });
+
+  it('documents every QEMU, QMP and guest error code in docs/qemu.md', () => {
+    const doc = readFileSync(resolve(import.meta.dirname, '../../docs/qemu.md'), 'utf8');
+    for (const [code, spec] of Object.entries({ ...QEMU_ERRORS, ...GUEST_ERRORS })) {
+      expect(doc).toContain(`| \`${code}\` | ${spec.status} | ${spec.message} |`);
+    }
   });
 });
