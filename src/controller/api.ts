@@ -30,6 +30,7 @@ export interface ApiDeps {
   clock: Clock;
   ids: Ids;
   logger: Logger;
+  identity: { jkt: string; publicJwk: unknown };
 }
 
 /** preHandler that requires a bearer credential with at least `role`. */
@@ -100,6 +101,10 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
     store.hosts().map((h) => ({ ...h, inventory: hub.inventory(h.inventory.hostId) ?? h.inventory, connected: hub.isConnected(h.inventory.hostId) }));
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
+  app.get('/v1/identity', {
+    preHandler: reader,
+    schema: { summary: "The controller's public key and its thumbprint (list it as a requester in AAA policies).", security },
+  }, async () => d.identity);
 
   app.post<{ Body: MigrationRequest }>('/v1/migrations', {
     preHandler: orchestrator,

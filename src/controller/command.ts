@@ -1,4 +1,5 @@
 // `vmtc controller`: run the VM Traffic Controller.
+import { readFileSync } from 'node:fs';
 import type { Command } from '../cli/registry.ts';
 import { runUntilSignal } from '../cli/registry.ts';
 import { parseListen } from '../common/http.ts';
@@ -14,6 +15,9 @@ export const command: Command = {
     listen: { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:7700', help: 'REST API address' },
     'agent-listen': { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:7701', help: 'agent WebSocket (mutual TLS) address' },
     data: { type: 'string', arg: 'DIR', required: true, help: 'state directory' },
+    aaa: { type: 'string', arg: 'URL', help: 'AAA that grants capability tokens (without it the token step is skipped)' },
+    broker: { type: 'string', arg: 'URL', help: "this domain's lightpath broker (without it the lightpath step is skipped)" },
+    'broker-ca': { type: 'string', arg: 'FILE', help: "PEM of the CA of an https broker" },
     'heartbeat-ms': { type: 'string', arg: 'MS', default: '5000', help: 'agent heartbeat interval' },
     'log-level': { type: 'string', arg: 'LEVEL', default: 'info', help: 'pino log level' },
   },
@@ -29,8 +33,11 @@ export const command: Command = {
       agentListen: parseListen(o['agent-listen'] as string, 'agent-listen'),
       heartbeatMs,
       logger,
+      ...(o.aaa ? { aaaUrl: o.aaa as string } : {}),
+      ...(o.broker ? { brokerUrl: o.broker as string } : {}),
+      ...(o['broker-ca'] ? { brokerCa: readFileSync(o['broker-ca'] as string, 'utf8') } : {}),
     });
-    process.stdout.write(JSON.stringify({ event: 'ready', url: c.url, agentUrl: c.agentUrl, adminTokenFile: `${o.data}/admin.token` }) + '\n');
+    process.stdout.write(JSON.stringify({ event: 'ready', url: c.url, agentUrl: c.agentUrl, adminTokenFile: `${o.data}/admin.token`, jkt: c.jkt }) + '\n');
     return runUntilSignal(() => c.close());
   },
 };

@@ -15,6 +15,7 @@ import { registerEnrollRoutes } from './enroll-routes.ts';
 import { HUB_ERRORS } from './hub-errors.ts';
 import { CONTROLLER_ERRORS } from './errors.ts';
 import { TERMINAL } from './machine.ts';
+import { AaaAuthorization, BrokerLightpath, loadControllerKey } from './integrations.ts';
 import type { AuthorizationPort, LightpathPort, TunnelPort } from './ports.ts';
 
 /** Every code the controller can answer with (its own, the hub's and the common ones). */
@@ -35,6 +36,12 @@ export interface ControllerOptions {
   agentRequestTimeoutMs?: number;
   bodyLimit?: number;
   runner?: Partial<RunnerOptions>;
+  /** AAA that grants capability tokens (DESIGN.md step 3). Without it the step is skipped. */
+  aaaUrl?: string;
+  /** Lightpath broker of this domain (step 4). Without it (or without an AAA) the step is skipped. */
+  brokerUrl?: string;
+  /** PEM of the CA of an https broker. */
+  brokerCa?: string;
   /** Injected integrations (AAA, broker, tunnel); absent ones are recorded as skipped steps. */
   authorization?: AuthorizationPort;
   lightpath?: LightpathPort;
@@ -65,6 +72,8 @@ export interface Controller {
   hub: AgentHub;
   store: ControllerStore;
   runner: MigrationRunner;
+  /** RFC 7638 thumbprint of the controller's key: what AAA policies list as the requester. */
+  jkt: string;
   close(): Promise<void>;
 }
 
@@ -104,8 +113,13 @@ export async function startController(opts: ControllerOptions): Promise<Controll
     hub.on('disconnected', (hostId: string) => store.setHostConnected(hostId, false, clock.now()));
 
     const integ = opts.integrations?.(hub) ?? {};
-    const authorization = opts.authorization ?? integ.authorization;
-    const lightpath = opts.lightpath ?? integ.lightpath;
+    const { key, jkt } = loadControllerKey(opts.dataDir);
+    const aaaPort = opts.aaaUrl ? new AaaAuthorization(opts.aaaUrl, key, logger.child({ mod: 'aaa-client' })) : undefined;
+    const brokerPort = opts.brokerUrl
+      ? new BrokerLightpath(opts.brokerUrl, key, logger.child({ mod: 'broker-client' }), aaaPort, opts.brokerCa ? { ca: opts.brokerCa } : {})
+      : undefined;
+    const authorization = opts.authorization ?? integ.authorization ?? aaaPort;
+    const lightpath = opts.lightpath ?? integ.lightpath ?? brokerPort;
     const tunnel = opts.tunnel ?? integ.tunnel;
     const runner = new MigrationRunner({
       store, hub, logger: logger.child({ mod: 'runner' }), clock, ids,
@@ -116,7 +130,7 @@ export async function startController(opts: ControllerOptions): Promise<Controll
 
     const app = await buildHttp({ logger, title: 'vmtc controller', bodyLimit: opts.bodyLimit ?? CONTROLLER_DEFAULTS.bodyLimit });
     cleanups.push(() => app.close());
-    registerApi(app, { store, hub, runner, clock, ids, logger });
+    registerApi(app, { store, hub, runner, clock, ids, logger, identity: { jkt, publicJwk: key.publicJwk } });
     registerEnrollRoutes(app, hub, { requireAdmin: requireRole(store, 'admin') });
     const listen = opts.listen ?? CONTROLLER_DEFAULTS.listen;
     await app.listen({ host: listen.host, port: listen.port });
@@ -125,10 +139,10 @@ export async function startController(opts: ControllerOptions): Promise<Controll
     // Reconcile what a previous run left unfinished: ask the agents, do not guess.
     for (const row of store.activeMigrations(TERMINAL)) runner.reconcile(row);
 
-    logger.info({ url, agentUrl: hub.url, dataDir: opts.dataDir }, 'controller started');
+    logger.info({ url, agentUrl: hub.url, dataDir: opts.dataDir, jkt }, 'controller started');
     let closed = false;
     return {
-      url, agentUrl: hub.url, adminToken, app, hub, store, runner,
+      url, agentUrl: hub.url, adminToken, app, hub, store, runner, jkt,
       async close() {
         if (closed) return;
         closed = true;

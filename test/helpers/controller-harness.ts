@@ -25,10 +25,14 @@ export function vmSpec(vmId: string, over: Partial<{ memoryMb: number; vcpus: nu
   return { vmId, project: over.project ?? 'demo', vcpus: over.vcpus ?? 1, memoryMb: over.memoryMb ?? 256, diskGb: over.diskGb ?? 2 };
 }
 
-export async function startHarness(opts: Partial<ControllerOptions> = {}): Promise<Harness> {
+/** `prepare` runs before the controller starts, with its data dir (e.g. to start an AAA whose
+ *  policy names the controller's key); what it returns is merged into the controller options,
+ *  and its cleanup runs in close(). */
+export async function startHarness(opts: Partial<ControllerOptions> = {}, prepare?: (controllerDir: string) => Promise<{ options?: Partial<ControllerOptions>; cleanup?: () => Promise<void> }>): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), 'vmtc-ctl-'));
   const agents = new Map<string, { agent: HostAgent; driver: DoubleDriver }>();
   let controller: Controller | undefined;
+  let prepared: { options?: Partial<ControllerOptions>; cleanup?: () => Promise<void> } = {};
   const h: Harness = {
     dir,
     get controller() { return controller!; },
@@ -85,15 +89,18 @@ export async function startHarness(opts: Partial<ControllerOptions> = {}): Promi
     async close() {
       for (const id of [...agents.keys()]) await h.stopHost(id).catch(() => undefined);
       await controller?.close().catch(() => undefined);
+      await prepared.cleanup?.().catch(() => undefined);
       rmSync(dir, { recursive: true, force: true });
     },
   };
   try {
+    if (prepare) prepared = await prepare(join(dir, 'controller'));
     controller = await startController({
       dataDir: join(dir, 'controller'), listen: { host: '127.0.0.1', port: 0 }, agentListen: { host: '127.0.0.1', port: 0 },
-      logger: silentLogger(), heartbeatMs: 500, runner: { statusPollMs: 200, destinationRunTimeoutMs: 5000 }, ...opts,
+      logger: silentLogger(), heartbeatMs: 500, runner: { statusPollMs: 200, destinationRunTimeoutMs: 5000 }, ...opts, ...(prepared.options ?? {}),
     });
   } catch (e) {
+    await prepared.cleanup?.().catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
     throw e;
   }

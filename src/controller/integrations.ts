@@ -1,0 +1,74 @@
+// Adapters from the runner's ports (ports.ts) to the AAA and broker services: DESIGN.md steps 3,
+// 4 and 7. The controller holds an Ed25519 key (DIR/controller-key.json, 0600); the AAA binds
+// each capability token to it (cnf.jkt) and the broker demands a DPoP proof made with it, so a
+// token copied off the wire is useless to anyone else.
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from '../common/log.ts';
+import { exportRequesterKey, generateRequesterKeySync, importRequesterKey, jwkThumbprint, type RequesterKey } from '../common/dpop.ts';
+import { requestAuthorization, reportAccounting } from '../aaa/client.ts';
+import { BrokerClient } from '../broker/client.ts';
+import type { AuthorizationPort, LightpathPort, LightpathRequest } from './ports.ts';
+
+/** Load the controller's requester key, creating it on first start. */
+export function loadControllerKey(dataDir: string): { key: RequesterKey; jkt: string } {
+  const file = join(dataDir, 'controller-key.json');
+  let key: RequesterKey;
+  if (existsSync(file)) key = importRequesterKey(JSON.parse(readFileSync(file, 'utf8')));
+  else {
+    key = generateRequesterKeySync();
+    writeFileSync(file, JSON.stringify(exportRequesterKey(key)) + '\n', { mode: 0o600 });
+  }
+  return { key, jkt: jwkThumbprint(key.publicJwk) };
+}
+
+export class AaaAuthorization implements AuthorizationPort {
+  constructor(private readonly aaaUrl: string, private readonly key: RequesterKey, private readonly log: Logger) {}
+
+  async authorize(req: LightpathRequest) {
+    const r = await requestAuthorization(this.aaaUrl, this.key, req);
+    this.log.info({ migrationId: req.migrationId, jti: r.jti, domains: r.domains }, 'capability token granted');
+    return { token: r.token, jti: r.jti, expiresAt: Date.parse(r.expiresAt), audience: r.audience };
+  }
+
+  /** Close the accounting record (DESIGN.md step 7); failures are logged, never fatal. */
+  async account(kind: 'use' | 'release', jti: string, details: Record<string, unknown>): Promise<void> {
+    await reportAccounting(this.aaaUrl, this.key, { kind, jti, details }).catch((e) => this.log.warn({ jti, kind, code: (e as { code?: string }).code }, 'accounting report failed'));
+  }
+}
+
+export class BrokerLightpath implements LightpathPort {
+  private readonly client: BrokerClient;
+  private readonly jtis = new Map<string, string>();
+
+  constructor(brokerUrl: string, private readonly key: RequesterKey, private readonly log: Logger, private readonly aaa?: AaaAuthorization, opts: { ca?: string } = {}) {
+    this.client = new BrokerClient(brokerUrl, opts.ca ? { ca: opts.ca } : {});
+  }
+
+  async setup(req: LightpathRequest, token: string) {
+    const v = await this.client.setup({ src: req.src, dst: req.dst, bandwidthMbps: req.bandwidthMbps, window: req.window, migrationId: req.migrationId }, token, this.key);
+    this.log.info({ migrationId: req.migrationId, reservationId: v.id, path: v.path?.nodes }, 'lightpath provisioned');
+    const jti = jtiOf(token);
+    if (this.aaa && jti) {
+      this.jtis.set(v.id, jti);
+      await this.aaa.account('use', jti, { reservationId: v.id, bandwidthMbps: req.bandwidthMbps });
+    }
+    return { reservationId: v.id, details: { path: v.path, dataPlane: v.dataPlane } };
+  }
+
+  async teardown(reservationId: string, token: string) {
+    await this.client.teardown(reservationId, token || undefined, this.key);
+    const jti = this.jtis.get(reservationId);
+    this.jtis.delete(reservationId);
+    if (this.aaa && jti) await this.aaa.account('release', jti, { reservationId });
+  }
+}
+
+function jtiOf(token: string): string | undefined {
+  try {
+    const payload = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as { jti?: string };
+    return payload.jti;
+  } catch {
+    return undefined;
+  }
+}
