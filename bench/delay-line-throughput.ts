@@ -1,6 +1,6 @@
 // Benchmark: bulk TCP over the emulated lightpath (VXLAN through the user-space delay line).
 //   npx tsx bench/delay-line-throughput.ts [--rtt-ms 198] [--rate-mbps 1000] [--queue-ms 20]
-//                                          [--seconds 20] [--streams 1] [--bandwidth-mbps RATE]
+//                                          [--seconds 20] [--streams 1] [--bandwidth-mbps RATE] [--cc bbr|reno]
 // Brings up a throwaway lab, provisions the lightpath siteA↔siteB with the broker's Linux driver,
 // measures the RTT with ping, runs a Node TCP sender in siteA and receiver in siteB (bounded by
 // time), prints delivered Mbit/s beside the nominal rate and the delay line's own report, and
@@ -9,6 +9,7 @@ import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 
 const { values } = parseArgs({
   options: {
@@ -22,6 +23,7 @@ const { values } = parseArgs({
     'queue-ms': { type: 'string', default: '20' },
     'bandwidth-mbps': { type: 'string' },
     'tcp-max-mb': { type: 'string', default: '64' },
+    cc: { type: 'string' },
   },
   strict: true,
 });
@@ -67,6 +69,12 @@ async function sender(): Promise<void> {
   })));
 }
 
+/** utime+stime of a process, ms (clock ticks of 10 ms on Linux). */
+function cpuMs(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
 function peer(ns: string, args: string[]) {
   return spawn('ip', ['netns', 'exec', ns, process.execPath, '--import', 'tsx', fileURLToPath(import.meta.url), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
 }
@@ -90,16 +98,22 @@ async function orchestrate(): Promise<void> {
   try {
     const [a, b] = lab.sites as [typeof lab.sites[0], typeof lab.sites[0]];
     const bw = Number(values['bandwidth-mbps'] ?? rate);
+    // Only what net.ipv4.tcp_allowed_congestion_control lists can be chosen inside a namespace.
+    if (values.cc) for (const s of [a, b]) await netnsExec(s.ns, ['sysctl', '-q', '-w', `net.ipv4.tcp_congestion_control=${values.cc}`]);
+    const cc = (await netnsExec(a.ns, ['sysctl', '-n', 'net.ipv4.tcp_congestion_control'])).stdout.trim();
     const seg = await provisionLightpath(lab, a.name, b.name, bw);
     const ping = await netnsExec(a.ns, ['ping', '-c', '10', '-i', '0.2', b.lightpathIp]);
     const rtt = /= ([\d.]+)\/([\d.]+)\/([\d.]+)/.exec(ping.stdout);
     const common = ['--host', b.lightpathIp, '--port', String(values.port), '--streams', String(values.streams)];
+    const relayPid = (seg.details.relay as { pid: number }).pid;
+    const cpu0 = cpuMs(relayPid);
     const recv = peer(b.ns, ['--role', 'recv', ...common]);
     await firstLine(recv, (l) => l === 'ready');
     const result = firstLine(recv, (l) => l.startsWith('{'));
     const send = peer(a.ns, ['--role', 'send', '--seconds', String(values.seconds), ...common]);
     const r = JSON.parse(await result) as { bytes: number; ms: number; buckets: number[] };
     send.kill();
+    const relayCpu = Math.round(((cpuMs(relayPid) - cpu0) / r.ms) * 100);
     const driver = new LinuxLightpathDriver({ stateDir: lab.stateDir });
     const report = await driver.report(seg.connectionId);
     const mbps = (bytes: number, ms: number) => Math.round((bytes * 8) / (ms * 1000));
@@ -111,11 +125,13 @@ async function orchestrate(): Promise<void> {
       rttMs: rtt ? { min: Number(rtt[1]), avg: Number(rtt[2]), max: Number(rtt[3]) } : null,
       configuredRttMs: Number(values['rtt-ms']),
       streams: Number(values.streams),
+      congestionControl: cc,
       bytes: r.bytes,
       seconds: Math.round(r.ms) / 1000,
       deliveredMbps: mbps(r.bytes, r.ms),
       steadyMbps: half.length ? mbps(half.reduce((x, y) => x + y, 0), half.length * 250) : null,
       peak250msMbps: mbps(Math.max(...r.buckets), 250),
+      relayCpuPercent: relayCpu,
       delayLine: report ? { ab: report.total.ab, ba: report.total.ba } : null,
     };
     process.stdout.write(JSON.stringify(out, null, 2) + '\n');

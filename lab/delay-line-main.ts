@@ -95,7 +95,8 @@ sock.bind(Number(values['listen-port']), values['listen-host'], () => {
   sock.on('message', (buf, rinfo) => line.receive(buf, rinfo));
   emit({ event: 'listening', address: addr.address, port: addr.port, pid: process.pid, a, b, config: opts, tag: values.tag ?? null });
   const reportMs = Number(values['report-ms']);
-  if (reportMs > 0) setInterval(() => emit(line.report('stats', Date.now())), reportMs).unref();
+  // Periodic lines leave out the (unchanging) config to keep the stats file small.
+  if (reportMs > 0) setInterval(() => emit({ ...line.report('stats', Date.now()), config: undefined }), reportMs).unref();
 });
 
 process.on('SIGUSR2', () => {

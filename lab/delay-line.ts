@@ -74,7 +74,8 @@ export interface DelayLineReport {
   at: number;
   /** Length of the interval this report covers, ms (for `total`: since start). */
   intervalMs: number;
-  config: DelayLineOptions;
+  /** Present in the final report (periodic lines leave it out). */
+  config?: DelayLineOptions;
   /** Over the last interval. */
   interval: { ab: DirectionStats; ba: DirectionStats };
   /** Since start. */
