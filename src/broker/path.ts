@@ -10,14 +10,53 @@ export interface Path {
   cost: number;
 }
 
-/** A binary min-heap of [priority, node]. */
+/** The topology as integer-indexed arrays, built once per Topology (path queries are hot). */
+interface Compiled {
+  index: Map<string, number>;
+  ids: string[];
+  linkIds: string[];
+  /** CSR adjacency: neighbours of node i are adjTo[adjStart[i] .. adjStart[i+1]). */
+  adjStart: Int32Array;
+  adjTo: Int32Array;
+  adjLink: Int32Array;
+  adjCost: Float64Array;
+}
+
+const compiled = new WeakMap<Topology, Compiled>();
+
+function compile(topo: Topology): Compiled {
+  let c = compiled.get(topo);
+  if (c) return c;
+  const ids = [...topo.nodes.keys()];
+  const index = new Map(ids.map((id, i) => [id, i]));
+  const linkIds = [...topo.links.keys()];
+  const linkIndex = new Map(linkIds.map((id, i) => [id, i]));
+  const adjStart = new Int32Array(ids.length + 1);
+  for (let i = 0; i < ids.length; i++) adjStart[i + 1] = adjStart[i]! + (topo.adjacency.get(ids[i]!)?.length ?? 0);
+  const m = adjStart[ids.length]!;
+  const adjTo = new Int32Array(m), adjLink = new Int32Array(m), adjCost = new Float64Array(m);
+  for (let i = 0; i < ids.length; i++) {
+    let k = adjStart[i]!;
+    for (const { link, to } of topo.adjacency.get(ids[i]!) ?? []) {
+      adjTo[k] = index.get(to)!;
+      adjLink[k] = linkIndex.get(link.id)!;
+      adjCost[k] = link.cost;
+      k++;
+    }
+  }
+  c = { index, ids, linkIds, adjStart, adjTo, adjLink, adjCost };
+  compiled.set(topo, c);
+  return c;
+}
+
+/** A binary min-heap of (priority, node index). */
 class Heap {
   private p: number[] = [];
-  private v: string[] = [];
+  private v: number[] = [];
   get size(): number {
     return this.p.length;
   }
-  push(pri: number, val: string): void {
+  push(pri: number, val: number): void {
     const p = this.p, v = this.v;
     let i = p.length;
     p.push(pri); v.push(val);
@@ -29,9 +68,12 @@ class Heap {
     }
     p[i] = pri; v[i] = val;
   }
-  pop(): [number, string] {
+  /** Pops the minimum; its priority is left in `lastPri`. */
+  lastPri = 0;
+  pop(): number {
     const p = this.p, v = this.v;
-    const top: [number, string] = [p[0]!, v[0]!];
+    this.lastPri = p[0]!;
+    const top = v[0]!;
     const lp = p.pop()!, lv = v.pop()!;
     const n = p.length;
     if (n > 0) {
@@ -53,42 +95,55 @@ class Heap {
 
 /**
  * Cheapest path from `src` to the nearest of `targets`, using only links for which `usable`
- * returns true. Ties are broken by fewer hops, then by node id (deterministic).
+ * returns true. Ties are broken by fewer hops.
  */
-export function shortestPath(topo: Topology, src: string, targets: Set<string>, usable: (linkId: string) => boolean = () => true): Path | undefined {
-  if (!topo.nodes.has(src)) return undefined;
-  const dist = new Map<string, number>([[src, 0]]);
-  const prev = new Map<string, { node: string; link: string }>();
-  const done = new Set<string>();
+export function shortestPath(topo: Topology, src: string, targets: Set<string>, usable?: (linkId: string) => boolean): Path | undefined {
+  const g = compile(topo);
+  const s = g.index.get(src);
+  if (s === undefined) return undefined;
+  const n = g.ids.length;
+  const isTarget = new Uint8Array(n);
+  for (const t of targets) {
+    const i = g.index.get(t);
+    if (i !== undefined) isTarget[i] = 1;
+  }
+  const dist = new Float64Array(n).fill(Infinity);
+  const prevNode = new Int32Array(n).fill(-1);
+  const prevLink = new Int32Array(n).fill(-1);
+  const done = new Uint8Array(n);
+  // Usability of a link is asked at most once per search (the calendar query is the costly part):
+  // 0 = not asked yet, 1 = usable, 2 = not usable.
+  const ok = usable ? new Uint8Array(g.linkIds.length) : undefined;
   const heap = new Heap();
-  heap.push(0, src);
-  // Usability of a link is asked at most once per search (the calendar query is the costly part).
-  const cache = new Map<string, boolean>();
+  dist[s] = 0;
+  heap.push(0, s);
   while (heap.size > 0) {
-    const [d, u] = heap.pop();
-    if (done.has(u)) continue;
-    done.add(u);
-    if (targets.has(u)) {
-      const nodes = [u], links: string[] = [];
-      for (let x = u; x !== src; ) {
-        const p = prev.get(x)!;
-        links.push(p.link);
-        nodes.push(p.node);
-        x = p.node;
+    const u = heap.pop();
+    const d = heap.lastPri;
+    if (done[u]) continue;
+    done[u] = 1;
+    if (isTarget[u]) {
+      const nodes = [g.ids[u]!], links: string[] = [];
+      for (let x = u; x !== s; x = prevNode[x]!) {
+        links.push(g.linkIds[prevLink[x]!]!);
+        nodes.push(g.ids[prevNode[x]!]!);
       }
       return { nodes: nodes.reverse(), links: links.reverse(), cost: d };
     }
-    for (const { link, to } of topo.adjacency.get(u) ?? []) {
-      if (done.has(to)) continue;
-      let ok = cache.get(link.id);
-      if (ok === undefined) cache.set(link.id, (ok = usable(link.id)));
-      if (!ok) continue;
+    for (let k = g.adjStart[u]!, e = g.adjStart[u + 1]!; k < e; k++) {
+      const to = g.adjTo[k]!;
+      if (done[to]) continue;
+      if (ok) {
+        const li = g.adjLink[k]!;
+        if (ok[li] === 0) ok[li] = usable!(g.linkIds[li]!) ? 1 : 2;
+        if (ok[li] === 2) continue;
+      }
       // Cost plus a tiny per-hop term so that equal-cost paths prefer fewer hops.
-      const nd = d + link.cost + 1e-9;
-      const old = dist.get(to);
-      if (old === undefined || nd < old) {
-        dist.set(to, nd);
-        prev.set(to, { node: u, link: link.id });
+      const nd = d + g.adjCost[k]! + 1e-9;
+      if (nd < dist[to]!) {
+        dist[to] = nd;
+        prevNode[to] = u;
+        prevLink[to] = g.adjLink[k]!;
         heap.push(nd, to);
       }
     }
