@@ -49,6 +49,8 @@ export const command: Command = {
       ...(o['public-url'] ? { publicUrl: o['public-url'] as string } : {}),
     });
     process.stderr.write(`vmtc aaa: ${aaa.issuer} listening on ${aaa.url} (admin credential in ${join(dataDir, 'admin.token')})\n`);
+    // One JSON line when ready, like every vmtc service (scripts and the lab wait for it).
+    process.stdout.write(JSON.stringify({ event: 'ready', svc: 'aaa', url: aaa.url, issuer: aaa.issuer }) + '\n');
     return runUntilSignal(() => aaa.close());
   },
 };

@@ -33,7 +33,7 @@ export const command: Command = {
       holdTimeoutMs: hold * 1000,
       logger,
     });
-    process.stdout.write(`vmtc broker ${broker.domain} listening on ${broker.url}\n`);
+    process.stdout.write(JSON.stringify({ event: 'ready', svc: 'broker', domain: broker.domain, url: broker.url }) + '\n');
     return runUntilSignal(() => broker.close());
   },
 };
