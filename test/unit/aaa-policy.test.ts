@@ -3,7 +3,7 @@ import { describe, it, expect } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { generateRequesterKeySync } from '../../src/common/dpop.ts';
 import { VmtcError } from '../../src/common/errors.ts';
 import { parsePolicy, loadPolicyFile, decide, insideTimeOfDay, pathDomains } from '../../src/aaa/policy.ts';
@@ -79,6 +79,36 @@ describe('AAA policy validation', () => {
       expect(r.status).toBe(1);
       expect(r.stderr).toMatch(/VMTC_AAA_POLICY_INVALID.*rules\[0\]\.src\[0\]/);
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('vmtc aaa (the binary)', () => {
+  it('serves its JWKS and stops cleanly on SIGTERM', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmtc-aaa-bin-'));
+    const f = join(dir, 'policy.json');
+    writeFileSync(f, JSON.stringify(valid()));
+    const child = spawn(process.execPath, [join(process.cwd(), 'bin/vmtc.js'), 'aaa', '--listen', '127.0.0.1:0', '--data', join(dir, 'data'), '--domain', 'a', '--policy', f, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      let stderr = '';
+      const url = await new Promise<string>((resolve, reject) => {
+        child.stderr!.on('data', (d: Buffer) => {
+          stderr += d.toString();
+          const m = /listening on (http:\/\/\S+)/.exec(stderr);
+          if (m) resolve(m[1]!);
+        });
+        child.once('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
+      });
+      expect(stderr).toContain('aaa:a');
+      const jwks = (await (await fetch(`${url}/.well-known/jwks.json`)).json()) as { keys: { kid: string; kty: string; crv: string }[] };
+      expect(jwks.keys).toHaveLength(1);
+      expect(jwks.keys[0]).toMatchObject({ kty: 'OKP', crv: 'Ed25519', kid: expect.any(String) });
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
     }
   });
