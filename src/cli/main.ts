@@ -6,6 +6,7 @@ import { helpText, parseCommandArgs, formatCliError, type Command } from './regi
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
   controller: { summary: 'run the VM Traffic Controller (REST API, migrations, agent hub)', load: async () => (await import('../controller/command.ts')).command },
   agent: { summary: 'run a host agent on a hypervisor host', load: async () => (await import('../../agents/host/command.ts')).command },
+  tunnel: { summary: 'run a tunnel agent where clients enter: keeps IP tunnels pointed at the VM\'s site, make-before-break', load: async () => (await import('../../agents/tunnel/command.ts')).command },
   aaa: { summary: 'run an AAA service: policy, capability tokens, peering, accounting', load: async () => (await import('../aaa/command.ts')).command },
   broker: { summary: 'run a lightpath broker: topology, calendar, NSI-style reservations', load: async () => (await import('../broker/command.ts')).command },
   lab: { summary: 'build, inspect or remove the lab (namespaces, delay line, guest image): up|down|status', load: async () => (await import('../../lab/command.ts')).command },
