@@ -110,9 +110,14 @@ export class AgentLink extends EventEmitter {
     this.peer?.setHandler(method, h);
   }
 
-  /** Send an event to the controller; while disconnected it is queued (bounded). */
-  send(name: string, data?: unknown): void {
+  /**
+   * Send an event to the controller. While disconnected it is queued (bounded) and sent after the
+   * next welcome, unless `queue: false` (for state snapshots such as the inventory, which are
+   * re-sent fresh on every connect and must not be overtaken by a stale copy).
+   */
+  send(name: string, data?: unknown, opts: { queue?: boolean } = {}): void {
     if (this.ready && this.peer) return this.peer.emit(name, data);
+    if (opts.queue === false) return;
     this.queue.push({ name, data });
     const limit = this.opts.queueLimit ?? 256;
     while (this.queue.length > limit) this.queue.shift();

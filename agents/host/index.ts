@@ -164,7 +164,7 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       do {
         again = false;
         if (!link.connected || closed) break;
-        link.send('inventory', await inventory());
+        link.send('inventory', await inventory(), { queue: false });
       } while (again);
     } catch (e) {
       log.warn({ err: e }, 'inventory failed');
