@@ -45,7 +45,9 @@ export const command: Command = {
     'rtt-ms': { type: 'string', arg: 'MS', default: String(LAB_DEFAULTS.rttMs), help: 'lightpath round-trip time' },
     'rate-mbps': { type: 'string', arg: 'MBPS', default: String(LAB_DEFAULTS.rateMbps), help: 'lightpath line rate' },
     'queue-ms': { type: 'string', arg: 'MS', default: String(LAB_DEFAULTS.queueMs), help: 'delay line queue bound (ms at line rate)' },
+    'queue-bytes': { type: 'string', arg: 'BYTES', help: 'delay line queue bound in bytes (instead of --queue-ms)' },
     loss: { type: 'string', arg: 'P', default: '0', help: 'random loss probability on the lightpath' },
+    'tcp-max-mb': { type: 'string', arg: 'MB', default: String(LAB_DEFAULTS.tcpMaxBytes / (1024 * 1024)), help: 'tcp_rmem/tcp_wmem maximum in every namespace' },
     lightpath: { type: 'boolean', help: 'up: also provision a standing lightpath siteA↔siteB' },
     'bandwidth-mbps': { type: 'string', arg: 'MBPS', help: 'up --lightpath: reserved bandwidth (default: the line rate)' },
     all: { type: 'boolean', help: 'down: remove every lab and recorded delay line' },
@@ -66,7 +68,9 @@ export const command: Command = {
           rttMs: numOpt(opts['rtt-ms'], 'rtt-ms')!,
           rateMbps,
           queueMs: numOpt(opts['queue-ms'], 'queue-ms')!,
+          ...(opts['queue-bytes'] !== undefined ? { queueBytes: numOpt(opts['queue-bytes'], 'queue-bytes')! } : {}),
           loss: numOpt(opts.loss, 'loss')!,
+          tcpMaxBytes: numOpt(opts['tcp-max-mb'], 'tcp-max-mb')! * 1024 * 1024,
           stateDir,
         });
         if (opts.lightpath) await provisionLightpath(lab, lab.sites[0]!.name, lab.sites[1]!.name, numOpt(opts['bandwidth-mbps'], 'bandwidth-mbps') ?? rateMbps);

@@ -9,7 +9,7 @@
 //
 // Addresses only from the documentation ranges and the VM's private 10.1.1.0/24 (LAB-NOTES).
 import { randomBytes } from 'node:crypto';
-import { DELAY_LINE_DEFAULTS } from './delay-line.ts';
+import { DELAY_LINE_DEFAULTS, queueBytesToMs } from './delay-line.ts';
 import { labError } from './errors.ts';
 
 export interface LabConfig {
@@ -23,6 +23,8 @@ export interface LabConfig {
   rateMbps?: number;
   /** Queue bound of the delay line, ms at the line rate. Default 20. */
   queueMs?: number;
+  /** Queue bound in bytes instead (converted to ms at the line rate); wins over queueMs. */
+  queueBytes?: number;
   /** Random loss probability on the lightpath. Default 0. */
   loss?: number;
   /** Upper bound of tcp_rmem/tcp_wmem in every namespace, bytes. Default 64 MiB (LAB-NOTES). */
@@ -130,7 +132,7 @@ export function describeLab(cfg: LabConfig = {}, now: Date = new Date()): Lab {
   if (!Number.isInteger(n) || n < 2 || n > 9) throw labError('VMTC_CONFIG_INVALID', { field: 'sites', value: n }, { message: 'sites must be an integer from 2 to 9' });
   const rttMs = cfg.rttMs ?? LAB_DEFAULTS.rttMs;
   const rateMbps = cfg.rateMbps ?? LAB_DEFAULTS.rateMbps;
-  const queueMs = cfg.queueMs ?? LAB_DEFAULTS.queueMs;
+  const queueMs = cfg.queueBytes !== undefined ? queueBytesToMs(cfg.queueBytes, rateMbps) : cfg.queueMs ?? LAB_DEFAULTS.queueMs;
   const loss = cfg.loss ?? LAB_DEFAULTS.loss;
   for (const [field, v, ok] of [
     ['rttMs', rttMs, rttMs >= 0],
