@@ -24,7 +24,7 @@ async function setup(cfgA: DoubleDriverConfig = {}, cfgB: DoubleDriverConfig = {
     const d = tempDir();
     cleanups.push(() => rmSync(d, { recursive: true, force: true }));
     const inv = waitFor(f.hub, 'inventory', (h) => h === hostId);
-    const a: HostAgent = await startHostAgent({ controllerUrl: f.controllerUrl, enrollToken: f.hub.mintEnrollToken({ kind: 'host', hostId }).token, dataDir: d, driver, site: hostId });
+    const a: HostAgent = await startHostAgent({ controllerUrl: f.controllerUrl, enrollToken: f.hub.mintEnrollToken({ kind: 'host', hostId }).token, dataDir: d, driver, site: hostId, backoff: { initialMs: 20, maxMs: 200 } });
     cleanups.push(() => a.close());
     await inv;
     return { agent: a, driver };
@@ -130,5 +130,22 @@ describe('host agent with the DoubleDriver', () => {
     const c = new DoubleDriver({ failures: { failPrepareIncoming: true } });
     await expect(c.prepareIncoming(spec('vm-7'), 'm', '127.0.0.1')).rejects.toMatchObject({ code: 'VMTC_HOST_FAULT_INJECTED' });
     await expect(a.migrate('vm-6', 'http://x', { migrationId: 'm' }, () => {})).rejects.toMatchObject({ code: 'VMTC_HOST_MIGRATION_URI' });
+  });
+
+  it('a migration that ends while the controller link is down reports its end after reconnecting', async () => {
+    const { f, A } = await setup({ vms: [spec('vm-8', 64)] });
+    const port = Number(new URL(f.hub.url).port);
+    const firstProgress = waitFor(f.hub, 'event', (h, n, d) => h === 'host-a' && n === 'migration.progress' && d.status === 'active');
+    const vm = await f.hub.request('host-a', 'vm.describe', { vmId: 'vm-8' });
+    const { uri } = await f.hub.request('host-b', 'vm.prepareIncoming', { spec: vm.spec, migrationId: 'mig-8', listenHost: '127.0.0.1' });
+    await f.hub.request('host-a', 'vm.migrate', { vmId: 'vm-8', uri, params: { migrationId: 'mig-8', bandwidthMbps: 400 } });
+    await firstProgress;
+    await f.stop(); // the controller goes away mid-migration; the VMs keep moving host to host
+    await until(async () => (await A.driver.describe('vm-8')).state === 'postmigrate', 15_000, 'migration to finish');
+    const f2 = await startHub({ dir: f.dir, db: f.db, port });
+    cleanups.push(() => f2.stop());
+    const [, , result] = await waitFor(f2.hub, 'event', (h, n) => h === 'host-a' && n === 'migration.done', 15_000);
+    expect(result).toMatchObject({ migrationId: 'mig-8', status: 'completed' });
+    expect(await f2.hub.request('host-a', 'vm.migrationStatus', { vmId: 'vm-8' })).toMatchObject({ status: 'completed' });
   });
 });
