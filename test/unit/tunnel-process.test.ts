@@ -1,0 +1,83 @@
+// `vmtc tunnel` as a real process (node bin/vmtc.js tunnel … --driver memory) against a hub
+// started here: it enrols as a tunnel agent, prints its ready line on stdout, is switched by the
+// controller's HubTunnelPort, and exits 0 on SIGTERM. Bad configuration fails at start, coded.
+import { describe, it, expect, afterEach } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { HubTunnelPort } from '../../src/controller/tunnel-port.ts';
+import { startHub, tempDir, waitFor, until } from './agent-fixture.ts';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+function spawnTunnel(args: string[]) {
+  const child: ChildProcess = spawn(process.execPath, ['bin/vmtc.js', 'tunnel', ...args], { cwd: join(import.meta.dirname, '..', '..'), stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d) => { out += d; });
+  child.stderr!.on('data', (d) => { err += d; });
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  cleanups.push(async () => {
+    if (child.exitCode === null && child.signalCode === null && child.pid) {
+      process.kill(child.pid, 'SIGKILL');
+      await exited;
+    }
+  });
+  return { child, exited, stdout: () => out, stderr: () => err };
+}
+
+describe('vmtc tunnel (process)', () => {
+  it('enrols, prints its ready line, is switched by the controller, and stops on SIGTERM', async () => {
+    const f = await startHub();
+    cleanups.push(() => f.close());
+    const d = tempDir('vmtc-tunnel-');
+    cleanups.push(() => rmSync(d, { recursive: true, force: true }));
+    const minted = f.hub.mintEnrollToken({ kind: 'tunnel', hostId: 'tun-proc' });
+    const connected = waitFor(f.hub, 'connected', (h: string) => h === 'tun-proc', 25_000);
+    const p = spawnTunnel(['--controller', f.controllerUrl, '--enroll', minted.token, '--ca-fingerprint', minted.caFingerprint, '--data', join(d, 'agent'),
+      '--driver', 'memory', '--site', 'siteA', '--site', 'siteB=198.51.100.20', '--initial-site', 'siteA', '--log-level', 'warn']);
+    try {
+      const [, kind] = await connected;
+      expect(kind).toBe('tunnel');
+      await until(() => p.stdout().includes('\n'), 10_000, 'ready line');
+    } catch (e) {
+      throw new Error(`tunnel agent never got ready: ${p.stdout()} ${p.stderr()}`, { cause: e });
+    }
+    // stdout holds exactly the ready line (the log goes to stderr).
+    const lines = p.stdout().trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0]!)).toEqual({ event: 'ready', hostId: 'tun-proc', kind: 'tunnel', driver: 'memory', sites: ['siteA'] });
+
+    const port = new HubTunnelPort(f.hub);
+    await port.bicast('vm-1', 'siteA', 'siteB');
+    expect(await f.hub.requestRaw('tun-proc', 'tunnel.state', {})).toMatchObject({ sites: ['siteA', 'siteB'] });
+    await port.prune('vm-1', 'siteB', 'siteA');
+    expect(await f.hub.requestRaw('tun-proc', 'tunnel.state', {})).toMatchObject({ sites: ['siteB'], vmSites: { 'vm-1': ['siteB'] } });
+
+    const gone = waitFor(f.hub, 'disconnected', (h: string) => h === 'tun-proc');
+    process.kill(p.child.pid!, 'SIGTERM');
+    expect(await p.exited).toBe(0);
+    await gone;
+  });
+
+  it('fails at start, coded and naming the field, on bad configuration', async () => {
+    const d = tempDir('vmtc-tunnel-');
+    cleanups.push(() => rmSync(d, { recursive: true, force: true }));
+    const cases: [string[], string][] = [
+      [['--data', d, '--driver', 'vxlan', '--site', 'siteA=198.51.100.10'], '"field":"device"'],
+      [['--data', d, '--driver', 'vxlan', '--device', 'vx0', '--site', 'siteA'], '"field":"site"'],
+      [['--data', d, '--driver', 'vxlan', '--device', 'vx0', '--site', 'siteA=not-an-ip'], '"field":"site"'],
+      [['--data', d, '--driver', 'carrier-pigeon'], '"field":"driver"'],
+      [['--data', d, '--driver', 'memory'], '"field":"enroll"'],
+    ];
+    for (const [args, field] of cases) {
+      const p = spawnTunnel(args);
+      expect(await p.exited, args.join(' ')).toBe(1);
+      expect(p.stderr(), args.join(' ')).toContain('VMTC_CONFIG_INVALID');
+      expect(p.stderr(), args.join(' ')).toContain(field);
+    }
+  });
+});
