@@ -2,7 +2,7 @@
 // SIGINT/SIGTERM. The admin credential is printed as a path, never as a value.
 import { join, resolve } from 'node:path';
 import type { Command } from '../cli/registry.ts';
-import { runUntilSignal } from '../cli/registry.ts';
+import { runUntilSignal, formatCliError } from '../cli/registry.ts';
 import { parseListen } from '../common/http.ts';
 import { commonError } from '../common/errors.ts';
 import { createLogger } from '../common/log.ts';
@@ -51,6 +51,20 @@ export const command: Command = {
     process.stderr.write(`vmtc aaa: ${aaa.issuer} listening on ${aaa.url} (admin credential in ${join(dataDir, 'admin.token')})\n`);
     // One JSON line when ready, like every vmtc service (scripts and the lab wait for it).
     process.stdout.write(JSON.stringify({ event: 'ready', svc: 'aaa', url: aaa.url, issuer: aaa.issuer }) + '\n');
-    return runUntilSignal(() => aaa.close());
+    // SIGHUP reloads the policy file (e.g. to pin a peer's new key after it rotated); a bad file
+    // is reported and the policy in force stays.
+    const onHup = () => {
+      try {
+        aaa.reloadPolicy();
+        process.stderr.write('vmtc aaa: policy reloaded\n');
+      } catch (e) {
+        process.stderr.write(`vmtc aaa: policy not reloaded: ${formatCliError(e)}\n`);
+      }
+    };
+    process.on('SIGHUP', onHup);
+    return runUntilSignal(async () => {
+      process.off('SIGHUP', onHup);
+      await aaa.close();
+    });
   },
 };

@@ -36,7 +36,13 @@ export interface AaaHandle {
   app: FastifyInstance;
   keys: KeyStore;
   accounting: Accounting;
-  policy: Policy;
+  /** The policy in force. */
+  readonly policy: Policy;
+  /**
+   * Load the policy again (from `doc`, or from the policy file) and put it in force; a bad one is
+   * refused with VMTC_AAA_POLICY_INVALID and the old one stays. The token lifetime does not change.
+   */
+  reloadPolicy(doc?: unknown): Policy;
   close(): Promise<void>;
 }
 
@@ -165,7 +171,7 @@ export async function startAaa(opts: AaaOptions): Promise<AaaHandle> {
       }
       if (!req.headers.dpop) throw commonError('VMTC_UNAUTHENTICATED', { accepted: ['Bearer <admin token>', 'DPoP proof of a requester or reporter key'] });
       const jkt = proofOf(req);
-      const who = policy.reportersByJkt.get(jkt) ?? policy.requestersByJkt.get(jkt);
+      const who = service.policy.reportersByJkt.get(jkt) ?? service.policy.requestersByJkt.get(jkt);
       if (!who) throw aaaError('VMTC_AAA_REQUESTER_UNKNOWN', { jkt });
       return who.id;
     };
@@ -271,7 +277,15 @@ export async function startAaa(opts: AaaOptions): Promise<AaaHandle> {
       app: http,
       keys,
       accounting,
-      policy,
+      get policy() {
+        return service.policy;
+      },
+      reloadPolicy(doc?: unknown) {
+        const next = doc !== undefined ? parsePolicy(doc, opts.domain) : opts.policyFile !== undefined ? loadPolicyFile(opts.policyFile, opts.domain) : parsePolicy(opts.policy, opts.domain);
+        service.setPolicy(next);
+        logger.info({ requesters: next.requesters.length, rules: next.rules.length, peers: [...next.peers.keys()] }, 'policy reloaded');
+        return next;
+      },
       async close() {
         if (closed) return;
         closed = true;

@@ -82,6 +82,15 @@ export class AaaService {
     return e;
   }
 
+  get policy(): Policy {
+    return this.d.policy;
+  }
+
+  /** Swap the policy (SIGHUP, or the handle's reloadPolicy); requests in flight finish under the one they started with. */
+  setPolicy(p: Policy): void {
+    this.d.policy = p;
+  }
+
   /** Requester by the thumbprint of the key that signed its proof. */
   requesterByJkt(jkt: string): Requester | undefined {
     return this.d.policy.requestersByJkt.get(jkt);
@@ -94,20 +103,21 @@ export class AaaService {
   async authorize(requester: Requester, jkt: string, req: LightpathRequest): Promise<AuthorizationResult> {
     const log = this.d.logger.child({ migrationId: req.migrationId, vmId: req.vmId, requester: requester.id });
     const jti = randomBytes(16).toString('base64url');
+    const policy = this.d.policy;
     let domains: string[] | undefined;
     try {
       this.checkWindow(req);
-      domains = pathDomains(this.d.policy, req);
+      domains = pathDomains(policy, req);
       // Local policy first: a request this domain refuses must not bother the peers.
-      const first = decide(this.d.policy.rules, requester.id, req, this.usageFn(requester.id, 'grant'));
+      const first = decide(policy.rules, requester.id, req, this.usageFn(requester.id, 'grant'));
       if (!first.ok) throw aaaError(first.code, first.details);
       const others = domains.filter((x) => x !== this.d.domain);
-      for (const dom of others) if (!this.d.policy.peers.has(dom)) throw aaaError('VMTC_AAA_PEER_UNKNOWN', { domain: dom });
+      for (const dom of others) if (!policy.peers.has(dom)) throw aaaError('VMTC_AAA_PEER_UNKNOWN', { domain: dom });
       // Ask every other domain at once; the whole is refused if any refuses or is unreachable,
       // and the refusal reported is the first in path order.
       const key = this.d.keys.signing();
       const asked = await Promise.allSettled(others.map(async (dom) => {
-        const peer = this.d.policy.peers.get(dom)!;
+        const peer = policy.peers.get(dom)!;
         const { jws, claims } = signConsentRequest(key, this.d.domain, dom, { sub: requester.id, tokenJti: jti, req: { ...req, domains: domains! } }, this.d.clock.now());
         const reply = await askConsent(peer, this.d.domain, jws, claims.jti, () => this.d.clock.now(), this.d.peerTimeoutMs);
         return { domain: dom, rule: reply.rule };
@@ -130,7 +140,7 @@ export class AaaService {
       // concurrent request while the peers were answering.
       const now = this.d.clock.now();
       const result = this.d.accounting.transaction(() => {
-        const again = decide(this.d.policy.rules, requester.id, req, this.usageFn(requester.id, 'grant'));
+        const again = decide(policy.rules, requester.id, req, this.usageFn(requester.id, 'grant'));
         if (!again.ok) throw aaaError(again.code, again.details);
         const signKey = this.d.keys.signing();
         const { token, claims } = signCapabilityToken(signKey, {

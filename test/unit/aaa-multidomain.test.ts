@@ -140,6 +140,29 @@ describe('AAA multi-domain consent', () => {
     expect(unknown.details).toEqual({ domain: 'zz' });
   });
 
+  it('after a peer rotates its key, its consents fail until the new key is pinned (policy reload)', async () => {
+    const rot = await fetch(`${c.url}/v1/keys/rotate`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${c.adminToken}` }, body: '{}' });
+    const { publicJwk } = (await rot.json()) as { publicJwk: Record<string, unknown> };
+    const bad = await refusal(requestAuthorization(a.url, ctl, req({ migrationId: 'mig-rot-peer' })));
+    expect(bad.code).toBe('VMTC_AAA_PEER_BAD_REPLY');
+    expect(bad.details).toMatchObject({ domain: 'c', reason: 'key-not-pinned' });
+    // Pin both keys (old and new), as an operator would, and reload without a restart.
+    const doc = {
+      domain: 'a',
+      sites: { ...SITES, siteD: 'd' },
+      requesters: [{ id: 'controller-a', jwk: ctl.publicJwk }],
+      peers: [
+        { domain: 'b', url: b.url, jwk: b.publicJwk() },
+        { domain: 'c', url: c.url, keys: [...c.jwks().keys, publicJwk] },
+      ],
+      rules: [{ id: 'a-anywhere', requesters: ['controller-a'], projects: ['p1'], src: ['siteA'], maxBandwidthMbps: 1000 }],
+    };
+    expect(() => a.reloadPolicy({ ...doc, rules: [{ id: 'broken' }] })).toThrow(expect.objectContaining({ code: 'VMTC_AAA_POLICY_INVALID' }));
+    a.reloadPolicy(doc);
+    const ok = await requestAuthorization(a.url, ctl, req({ migrationId: 'mig-rot-peer' }));
+    expect(ok.consents.map((x) => x.domain)).toEqual(['b', 'c']);
+  });
+
   it('a peer refuses consent requests not signed by the pinned key, and replays', async () => {
     const forger = await generateRequesterKey();
     const body = { sub: 'controller-a', tokenJti: 'x1', req: { ...req(), domains: ['a', 'b', 'c'] } };
