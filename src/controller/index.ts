@@ -15,6 +15,7 @@ import { registerEnrollRoutes } from './enroll-routes.ts';
 import { HUB_ERRORS } from './hub-errors.ts';
 import { CONTROLLER_ERRORS } from './errors.ts';
 import { TERMINAL } from './machine.ts';
+import { HubTunnelPort } from './tunnel-port.ts';
 import { AaaAuthorization, BrokerLightpath, loadControllerKey } from './integrations.ts';
 import type { AuthorizationPort, LightpathPort, TunnelPort } from './ports.ts';
 
@@ -120,7 +121,8 @@ export async function startController(opts: ControllerOptions): Promise<Controll
       : undefined;
     const authorization = opts.authorization ?? integ.authorization ?? aaaPort;
     const lightpath = opts.lightpath ?? integ.lightpath ?? brokerPort;
-    const tunnel = opts.tunnel ?? integ.tunnel;
+    // Tunnel agents are found through the hub; with none connected, bicast/prune are no-ops.
+    const tunnel = opts.tunnel ?? integ.tunnel ?? new HubTunnelPort(hub, { logger });
     const runner = new MigrationRunner({
       store, hub, logger: logger.child({ mod: 'runner' }), clock, ids,
       options: { ...CONTROLLER_DEFAULTS.runner, ...(opts.runner ?? {}) },

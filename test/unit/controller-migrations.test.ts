@@ -66,9 +66,11 @@ describe('controller: live migration through the state machine', () => {
     const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
     expect(done.state).toBe('rolled_back');
     expect(done.error.code).toMatch(/^VMTC_/);
-    const list = (await h.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === 'vm1');
-    expect(list).toHaveLength(1);
-    expect(list[0]).toMatchObject({ hostId: 'A', state: 'running' });
+    // Agents report inventory changes asynchronously: wait for the destination's copy to go.
+    await h.waitFor(async () => {
+      const list = (await h!.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === 'vm1');
+      return list.length === 1 && list[0].hostId === 'A' && list[0].state === 'running';
+    }, 'vm1 running only at A');
   });
 
   it('mode auto with incompatible CPUs takes the cold branch, which ends rolled back with a clear code', async () => {
