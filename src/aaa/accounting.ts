@@ -86,7 +86,9 @@ export class Accounting {
       VALUES (@at, @kind, @who, @reporter, @rule, @jti, @migrationId, @vmId, @project, @src, @dst, @domains, @bandwidthMbps, @windowStart, @windowEnd, @mbitSeconds, @bytes, @code, @details)`);
     this.usageStmt = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(mbit_seconds), 0) AS mbs FROM accounting
       WHERE who = ? AND rule = ? AND kind = ? AND at > ?`);
-    this.grantStmt = db.prepare(`SELECT * FROM accounting WHERE jti = ? AND kind = 'grant' ORDER BY seq LIMIT 1`);
+    // A grant made here, or a consent this domain gave to a peer's grant (so the brokers of a
+    // transit or destination domain can report use to their own AAA).
+    this.grantStmt = db.prepare(`SELECT * FROM accounting WHERE jti = ? AND kind IN ('grant', 'consent-grant') ORDER BY kind = 'grant' DESC, seq LIMIT 1`);
     this.useStmt = db.prepare(`SELECT * FROM accounting WHERE jti = ? AND kind = 'use' ORDER BY seq DESC LIMIT 1`);
   }
 

@@ -113,6 +113,10 @@ describe('AAA multi-domain consent', () => {
       expect(ev).toHaveLength(1);
       expect(ev[0]).toMatchObject({ kind: 'consent-grant', who: 'aaa:a', rule, jti: r.jti, bandwidthMbps: 50, details: { requester: 'controller-a' } });
     }
+    // b's broker reports use of the lightpath to b's own AAA, which knows the jti from the consent.
+    const use = await fetch(`${b.url}/v1/accounting/events`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${b.adminToken}` }, body: JSON.stringify({ kind: 'use', jti: r.jti }) });
+    expect(use.status).toBe(201);
+    expect(await use.json()).toMatchObject({ kind: 'use', who: 'aaa:a', reporter: 'admin', migrationId: 'mig-3ok', bandwidthMbps: 50 });
   });
 
   it('refuses the whole when the last domain refuses, naming it, and records the refusal on both sides', async () => {
