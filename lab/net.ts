@@ -190,8 +190,12 @@ function recordBelongsTo(r: LightpathRecord, prefix: string): boolean {
  */
 export async function labDown(prefix: string, stateDir: string = LAB_DEFAULTS.stateDir): Promise<void> {
   if (!validPrefix(prefix)) throw labError('VMTC_LAB_BAD_PREFIX', { prefix });
-  const driver = new LinuxLightpathDriver({ stateDir });
-  for (const r of await driver.records()) if (recordBelongsTo(r, prefix)) await driver.release(r.connectionId);
+  // Lightpaths of this lab may be recorded under the lab's state dir (lab/net.ts, tests) or the
+  // default one (a broker process running the Linux driver with its defaults).
+  for (const dir of new Set([stateDir, LAB_DEFAULTS.stateDir])) {
+    const driver = new LinuxLightpathDriver({ stateDir: dir });
+    for (const r of await driver.records()) if (recordBelongsTo(r, prefix)) await driver.release(r.connectionId);
+  }
   const mine = (await listNetns()).filter((n) => LAB_NS_PATTERN.exec(n)?.[1] === prefix);
   for (const ns of mine) await killNamespacePids(ns);
   for (const ns of mine) await tryRun(['ip', 'netns', 'del', ns]);

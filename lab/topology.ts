@@ -219,26 +219,35 @@ export function linuxNodeSettings(lab: Lab, site: LabSite): LinuxNodeSettings {
   };
 }
 
+/** The broker's topology file format (src/broker/topology.ts; docs/broker.md). */
 export interface BrokerTopologyFile {
   domain: string;
-  nodes: { id: string; kind: 'site' | 'switch'; settings: Record<string, unknown> }[];
-  links: { id: string; a: string; b: string; capacityMbps: number }[];
-  interDomain: { id: string; node: string; peerDomain: string }[];
+  description: string;
+  nodes: { id: string; description: string; driver: Record<string, unknown> }[];
+  links: { id: string; a: string; z: string; capacityMbps: number; latencyMs: number; description: string }[];
 }
 
 /**
- * A broker topology for this lab: one node per site (carrying the Linux driver's settings), the
- * WAN as a switch node, and a link from every site to it with the lightpath's line rate as
- * capacity. A path siteA → wan → siteB has ends siteA and siteB, which is all the driver uses.
+ * A broker topology for this lab: one node per site whose `driver` settings are what the Linux
+ * driver reads, the WAN as a node, and a link from every site to it with the lightpath's line
+ * rate as capacity and half its RTT split over the two hops. A path siteA → wan → siteB has
+ * ends siteA and siteB, which is all the driver uses.
  */
 export function brokerTopologyFor(lab: Lab, domain = `lab-${lab.prefix}`): BrokerTopologyFile {
   return {
     domain,
+    description: `vmtc lab ${lab.prefix}: ${lab.sites.length} sites, ${lab.lightpath.oneWayMs * 2} ms RTT, ${lab.lightpath.rateMbps} Mbit/s`,
     nodes: [
-      ...lab.sites.map((s) => ({ id: s.name, kind: 'site' as const, settings: linuxNodeSettings(lab, s) as unknown as Record<string, unknown> })),
-      { id: 'wan', kind: 'switch' as const, settings: { namespace: lab.wan.ns } },
+      ...lab.sites.map((s) => ({ id: s.name, description: `site ${s.name} (namespace ${s.ns})`, driver: linuxNodeSettings(lab, s) as unknown as Record<string, unknown> })),
+      { id: 'wan', description: `the WAN (namespace ${lab.wan.ns}), where delay lines run`, driver: { namespace: lab.wan.ns } },
     ],
-    links: lab.sites.map((s) => ({ id: `${s.name}-wan`, a: s.name, b: 'wan', capacityMbps: lab.lightpath.rateMbps })),
-    interDomain: [],
+    links: lab.sites.map((s) => ({
+      id: `${s.name}-wan`,
+      a: s.name,
+      z: 'wan',
+      capacityMbps: lab.lightpath.rateMbps,
+      latencyMs: lab.lightpath.oneWayMs / 2,
+      description: `${s.name} to the WAN (half of the one-way delay)`,
+    })),
   };
 }

@@ -38,7 +38,7 @@ describe('vmtc lab', () => {
     expect(status).toContain('lightpath lab-');
 
     const topo = JSON.parse((await vmtc('topology', '--prefix', prefix)).stdout);
-    expect(topo.nodes.find((n: { id: string }) => n.id === 'siteB').settings).toMatchObject({ namespace: `${prefix}-siteB`, overlayIp: '192.0.2.2', oneWayMs: 5 });
+    expect(topo.nodes.find((n: { id: string }) => n.id === 'siteB').driver).toMatchObject({ namespace: `${prefix}-siteB`, overlayIp: '192.0.2.2', oneWayMs: 5 });
 
     await vmtc('down', '--prefix', prefix);
     expect((await listNetns()).filter((n) => n.startsWith(`${prefix}-`))).toEqual([]);

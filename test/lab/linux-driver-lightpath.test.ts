@@ -12,13 +12,14 @@ import { brokerTopologyFor, randomPrefix } from '../../lab/topology.ts';
 import { LinuxLightpathDriver, lightpathHash } from '../../src/broker/drivers/linux.ts';
 import { VmtcError } from '../../src/common/errors.ts';
 import type { SegmentRequest } from '../../src/broker/driver.ts';
+import { parseTopology } from '../../src/broker/topology.ts';
 
 let stateDir: string;
 let lab: Lab;
 let driver: LinuxLightpathDriver;
 
 function nodesFromTopology(l: Lab): Record<string, Record<string, unknown>> {
-  return Object.fromEntries(brokerTopologyFor(l).nodes.map((n) => [n.id, n.settings]));
+  return Object.fromEntries(brokerTopologyFor(l).nodes.map((n) => [n.id, n.driver]));
 }
 
 function req(connectionId: string, over: Partial<SegmentRequest> = {}): SegmentRequest {
@@ -114,6 +115,24 @@ describe('Linux lightpath driver', () => {
     // Another driver instance (the broker restarted) finds and releases it from the record.
     await new LinuxLightpathDriver({ stateDir }).release('c-ac');
     await expectNothingLeft('c-ac');
+  });
+
+  it('emits a topology file the broker accepts', () => {
+    const topo = parseTopology(brokerTopologyFor(lab), `lab-${lab.prefix}`);
+    expect([...topo.nodes.keys()].sort()).toEqual(['siteA', 'siteB', 'siteC', 'wan']);
+    expect(topo.nodes.get('siteB')?.driver).toMatchObject({ namespace: `${lab.prefix}-siteB`, overlayIp: '192.0.2.2', relayIp: '203.0.113.1' });
+  });
+
+  it('clears a stale record (relay and devices gone) instead of refusing the pair forever', async () => {
+    const seg = await driver.provision(req('c-stale'));
+    const relay = seg.details.relay as { pid: number };
+    process.kill(relay.pid, 'SIGKILL');
+    for (const s of lab.sites.slice(0, 2)) await run(['ip', '-n', s.ns, 'link', 'del', 'dev', seg.details.device as string]);
+    await driver.provision(req('c-fresh'));
+    expect((await driver.records()).map((r) => r.connectionId)).toEqual(['c-fresh']);
+    await driver.release('c-fresh');
+    await expectNothingLeft('c-fresh');
+    await expectNothingLeft('c-stale');
   });
 
   it('keeps two lightpaths from one site apart (A↔B and A↔C at once)', async () => {

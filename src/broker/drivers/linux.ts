@@ -198,9 +198,15 @@ export class LinuxLightpathDriver implements NetworkElementDriver {
     // claim the same point-to-point route.
     for (const r of await this.records()) {
       const ns = new Set(r.ends.map((e) => e.namespace));
-      if (ns.has(a.namespace) && ns.has(b.namespace)) {
-        throw labError('VMTC_LIGHTPATH_CONFLICT', { connectionId, existing: r.connectionId, ends: [a.node, b.node] });
+      if (!(ns.has(a.namespace) && ns.has(b.namespace))) continue;
+      // A record whose devices or relay are gone is debris of a crash or of a lab removed
+      // under it: clear it rather than refuse forever.
+      if (!(await this.intact(r))) {
+        this.log.warn({ connectionId: r.connectionId }, 'removing a stale lightpath record');
+        await this.teardown(r);
+        continue;
       }
+      throw labError('VMTC_LIGHTPATH_CONFLICT', { connectionId, existing: r.connectionId, ends: [a.node, b.node] });
     }
 
     const hash = lightpathHash(connectionId);
