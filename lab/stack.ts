@@ -1,0 +1,229 @@
+// The whole vmtc system in the lab, every service a real process: the lab's namespaces and
+// delay line, an AAA, a broker with the Linux lightpath driver, the controller, one QEMU host
+// agent per site and the tunnel agent for the client namespace; plus a guest VM started at the
+// first site. Used by the lab end-to-end tests and the turntable. close() stops every process it
+// started (by pid) and removes the lab, also after a failure halfway through start.
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, createWriteStream } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { labUp, labDown, netnsExec, type Lab } from './net.ts';
+import { brokerTopologyFor } from './topology.ts';
+import { buildGuestImage, guestAppend, type GuestAppendOptions } from './guest/build.ts';
+import { loadControllerKey } from '../src/controller/integrations.ts';
+
+const BIN = new URL('../bin/vmtc.js', import.meta.url).pathname;
+
+export interface StackOptions {
+  prefix?: string;
+  rttMs?: number;
+  rateMbps?: number;
+  queueMs?: number;
+  memoryMb?: number;
+  /** Guest command-line options (probes, load). */
+  guest?: GuestAppendOptions;
+  /** Where logs and state go (default: a temp dir, removed on close unless keepDir). */
+  dir?: string;
+  keepDir?: boolean;
+  /** Policy: the largest bandwidth the AAA grants (default: the line rate). */
+  maxBandwidthMbps?: number;
+  logLevel?: string;
+  onProgress?: (msg: string) => void;
+}
+
+export interface Stack {
+  lab: Lab;
+  dir: string;
+  url: string;
+  adminToken: string;
+  brokerUrl: string;
+  aaaUrl: string;
+  vmId: string;
+  hostOf(site: string): string;
+  siteOf(hostId: string): string;
+  api(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }>;
+  /** Request a migration of the VM to `site` and wait for a terminal state. */
+  migrate(toSite: string, body?: Record<string, unknown>, onState?: (rec: any) => void): Promise<any>;
+  waitState(id: string, states: string[], timeoutMs?: number): Promise<any>;
+  /** Where the VM runs now, according to the agents. */
+  vmPlaces(): Promise<{ hostId: string; state: string }[]>;
+  agentDataDir(hostId: string): string;
+  close(): Promise<void>;
+}
+
+interface Started { child: ChildProcess; ready: Record<string, any> }
+
+function startProc(args: string[], logFile: string, opts: { waitReady?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<Started> {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(opts.env ?? {}) } });
+  const log = createWriteStream(logFile);
+  child.stderr!.pipe(log);
+  let buf = '';
+  return new Promise((resolve, reject) => {
+    if (opts.waitReady === false) {
+      child.stdout!.pipe(log);
+      resolve({ child, ready: {} });
+      return;
+    }
+    const timer = setTimeout(() => reject(new Error(`vmtc ${args[0]} not ready in 60 s (log ${logFile})`)), 60_000);
+    child.stdout!.on('data', (d) => {
+      log.write(d);
+      buf += d;
+      const lines = buf.split('\n');
+      buf = lines.pop()!;
+      for (const line of lines) {
+        if (!line.startsWith('{') || !line.includes('"ready"')) continue;
+        try {
+          const j = JSON.parse(line);
+          if (j.event === 'ready') { clearTimeout(timer); resolve({ child, ready: j }); }
+        } catch { /* a log line */ }
+      }
+    });
+    child.once('exit', (c) => { clearTimeout(timer); reject(new Error(`vmtc ${args[0]} exited with ${c} (log ${logFile}): ${readFileSync(logFile, 'utf8').slice(-1500)}`)); });
+  });
+}
+
+async function stopProc(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const exited = new Promise<void>((r) => p.once('exit', () => r()));
+  p.kill('SIGTERM');
+  const t = setTimeout(() => { if (p.exitCode === null) p.kill('SIGKILL'); }, 8000);
+  await exited;
+  clearTimeout(t);
+}
+
+export async function startStack(o: StackOptions = {}): Promise<Stack> {
+  const say = o.onProgress ?? (() => undefined);
+  const dir = o.dir ?? mkdtempSync(join(tmpdir(), 'vmtc-stack-'));
+  mkdirSync(dir, { recursive: true });
+  const procs: ChildProcess[] = [];
+  let lab: Lab | undefined;
+  const env = { VMTC_LOG_LEVEL: o.logLevel ?? 'info' };
+  const cleanup = async () => {
+    // Agents first (they stop nothing of the guests: QEMU keeps running), then the guests' QEMU
+    // processes by the pidfiles the QEMU driver keeps, then services, then the lab.
+    for (const p of [...procs].reverse()) await stopProc(p).catch(() => undefined);
+    for (const site of lab?.sites ?? []) {
+      const vmsDir = join(dir, `agent-${site.name}`, 'qemu', 'vms');
+      let entries: string[] = [];
+      try { entries = (await import('node:fs')).readdirSync(vmsDir); } catch { /* none */ }
+      for (const vm of entries) {
+        try {
+          const pid = Number(readFileSync(join(vmsDir, vm, 'qemu.pid'), 'utf8').trim());
+          const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+          if (cmd.includes(vmsDir)) process.kill(pid, 'SIGKILL');
+        } catch { /* gone */ }
+      }
+    }
+    if (lab) await labDown(lab.prefix).catch(() => undefined);
+    if (!o.dir && !o.keepDir) rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    say('building the guest image (cached after the first time)');
+    const guest = await buildGuestImage();
+    say('bringing the lab up (namespaces, WAN, client tunnel)');
+    lab = await labUp({ ...(o.prefix ? { prefix: o.prefix } : {}), rttMs: o.rttMs ?? 198, rateMbps: o.rateMbps ?? 1000, ...(o.queueMs ? { queueMs: o.queueMs } : {}), tunnelSite: null });
+    const domain = `lab-${lab.prefix}`;
+    const ctlDir = join(dir, 'controller');
+    mkdirSync(ctlDir, { recursive: true });
+    const { jkt } = loadControllerKey(ctlDir);
+    const sites = lab.sites.map((s) => s.name);
+    writeFileSync(join(dir, 'policy.json'), JSON.stringify({
+      version: 1, domain, sites: Object.fromEntries(sites.map((s) => [s, domain])),
+      requesters: [{ id: 'controller', jkt }],
+      rules: [{ id: 'lab-turntable', requesters: ['controller'], projects: ['lab'], src: sites, dst: sites, maxBandwidthMbps: o.maxBandwidthMbps ?? lab.lightpath.rateMbps }],
+    }, null, 2));
+    say('starting the AAA, the broker (Linux lightpath driver) and the controller');
+    const aaa = await startProc(['aaa', '--listen', '127.0.0.1:0', '--data', join(dir, 'aaa'), '--domain', domain, '--policy', join(dir, 'policy.json')], join(dir, 'aaa.log'), { env });
+    procs.push(aaa.child);
+    const jwks = await (await fetch(`${aaa.ready.url}/.well-known/jwks.json`)).json();
+    writeFileSync(join(dir, 'topology.json'), JSON.stringify(brokerTopologyFor(lab, domain), null, 2));
+    writeFileSync(join(dir, 'trust.json'), JSON.stringify({ issuers: [{ iss: `aaa:${domain}`, jwks }] }, null, 2));
+    const broker = await startProc(['broker', '--listen', '127.0.0.1:0', '--data', join(dir, 'broker'), '--domain', domain, '--topology', join(dir, 'topology.json'), '--trust', join(dir, 'trust.json'), '--driver', 'linux'], join(dir, 'broker.log'), { env });
+    procs.push(broker.child);
+    const ctl = await startProc(['controller', '--listen', '127.0.0.1:0', '--agent-listen', '127.0.0.1:0', '--data', ctlDir, '--aaa', aaa.ready.url, '--broker', broker.ready.url, '--heartbeat-ms', '2000'], join(dir, 'controller.log'), { env });
+    procs.push(ctl.child);
+    const url = ctl.ready.url as string;
+    const adminToken = readFileSync(join(ctlDir, 'admin.token'), 'utf8').trim();
+    const api = async (method: string, path: string, body?: unknown) => {
+      const r = await fetch(url + path, { method, headers: { authorization: `Bearer ${adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+      const text = await r.text();
+      return { status: r.status, body: text ? JSON.parse(text) : undefined };
+    };
+    const hostOf = (site: string) => `host-${site}`;
+    const siteOf = (hostId: string) => hostId.replace(/^host-/, '');
+    say('enrolling a QEMU host agent per site and the tunnel agent');
+    for (const s of lab.sites) {
+      const tok = (await api('POST', '/v1/enrollment-tokens', { kind: 'host', hostId: hostOf(s.name) })).body;
+      const a = await startProc(['agent', '--controller', url, '--enroll', tok.token, '--data', join(dir, `agent-${s.name}`), '--driver', 'qemu', '--netns', s.ns, '--site', s.name, '--migration-address', s.lightpathIp], join(dir, `agent-${s.name}.log`), { waitReady: false, env });
+      procs.push(a.child);
+    }
+    const ttok = (await api('POST', '/v1/enrollment-tokens', { kind: 'tunnel', hostId: 'tunnel-client' })).body;
+    const tun = await startProc(['tunnel', '--controller', url, '--enroll', ttok.token, '--data', join(dir, 'tunnel'), '--driver', 'vxlan', '--netns', lab.client.ns, '--device', lab.client.tunnelDev,
+      ...lab.sites.flatMap((s) => ['--site', `${s.name}=${s.publicIp}`]), '--initial-site', lab.sites[0]!.name], join(dir, 'tunnel.log'), { env });
+    procs.push(tun.child);
+    for (let i = 0; ; i++) {
+      const hosts = (await api('GET', '/v1/hosts')).body.hosts ?? [];
+      if (hosts.filter((h: any) => h.connected).length === lab.sites.length) break;
+      if (i > 300) throw new Error('host agents did not connect');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const vmId = 'vm1';
+    const site0 = lab.sites[0]!;
+    say(`starting guest ${vmId} (${o.memoryMb ?? 256} MB) at ${site0.name}`);
+    const started = await api('POST', '/v1/vms', {
+      hostId: hostOf(site0.name),
+      spec: {
+        vmId, project: 'lab', vcpus: 1, memoryMb: o.memoryMb ?? 256, diskGb: 0,
+        kernel: guest.kernel, initrd: guest.initrd, append: guestAppend({ ip: `${lab.vm.ip}/${lab.vm.prefixLen}`, gateway: lab.vm.gateway, ...(o.guest ?? {}) }),
+        nics: [{ mac: lab.vm.mac, bridge: site0.bridge }], serialPorts: 1,
+      },
+    });
+    if (started.status !== 201) throw new Error(`could not start the guest: ${JSON.stringify(started.body)}`);
+    // The guest is up when it answers ping from the client through the tunnel.
+    for (let i = 0; ; i++) {
+      try {
+        await netnsExec(lab.client.ns, ['ping', '-c', '1', '-W', '1', lab.vm.ip]);
+        break;
+      } catch {
+        if (i > 60) throw new Error('the guest did not answer ping within 60 s');
+      }
+    }
+    say('guest answers from the client');
+    const stack: Stack = {
+      lab, dir, url, adminToken, brokerUrl: broker.ready.url, aaaUrl: aaa.ready.url, vmId,
+      hostOf, siteOf, api,
+      agentDataDir: (hostId) => join(dir, `agent-${siteOf(hostId)}`),
+      async waitState(id, states, timeoutMs = 300_000) {
+        const until = Date.now() + timeoutMs;
+        for (;;) {
+          const rec = (await api('GET', `/v1/migrations/${id}`)).body;
+          if (states.includes(rec.state)) return rec;
+          if (Date.now() > until) throw new Error(`migration ${id} stuck in ${rec.state}`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      },
+      async migrate(toSite, body = {}, onState) {
+        const m = await api('POST', '/v1/migrations', { vmId, destinationHostId: hostOf(toSite), mode: 'live', ...body });
+        if (m.status !== 202) return { refused: true, ...m.body };
+        let last = '';
+        const until = Date.now() + 600_000;
+        for (;;) {
+          const rec = (await api('GET', `/v1/migrations/${m.body.id}`)).body;
+          if (rec.state !== last) { last = rec.state; onState?.(rec); }
+          if (rec.terminal) return rec;
+          if (Date.now() > until) throw new Error(`migration ${m.body.id} stuck in ${rec.state}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      },
+      async vmPlaces() {
+        const vms = (await api('GET', '/v1/vms')).body.vms as any[];
+        return vms.filter((v) => v.vmId === vmId).map((v) => ({ hostId: v.hostId, state: v.state }));
+      },
+      close: cleanup,
+    };
+    return stack;
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}
