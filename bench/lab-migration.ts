@@ -1,0 +1,54 @@
+// One live migration at the paper's RTT, measured the ways the closing note of issue 4 asks:
+// QEMU's own downtime, the longest gap a client pinging every 50 ms saw (paper Table 3), total
+// time, and the rate the emulated lightpath delivered. Run as root:
+//   node --import tsx bench/lab-migration.ts [--rtt-ms 198] [--memory-mb 256] [--rounds 1]
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { startStack } from '../lab/stack.ts';
+
+const { values } = parseArgs({ options: { 'rtt-ms': { type: 'string', default: '198' }, 'memory-mb': { type: 'string', default: '256' }, rounds: { type: 'string', default: '1' }, 'bandwidth-mbps': { type: 'string', default: '1000' } } });
+const rtt = Number(values['rtt-ms']);
+const s = await startStack({ rttMs: rtt, memoryMb: Number(values['memory-mb']), onProgress: (m) => console.error(`… ${m}`) });
+try {
+  const sites = s.lab.sites.map((x) => x.name);
+  for (let round = 0; round < Number(values.rounds); round++) {
+    const to = sites[(round + 1) % 2]!;
+    // ping -D timestamps replies; -O reports the missing ones; -w bounds the run (50 ms interval as the paper).
+    const ping = spawn('ip', ['netns', 'exec', s.lab.client.ns, 'ping', '-D', '-O', '-i', '0.05', '-W', '1', '-w', '120', s.lab.vm.ip], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    ping.stdout.on('data', (d) => { out += d; });
+    await new Promise((r) => setTimeout(r, 1500));
+    const rec = await s.migrate(to, { bandwidthMbps: Number(values['bandwidth-mbps']), maxDowntimeMs: 300 }, (r) => console.error(`  ${r.state}`));
+    await new Promise((r) => setTimeout(r, 1500));
+    ping.kill('SIGINT');
+    await new Promise((r) => ping.once('exit', r));
+    const replies = [...out.matchAll(/^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)/gm)].map((m) => Number(m[1]) * 1000);
+    const lost = [...out.matchAll(/no answer yet for icmp_seq=/g)].length;
+    let maxGap = 0;
+    for (let i = 1; i < replies.length; i++) maxGap = Math.max(maxGap, replies[i]! - replies[i - 1]!);
+    const statsFile = rec.steps?.lightpath?.details?.dataPlane?.details?.relay?.statsFile as string | undefined;
+    let peakMbps = 0, bytesAB = 0;
+    if (statsFile) {
+      for (const line of readFileSync(statsFile, 'utf8').split('\n')) {
+        try {
+          const j = JSON.parse(line);
+          if (j.interval?.ab) peakMbps = Math.max(peakMbps, j.interval.ab.mbps, j.interval.ba.mbps);
+          if (j.total?.ab) bytesAB = Math.max(bytesAB, j.total.ab.bytes + j.total.ba.bytes);
+        } catch { /* not a stats line */ }
+      }
+    }
+    const precopyMs = (rec.timings.precopy ?? 0) + (rec.timings.stopcopy ?? 0);
+    console.log(JSON.stringify({
+      round, to, state: rec.state, rttMs: rtt,
+      qemuDowntimeMs: rec.result.downtimeMs, pingMaxGapMs: Math.round(maxGap), pingLost: lost, pingReplies: replies.length,
+      qemuTotalMs: rec.result.totalTimeMs, controllerTotalMs: Object.values(rec.timings as Record<string, number>).reduce((a, b) => a + b, 0),
+      controlPlaneMs: (rec.timings.authorizing ?? 0) + (rec.timings.provisioning ?? 0) + (rec.timings.preparing ?? 0),
+      timings: rec.timings, transferredBytes: rec.result.transferredBytes,
+      achievedMbps: rec.result.transferredBytes && precopyMs ? Math.round((rec.result.transferredBytes * 8) / precopyMs / 1000) : null,
+      delayLinePeakMbps: Math.round(peakMbps), delayLineBytes: bytesAB,
+    }));
+  }
+} finally {
+  await s.close();
+}
