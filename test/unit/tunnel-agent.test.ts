@@ -40,6 +40,15 @@ async function tunnelAgent(f: HubFixture, hostId: string, o: { initial?: string[
   return { agent, driver };
 }
 
+async function caught(p: Promise<unknown>): Promise<VmtcError | undefined> {
+  try {
+    await p;
+  } catch (e) {
+    return e as VmtcError;
+  }
+  return undefined;
+}
+
 async function codeOf(p: Promise<unknown>): Promise<string> {
   try {
     await p;
@@ -155,8 +164,7 @@ describe('tunnel agent', () => {
       ['tunnel.state', { x: 1 }, 'VMTC_TUNNEL_BAD_PARAMS', 'x'],
     ];
     for (const [m, p, code, field] of bad) {
-      let err: VmtcError | undefined;
-      await req(m, p).catch((e: VmtcError) => { err = e; });
+      const err = await caught(req(m, p));
       expect(err, `${m} ${JSON.stringify(p)}`).toBeInstanceOf(VmtcError);
       expect(err!.code, `${m} ${JSON.stringify(p)}`).toBe(code);
       expect(err!.status).toBe(TUNNEL_AGENT_ERRORS[code as keyof typeof TUNNEL_AGENT_ERRORS].status);
@@ -200,8 +208,7 @@ describe('HubTunnelPort', () => {
 
     // tun-2 cannot reach siteC: the bicast fails as a whole and says which agent and why.
     t2.driver.failAdd.add('siteC');
-    let err: VmtcError | undefined;
-    await port.bicast('vm-1', 'siteB', 'siteC').catch((e: VmtcError) => { err = e; });
+    let err = await caught(port.bicast('vm-1', 'siteB', 'siteC'));
     expect(err?.code).toBe('VMTC_TUNNEL_SWITCH_FAILED');
     expect(err?.details).toMatchObject({ method: 'tunnel.bicast', vmId: 'vm-1', agents: ['tun-2'], succeeded: ['tun-1'] });
     expect((err?.details?.failed as { hostId: string; error: { code: string } }[])[0]).toMatchObject({ hostId: 'tun-2', error: { code: 'VMTC_TUNNEL_COMMAND_FAILED' } });
@@ -214,8 +221,7 @@ describe('HubTunnelPort', () => {
 
     // A configured agent that is away fails the switch (it would leave its clients behind).
     const only = new HubTunnelPort(f.hub, { agentIds: ['tun-1', 'tun-gone'] });
-    err = undefined;
-    await only.bicast('vm-1', 'siteB', 'siteA').catch((e: VmtcError) => { err = e; });
+    err = await caught(only.bicast('vm-1', 'siteB', 'siteA'));
     expect(err?.code).toBe('VMTC_TUNNEL_SWITCH_FAILED');
     expect(err?.details).toMatchObject({ agents: ['tun-gone'], succeeded: ['tun-1'] });
     expect((err?.details?.failed as { error: { code: string } }[])[0]!.error.code).toBe('VMTC_AGENT_NOT_CONNECTED');
