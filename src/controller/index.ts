@@ -16,11 +16,12 @@ import { HUB_ERRORS } from './hub-errors.ts';
 import { CONTROLLER_ERRORS } from './errors.ts';
 import { TERMINAL } from './machine.ts';
 import { HubTunnelPort } from './tunnel-port.ts';
+import { TUNNEL_ERRORS } from '../../agents/tunnel/errors.ts';
 import { AaaAuthorization, BrokerLightpath, loadControllerKey } from './integrations.ts';
 import type { AuthorizationPort, LightpathPort, TunnelPort } from './ports.ts';
 
 /** Every code the controller can answer with (its own, the hub's and the common ones). */
-export const ALL_CONTROLLER_ERRORS = mergeCatalogues(CONTROLLER_ERRORS, HUB_ERRORS);
+export const ALL_CONTROLLER_ERRORS = mergeCatalogues(mergeCatalogues(CONTROLLER_ERRORS, HUB_ERRORS), TUNNEL_ERRORS);
 
 /** Options of the controller, with their defaults in CONTROLLER_DEFAULTS (the one place). */
 export interface ControllerOptions {

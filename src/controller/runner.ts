@@ -219,7 +219,13 @@ export class MigrationRunner extends EventEmitter {
         const listenHost = (row.ctx.lightpath?.details?.destinationAddress as string | undefined) ?? hub.inventory(row.destinationHostId)?.migrationAddress ?? this.d.options.defaultListenHost;
         // Record intent before asking, so a rollback after a lost reply still cleans the destination.
         this.ctxPatch(row, { incoming: { uri: '', prepared: false } });
-        const { uri } = await hub.request(row.destinationHostId, 'vm.prepareIncoming', { spec: src.spec, migrationId: row.id, listenHost }, 60_000);
+        // multifd and post-copy must be enabled on both ends (QEMU); the destination learns
+        // them from the spec, since prepare-incoming has no migration parameters of its own.
+        const r = row.request;
+        const spec = r.multifd || r.postcopy
+          ? { ...src.spec, extra: { ...(src.spec.extra ?? {}), migration: { ...(r.multifd ? { multifd: true } : {}), ...(r.postcopy ? { postcopy: true } : {}) } } }
+          : src.spec;
+        const { uri } = await hub.request(row.destinationHostId, 'vm.prepareIncoming', { spec, migrationId: row.id, listenHost }, 60_000);
         let tunnel: MigrationCtx['tunnel'] = { skipped: 'no tunnel agent' };
         if (this.d.tunnel) {
           await this.d.tunnel.bicast(row.vmId, this.site(row.sourceHostId), this.site(row.destinationHostId));
