@@ -84,8 +84,11 @@ export class Accounting {
     this.insert = db.prepare(`INSERT INTO accounting
       (at, kind, who, reporter, rule, jti, migration_id, vm_id, project, src, dst, domains, bandwidth_mbps, window_start, window_end, mbit_seconds, bytes, code, details)
       VALUES (@at, @kind, @who, @reporter, @rule, @jti, @migrationId, @vmId, @project, @src, @dst, @domains, @bandwidthMbps, @windowStart, @windowEnd, @mbitSeconds, @bytes, @code, @details)`);
-    this.usageStmt = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(mbit_seconds), 0) AS mbs FROM accounting
-      WHERE who = ? AND rule = ? AND kind = ? AND at > ?`);
+    // A withdrawn consent (a release marked withdrawn by the same party) does not count.
+    this.usageStmt = db.prepare(`SELECT COUNT(*) AS n, COALESCE(SUM(mbit_seconds), 0) AS mbs FROM accounting g
+      WHERE who = ? AND rule = ? AND kind = ? AND at > ?
+        AND NOT EXISTS (SELECT 1 FROM accounting w WHERE w.jti = g.jti AND w.kind = 'release' AND w.who = g.who
+                        AND json_extract(w.details, '$.withdrawn') = 1)`);
     // A grant made here, or a consent this domain gave to a peer's grant (so the brokers of a
     // transit or destination domain can report use to their own AAA).
     this.grantStmt = db.prepare(`SELECT * FROM accounting WHERE jti = ? AND kind IN ('grant', 'consent-grant') ORDER BY kind = 'grant' DESC, seq LIMIT 1`);

@@ -204,6 +204,13 @@ export async function startAaa(opts: AaaOptions): Promise<AaaHandle> {
       },
     }, async (req) => service.consent((req.body as { request: string }).request));
 
+    http.post('/v1/consents/withdraw', {
+      schema: {
+        summary: 'a peer AAA withdraws a consent it obtained (the whole request was refused elsewhere)',
+        body: { type: 'object', additionalProperties: false, required: ['request'], properties: { request: { type: 'string', minLength: 1, maxLength: 16384 } } },
+      },
+    }, async (req) => service.withdrawal((req.body as { request: string }).request));
+
     http.post('/v1/accounting/events', {
       schema: { summary: 'report that a granted lightpath is in use or released (admin, requester or reporter)', body: EVENT_BODY },
     }, async (req, reply) => {

@@ -17,6 +17,7 @@ import { issuerOf } from './tokens.ts';
 
 export const CONSENT_TYP = 'vmtc-consent+jwt';
 export const CONSENT_REPLY_TYP = 'vmtc-consent-reply+jwt';
+export const CONSENT_WITHDRAW_TYP = 'vmtc-consent-withdraw+jwt';
 const CONSENT_LIFETIME_SEC = 60;
 
 export interface ConsentClaims {
@@ -137,4 +138,48 @@ export async function askConsent(peer: Peer, ownDomain: string, jws: string, req
   const claims = verifyFromPeer(consent, CONSENT_REPLY_TYP, peer, issuerOf(ownDomain), nowMs(), fail) as unknown as ConsentReplyClaims;
   if (claims.reqJti !== reqJti || claims.granted !== true) throw fail('reply does not answer this request');
   return claims;
+}
+
+/**
+ * When the whole request is refused after some domains consented (another domain refused, or a
+ * quota ran out meanwhile), the asker withdraws the consents it got, so that the peers' accounts
+ * and consent quotas do not keep a grant that never produced a token. Same envelope as a consent
+ * request: { request: JWS typ vmtc-consent-withdraw+jwt } with { iss, aud, iat, exp, jti, tokenJti, reason }.
+ */
+export function signConsentWithdrawal(key: { kid: string; privateKey: KeyObject }, from: string, to: string, tokenJti: string, reason: string, nowMs: number): string {
+  const iat = Math.floor(nowMs / 1000);
+  return signCompactJws({ alg: 'EdDSA', kid: key.kid, typ: CONSENT_WITHDRAW_TYP }, { iss: issuerOf(from), aud: issuerOf(to), iat, exp: iat + CONSENT_LIFETIME_SEC, jti: randomBytes(16).toString('base64url'), tokenJti, reason }, key.privateKey);
+}
+
+export function verifyConsentWithdrawal(jws: string, policy: Policy, ownDomain: string, nowMs: number, replay: DpopReplayCache): { peer: Peer; tokenJti: string; reason: string } {
+  const fail = (reason: string, extra?: Record<string, unknown>) => aaaError('VMTC_AAA_CONSENT_UNAUTHENTICATED', { reason, ...(extra ?? {}) });
+  let iss: unknown;
+  try {
+    iss = decodeCompactJws(jws).payload.iss;
+  } catch {
+    throw fail('malformed');
+  }
+  const domain = typeof iss === 'string' && iss.startsWith('aaa:') ? iss.slice(4) : undefined;
+  const peer = domain !== undefined ? policy.peers.get(domain) : undefined;
+  if (!peer) throw fail('unknown-peer', { iss });
+  const claims = verifyFromPeer(jws, CONSENT_WITHDRAW_TYP, peer, issuerOf(ownDomain), nowMs, fail);
+  if (typeof claims.tokenJti !== 'string' || typeof claims.reason !== 'string') throw fail('claims');
+  if (!replay.check(`${peer.domain}:${String(claims.jti)}`, nowMs)) throw fail('replayed', { jti: claims.jti });
+  return { peer, tokenJti: claims.tokenJti, reason: claims.reason.slice(0, 200) };
+}
+
+/** Best effort: a peer that cannot be told keeps its record of the consent (and says so in its log). */
+export async function withdrawConsent(peer: Peer, jws: string, timeoutMs: number): Promise<boolean> {
+  try {
+    const res = await fetch(`${peer.url}/v1/consents/withdraw`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ request: jws }),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    await res.arrayBuffer();
+    return res.ok;
+  } catch {
+    return false;
+  }
 }

@@ -7,7 +7,7 @@ import { DpopReplayCache } from '../common/dpop.ts';
 import { aaaError } from './errors.ts';
 import { decide, pathDomains, type LightpathRequest, type Policy, type Requester, type Rule } from './policy.ts';
 import { brokerAudience, issuerOf, signCapabilityToken, type CapabilityClaims } from './tokens.ts';
-import { askConsent, signConsentReply, signConsentRequest, verifyConsentRequest } from './peers.ts';
+import { askConsent, signConsentReply, signConsentRequest, signConsentWithdrawal, verifyConsentRequest, verifyConsentWithdrawal, withdrawConsent } from './peers.ts';
 import type { KeyStore } from './keys.ts';
 import type { Accounting, AccountingEvent } from './accounting.ts';
 import { randomBytes } from 'node:crypto';
@@ -105,6 +105,7 @@ export class AaaService {
     const jti = randomBytes(16).toString('base64url');
     const policy = this.d.policy;
     let domains: string[] | undefined;
+    const consents: { domain: string; rule: string }[] = [];
     try {
       this.checkWindow(req);
       domains = pathDomains(policy, req);
@@ -122,7 +123,6 @@ export class AaaService {
         const reply = await askConsent(peer, this.d.domain, jws, claims.jti, () => this.d.clock.now(), this.d.peerTimeoutMs);
         return { domain: dom, rule: reply.rule };
       }));
-      const consents: { domain: string; rule: string }[] = [];
       let refusal: VmtcError | undefined;
       asked.forEach((r, i) => {
         const dom = others[i]!;
@@ -172,12 +172,44 @@ export class AaaService {
       };
     } catch (err) {
       const e = toVmtcError(err);
+      if (consents.length > 0) await this.withdraw(policy, consents, jti, e.code, log);
       if (e.status < 500 || e.code.startsWith('VMTC_AAA_PEER')) {
         log.info({ code: e.code, details: e.details }, 'lightpath refused');
         throw this.refuse(requester.id, req, e, { jti, ...(domains ? { domains } : {}) });
       }
       throw e;
     }
+  }
+
+  /** Withdraw the consents obtained for a request that was refused as a whole (best effort, in parallel). */
+  private async withdraw(policy: Policy, consents: { domain: string }[], jti: string, reason: string, log: Logger): Promise<void> {
+    const key = this.d.keys.signing();
+    const told = await Promise.all(consents.map(async ({ domain }) => {
+      const peer = policy.peers.get(domain);
+      if (!peer) return false;
+      return withdrawConsent(peer, signConsentWithdrawal(key, this.d.domain, domain, jti, reason, this.d.clock.now()), this.d.peerTimeoutMs);
+    }));
+    const missed = consents.filter((_, i) => !told[i]).map((c) => c.domain);
+    if (missed.length) log.warn({ jti, domains: missed }, 'could not withdraw consent from these domains');
+  }
+
+  /** A peer withdraws a consent it obtained here: recorded as a release, no longer counted by quotas. */
+  withdrawal(jws: string): { withdrawn: boolean } {
+    const { peer, tokenJti, reason } = verifyConsentWithdrawal(jws, this.d.policy, this.d.domain, this.d.clock.now(), this.consentReplay);
+    const who = issuerOf(peer.domain);
+    const grant = this.d.accounting.grant(tokenJti);
+    // Only the domain that obtained the consent may withdraw it.
+    if (!grant || grant.kind !== 'consent-grant' || grant.who !== who) throw aaaError('VMTC_AAA_GRANT_UNKNOWN', { jti: tokenJti, domain: peer.domain });
+    this.d.accounting.record({
+      at: this.d.clock.now(), kind: 'release', who, reporter: who, jti: tokenJti,
+      ...(grant.migrationId ? { migrationId: grant.migrationId } : {}),
+      ...(grant.vmId ? { vmId: grant.vmId } : {}),
+      ...(grant.bandwidthMbps !== undefined ? { bandwidthMbps: grant.bandwidthMbps } : {}),
+      mbitSeconds: 0,
+      details: { withdrawn: true, reason },
+    });
+    this.d.logger.info({ jti: tokenJti, peer: peer.domain, reason }, 'consent withdrawn');
+    return { withdrawn: true };
   }
 
   /** Record a refusal that happened before a requester was known (unknown key). */

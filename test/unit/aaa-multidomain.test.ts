@@ -133,6 +133,10 @@ describe('AAA multi-domain consent', () => {
     expect(onA.events.some((x) => x.kind === 'grant')).toBe(false);
     const onC = await adminEvents(c, 'mig-3no');
     expect(onC.map((x) => [x.kind, x.code])).toEqual([['consent-refusal', 'VMTC_AAA_CONSENT_DENIED']]);
+    // b consented, but no token came of it: a withdrew b's consent, and b recorded that.
+    const onB = await adminEvents(b, 'mig-3no');
+    expect(onB.map((x) => [x.kind, x.who])).toEqual([['consent-grant', 'aaa:a'], ['release', 'aaa:a']]);
+    expect(onB[1]).toMatchObject({ jti: onB[0]!.jti, mbitSeconds: 0, details: { withdrawn: true, reason: 'VMTC_AAA_PEER_REFUSED' } });
   });
 
   it('refuses when a domain on the path is unreachable or has no peer entry', async () => {

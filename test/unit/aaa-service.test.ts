@@ -230,6 +230,20 @@ describe('AAA accounting', () => {
     expect((await fetch(`${aaa.url}/v1/accounting`)).status).toBe(401);
   });
 
+  it('does not count a withdrawn consent against quotas', () => {
+    const acc = aaa.accounting;
+    const at = clock.now();
+    acc.record({ at, kind: 'consent-grant', who: 'aaa:zz', rule: 'cq', jti: 'j-w', mbitSeconds: 10 });
+    acc.record({ at, kind: 'consent-grant', who: 'aaa:zz', rule: 'cq', jti: 'j-k', mbitSeconds: 5 });
+    expect(acc.usage('aaa:zz', 'cq', 'consent-grant', at - 1000)).toEqual({ grantsLastHour: 2, mbitSecondsLastHour: 15 });
+    // A release by someone else, or not marked withdrawn, changes nothing.
+    acc.record({ at, kind: 'release', who: 'aaa:yy', jti: 'j-w', details: { withdrawn: true } });
+    acc.record({ at, kind: 'release', who: 'aaa:zz', jti: 'j-w', details: { withdrawn: false } });
+    expect(acc.usage('aaa:zz', 'cq', 'consent-grant', at - 1000).grantsLastHour).toBe(2);
+    acc.record({ at, kind: 'release', who: 'aaa:zz', jti: 'j-w', details: { withdrawn: true } });
+    expect(acc.usage('aaa:zz', 'cq', 'consent-grant', at - 1000)).toEqual({ grantsLastHour: 1, mbitSecondsLastHour: 5 });
+  });
+
   it('is append-only in the store itself', () => {
     const db = (aaa.accounting as unknown as { db: { prepare(s: string): { run(): unknown } } }).db;
     expect(() => db.prepare('DELETE FROM accounting').run()).toThrow(/append-only/);
