@@ -59,12 +59,15 @@ export const command: Command = {
       refused = true;
       process.kill(process.pid, 'SIGTERM');
     });
-    // The ready line: once, at the first connection.
-    a.link.once('connected', () => {
+    // The ready line: once, at the first connection. The link may already be up by now (it
+    // connects while the agent finishes starting), so look before listening.
+    const announce = () => {
       void a.state().then((s) => {
         process.stdout.write(JSON.stringify({ event: 'ready', hostId: a.hostId, kind: 'tunnel', driver: s.driver, sites: s.sites }) + '\n');
       }, () => undefined);
-    });
+    };
+    if (a.link.connected) announce();
+    else a.link.once('connected', announce);
     const code = await done;
     return refused ? 3 : code;
   },
