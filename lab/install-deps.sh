@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages vmtc's lab and tests need. Idempotent; quiet when everything is present.
 set -euo pipefail
-PKGS=(qemu-system-x86 qemu-utils busybox-static cpio ethtool iputils-ping iproute2 gcc libc6-dev xz-utils)
+PKGS=(qemu-system-x86 qemu-utils busybox-static cpio ethtool iputils-ping iproute2 gcc libc6-dev xz-utils chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
