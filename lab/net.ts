@@ -64,6 +64,8 @@ function sysctls(lab: Lab, forward: boolean): string[] {
     `net.ipv4.tcp_rmem=4096 131072 ${max}`,
     `net.ipv4.tcp_wmem=4096 16384 ${max}`,
     `net.ipv4.ip_forward=${forward ? 1 : 0}`,
+    // 0 means "the kernel default" (unlimited, 4294967295).
+    `net.ipv4.tcp_notsent_lowat=${lab.tcpNotsentLowatBytes || 4294967295}`,
   ];
 }
 

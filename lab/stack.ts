@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { labUp, labDown, netnsExec, type Lab } from './net.ts';
+import type { LabConfig } from './topology.ts';
 import { brokerTopologyFor } from './topology.ts';
 import { buildGuestImage, guestAppend, type GuestAppendOptions } from './guest/build.ts';
 import { loadControllerKey } from '../src/controller/integrations.ts';
@@ -28,6 +29,8 @@ export interface StackOptions {
   /** Policy: the largest bandwidth the AAA grants (default: the line rate). */
   maxBandwidthMbps?: number;
   logLevel?: string;
+  /** More lab settings (TCP buffer tuning, loss, …). */
+  lab?: LabConfig;
   onProgress?: (msg: string) => void;
 }
 
@@ -121,7 +124,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     say('building the guest image (cached after the first time)');
     const guest = await buildGuestImage();
     say('bringing the lab up (namespaces, WAN, client tunnel)');
-    lab = await labUp({ ...(o.prefix ? { prefix: o.prefix } : {}), rttMs: o.rttMs ?? 198, rateMbps: o.rateMbps ?? 1000, ...(o.queueMs ? { queueMs: o.queueMs } : {}), tunnelSite: null });
+    lab = await labUp({ ...(o.lab ?? {}), ...(o.prefix ? { prefix: o.prefix } : {}), rttMs: o.rttMs ?? 198, rateMbps: o.rateMbps ?? 1000, ...(o.queueMs ? { queueMs: o.queueMs } : {}), tunnelSite: null });
     const domain = `lab-${lab.prefix}`;
     const ctlDir = join(dir, 'controller');
     mkdirSync(ctlDir, { recursive: true });

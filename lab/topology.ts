@@ -29,6 +29,10 @@ export interface LabConfig {
   loss?: number;
   /** Upper bound of tcp_rmem/tcp_wmem in every namespace, bytes. Default 64 MiB (LAB-NOTES). */
   tcpMaxBytes?: number;
+  /** net.ipv4.tcp_notsent_lowat in every namespace: how many not-yet-sent bytes a TCP socket may
+   * hold before a writer blocks. Default 128 KiB, so a migration's last pages do not queue behind
+   * megabytes of earlier data in the sender's buffer (0: the kernel default, unlimited). */
+  tcpNotsentLowatBytes?: number;
   /** The site the client's tunnel points at after `up` (null: none). Default the first site. */
   tunnelSite?: string | null;
   /** Where state files live. Default /run/vmtc-lab. */
@@ -92,6 +96,7 @@ export interface Lab {
     loss: number;
   };
   tcpMaxBytes: number;
+  tcpNotsentLowatBytes: number;
   tunnelSite: string | null;
 }
 
@@ -102,6 +107,7 @@ export const LAB_DEFAULTS = {
   queueMs: DELAY_LINE_DEFAULTS.queueMs,
   loss: 0,
   tcpMaxBytes: 64 * 1024 * 1024,
+  tcpNotsentLowatBytes: 128 * 1024,
   stateDir: '/run/vmtc-lab',
 } as const;
 
@@ -174,6 +180,7 @@ export function describeLab(cfg: LabConfig = {}, now: Date = new Date()): Lab {
     tunnel: { vni: 100, port: 4789, mtu: 1500 },
     lightpath: { underlayMtu: 9000, mtu: 8000, oneWayMs: rttMs / 2, rateMbps, queueMs, loss },
     tcpMaxBytes: cfg.tcpMaxBytes ?? LAB_DEFAULTS.tcpMaxBytes,
+    tcpNotsentLowatBytes: cfg.tcpNotsentLowatBytes ?? LAB_DEFAULTS.tcpNotsentLowatBytes,
     tunnelSite,
   };
 }

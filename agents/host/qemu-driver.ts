@@ -69,6 +69,9 @@ interface VmRecord extends VmFile {
   wake?: () => void;
   stateWaiters: Set<() => void>;
   log: Logger;
+  /** Epoch ms of the last STOP / RESUME event (QEMU's own timestamps, the host clock). */
+  pausedAt?: number;
+  resumedAt?: number;
 }
 
 const ACTIVE_MIGRATION = new Set(['setup', 'active', 'postcopy-active', 'postcopy-paused', 'postcopy-recover', 'device', 'pre-switchover', 'wait-unplug', 'cancelling', 'colo']);
@@ -294,6 +297,10 @@ export class QemuDriver implements HypervisorDriver {
         const mc = extraOf(rec.spec).migration?.multifdChannels;
         if (params.multifd && mc) p['multifd-channels'] = mc;
         if (Object.keys(p).length) await qmp.execute('migrate-set-parameters', p);
+        if (params.suspend) {
+          // Non-live: the VM is paused for the whole copy (suspend, copy, resume).
+          await qmp.execute('stop');
+        }
         log.info({ uri, params }, 'migration starting');
         await qmp.execute('migrate', { uri });
       } catch (e) {
@@ -361,6 +368,7 @@ export class QemuDriver implements HypervisorDriver {
         if (q.downtime !== undefined) r.downtimeMs = q.downtime;
         if (q['total-time'] !== undefined) r.totalTimeMs = q['total-time'];
         if (q['setup-time'] !== undefined) r.setupTimeMs = q['setup-time'];
+        if (rec.pausedAt !== undefined) r.pausedAt = rec.pausedAt;
         log.info({ downtimeMs: r.downtimeMs, totalTimeMs: r.totalTimeMs, bytes: r.transferredBytes }, 'migration completed; source stays paused and primary until commit');
         return r;
       }
@@ -429,6 +437,8 @@ export class QemuDriver implements HypervisorDriver {
   private info(r: VmRecord): VmInfo {
     const i: VmInfo = { vmId: r.spec.vmId, project: r.spec.project, state: r.state, vcpus: r.spec.vcpus, memoryMb: r.spec.memoryMb, diskGb: r.spec.diskGb, spec: r.spec };
     if (r.migrationId !== undefined) i.migrationId = r.migrationId;
+    if (r.resumedAt !== undefined) i.resumedAt = r.resumedAt;
+    if (r.pausedAt !== undefined) i.pausedAt = r.pausedAt;
     return i;
   }
 
@@ -592,8 +602,12 @@ export class QemuDriver implements HypervisorDriver {
         rec.wake?.();
         break;
       case 'STOP':
-      case 'RESUME':
+      case 'RESUME': {
+        const at = ev.timestamp ? ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000 : Date.now();
+        if (ev.event === 'STOP') rec.pausedAt = at;
+        else rec.resumedAt = at;
         break;
+      }
       case 'SHUTDOWN':
         // QEMU exits after this (no -no-shutdown); the socket close finishes the job.
         rec.quitting = true;

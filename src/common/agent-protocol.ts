@@ -45,6 +45,9 @@ export interface VmInfo {
   spec: VmSpec;
   /** Id of the migration this VM is part of on this host, if any. */
   migrationId?: string;
+  /** Last time the VM started running / was paused here (epoch ms, from the hypervisor's events). */
+  resumedAt?: number;
+  pausedAt?: number;
 }
 
 export interface HostInventory {
@@ -70,6 +73,9 @@ export interface MigrationParams {
   autoConverge?: boolean;
   multifd?: boolean;
   postcopy?: boolean;
+  /** Non-live (suspend, copy, resume): pause the VM before the first page moves. The
+   * destination then stays paused after the copy until it is resumed. For comparison runs. */
+  suspend?: boolean;
 }
 
 export interface MigrationProgress {
@@ -94,6 +100,8 @@ export interface MigrationResult {
   totalTimeMs?: number;
   transferredBytes?: number;
   setupTimeMs?: number;
+  /** When the source VM was paused for the switchover (epoch ms, from the hypervisor's event). */
+  pausedAt?: number;
   error?: { code: string; message: string; details?: Record<string, unknown> };
 }
 

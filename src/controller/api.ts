@@ -122,6 +122,7 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
           deadline: { type: 'string', format: 'date-time' },
           requestId: { type: 'string', minLength: 1, maxLength: 128, description: 'idempotency key: a repeated request returns the first migration' },
           autoConverge: { type: 'boolean' }, postcopy: { type: 'boolean' }, multifd: { type: 'boolean' },
+          suspend: { type: 'boolean', description: 'non-live (suspend, copy, resume): the VM is paused for the whole copy; for comparison with live migration' },
         },
       },
       response: { 200: migrationSchema, 202: migrationSchema, ...errors },

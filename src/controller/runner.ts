@@ -241,8 +241,14 @@ export class MigrationRunner extends EventEmitter {
         return; // the startMigration effect is still running and reports completion
       case 'awaitDestinationRunning': {
         try {
+          // Non-live: the copy was made of a paused VM, so the destination stays paused until told.
+          if (row.request.suspend) await hub.request(row.destinationHostId, 'vm.resume', { vmId: row.vmId });
           const vm = await hub.request(row.destinationHostId, 'vm.waitRunning', { vmId: row.vmId, timeoutMs: this.d.options.destinationRunTimeoutMs }, this.d.options.destinationRunTimeoutMs + 5_000);
-          return { event: { type: 'DESTINATION_RUNNING' }, detail: { state: vm.state } };
+          const resumedAt = vm.resumedAt;
+          return {
+            event: { type: 'DESTINATION_RUNNING' }, detail: { state: vm.state, ...(resumedAt !== undefined ? { resumedAt } : {}) },
+            ...(resumedAt !== undefined ? { ctxPatch: { result: { ...(this.d.store.migration(row.id)?.ctx.result ?? {}), resumedAt } } } : {}),
+          };
         } catch (e) {
           throw wrap(e, 'VMTC_DESTINATION_NOT_RUNNING');
         }
@@ -403,6 +409,7 @@ export class MigrationRunner extends EventEmitter {
             ...(r.autoConverge !== undefined ? { autoConverge: r.autoConverge } : {}),
             ...(r.postcopy !== undefined ? { postcopy: r.postcopy } : {}),
             ...(r.multifd !== undefined ? { multifd: r.multifd } : {}),
+            ...(r.suspend ? { suspend: true } : {}),
           },
         });
         schedulePoll();
@@ -516,5 +523,6 @@ function pickResult(r: MigrationResult): NonNullable<MigrationCtx['result']> {
   if (r.totalTimeMs !== undefined) out.totalTimeMs = r.totalTimeMs;
   if (r.transferredBytes !== undefined) out.transferredBytes = r.transferredBytes;
   if (r.setupTimeMs !== undefined) out.setupTimeMs = r.setupTimeMs;
+  if (r.pausedAt !== undefined) out.pausedAt = r.pausedAt;
   return out;
 }

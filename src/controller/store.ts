@@ -47,6 +47,8 @@ export interface MigrationRequest {
   autoConverge?: boolean;
   postcopy?: boolean;
   multifd?: boolean;
+  /** Non-live (suspend, copy, resume), for comparison runs. */
+  suspend?: boolean;
 }
 
 /** What the runner learns along the way; persisted as JSON with the record. */
@@ -63,7 +65,7 @@ export interface MigrationCtx {
   incoming?: { uri: string; prepared: boolean };
   tunnel?: { bicast?: boolean; pruned?: boolean; skipped?: string };
   migrationStarted?: boolean;
-  result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number };
+  result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number; pausedAt?: number; resumedAt?: number };
   /** Milliseconds spent in each step, by state name. */
   timings?: Record<string, number>;
   warnings?: ErrorBody[];
