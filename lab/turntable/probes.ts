@@ -295,7 +295,7 @@ export function startPing(ns: string | null, host: string, opts: PingOptions = {
 }
 
 /** First arrival of each replied seq, in time order. */
-export function pingReplyTimes(s: Pick<PingSamples, 'replies'>): number[] {
+export function pingReplyTimes(s: { replies: readonly { seq: number; at: number }[] }): number[] {
   const first = new Map<number, number>();
   for (const r of s.replies) {
     const prev = first.get(r.seq);
