@@ -61,7 +61,9 @@ function sysctls(lab: Lab, forward: boolean): string[] {
   const max = lab.tcpMaxBytes;
   // LAB-NOTES: 1 Gbit/s × 198 ms is ~25 MB in flight, far above the default windows.
   return [
-    `net.ipv4.tcp_rmem=4096 131072 ${max}`,
+    // A receive buffer that starts large enough for a fast start over a long path (see
+    // initialWindowPackets in the broker's Linux driver); memory is only used when data waits.
+    `net.ipv4.tcp_rmem=4096 ${Math.min(max, 8 * 1024 * 1024)} ${max}`,
     `net.ipv4.tcp_wmem=4096 16384 ${max}`,
     `net.ipv4.ip_forward=${forward ? 1 : 0}`,
     // 0 means "the kernel default" (unlimited, 4294967295).
