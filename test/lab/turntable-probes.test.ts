@@ -17,6 +17,7 @@ import {
   longestGap,
   lostInGap,
   pingReplyTimes,
+  realtimeAvailable,
   SerialWatcher,
   serialDowntime,
   serialLost,
@@ -28,6 +29,12 @@ import {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Poll `cond` every 10 ms until true or `ms` passed (bounded, so a loaded machine is not a failure). */
+async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond() && Date.now() < deadline) await sleep(10);
+}
+
 // Everything started here, so it is stopped even when an assertion fails halfway.
 const handles: ProbeHandle<unknown>[] = [];
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -37,10 +44,18 @@ afterEach(async () => {
 });
 
 describe('UDP echo probe', () => {
-  it('sees the echo server pause as a gap, loses only the probes sent during it, and keeps a ~2 ms pace', async () => {
-    let paused = false;
+  it('sees the echo server pause as a gap, loses exactly the probes sent during it, and keeps a ~2 ms pace', async () => {
+    // The server stops answering for 100 consecutive probes (seqs 200..299, ~200 ms of sends).
+    // Choosing them by seq rather than by the test's clock keeps the expectation exact even when
+    // this process is starved and reads a backlog late. The payload is 8 bytes of run nonce, then
+    // the seq as uint32 big-endian (lab/probes/udp-echo-client.mjs).
+    const PAUSE_FIRST = 200;
+    const PAUSE_LAST = 299;
     const server = dgram.createSocket('udp4');
-    server.on('message', (m, r) => { if (!paused) server.send(m, r.port, r.address); });
+    server.on('message', (m, r) => {
+      const seq = m.length >= 12 ? m.readUInt32BE(8) : -1;
+      if (seq < PAUSE_FIRST || seq > PAUSE_LAST) server.send(m, r.port, r.address);
+    });
     await new Promise<void>((res) => server.bind(0, '127.0.0.1', res));
     cleanups.push(() => new Promise<void>((res) => server.close(() => res())));
     const port = server.address().port;
@@ -48,37 +63,30 @@ describe('UDP echo probe', () => {
     const probe = startUdpProbe(null, '127.0.0.1', { port, intervalMs: 2, maxSeconds: 20 });
     handles.push(probe);
     await probe.ready;
-    await sleep(400);
-    const pauseFrom = hostNow();
-    paused = true;
-    await sleep(200);
-    paused = false;
-    const pauseTo = hostNow();
-    await sleep(400);
+    await sleep(1000);
     handles.splice(handles.indexOf(probe), 1);
     const s = await probe.stop();
 
     expect(s.probe).toBe('udp');
     expect(s.sends.length).toBe(s.sent);
-    expect(s.sent).toBeGreaterThan(200);
+    expect(s.sent).toBeGreaterThan(400);
     const meanInterval = (s.sends.at(-1)! - s.sends[0]!) / (s.sends.length - 1);
     expect(meanInterval).toBeLessThan(4);
     const intervals = s.sends.slice(1).map((t, i) => t - s.sends[i]!).sort((a, b) => a - b);
-    console.log(`UDP probe: ${s.sent} sent, ${s.received} received, skipped ${s.skipped}; interval mean ${meanInterval.toFixed(3)} ms, ` +
-      `p50 ${intervals[Math.floor(intervals.length / 2)]!.toFixed(2)}, p99 ${intervals[Math.floor(intervals.length * 0.99)]!.toFixed(2)}, max ${intervals.at(-1)!.toFixed(2)} ms`);
-
+    const pauseFrom = s.sends[PAUSE_FIRST]!;
+    const pauseTo = s.sends[PAUSE_LAST]!;
     const gap = longestGap(udpReplyTimes(s), pauseFrom, pauseTo);
+    console.log(`UDP probe: ${s.sent} sent, ${s.received} received, skipped ${s.skipped}; interval mean ${meanInterval.toFixed(3)} ms, ` +
+      `p50 ${intervals[Math.floor(intervals.length / 2)]!.toFixed(2)}, p99 ${intervals[Math.floor(intervals.length * 0.99)]!.toFixed(2)}, ` +
+      `max ${intervals.at(-1)!.toFixed(2)} ms; pause of ${(pauseTo - pauseFrom).toFixed(1)} ms of sends seen as a ${gap?.gapMs} ms gap`);
+
     expect(gap).not.toBeNull();
     expect(gap!.gapMs).toBeGreaterThan(150);
     expect(gap!.gapMs).toBeLessThan(600);
-    // The silence lies around the pause.
-    expect(gap!.start).toBeLessThan(pauseFrom + 50);
-    expect(gap!.end).toBeGreaterThan(pauseTo - 50);
-
     const replied = s.replies.map((r) => r[0]);
-    // About 100 probes were sent into the pause; none before it was lost on loopback.
-    expect(countLost(s.sends, replied, pauseFrom, pauseTo)).toBeGreaterThan(40);
-    expect(countLost(s.sends, replied, s.sends[0]!, pauseFrom - 20)).toBe(0);
+    expect(countLost(s.sends, replied, pauseFrom, pauseTo)).toBe(100);
+    // Nothing else is lost on loopback (the last 50 sends may still be in flight at stop).
+    expect(countLost(s.sends, replied, s.sends[0]!, s.sends.at(-50)!)).toBe(100);
     // Every reply carries the send time of its seq.
     for (const [seq, sentAt] of s.replies.slice(0, 50)) expect(sentAt).toBe(s.sends[seq]);
   });
@@ -149,12 +157,12 @@ describe('SerialWatcher', () => {
     const src = await heartbeatServer(a, 0);
     watcher.watch(a, 'source');
     watcher.watch(b, 'destination'); // does not exist yet: retried every 20 ms
-    await sleep(300);
+    await waitFor(() => watcher.samples().length >= 20);
     await src.close(); // the source QEMU quits: its socket disappears
     const srcLast = src.lastSeq();
     await sleep(150);
     const dst = await heartbeatServer(b, srcLast + 16); // 15 heartbeats "lost" in between
-    await sleep(300);
+    await waitFor(() => watcher.samples().filter((x) => x.label === 'destination').length >= 20);
     const samples = await watcher.stop();
     await dst.close();
 
@@ -169,7 +177,8 @@ describe('SerialWatcher', () => {
     const down = serialDowntime(samples, 'source', 'destination');
     expect(down).not.toBeNull();
     expect(down!).toBeGreaterThan(120);
-    expect(down!).toBeLessThan(400);
+    expect(down!).toBeLessThan(600);
+    console.log(`serial: ${source.length} + ${destination.length} heartbeats, silence ${down} ms for a 150 ms outage`);
     expect(serialLost(samples, 'source', 'destination')).toBe(15);
     expect(watcher.connections().map((c) => [c.label, c.connects])).toEqual([['source', 1], ['destination', 1]]);
   });
@@ -181,11 +190,11 @@ describe('SerialWatcher', () => {
     cleanups.push(async () => { await watcher.stop(); });
     watcher.watch(p, 'x');
     const first = await heartbeatServer(p, 100);
-    await sleep(120);
+    await waitFor(() => watcher.samples().length >= 5);
     await first.close();
     await sleep(60);
     const second = await heartbeatServer(p, 500);
-    await sleep(120);
+    await waitFor(() => watcher.samples().some((x) => x.seq >= 505));
     const samples = await watcher.stop();
     await second.close();
     expect(samples.some((x) => x.seq >= 100 && x.seq < 500)).toBe(true);
@@ -201,10 +210,13 @@ describe('ping', () => {
     await ping.ready;
     const from = hostNow();
     await sleep(1000);
+    const stopAt = hostNow();
     handles.splice(handles.indexOf(ping), 1);
     const p = await ping.stop();
+    // iputils paces -i 0.05 at about 55 ms here: ~18-20 replies in a second.
+    console.log(`ping: ${p.replies.length} replies in ${(stopAt - from).toFixed(0)} ms`);
     expect(p.replies.length).toBeGreaterThanOrEqual(12);
-    expect(p.replies.length).toBeLessThanOrEqual(25);
+    expect(p.replies.length).toBeLessThanOrEqual(Math.ceil((stopAt - from) / 50) + 3);
     expect(p.sends).toBe(p.replies.length);
     expect(p.lost).toBe(0);
     // Arrival times are epoch ms on the same clock as hostNow().
@@ -232,6 +244,10 @@ describe('ping', () => {
     handles.push(udp);
     await udp.ready;
     expect((await readFile(`/proc/${udp.pid}/comm`, 'utf8')).trim()).toMatch(/node|MainThread/);
+    // Both run at SCHED_FIFO (policy 1) when this machine allows it (root here).
+    if (realtimeAvailable()) {
+      for (const pid of [ping.pid, udp.pid]) expect(await readFile(`/proc/${pid}/sched`, 'utf8')).toMatch(/^policy\s*:\s*1$/m);
+    }
     await sleep(200);
     handles.splice(handles.indexOf(udp), 1);
     const u = await udp.stop();
