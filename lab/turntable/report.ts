@@ -107,6 +107,8 @@ h3{font-size:15px;margin:18px 0 6px}
 .card{background:#fff;border:1px solid #dde1e8;border-radius:6px;padding:10px 14px;min-width:260px;flex:1}
 .card h3{margin:0 0 6px}
 table{border-collapse:collapse;background:#fff}
+table.migs{font-size:12.5px}
+td.nw{white-space:nowrap}
 th,td{border:1px solid #dde1e8;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f5;font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
@@ -125,7 +127,7 @@ svg .grid{stroke:#e6e9ee;stroke-width:1}
 svg .mark{stroke:#555;stroke-width:1;stroke-dasharray:3 3}
 svg .t0{stroke:#111;stroke-width:1.2}
 svg text.lbl{font-weight:600}
-svg text.gapl{fill:${COLOURS.gap};font-weight:600}
+svg text.gapl{fill:${COLOURS.gap};font-weight:600;paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
 .radars{display:flex;flex-wrap:wrap;gap:12px}
 .radars figure{flex:0 1 560px;max-width:560px}
 .verdict{font-size:12px;color:#4b5261}
@@ -272,7 +274,7 @@ function migrationTable(r: TurntableResult): string {
     const places = Array.isArray(m.placesAfter) ? m.placesAfter : [];
     const cells = [
       `<td class="n">${esc(num(m.round))}</td>`,
-      `<td>${esc(m.from)} → ${esc(m.to)}</td>`,
+      `<td class="nw">${esc(m.from)} → ${esc(m.to)}</td>`,
       `<td>${esc(m.mode)}</td>`,
       `<td>${m.ok ? '<span class="ok">yes</span>' : '<span class="bad">no</span>'}</td>`,
       `<td>${esc(m.state)}</td>`,
@@ -302,7 +304,7 @@ function migrationTable(r: TurntableResult): string {
     : '';
   return `<section><h2>Migrations</h2>
 <p class="sub">Downtime figures in ms: hypervisor = QEMU’s own (none for non-live); internal = in-guest clock; serial = silence between the last heartbeat at the source and the first at the destination; ping and UDP = longest gap between replies.</p>
-<div class="scroll"><table>
+<div class="scroll"><table class="migs">
 <tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr>
 ${rows.join('\n')}
 </table></div>
@@ -454,6 +456,7 @@ function timelineSvg(r: TurntableResult, m: TurntableMigration): string {
   const H = T + rows.length * rowH + 36;
   const x = (t: number) => L + ((t - from) / (to - from)) * plotW;
   const out: string[] = [];
+  const labels: string[] = []; // drawn last, over the samples
   const step = niceStep(to - from, 12);
   for (let t = Math.ceil(from / step) * step; t <= to + 1e-9; t += step) {
     const xt = c(x(t));
@@ -474,7 +477,12 @@ function timelineSvg(r: TurntableResult, m: TurntableMigration): string {
       gaps.forEach((g, j) => {
         const gx = x(g.a), gw = Math.max(1, x(g.b) - x(g.a));
         out.push(`<rect x="${c(gx)}" y="${y0 + 3}" width="${c(gw)}" height="${rowH - 8}" fill="${COLOURS.gap}" fill-opacity="${j === 0 ? 0.22 : 0.12}"><title>${esc(`${row.label}: no reply for ${ms(g.b - g.a)} (${ms(g.a)} to ${ms(g.b)})`)}</title></rect>`);
-        if (j === 0) out.push(`<text class="gapl" x="${c(gx + gw + 4)}" y="${y0 + rowH / 2 + 4}">${esc(`gap ${ms(g.b - g.a)}`)}</text>`);
+        if (j === 0) {
+          // Inside the gap when it is wide enough for the text, else just after it.
+          const text = `gap ${ms(g.b - g.a)}`;
+          const inside = gw > text.length * 6.5 + 8;
+          labels.push(`<text class="gapl" x="${c(inside ? gx + gw / 2 : gx + gw + 4)}" y="${y0 + rowH / 2 + 3}"${inside ? ' text-anchor="middle"' : ''}>${esc(text)}</text>`);
+        }
       });
     }
     out.push(`<path d="${pixelRuns(row.samples, x, y0 + 6, rowH - 14, 1)}" fill="${row.colour}"/>`);
@@ -487,7 +495,7 @@ function timelineSvg(r: TurntableResult, m: TurntableMigration): string {
     if (b !== undefined && b > a) {
       const y = T + 2 * rowH + rowH - 2;
       out.push(`<path d="M${c(x(a))} ${y - 8}V${y}H${c(x(b))}V${y + 8}" fill="none" stroke="${COLOURS.gap}" stroke-width="2"/>`);
-      out.push(`<text class="gapl" x="${c(Math.max(x(a), x(b)) + 4)}" y="${y + 4}">${esc(`serial silence ${ms(b - a)}`)}</text>`);
+      labels.push(`<text class="gapl" x="${c(Math.max(x(a), x(b)) + 4)}" y="${y + 4}">${esc(`serial silence ${ms(b - a)}`)}</text>`);
     }
   }
   // Marks: vertical lines across every row, labels staggered when they crowd each other.
@@ -499,8 +507,8 @@ function timelineSvg(r: TurntableResult, m: TurntableMigration): string {
     lastX = xk;
     marksOut.push(`<line class="mark" x1="${c(xk)}" x2="${c(xk)}" y1="${T - 4 - (markLevels - 1 - level) * 13}" y2="${T + rows.length * rowH}"/><text x="${c(xk + 3)}" y="${T - 6 - (markLevels - 1 - level) * 13}">${esc(`${k.label} ${ms(k.at)}`)}</text>`);
   }
-  if (from <= 0 && to >= 0) marksOut.push(`<line class="t0" x1="${c(x(0))}" x2="${c(x(0))}" y1="${T}" y2="${T + rows.length * rowH}"/><text x="${c(x(0) - 3)}" y="${T + rows.length * rowH + 26}" text-anchor="end">t0</text>`);
-  return `<svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="${esc(`probe timeline of round ${m.round}`)}">${out.join('')}${marksOut.join('')}</svg>`;
+  if (from <= 0 && to >= 0) marksOut.push(`<line class="t0" x1="${c(x(0))}" x2="${c(x(0))}" y1="${T}" y2="${T + rows.length * rowH}"><title>t0</title></line>`);
+  return `<svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="${esc(`probe timeline of round ${m.round}`)}">${out.join('')}${marksOut.join('')}${labels.join('')}</svg>`;
 }
 
 function timelineSection(r: TurntableResult): string {
@@ -602,8 +610,8 @@ function radarSvg(m: TurntableMigration, label: string): string {
   const [qx, qy] = polar(cx, cy, R + 30, mid);
   out.push(`<line x1="${c(px)}" y1="${c(py)}" x2="${c(qx)}" y2="${c(qy)}" stroke="${COLOURS.gap}" stroke-width="1.2"/>`);
   out.push(`<text class="gapl" x="${c(lx)}" y="${c(ly + 4)}" text-anchor="${anchor}">${esc(`paused ${ms(gapMs)}`)}</text>`);
-  const W = size + 140;
-  const svg = `<svg viewBox="${-70} ${-40} ${W} ${size + 80}" width="${W}" height="${size + 80}" role="img" aria-label="${esc(`radar sweep of ${label}`)}">${out.join('')}</svg>`;
+  const W = size + 220;
+  const svg = `<svg viewBox="${-110} ${-40} ${W} ${size + 80}" width="${W}" height="${size + 80}" role="img" aria-label="${esc(`radar sweep of ${label}`)}">${out.join('')}</svg>`;
   return `<figure><h3>${esc(label)}</h3>${svg}
 <figcaption>${esc(stream)} replies as a radar sweep: angle = arrival time mod ${esc(ms(P))} (clockwise from the top), radius grows with time over ${esc(ms(tEnd - tStart))}. The shaded sector is where no reply came back: ${esc(ms(gapMs))} (recorded ${esc(stream === 'ping' ? 'ping' : 'UDP')} figure ${esc(ms(stream === 'ping' ? m.downtimeMs?.ping : m.downtimeMs?.udp))}).</figcaption></figure>`;
 }

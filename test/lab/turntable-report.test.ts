@@ -162,7 +162,11 @@ describe('turntable report', () => {
     expect(check.title).toContain('VM Turntable report');
     expect(check.bodyTextLength).toBeGreaterThan(2000);
     expect(check.screenshotPng?.subarray(1, 4).toString()).toBe('PNG');
-    if (process.env.VMTC_REPORT_SCREENSHOT) await writeFile(process.env.VMTC_REPORT_SCREENSHOT, check.screenshotPng!);
+    // For a person to look at: VMTC_REPORT_OUT=/some/dir keeps the page and its screenshot.
+    if (process.env.VMTC_REPORT_OUT) {
+      await writeFile(join(process.env.VMTC_REPORT_OUT, 'report.png'), check.screenshotPng!);
+      await writeFile(join(process.env.VMTC_REPORT_OUT, 'report.html'), html);
+    }
   });
 
   it('puts the paper’s figures beside this run’s', () => {
@@ -228,6 +232,7 @@ describe('turntable report', () => {
     const bigHtml = renderReport(big);
     expect(big.migrations[0]!.timeline.udp.length).toBeGreaterThan(1800);
     expect(Buffer.byteLength(bigHtml)).toBeLessThan(2_000_000);
+    if (process.env.VMTC_REPORT_OUT) await writeFile(join(process.env.VMTC_REPORT_OUT, 'big.html'), bigHtml);
 
     for (const [name, html] of [['empty.html', emptyHtml], ['all-null.html', allNullHtml], ['broken.html', broken], ['big.html', bigHtml]] as const) {
       const check = await checkInChromium(await page(name, html), { timeoutMs: 60_000 });
