@@ -3,7 +3,7 @@
 // no exception. The checker itself is shown able to fail: pages with a console.error, a thrown
 // exception and an external request are reported.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { renderReport } from '../../lab/turntable/report.ts';
@@ -126,6 +126,16 @@ function mainFixture(): TurntableResult {
 let dir = '';
 const chromiumDirs = async () => (await readdir(tmpdir())).filter((n) => n.startsWith('vmtc-chromium-'));
 let chromiumDirsBefore: string[] = [];
+
+/** Live processes started with one of checkInChromium's profile directories (zombies have no cmdline). */
+async function browsersStillRunning(): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of (await readdir('/proc')).filter((n) => /^\d+$/.test(n))) {
+    const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.includes('--user-data-dir=') && cmd.includes('vmtc-chromium-') && !chromiumDirsBefore.some((d) => cmd.includes(d))) found.push(pid);
+  }
+  return found;
+}
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'vmtc-report-test-'));
@@ -260,9 +270,17 @@ describe('turntable report', () => {
     expect(e.consoleErrors.join(' ')).toContain('ERR_BLOCKED_BY_CLIENT');
   });
 
-  it('says clearly when Chromium is absent, and leaves no profile directory behind', async () => {
+  it('gives up on a page that never loads, with a timeout error, and still kills the browser', async () => {
+    const hang = await page('hang.html', '<!doctype html><title>h</title><script>for (;;) {}</script>');
+    const err = await checkInChromium(hang, { timeoutMs: 4000 }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'VMTC_TIMEOUT' });
+    expect(await browsersStillRunning()).toEqual([]);
+  });
+
+  it('says clearly when Chromium is absent, and leaves no profile directory or browser behind', async () => {
     const err = await checkInChromium(join(dir, 'report.html'), { chromiumPath: join(dir, 'no-such-chromium') }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'VMTC_LAB_CHROMIUM_MISSING' });
     expect((await chromiumDirs()).filter((d) => !chromiumDirsBefore.includes(d))).toEqual([]);
+    expect(await browsersStillRunning()).toEqual([]);
   });
 });
