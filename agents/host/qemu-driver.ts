@@ -203,6 +203,14 @@ export class QemuDriver implements HypervisorDriver {
   async resume(vmId: string): Promise<VmInfo> {
     await this.ready;
     const rec = this.get(vmId);
+    // A destination of a non-live migration: the copy may still be arriving (the source finishes
+    // sending before the last bytes cross the path); wait for it to land, then start it.
+    const deadline = Date.now() + 60_000;
+    while (rec.state === 'incoming' && rec.qmp && !rec.qmp.closed && Date.now() < deadline) {
+      await this.refresh(rec).catch(() => undefined);
+      if (rec.state !== 'incoming') break;
+      await this.waitStateChange(rec, 100);
+    }
     if (!['paused', 'postmigrate', 'running'].includes(rec.state)) throw qemuError('VMTC_QEMU_BAD_STATE', { vmId, state: rec.state, operation: 'resume' });
     if (rec.state !== 'running') await this.qmpOf(rec).execute('cont');
     await this.refresh(rec);
@@ -477,14 +485,7 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   private pathsFor(vmId: string, serialPorts: number): VmPaths {
-    const dir = this.vmDir(vmId);
-    // Unix socket paths are limited to 108 bytes; a long dataDir gets its sockets in a short,
-    // deterministic directory (so a restarted agent computes the same one).
-    const longest = join(dir, 'serial3.sock');
-    const sockDir = longest.length <= 100 ? dir : join(tmpdir(), `vmtc-q-${createHash('sha256').update(dir).digest('hex').slice(0, 12)}`);
-    const serial: string[] = [];
-    for (let n = 1; n <= serialPorts; n++) serial.push(join(sockDir, `serial${n}.sock`));
-    return { dir, pidfile: join(dir, 'qemu.pid'), console: join(dir, 'console.log'), qmp: join(sockDir, 'qmp.sock'), serial };
+    return qemuVmPaths(this.opts.dataDir, vmId, serialPorts);
   }
 
   /** Tap names must be unique on the host (≤ 15 chars): derived from dataDir + vmId. */
@@ -759,4 +760,17 @@ async function killPid(pid: number): Promise<void> {
 async function hostCpuFlags(): Promise<string[]> {
   const info = await readFile('/proc/cpuinfo', 'utf8').catch(() => '');
   return (/^flags\s*:\s*(.*)$/m.exec(info)?.[1] ?? '').split(/\s+/).filter(Boolean).sort();
+}
+
+/** Host-side paths of a VM under a QEMU driver's data dir (also for the lab's probes, which read
+ * the serial heartbeat and console of a VM run by an agent in another process). */
+export function qemuVmPaths(dataDir: string, vmId: string, serialPorts: number): VmPaths {
+  const dir = join(dataDir, 'vms', vmId);
+  // Unix socket paths are limited to 108 bytes; a long dataDir gets its sockets in a short,
+  // deterministic directory (so a restarted agent computes the same one).
+  const longest = join(dir, 'serial3.sock');
+  const sockDir = longest.length <= 100 ? dir : join(tmpdir(), `vmtc-q-${createHash('sha256').update(dir).digest('hex').slice(0, 12)}`);
+  const serial: string[] = [];
+  for (let n = 1; n <= serialPorts; n++) serial.push(join(sockDir, `serial${n}.sock`));
+  return { dir, pidfile: join(dir, 'qemu.pid'), console: join(dir, 'console.log'), qmp: join(sockDir, 'qmp.sock'), serial };
 }

@@ -10,6 +10,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   aaa: { summary: 'run an AAA service: policy, capability tokens, peering, accounting', load: async () => (await import('../aaa/command.ts')).command },
   broker: { summary: 'run a lightpath broker: topology, calendar, NSI-style reservations', load: async () => (await import('../broker/command.ts')).command },
   lab: { summary: 'build, inspect or remove the lab (namespaces, delay line, guest image): up|down|status', load: async () => (await import('../../lab/command.ts')).command },
+  turntable: { summary: "the lab's main job: move a VM back and forth over the emulated lightpath, measure downtime every way, write a report", load: async () => (await import('../../lab/turntable/command.ts')).command },
 };
 
 export function register(name: string, summary: string, load: () => Promise<Command>): void {

@@ -310,8 +310,9 @@ export class LinuxLightpathDriver implements NetworkElementDriver {
   }
 }
 
-/** Packets of `mtu` that `queueMs` of the circuit's rate holds (10..1000; 10 is Linux's default). */
+/** Packets of `mtu` that half of `queueMs` at the circuit's rate holds (10..1000; 10 is Linux's
+ * default): the first flight of a new connection then fits in the queue with room to spare. */
 export function initialWindowPackets(rateMbps: number, queueMs: number, mtu: number): number {
-  const bytes = ((rateMbps * 1e6) / 8) * (queueMs / 1000);
+  const bytes = ((rateMbps * 1e6) / 8) * (queueMs / 1000) / 2;
   return Math.max(10, Math.min(1000, Math.floor(bytes / Math.max(mtu, 576))));
 }

@@ -1,0 +1,102 @@
+// `vmtc turntable` (also `npm run turntable -- …`): the lab's main job. Brings the lab up, starts
+// every service as a real process, moves one VM back and forth `--rounds` times, once more
+// non-live, tears everything down and writes DIR/turntable.json and DIR/report.html.
+import { join } from 'node:path';
+import type { Command } from '../../src/cli/registry.ts';
+import { commonError } from '../../src/common/errors.ts';
+import { runTurntable, TURNTABLE_DEFAULTS } from './run.ts';
+import type { TurntableResult } from './types.ts';
+
+function num(v: unknown, field: string, min: number, max: number, integer = false): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
+    throw commonError('VMTC_CONFIG_INVALID', { field, value: v, min, max }, { message: `--${field} must be ${integer ? 'an integer' : 'a number'} from ${min} to ${max}` });
+  }
+  return n;
+}
+
+function stamp(d = new Date()): string {
+  return d.toISOString().replace(/[:.]/g, '-').replace(/Z$/, '');
+}
+
+/** The summary table printed at the end (also used by the README's figures). */
+export function summaryTable(r: TurntableResult): string {
+  const f = (v: number | null | undefined) => (v === null || v === undefined ? '–' : String(Math.round(v)));
+  const rows = [
+    ['#', 'move', 'mode', 'ok', 'ping', 'udp', 'serial', 'internal', 'QEMU', 'total', 'control', 'MB', 'Mbit/s', 'TCP'],
+    ...r.migrations.map((m) => [String(m.round), `${m.from}→${m.to}`, m.mode, m.ok ? 'yes' : 'NO', f(m.downtimeMs.ping), f(m.downtimeMs.udp), f(m.downtimeMs.serial), f(m.downtimeMs.internal), f(m.downtimeMs.hypervisor), f(m.totalMs), f(m.controlPlaneMs), (m.bytes / 1e6).toFixed(1), f(m.throughputMbps), m.tcpSessionSurvived ? 'kept' : 'LOST']),
+  ];
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  const lines = rows.map((row) => row.map((c, i) => (i < 3 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  '));
+  lines.splice(1, 0, w.map((n) => '-'.repeat(n)).join('  '));
+  const s = r.summary;
+  const p = (x: { p50: number | null; p95: number | null; max: number | null }) => `p50 ${f(x.p50)}  p95 ${f(x.p95)}  max ${f(x.max)}`;
+  lines.push('', `downtime over ${s.liveOk}/${s.liveTotal} live migrations (ms):`,
+    `  ping (50 ms)  ${p(s.ping)}`, `  udp (2 ms)    ${p(s.udp)}`, `  serial        ${p(s.serial)}`, `  QEMU's own    ${p(s.hypervisor)}`,
+    `non-live ${f(s.nonLiveElapsedMs)} ms ÷ live median ${f(s.liveClientMedianMs)} ms = ${s.liveNonLiveRatio ?? '–'} (paper §6.4)`,
+    `emulator: nominal ${r.emulator.nominalMbps} Mbit/s, delivered up to ${Math.round(r.emulator.deliveredMbps)} Mbit/s, RTT ${r.emulator.rttMs} ms, queue max ${r.emulator.queueMaxMs} ms, ${r.emulator.drops} drops`);
+  for (const x of r.findings) lines.push(`finding: ${x}`);
+  return lines.join('\n');
+}
+
+export const command: Command = {
+  name: 'turntable',
+  summary: "the lab's main job: move a VM back and forth over the emulated lightpath and measure downtime every way",
+  usage: [
+    'Run as root on a machine with QEMU (bash lab/install-deps.sh installs what is needed).',
+    'Writes DIR/turntable.json (schema in the README) and DIR/report.html; prints a summary table.',
+    'Ctrl-C cancels the migration in flight if it still can be, then tears the lab down.',
+  ].join('\n'),
+  options: {
+    'rtt-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.rttMs), help: 'round-trip time of the emulated lightpath' },
+    'rate-mbps': { type: 'string', arg: 'MBPS', default: String(TURNTABLE_DEFAULTS.rateMbps), help: 'line rate of the emulated lightpath' },
+    'memory-mb': { type: 'string', arg: 'MB', default: String(TURNTABLE_DEFAULTS.memoryMb), help: 'guest memory' },
+    load: { type: 'string', arg: 'none|dirty', default: 'none', help: 'guest workload: dirty keeps rewriting memory' },
+    'dirty-mb': { type: 'string', arg: 'MB', help: 'with --load dirty: memory rewritten per period (default: a quarter of the guest memory)' },
+    'dirty-period-ms': { type: 'string', arg: 'MS', help: 'with --load dirty: one pass over the dirty memory per period (default 1000)' },
+    rounds: { type: 'string', arg: 'N', default: String(TURNTABLE_DEFAULTS.rounds), help: 'live migrations (alternating between the two sites)' },
+    out: { type: 'string', arg: 'DIR', help: 'where turntable.json, report.html and the logs go (default lab/results/<timestamp>)' },
+    'bandwidth-mbps': { type: 'string', arg: 'MBPS', help: 'bandwidth asked of the broker and given to QEMU (default: the line rate)' },
+    'max-downtime-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.maxDowntimeMs), help: "QEMU's downtime limit for the switchover" },
+    'serial-period-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.serialPeriodMs), help: 'period of the guest heartbeat on its second serial port' },
+    'no-nonlive': { type: 'boolean', help: 'skip the non-live (suspend, copy, resume) comparison migration' },
+  },
+  async run(o) {
+    const load = o.load as string;
+    if (load !== 'none' && load !== 'dirty') throw commonError('VMTC_CONFIG_INVALID', { field: 'load', value: load }, { message: '--load must be none or dirty' });
+    const out = (o.out as string | undefined) ?? join(new URL('../results', import.meta.url).pathname, stamp());
+    const ctl = new AbortController();
+    let signals = 0;
+    const onSignal = () => {
+      signals++;
+      process.stderr.write(signals === 1 ? '\ninterrupted: cancelling and tearing down (again to quit at once)\n' : '\nquitting\n');
+      if (signals > 1) process.exit(130);
+      ctl.abort();
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    const t0 = Date.now();
+    try {
+      const r = await runTurntable({
+        rttMs: num(o['rtt-ms'], 'rtt-ms', 0, 2000), rateMbps: num(o['rate-mbps'], 'rate-mbps', 1, 100_000),
+        memoryMb: num(o['memory-mb'], 'memory-mb', 64, 16_384, true), load,
+        ...(o['dirty-mb'] !== undefined ? { dirtyMb: num(o['dirty-mb'], 'dirty-mb', 1, 16_384, true) } : {}),
+        ...(o['dirty-period-ms'] !== undefined ? { dirtyPeriodMs: num(o['dirty-period-ms'], 'dirty-period-ms', 1, 60_000, true) } : {}),
+        rounds: num(o.rounds, 'rounds', 1, 1000, true), out,
+        ...(o['bandwidth-mbps'] !== undefined ? { bandwidthMbps: num(o['bandwidth-mbps'], 'bandwidth-mbps', 1, 100_000) } : {}),
+        maxDowntimeMs: num(o['max-downtime-ms'], 'max-downtime-ms', 1, 600_000, true),
+        serialPeriodMs: num(o['serial-period-ms'], 'serial-period-ms', 1, 1000, true),
+        noNonLive: o['no-nonlive'] === true,
+        signal: ctl.signal,
+        onProgress: (line) => process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} s] ${line}\n`),
+      });
+      process.stdout.write(summaryTable(r) + '\n');
+      process.stdout.write(`\nwrote ${join(out, 'turntable.json')} and ${join(out, 'report.html')}\n`);
+      const allOk = r.migrations.length > 0 && r.migrations.every((m) => m.ok && m.placesAfter.length === 1);
+      return ctl.signal.aborted ? 130 : allOk ? 0 : 1;
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+  },
+};

@@ -1,0 +1,137 @@
+// The shape of `turntable.json` (documented in the README). One file per run: the options used,
+// what the emulated lightpath really did, one entry per migration with every probe's downtime,
+// and a summary over the live migrations. All times are milliseconds; absolute times are epoch
+// milliseconds on the lab machine's single clock (host and client namespaces share it).
+
+export interface TurntableConfig {
+  rttMs: number;
+  rateMbps: number;
+  memoryMb: number;
+  load: 'none' | 'dirty';
+  /** Share of guest memory rewritten by the dirty load (MB) and its period; 0 when load is none. */
+  dirtyMb: number;
+  dirtyPeriodMs: number;
+  rounds: number;
+  /** Probe periods. */
+  pingIntervalMs: number;
+  udpIntervalMs: number;
+  serialPeriodMs: number;
+  clockPeriodUs: number;
+  /** Migration parameters sent to the controller. */
+  bandwidthMbps: number;
+  maxDowntimeMs: number;
+  out: string;
+  startedAt: string;
+  host: { kernel: string; cpus: number; qemu: string; accel: string };
+}
+
+export interface TurntableEmulator {
+  nominalMbps: number;
+  /** Highest per-second rate the delay line delivered during the run (both directions). */
+  deliveredMbps: number;
+  /** Round-trip time measured through the lightpath (ping between the sites' overlay addresses). */
+  rttMs: number;
+  queueMaxMs: number;
+  drops: number;
+}
+
+export interface DowntimeFigures {
+  /** QEMU's own figure (query-migrate `downtime`); for non-live: null (QEMU reports none). */
+  hypervisor: number | null;
+  /** In-guest clock probe: null when the guest's clocks did not see the pause (see findings). */
+  internal: number | null;
+  /** Silence between the last heartbeat at the source and the first at the destination. */
+  serial: number | null;
+  /** Longest gap between replies of the 50 ms ping (paper Table 3). */
+  ping: number | null;
+  /** Longest gap between replies of the 2 ms UDP echo probe. */
+  udp: number | null;
+}
+
+/** Probe samples around the switchover, as offsets in ms from `t0`. */
+export interface MigrationTimeline {
+  /** Reference instant (epoch ms): the last heartbeat seen at the source, else the start of the UDP gap. */
+  t0: number;
+  /** The window kept, relative to t0. */
+  fromMs: number;
+  toMs: number;
+  /** Reply arrival offsets (ms from t0). */
+  ping: number[];
+  udp: number[];
+  /** Heartbeat arrival offsets at the source's and the destination's host side. */
+  serialSource: number[];
+  serialDestination: number[];
+  /** Marks from the controller/QEMU (offsets): e.g. "stopcopy", "committing", "activating". */
+  marks: { label: string; at: number }[];
+}
+
+export interface TurntableMigration {
+  round: number;
+  from: string;
+  to: string;
+  mode: 'live' | 'nonlive';
+  ok: boolean;
+  migrationId: string;
+  state: string;
+  error?: { code: string; message: string };
+  downtimeMs: DowntimeFigures;
+  /** Probes lost during the migration (no reply). */
+  lost: { ping: number; udp: number; serial: number };
+  /** From the migration request to the controller's `completed`. */
+  totalMs: number;
+  /** Controller time before the first page moved: token, lightpath, destination prepare. */
+  controlPlaneMs: number;
+  /** QEMU's total migration time (first page to completion). */
+  hypervisorTotalMs: number | null;
+  bytes: number;
+  throughputMbps: number | null;
+  tcpSessionSurvived: boolean;
+  /** What the delay line delivered during this migration. */
+  emulator: { peakMbps: number; queueMaxMs: number; drops: number };
+  /** The controller's per-state durations (ms). */
+  timings: Record<string, number>;
+  /** Where the VM ran afterwards, by the agents' account (must be exactly one place). */
+  placesAfter: string[];
+  timeline: MigrationTimeline;
+}
+
+export interface Percentiles { p50: number | null; p95: number | null; max: number | null; n: number }
+
+export interface TurntableSummary {
+  ping: Percentiles;
+  udp: Percentiles;
+  serial: Percentiles;
+  hypervisor: Percentiles;
+  /** The non-live migration's client-seen downtime (its UDP gap, else its ping gap). */
+  nonLiveElapsedMs: number | null;
+  /** Median over live migrations of the client-seen downtime (UDP gap, else ping gap). */
+  liveClientMedianMs: number | null;
+  /** nonLiveElapsedMs / liveClientMedianMs (paper §6.4). */
+  liveNonLiveRatio: number | null;
+  liveOk: number;
+  liveTotal: number;
+}
+
+export interface TurntableResult {
+  version: 1;
+  config: TurntableConfig;
+  emulator: TurntableEmulator;
+  migrations: TurntableMigration[];
+  summary: TurntableSummary;
+  /** Observations made during the run (e.g. the internal probe's availability). */
+  findings: string[];
+  finishedAt: string;
+  durationMs: number;
+}
+
+/** The paper's figures (Travostino et al., iGRID 2005, §6), shown beside a run's. */
+export const PAPER = {
+  /** Table 1: downtime at iGRID 2005 (Amsterdam–San Diego, 198 ms RTT), application-level. */
+  table1: { rttMs: 198, downtimeMsRange: [800, 1600] as [number, number] },
+  /** Table 2: lab (175 ms RTT): internal and external (serial, oscilloscope) measurement. */
+  table2: { rttMs: 175, internalMs: 315, externalMs: 230 },
+  /** Table 3: the same as seen by a client pinging every 50 ms. */
+  table3: { rttMs: 175, pingMs: 3810, pingIntervalMs: 50 },
+  /** §6.4: non-live vs live. */
+  ratio: { text: 'non-live migration took one to two orders of magnitude longer than the live downtime' },
+};
