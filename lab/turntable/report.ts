@@ -418,15 +418,16 @@ function pixelRuns(s: number[], x: (t: number) => number, y: number, h: number, 
 // ---------------------------------------------------------------------------------------------
 // Timelines
 
-interface Row { key: string; label: string; colour: string; samples: number[]; period: number | null; gaps: boolean }
+/** `openGaps`: a silence at the window's edge is a gap (client probes), not the natural end of a stream (serial at one site). */
+interface Row { key: string; label: string; colour: string; samples: number[]; period: number | null; openGaps: boolean }
 
 function timelineRows(r: TurntableResult, tl: MigrationTimeline): Row[] {
   const cfg = r?.config;
   return [
-    { key: 'ping', label: 'ping replies', colour: COLOURS.ping, samples: sortedNums(tl.ping), period: cfg?.pingIntervalMs ?? null, gaps: true },
-    { key: 'udp', label: 'UDP echo replies', colour: COLOURS.udp, samples: sortedNums(tl.udp), period: cfg?.udpIntervalMs ?? null, gaps: true },
-    { key: 'serialSource', label: 'serial at source', colour: COLOURS.serial, samples: sortedNums(tl.serialSource), period: cfg?.serialPeriodMs ?? null, gaps: true },
-    { key: 'serialDestination', label: 'serial at destination', colour: COLOURS.serialDst, samples: sortedNums(tl.serialDestination), period: cfg?.serialPeriodMs ?? null, gaps: true },
+    { key: 'ping', label: 'ping replies', colour: COLOURS.ping, samples: sortedNums(tl.ping), period: cfg?.pingIntervalMs ?? null, openGaps: true },
+    { key: 'udp', label: 'UDP echo replies', colour: COLOURS.udp, samples: sortedNums(tl.udp), period: cfg?.udpIntervalMs ?? null, openGaps: true },
+    { key: 'serialSource', label: 'serial at source', colour: COLOURS.serial, samples: sortedNums(tl.serialSource), period: cfg?.serialPeriodMs ?? null, openGaps: false },
+    { key: 'serialDestination', label: 'serial at destination', colour: COLOURS.serialDst, samples: sortedNums(tl.serialDestination), period: cfg?.serialPeriodMs ?? null, openGaps: false },
   ];
 }
 
@@ -450,7 +451,7 @@ function timelineSvg(r: TurntableResult, m: TurntableMigration): string {
   const rows = timelineRows(r, tl).map((row) => ({ ...row, samples: row.samples.filter((t) => t >= from && t <= to) }));
   const marks = (Array.isArray(tl.marks) ? tl.marks : []).filter((k) => finite(k.at) && k.at >= from && k.at <= to).sort((a, b) => a.at - b.at);
   const W = 1160, L = 150, R = 20, rowH = 30;
-  const markLevels = 3;
+  const markLevels = 4;
   const T = 16 + markLevels * 13;
   const plotW = W - L - R;
   const H = T + rows.length * rowH + 36;
@@ -472,14 +473,22 @@ function timelineSvg(r: TurntableResult, m: TurntableMigration): string {
       return;
     }
     // Gaps first (under the samples): shaded, the longest labelled with its length.
-    if (row.gaps) {
-      const gaps = gapsOf(row.samples, gapThreshold(row)).sort((a, b) => (b.b - b.a) - (a.b - a.a)).slice(0, 40);
+    {
+      const thr = gapThreshold(row);
+      const gaps: (Gap & { open?: boolean })[] = gapsOf(row.samples, thr);
+      // A pause longer than the recorded window (a non-live migration) leaves the window's edge
+      // without replies: shown as an open gap, its length a lower bound.
+      const first = row.samples[0]!, last = row.samples[row.samples.length - 1]!;
+      if (row.openGaps && first - from > thr) gaps.push({ a: from, b: first, open: true });
+      if (row.openGaps && to - last > thr) gaps.push({ a: last, b: to, open: true });
+      gaps.sort((a, b) => (b.b - b.a) - (a.b - a.a)).splice(40);
       gaps.forEach((g, j) => {
         const gx = x(g.a), gw = Math.max(1, x(g.b) - x(g.a));
-        out.push(`<rect x="${c(gx)}" y="${y0 + 3}" width="${c(gw)}" height="${rowH - 8}" fill="${COLOURS.gap}" fill-opacity="${j === 0 ? 0.22 : 0.12}"><title>${esc(`${row.label}: no reply for ${ms(g.b - g.a)} (${ms(g.a)} to ${ms(g.b)})`)}</title></rect>`);
+        const what = g.open ? `no reply from ${ms(g.a)} to the edge of the window (${ms(g.b)})` : `no reply for ${ms(g.b - g.a)} (${ms(g.a)} to ${ms(g.b)})`;
+        out.push(`<rect x="${c(gx)}" y="${y0 + 3}" width="${c(gw)}" height="${rowH - 8}" fill="${COLOURS.gap}" fill-opacity="${j === 0 ? 0.22 : 0.12}"><title>${esc(`${row.label}: ${what}`)}</title></rect>`);
         if (j === 0) {
           // Inside the gap when it is wide enough for the text, else just after it.
-          const text = `gap ${ms(g.b - g.a)}`;
+          const text = g.open ? `gap ≥ ${ms(g.b - g.a)} (window edge)` : `gap ${ms(g.b - g.a)}`;
           const inside = gw > text.length * 6.5 + 8;
           labels.push(`<text class="gapl" x="${c(inside ? gx + gw / 2 : gx + gw + 4)}" y="${y0 + rowH / 2 + 3}"${inside ? ' text-anchor="middle"' : ''}>${esc(text)}</text>`);
         }
@@ -490,22 +499,35 @@ function timelineSvg(r: TurntableResult, m: TurntableMigration): string {
   // The serial line's silence spans two rows: from the last heartbeat at the source to the first
   // at the destination (the paper's external measurement, Table 2).
   const src = rows[2]!.samples, dst = rows[3]!.samples;
-  if (src.length && dst.length) {
-    const a = src[src.length - 1]!, b = dst.find((t) => t >= a);
+  if (src.length) {
+    const a = src[src.length - 1]!;
+    const found = dst.find((t) => t >= a);
+    // No heartbeat at the destination yet when the window ends: the silence is a lower bound.
+    const open = found === undefined && to - a > gapThreshold(rows[2]!);
+    const b = found ?? (open ? to : undefined);
     if (b !== undefined && b > a) {
       const y = T + 2 * rowH + rowH - 2;
-      out.push(`<path d="M${c(x(a))} ${y - 8}V${y}H${c(x(b))}V${y + 8}" fill="none" stroke="${COLOURS.gap}" stroke-width="2"/>`);
-      labels.push(`<text class="gapl" x="${c(Math.max(x(a), x(b)) + 4)}" y="${y + 4}">${esc(`serial silence ${ms(b - a)}`)}</text>`);
+      out.push(`<path d="M${c(x(a))} ${y - 8}V${y}H${c(x(b))}${open ? '' : `V${y + 8}`}" fill="none" stroke="${COLOURS.gap}" stroke-width="2"${open ? ' stroke-dasharray="6 3"' : ''}/>`);
+      const text = open ? `serial silence ≥ ${ms(b - a)} (window edge)` : `serial silence ${ms(b - a)}`;
+      const right = x(b) + 4 + text.length * 6.5 < W;
+      labels.push(`<text class="gapl" x="${c(right ? x(b) + 4 : (x(a) + x(b)) / 2)}" y="${y + 4}"${right ? '' : ' text-anchor="middle"'}>${esc(text)}</text>`);
     }
   }
-  // Marks: vertical lines across every row, labels staggered when they crowd each other.
-  let lastX = -1e9, level = -1;
+  // Marks: vertical lines across every row; each label takes the first line of text above the
+  // plot where it does not run into the previous one (or the least crowded line).
+  const lineEnd = new Array<number>(markLevels).fill(-1e9);
   const marksOut: string[] = [];
   for (const k of marks) {
     const xk = x(k.at);
-    level = xk - lastX < 90 ? (level + 1) % markLevels : 0;
-    lastX = xk;
-    marksOut.push(`<line class="mark" x1="${c(xk)}" x2="${c(xk)}" y1="${T - 4 - (markLevels - 1 - level) * 13}" y2="${T + rows.length * rowH}"/><text x="${c(xk + 3)}" y="${T - 6 - (markLevels - 1 - level) * 13}">${esc(`${k.label} ${ms(k.at)}`)}</text>`);
+    const text = `${k.label} ${ms(k.at)}`;
+    const width = text.length * 6 + 6;
+    const flip = xk + width > W; // near the right edge the label goes to the left of its line
+    const start = flip ? xk - width : xk;
+    let level = lineEnd.findIndex((e) => e < start);
+    if (level < 0) level = lineEnd.indexOf(Math.min(...lineEnd));
+    lineEnd[level] = flip ? xk : xk + width;
+    const ly = T - 6 - (markLevels - 1 - level) * 13;
+    marksOut.push(`<line class="mark" x1="${c(xk)}" x2="${c(xk)}" y1="${ly + 2}" y2="${T + rows.length * rowH}"/><text x="${c(flip ? xk - 3 : xk + 3)}" y="${ly}"${flip ? ' text-anchor="end"' : ''}>${esc(text)}</text>`);
   }
   if (from <= 0 && to >= 0) marksOut.push(`<line class="t0" x1="${c(x(0))}" x2="${c(x(0))}" y1="${T}" y2="${T + rows.length * rowH}"><title>t0</title></line>`);
   return `<svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="${esc(`probe timeline of round ${m.round}`)}">${out.join('')}${marksOut.join('')}${labels.join('')}</svg>`;
@@ -540,17 +562,22 @@ function radarSvg(m: TurntableMigration, label: string): string {
   let stream = 'UDP echo';
   let s = sortedNums(tl?.udp);
   if (s.length < 2) { s = sortedNums(tl?.ping); stream = 'ping'; }
-  const gap = longestGap(s);
+  let gap: (Gap & { open?: boolean }) | null = longestGap(s);
   if (!gap || s.length < 3) return `<figure><h3>${esc(label)}</h3><p class="muted">Too few replies recorded to draw a sweep.</p></figure>`;
+  // A pause that outlasts the recorded window (non-live) ends at the window's edge: drawn open.
+  let dataStart = s[0]!, dataEnd = s[s.length - 1]!;
+  if (finite(tl?.toMs) && tl.toMs - dataEnd > gap.b - gap.a) { gap = { a: dataEnd, b: tl.toMs, open: true }; dataEnd = tl.toMs; }
+  if (finite(tl?.fromMs) && s[0]! - tl.fromMs > gap.b - gap.a) { gap = { a: tl.fromMs, b: s[0]!, open: true }; dataStart = tl.fromMs; }
   const gapMs = gap.b - gap.a;
+  const gapText = gap.open ? `paused ≥ ${ms(gapMs)}` : `paused ${ms(gapMs)}`;
   // The period makes the pause a clear sector (a quarter to 40% of a turn) and never a full turn;
   // when the recorded window is short beside the pause (non-live), a larger sector keeps at
   // least a turn of sweep in the picture.
   const sp = spacing(s);
-  const span = s[s.length - 1]! - s[0]!;
+  const span = dataEnd - dataStart;
   const P = niceAtLeast(Math.max(Math.min(gapMs * 2.5, Math.max(gapMs * 1.25, span / 2)), sp * 20, 100));
-  const tStart = Math.max(s[0]!, gap.a - 2 * P);
-  const tEnd = Math.min(s[s.length - 1]!, gap.b + 2 * P);
+  const tStart = Math.max(dataStart, gap.a - 2 * P);
+  const tEnd = Math.min(dataEnd, gap.b + 2 * P);
   const shown = s.filter((t) => t >= tStart && t <= tEnd);
   const size = 380, cx = size / 2, cy = size / 2 + 6, R = 150, r0 = 34;
   const angle = (t: number) => ((((t % P) + P) % P) / P) * 2 * Math.PI;
@@ -575,7 +602,7 @@ function radarSvg(m: TurntableMigration, label: string): string {
   const large = a1 - a0 > Math.PI ? 1 : 0;
   const [ox0, oy0] = polar(cx, cy, rout, a0), [ox1, oy1] = polar(cx, cy, rout, a1);
   const [ix1, iy1] = polar(cx, cy, rin, a1), [ix0, iy0] = polar(cx, cy, rin, a0);
-  out.push(`<path d="M${c(ox0)} ${c(oy0)}A${c(rout)} ${c(rout)} 0 ${large} 1 ${c(ox1)} ${c(oy1)}L${c(ix1)} ${c(iy1)}A${c(rin)} ${c(rin)} 0 ${large} 0 ${c(ix0)} ${c(iy0)}Z" fill="${COLOURS.gap}" fill-opacity="0.25" stroke="${COLOURS.gap}" stroke-width="1"><title>${esc(`no ${stream} reply for ${ms(gapMs)}`)}</title></path>`);
+  out.push(`<path d="M${c(ox0)} ${c(oy0)}A${c(rout)} ${c(rout)} 0 ${large} 1 ${c(ox1)} ${c(oy1)}L${c(ix1)} ${c(iy1)}A${c(rin)} ${c(rin)} 0 ${large} 0 ${c(ix0)} ${c(iy0)}Z" fill="${COLOURS.gap}" fill-opacity="0.25" stroke="${COLOURS.gap}" stroke-width="1"><title>${esc(`no ${stream} reply for ${gap.open ? 'at least ' : ''}${ms(gapMs)}`)}</title></path>`);
   for (const a of [a0, a1]) {
     const [ex, ey] = polar(cx, cy, R + 8, a);
     out.push(`<line x1="${cx}" y1="${cy}" x2="${c(ex)}" y2="${c(ey)}" stroke="${COLOURS.gap}" stroke-dasharray="4 3" stroke-width="1"/>`);
@@ -609,11 +636,11 @@ function radarSvg(m: TurntableMigration, label: string): string {
   const [px, py] = polar(cx, cy, (rin + rout) / 2, mid);
   const [qx, qy] = polar(cx, cy, R + 30, mid);
   out.push(`<line x1="${c(px)}" y1="${c(py)}" x2="${c(qx)}" y2="${c(qy)}" stroke="${COLOURS.gap}" stroke-width="1.2"/>`);
-  out.push(`<text class="gapl" x="${c(lx)}" y="${c(ly + 4)}" text-anchor="${anchor}">${esc(`paused ${ms(gapMs)}`)}</text>`);
+  out.push(`<text class="gapl" x="${c(lx)}" y="${c(ly + 4)}" text-anchor="${anchor}">${esc(gapText)}</text>`);
   const W = size + 220;
   const svg = `<svg viewBox="${-110} ${-40} ${W} ${size + 80}" width="${W}" height="${size + 80}" role="img" aria-label="${esc(`radar sweep of ${label}`)}">${out.join('')}</svg>`;
   return `<figure><h3>${esc(label)}</h3>${svg}
-<figcaption>${esc(stream)} replies as a radar sweep: angle = arrival time mod ${esc(ms(P))} (clockwise from the top), radius grows with time over ${esc(ms(tEnd - tStart))}. The shaded sector is where no reply came back: ${esc(ms(gapMs))} (recorded ${esc(stream === 'ping' ? 'ping' : 'UDP')} figure ${esc(ms(stream === 'ping' ? m.downtimeMs?.ping : m.downtimeMs?.udp))}).</figcaption></figure>`;
+<figcaption>${esc(stream)} replies as a radar sweep: angle = arrival time mod ${esc(ms(P))} (clockwise from the top), radius grows with time over ${esc(ms(tEnd - tStart))}. The shaded sector is where no reply came back: ${esc(gap.open ? `at least ${ms(gapMs)}, to the edge of the recorded window` : ms(gapMs))} (recorded ${esc(stream === 'ping' ? 'ping' : 'UDP')} figure ${esc(ms(stream === 'ping' ? m.downtimeMs?.ping : m.downtimeMs?.udp))}).</figcaption></figure>`;
 }
 
 function radarSection(r: TurntableResult): string {

@@ -234,6 +234,15 @@ describe('turntable report', () => {
     const onlyLiveHtml = renderReport(onlyLive);
     expect(onlyLiveHtml).toContain('this run has no non-live migration');
 
+    // A non-live pause longer than the recorded window: drawn as an open gap with a lower bound.
+    const clipped = fixture([migration(1, {}), migration(2, {
+      mode: 'nonlive', downtimeMs: { hypervisor: null, internal: null, serial: 14_200, ping: 14_250, udp: 14_230 },
+      timeline: timeline({ fromMs: -1000, toMs: 2000, gapStart: -5, gapMs: 14_230, serialGapMs: 14_200, pingPhase: 3 }),
+    })], []);
+    const clippedHtml = renderReport(clipped);
+    expect(clippedHtml).toContain('paused ≥ 2,006 ms');
+    expect(clippedHtml).toContain('(window edge)');
+
     // 11 migrations with about 2,000 UDP samples each stays well under 2 MB.
     const big = fixture(Array.from({ length: 11 }, (_, i) => migration(i + 1, i === 10 ? {
       mode: 'nonlive', downtimeMs: { hypervisor: null, internal: null, serial: 9_000, ping: 9_050, udp: 9_020 },
@@ -242,9 +251,12 @@ describe('turntable report', () => {
     const bigHtml = renderReport(big);
     expect(big.migrations[0]!.timeline.udp.length).toBeGreaterThan(1800);
     expect(Buffer.byteLength(bigHtml)).toBeLessThan(2_000_000);
-    if (process.env.VMTC_REPORT_OUT) await writeFile(join(process.env.VMTC_REPORT_OUT, 'big.html'), bigHtml);
+    if (process.env.VMTC_REPORT_OUT) {
+      await writeFile(join(process.env.VMTC_REPORT_OUT, 'big.html'), bigHtml);
+      await writeFile(join(process.env.VMTC_REPORT_OUT, 'clipped.html'), clippedHtml);
+    }
 
-    for (const [name, html] of [['empty.html', emptyHtml], ['all-null.html', allNullHtml], ['broken.html', broken], ['big.html', bigHtml]] as const) {
+    for (const [name, html] of [['empty.html', emptyHtml], ['all-null.html', allNullHtml], ['broken.html', broken], ['clipped.html', clippedHtml], ['big.html', bigHtml]] as const) {
       const check = await checkInChromium(await page(name, html), { timeoutMs: 60_000 });
       expect({ name, consoleErrors: check.consoleErrors, exceptions: check.exceptions, blocked: check.blockedRequests }).toEqual({ name, consoleErrors: [], exceptions: [], blocked: [] });
       expect(check.bodyTextLength).toBeGreaterThan(200);
