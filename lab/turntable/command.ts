@@ -59,6 +59,7 @@ export const command: Command = {
     'bandwidth-mbps': { type: 'string', arg: 'MBPS', help: 'bandwidth asked of the broker and given to QEMU (default: the line rate)' },
     'max-downtime-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.maxDowntimeMs), help: "QEMU's downtime limit for the switchover" },
     'serial-period-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.serialPeriodMs), help: 'period of the guest heartbeat on its second serial port' },
+    'clock-period-us': { type: 'string', arg: 'US', default: String(TURNTABLE_DEFAULTS.clockPeriodUs), help: "period of the guest's internal clock probe (the paper used 200 µs)" },
     'no-nonlive': { type: 'boolean', help: 'skip the non-live (suspend, copy, resume) comparison migration' },
   },
   async run(o) {
@@ -86,6 +87,7 @@ export const command: Command = {
         ...(o['bandwidth-mbps'] !== undefined ? { bandwidthMbps: num(o['bandwidth-mbps'], 'bandwidth-mbps', 1, 100_000) } : {}),
         maxDowntimeMs: num(o['max-downtime-ms'], 'max-downtime-ms', 1, 600_000, true),
         serialPeriodMs: num(o['serial-period-ms'], 'serial-period-ms', 1, 1000, true),
+        clockPeriodUs: num(o['clock-period-us'], 'clock-period-us', 50, 1_000_000, true),
         noNonLive: o['no-nonlive'] === true,
         signal: ctl.signal,
         onProgress: (line) => process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} s] ${line}\n`),

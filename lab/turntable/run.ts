@@ -30,6 +30,8 @@ export interface TurntableOptions {
   /** Skip the non-live comparison migration. */
   noNonLive?: boolean;
   serialPeriodMs?: number;
+  /** Period of the guest's internal clock probe (µs; the paper used 200). */
+  clockPeriodUs?: number;
   /** Quiet time before and after each migration, so the probes see the steady state around it. */
   settleMs?: number;
   onProgress?: (line: string) => void;
@@ -169,12 +171,21 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       if (o.signal?.aborted) break;
       const to = sites.find((x) => x !== here)!;
       say(`${step.mode === 'live' ? `round ${step.round}/${o.rounds}` : 'non-live comparison'}: ${here} → ${to}`);
-      const m = await measureOne(s, { ...step, from: here, to }, {
-        settleMs: o.settleMs, bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, dirty: o.load === 'dirty',
-        pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, say,
-        onLightpathUp: measuredRtt === null ? async () => { measuredRtt = await lightpathRtt(s, here, to); } : undefined,
-        ...(o.signal ? { signal: o.signal } : {}),
-      });
+      let m: TurntableMigration;
+      try {
+        m = await measureOne(s, { ...step, from: here, to }, {
+          settleMs: o.settleMs, bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, dirty: o.load === 'dirty',
+          pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, say,
+          onLightpathUp: measuredRtt === null ? async () => { measuredRtt = await lightpathRtt(s, here, to); } : undefined,
+          ...(o.signal ? { signal: o.signal } : {}),
+        });
+      } catch (e) {
+        // A probe that cannot even start means the VM is not reachable: record it and stop here,
+        // keeping what was measured so far.
+        findings.push(`${step.mode} ${step.round} (${here} → ${to}) could not be measured: ${(e as Error).message}`);
+        say(`  could not be measured: ${(e as Error).message}; stopping the run`);
+        break;
+      }
       migrations.push(m);
       const places = m.placesAfter;
       if (places.length !== 1) findings.push(`after ${step.mode} migration ${m.migrationId} the VM was reported in ${places.length} places (${places.join(', ') || 'none'})`);
@@ -298,7 +309,15 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
     serialSamples = await serial.stop();
   }
   const ended = Date.now();
-  const ok = rec?.state === 'completed';
+  // Committed is not enough: the guest must go on running at the destination. Its heartbeat
+  // there must still be coming when the probes stop (a guest that crashed after the move
+  // leaves QEMU "running" but falls silent).
+  const lastDstBeat = Math.max(-Infinity, ...serialSamples.filter((x) => x.label === 'destination').map((x) => x.at));
+  const guestAlive = Number.isFinite(lastDstBeat) && ended - lastDstBeat < 1000;
+  const ok = rec?.state === 'completed' && guestAlive;
+  if (rec?.state === 'completed' && !guestAlive) {
+    rec.error = { code: 'VMTC_LAB_GUEST_SILENT', message: `the migration committed but the guest's heartbeat at ${step.to} ${Number.isFinite(lastDstBeat) ? `stopped ${Math.round(ended - lastDstBeat)} ms before the end` : 'never came'}; see the destination console log` };
+  }
   const result = rec?.result ?? {};
   const timings: Record<string, number> = rec?.timings ?? {};
 
