@@ -56,7 +56,7 @@ export const command: Command = {
     'dirty-period-ms': { type: 'string', arg: 'MS', help: 'with --load dirty: one pass over the dirty memory per period (default 1000)' },
     rounds: { type: 'string', arg: 'N', default: String(TURNTABLE_DEFAULTS.rounds), help: 'live migrations (alternating between the two sites)' },
     out: { type: 'string', arg: 'DIR', help: 'where turntable.json, report.html and the logs go (default lab/results/<timestamp>)' },
-    'bandwidth-mbps': { type: 'string', arg: 'MBPS', help: 'bandwidth asked of the broker and given to QEMU (default: the line rate)' },
+    'bandwidth-mbps': { type: 'string', arg: 'MBPS', help: 'bandwidth asked of the broker and given to QEMU (default: half the line rate)' },
     'max-downtime-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.maxDowntimeMs), help: "QEMU's downtime limit for the switchover" },
     'serial-period-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.serialPeriodMs), help: 'period of the guest heartbeat on its second serial port' },
     'clock-period-us': { type: 'string', arg: 'US', default: String(TURNTABLE_DEFAULTS.clockPeriodUs), help: "period of the guest's internal clock probe (the paper used 200 µs)" },
