@@ -203,6 +203,15 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   // The internal probe: under TCG the guest's clocks stop with the VM (LAB-NOTES), so a pause
   // the other probes see may leave no trace inside. Report what was found, not a wrong number.
   const notes = internalNotes.splice(0);
+  // Calibration: the non-live migration pauses the VM for seconds. If the guest's clocks did not
+  // see even that, they see no pause at all, and any internal figure of a live migration is the
+  // guest's own stall after resuming, not the downtime: none of them is given.
+  const nl = notes.findIndex((n, i) => migrations[i]?.mode === 'nonlive' && migrations[i]!.ok);
+  const blind = nl >= 0 && notes[nl]!.hostPause !== null && (notes[nl]!.raw ?? 0) < 0.5 * notes[nl]!.hostPause!;
+  if (blind) {
+    for (const m of migrations) m.downtimeMs.internal = null;
+    findings.push(`the guest's clocks do not see a pause: during the non-live migration the VM was paused for ${Math.round(notes[nl]!.hostPause!)} ms (QEMU's STOP and RESUME events, host clock) and the in-guest probe saw ${notes[nl]!.raw === null ? 'no gap' : `only ${Math.round(notes[nl]!.raw!)} ms`}`);
+  }
   const unavailable = notes.filter((n, i) => migrations[i] && migrations[i]!.downtimeMs.internal === null);
   if (unavailable.length) {
     const f = (v: number | null) => (v === null ? 'none' : `${Math.round(v)} ms`);
