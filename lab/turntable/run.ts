@@ -303,15 +303,20 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
       ...(step.mode === 'nonlive' ? { suspend: true } : {}),
     };
     let cancelSent = false;
+    let currentId: string | undefined;
+    const cancel = () => {
+      if (cancelSent || !currentId) return;
+      cancelSent = true;
+      void s.api('POST', `/v1/migrations/${currentId}/cancel`, {}).catch(() => undefined);
+    };
+    o.signal?.addEventListener('abort', cancel, { once: true });
     rec = await s.migrate(step.to, body, (r) => {
+      currentId = r.id;
       marks.push({ label: r.state, at: Date.now() });
       o.say(`  … ${r.state}`);
       if (r.state === 'precopy' && o.onLightpathUp && !measuring) measuring = o.onLightpathUp();
-      if (o.signal?.aborted && !cancelSent && r.id) {
-        cancelSent = true;
-        void s.api('POST', `/v1/migrations/${r.id}/cancel`, {});
-      }
-    });
+      if (o.signal?.aborted) cancel();
+    }).finally(() => o.signal?.removeEventListener('abort', cancel));
     await measuring;
     await sleep(o.settleMs);
   } finally {
