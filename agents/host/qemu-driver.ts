@@ -480,10 +480,6 @@ export class QemuDriver implements HypervisorDriver {
     });
   }
 
-  private vmDir(vmId: string): string {
-    return join(this.opts.dataDir, 'vms', vmId);
-  }
-
   private pathsFor(vmId: string, serialPorts: number): VmPaths {
     return qemuVmPaths(this.opts.dataDir, vmId, serialPorts);
   }

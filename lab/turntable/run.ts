@@ -108,7 +108,7 @@ function emulatorBetween(statsFile: string | undefined, from: number, to: number
     let j: any;
     try { j = JSON.parse(line); } catch { continue; }
     if (!j.interval?.ab) continue;
-    const at = typeof j.at === 'number' ? j.at : typeof j.time === 'number' ? j.time : Date.parse(j.at ?? j.time ?? '');
+    const at: number = j.at;
     const drops = (j.total?.ab?.drops ?? 0) + (j.total?.ba?.drops ?? 0);
     if (Number.isFinite(at) && (at < from || at > to + 1000)) continue;
     firstDrops ??= drops - (j.interval.ab.drops ?? 0) - (j.interval.ba.drops ?? 0);
@@ -154,6 +154,8 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   };
   const findings: string[] = [];
   const migrations: TurntableMigration[] = [];
+  /** Per migration, in the same order: the internal probe's raw figure and the host-side pause. */
+  const notes: InternalNote[] = [];
   let measuredRtt: number | null = null;
 
   const s = await startStack({
@@ -176,12 +178,14 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       say(`${step.mode === 'live' ? `round ${step.round}/${o.rounds}` : 'non-live comparison'}: ${here} → ${to}`);
       let m: TurntableMigration;
       try {
-        m = await measureOne(s, { ...step, from: here, to }, {
+        let note: InternalNote;
+        ({ migration: m, internal: note } = await measureOne(s, { ...step, from: here, to }, {
           settleMs: o.settleMs, bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, dirty: o.load === 'dirty',
           pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, say,
           onLightpathUp: measuredRtt === null ? async () => { measuredRtt = await lightpathRtt(s, here, to); } : undefined,
           ...(o.signal ? { signal: o.signal } : {}),
-        });
+        }));
+        notes.push(note);
       } catch (e) {
         // A probe that cannot even start means the VM is not reachable: record it and stop here,
         // keeping what was measured so far.
@@ -202,7 +206,6 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
 
   // The internal probe: under TCG the guest's clocks stop with the VM (LAB-NOTES), so a pause
   // the other probes see may leave no trace inside. Report what was found, not a wrong number.
-  const notes = internalNotes.splice(0);
   // Calibration: the non-live migration pauses the VM for seconds. If the guest's clocks did not
   // see even that, they see no pause at all, and any internal figure of a live migration is the
   // guest's own stall after resuming, not the downtime: none of them is given.
@@ -272,9 +275,9 @@ interface MeasureOpts {
   signal?: AbortSignal;
 }
 
-const internalNotes: { migration: string; raw: number | null; hostPause: number | null }[] = [];
+interface InternalNote { migration: string; raw: number | null; hostPause: number | null }
 
-async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: number; from: string; to: string }, o: MeasureOpts): Promise<TurntableMigration> {
+async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: number; from: string; to: string }, o: MeasureOpts): Promise<{ migration: TurntableMigration; internal: InternalNote }> {
   const srcHost = s.hostOf(step.from);
   const dstHost = s.hostOf(step.to);
   const srcPaths = qemuVmPaths(join(s.agentDataDir(srcHost), 'qemu'), s.vmId, 1);
@@ -360,7 +363,7 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
   const internalRaw = (await readInternalGaps([dstPaths.console, srcPaths.console], from, to)).maxMs;
   const hostPause = result.pausedAt && result.resumedAt ? result.resumedAt - result.pausedAt : null;
   const internal = internalRaw !== null && hostPause !== null && internalRaw >= 0.8 * hostPause ? round1(internalRaw) : null;
-  const internalNote = { raw: internalRaw === null ? null : round1(internalRaw), hostPause: hostPause === null ? null : round1(hostPause) };
+  const internalNote: InternalNote = { migration: `${step.mode} ${step.round}`, raw: internalRaw === null ? null : round1(internalRaw), hostPause: hostPause === null ? null : round1(hostPause) };
   const lostPing = lostInGap(pingRes.replies, from, to);
   // The last datagrams in flight when the probe stopped are not losses: end the window early.
   const lostUdp = countLost(udpRes.sends, udpRes.replies.map((r) => r[0]), from, to - 500);
@@ -370,8 +373,7 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
   const copyMs = hvTotal ?? ((timings.precopy ?? 0) + (timings.stopcopy ?? 0));
   const bytes = result.transferredBytes ?? 0;
   const statsFile = rec?.steps?.lightpath?.details?.dataPlane?.details?.relay?.statsFile as string | undefined;
-  internalNotes.push({ migration: `${step.mode} ${step.round}`, ...internalNote });
-  return {
+  const migration: TurntableMigration = {
     round: step.round, from: step.from, to: step.to, mode: step.mode, ok,
     migrationId: rec?.id ?? '', state: rec?.state ?? 'not started',
     ...(rec?.error ? { error: { code: rec.error.code, message: rec.error.message } } : rec?.refused ? { error: { code: rec.code, message: rec.message } } : {}),
@@ -401,6 +403,7 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
       marks: marks.map((k) => ({ label: k.label, at: Math.round(k.at - t0) })).filter((k) => k.at >= TIMELINE_FROM && k.at <= TIMELINE_TO),
     },
   };
+  return { migration, internal: internalNote };
 }
 
 function round1(v: number): number {
