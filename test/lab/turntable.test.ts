@@ -100,10 +100,10 @@ describe('vmtc turntable (1 round, small guest)', () => {
       const { ping, udp, serial } = m.downtimeMs as { ping: number; udp: number; serial: number };
       expect(Math.abs(ping - udp), `${m.mode}: ping ${ping} vs udp ${udp}`).toBeLessThanOrEqual(TOL.pingVsUdp);
       expect(Math.abs(serial - udp), `${m.mode}: serial ${serial} vs udp ${udp}`).toBeLessThanOrEqual(TOL.serialVsUdp);
-      // Lost UDP probes fit in the gap they left (fewer when the client itself skipped slots).
-      const slots = udp / r.config.udpIntervalMs;
-      expect(m.lost.udp).toBeLessThanOrEqual(slots + 2);
+      // lost.udp counts every unanswered probe during the migration (not only in the longest
+      // gap, which is all `udp` measures): some were lost, and no more than were sent meanwhile.
       expect(m.lost.udp).toBeGreaterThan(0);
+      expect(m.lost.udp).toBeLessThanOrEqual((m.totalMs + 2 * 1000) / r.config.udpIntervalMs);
       // The serial figure spans the switchover: the destination's first heartbeat comes after the source's last.
       expect(m.timeline.serialDestination[0]!).toBeGreaterThan(0);
     }
