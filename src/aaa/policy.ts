@@ -4,6 +4,7 @@
 // Deciding is a pure function of (policy, request, usage): no I/O, no clock of its own.
 import { readFileSync } from 'node:fs';
 import { jwkThumbprint, type PublicJwk } from '../common/dpop.ts';
+import type { LightpathRequest as LightpathBase } from '../common/lightpath.ts';
 import { aaaError } from './errors.ts';
 
 export interface TimeOfDay {
@@ -56,15 +57,7 @@ export interface Policy {
 }
 
 /** What is being asked: the body of POST /v1/authorizations (and of a consent request). */
-export interface LightpathRequest {
-  migrationId: string;
-  vmId: string;
-  project: string;
-  src: string;
-  dst: string;
-  bandwidthMbps: number;
-  /** Epoch seconds. */
-  window: { start: number; end: number };
+export interface LightpathRequest extends LightpathBase {
   via?: string[];
 }
 

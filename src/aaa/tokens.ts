@@ -7,21 +7,13 @@
 // tokens are ordinary JWTs that jose's jwtVerify + createRemoteJWKSet accept (the tests check).
 import { randomBytes, type KeyObject } from 'node:crypto';
 import { decodeCompactJws, signCompactJws, verifyDpopProofSync, verifyEd25519, type VerifiedProof, type VerifyProofOptions } from '../common/dpop.ts';
+import type { LightpathRequest } from '../common/lightpath.ts';
 import { aaaError } from './errors.ts';
 
 export const TOKEN_TYP = 'vmtc-cap+jwt';
 
 /** The lightpath scope carried in the `vmtc` claim. */
-export interface CapabilityScope {
-  migrationId: string;
-  vmId: string;
-  project: string;
-  /** Site / endpoint names (broker topology node ids). */
-  src: string;
-  dst: string;
-  bandwidthMbps: number;
-  /** Epoch seconds. */
-  window: { start: number; end: number };
+export interface CapabilityScope extends LightpathRequest {
   /** Every domain on the path, in path order. */
   domains: string[];
 }

@@ -8,35 +8,19 @@
 // src/common/dpop.ts (one synchronous verify per token, no WebCrypto round trips).
 import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
+import type { CapabilityClaims } from '../aaa/tokens.ts';
 import type { Clock } from '../common/clock.ts';
 import { DpopReplayCache, decodeCompactJws, dpopFailure, verifyDpopProofSync, verifyEd25519, type VerifiedProof } from '../common/dpop.ts';
 import { brokerError } from './errors.ts';
+import type { ReserveInput } from './service.ts';
 import type { BrokerStore } from './store.ts';
 import type { IssuerKeys, PeerConfig } from './trust.ts';
 
-export interface CapScope {
-  migrationId: string;
-  vmId: string;
-  project: string;
-  src: string;
-  dst: string;
-  bandwidthMbps: number;
-  window: { start: number; end: number };
-  domains: string[];
-}
-
-export interface CapToken {
+/** A verified capability token: the AAA's claims (src/aaa/tokens.ts), with cnf.jkt lifted out. */
+export interface CapToken extends Omit<CapabilityClaims, 'cnf'> {
   raw: string;
   kid: string;
-  iss: string;
-  sub: string;
-  aud: string[];
-  iat: number;
-  nbf: number;
-  exp: number;
-  jti: string;
   jkt: string;
-  vmtc: CapScope;
 }
 
 /** What the gate needs to know about an HTTP request. */
@@ -48,15 +32,6 @@ export interface RequestFacts {
   dpop?: string;
   /** The trusted peer domain proven by the mutual-TLS client certificate, if any. */
   peerDomain?: string;
-}
-
-export interface ScopeRequest {
-  src: string;
-  dst: string;
-  bandwidthMbps: number;
-  start: number;
-  end: number;
-  migrationId?: string;
 }
 
 export interface GateOptions {
@@ -142,7 +117,7 @@ export class TokenGate {
    * destination, starting at one of our inter-domain points), no more bandwidth, inside the window,
    * for this domain, for the same migration.
    */
-  checkScope(tok: CapToken, req: ScopeRequest, peerDomain?: string): void {
+  checkScope(tok: CapToken, req: ReserveInput, peerDomain?: string): void {
     const s = tok.vmtc;
     const refuse = (field: string, extra: Record<string, unknown>) => {
       throw brokerError('VMTC_TOKEN_SCOPE', { field, ...extra });

@@ -4,6 +4,7 @@
 // real agents while the AAA/broker steps are simply not configured.
 import type { EventEmitter } from 'node:events';
 import type { HostInventory, HostMethods } from '../common/agent-protocol.ts';
+import type { LightpathRequest } from '../common/lightpath.ts';
 
 export interface HubPort extends EventEmitter {
   isConnected(hostId: string): boolean;
@@ -11,16 +12,8 @@ export interface HubPort extends EventEmitter {
   request<M extends keyof HostMethods>(hostId: string, method: M, params: HostMethods[M][0], timeoutMs?: number): Promise<HostMethods[M][1]>;
 }
 
-export interface LightpathRequest {
-  migrationId: string;
-  vmId: string;
-  project: string;
-  /** Endpoint names (sites) as the AAA policy and the broker topology know them. */
-  src: string;
-  dst: string;
-  bandwidthMbps: number;
-  window: { start: number; end: number };
-}
+/** DESIGN.md steps 3-4: the one lightpath shape the AAA and the broker also use. */
+export type { LightpathRequest };
 
 export interface AuthorizationPort {
   /** DESIGN.md step 3: pre-authorisation. Resolves with a capability token or throws coded. */

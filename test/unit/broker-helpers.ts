@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { SignJWT, exportJWK, generateKeyPair, calculateJwkThumbprint } from 'jose';
+import type { CapabilityScope } from '../../src/aaa/tokens.ts';
 import { generateRequesterKeySync, accessTokenHash, type RequesterKey } from '../../src/common/dpop.ts';
 
 export interface Issuer {
@@ -20,16 +21,8 @@ export async function makeIssuer(domain: string, kid = `k-${randomBytes(3).toStr
   return { iss: `aaa:${domain}`, kid, privateKey: privateKey as CryptoKey, publicJwk: { ...jwk, kid, alg: 'EdDSA', use: 'sig' } };
 }
 
-export interface TokenScope {
-  migrationId: string;
-  vmId: string;
-  project: string;
-  src: string;
-  dst: string;
-  bandwidthMbps: number;
-  window: { start: number; end: number };
-  domains: string[];
-}
+/** The `vmtc` claim, as the AAA signs it. */
+export type TokenScope = CapabilityScope;
 
 export interface MintOptions {
   holder: RequesterKey;
