@@ -3,9 +3,9 @@
 // (scripts and tests wait for it); the log goes to stderr so stdout stays machine-readable.
 import { resolve } from 'node:path';
 import type { Command } from '../../src/cli/registry.ts';
-import { runUntilSignal } from '../../src/cli/registry.ts';
 import { commonError } from '../../src/common/errors.ts';
 import { createLogger, type Logger } from '../../src/common/log.ts';
+import { linkArgs, linkOptions, LOG_LEVEL_OPTION, serveAgent } from '../common/agent-command.ts';
 import type { TunnelDriver } from './driver.ts';
 import { MemoryTunnelDriver } from './memory-driver.ts';
 import { startTunnelAgent } from './index.ts';
@@ -19,57 +19,34 @@ export const command: Command = {
     'Afterwards: the same without --enroll (the certificate and hub URL are kept in DIR)',
   ].join('\n'),
   options: {
-    controller: { type: 'string', arg: 'URL', help: 'base URL of the controller REST API (needed to enrol)' },
-    enroll: { type: 'string', arg: 'TOKEN', help: 'one-time enrolment token (first run only; mint it with kind "tunnel")' },
-    'ca-fingerprint': { type: 'string', arg: 'SHA256', help: 'expected fingerprint of the controller CA, checked at enrolment' },
-    data: { type: 'string', arg: 'DIR', required: true, help: 'agent state: key, certificates, agent.json' },
+    ...linkOptions({
+      enroll: 'one-time enrolment token (first run only; mint it with kind "tunnel")',
+      data: 'agent state: key, certificates, agent.json',
+    }),
     driver: { type: 'string', arg: 'vxlan|memory', default: 'vxlan', help: 'tunnel driver; "memory" is a test double that touches no network' },
     netns: { type: 'string', arg: 'NAME', help: 'network namespace holding the tunnel device (vxlan driver; default: the current one)' },
     device: { type: 'string', arg: 'NAME', help: 'the client vxlan device, created with nolearning (vxlan driver)' },
     site: { type: 'string', arg: 'NAME=IP', multiple: true, help: "a site and its underlay address (repeat per site; the memory driver accepts NAME alone)" },
     'initial-site': { type: 'string', arg: 'NAME', help: 'site the tunnel must send to at start (added if absent)' },
-    'log-level': { type: 'string', arg: 'LEVEL', default: 'info', help: 'pino log level' },
+    ...LOG_LEVEL_OPTION,
   },
   async run(o) {
     const logger = createLogger({ svc: 'tunnel', level: o['log-level'] as string, destination: process.stderr });
     const dataDir = resolve(o.data as string);
     const driver = await makeDriver(o, logger);
-    let agent;
-    try {
-      agent = await startTunnelAgent({
-        dataDir,
-        driver,
-        logger,
-        ...(o.controller ? { controllerUrl: o.controller as string } : {}),
-        ...(o.enroll ? { enrollToken: o.enroll as string } : {}),
-        ...(o['ca-fingerprint'] ? { caFingerprint: o['ca-fingerprint'] as string } : {}),
-        ...(o['initial-site'] ? { initialSite: o['initial-site'] as string } : {}),
-      });
-    } catch (e) {
-      await driver.close();
-      throw e;
-    }
-    const a = agent;
-    let refused = false;
-    const done = runUntilSignal(async () => {
-      await a.close();
-      await driver.close();
+    const start = () => startTunnelAgent({
+      dataDir,
+      driver,
+      logger,
+      ...linkArgs(o),
+      ...(o['initial-site'] ? { initialSite: o['initial-site'] as string } : {}),
     });
-    a.link.once('refused', () => {
-      refused = true;
-      process.kill(process.pid, 'SIGTERM');
-    });
-    // The ready line: once, at the first connection. The link may already be up by now (it
-    // connects while the agent finishes starting), so look before listening.
-    const announce = () => {
+    // The ready line: once, at the first connection.
+    return serveAgent(driver, start, (a) => {
       void a.state().then((s) => {
         process.stdout.write(JSON.stringify({ event: 'ready', hostId: a.hostId, kind: 'tunnel', driver: s.driver, sites: s.sites }) + '\n');
       }, () => undefined);
-    };
-    if (a.link.connected) announce();
-    else a.link.once('connected', announce);
-    const code = await done;
-    return refused ? 3 : code;
+    });
   },
 };
 
