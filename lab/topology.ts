@@ -11,6 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { DELAY_LINE_DEFAULTS, queueBytesToMs } from './delay-line.ts';
 import { labError } from './errors.ts';
+import type { LinuxLineSettings, LinuxNodeSettings } from '../src/broker/drivers/linux.ts';
 
 export interface LabConfig {
   /** 1-4 chars [a-z0-9]; random when absent. Keeps "P-siteA" etc. short and unique. */
@@ -86,15 +87,7 @@ export interface Lab {
   sites: LabSite[];
   vm: { ip: string; prefixLen: number; gateway: string; mac: string };
   tunnel: { vni: number; port: number; mtu: number };
-  lightpath: {
-    /** Underlay (veth) MTU and the lightpath vxlan MTU: jumbo inside (LAB-NOTES). */
-    underlayMtu: number;
-    mtu: number;
-    oneWayMs: number;
-    rateMbps: number;
-    queueMs: number;
-    loss: number;
-  };
+  lightpath: LinuxLineSettings;
   tcpMaxBytes: number;
   tcpNotsentLowatBytes: number;
   tunnelSite: string | null;
@@ -191,25 +184,7 @@ export function siteOf(lab: Lab, site: string): LabSite {
   return s;
 }
 
-/**
- * Node settings the broker's Linux driver reads (src/broker/drivers/linux.ts; docs/lab.md):
- * each end of a lightpath names its namespace, underlay and overlay addresses, and where the
- * delay line runs with which parameters.
- */
-export interface LinuxNodeSettings {
-  namespace: string;
-  underlayIp: string;
-  overlayIp: string;
-  wanNamespace: string;
-  relayIp: string;
-  underlayMtu: number;
-  mtu: number;
-  oneWayMs: number;
-  rateMbps: number;
-  queueMs: number;
-  loss: number;
-}
-
+/** A site's node settings for the broker's Linux driver (the type and its validation live there). */
 export function linuxNodeSettings(lab: Lab, site: LabSite): LinuxNodeSettings {
   return {
     namespace: site.ns,

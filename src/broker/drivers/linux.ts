@@ -33,19 +33,32 @@ export interface LinuxDriverOptions {
   log?: Logger;
 }
 
-interface EndSettings {
-  node: string;
-  namespace: string;
-  underlayIp: string;
-  overlayIp: string;
-  wanNamespace: string;
-  relayIp: string;
+/** The line of a lightpath: MTUs and the delay line's parameters (taken from the first end). */
+export interface LinuxLineSettings {
+  /** Underlay (veth) MTU and the lightpath vxlan MTU: jumbo inside (LAB-NOTES). */
   underlayMtu: number;
   mtu: number;
   oneWayMs: number;
   rateMbps: number;
   queueMs: number;
   loss: number;
+}
+
+/**
+ * A node's `driver` settings in the topology file, validated by parseEnd (lab/topology.ts
+ * `linuxNodeSettings` writes them for the lab): the end's namespace, underlay and overlay
+ * addresses, and where the delay line runs with which parameters.
+ */
+export interface LinuxNodeSettings extends LinuxLineSettings {
+  namespace: string;
+  underlayIp: string;
+  overlayIp: string;
+  wanNamespace: string;
+  relayIp: string;
+}
+
+interface EndSettings extends LinuxNodeSettings {
+  node: string;
 }
 
 /** What is recorded for one provisioned connection. */
