@@ -62,8 +62,12 @@ export function signConsentReply(key: { kid: string; privateKey: KeyObject }, fr
   return signCompactJws({ alg: 'EdDSA', kid: key.kid, typ: CONSENT_REPLY_TYP }, claims as unknown as Record<string, unknown>, key.privateKey);
 }
 
+type Fail = (reason: string, extra?: Record<string, unknown>) => VmtcError;
+
+const consentUnauthenticated: Fail = (reason, extra) => aaaError('VMTC_AAA_CONSENT_UNAUTHENTICATED', { reason, ...(extra ?? {}) });
+
 /** Verify a JWS from a peer against that peer's pinned keys; `fail` builds the error to throw. */
-function verifyFromPeer(jws: string, typ: string, peer: Peer, audience: string, nowMs: number, fail: (reason: string, extra?: Record<string, unknown>) => VmtcError): Record<string, unknown> {
+function verifyFromPeer(jws: string, typ: string, peer: Peer, audience: string, nowMs: number, fail: Fail): Record<string, unknown> {
   const { header, payload, signingInput, signature } = decodeCompactJws(jws, (r) => fail(r));
   if (header.typ !== typ || header.alg !== 'EdDSA') throw fail('header', { typ: header.typ, alg: header.alg });
   const jwk = typeof header.kid === 'string' ? peer.keys.get(header.kid) : undefined;
@@ -78,9 +82,13 @@ function verifyFromPeer(jws: string, typ: string, peer: Peer, audience: string, 
   return payload;
 }
 
-/** Server side: authenticate a consent request. Throws VMTC_AAA_CONSENT_UNAUTHENTICATED. */
-export function verifyConsentRequest(jws: string, policy: Policy, ownDomain: string, nowMs: number, replay: DpopReplayCache): { peer: Peer; claims: ConsentClaims } {
-  const fail = (reason: string, extra?: Record<string, unknown>) => aaaError('VMTC_AAA_CONSENT_UNAUTHENTICATED', { reason, ...(extra ?? {}) });
+/**
+ * Server side, for anything a peer AAA sends us (a consent request or a withdrawal): find the
+ * peer by the (still unverified) iss, then verify the JWS against that peer's pinned keys.
+ * Throws VMTC_AAA_CONSENT_UNAUTHENTICATED.
+ */
+function verifyPeerRequest(jws: string, typ: string, policy: Policy, ownDomain: string, nowMs: number): { peer: Peer; claims: Record<string, unknown> } {
+  const fail = consentUnauthenticated;
   let iss: unknown;
   try {
     iss = decodeCompactJws(jws).payload.iss;
@@ -90,7 +98,14 @@ export function verifyConsentRequest(jws: string, policy: Policy, ownDomain: str
   const domain = typeof iss === 'string' && iss.startsWith('aaa:') ? iss.slice(4) : undefined;
   const peer = domain !== undefined ? policy.peers.get(domain) : undefined;
   if (!peer) throw fail('unknown-peer', { iss });
-  const claims = verifyFromPeer(jws, CONSENT_TYP, peer, issuerOf(ownDomain), nowMs, fail) as unknown as ConsentClaims;
+  return { peer, claims: verifyFromPeer(jws, typ, peer, issuerOf(ownDomain), nowMs, fail) };
+}
+
+/** Server side: authenticate a consent request. Throws VMTC_AAA_CONSENT_UNAUTHENTICATED. */
+export function verifyConsentRequest(jws: string, policy: Policy, ownDomain: string, nowMs: number, replay: DpopReplayCache): { peer: Peer; claims: ConsentClaims } {
+  const fail = consentUnauthenticated;
+  const { peer, claims: payload } = verifyPeerRequest(jws, CONSENT_TYP, policy, ownDomain, nowMs);
+  const claims = payload as unknown as ConsentClaims;
   const r = claims.req;
   if (!r || typeof r !== 'object' || typeof r.src !== 'string' || typeof r.dst !== 'string' || typeof r.vmId !== 'string' || typeof r.project !== 'string'
     || typeof r.bandwidthMbps !== 'number' || !r.window || typeof r.window.start !== 'number' || typeof r.window.end !== 'number' || !Array.isArray(r.domains)
@@ -152,17 +167,8 @@ export function signConsentWithdrawal(key: { kid: string; privateKey: KeyObject 
 }
 
 export function verifyConsentWithdrawal(jws: string, policy: Policy, ownDomain: string, nowMs: number, replay: DpopReplayCache): { peer: Peer; tokenJti: string; reason: string } {
-  const fail = (reason: string, extra?: Record<string, unknown>) => aaaError('VMTC_AAA_CONSENT_UNAUTHENTICATED', { reason, ...(extra ?? {}) });
-  let iss: unknown;
-  try {
-    iss = decodeCompactJws(jws).payload.iss;
-  } catch {
-    throw fail('malformed');
-  }
-  const domain = typeof iss === 'string' && iss.startsWith('aaa:') ? iss.slice(4) : undefined;
-  const peer = domain !== undefined ? policy.peers.get(domain) : undefined;
-  if (!peer) throw fail('unknown-peer', { iss });
-  const claims = verifyFromPeer(jws, CONSENT_WITHDRAW_TYP, peer, issuerOf(ownDomain), nowMs, fail);
+  const fail = consentUnauthenticated;
+  const { peer, claims } = verifyPeerRequest(jws, CONSENT_WITHDRAW_TYP, policy, ownDomain, nowMs);
   if (typeof claims.tokenJti !== 'string' || typeof claims.reason !== 'string') throw fail('claims');
   if (!replay.check(`${peer.domain}:${String(claims.jti)}`, nowMs)) throw fail('replayed', { jti: claims.jti });
   return { peer, tokenJti: claims.tokenJti, reason: claims.reason.slice(0, 200) };
