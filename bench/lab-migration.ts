@@ -3,9 +3,9 @@
 // time, and the rate the emulated lightpath delivered. Run as root:
 //   node --import tsx bench/lab-migration.ts [--rtt-ms 198] [--memory-mb 256] [--rounds 1]
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { startStack } from '../lab/stack.ts';
+import { delayLineStatsBetween } from '../lab/delay-line-process.ts';
 
 const { values } = parseArgs({ options: { 'rtt-ms': { type: 'string', default: '198' }, 'memory-mb': { type: 'string', default: '256' }, rounds: { type: 'string', default: '1' }, 'bandwidth-mbps': { type: 'string', default: '1000' } } });
 const rtt = Number(values['rtt-ms']);
@@ -28,16 +28,7 @@ try {
     let maxGap = 0;
     for (let i = 1; i < replies.length; i++) maxGap = Math.max(maxGap, replies[i]! - replies[i - 1]!);
     const statsFile = rec.steps?.lightpath?.details?.dataPlane?.details?.relay?.statsFile as string | undefined;
-    let peakMbps = 0, bytesAB = 0;
-    if (statsFile) {
-      for (const line of readFileSync(statsFile, 'utf8').split('\n')) {
-        try {
-          const j = JSON.parse(line);
-          if (j.interval?.ab) peakMbps = Math.max(peakMbps, j.interval.ab.mbps, j.interval.ba.mbps);
-          if (j.total?.ab) bytesAB = Math.max(bytesAB, j.total.ab.bytes + j.total.ba.bytes);
-        } catch { /* not a stats line */ }
-      }
-    }
+    const { peakMbps, bytes: bytesAB } = delayLineStatsBetween(statsFile);
     const precopyMs = (rec.timings.precopy ?? 0) + (rec.timings.stopcopy ?? 0);
     console.log(JSON.stringify({
       round, to, state: rec.state, rttMs: rtt,

@@ -4,8 +4,8 @@
 //   node --import tsx bench/switchover.ts [--rtt-ms 198] [--rounds 4] [--max-downtime-ms 300] [--bandwidth-mbps 1000]
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
-import { readFileSync } from 'node:fs';
 import { startStack } from '../lab/stack.ts';
+import { delayLineStatsBetween } from '../lab/delay-line-process.ts';
 
 const { values } = parseArgs({ options: { 'rtt-ms': { type: 'string', default: '198' }, 'memory-mb': { type: 'string', default: '256' }, rounds: { type: 'string', default: '4' }, 'bandwidth-mbps': { type: 'string', default: '1000' }, 'max-downtime-ms': { type: 'string', default: '300' }, suspend: { type: 'boolean', default: false }, 'notsent-kb': { type: 'string', default: '128' } } });
 const s = await startStack({ rttMs: Number(values['rtt-ms']), memoryMb: Number(values['memory-mb']), lab: { tcpNotsentLowatBytes: Number(values['notsent-kb']) * 1024 }, onProgress: (m) => console.error(`… ${m}`) });
@@ -26,18 +26,8 @@ try {
     for (let i = 1; i < replies.length; i++) if (replies[i]! - replies[i - 1]! > gap.ms) gap = { ms: replies[i]! - replies[i - 1]!, start: replies[i - 1]!, end: replies[i]! };
     const r = rec.result ?? {};
     const tr = Object.fromEntries((rec.transitions ?? []).map((t: any) => [t.to, Date.parse(t.at)]));
-    let drops = 0, queueMaxMs = 0, peakMbps = 0;
     const statsFile = rec.steps?.lightpath?.details?.dataPlane?.details?.relay?.statsFile as string | undefined;
-    try {
-      for (const line of readFileSync(statsFile!, 'utf8').split('\n')) {
-        try {
-          const j = JSON.parse(line);
-          drops = Math.max(drops, (j.total?.ab?.drops ?? 0) + (j.total?.ba?.drops ?? 0));
-          queueMaxMs = Math.max(queueMaxMs, j.interval?.ab?.queueMaxMs ?? 0, j.interval?.ba?.queueMaxMs ?? 0);
-          peakMbps = Math.max(peakMbps, j.interval?.ab?.mbps ?? 0, j.interval?.ba?.mbps ?? 0);
-        } catch { /* not a stats line */ }
-      }
-    } catch { /* no stats */ }
+    const { drops, queueMaxMs, peakMbps } = delayLineStatsBetween(statsFile);
     console.log(JSON.stringify({ drops, queueMaxMs, peakMbps: Math.round(peakMbps),
       round, to, state: rec.state, qemuDowntimeMs: r.downtimeMs, qemuTotalMs: r.totalTimeMs, bytes: r.transferredBytes,
       pingGapMs: Math.round(gap.ms),

@@ -97,7 +97,8 @@ export function isOurDelayLine(pid: number, tag: string): boolean {
   }
 }
 
-function alive(pid: number): boolean {
+/** Does a process with this pid exist (signal 0)? Says nothing about whose it is. */
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -112,7 +113,7 @@ export async function stopDelayLine(h: { pid: number; tag: string }, graceMs = 3
   try { process.kill(h.pid, 'SIGTERM'); } catch { return false; }
   const deadline = Date.now() + graceMs;
   while (Date.now() < deadline) {
-    if (!alive(h.pid) || !isOurDelayLine(h.pid, h.tag)) return true;
+    if (!pidAlive(h.pid) || !isOurDelayLine(h.pid, h.tag)) return true;
     await sleep(25);
   }
   try { process.kill(h.pid, 'SIGKILL'); } catch { /* gone */ }
@@ -135,6 +136,58 @@ export async function lastDelayLineReport(statsFile: string): Promise<DelayLineR
     } catch { /* torn last line */ }
   }
   return null;
+}
+
+/** What a delay line's reports say about a stretch of time, both directions together. */
+export interface DelayLineWindowStats {
+  /** Reports (stats or final) read in the window. */
+  reports: number;
+  /** Highest interval rate of either direction, Mbit/s of UDP payload (unrounded). */
+  peakMbps: number;
+  /** Worst queueing delay of either direction. */
+  queueMaxMs: number;
+  /** Datagrams dropped because the queue was full, over the intervals the reports cover. */
+  drops: number;
+  /** Bytes delivered, over the intervals the reports cover. */
+  bytes: number;
+}
+
+/**
+ * Stats from the reports in a stats file whose `at` lies in [fromMs, toMs] (a report covers
+ * the interval before its `at`, so a caller wanting all of a stretch passes a `toMs` one report
+ * period past its end). Drops and bytes count the whole intervals of the reports read: the last
+ * report's total minus what the total was before the first report's interval. No file, or no
+ * report in the window: all zero.
+ */
+export function delayLineStatsBetween(statsFile: string | undefined, fromMs = -Infinity, toMs = Infinity): DelayLineWindowStats {
+  const out: DelayLineWindowStats = { reports: 0, peakMbps: 0, queueMaxMs: 0, drops: 0, bytes: 0 };
+  let text: string;
+  try {
+    text = statsFile ? readFileSync(statsFile, 'utf8') : '';
+  } catch {
+    return out;
+  }
+  let first: { drops: number; bytes: number } | undefined;
+  let last = { drops: 0, bytes: 0 };
+  for (const line of text.split('\n')) {
+    let r: DelayLineReport;
+    try { r = JSON.parse(line) as DelayLineReport; } catch { continue; }
+    // The 'listening' line and a torn last line carry no interval.
+    if ((r.event !== 'stats' && r.event !== 'final') || !r.interval?.ab || !r.interval.ba) continue;
+    if (Number.isFinite(r.at) && (r.at < fromMs || r.at > toMs)) continue;
+    const { ab, ba } = r.interval;
+    const total = { drops: r.total.ab.drops + r.total.ba.drops, bytes: r.total.ab.bytes + r.total.ba.bytes };
+    first ??= { drops: total.drops - ab.drops - ba.drops, bytes: total.bytes - ab.bytes - ba.bytes };
+    last = total;
+    out.reports++;
+    out.peakMbps = Math.max(out.peakMbps, ab.mbps, ba.mbps);
+    out.queueMaxMs = Math.max(out.queueMaxMs, ab.queueMaxMs, ba.queueMaxMs);
+  }
+  if (first) {
+    out.drops = Math.max(0, last.drops - first.drops);
+    out.bytes = Math.max(0, last.bytes - first.bytes);
+  }
+  return out;
 }
 
 /** Ask a running delay line for a report now (SIGUSR2) and return it. */

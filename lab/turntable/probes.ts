@@ -15,6 +15,7 @@ import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pidAlive } from '../delay-line-process.ts';
 import { labError } from '../errors.ts';
 import type { Percentiles } from './types.ts';
 
@@ -43,15 +44,6 @@ const r2 = (x: number): number => Math.round(x * 100) / 100;
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Wait until `child` exits (true) or `ms` passed (false). */
 function waitExit(child: ChildProcess, exited: () => boolean, ms: number): Promise<boolean> {
   if (exited()) return Promise.resolve(true);
@@ -68,7 +60,7 @@ async function stopChild(child: ChildProcess, exited: () => boolean, signal: Nod
   if (pid === undefined || exited()) return;
   try { process.kill(pid, signal); } catch { return; }
   if (await waitExit(child, exited, graceMs)) return;
-  if (!exited() && alive(pid)) {
+  if (!exited() && pidAlive(pid)) {
     try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     await waitExit(child, exited, 2000);
   }

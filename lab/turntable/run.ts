@@ -6,11 +6,12 @@
 // QEMU's own figure, the controller's timings and what the delay line delivered. The result is
 // `turntable.json` (types.ts) and `report.html` (report.ts).
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startStack, type Stack } from '../stack.ts';
 import { netnsExec } from '../net.ts';
+import { delayLineStatsBetween } from '../delay-line-process.ts';
 import { qemuVmPaths } from '../../agents/host/qemu-driver.ts';
 import { countLost, longestGap, lostInGap, percentiles, pingReplyTimes, readInternalGaps, serialDowntime, serialLost, SerialWatcher, startPing, startUdpProbe, udpReplyTimes, window as offsets } from './probes.ts';
 import { renderReport } from './report.ts';
@@ -98,27 +99,11 @@ function startTcpSession(s: Stack) {
   };
 }
 
-/** Per-second delay-line stats between two instants: peak rate, worst queueing, drops. */
+/** Delay-line stats between two instants: peak rate, worst queueing, drops. */
 function emulatorBetween(statsFile: string | undefined, from: number, to: number) {
-  const out = { peakMbps: 0, queueMaxMs: 0, drops: 0 };
-  if (!statsFile || !existsSync(statsFile)) return out;
-  let firstDrops: number | undefined;
-  let lastDrops = 0;
-  for (const line of readFileSync(statsFile, 'utf8').split('\n')) {
-    let j: any;
-    try { j = JSON.parse(line); } catch { continue; }
-    if (!j.interval?.ab) continue;
-    const at: number = j.at;
-    const drops = (j.total?.ab?.drops ?? 0) + (j.total?.ba?.drops ?? 0);
-    if (Number.isFinite(at) && (at < from || at > to + 1000)) continue;
-    firstDrops ??= drops - (j.interval.ab.drops ?? 0) - (j.interval.ba.drops ?? 0);
-    lastDrops = drops;
-    out.peakMbps = Math.max(out.peakMbps, j.interval.ab.mbps ?? 0, j.interval.ba.mbps ?? 0);
-    out.queueMaxMs = Math.max(out.queueMaxMs, j.interval.ab.queueMaxMs ?? 0, j.interval.ba.queueMaxMs ?? 0);
-  }
-  out.drops = Math.max(0, lastDrops - (firstDrops ?? lastDrops));
-  out.peakMbps = Math.round(out.peakMbps * 10) / 10;
-  return out;
+  // Reports come every second and cover the second before them: the one after `to` still counts.
+  const st = delayLineStatsBetween(statsFile, from, to + 1000);
+  return { peakMbps: round1(st.peakMbps), queueMaxMs: st.queueMaxMs, drops: st.drops };
 }
 
 /** Smallest RTT of a few pings across the lightpath (the propagation delay the path really has). */
