@@ -8,7 +8,6 @@ import { join } from 'node:path';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { randomIds, systemClock } from '../../src/common/clock.ts';
 import { silentLogger } from '../../src/common/log.ts';
-import { VmtcError } from '../../src/common/errors.ts';
 import { generateRequesterKey, type RequesterKey } from '../../src/common/dpop.ts';
 import { startAaa, type AaaHandle } from '../../src/aaa/index.ts';
 import { openAaaDb } from '../../src/aaa/store.ts';
@@ -16,6 +15,7 @@ import { KeyStore } from '../../src/aaa/keys.ts';
 import { signConsentRequest } from '../../src/aaa/peers.ts';
 import { requestAuthorization, queryAccounting, type LightpathRequest } from '../../src/aaa/client.ts';
 import type { AccountingEvent } from '../../src/aaa/accounting.ts';
+import { refusal } from './aaa-fixture.ts';
 
 const SITES = { siteA: 'a', siteB: 'b', siteC: 'c' };
 let root: string;
@@ -34,16 +34,6 @@ const req = (over: Partial<LightpathRequest> = {}): LightpathRequest => ({
 async function adminEvents(h: AaaHandle, migrationId: string): Promise<AccountingEvent[]> {
   const r = await fetch(`${h.url}/v1/accounting?migrationId=${migrationId}`, { headers: { authorization: `Bearer ${h.adminToken}` } });
   return ((await r.json()) as { events: AccountingEvent[] }).events;
-}
-
-async function refusal(p: Promise<unknown>): Promise<VmtcError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VmtcError);
-    return e as VmtcError;
-  }
-  throw new Error('expected a refusal');
 }
 
 beforeAll(async () => {

@@ -7,12 +7,12 @@ import { join } from 'node:path';
 import { createLocalJWKSet, createRemoteJWKSet, jwtVerify, decodeProtectedHeader } from 'jose';
 import { ManualClock } from '../../src/common/clock.ts';
 import { silentLogger } from '../../src/common/log.ts';
-import { VmtcError } from '../../src/common/errors.ts';
 import { generateRequesterKey, makeDpopProof, accessTokenHash, type RequesterKey } from '../../src/common/dpop.ts';
 import { startAaa, type AaaHandle } from '../../src/aaa/index.ts';
 import { requestAuthorization, reportAccounting, queryAccounting, type LightpathRequest } from '../../src/aaa/client.ts';
 import { verifyPresentedToken, type CapabilityClaims } from '../../src/aaa/tokens.ts';
 import { publicKeyFromJwk } from '../../src/common/dpop.ts';
+import { refusal } from './aaa-fixture.ts';
 
 let dir: string;
 let aaa: AaaHandle;
@@ -35,16 +35,6 @@ const req = (over: Partial<LightpathRequest> = {}): LightpathRequest => ({
   migrationId: 'mig-1', vmId: 'vm-1', project: 'p1', src: 'siteA', dst: 'siteB', bandwidthMbps: 500,
   window: { start: nowSec(), end: nowSec() + 600 }, ...over,
 });
-
-async function refusal(p: Promise<unknown>): Promise<VmtcError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VmtcError);
-    return e as VmtcError;
-  }
-  throw new Error('expected a refusal');
-}
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'vmtc-aaa-'));
