@@ -1,30 +1,14 @@
 // `vmtc agent` as a real process (node bin/vmtc.js agent …) against a hub started here: it enrols,
 // connects with mTLS, reports its inventory, serves a request, and exits 0 on SIGTERM.
-import { describe, it, expect, afterEach } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { describe, it, expect } from 'vitest';
 import { readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { cleanupsAfterEach, spawnVmtcCli } from '../helpers/cleanups.ts';
 import { startHub, tempDir, waitFor, type HubFixture } from './agent-fixture.ts';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanups = cleanupsAfterEach();
 
-function spawnAgent(args: string[]): { child: ChildProcess; exited: Promise<number | null>; output: () => string } {
-  const child = spawn(process.execPath, ['bin/vmtc.js', 'agent', ...args], { cwd: join(import.meta.dirname, '..', '..'), stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d) => { out += d; });
-  child.stderr!.on('data', (d) => { out += d; });
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  cleanups.push(async () => {
-    if (child.exitCode === null && child.signalCode === null && child.pid) {
-      process.kill(child.pid, 'SIGKILL');
-      await exited;
-    }
-  });
-  return { child, exited, output: () => out };
-}
+const spawnAgent = (args: string[]) => spawnVmtcCli(['agent', ...args], cleanups);
 
 describe('vmtc agent (process)', () => {
   it('enrols, connects, reports inventory, serves requests, and stops on SIGTERM', async () => {

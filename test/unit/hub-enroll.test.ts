@@ -1,7 +1,7 @@
 // Enrolment over REST and the first mTLS link: real fastify, real hub (wss + mutual TLS), real
 // SQLite file, real host agent with the DoubleDriver test double.
-import { describe, it, expect, afterEach } from 'vitest';
-import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { describe, it, expect } from 'vitest';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { ManualClock } from '../../src/common/clock.ts';
@@ -10,23 +10,10 @@ import { HUB_ERRORS } from '../../src/controller/hub-errors.ts';
 import { COMMON_ERRORS, mergeCatalogues } from '../../src/common/errors.ts';
 import { startHostAgent, type HostAgent } from '../../agents/host/index.ts';
 import { DoubleDriver } from '../../agents/host/double-driver.ts';
-import { ADMIN, startHub, tempDir, waitFor, type HubFixture } from './agent-fixture.ts';
+import { ADMIN, waitFor } from './agent-fixture.ts';
+import { useHubFixtures } from './hub-fixture.ts';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function hubFixture(o: Parameters<typeof startHub>[0] = {}): Promise<HubFixture> {
-  const f = await startHub(o);
-  cleanups.push(() => f.close());
-  return f;
-}
-function dir(): string {
-  const d = tempDir();
-  cleanups.push(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
+const { cleanups, hubFixture, dir } = useHubFixtures();
 
 async function post(url: string, body: unknown, headers: Record<string, string> = {}) {
   const init: RequestInit = body === undefined

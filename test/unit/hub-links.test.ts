@@ -1,6 +1,6 @@
 // The agent link itself: mutual TLS refusals, revocation, garbage frames, timeouts, heartbeats
 // over a black-holed path, and reconnection to a restarted hub. Real TLS, real ws, real SQLite.
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import net from 'node:net';
 import { rmSync } from 'node:fs';
 import WebSocket from 'ws';
@@ -11,21 +11,9 @@ import { startHostAgent } from '../../agents/host/index.ts';
 import { DoubleDriver } from '../../agents/host/double-driver.ts';
 import { AgentHub } from '../../src/controller/hub.ts';
 import { ADMIN, startHub, tempDir, waitFor, until, type HubFixture } from './agent-fixture.ts';
+import { useHubFixtures } from './hub-fixture.ts';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-async function hubFixture(o: Parameters<typeof startHub>[0] = {}): Promise<HubFixture> {
-  const f = await startHub(o);
-  cleanups.push(() => f.close());
-  return f;
-}
-function dir(): string {
-  const d = tempDir();
-  cleanups.push(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
+const { cleanups, hubFixture, dir } = useHubFixtures();
 
 /** Enrol by hand and return credentials for a hand-driven WebSocket client. */
 function creds(hub: AgentHub, hostId: string, kind: 'host' | 'tunnel' = 'host') {

@@ -1,33 +1,16 @@
 // `vmtc tunnel` as a real process (node bin/vmtc.js tunnel … --driver memory) against a hub
 // started here: it enrols as a tunnel agent, prints its ready line on stdout, is switched by the
 // controller's HubTunnelPort, and exits 0 on SIGTERM. Bad configuration fails at start, coded.
-import { describe, it, expect, afterEach } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { describe, it, expect } from 'vitest';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { HubTunnelPort } from '../../src/controller/tunnel-port.ts';
+import { cleanupsAfterEach, spawnVmtcCli } from '../helpers/cleanups.ts';
 import { startHub, tempDir, waitFor, until } from './agent-fixture.ts';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+const cleanups = cleanupsAfterEach();
 
-function spawnTunnel(args: string[]) {
-  const child: ChildProcess = spawn(process.execPath, ['bin/vmtc.js', 'tunnel', ...args], { cwd: join(import.meta.dirname, '..', '..'), stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d) => { out += d; });
-  child.stderr!.on('data', (d) => { err += d; });
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  cleanups.push(async () => {
-    if (child.exitCode === null && child.signalCode === null && child.pid) {
-      process.kill(child.pid, 'SIGKILL');
-      await exited;
-    }
-  });
-  return { child, exited, stdout: () => out, stderr: () => err };
-}
+const spawnTunnel = (args: string[]) => spawnVmtcCli(['tunnel', ...args], cleanups);
 
 describe('vmtc tunnel (process)', () => {
   it('enrols, prints its ready line, is switched by the controller, and stops on SIGTERM', async () => {
