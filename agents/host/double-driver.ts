@@ -16,7 +16,7 @@
 //                                   (as QEMU's -incoming process exits when the load fails).
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
-import type { HostFacts, HypervisorDriver } from './driver.ts';
+import { tcpConnectCheck, type HostFacts, type HypervisorDriver } from './driver.ts';
 import type { MigrationParams, MigrationProgress, MigrationResult, VmInfo, VmSpec } from '../../src/common/agent-protocol.ts';
 import { commonError } from '../../src/common/errors.ts';
 import { hostError } from './errors.ts';
@@ -314,6 +314,12 @@ export class DoubleDriver implements HypervisorDriver {
         this.listeners.push(done);
       });
     }
+  }
+
+  /** The double's guests have no network of their own: the check runs from the agent. */
+  async checkTcp(vmId: string, host: string, port: number, timeoutMs: number): Promise<boolean> {
+    this.get(vmId);
+    return tcpConnectCheck(host, port, timeoutMs);
   }
 
   onChange(listener: () => void): void {

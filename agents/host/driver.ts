@@ -1,5 +1,6 @@
 // The hypervisor driver interface (DESIGN.md: QEMU/KVM over QMP; libvirt and Xen behind the same
 // interface). The host agent only ever talks to a hypervisor through this.
+import net from 'node:net';
 import type { MigrationParams, MigrationProgress, MigrationResult, VmInfo, VmSpec, HypervisorType } from '../../src/common/agent-protocol.ts';
 
 export interface HostFacts {
@@ -26,7 +27,27 @@ export interface HypervisorDriver {
   migrate(vmId: string, uri: string, params: MigrationParams, onProgress: (p: MigrationProgress) => void): Promise<MigrationResult>;
   cancelMigration(vmId: string): Promise<void>;
   waitRunning(vmId: string, timeoutMs: number): Promise<VmInfo>;
+  /** One attempt to open a TCP connection to host:port from where the VM's network is (its
+   *  namespace, for a driver that runs guests in one): true if it was accepted within timeoutMs.
+   *  Used by the cold path's verification (D4.4: "a service port answers"); without it the agent
+   *  connects from its own namespace. */
+  checkTcp?(vmId: string, host: string, port: number, timeoutMs: number): Promise<boolean>;
   /** Called whenever a VM's state changes, so the agent can re-send its inventory. */
   onChange(listener: () => void): void;
   close(): Promise<void>;
+}
+
+/** One TCP connection attempt from this process: true if accepted within timeoutMs. */
+export function tcpConnectCheck(host: string, port: number, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host, port });
+    const done = (ok: boolean) => {
+      clearTimeout(t);
+      sock.destroy();
+      resolve(ok);
+    };
+    const t = setTimeout(() => done(false), Math.max(1, timeoutMs));
+    sock.once('connect', () => done(true));
+    sock.once('error', () => done(false));
+  });
 }

@@ -14,6 +14,15 @@ export const HOST_ERRORS = {
   VMTC_HOST_MIGRATION_URI: { status: 400, message: 'the migration URI is not tcp:HOST:PORT' },
   VMTC_HOST_BAD_PARAMS: { status: 400, message: 'the request parameters are not valid' },
   VMTC_HOST_FAULT_INJECTED: { status: 500, message: 'a fault injected by the test double configuration' },
+  // The cold path (agents/host/cold.ts; EGI-Engage D4.4's taxonomy in the comments).
+  VMTC_HOST_COLD_EXPORT_NOT_FOUND: { status: 404, message: 'no such disk export on this host (never published, or withdrawn)' },
+  VMTC_HOST_COLD_EXPORT_GONE: { status: 410, message: 'this disk export has expired or its single use is spent' },
+  VMTC_HOST_COLD_FORBIDDEN: { status: 403, message: 'the client certificate does not name the destination of this export' }, // Unauthorized
+  VMTC_HOST_COLD_RANGE: { status: 416, message: 'the requested byte range is not within the disk' },
+  VMTC_HOST_COLD_DISK_UNREADABLE: { status: 500, message: 'a disk of the VM cannot be read for export, or changed size since' },
+  VMTC_HOST_COLD_TRANSFER_FAILED: { status: 502, message: 'fetching a disk from the source host failed; a retry resumes it' }, // DataTransferError
+  VMTC_HOST_COLD_CHECKSUM: { status: 502, message: 'a fetched disk does not match the checksum the source published' }, // DataTransferError
+  VMTC_HOST_COLD_TCP_CHECK_FAILED: { status: 502, message: 'the service port of the VM did not accept a connection in time' }, // VerificationFailed
 } as const satisfies Catalogue;
 
 export const HOST_AGENT_ERRORS = mergeCatalogues(COMMON_ERRORS, HOST_ERRORS);

@@ -2,12 +2,14 @@
 // agent hub (agents/common/agent-link.ts), serves the HostMethods requests by calling its
 // HypervisorDriver, and reports: its inventory on every connect and whenever a VM changes state,
 // and the progress and end of each live migration it runs as a source (DESIGN.md step 5).
+// The cold path (power off, publish the disks, fetch them, boot the copy) is in cold.ts.
 import type { Logger } from '../../src/common/log.ts';
 import { silentLogger } from '../../src/common/log.ts';
-import { toVmtcError } from '../../src/common/errors.ts';
-import type { HostInventory, HostMethods, MigrationParams, MigrationProgress, MigrationResult, VmSpec } from '../../src/common/agent-protocol.ts';
+import { toVmtcError, VmtcError } from '../../src/common/errors.ts';
+import type { ColdExport, HostInventory, HostMethods, MigrationParams, MigrationProgress, MigrationResult, VmSpec } from '../../src/common/agent-protocol.ts';
 import type { Handler } from '../../src/common/rpc.ts';
 import { AgentLink, type BackoffOptions } from '../common/agent-link.ts';
+import { ColdTransfer, type ColdOptions } from './cold.ts';
 import type { HypervisorDriver } from './driver.ts';
 import { hostError } from './errors.ts';
 
@@ -30,6 +32,12 @@ export interface HostAgentOptions {
   backoff?: BackoffOptions;
   /** Inventory changes within this window are sent once (default 50 ms). */
   inventoryCoalesceMs?: number;
+  /** HOST:PORT the cold path's disk export server listens on (HTTPS, mutual TLS), started at the
+   *  first vm.coldExport. Default '127.0.0.1:0'; on a wildcard address the URLs name
+   *  migrationAddress (or the host name). */
+  exportListen?: string;
+  /** Tuning of the cold path (tests: clock, free space, stall timeout). */
+  cold?: Pick<ColdOptions, 'clock' | 'ids' | 'freeSpace' | 'stallMs' | 'progressEveryMs' | 'exportHost'>;
 }
 
 export interface HostAgent {
@@ -49,6 +57,8 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
   const running = new Set<string>();
   let closed = false;
   let hostId = '';
+  // Built once the link has enrolled (it needs the host id and the credentials).
+  let cold!: ColdTransfer;
 
   const inventory = async (): Promise<HostInventory> => {
     const [facts, vms] = await Promise.all([driver.facts(), driver.list()]);
@@ -80,7 +90,17 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       return { ok: true as const };
     },
     'vm.destroy': async (p) => {
-      await driver.destroy(str(obj(p, 'params').vmId, 'vmId'));
+      const vmId = str(obj(p, 'params').vmId, 'vmId');
+      try {
+        await driver.destroy(vmId);
+      } catch (e) {
+        // A failed cold import leaves no VM but may leave copies: cleaning up still removes them.
+        if (!(e instanceof VmtcError && /_VM_NOT_FOUND$/.test(e.code))) throw e;
+        await cold.forgetVm(vmId);
+        throw e;
+      }
+      // The agent-owned disk copies (a cold import's) go with the VM; disks elsewhere never do.
+      await cold.forgetVm(vmId);
       return { ok: true as const };
     },
     'vm.resume': async (p) => driver.resume(str(obj(p, 'params').vmId, 'vmId')),
@@ -134,6 +154,36 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       if (!(typeof t === 'number' && t > 0)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'timeoutMs' });
       return driver.waitRunning(str(q.vmId, 'vmId'), t);
     },
+    // The cold path (EGI-Engage D4.4; agents/host/cold.ts).
+    'vm.coldExport': async (p) => {
+      const q = obj(p, 'params');
+      const vmId = str(q.vmId, 'vmId');
+      const migrationId = str(q.migrationId, 'migrationId');
+      const destinationHostId = str(q.destinationHostId, 'destinationHostId');
+      const ttlMs = q.ttlMs;
+      if (!(typeof ttlMs === 'number' && Number.isFinite(ttlMs) && ttlMs > 0)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'ttlMs' });
+      if (destinationHostId === hostId) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'destinationHostId', reason: 'the destination is this host' });
+      return cold.export({ vmId, migrationId, destinationHostId, ttlMs }, (prog) => link.send('cold.progress', prog));
+    },
+    'vm.coldAbort': async (p) => {
+      const q = obj(p, 'params');
+      return cold.abort({ vmId: str(q.vmId, 'vmId'), migrationId: str(q.migrationId, 'migrationId') });
+    },
+    'vm.coldImport': async (p) => {
+      const exp = obj(obj(p, 'params').export, 'export') as unknown as ColdExport;
+      return cold.import(exp, (prog) => link.send('cold.progress', prog));
+    },
+    'vm.coldVerify': async (p) => {
+      const q = obj(p, 'params');
+      const vmId = str(q.vmId, 'vmId');
+      const t = q.timeoutMs;
+      if (!(typeof t === 'number' && t > 0)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'timeoutMs' });
+      if (q.tcp === undefined) return cold.verify({ vmId, timeoutMs: t });
+      const tcp = obj(q.tcp, 'tcp');
+      const port = tcp.port;
+      if (!(Number.isInteger(port) && (port as number) > 0 && (port as number) <= 65535)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'tcp.port' });
+      return cold.verify({ vmId, timeoutMs: t, tcp: { host: str(tcp.host, 'tcp.host'), port: port as number } });
+    },
   };
 
   const link = await AgentLink.open({
@@ -148,6 +198,17 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
     handlers: handlers as unknown as Record<string, Handler>,
   });
   hostId = link.hostId;
+  try {
+    cold = new ColdTransfer({
+      dataDir: opts.dataDir, hostId, driver, logger: log,
+      ...(opts.exportListen ? { exportListen: opts.exportListen } : {}),
+      ...(opts.migrationAddress ? { exportHost: opts.migrationAddress } : {}),
+      ...(opts.cold ?? {}),
+    });
+  } catch (e) {
+    await link.close();
+    throw e;
+  }
 
   // Inventory: sent on every (re)connect, and after driver changes, coalesced so a burst of state
   // changes (a migration ending touches two VMs) becomes one message; never two sends in flight.
@@ -190,6 +251,7 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       if (closed) return;
       closed = true;
       clearTimeout(timer);
+      await cold.close();
       await link.close();
       log.info({ hostId }, 'host agent stopped');
     },

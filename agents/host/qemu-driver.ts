@@ -19,7 +19,7 @@ import type { MigrationParams, MigrationProgress, MigrationResult, VmInfo, VmSpe
 import { sleep } from '../../src/common/clock.ts';
 import { VmtcError } from '../../src/common/errors.ts';
 import type { Logger } from '../../src/common/log.ts';
-import type { HostFacts, HypervisorDriver } from './driver.ts';
+import { tcpConnectCheck, type HostFacts, type HypervisorDriver } from './driver.ts';
 import { buildQemuArgs, extraOf, mapRunState, validateSpec, type Accel, type VmPaths } from './qemu-cmdline.ts';
 import { qemuError } from './qemu-errors.ts';
 import { cpuModelFeatures, qemuVersion, resolveMachine } from './qemu-facts.ts';
@@ -109,6 +109,19 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   // ---- inventory -------------------------------------------------------------------------
+
+  /** The cold path's service check (D4.4 "verify"): the guests' network is inside the driver's
+   *  namespace, so the connection is made from there (bash's /dev/tcp, bounded by `timeout`). */
+  async checkTcp(vmId: string, host: string, port: number, timeoutMs: number): Promise<boolean> {
+    await this.ready;
+    this.get(vmId);
+    if (!this.opts.netns) return tcpConnectCheck(host, port, timeoutMs);
+    // host and port go to bash as positional parameters, never into the script text.
+    if (!/^[0-9A-Za-z.:_-]{1,253}$/.test(host) || !(Number.isInteger(port) && port > 0 && port <= 65535)) return false;
+    const secs = (Math.max(100, timeoutMs) / 1000).toFixed(3);
+    const r = await runProc(['ip', 'netns', 'exec', this.opts.netns, 'timeout', secs, 'bash', '-c', 'exec 3<>"/dev/tcp/$0/$1"', host, String(port)], timeoutMs + 5000);
+    return r.code === 0;
+  }
 
   onChange(listener: () => void): void {
     this.listeners.add(listener);

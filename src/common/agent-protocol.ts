@@ -105,6 +105,51 @@ export interface MigrationResult {
   error?: { code: string; message: string; details?: Record<string, unknown> };
 }
 
+// ---- the cold (offline) path, EGI-Engage D4.4 ---------------------------------------------
+
+/** One disk of a powered-off VM, published by the source agent at a single-use, time-limited
+ *  HTTPS URL (mutual TLS with deployment certificates; only the named destination may fetch). */
+export interface ColdDisk {
+  index: number;
+  url: string;
+  format: 'qcow2' | 'raw';
+  sizeBytes: number;
+  sha256: string;
+}
+
+/** What the source agent hands over for a cold migration: the metadata D4.4 sends to the
+ *  destination (spec = hypervisor, format, size, instance type) and where the disks are. */
+export interface ColdExport {
+  migrationId: string;
+  vmId: string;
+  sourceHostId: string;
+  /** The destination host allowed to fetch the disks (its certificate's CN). */
+  destinationHostId: string;
+  spec: VmSpec;
+  /** The VM's state before the export powered it off (a rollback restores it). */
+  priorState: VmState;
+  disks: ColdDisk[];
+  /** Epoch ms after which the URLs no longer answer. */
+  expiresAt: number;
+}
+
+export interface ColdImportResult {
+  vm: VmInfo;
+  /** Bytes fetched over the network in this call (a resumed download counts only the rest). */
+  bytes: number;
+  /** Bytes already present from an earlier, interrupted attempt. */
+  resumedBytes: number;
+  ms: number;
+}
+
+export interface ColdProgress {
+  migrationId: string;
+  vmId: string;
+  phase: 'export' | 'download' | 'boot';
+  transferredBytes: number;
+  totalBytes: number;
+}
+
 /** Requests the controller may send to a host agent: method -> [params, result]. */
 export interface HostMethods {
   'host.inventory': [Record<string, never>, HostInventory];
@@ -122,6 +167,16 @@ export interface HostMethods {
   'vm.cancelMigration': [{ vmId: string }, { ok: true }];
   /** Destination: wait until the incoming VM runs (commit point of the paper's switchover). */
   'vm.waitRunning': [{ vmId: string; timeoutMs: number }, VmInfo];
+  /** Cold source: power the VM off (if running), checksum its disks and publish them for
+   *  `destinationHostId` until now + ttlMs. Idempotent for the same migrationId. */
+  'vm.coldExport': [{ vmId: string; migrationId: string; destinationHostId: string; ttlMs: number }, ColdExport];
+  /** Cold source, on rollback: withdraw the export and bring the VM back to its prior state. */
+  'vm.coldAbort': [{ vmId: string; migrationId: string }, VmInfo];
+  /** Cold destination: check space, fetch every disk (resuming, checksummed) into this agent's
+   *  own disk store, and boot the VM from the copies. */
+  'vm.coldImport': [{ export: ColdExport }, ColdImportResult];
+  /** Cold destination: the VM runs and, when asked, a TCP service in it answers. */
+  'vm.coldVerify': [{ vmId: string; timeoutMs: number; tcp?: { host: string; port: number } }, VmInfo];
 }
 
 /** Events an agent sends to the controller: name -> payload. */
@@ -129,6 +184,7 @@ export interface AgentEvents {
   inventory: HostInventory;
   'migration.progress': MigrationProgress;
   'migration.done': MigrationResult;
+  'cold.progress': ColdProgress;
   'tunnel.state': unknown;
 }
 

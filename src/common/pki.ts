@@ -223,7 +223,9 @@ export function signClientCsr(ca: KeyAndCert, csrPem: string, opts: ClientCertOp
   cert.setExtensions([
     { name: 'basicConstraints', cA: false },
     { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
-    { name: 'extKeyUsage', clientAuth: true },
+    // serverAuth too: a host agent also serves its VM's disks to another agent over mutual TLS
+    // during a cold migration (agents/host/cold.ts), with this same certificate.
+    { name: 'extKeyUsage', clientAuth: true, serverAuth: true },
   ]);
   cert.sign(caKey, forge.md.sha256.create());
   return { certPem: pki.certificateToPem(cert), serial: normaliseSerial(serial), notAfter: cert.validity.notAfter.getTime() };
