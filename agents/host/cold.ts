@@ -89,6 +89,8 @@ export class ColdTransfer {
   /** Exports by migrationId (settled or being prepared). */
   private readonly exports = new Map<string, Promise<ExportRec>>();
   private readonly settled = new Map<string, ExportRec>();
+  /** vmId -> migrationId of an export being prepared (power-off, checksums). */
+  private readonly exportingVm = new Map<string, string>();
   private readonly bySecret = new Map<string, { rec: ExportRec; index: number }>();
   private readonly imports = new Map<string, Promise<ColdImportResult>>();
   private readonly requests = new Set<ClientRequest>();
@@ -134,17 +136,19 @@ export class ColdTransfer {
       }
       return structuredClone(rec.exp);
     }
-    for (const rec of this.settled.values()) {
-      if (rec.exp.vmId === p.vmId && !rec.withdrawn) throw hostError('VMTC_HOST_MIGRATION_IN_PROGRESS', { vmId: p.vmId, migrationId: rec.exp.migrationId, reason: 'the VM is already exported for another migration' });
-    }
+    const other = [...this.settled.values()].find((r) => r.exp.vmId === p.vmId && !r.withdrawn)?.exp.migrationId ?? this.exportingVm.get(p.vmId);
+    if (other !== undefined) throw hostError('VMTC_HOST_MIGRATION_IN_PROGRESS', { vmId: p.vmId, migrationId: other, reason: 'the VM is already exported for another migration' });
     const pending = this.doExport(p, onProgress);
     this.exports.set(p.migrationId, pending);
+    this.exportingVm.set(p.vmId, p.migrationId);
     try {
       const rec = await pending;
       return structuredClone(rec.exp);
     } catch (e) {
       this.exports.delete(p.migrationId);
       throw e;
+    } finally {
+      this.exportingVm.delete(p.vmId);
     }
   }
 

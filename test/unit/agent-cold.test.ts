@@ -186,6 +186,35 @@ describe('cold path: export, fetch over mutual TLS, boot the copy', () => {
     expect(A.stops).toBe(2);
   });
 
+  it('a rollback cuts a download in flight', async () => {
+    const { f, B, startVm, exportVm } = await setup();
+    await startVm('vm-10', [24 * MB]);
+    const exp = await exportVm('vm-10', 'mig-10');
+    const id = identityFiles(B.dataDir);
+    const u = new URL(exp.disks[0]!.url);
+    const outcome = await new Promise<{ received: number; error: boolean }>((done, reject) => {
+      const req = https.get({ host: u.hostname, port: u.port, path: u.pathname, agent: false, key: readFileSync(id.key), cert: readFileSync(id.cert), ca: readFileSync(id.ca), checkServerIdentity: () => undefined }, (res) => {
+        let received = 0;
+        let error = false;
+        expect(res.statusCode).toBe(200);
+        res.once('data', (c: Buffer) => {
+          received += c.length;
+          // Hold the download open while the controller rolls the migration back.
+          res.pause();
+          void f.hub.request('host-a', 'vm.coldAbort', { vmId: 'vm-10', migrationId: 'mig-10' }).then(() => {
+            res.on('data', (c2: Buffer) => { received += c2.length; });
+            res.resume();
+          }, reject);
+        });
+        res.on('error', () => { error = true; });
+        res.on('close', () => done({ received, error }));
+      });
+      req.on('error', () => undefined);
+    });
+    expect(outcome.error).toBe(true);
+    expect(outcome.received).toBeLessThan(24 * MB);
+  });
+
   it('an expired export is refused, and the destination makes nothing of it', async () => {
     const clockA = new ManualClock(Date.now());
     const { f, B, startVm, exportVm, importVm } = await setup({ clockA });
