@@ -120,7 +120,11 @@ export function precheck(input: PrecheckInput): PrecheckResult {
   const dest = destEntry.inventory;
   const sharedStorage = source.sharedStorage && dest.sharedStorage;
   const usage = hostUsage(dest, input.holds.filter((h) => h.hostId === dest.hostId));
-  const need: Resources = { vcpus: vm.vcpus, memoryMb: vm.memoryMb, diskGb: sharedStorage ? 0 : vm.diskGb };
+  // The cold path copies the disks into the destination's own store even when storage is
+  // shared, and mode=auto may fall back to it: only a live-only request on shared storage
+  // needs no disk at the destination.
+  const copiesDisks = !sharedStorage || input.mode !== 'live';
+  const need: Resources = { vcpus: vm.vcpus, memoryMb: vm.memoryMb, diskGb: copiesDisks ? vm.diskGb : 0 };
   if (usage.available.memoryMb < need.memoryMb) throw err('VMTC_INSUFFICIENT_MEMORY', { hostId: dest.hostId, needMb: need.memoryMb, availableMb: usage.available.memoryMb });
   if (usage.available.vcpus < need.vcpus) throw err('VMTC_INSUFFICIENT_VCPUS', { hostId: dest.hostId, need: need.vcpus, available: usage.available.vcpus });
   if (usage.available.diskGb < need.diskGb) throw err('VMTC_INSUFFICIENT_DISK', { hostId: dest.hostId, needGb: need.diskGb, availableGb: usage.available.diskGb });

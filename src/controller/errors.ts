@@ -23,7 +23,11 @@ export const MIGRATION_ERRORS = {
   VMTC_ILLEGAL_TRANSITION: { status: 409, message: 'this event is not allowed in the current state' },
   VMTC_MIGRATION_NOT_CANCELLABLE: { status: 409, message: 'the migration can no longer be cancelled' },
   VMTC_CANCELLED: { status: 409, message: 'the migration was cancelled' },
-  VMTC_COLD_NOT_AVAILABLE: { status: 501, message: 'the cold (offline) migration path is not available yet' },
+  // The cold path's failures, after EGI-Engage D4.4's taxonomy (details.cause has the agent's code).
+  VMTC_COLD_EXPORT_FAILED: { status: 502, message: 'the source could not power the VM off and publish its disks (D4.4 UnableToMeetRequirements)' },
+  VMTC_COLD_TRANSFER_FAILED: { status: 502, message: 'the destination could not fetch and check the disks (D4.4 DataTransferError / InsufficientResources)' },
+  VMTC_COLD_BOOT_FAILED: { status: 502, message: 'the destination could not boot the VM from the copied disks (D4.4 UnableToResume)' },
+  VMTC_COLD_VERIFICATION_FAILED: { status: 502, message: 'the VM booted at the destination but did not pass verification (D4.4 VerificationFailed)' },
   VMTC_DEADLINE_EXCEEDED: { status: 504, message: 'the migration did not finish before its deadline' },
   VMTC_CONTROLLER_RESTARTED: { status: 503, message: 'the controller restarted before anything moved; the migration was rolled back' },
   VMTC_AGENT_LOST: { status: 503, message: 'an agent taking part disconnected during the migration' },

@@ -43,7 +43,8 @@ export const TERMINAL: ReadonlySet<MigrationState> = new Set(['completed', 'roll
 /** States in which the source copy is still the primary and a cancel can roll everything back. */
 export const CANCELLABLE: ReadonlySet<MigrationState> = new Set([
   'prechecking', 'reserved', 'authorizing', 'provisioning', 'preparing', 'precopy', 'stopcopy',
-  'cold_exporting', 'cold_importing',
+  // Cold: until the destination's copy is verified, the source's disks and VM are intact.
+  'cold_exporting', 'cold_importing', 'cold_verifying',
 ]);
 
 export type MigrationEvent =
@@ -109,7 +110,9 @@ export const TABLE: Table = (() => {
     cleanup: { CLEANED_UP: 'completed' },
     cold_exporting: { COLD_EXPORTED: 'cold_importing' },
     cold_importing: { COLD_IMPORTED: 'cold_verifying' },
-    cold_verifying: { COLD_VERIFIED: 'cleanup' },
+    // Verified at the destination: the commit point of the cold path. Activation then moves the
+    // tunnel, as after a live switchover, and cleanup removes the source.
+    cold_verifying: { COLD_VERIFIED: 'activating' },
     rolling_back: {
       ROLLED_BACK: (e) => (e.type === 'ROLLED_BACK' && e.cancelled ? 'cancelled' : 'rolled_back'),
       ROLLBACK_FAILED: 'failed',

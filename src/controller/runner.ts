@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from '../common/log.ts';
 import type { Clock, Ids } from '../common/clock.ts';
 import { VmtcError, toVmtcError, type ErrorBody } from '../common/errors.ts';
-import type { MigrationProgress, MigrationResult, VmInfo } from '../common/agent-protocol.ts';
+import type { ColdExport, ColdProgress, MigrationProgress, MigrationResult, VmInfo } from '../common/agent-protocol.ts';
 import { CANCELLABLE, TERMINAL, transition, type Effect, type MigrationEvent, type MigrationState } from './machine.ts';
 import type { ControllerStore, MigrationCtx, MigrationRow } from './store.ts';
 import type { AuthorizationPort, HubPort, LightpathPort, LightpathRequest, TunnelPort } from './ports.ts';
@@ -99,8 +99,14 @@ export class MigrationRunner extends EventEmitter {
     const ctx: MigrationCtx = { ...row.ctx, ...(opts.ctxPatch ?? {}) };
     const lastAt = this.d.store.transitions(id).at(-1)?.at ?? row.createdAt;
     ctx.timings = { ...(ctx.timings ?? {}), [row.state]: (ctx.timings?.[row.state] ?? 0) + (now - lastAt) };
-    if (event.type === 'FALLBACK_COLD') ctx.path = 'cold';
-    this.d.store.recordTransition(id, t.from, t.to, t.event, now, { ctx, ...(opts.error ? { error: opts.error } : {}) }, detail);
+    // mode=auto falling back to cold: the live attempt's error becomes a warning, so a cold move
+    // that then completes does not carry an error.
+    const fallback = event.type === 'FALLBACK_COLD';
+    if (fallback) {
+      ctx.path = 'cold';
+      if (row.error) ctx.warnings = [...(ctx.warnings ?? []), { ...row.error, details: { ...(row.error.details ?? {}), step: 'live-attempt' } }];
+    }
+    this.d.store.recordTransition(id, t.from, t.to, t.event, now, { ctx, ...(opts.error ? { error: opts.error } : fallback ? { error: null } : {}) }, detail);
     this.log(row).info({ from: t.from, to: t.to, event: t.event, ...(opts.error ? { code: opts.error.code } : {}) }, 'migration transition');
     this.emit('change', id);
     // Leaving the happy path: stop whatever effect is still running for the old state.
@@ -255,6 +261,14 @@ export class MigrationRunner extends EventEmitter {
       }
       case 'activate': {
         // Commit point passed: from here on failures are warnings, never a rollback.
+        if (row.ctx.path === 'cold' && row.ctx.cold?.priorState && row.ctx.cold.priorState !== 'running') {
+          // A cold move keeps the VM's power state: booted only to be verified, then off again.
+          try {
+            await hub.request(row.destinationHostId, 'vm.stop', { vmId: row.vmId });
+          } catch (e) {
+            row = { ...row, ctx: this.ctxPatch(row, { warnings: [...(row.ctx.warnings ?? []), toVmtcError(e).toJSON()] }) };
+          }
+        }
         if (this.d.tunnel && row.ctx.tunnel?.bicast) {
           try {
             await this.d.tunnel.prune(row.vmId, this.site(row.destinationHostId), this.site(row.sourceHostId));
@@ -277,16 +291,17 @@ export class MigrationRunner extends EventEmitter {
         return { event: { type: 'CLEANED_UP' }, ctxPatch: { warnings, ...(lightpath ? { lightpath } : {}) } };
       }
       case 'coldExport':
+        return this.coldExport(row, log);
       case 'coldImport':
+        return this.coldImport(row, signal, log);
       case 'coldVerify':
-        // EGI D4.4 cold relocation is a later piece of work; the branch exists so auto/cold
-        // requests end in a defined, rolled-back state with a clear code.
-        throw err('VMTC_COLD_NOT_AVAILABLE', { step: effect });
+        return this.coldVerify(row);
       case 'rollback':
         return this.rollback(row, log);
       case 'finish': {
         this.d.store.releaseHold(row.id);
         this.secrets.delete(row.id);
+        this.exports.delete(row.id);
         const l = this.live.get(row.id);
         l?.deadline?.cancel();
         this.live.delete(row.id);
@@ -298,6 +313,108 @@ export class MigrationRunner extends EventEmitter {
 
   /** Tokens are secrets: kept in memory only, never in the store. */
   private readonly secrets = new Map<string, string>();
+  /** The cold export (its disk URLs are single-use secrets): memory only, like the tokens. A
+   *  restarted controller rolls a cold migration back rather than resume it (reconcile). */
+  private readonly exports = new Map<string, ColdExport>();
+
+  // ---- the cold path (EGI-Engage D4.4) ---------------------------------------------------
+  // Power off at the source and publish the disks (single-use, time-limited, mutual-TLS URLs
+  // only the destination's certificate may fetch); the destination checks space, fetches with
+  // resume and checksum, boots from the copies; the VM is verified there; only then does the
+  // source go (cleanup). Until verification the source copy is intact and a rollback restores it.
+
+  private async coldExport(row: MigrationRow, log: Logger): Promise<{ event: MigrationEvent; detail?: unknown; ctxPatch?: Partial<MigrationCtx> }> {
+    this.ctxPatch(row, { cold: { exportRequested: true } });
+    const deadline = row.request.deadline ? Date.parse(row.request.deadline) : row.createdAt + this.d.options.defaultDeadlineMs;
+    const ttlMs = Math.max(60_000, deadline - this.d.clock.now());
+    let exp: ColdExport;
+    try {
+      exp = await this.d.hub.request(row.sourceHostId, 'vm.coldExport', { vmId: row.vmId, migrationId: row.id, destinationHostId: row.destinationHostId, ttlMs }, 120_000);
+    } catch (e) {
+      throw coldError('VMTC_COLD_EXPORT_FAILED', e);
+    }
+    if (exp.migrationId !== row.id || exp.vmId !== row.vmId || exp.destinationHostId !== row.destinationHostId) {
+      throw err('VMTC_COLD_EXPORT_FAILED', { reason: 'the source answered with another export', migrationId: exp.migrationId, vmId: exp.vmId });
+    }
+    this.exports.set(row.id, exp);
+    const disks = exp.disks.map((x) => ({ index: x.index, format: x.format, sizeBytes: x.sizeBytes, sha256: x.sha256 }));
+    const totalBytes = disks.reduce((a, x) => a + x.sizeBytes, 0);
+    log.info({ disks: disks.length, totalBytes, priorState: exp.priorState }, 'cold export ready');
+    return {
+      event: { type: 'COLD_EXPORTED' }, detail: { disks: disks.length, totalBytes },
+      ctxPatch: { cold: { exportRequested: true, priorState: exp.priorState, disks, totalBytes, expiresAt: exp.expiresAt } },
+    };
+  }
+
+  private async coldImport(row: MigrationRow, signal: AbortSignal, log: Logger): Promise<{ event: MigrationEvent; detail?: unknown; ctxPatch?: Partial<MigrationCtx> }> {
+    const hub = this.d.hub;
+    const exp = this.exports.get(row.id);
+    if (!exp) throw err('VMTC_COLD_TRANSFER_FAILED', { reason: 'the export is no longer known to this controller' });
+    const cold = { ...(this.d.store.migration(row.id)!.ctx.cold ?? { exportRequested: true }), importRequested: true };
+    this.ctxPatch(row, { cold });
+    // The clients' tunnel sends toward both sites while the VM boots at the new one.
+    let tunnel: MigrationCtx['tunnel'] = { skipped: 'no tunnel agent' };
+    if (this.d.tunnel) {
+      await this.d.tunnel.bicast(row.vmId, this.site(row.sourceHostId), this.site(row.destinationHostId));
+      tunnel = { bicast: true };
+      this.ctxPatch(row, { tunnel });
+    }
+    const total = cold.totalBytes ?? 0;
+    let lastSave = 0;
+    const onEvent = (hostId: string, name: string, data: unknown) => {
+      if (hostId !== row.destinationHostId || name !== 'cold.progress') return;
+      const p = data as ColdProgress;
+      if (p?.migrationId !== row.id) return;
+      const now = this.d.clock.now();
+      if (now - lastSave < 250 && p.transferredBytes < p.totalBytes) return;
+      lastSave = now;
+      const progress = {
+        migrationId: row.id, vmId: row.vmId, status: 'active' as const, phase: p.phase,
+        totalBytes: p.totalBytes, transferredBytes: p.transferredBytes, remainingBytes: Math.max(0, p.totalBytes - p.transferredBytes),
+      };
+      this.d.store.saveProgress(row.id, { ...progress, at: now }, now);
+      this.emit('progress', row.id, progress);
+    };
+    hub.on('event', onEvent);
+    const deadline = row.request.deadline ? Date.parse(row.request.deadline) : row.createdAt + this.d.options.defaultDeadlineMs;
+    try {
+      const r = await Promise.race([
+        hub.request(row.destinationHostId, 'vm.coldImport', { export: exp }, Math.max(60_000, deadline - this.d.clock.now() + 5_000)),
+        new Promise<never>((_, reject) => {
+          if (signal.aborted) reject(err('VMTC_CANCELLED', { migrationId: row.id }));
+          signal.addEventListener('abort', () => reject(err('VMTC_CANCELLED', { migrationId: row.id })), { once: true });
+        }),
+      ]);
+      const mbps = r.ms > 0 ? Math.round((r.bytes * 8) / r.ms / 1000 * 10) / 10 : null;
+      log.info({ bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps, total }, 'cold import done; VM booted at the destination');
+      return {
+        event: { type: 'COLD_IMPORTED' }, detail: { bytes: r.bytes, ms: r.ms, state: r.vm.state },
+        ctxPatch: { cold: { ...cold, imported: { bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps } }, result: { transferredBytes: r.bytes, totalTimeMs: r.ms } },
+      };
+    } catch (e) {
+      const ve = toVmtcError(e);
+      if (ve.code === 'VMTC_CANCELLED') throw ve;
+      // A hypervisor refusing to start the copy is a boot failure; everything else is transfer.
+      throw coldError(/^VMTC_(QEMU_|HOST_VM_|HOST_FAULT)/.test(ve.code) ? 'VMTC_COLD_BOOT_FAILED' : 'VMTC_COLD_TRANSFER_FAILED', e);
+    } finally {
+      hub.off('event', onEvent);
+    }
+  }
+
+  private async coldVerify(row: MigrationRow): Promise<{ event: MigrationEvent; detail?: unknown; ctxPatch?: Partial<MigrationCtx> }> {
+    const timeoutMs = this.d.options.destinationRunTimeoutMs;
+    const tcp = row.request.verifyTcp;
+    try {
+      const vm = await this.d.hub.request(row.destinationHostId, 'vm.coldVerify', { vmId: row.vmId, timeoutMs, ...(tcp ? { tcp } : {}) }, timeoutMs + 5_000);
+      const cold = { ...(this.d.store.migration(row.id)!.ctx.cold ?? { exportRequested: true }), verified: true };
+      return {
+        event: { type: 'COLD_VERIFIED' }, detail: { state: vm.state, ...(tcp ? { tcp } : {}) },
+        ctxPatch: { cold, ...(vm.resumedAt !== undefined ? { result: { ...(this.d.store.migration(row.id)!.ctx.result ?? {}), resumedAt: vm.resumedAt } } : {}) },
+      };
+    } catch (e) {
+      throw coldError('VMTC_COLD_VERIFICATION_FAILED', e);
+    }
+  }
 
   private async releaseLightpath(row: MigrationRow, warnings: ErrorBody[]): Promise<MigrationCtx['lightpath'] | undefined> {
     const lp = this.d.store.migration(row.id)!.ctx.lightpath;
@@ -436,29 +553,43 @@ export class MigrationRunner extends EventEmitter {
       }
     };
     if (ctx.migrationStarted) await soft('cancel-migration', () => hub.request(row.sourceHostId, 'vm.cancelMigration', { vmId: row.vmId }));
-    // The source copy is the primary until commit: make sure it runs.
+    // The destination copy goes first, so that the VM never runs in two places (a cold copy may
+    // already have booted there).
+    if (ctx.incoming || ctx.cold?.importRequested) await soft('destroy-destination', () => hub.request(row.destinationHostId, 'vm.destroy', { vmId: row.vmId }));
+    // The source copy is the primary until commit: make sure it is as it was.
     let source: VmInfo | undefined;
-    await soft('resume-source', async () => {
-      source = await hub.request(row.sourceHostId, 'vm.describe', { vmId: row.vmId });
-      if (source.state === 'paused' || source.state === 'postmigrate') source = await hub.request(row.sourceHostId, 'vm.resume', { vmId: row.vmId });
-    });
-    if (ctx.incoming) await soft('destroy-destination', () => hub.request(row.destinationHostId, 'vm.destroy', { vmId: row.vmId }));
-    if (this.d.tunnel && ctx.tunnel?.bicast) {
+    if (ctx.cold?.exportRequested) {
+      // Withdraws the disk URLs and powers the VM back on if the export powered it off.
+      await soft('cold-abort-source', async () => { source = await hub.request(row.sourceHostId, 'vm.coldAbort', { vmId: row.vmId, migrationId: row.id }, 120_000); });
+    }
+    if (!source) {
+      await soft('resume-source', async () => {
+        source = await hub.request(row.sourceHostId, 'vm.describe', { vmId: row.vmId });
+        if (source.state === 'paused' || source.state === 'postmigrate') source = await hub.request(row.sourceHostId, 'vm.resume', { vmId: row.vmId });
+      });
+    }
+    if (this.d.tunnel && ctx.tunnel?.bicast && !ctx.tunnel.pruned) {
       await soft('tunnel-prune', () => this.d.tunnel!.prune(row.vmId, this.site(row.sourceHostId), this.site(row.destinationHostId)));
     }
     const warnings: ErrorBody[] = [];
     const lightpath = await this.releaseLightpath(row, warnings);
     problems.push(...warnings);
-    this.d.store.releaseHold(row.id);
     const patch: Partial<MigrationCtx> = { warnings: [...(ctx.warnings ?? []), ...problems], ...(lightpath ? { lightpath } : {}) };
     // The VM must end in exactly one place, in the state it had before: otherwise say so.
     const expected = ctx.sourceState ?? 'running';
     if (!source || source.state !== expected) {
+      this.d.store.releaseHold(row.id);
       return { event: { type: 'ROLLBACK_FAILED' }, detail: { sourceState: source?.state ?? 'unknown', expected }, ctxPatch: patch };
     }
     if (row.mode === 'auto' && ctx.path === 'live' && !ctx.cancelRequested && !ctx.fallbackCold) {
-      return { event: { type: 'FALLBACK_COLD' }, ctxPatch: { ...patch, fallbackCold: true } };
+      // The cold attempt keeps the destination's capacity hold, and starts from a clean slate.
+      this.exports.delete(row.id);
+      return {
+        event: { type: 'FALLBACK_COLD' },
+        ctxPatch: { ...patch, fallbackCold: true, migrationStarted: false, tunnel: { ...(ctx.tunnel ?? {}), ...(ctx.tunnel?.bicast ? { pruned: true } : {}) } },
+      };
     }
+    this.d.store.releaseHold(row.id);
     return { event: { type: 'ROLLED_BACK', cancelled: Boolean(ctx.cancelRequested) }, ctxPatch: patch };
   }
 
@@ -514,6 +645,13 @@ export class MigrationRunner extends EventEmitter {
 function wrap(e: unknown, code: Parameters<typeof err>[0]): VmtcError {
   const ve = toVmtcError(e);
   if (ve.code !== 'VMTC_INTERNAL' && ve.code !== 'VMTC_PEER_UNREACHABLE' && ve.code !== 'VMTC_TIMEOUT') return ve;
+  return err(code, { cause: ve.toJSON() }, { cause: e });
+}
+
+/** A cold step's failure under the controller's D4.4-style code, with the agent's error inside. */
+function coldError(code: Parameters<typeof err>[0], e: unknown): VmtcError {
+  const ve = toVmtcError(e);
+  if (ve.code === code) return ve;
   return err(code, { cause: ve.toJSON() }, { cause: e });
 }
 

@@ -49,6 +49,8 @@ export interface MigrationRequest {
   multifd?: boolean;
   /** Non-live (suspend, copy, resume), for comparison runs. */
   suspend?: boolean;
+  /** Cold path: a TCP service of the guest that must answer at the destination before commit. */
+  verifyTcp?: { host: string; port: number };
 }
 
 /** What the runner learns along the way; persisted as JSON with the record. */
@@ -70,6 +72,19 @@ export interface MigrationCtx {
   timings?: Record<string, number>;
   warnings?: ErrorBody[];
   fallbackCold?: boolean;
+  /** The cold path's steps (EGI D4.4). The disk URLs are secrets and never stored. */
+  cold?: {
+    /** Set before the source is asked to export, so a rollback always asks it to undo. */
+    exportRequested: boolean;
+    priorState?: string;
+    disks?: { index: number; format: string; sizeBytes: number; sha256: string }[];
+    totalBytes?: number;
+    expiresAt?: number;
+    /** Set before the destination is asked to import, so a rollback always cleans it. */
+    importRequested?: boolean;
+    imported?: { bytes: number; resumedBytes: number; ms: number; mbps: number | null };
+    verified?: boolean;
+  };
 }
 
 export interface MigrationRow {

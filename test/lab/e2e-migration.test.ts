@@ -91,6 +91,19 @@ describe('live migration end to end in the lab', () => {
     await waitPlaces([{ hostId: s!.hostOf(siteA()), state: 'running' }]);
     await netnsExec(s!.lab.client.ns, ['ping', '-c', '2', '-W', '2', s!.lab.vm.ip]);
   });
+
+  it('moves the VM cold (power off, boot at B, verified by its TCP echo service) and back; clients reach it at the same IP', async () => {
+    for (const to of [siteB(), siteA()]) {
+      const rec = await s!.migrate(to, { mode: 'cold', verifyTcp: { host: s!.lab.vm.ip, port: 7 } });
+      expect({ state: rec.state, error: rec.error }).toEqual({ state: 'completed', error: null });
+      expect(rec.transitions.map((t: any) => t.to)).toEqual(['prechecking', 'reserved', 'cold_exporting', 'cold_importing', 'cold_verifying', 'activating', 'cleanup', 'completed']);
+      expect(rec.steps.cold).toMatchObject({ priorState: 'running', verified: true, disks: [] });
+      expect(rec.steps.tunnel).toMatchObject({ bicast: true, pruned: true });
+      await waitPlaces([{ hostId: s!.hostOf(to), state: 'running' }]);
+      expect(await tunnelSites(s!.lab)).toEqual([to]);
+      await netnsExec(s!.lab.client.ns, ['ping', '-c', '3', '-i', '0.2', '-W', '2', s!.lab.vm.ip]);
+    }
+  });
 });
 
 async function waitPlaces(want: { hostId: string; state: string }[]) {

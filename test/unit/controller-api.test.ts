@@ -86,6 +86,18 @@ describe('migration state machine (pure)', () => {
     expect(() => transition('committing', { type: 'CANCEL' })).toThrow(/can no longer be cancelled/);
     expect(() => transition('precopy', { type: 'LIGHTPATH_UP' })).toThrowError(expect.objectContaining({ code: 'VMTC_ILLEGAL_TRANSITION', details: { state: 'precopy', event: 'LIGHTPATH_UP' } }));
   });
+  it('walks the cold path to the same activation and cleanup, cancellable until verified', () => {
+    expect(transition('reserved', { type: 'START_COLD' })).toMatchObject({ to: 'cold_exporting', effects: ['coldExport'] });
+    expect(transition('cold_exporting', { type: 'COLD_EXPORTED' })).toMatchObject({ to: 'cold_importing', effects: ['coldImport'] });
+    expect(transition('cold_importing', { type: 'COLD_IMPORTED' })).toMatchObject({ to: 'cold_verifying', effects: ['coldVerify'] });
+    expect(transition('cold_verifying', { type: 'COLD_VERIFIED' })).toMatchObject({ to: 'activating', effects: ['activate'] });
+    for (const st of ['cold_exporting', 'cold_importing', 'cold_verifying'] as const) {
+      expect(transition(st, { type: 'CANCEL' }).to).toBe('rolling_back');
+      expect(transition(st, { type: 'FAIL' }).to).toBe('rolling_back');
+    }
+    expect(transition('rolling_back', { type: 'FALLBACK_COLD' }).to).toBe('cold_exporting');
+    expect(() => transition('cold_exporting', { type: 'MIGRATION_COMPLETED' })).toThrowError(expect.objectContaining({ code: 'VMTC_ILLEGAL_TRANSITION' }));
+  });
   it('has no way out of a terminal state and no way back after commit', () => {
     for (const e of edges()) expect(TERMINAL.has(e.from)).toBe(false);
     for (const s of ['activating', 'cleanup'] as const) {
