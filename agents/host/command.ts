@@ -27,6 +27,7 @@ export const command: Command = {
     netns: { type: 'string', arg: 'NAME', help: 'network namespace the QEMU guests run in (qemu driver)' },
     site: { type: 'string', arg: 'NAME', help: 'site name reported in the inventory' },
     'migration-address': { type: 'string', arg: 'IP', help: "this host's lightpath address, reported in the inventory" },
+    'export-listen': { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:0', help: 'HTTPS (mutual TLS) server that publishes disks to the destination of a cold migration' },
     ...LOG_LEVEL_OPTION,
   },
   async run(o) {
@@ -41,6 +42,7 @@ export const command: Command = {
       ...linkArgs(o),
       ...(o.site ? { site: o.site as string } : {}),
       ...(o['migration-address'] ? { migrationAddress: o['migration-address'] as string } : {}),
+      exportListen: o['export-listen'] as string,
     }));
   },
 };

@@ -107,7 +107,9 @@ export function precheck(input: PrecheckInput): PrecheckResult {
   if (input.inFlight) throw err('VMTC_MIGRATION_IN_FLIGHT', { vmId: input.vmId, migrationId: input.inFlight });
   checks.push('no-migration-in-flight');
   const { host: source, vm } = loc;
-  const okStates = input.mode === 'cold' ? ['running', 'stopped', 'paused'] : ['running'];
+  // A cold move powers the VM off, so a running or a stopped VM can go; a paused one would lose
+  // its memory state, so it is refused (resume or stop it first).
+  const okStates = input.mode === 'cold' ? ['running', 'stopped'] : ['running'];
   if (!okStates.includes(vm.state)) throw err('VMTC_VM_NOT_RUNNING', { vmId: vm.vmId, state: vm.state, hostId: source.hostId });
   checks.push('vm-running');
   const srcEntry = input.hosts.find((h) => h.inventory.hostId === source.hostId);

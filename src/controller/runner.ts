@@ -329,7 +329,8 @@ export class MigrationRunner extends EventEmitter {
     const ttlMs = Math.max(60_000, deadline - this.d.clock.now());
     let exp: ColdExport;
     try {
-      exp = await this.d.hub.request(row.sourceHostId, 'vm.coldExport', { vmId: row.vmId, migrationId: row.id, destinationHostId: row.destinationHostId, ttlMs }, 120_000);
+      // The source checksums every disk before answering: as long as the deadline allows.
+      exp = await this.d.hub.request(row.sourceHostId, 'vm.coldExport', { vmId: row.vmId, migrationId: row.id, destinationHostId: row.destinationHostId, ttlMs }, ttlMs + 5_000);
     } catch (e) {
       throw coldError('VMTC_COLD_EXPORT_FAILED', e);
     }
