@@ -562,6 +562,11 @@ export class MigrationRunner extends EventEmitter {
     if (ctx.cold?.exportRequested) {
       // Withdraws the disk URLs and powers the VM back on if the export powered it off.
       await soft('cold-abort-source', async () => { source = await hub.request(row.sourceHostId, 'vm.coldAbort', { vmId: row.vmId, migrationId: row.id }, 120_000); });
+      // An agent restarted since the export has forgotten it powered the VM off: power it on.
+      const s0 = source as VmInfo | undefined;
+      if (s0 && s0.state === 'stopped' && (ctx.sourceState ?? 'running') === 'running') {
+        await soft('cold-restart-source', async () => { source = await hub.request(row.sourceHostId, 'vm.start', { spec: s0.spec }, 120_000); });
+      }
     }
     if (!source) {
       await soft('resume-source', async () => {
