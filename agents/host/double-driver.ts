@@ -14,6 +14,9 @@
 //   source afterwards            -> 'postmigrate' (paused, still primary until destroyed).
 //   any break of the stream      -> source back to 'running'; destination's incoming VM removed
 //                                   (as QEMU's -incoming process exits when the load fails).
+//   storage (non-shared disks)   -> NOT copied: the double has no disks. spec.extra.migration.
+//                                   copyStorage and params.storage are accepted and ignored, and
+//                                   prepareIncoming returns no `storage` (the QEMU driver does).
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { tcpConnectCheck, type HostFacts, type HypervisorDriver } from './driver.ts';
@@ -151,7 +154,7 @@ export class DoubleDriver implements HypervisorDriver {
     return structuredClone(vm.info);
   }
 
-  async prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, port?: number): Promise<{ uri: string }> {
+  async prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, port?: number): Promise<{ uri: string; storage?: MigrationParams['storage'] }> {
     if (this.cfg.failures.failPrepareIncoming) throw hostError('VMTC_HOST_FAULT_INJECTED', { op: 'prepareIncoming', vmId: spec?.vmId });
     checkSpec(spec);
     if (this.vms.has(spec.vmId)) throw hostError('VMTC_HOST_VM_EXISTS', { vmId: spec.vmId, state: this.vms.get(spec.vmId)!.info.state });

@@ -22,7 +22,10 @@ export interface HypervisorDriver {
   /** Remove the VM and its host-side resources (after a committed migration, or a failed incoming). */
   destroy(vmId: string): Promise<void>;
   resume(vmId: string): Promise<VmInfo>;
-  prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, port?: number): Promise<{ uri: string }>;
+  /** Destination side. With spec.extra.migration.copyStorage the driver also creates empty copies
+   *  of the disks (same format and virtual size) in a directory it owns and exports them for the
+   *  source to mirror into; `storage` says where (MigrationParams.storage). */
+  prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, port?: number): Promise<{ uri: string; storage?: MigrationParams['storage'] }>;
   /** Run a live migration to `uri`; onProgress is called as it goes; resolves when it ends. */
   migrate(vmId: string, uri: string, params: MigrationParams, onProgress: (p: MigrationProgress) => void): Promise<MigrationResult>;
   cancelMigration(vmId: string): Promise<void>;

@@ -76,6 +76,11 @@ export interface MigrationParams {
   /** Non-live (suspend, copy, resume): pause the VM before the first page moves. The
    * destination then stays paused after the copy until it is resumed. For comparison runs. */
   suspend?: boolean;
+  /** Non-shared storage: where the destination exports its empty copies of the VM's disks (NBD),
+   *  as returned by the destination's vm.prepareIncoming. With it the source mirrors every disk
+   *  there (bulk copy, then the blocks written since) before the RAM migration, and ends the
+   *  mirrors during stop-and-copy. `device` is the source's drive id, `name` the NBD export. */
+  storage?: { nbd: { host: string; port: number }; exports: { device: string; name: string }[] };
 }
 
 export interface MigrationProgress {
@@ -89,6 +94,8 @@ export interface MigrationProgress {
   pass?: number;
   expectedDowntimeMs?: number;
   throughputMbps?: number;
+  /** With storage copy: 'storage' while the disks are mirrored (bytes are disk bytes), then 'ram'. */
+  phase?: 'storage' | 'ram';
 }
 
 export interface MigrationResult {
@@ -102,6 +109,8 @@ export interface MigrationResult {
   setupTimeMs?: number;
   /** When the source VM was paused for the switchover (epoch ms, from the hypervisor's event). */
   pausedAt?: number;
+  /** Disk bytes the storage mirrors processed (bulk copy plus deltas), with storage copy. */
+  storageBytes?: number;
   error?: { code: string; message: string; details?: Record<string, unknown> };
 }
 
@@ -158,8 +167,11 @@ export interface HostMethods {
   'vm.stop': [{ vmId: string }, { ok: true }];
   'vm.destroy': [{ vmId: string }, { ok: true }];
   'vm.resume': [{ vmId: string }, VmInfo];
-  /** Destination: start an identical VM waiting for the incoming state on `listenHost`. */
-  'vm.prepareIncoming': [{ spec: VmSpec; migrationId: string; listenHost: string; port?: number }, { uri: string }];
+  /** Destination: start an identical VM waiting for the incoming state on `listenHost`. With
+   *  spec.extra.migration.copyStorage (no shared storage) it also creates empty local copies of
+   *  the disks and exports them writable over NBD on `listenHost`: `storage` goes to the source's
+   *  MigrationParams. */
+  'vm.prepareIncoming': [{ spec: VmSpec; migrationId: string; listenHost: string; port?: number }, { uri: string; storage?: MigrationParams['storage'] }];
   /** Source: start migrating to `uri`. Resolves once started; completion arrives as a
    *  'migration.done' event (and can be polled with vm.migrationStatus). */
   'vm.migrate': [{ vmId: string; uri: string; params: MigrationParams }, { started: true }];
