@@ -1,6 +1,7 @@
-// Regenerates the controller section of docs/errors.md from the catalogues:
+// Regenerates the controller section of docs/errors.md from the catalogues (the sections after it,
+// written by hand, are kept):
 //   node --import tsx bench/gen-error-docs.ts
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { ALL_CONTROLLER_ERRORS } from '../src/controller/index.ts';
 
 const lines = [
@@ -10,4 +11,7 @@ const lines = [
   '| code | HTTP | meaning |', '|---|---|---|',
   ...Object.entries(ALL_CONTROLLER_ERRORS).map(([k, v]) => `| \`${k}\` | ${v.status} | ${v.message} |`),
 ];
-writeFileSync(new URL('../docs/errors.md', import.meta.url), lines.join('\n') + '\n');
+const file = new URL('../docs/errors.md', import.meta.url);
+const old = existsSync(file) ? readFileSync(file, 'utf8') : '';
+const rest = old.indexOf('\n## ', old.indexOf('## Controller') + 1);
+writeFileSync(file, lines.join('\n') + '\n' + (rest >= 0 ? old.slice(rest) : ''));

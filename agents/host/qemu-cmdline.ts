@@ -16,7 +16,18 @@ export interface QemuSpecExtra {
   cpu?: string;
   /** Migration capabilities that must be set on BOTH ends before the stream starts. The
    *  controller puts the same values here (destination spec) as in MigrationParams (source). */
-  migration?: { multifd?: boolean; multifdChannels?: number; postcopy?: boolean };
+  migration?: {
+    multifd?: boolean; multifdChannels?: number; postcopy?: boolean;
+    /** Destination only: the disks are not on shared storage; prepareIncoming creates local
+     *  copies and exports them over NBD for the source's mirror jobs (docs/qemu.md). */
+    copyStorage?: boolean;
+    /** Destination with copyStorage: the source was paused for the copy (non-live), so the VM
+     *  stays paused after it lands until vm.resume (without it the driver starts it). */
+    suspend?: boolean;
+  };
+  /** Virtual size in bytes of each entry of spec.disks, read from QEMU (query-block) at start,
+   *  so a destination without shared storage can create copies of the same size. */
+  diskBytes?: number[];
   /** Extra QEMU arguments appended verbatim (both ends must be given the same). */
   qemuArgs?: string[];
 }
@@ -38,6 +49,9 @@ export interface CmdlineInput {
   accel: Accel;
   machine: string;
   incoming: boolean;
+  /** `-S`: do not start the guest by itself (a storage-copy destination starts it after closing
+   *  its NBD exports). Changes nothing in the device model. */
+  startPaused?: boolean;
 }
 
 const VM_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -102,6 +116,7 @@ export function buildQemuArgs(i: CmdlineInput): string[] {
   // The destination starts with the same devices and waits for `migrate-incoming` (QMP), which
   // lets the driver set capabilities and pick the listen address first.
   if (i.incoming) a.push('-incoming', 'defer');
+  if (i.startPaused) a.push('-S');
   if (x.qemuArgs) a.push(...x.qemuArgs);
   return a;
 }

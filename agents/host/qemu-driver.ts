@@ -9,12 +9,22 @@
 // the controller destroys it (issue 4's commit protocol: the VM runs in exactly one place).
 //
 // Acceleration is a host setting: `accel` only changes `-accel` (LAB-NOTES: TCG in the lab).
+//
+// Disks without shared storage (DESIGN.md "Disks": bulk copy while the VM runs, then only the
+// blocks written since, the last delta during stop-and-copy) use QEMU's own machinery the way
+// libvirt does (its NBD storage migration): the destination creates empty images of the same
+// format and size in a directory this driver owns and exports them writable over NBD; the source
+// runs a `drive-mirror` (sync full) into each export, whose dirty bitmap holds the deltas, waits
+// for BLOCK_JOB_READY, migrates RAM with `pause-before-switchover`, and at the pause ends every
+// mirror with `block-job-cancel` (a READY mirror then copies its last delta and completes without
+// pivot), then lets the switchover go on (`migrate-continue`). The destination (started with -S)
+// closes its NBD server before it starts the guest.
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm, statfs, writeFile, rename } from 'node:fs/promises';
+import { mkdir, readFile, readdir, readlink, rm, rmdir, statfs, writeFile, rename } from 'node:fs/promises';
 import { cpus, totalmem, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, sep } from 'node:path';
 import type { MigrationParams, MigrationProgress, MigrationResult, VmInfo, VmSpec, VmState } from '../../src/common/agent-protocol.ts';
 import { sleep } from '../../src/common/clock.ts';
 import { VmtcError } from '../../src/common/errors.ts';
@@ -55,6 +65,39 @@ interface VmFile {
   /** Set when stop() powered the VM off, so a restart says "stopped", not "crashed". */
   stopped?: boolean;
   netns?: string;
+  /** A storage-copy destination whose NBD exports are open: when the incoming migration lands,
+   *  the driver stops the NBD server, then starts the guest (unless `suspend`). */
+  incomingStorage?: { suspend: boolean };
+}
+
+/** The source's mirror jobs of one storage-copy migration. */
+interface MirrorState {
+  /** job id -> drive id */
+  jobs: Map<string, string>;
+  /** How each job ended (BLOCK_JOB_COMPLETED / BLOCK_JOB_CANCELLED events). */
+  ends: Map<string, { event: string; error?: string; offset?: number }>;
+  /** Last `offset` seen per job (bytes processed: bulk copy plus deltas). */
+  offsets: Map<string, number>;
+  cancel: boolean;
+  /** Set just before `migrate` is sent: from then on a cancel goes through migrate_cancel. */
+  ramStarted: boolean;
+  /** Why the final sync failed, if it did. */
+  syncError?: Record<string, unknown>;
+}
+
+interface QueryBlockJob {
+  device: string;
+  type: string;
+  len: number;
+  offset: number;
+  ready?: boolean;
+  status?: string;
+  speed?: number;
+}
+
+interface QueryBlock {
+  device: string;
+  inserted?: { 'node-name'?: string; image?: { 'virtual-size'?: number } };
 }
 
 interface VmRecord extends VmFile {
@@ -65,6 +108,9 @@ interface VmRecord extends VmFile {
   migrating: boolean;
   quitting: boolean;
   lastMigration?: MigrationProgress | MigrationResult;
+  mirror?: MirrorState;
+  /** A running finishIncoming() (storage-copy destination). */
+  finishing?: Promise<void>;
   /** Wakes migrate()'s poll loop early when a MIGRATION event arrives. */
   wake?: () => void;
   stateWaiters: Set<() => void>;
@@ -149,6 +195,13 @@ export class QemuDriver implements HypervisorDriver {
     return this.get(vmId).pid;
   }
 
+  /** One HMP command through QMP `human-monitor-command` (diagnostics; the lab tests write to a
+   *  disk through the block layer with `qemu-io <drive> '...'`, as a guest write would). */
+  async humanMonitor(vmId: string, command: string): Promise<string> {
+    await this.ready;
+    return this.qmpOf(this.get(vmId)).execute<string>('human-monitor-command', { 'command-line': command }, { timeoutMs: 30_000 });
+  }
+
   /** The latest progress of the VM's migration, or its result once finished (vm.migrationStatus). */
   async migrationStatus(vmId: string): Promise<MigrationProgress | MigrationResult | null> {
     await this.ready;
@@ -183,12 +236,31 @@ export class QemuDriver implements HypervisorDriver {
     return this.info(rec);
   }
 
-  async prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, port?: number): Promise<{ uri: string }> {
+  async prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, port?: number): Promise<{ uri: string; storage?: MigrationParams['storage'] }> {
     await this.ready;
-    const rec = await this.launch(spec, 'incoming', migrationId);
+    const m = extraOf(spec).migration ?? {};
+    const copy = m.copyStorage === true;
+    let launchSpec = spec;
+    let created: string[] = [];
+    if (copy) {
+      validateSpec(spec);
+      // A leftover of this VM is cleared first (launch() would), so that clearing it cannot
+      // touch the copies made below.
+      const old = this.vms.get(spec.vmId);
+      if (old && old.state !== 'stopped' && old.state !== 'crashed') throw qemuError('VMTC_QEMU_VM_EXISTS', { vmId: spec.vmId, state: old.state });
+      if (old) await this.destroy(spec.vmId);
+      ({ spec: launchSpec, created } = await this.createDiskCopies(spec, migrationId));
+    }
+    let rec: VmRecord;
+    try {
+      // -S: with storage copy the guest starts only after the NBD server is closed.
+      rec = await this.launch(launchSpec, 'incoming', migrationId, { startPaused: copy });
+    } catch (e) {
+      for (const f of created) await rm(f, { force: true });
+      throw e;
+    }
     try {
       const qmp = this.qmpOf(rec);
-      const m = extraOf(spec).migration ?? {};
       // Capabilities that must match the source's (multifd, postcopy) are set before the
       // listener opens; `events` gives MIGRATION events on this side too.
       await qmp.execute('migrate-set-capabilities', {
@@ -199,6 +271,9 @@ export class QemuDriver implements HypervisorDriver {
         ],
       });
       if (m.multifd && m.multifdChannels) await qmp.execute('migrate-set-parameters', { 'multifd-channels': m.multifdChannels });
+      // The NBD exports open before the migration listener: the new listening socket found
+      // after nbd-server-start is then the NBD server's.
+      const storage = copy ? await this.exportDisks(rec, listenHost, !!m.suspend) : undefined;
       // Listening on the lightpath address only (issue 4); port 0 lets QEMU pick a free one.
       const hostPart = listenHost.includes(':') ? `[${listenHost}]` : listenHost;
       await qmp.execute('migrate-incoming', { uri: `tcp:${hostPart}:${port ?? 0}` });
@@ -206,7 +281,7 @@ export class QemuDriver implements HypervisorDriver {
       const actual = port ?? Number(q['socket-address']?.[0]?.port);
       if (!actual) throw qemuError('VMTC_QEMU_START_FAILED', { vmId: spec.vmId, reason: 'QEMU did not report the incoming port', reply: q });
       rec.log.info({ listenHost, port: actual }, 'incoming migration listener ready');
-      return { uri: `tcp:${hostPart}:${actual}` };
+      return { uri: `tcp:${hostPart}:${actual}`, ...(storage ? { storage } : {}) };
     } catch (e) {
       await this.destroy(spec.vmId).catch(() => undefined);
       throw e;
@@ -225,6 +300,9 @@ export class QemuDriver implements HypervisorDriver {
       await this.waitStateChange(rec, 100);
     }
     if (!['paused', 'postmigrate', 'running'].includes(rec.state)) throw qemuError('VMTC_QEMU_BAD_STATE', { vmId, state: rec.state, operation: 'resume' });
+    // A storage-copy destination closes its NBD exports before its guest may run.
+    if (rec.incomingStorage) await this.finishIncoming(rec);
+    await this.refresh(rec);
     if (rec.state !== 'running') await this.qmpOf(rec).execute('cont');
     await this.refresh(rec);
     return this.info(rec);
@@ -245,6 +323,11 @@ export class QemuDriver implements HypervisorDriver {
     if (!rec) throw qemuError('VMTC_QEMU_VM_NOT_FOUND', { vmId });
     await this.quit(rec);
     await this.removeTaps(rec);
+    // Disk copies this driver made (storage-copy destination) go with the VM; disks anywhere
+    // else (the operator's, a cold import's) are never deleted here.
+    const own = this.diskDir(vmId);
+    for (const d of rec.spec.disks ?? []) if (d.path.startsWith(own + sep)) await rm(d.path, { force: true });
+    await rmdir(own).catch(() => undefined); // only when empty
     await rm(rec.paths.dir, { recursive: true, force: true });
     for (const s of [rec.paths.qmp, ...rec.paths.serial]) await rm(s, { force: true });
     this.vms.delete(vmId);
@@ -257,6 +340,7 @@ export class QemuDriver implements HypervisorDriver {
     const rec = this.get(vmId);
     const deadline = Date.now() + timeoutMs;
     for (;;) {
+      if (rec.incomingStorage && rec.qmp && !rec.qmp.closed) await this.finishIncoming(rec).catch((e: unknown) => rec.log.warn({ err: String(e) }, 'finishing the storage-copy destination failed'));
       if (rec.qmp && !rec.qmp.closed) await this.refresh(rec).catch(() => undefined);
       if (rec.state === 'running') {
         if (rec.role === 'incoming') {
@@ -286,6 +370,7 @@ export class QemuDriver implements HypervisorDriver {
     await this.ready;
     const rec = this.get(vmId);
     if (rec.state !== 'running' || rec.migrating) throw qemuError('VMTC_QEMU_BAD_STATE', { vmId, state: rec.state, operation: 'migrate' });
+    if (params.storage) checkStorage(rec.spec, params.storage);
     const { migrationId } = params;
     const log = rec.log.child({ migrationId });
     const qmp = this.qmpOf(rec);
@@ -309,6 +394,9 @@ export class QemuDriver implements HypervisorDriver {
             { capability: 'auto-converge', state: !!params.autoConverge },
             { capability: 'multifd', state: !!params.multifd },
             { capability: 'postcopy-ram', state: !!params.postcopy },
+            // Storage copy: QEMU pauses before the switchover so the mirrors can take their
+            // last delta while nothing writes (then migrate-continue).
+            { capability: 'pause-before-switchover', state: !!params.storage },
           ],
         });
         const p: Record<string, unknown> = {};
@@ -322,6 +410,20 @@ export class QemuDriver implements HypervisorDriver {
           // Non-live: the VM is paused for the whole copy (suspend, copy, resume).
           await qmp.execute('stop');
         }
+        if (params.storage) {
+          const r = await this.mirrorDisks(rec, params, params.storage, onProgress, log);
+          if (r) {
+            result = r;
+            return result;
+          }
+          // No await between this check and sending `migrate`: a cancel from here on finds
+          // ramStarted set and goes through migrate_cancel.
+          if (rec.mirror!.cancel) {
+            result = { ...base, status: 'cancelled' };
+            return result;
+          }
+          rec.mirror!.ramStarted = true;
+        }
         log.info({ uri, params }, 'migration starting');
         await qmp.execute('migrate', { uri });
       } catch (e) {
@@ -331,6 +433,16 @@ export class QemuDriver implements HypervisorDriver {
       result = await this.followMigration(rec, params, onProgress, log).catch((e: unknown) => fail(e, { step: 'follow' }));
       return result;
     } finally {
+      const m = rec.mirror;
+      if (m) {
+        // On failure or cancel the mirrors are aborted (the source keeps its disks; the
+        // destination's copies go with its VM). After completion they have already ended.
+        await this.abortMirrors(rec, log).catch((e: unknown) => log.error({ err: String(e) }, 'could not cancel the storage mirrors'));
+        const bytes = mirrorBytes(m);
+        // (mutated, not replaced: the value `return` already took is this object)
+        if (result! && bytes > 0) result!.storageBytes = bytes;
+        rec.mirror = undefined;
+      }
       rec.migrating = false;
       rec.wake = undefined;
       // On anything but completion the VM must run here (issue 4: exactly one place).
@@ -347,6 +459,7 @@ export class QemuDriver implements HypervisorDriver {
     const base = { migrationId, vmId: rec.spec.vmId };
     const qmp = this.qmpOf(rec);
     let postcopyStarted = false;
+    let switchedOver = false;
     for (;;) {
       let q: QueryMigrate;
       try {
@@ -365,6 +478,7 @@ export class QemuDriver implements HypervisorDriver {
         totalBytes: ram?.total ?? 0,
         transferredBytes: ram?.transferred ?? 0,
         remainingBytes: ram?.remaining ?? 0,
+        phase: 'ram',
       };
       if (ram?.['dirty-pages-rate'] !== undefined) progress.dirtyPagesRate = ram['dirty-pages-rate'];
       if (ram?.['dirty-sync-count'] !== undefined) progress.pass = ram['dirty-sync-count'];
@@ -398,9 +512,31 @@ export class QemuDriver implements HypervisorDriver {
         log.warn({ err: err.toJSON() }, 'migration failed');
         return { ...base, status: 'failed', error: err.toJSON(), transferredBytes: ram?.transferred ?? 0 };
       }
+      if (status === 'cancelled' && rec.mirror?.syncError) {
+        const err = qemuError('VMTC_QEMU_MIGRATION_FAILED', { vmId: rec.spec.vmId, phase: 'storage', ...rec.mirror.syncError });
+        log.warn({ err: err.toJSON() }, 'migration failed: the storage mirrors could not take their last delta');
+        return { ...base, status: 'failed', error: err.toJSON(), transferredBytes: ram?.transferred ?? 0 };
+      }
       if (status === 'cancelled') {
         log.info('migration cancelled');
         return { ...base, status: 'cancelled', transferredBytes: ram?.transferred ?? 0 };
+      }
+      // Storage copy, stop-and-copy: QEMU paused the source before the switchover (the
+      // pause-before-switchover capability); the mirrors take their last delta now, then the
+      // switchover goes on. If they cannot, the migration is cancelled and the source resumes.
+      if (status === 'pre-switchover' && !switchedOver) {
+        switchedOver = true;
+        const m = rec.mirror;
+        if (m) {
+          const err = await this.syncMirrors(rec, log);
+          if (err) {
+            m.syncError = err;
+            await qmp.execute('migrate_cancel').catch((e: unknown) => log.warn({ err: String(e) }, 'migrate_cancel refused'));
+            continue;
+          }
+        }
+        await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+        continue;
       }
       // Post-copy as an option: switch once the first full pass has gone (the remaining
       // pages are then fetched on demand by the destination). From here a failure loses the VM
@@ -421,10 +557,144 @@ export class QemuDriver implements HypervisorDriver {
     }
   }
 
+  // ---- storage copy (source side) ----------------------------------------------------------
+
+  /** Bulk copy and deltas: one `drive-mirror` (sync full) per disk into the destination's NBD
+   *  export; each job's dirty bitmap records the blocks the guest writes after they were copied,
+   *  and the job copies them again until it is in sync (BLOCK_JOB_READY). Resolves undefined when
+   *  every job is READY (they keep mirroring new writes), or the result of a failure or cancel. */
+  private async mirrorDisks(rec: VmRecord, params: MigrationParams, storage: NonNullable<MigrationParams['storage']>, onProgress: (p: MigrationProgress) => void, log: Logger): Promise<MigrationResult | undefined> {
+    const base = { migrationId: params.migrationId, vmId: rec.spec.vmId };
+    const m: MirrorState = { jobs: new Map(), ends: new Map(), offsets: new Map(), cancel: false, ramStarted: false };
+    rec.mirror = m;
+    const failed = (details: Record<string, unknown>, cause?: unknown): MigrationResult => {
+      const err = qemuError('VMTC_QEMU_MIGRATION_FAILED', { vmId: rec.spec.vmId, phase: 'storage', ...details }, cause ? { cause } : {});
+      log.warn({ err: err.toJSON() }, 'storage mirror failed');
+      return { ...base, status: 'failed', error: err.toJSON() };
+    };
+    const h = storage.nbd.host.includes(':') ? `[${storage.nbd.host}]` : storage.nbd.host;
+    const t0 = Date.now();
+    try {
+      const qmp = this.qmpOf(rec);
+      for (const e of storage.exports) {
+        const job = `vmtc-mirror-${e.device}`;
+        const args: Record<string, unknown> = {
+          'job-id': job, device: e.device, target: `nbd://${h}:${storage.nbd.port}/${encodeURIComponent(e.name)}`,
+          // The export carries the guest-visible bytes; the destination's own format is its business.
+          format: 'raw', mode: 'existing', sync: 'full',
+        };
+        if (params.bandwidthMbps !== undefined) args.speed = Math.max(1, Math.round((params.bandwidthMbps * 1e6) / 8));
+        await qmp.execute('drive-mirror', args);
+        m.jobs.set(job, e.device);
+      }
+      log.info({ jobs: [...m.jobs.keys()], nbd: storage.nbd }, 'storage mirrors started');
+      for (;;) {
+        if (m.cancel) {
+          log.info('migration cancelled during the storage mirror');
+          return { ...base, status: 'cancelled' };
+        }
+        const jobs = (await qmp.execute<QueryBlockJob[]>('query-block-jobs')).filter((j) => m.jobs.has(j.device));
+        for (const job of m.jobs.keys()) {
+          if (jobs.some((j) => j.device === job)) continue;
+          const end = m.ends.get(job);
+          return failed({ job, device: m.jobs.get(job), desc: end?.error ?? `the mirror job ended (${end?.event ?? 'without an event'}) before it was in sync` });
+        }
+        let total = 0;
+        let done = 0;
+        for (const j of jobs) {
+          m.offsets.set(j.device, j.offset);
+          total += j.len;
+          done += j.offset;
+        }
+        const p: MigrationProgress = { ...base, status: 'active', phase: 'storage', totalBytes: total, transferredBytes: done, remainingBytes: Math.max(0, total - done) };
+        const secs = (Date.now() - t0) / 1000;
+        if (secs > 0) p.throughputMbps = (done * 8) / 1e6 / secs;
+        rec.lastMigration = p;
+        try {
+          onProgress(p);
+        } catch (e) {
+          log.warn({ err: String(e) }, 'progress listener threw');
+        }
+        if (jobs.every((j) => j.ready)) {
+          log.info({ bytes: done, ms: Date.now() - t0 }, 'storage mirrors READY: disks in sync, deltas keep flowing');
+          return undefined;
+        }
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(done2, this.opts.pollMs ?? 200);
+          function done2() {
+            clearTimeout(t);
+            resolve();
+          }
+          rec.wake = done2;
+        });
+      }
+    } catch (e) {
+      return failed({ desc: e instanceof VmtcError ? e.message : String(e) }, e);
+    }
+  }
+
+  /** Stop-and-copy (source paused): `block-job-cancel` on a READY mirror copies what is still
+   *  dirty and completes without pivot (BLOCK_JOB_COMPLETED): the destination then holds a
+   *  point-in-time copy. Returns why it failed, or undefined. */
+  private async syncMirrors(rec: VmRecord, log: Logger): Promise<Record<string, unknown> | undefined> {
+    const m = rec.mirror!;
+    const qmp = this.qmpOf(rec);
+    const t0 = Date.now();
+    try {
+      for (const job of m.jobs.keys()) {
+        if (m.ends.has(job)) return { job, desc: m.ends.get(job)!.error ?? 'the mirror job ended early' };
+        await qmp.execute('block-job-cancel', { device: job });
+      }
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        const live = new Set((await qmp.execute<QueryBlockJob[]>('query-block-jobs')).map((j) => j.device));
+        const pending = [...m.jobs.keys()].filter((j) => !m.ends.has(j) && live.has(j));
+        if (!pending.length) break;
+        if (Date.now() > deadline) return { desc: 'the mirrors did not finish their last delta in time', jobs: pending };
+        await sleep(10);
+      }
+      for (const job of m.jobs.keys()) {
+        const end = m.ends.get(job);
+        if (!end || end.event !== 'BLOCK_JOB_COMPLETED' || end.error) return { job, desc: end?.error ?? `the mirror ended with ${end?.event ?? 'no event'}, not in sync` };
+      }
+      log.info({ ms: Date.now() - t0, bytes: mirrorBytes(m) }, 'storage mirrors took their last delta and ended (no pivot)');
+      return undefined;
+    } catch (e) {
+      return { desc: e instanceof VmtcError ? e.message : String(e) };
+    }
+  }
+
+  /** Failure or cancel: end every mirror still running without waiting for sync (force). */
+  private async abortMirrors(rec: VmRecord, log: Logger): Promise<void> {
+    const m = rec.mirror;
+    if (!m || !rec.qmp || rec.qmp.closed) return;
+    const qmp = rec.qmp;
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const live = (await qmp.execute<QueryBlockJob[]>('query-block-jobs')).filter((j) => m.jobs.has(j.device));
+      if (!live.length) return;
+      if (Date.now() > deadline) throw qemuError('VMTC_QMP_TIMEOUT', { vmId: rec.spec.vmId, command: 'block-job-cancel', jobs: live.map((j) => j.device) });
+      for (const j of live) await qmp.execute('block-job-cancel', { device: j.device, force: true }).catch((e: unknown) => log.debug({ err: String(e), job: j.device }, 'block-job-cancel refused'));
+      await sleep(50);
+    }
+  }
+
   async cancelMigration(vmId: string): Promise<void> {
     await this.ready;
     const rec = this.get(vmId);
     const qmp = this.qmpOf(rec);
+    const m = rec.mirror;
+    if (m && !m.ramStarted) {
+      // Still mirroring disks (no RAM migration yet): migrate() ends the jobs and keeps the
+      // source running; wait until it has.
+      m.cancel = true;
+      rec.wake?.();
+      const deadline = Date.now() + 60_000;
+      while (rec.migrating && Date.now() < deadline) await this.waitStateChange(rec, 50);
+      if (rec.migrating) throw qemuError('VMTC_QMP_TIMEOUT', { vmId, command: 'block-job-cancel' });
+      rec.log.info('migration cancelled during the storage mirror; source running');
+      return;
+    }
     let q = await qmp.execute<QueryMigrate>('query-migrate');
     if (q.status === 'completed') throw qemuError('VMTC_QEMU_CANCEL_TOO_LATE', { vmId });
     if (q.status && ACTIVE_MIGRATION.has(q.status)) {
@@ -530,6 +800,7 @@ export class QemuDriver implements HypervisorDriver {
     const f: VmFile = { spec: rec.spec, taps: rec.taps, paths: rec.paths, role: rec.role };
     if (rec.migrationId !== undefined) f.migrationId = rec.migrationId;
     if (rec.stopped) f.stopped = true;
+    if (rec.incomingStorage) f.incomingStorage = rec.incomingStorage;
     if (this.opts.netns) f.netns = this.opts.netns;
     const tmp = join(rec.paths.dir, 'vm.json.tmp');
     await writeFile(tmp, JSON.stringify(f, null, 2) + '\n');
@@ -545,7 +816,7 @@ export class QemuDriver implements HypervisorDriver {
     return p;
   }
 
-  private async launch(specIn: VmSpec, role: 'normal' | 'incoming', migrationId?: string): Promise<VmRecord> {
+  private async launch(specIn: VmSpec, role: 'normal' | 'incoming', migrationId?: string, lo: { startPaused?: boolean } = {}): Promise<VmRecord> {
     if (this.closed) throw qemuError('VMTC_QEMU_BAD_STATE', { reason: 'driver closed' });
     validateSpec(specIn);
     const vmId = specIn.vmId;
@@ -574,7 +845,7 @@ export class QemuDriver implements HypervisorDriver {
     this.vms.set(vmId, rec);
     try {
       await this.persist(rec);
-      const args = buildQemuArgs({ spec, paths, taps: rec.taps, accel: this.accel, machine, incoming: role === 'incoming' });
+      const args = buildQemuArgs({ spec, paths, taps: rec.taps, accel: this.accel, machine, incoming: role === 'incoming', startPaused: !!lo.startPaused });
       const argv = this.opts.netns ? ['ip', 'netns', 'exec', this.opts.netns, this.binary, ...args] : [this.binary, ...args];
       rec.log.info({ argv: argv.join(' ') }, role === 'incoming' ? 'starting QEMU for an incoming migration' : 'starting QEMU');
       // With -daemonize the first process exits once QEMU is initialised (sockets listening);
@@ -583,6 +854,7 @@ export class QemuDriver implements HypervisorDriver {
       if (r.code !== 0) throw qemuError('VMTC_QEMU_START_FAILED', { vmId, exitCode: r.code, stderr: r.stderr.trim().slice(0, 1000) });
       rec.pid = Number((await readFile(paths.pidfile, 'utf8')).trim());
       await this.connect(rec);
+      await this.recordDiskSizes(rec);
       await this.refresh(rec);
       this.notify();
       return rec;
@@ -597,6 +869,101 @@ export class QemuDriver implements HypervisorDriver {
     }
   }
 
+  /** Disk copies of a storage-copy destination live here (deleted by destroy()). */
+  private diskDir(vmId: string): string {
+    return join(this.opts.dataDir, 'disks', vmId);
+  }
+
+  /** Record each disk's virtual size in spec.extra.diskBytes (as QEMU opened it), so the spec a
+   *  destination gets says how big its copies must be. */
+  private async recordDiskSizes(rec: VmRecord): Promise<void> {
+    const disks = rec.spec.disks ?? [];
+    if (!disks.length) return;
+    const blocks = await this.qmpOf(rec).execute<QueryBlock[]>('query-block');
+    const diskBytes = disks.map((_, n) => blocks.find((b) => b.device === `disk${n}`)?.inserted?.image?.['virtual-size'] ?? 0);
+    rec.spec = { ...rec.spec, extra: { ...(rec.spec.extra ?? {}), diskBytes } };
+    await this.persist(rec);
+  }
+
+  /** Storage-copy destination, step 1: empty images of the source's format and virtual size
+   *  (`qemu-img create`), in this driver's own directory; the returned spec names them.
+   *  Read-only disks are not copied: like libvirt, they are assumed present at the same path. */
+  private async createDiskCopies(spec: VmSpec, migrationId: string): Promise<{ spec: VmSpec; created: string[] }> {
+    const sizes = extraOf(spec).diskBytes ?? [];
+    const dir = this.diskDir(spec.vmId);
+    const tag = migrationId.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 64);
+    const created: string[] = [];
+    const disks: NonNullable<VmSpec['disks']> = [];
+    try {
+      for (const [n, d] of (spec.disks ?? []).entries()) {
+        if (d.readonly) {
+          disks.push(d);
+          continue;
+        }
+        const size = sizes[n];
+        if (!(Number.isSafeInteger(size) && size! > 0)) throw qemuError('VMTC_QEMU_BAD_SPEC', { field: `extra.diskBytes[${n}]`, reason: 'the virtual size of every disk to copy (the source driver records it at start)' });
+        if (d.format !== 'qcow2' && d.format !== 'raw') throw qemuError('VMTC_QEMU_BAD_SPEC', { field: `disks[${n}].format`, reason: 'qcow2 or raw' });
+        await mkdir(dir, { recursive: true });
+        const path = join(dir, `${tag}-disk${n}.${d.format}`);
+        const r = await runProc(['qemu-img', 'create', '-q', '-f', d.format, path, String(size)], 60_000);
+        if (r.code !== 0) throw qemuError('VMTC_QEMU_START_FAILED', { vmId: spec.vmId, step: 'qemu-img create', path, stderr: r.stderr.trim().slice(0, 500) });
+        created.push(path);
+        disks.push({ ...d, path });
+      }
+    } catch (e) {
+      for (const f of created) await rm(f, { force: true });
+      throw e;
+    }
+    return { spec: { ...spec, disks }, created };
+  }
+
+  /** Storage-copy destination, step 2: NBD server on the listen host (the lightpath address),
+   *  port picked by the kernel and read back from /proc, one writable export per copied disk
+   *  (`block-export-add`; QEMU activates the incoming image for it). */
+  private async exportDisks(rec: VmRecord, listenHost: string, suspend: boolean): Promise<NonNullable<MigrationParams['storage']>> {
+    const qmp = this.qmpOf(rec);
+    const before = new Set(await listeningPorts(rec.pid!));
+    await qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: listenHost, port: '0' } } });
+    const fresh = (await listeningPorts(rec.pid!)).filter((p) => !before.has(p));
+    if (fresh.length !== 1) throw qemuError('VMTC_QEMU_START_FAILED', { vmId: rec.spec.vmId, reason: 'could not tell the NBD server port', ports: fresh });
+    const blocks = await qmp.execute<QueryBlock[]>('query-block');
+    const exports: { device: string; name: string }[] = [];
+    for (const [n, d] of (rec.spec.disks ?? []).entries()) {
+      if (d.readonly) continue;
+      const device = `disk${n}`;
+      const node = blocks.find((b) => b.device === device)?.inserted?.['node-name'];
+      if (!node) throw qemuError('VMTC_QEMU_START_FAILED', { vmId: rec.spec.vmId, reason: `no block node for ${device}` });
+      await qmp.execute('block-export-add', { type: 'nbd', id: `vmtc-nbd-${device}`, 'node-name': node, name: device, writable: true });
+      exports.push({ device, name: device });
+    }
+    rec.incomingStorage = { suspend };
+    await this.persist(rec);
+    rec.log.info({ listenHost, port: fresh[0], exports: exports.map((e) => e.name) }, 'disk copies exported over NBD for the storage mirror');
+    return { nbd: { host: listenHost, port: fresh[0]! }, exports };
+  }
+
+  /** Storage-copy destination, last step (libvirt's Finish phase): once the incoming migration
+   *  has landed (the source ended its mirrors before the switchover), close the NBD server so
+   *  nothing else can write to the disks, then start the guest. Idempotent. */
+  private finishIncoming(rec: VmRecord): Promise<void> {
+    rec.finishing ??= (async () => {
+      if (!rec.incomingStorage) return;
+      const qmp = this.qmpOf(rec);
+      const q = await qmp.execute<QueryMigrate>('query-migrate');
+      if (q.status !== 'completed') return;
+      await qmp.execute('nbd-server-stop').catch((e: unknown) => rec.log.warn({ err: String(e) }, 'nbd-server-stop refused'));
+      const { suspend } = rec.incomingStorage;
+      rec.incomingStorage = undefined;
+      await this.persist(rec);
+      if (!suspend) await qmp.execute('cont');
+      rec.log.info({ started: !suspend }, 'storage copy landed; NBD server stopped');
+      await this.refresh(rec);
+    })().finally(() => {
+      rec.finishing = undefined;
+    });
+    return rec.finishing;
+  }
+
   private async connect(rec: VmRecord): Promise<void> {
     const qmp = await QmpClient.connect(rec.paths.qmp, { logger: rec.log, connectTimeoutMs: 10_000 });
     rec.qmp = qmp;
@@ -608,9 +975,31 @@ export class QemuDriver implements HypervisorDriver {
     rec.log.debug({ event: ev.event, data: ev.data }, 'qmp event');
     switch (ev.event) {
       case 'MIGRATION':
+        if (rec.incomingStorage && ev.data?.status === 'completed') {
+          void this.finishIncoming(rec).catch((e: unknown) => rec.log.warn({ err: String(e) }, 'finishing the storage-copy destination failed'));
+        }
+        rec.wake?.();
+        break;
       case 'MIGRATION_PASS':
         rec.wake?.();
         break;
+      case 'BLOCK_JOB_COMPLETED':
+      case 'BLOCK_JOB_CANCELLED': {
+        const job = String(ev.data?.device ?? '');
+        const m = rec.mirror;
+        if (m?.jobs.has(job)) {
+          const end: { event: string; error?: string; offset?: number } = { event: ev.event };
+          if (typeof ev.data?.error === 'string') end.error = ev.data.error;
+          if (typeof ev.data?.offset === 'number') end.offset = ev.data.offset;
+          m.ends.set(job, end);
+        }
+        rec.wake?.();
+        return;
+      }
+      case 'BLOCK_JOB_READY':
+      case 'BLOCK_JOB_ERROR':
+        rec.wake?.();
+        return;
       case 'STOP':
       case 'RESUME': {
         const at = ev.timestamp ? ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000 : Date.now();
@@ -782,4 +1171,45 @@ export function qemuVmPaths(dataDir: string, vmId: string, serialPorts: number):
   const serial: string[] = [];
   for (let n = 1; n <= serialPorts; n++) serial.push(join(sockDir, `serial${n}.sock`));
   return { dir, pidfile: join(dir, 'qemu.pid'), console: join(dir, 'console.log'), qmp: join(sockDir, 'qmp.sock'), serial };
+}
+
+/** TCP ports `pid` listens on, from /proc (its own network namespace's view): how the driver
+ *  learns the port the kernel gave QEMU's NBD server (QEMU 7.2 has no query for it). */
+export async function listeningPorts(pid: number): Promise<number[]> {
+  const inodes = new Set<string>();
+  for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])) {
+    const l = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    const m = /^socket:\[(\d+)\]$/.exec(l);
+    if (m) inodes.add(m[1]!);
+  }
+  const ports: number[] = [];
+  for (const f of ['tcp', 'tcp6']) {
+    const text = await readFile(`/proc/${pid}/net/${f}`, 'utf8').catch(() => '');
+    for (const line of text.split('\n').slice(1)) {
+      const c = line.trim().split(/\s+/);
+      // sl local_address rem_address st ... inode (field 9); st 0A = LISTEN
+      if (c.length > 9 && c[3] === '0A' && inodes.has(c[9]!)) ports.push(parseInt(c[1]!.split(':').pop()!, 16));
+    }
+  }
+  return [...new Set(ports)];
+}
+
+/** The source's storage params must name every disk the destination cannot reach (all but the
+ *  read-only ones), each once: a disk left out would be empty at the destination. */
+function checkStorage(spec: VmSpec, storage: NonNullable<MigrationParams['storage']>): void {
+  const bad = (reason: string) => qemuError('VMTC_QEMU_BAD_SPEC', { field: 'params.storage', reason });
+  if (!storage || typeof storage !== 'object' || !storage.nbd || !Array.isArray(storage.exports)) throw bad('{ nbd: { host, port }, exports: [{ device, name }] }');
+  if (typeof storage.nbd.host !== 'string' || !/^[0-9A-Za-z.:_-]{1,253}$/.test(storage.nbd.host)) throw bad('nbd.host: an address or host name');
+  if (!(Number.isInteger(storage.nbd.port) && storage.nbd.port > 0 && storage.nbd.port <= 65535)) throw bad('nbd.port: 1..65535');
+  const want = (spec.disks ?? []).flatMap((d, n) => (d.readonly ? [] : [`disk${n}`])).sort();
+  const got = storage.exports.map((e) => e?.device).sort();
+  if (JSON.stringify(want) !== JSON.stringify(got)) throw bad(`exports must name each writable disk once: ${want.join(',') || '(none)'}`);
+  for (const e of storage.exports) if (typeof e.name !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(e.name)) throw bad('exports[].name: letters, digits, _ . -');
+}
+
+/** Disk bytes the mirrors processed (their final offsets, or the last seen ones). */
+function mirrorBytes(m: MirrorState): number {
+  let n = 0;
+  for (const job of m.jobs.keys()) n += m.ends.get(job)?.offset ?? m.offsets.get(job) ?? 0;
+  return n;
 }
