@@ -1,13 +1,15 @@
 // One live migration at the paper's RTT, measured the ways the closing note of issue 4 asks:
 // QEMU's own downtime, the longest gap a client pinging every 50 ms saw (paper Table 3), total
 // time, and the rate the emulated lightpath delivered. Run as root:
-//   node --import tsx bench/lab-migration.ts [--rtt-ms 198] [--memory-mb 256] [--rounds 1]
+//   node --import tsx bench/lab-migration.ts [--rtt-ms 198] [--memory-mb 256] [--rounds 1] [--mode live|cold]
+// --mode cold measures the cold path instead (power off, boot at the destination, verified by the
+// guest's TCP echo service on port 7): the ping gap is then the reboot.
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { startStack } from '../lab/stack.ts';
 import { delayLineStatsBetween } from '../lab/delay-line-process.ts';
 
-const { values } = parseArgs({ options: { 'rtt-ms': { type: 'string', default: '198' }, 'memory-mb': { type: 'string', default: '256' }, rounds: { type: 'string', default: '1' }, 'bandwidth-mbps': { type: 'string', default: '1000' } } });
+const { values } = parseArgs({ options: { 'rtt-ms': { type: 'string', default: '198' }, 'memory-mb': { type: 'string', default: '256' }, rounds: { type: 'string', default: '1' }, mode: { type: 'string', default: 'live' }, 'bandwidth-mbps': { type: 'string', default: '1000' } } });
 const rtt = Number(values['rtt-ms']);
 const s = await startStack({ rttMs: rtt, memoryMb: Number(values['memory-mb']), onProgress: (m) => console.error(`… ${m}`) });
 try {
@@ -19,7 +21,10 @@ try {
     let out = '';
     ping.stdout.on('data', (d) => { out += d; });
     await new Promise((r) => setTimeout(r, 1500));
-    const rec = await s.migrate(to, { bandwidthMbps: Number(values['bandwidth-mbps']), maxDowntimeMs: 300 }, (r) => console.error(`  ${r.state}`));
+    const body = values.mode === 'cold'
+      ? { mode: 'cold', verifyTcp: { host: s.lab.vm.ip, port: 7 } }
+      : { bandwidthMbps: Number(values['bandwidth-mbps']), maxDowntimeMs: 300 };
+    const rec = await s.migrate(to, body, (r) => console.error(`  ${r.state}`));
     await new Promise((r) => setTimeout(r, 1500));
     ping.kill('SIGINT');
     await new Promise((r) => ping.once('exit', r));
@@ -31,7 +36,7 @@ try {
     const { peakMbps, bytes: bytesAB } = delayLineStatsBetween(statsFile);
     const precopyMs = (rec.timings.precopy ?? 0) + (rec.timings.stopcopy ?? 0);
     console.log(JSON.stringify({
-      round, to, state: rec.state, rttMs: rtt,
+      round, to, mode: values.mode, state: rec.state, error: rec.error, rttMs: rtt,
       qemuDowntimeMs: rec.result.downtimeMs, pingMaxGapMs: Math.round(maxGap), pingLost: lost, pingReplies: replies.length,
       qemuTotalMs: rec.result.totalTimeMs, controllerTotalMs: Object.values(rec.timings as Record<string, number>).reduce((a, b) => a + b, 0),
       controlPlaneMs: (rec.timings.authorizing ?? 0) + (rec.timings.provisioning ?? 0) + (rec.timings.preparing ?? 0),
