@@ -196,7 +196,7 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   /** One HMP command through QMP `human-monitor-command` (diagnostics; the lab tests write to a
-   *  disk through the block layer with `qemu-io <drive> '...'`, as a guest write would). */
+   *  disk through the block layer with `qemu-io <drive> "..."`, as a guest write would). */
   async humanMonitor(vmId: string, command: string): Promise<string> {
     await this.ready;
     return this.qmpOf(this.get(vmId)).execute<string>('human-monitor-command', { 'command-line': command }, { timeoutMs: 30_000 });
