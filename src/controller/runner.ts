@@ -21,6 +21,11 @@ export interface RunnerOptions {
   statusPollMs: number;
   /** Address the destination listens on when its inventory names no migration address. */
   defaultListenHost: string;
+  /** A destination agent gone this long while its migration can still be undone fails the
+   *  migration with VMTC_AGENT_LOST (and rolls it back), instead of waiting for the deadline: a
+   *  dead host's migration socket can hang for many minutes. A lost *source* is waited for: it
+   *  holds the primary copy, and the controller asks it rather than guess (default 60 s). */
+  agentLostMs?: number;
 }
 
 export interface RunnerDeps {
@@ -47,9 +52,39 @@ export class MigrationRunner extends EventEmitter {
   private readonly queues = new Map<string, Promise<unknown>>();
   private closed = false;
 
+  /** Watchdogs of lost destination agents, by migration id. */
+  private readonly lost = new Map<string, { cancel(): void }>();
+
   constructor(private readonly d: RunnerDeps) {
     super();
+    d.hub.on('disconnected', this.onDisconnected);
+    d.hub.on('connected', this.onConnected);
   }
+
+  private readonly onDisconnected = (hostId: string): void => {
+    if (this.closed) return;
+    const ms = this.d.options.agentLostMs ?? 60_000;
+    for (const id of this.live.keys()) {
+      const row = this.d.store.migration(id);
+      if (!row || row.destinationHostId !== hostId || !CANCELLABLE.has(row.state) || this.lost.has(id)) continue;
+      this.log(row).warn({ lostHostId: hostId, afterMs: ms }, 'destination agent disconnected; waiting for it to come back');
+      this.lost.set(id, this.d.clock.setTimeout(() => {
+        this.lost.delete(id);
+        const cur = this.d.store.migration(id);
+        if (!cur || !CANCELLABLE.has(cur.state) || this.d.hub.isConnected(hostId)) return;
+        void this.dispatch(id, { type: 'FAIL' }, { agentLost: hostId }, { error: err('VMTC_AGENT_LOST', { hostId, role: 'destination', afterMs: ms, state: cur.state }).toJSON(), expectState: cur.state });
+      }, ms));
+    }
+  };
+
+  private readonly onConnected = (hostId: string): void => {
+    for (const [id, t] of this.lost) {
+      if (this.d.store.migration(id)?.destinationHostId === hostId) {
+        t.cancel();
+        this.lost.delete(id);
+      }
+    }
+  };
 
   private log(row: Pick<MigrationRow, 'id' | 'vmId' | 'sourceHostId' | 'destinationHostId'>): Logger {
     return this.d.logger.child({ migrationId: row.id, vmId: row.vmId, hostId: row.sourceHostId, destHostId: row.destinationHostId });
@@ -302,6 +337,8 @@ export class MigrationRunner extends EventEmitter {
         this.d.store.releaseHold(row.id);
         this.secrets.delete(row.id);
         this.exports.delete(row.id);
+        this.lost.get(row.id)?.cancel();
+        this.lost.delete(row.id);
         const l = this.live.get(row.id);
         l?.deadline?.cancel();
         this.live.delete(row.id);
@@ -556,7 +593,26 @@ export class MigrationRunner extends EventEmitter {
     if (ctx.migrationStarted) await soft('cancel-migration', () => hub.request(row.sourceHostId, 'vm.cancelMigration', { vmId: row.vmId }));
     // The destination copy goes first, so that the VM never runs in two places (a cold copy may
     // already have booted there).
-    if (ctx.incoming || ctx.cold?.importRequested) await soft('destroy-destination', () => hub.request(row.destinationHostId, 'vm.destroy', { vmId: row.vmId }));
+    let destinationGone = true;
+    if (ctx.incoming || ctx.cold?.importRequested) {
+      destinationGone = false;
+      await soft('destroy-destination', async () => {
+        try {
+          await hub.request(row.destinationHostId, 'vm.destroy', { vmId: row.vmId });
+        } catch (e) {
+          if (!NOT_FOUND.test(toVmtcError(e).code)) throw e;
+        }
+        destinationGone = true;
+      });
+    }
+    if (!destinationGone && (await this.destinationMayRun(row, ctx))) {
+      // The destination could not be cleaned and its copy may be running (a cold copy booted, or
+      // the source finished sending its last page): bringing the source back could run the VM
+      // twice. Leave both as they are and say so; an operator decides.
+      this.d.store.releaseHold(row.id);
+      const patch: Partial<MigrationCtx> = { warnings: [...(ctx.warnings ?? []), ...problems] };
+      return { event: { type: 'ROLLBACK_FAILED' }, detail: { reason: 'the destination could not be cleaned and its copy may be running; the source was left as it is' }, ctxPatch: patch };
+    }
     // The source copy is the primary until commit: make sure it is as it was.
     let source: VmInfo | undefined;
     if (ctx.cold?.exportRequested) {
@@ -597,6 +653,20 @@ export class MigrationRunner extends EventEmitter {
     }
     this.d.store.releaseHold(row.id);
     return { event: { type: 'ROLLED_BACK', cancelled: Boolean(ctx.cancelRequested) }, ctxPatch: patch };
+  }
+
+  /** Whether a destination that could not be cleaned may be running the VM: a cold import was
+   *  asked for (it boots the copy), or the source's live migration completed (or cannot be
+   *  asked). A pre-copy that did not complete leaves the destination waiting, never running. */
+  private async destinationMayRun(row: MigrationRow, ctx: MigrationCtx): Promise<boolean> {
+    if (ctx.cold?.importRequested) return true;
+    if (!ctx.migrationStarted) return false;
+    try {
+      const s = await this.d.hub.request(row.sourceHostId, 'vm.migrationStatus', { vmId: row.vmId });
+      return !!s && (s as { migrationId?: string }).migrationId === row.id && s.status === 'completed';
+    } catch {
+      return true;
+    }
   }
 
   /**
@@ -640,6 +710,10 @@ export class MigrationRunner extends EventEmitter {
 
   close(): void {
     this.closed = true;
+    this.d.hub.off('disconnected', this.onDisconnected);
+    this.d.hub.off('connected', this.onConnected);
+    for (const t of this.lost.values()) t.cancel();
+    this.lost.clear();
     for (const l of this.live.values()) {
       l.abort.abort();
       l.deadline?.cancel();

@@ -146,6 +146,27 @@ describe('controller: the cold path', () => {
     expect((await h.api('GET', '/v1/hosts/B')).body.held.memoryMb).toBe(0);
   });
 
+  it('never restarts the source while a booted copy at an unreachable destination may run: failed, for an operator', async () => {
+    h = await startHarness({ runner: { statusPollMs: 200, destinationRunTimeoutMs: 20_000, agentLostMs: 60_000 } });
+    const vm = diskVm(h, 'vm1', 1);
+    await h.addHost('A', { vms: [vm.spec] });
+    await h.addHost('B');
+    const s = createServer();
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as { port: number }).port;
+    await new Promise((r) => s.close(r));
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'cold', verifyTcp: { host: '127.0.0.1', port } });
+    await h.waitState(res.body.id, ['cold_verifying']);
+    // B's agent goes while its hypervisor runs the booted copy.
+    await h.agents.get('B')!.agent.close();
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed', 'cancelled'], 30_000);
+    expect(done.state).toBe('failed');
+    expect(done.transitions.at(-1).detail.reason).toMatch(/may be running/);
+    expect((await h.agents.get('B')!.driver.describe('vm1')).state).toBe('running');
+    // The source was left powered off, not started a second time.
+    expect((await h.controller.hub.request('A', 'vm.describe', { vmId: 'vm1' })).state).toBe('stopped');
+  });
+
   it('a destination that cannot boot the copy rolls back with the boot code and keeps a stopped VM stopped', async () => {
     h = await startHarness();
     const vm = diskVm(h, 'vm1', 1);

@@ -72,6 +72,23 @@ describe('controller: live migration through the state machine', () => {
       return list.length === 1 && list[0].hostId === 'A' && list[0].state === 'running';
     }, 'vm1 running only at A');
   });
+
+  it('a destination agent that stays away fails the migration with VMTC_AGENT_LOST and rolls back', async () => {
+    h = await startHarness({ runner: { statusPollMs: 200, destinationRunTimeoutMs: 5000, agentLostMs: 400 } });
+    await h.addHost('A', { vms: [vmSpec('vm1', { memoryMb: 2048 })], bytesPerMb: 64 * 1024 });
+    await h.addHost('B');
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', bandwidthMbps: 2 });
+    await h.waitState(res.body.id, ['precopy']);
+    // B's agent goes away but its hypervisor keeps receiving: only the controller's link is lost.
+    await h.agents.get('B')!.agent.close();
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed', 'cancelled']);
+    expect(done.state).toBe('rolled_back');
+    expect(done.error).toMatchObject({ code: 'VMTC_AGENT_LOST', details: { hostId: 'B', role: 'destination', state: 'precopy' } });
+    // The source never finished sending, so it was safe to resume it although B could not be cleaned.
+    expect(done.warnings.map((w: any) => w.details?.step)).toContain('destroy-destination');
+    const atA = await h.controller.hub.request('A', 'vm.describe', { vmId: 'vm1' });
+    expect(atA.state).toBe('running');
+  });
 });
 
 describe('controller: pre-checks through REST, each with its own code, changing nothing', () => {
