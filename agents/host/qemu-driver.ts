@@ -535,7 +535,9 @@ export class QemuDriver implements HypervisorDriver {
             continue;
           }
         }
-        await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+        // A cancel that came during the sync has already moved QEMU on: then this is refused
+        // and the next poll reports 'cancelled'.
+        await qmp.execute('migrate-continue', { state: 'pre-switchover' }).catch((e: unknown) => log.warn({ err: String(e) }, 'migrate-continue refused'));
         continue;
       }
       // Post-copy as an option: switch once the first full pass has gone (the remaining
@@ -583,7 +585,14 @@ export class QemuDriver implements HypervisorDriver {
           // The export carries the guest-visible bytes; the destination's own format is its business.
           format: 'raw', mode: 'existing', sync: 'full',
         };
-        if (params.bandwidthMbps !== undefined) args.speed = Math.max(1, Math.round((params.bandwidthMbps * 1e6) / 8));
+        if (params.bandwidthMbps !== undefined) {
+          const speed = Math.max(1, Math.round((params.bandwidthMbps * 1e6) / 8));
+          args.speed = speed;
+          // QEMU issues up to buf-size (default 16 MiB) at once and then sleeps to pay for it at
+          // `speed`; a failure in that burst (destination gone) surfaces only after the sleep.
+          // About one second's worth keeps that bounded on slow paths.
+          args['buf-size'] = Math.min(16 * 1048576, Math.max(1048576, 2 ** Math.ceil(Math.log2(speed))));
+        }
         await qmp.execute('drive-mirror', args);
         m.jobs.set(job, e.device);
       }

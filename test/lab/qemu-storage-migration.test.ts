@@ -195,4 +195,28 @@ describe('QEMU driver: live migration with storage copy (no shared storage)', ()
     expect(existsSync(join(tmp, 'b', 'disks', vmId))).toBe(false);
     expect(existsSync(aCopy)).toBe(true);
   });
+
+  it('a destination killed during the mirror fails the migration in the storage phase; the source keeps running', async () => {
+    const srcSpec = (await a.describe(vmId)).spec;
+    const prep = await b.prepareIncoming(copyStorageSpec(srcSpec), 'mig-s4', '127.0.0.1');
+    const destPid = (await b.pid(vmId))!;
+    pids.add(destPid);
+    const bCopy = (await b.describe(vmId)).spec.disks![0]!.path;
+    let killed = false;
+    const result = await a.migrate(vmId, prep.uri, { migrationId: 'mig-s4', storage: prep.storage!, bandwidthMbps: 8 }, (p) => {
+      if (!killed && p.phase === 'storage' && p.transferredBytes > 0) {
+        killed = true;
+        process.kill(destPid, 'SIGKILL');
+      }
+    });
+    expect(killed).toBe(true);
+    expect(result.status).toBe('failed');
+    expect(result.error).toMatchObject({ code: 'VMTC_QEMU_MIGRATION_FAILED', details: { phase: 'storage' } });
+    expect((await a.describe(vmId)).state).toBe('running');
+    expect(await readSerial((await a.paths(vmId)).serial[0]!, 300)).toMatch(/hb \d+\n/);
+    for (let i = 0; i < 50 && (await b.describe(vmId)).state !== 'crashed'; i++) await new Promise((r) => setTimeout(r, 100));
+    expect((await b.describe(vmId)).state).toBe('crashed');
+    await b.destroy(vmId);
+    expect(existsSync(bCopy)).toBe(false);
+  });
 });
