@@ -11,6 +11,11 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   broker: { summary: 'run a lightpath broker: topology, calendar, NSI-style reservations', load: async () => (await import('../broker/command.ts')).command },
   lab: { summary: 'build, inspect or remove the lab (namespaces, delay line, guest image): up|down|status', load: async () => (await import('../../lab/command.ts')).command },
   turntable: { summary: "the lab's main job: move a VM back and forth over the emulated lightpath, measure downtime every way, write a report", load: async () => (await import('../../lab/turntable/command.ts')).command },
+  migrate: { summary: 'move a VM to another host through the controller and follow it to its end', load: async () => (await import('./client/commands.ts')).migrate },
+  status: { summary: 'show one migration in detail, or list migrations', load: async () => (await import('./client/commands.ts')).status },
+  cancel: { summary: 'ask the controller to cancel a migration', load: async () => (await import('./client/commands.ts')).cancel },
+  hosts: { summary: 'list hypervisor hosts and their capacity, or show one host', load: async () => (await import('./client/commands.ts')).hosts },
+  vms: { summary: 'list VMs where the host agents report them', load: async () => (await import('./client/commands.ts')).vms },
 };
 
 export function register(name: string, summary: string, load: () => Promise<Command>): void {

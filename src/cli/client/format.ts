@@ -1,0 +1,266 @@
+// Human output of the client verbs. Pure functions of the API's JSON (README "API
+// (controller)"), so the wording can be tested without a controller; `--json` bypasses all of
+// this and prints the API's JSON as is.
+
+/** The parts of GET /v1/migrations/:id the client reads (the API sends more). */
+export interface MigrationView {
+  id: string;
+  vmId: string;
+  project?: string;
+  mode?: string;
+  path?: string;
+  state: string;
+  terminal?: boolean;
+  sourceHostId?: string;
+  destinationHostId?: string;
+  request?: Record<string, unknown>;
+  progress?: ProgressView | null;
+  error?: { code: string; message: string; details?: Record<string, unknown> } | null;
+  steps?: Record<string, unknown>;
+  timings?: Record<string, number>;
+  result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number; pausedAt?: number; resumedAt?: number };
+  warnings?: { code?: string; message?: string; details?: Record<string, unknown> }[];
+  transitions?: TransitionView[];
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface TransitionView {
+  seq?: number;
+  from: string | null;
+  to: string;
+  event: string;
+  at: string;
+  detail?: unknown;
+}
+
+export interface ProgressView {
+  status?: string;
+  phase?: string;
+  totalBytes?: number;
+  transferredBytes?: number;
+  remainingBytes?: number;
+  pass?: number;
+  throughputMbps?: number;
+  expectedDowntimeMs?: number;
+}
+
+const MiB = 1024 * 1024;
+
+export function fmtMs(ms: number | undefined | null): string {
+  if (ms === undefined || ms === null || !Number.isFinite(ms)) return '-';
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(2)} s`;
+  const m = Math.floor(ms / 60_000);
+  return `${m} min ${Math.round((ms - m * 60_000) / 1000)} s`;
+}
+
+export function fmtMiB(bytes: number | undefined | null): string {
+  if (bytes === undefined || bytes === null || !Number.isFinite(bytes)) return '-';
+  return `${(bytes / MiB).toFixed(1)} MiB`;
+}
+
+/** Elapsed seconds as the state lines show them: `+12.3s`. */
+export function fmtElapsed(ms: number): string {
+  return `+${(Math.max(0, ms) / 1000).toFixed(1)}s`;
+}
+
+/** Left-aligned columns, two spaces apart; numbers as given (callers format them). */
+export function table(headers: string[], rows: (string | number | boolean | null | undefined)[][]): string {
+  const cells = [headers, ...rows.map((r) => r.map((c) => (c === null || c === undefined ? '-' : String(c))))];
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));
+  return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n');
+}
+
+/** k=v pairs of an error's details, short enough for one line. */
+export function fmtDetails(details: Record<string, unknown> | undefined): string {
+  if (!details || Object.keys(details).length === 0) return '';
+  const parts = Object.entries(details).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
+  const s = parts.join(' ');
+  return s.length > 300 ? s.slice(0, 297) + '...' : s;
+}
+
+export function fmtError(e: { code: string; message: string; details?: Record<string, unknown> }): string {
+  const d = fmtDetails(e.details);
+  return `${e.code}: ${e.message}${d ? ` (${d})` : ''}`;
+}
+
+/** One progress line: transferred/total, percent, and what the hypervisor says about the pass. */
+export function fmtProgress(state: string, p: ProgressView | null | undefined): string | undefined {
+  if (!p || typeof p.totalBytes !== 'number' || typeof p.transferredBytes !== 'number') return undefined;
+  const pct = p.totalBytes > 0 ? Math.min(100, Math.floor((p.transferredBytes / p.totalBytes) * 100)) : 0;
+  const parts = [`${state}${p.phase ? ` (${p.phase})` : ''}`, `${(p.transferredBytes / MiB).toFixed(1)}/${(p.totalBytes / MiB).toFixed(1)} MiB`, `${pct}%`];
+  if (p.pass !== undefined) parts.push(`pass ${p.pass}`);
+  if (p.throughputMbps !== undefined) parts.push(`${p.throughputMbps} Mbit/s`);
+  if (p.expectedDowntimeMs !== undefined) parts.push(`expected downtime ${fmtMs(p.expectedDowntimeMs)}`);
+  return parts.join('  ');
+}
+
+function route(m: MigrationView): string {
+  return `${m.vmId}: ${m.sourceHostId ?? '?'} -> ${m.destinationHostId ?? '?'}`;
+}
+
+function elapsedTotal(m: MigrationView): number {
+  return Date.parse(m.updatedAt) - Date.parse(m.createdAt);
+}
+
+/** Steps in the order the migration went through them (timings are keyed by state name). */
+function orderedTimings(m: MigrationView): [string, number][] {
+  const timings = m.timings ?? {};
+  const order = (m.transitions ?? []).map((t) => t.from).filter((s): s is string => !!s);
+  const seen = new Set<string>();
+  const out: [string, number][] = [];
+  for (const s of [...order, ...Object.keys(timings)]) {
+    if (seen.has(s) || timings[s] === undefined) continue;
+    seen.add(s);
+    out.push([s, timings[s]!]);
+  }
+  return out;
+}
+
+function resultLine(r: MigrationView['result']): string | undefined {
+  if (!r || Object.keys(r).length === 0) return undefined;
+  const parts: string[] = [];
+  if (r.downtimeMs !== undefined) parts.push(`downtime ${fmtMs(r.downtimeMs)} (hypervisor)`);
+  if (r.pausedAt !== undefined && r.resumedAt !== undefined) parts.push(`paused-to-resumed ${fmtMs(r.resumedAt - r.pausedAt)}`);
+  if (r.transferredBytes !== undefined) parts.push(`transferred ${fmtMiB(r.transferredBytes)}`);
+  if (r.totalTimeMs !== undefined) parts.push(`copy time ${fmtMs(r.totalTimeMs)}`);
+  if (r.setupTimeMs !== undefined) parts.push(`setup ${fmtMs(r.setupTimeMs)}`);
+  return parts.length ? parts.join(', ') : undefined;
+}
+
+/** What `vmtc migrate` prints on stdout when the migration has ended. */
+export function formatSummary(m: MigrationView): string {
+  const lines = [`migration ${m.id} ${m.state}  (${route(m)}, ${m.mode ?? '?'}${m.path && m.path !== m.mode ? `, path ${m.path}` : ''}, ${fmtMs(elapsedTotal(m))})`];
+  const t = orderedTimings(m);
+  if (t.length) {
+    lines.push('steps:');
+    const w = Math.max(...t.map(([s]) => s.length));
+    for (const [s, ms] of t) lines.push(`  ${s.padEnd(w)}  ${fmtMs(ms).padStart(10)}`);
+  }
+  const r = resultLine(m.result);
+  if (r) lines.push(`result: ${r}`);
+  if (m.error) lines.push(`error: ${fmtError(m.error)}`);
+  for (const w of m.warnings ?? []) lines.push(`warning: ${fmtError({ code: w.code ?? 'warning', message: w.message ?? '', ...(w.details ? { details: w.details } : {}) })}`);
+  return lines.join('\n');
+}
+
+/** `vmtc status ID`: everything the record says, transitions with times. */
+export function formatMigrationDetail(m: MigrationView): string {
+  const created = Date.parse(m.createdAt);
+  const lines = [
+    `migration ${m.id}`,
+    `  vm          ${m.vmId}${m.project ? ` (project ${m.project})` : ''}`,
+    `  route       ${m.sourceHostId ?? '?'} -> ${m.destinationHostId ?? '?'}`,
+    `  mode        ${m.mode ?? '?'}${m.path ? ` (path ${m.path})` : ''}`,
+    `  state       ${m.state}${m.terminal ? ' (ended)' : ''}`,
+    `  created     ${m.createdAt}`,
+    `  updated     ${m.updatedAt}  (${fmtMs(elapsedTotal(m))} after creation)`,
+  ];
+  const req = { ...(m.request ?? {}) };
+  delete req.vmId;
+  delete req.destinationHostId;
+  if (Object.keys(req).length) lines.push(`  request     ${fmtDetails(req)}`);
+  if (m.transitions?.length) {
+    lines.push('transitions:');
+    for (const t of m.transitions) {
+      lines.push(`  ${fmtElapsed(Date.parse(t.at) - created).padStart(8)}  ${t.at}  ${(t.from ?? '-').padEnd(14)} -> ${t.to.padEnd(14)} ${t.event}`);
+    }
+  }
+  const t = orderedTimings(m);
+  if (t.length) lines.push(`timings: ${t.map(([s, ms]) => `${s} ${fmtMs(ms)}`).join(', ')}`);
+  const steps = Object.entries(m.steps ?? {}).filter(([, v]) => v !== undefined && v !== null);
+  if (steps.length) {
+    lines.push('steps:');
+    for (const [k, v] of steps) lines.push(`  ${k.padEnd(10)}  ${compactJson(v)}`);
+  }
+  const p = fmtProgress(m.progress?.status ?? m.state, m.progress);
+  if (p) lines.push(`progress: ${p}`);
+  const r = resultLine(m.result);
+  if (r) lines.push(`result: ${r}`);
+  if (m.error) lines.push(`error: ${fmtError(m.error)}`);
+  for (const w of m.warnings ?? []) lines.push(`warning: ${fmtError({ code: w.code ?? 'warning', message: w.message ?? '', ...(w.details ? { details: w.details } : {}) })}`);
+  return lines.join('\n');
+}
+
+function compactJson(v: unknown): string {
+  const s = JSON.stringify(v);
+  return s.length > 400 ? s.slice(0, 397) + '...' : s;
+}
+
+/** `vmtc status`: one line per migration, newest first as the API orders them. */
+export function formatMigrationTable(ms: MigrationView[]): string {
+  if (!ms.length) return '(no migrations)';
+  return table(['ID', 'VM', 'FROM', 'TO', 'MODE', 'STATE', 'CREATED', 'DURATION', 'ERROR'],
+    ms.map((m) => [m.id, m.vmId, m.sourceHostId, m.destinationHostId, m.mode, m.state, m.createdAt, fmtMs(elapsedTotal(m)), m.error?.code ?? '']));
+}
+
+interface Res { vcpus: number; memoryMb: number; diskGb: number }
+export interface HostView {
+  hostId: string;
+  site?: string;
+  connected: boolean;
+  lastSeen?: string;
+  hypervisor?: { type: string; version: string };
+  cpu?: { model: string; vcpus: number; features: number };
+  sharedStorage?: boolean;
+  migrationAddress?: string;
+  totals?: Res;
+  used?: Res;
+  held?: Res;
+  available?: Res;
+  byProject?: Record<string, Res & { vms: number }>;
+  vms?: { vmId: string; project: string; state: string }[];
+}
+
+const triple = (h: HostView, k: keyof Res) => `${h.used?.[k] ?? '-'}/${h.held?.[k] ?? '-'}/${h.available?.[k] ?? '-'}`;
+
+export function formatHostTable(hosts: HostView[]): string {
+  if (!hosts.length) return '(no hosts)';
+  return [
+    table(['HOST', 'SITE', 'CONNECTED', 'HYPERVISOR', 'VCPU U/H/A', 'MEMORY MB U/H/A', 'DISK GB U/H/A', 'VMS'],
+      hosts.map((h) => [h.hostId, h.site, h.connected ? 'yes' : 'no', h.hypervisor ? `${h.hypervisor.type} ${h.hypervisor.version}` : '-',
+        triple(h, 'vcpus'), triple(h, 'memoryMb'), triple(h, 'diskGb'), h.vms?.length ?? 0])),
+    '(U/H/A = used / held for incoming migrations / available)',
+  ].join('\n');
+}
+
+export function formatHostDetail(h: HostView): string {
+  const lines = [
+    `host ${h.hostId}`,
+    `  site          ${h.site ?? '-'}`,
+    `  connected     ${h.connected ? 'yes' : 'no'}${h.lastSeen ? ` (last seen ${h.lastSeen})` : ''}`,
+    `  hypervisor    ${h.hypervisor ? `${h.hypervisor.type} ${h.hypervisor.version}` : '-'}`,
+    `  cpu           ${h.cpu ? `${h.cpu.model}, ${h.cpu.vcpus} vCPU, ${h.cpu.features} features` : '-'}`,
+    `  storage       ${h.sharedStorage ? 'shared' : 'local'}`,
+    `  migration at  ${h.migrationAddress ?? '-'}`,
+    '',
+    table(['RESOURCE', 'TOTAL', 'USED', 'HELD', 'AVAILABLE'], (['vcpus', 'memoryMb', 'diskGb'] as const).map((k) => [
+      { vcpus: 'vCPU', memoryMb: 'memory MB', diskGb: 'disk GB' }[k], h.totals?.[k], h.used?.[k], h.held?.[k], h.available?.[k]])),
+  ];
+  const projects = Object.entries(h.byProject ?? {});
+  if (projects.length) {
+    lines.push('', table(['PROJECT', 'VMS', 'VCPU', 'MEMORY MB', 'DISK GB'], projects.map(([p, r]) => [p, r.vms, r.vcpus, r.memoryMb, r.diskGb])));
+  }
+  if (h.vms?.length) lines.push('', table(['VM', 'PROJECT', 'STATE'], h.vms.map((v) => [v.vmId, v.project, v.state])));
+  return lines.join('\n');
+}
+
+export interface VmView {
+  vmId: string;
+  hostId: string;
+  site?: string;
+  hostConnected?: boolean;
+  state: string;
+  project: string;
+  vcpus: number;
+  memoryMb: number;
+  diskGb?: number;
+  migrationId?: string;
+}
+
+export function formatVmTable(vms: VmView[]): string {
+  if (!vms.length) return '(no VMs)';
+  return table(['VM', 'HOST', 'STATE', 'PROJECT', 'VCPUS', 'MEMORY MB', 'MIGRATION'],
+    vms.map((v) => [v.vmId, `${v.hostId}${v.hostConnected === false ? ' (disconnected)' : ''}`, v.state, v.project, v.vcpus, v.memoryMb, v.migrationId ?? '']));
+}
