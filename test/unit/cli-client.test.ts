@@ -12,7 +12,10 @@ import { cleanupsAfterEach } from '../helpers/cleanups.ts';
 import { VMTC_BIN, freePort } from '../helpers/proc.ts';
 import { migrationBody, parseHostPort } from '../../src/cli/client/commands.ts';
 import { UsageError } from '../../src/cli/client/http.ts';
-import { fmtProgress, formatSummary } from '../../src/cli/client/format.ts';
+import { fmtProgress, formatSummary, type MigrationView } from '../../src/cli/client/format.ts';
+import { watchMigration } from '../../src/cli/client/watch.ts';
+import { ApiClient } from '../../src/cli/client/http.ts';
+import { EventEmitter } from 'node:events';
 
 const cleanups = cleanupsAfterEach();
 let h: Harness | undefined;
@@ -131,6 +134,39 @@ describe('vmtc migrate', () => {
       const l = await vmsNamed('slow');
       return l.length === 1 && l[0].hostId === 'S' && l[0].state === 'running';
     }, 'slow running only at S');
+  });
+});
+
+describe('waiting for a migration (in process)', () => {
+  it('a second Ctrl-C stops waiting at once, after the first asked for a cancel; the migration goes on to its end', async () => {
+    const post = await h!.api('POST', '/v1/migrations', { vmId: 'slow', destinationHostId: 'B', bandwidthMbps: 2 });
+    expect(post.status).toBe(202);
+    const id = post.body.id as string;
+    try {
+      const signals = new EventEmitter();
+      let err = '';
+      const client = new ApiClient({ baseUrl: h!.controller.url, token: h!.controller.adminToken });
+      const watching = watchMigration(client, post.body as MigrationView, { err: { write: (s: string) => { err += s; } }, signals: signals as any }, { pollMs: 50 });
+      await h!.waitFor(() => err.includes('] precopy'), () => `precopy shown; got:\n${err}`);
+      signals.emit('SIGINT');
+      signals.emit('SIGINT');
+      const r = await watching;
+      expect(r.kind).toBe('detached');
+      expect(err).toContain('cancel requested');
+      expect(err).toContain('stopped waiting');
+      // The handler is gone, so a third Ctrl-C would take its default course (end the process).
+      expect(signals.listenerCount('SIGINT')).toBe(0);
+      // The cancel that the first Ctrl-C asked for still happens, without anyone waiting.
+      expect((await h!.waitState(id, ['cancelled', 'completed', 'rolled_back', 'failed'])).state).toBe('cancelled');
+    } finally {
+      await h!.api('POST', `/v1/migrations/${id}/cancel`);
+      await h!.waitState(id, ['cancelled', 'completed', 'rolled_back', 'failed']);
+      // Agents report the destination's cleanup asynchronously; later tests compare listings.
+      await h!.waitFor(async () => {
+        const l = await vmsNamed('slow');
+        return l.length === 1 && l[0].hostId === 'S' && l[0].state === 'running';
+      }, 'slow running only at S');
+    }
   });
 });
 

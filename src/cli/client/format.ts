@@ -60,9 +60,10 @@ export function fmtMiB(bytes: number | undefined | null): string {
   return `${(bytes / MiB).toFixed(1)} MiB`;
 }
 
-/** Elapsed seconds as the state lines show them: `+12.3s`. */
+/** Elapsed seconds as the state lines show them: `+0.012s`, `+12.3s` (steps are often a few ms). */
 export function fmtElapsed(ms: number): string {
-  return `+${(Math.max(0, ms) / 1000).toFixed(1)}s`;
+  const v = Math.max(0, ms);
+  return `+${(v / 1000).toFixed(v < 10_000 ? 3 : 1)}s`;
 }
 
 /** Left-aligned columns, two spaces apart; numbers as given (callers format them). */
