@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { labUp, labDown, netnsExec, type Lab } from './net.ts';
+import { run } from './exec.ts';
 import type { LabConfig } from './topology.ts';
 import { brokerTopologyFor } from './topology.ts';
 import { buildGuestImage, guestAppend, type GuestAppendOptions } from './guest/build.ts';
@@ -23,6 +24,9 @@ export interface StackOptions {
   memoryMb?: number;
   /** Guest command-line options (probes, load). */
   guest?: GuestAppendOptions;
+  /** Give the guest a qcow2 data disk of this many MiB (its first 8 MiB hold the byte 0x5a), on
+   *  storage the sites do not share: live migrations then copy it (NBD mirror). Default none. */
+  diskMb?: number;
   /** Where logs and state go (default: a temp dir, removed on close unless keepDir). */
   dir?: string;
   keepDir?: boolean;
@@ -173,10 +177,18 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     const vmId = 'vm1';
     const site0 = lab.sites[0]!;
     say(`starting guest ${vmId} (${o.memoryMb ?? 256} MB) at ${site0.name}`);
+    let disks: { path: string; format: 'qcow2' }[] | undefined;
+    if (o.diskMb) {
+      const path = join(dir, `${vmId}-data.qcow2`);
+      await run(['qemu-img', 'create', '-q', '-f', 'qcow2', path, `${o.diskMb}M`]);
+      await run(['qemu-io', '-f', 'qcow2', '-c', `write -P 0x5a 0 ${Math.min(8, o.diskMb)}M`, path]);
+      disks = [{ path, format: 'qcow2' }];
+    }
     const started = await api('POST', '/v1/vms', {
       hostId: hostOf(site0.name),
       spec: {
-        vmId, project: 'lab', vcpus: 1, memoryMb: o.memoryMb ?? 256, diskGb: 0,
+        vmId, project: 'lab', vcpus: 1, memoryMb: o.memoryMb ?? 256, diskGb: o.diskMb ? Math.ceil(o.diskMb / 1024) : 0,
+        ...(disks ? { disks } : {}),
         kernel: guest.kernel, initrd: guest.initrd, append: guestAppend({ ip: `${lab.vm.ip}/${lab.vm.prefixLen}`, gateway: lab.vm.gateway, ...(o.guest ?? {}) }),
         nics: [{ mac: lab.vm.mac, bridge: site0.bridge }], serialPorts: 1,
       },

@@ -262,17 +262,32 @@ export class MigrationRunner extends EventEmitter {
         this.ctxPatch(row, { incoming: { uri: '', prepared: false } });
         // multifd and post-copy must be enabled on both ends (QEMU); the destination learns
         // them from the spec, since prepare-incoming has no migration parameters of its own.
+        // Without storage both hosts reach, the disks move too (DESIGN.md "Disks"): the
+        // destination makes empty copies and serves them over NBD on the lightpath address; the
+        // source mirrors into them while the VM runs and sends the last delta at the pause.
         const r = row.request;
-        const spec = r.multifd || r.postcopy
-          ? { ...src.spec, extra: { ...(src.spec.extra ?? {}), migration: { ...(r.multifd ? { multifd: true } : {}), ...(r.postcopy ? { postcopy: true } : {}) } } }
-          : src.spec;
-        const { uri } = await hub.request(row.destinationHostId, 'vm.prepareIncoming', { spec, migrationId: row.id, listenHost }, 60_000);
+        const copyStorage = this.copiesStorage(row, src.spec);
+        const migration = {
+          ...((src.spec.extra?.migration as Record<string, unknown> | undefined) ?? {}),
+          ...(r.multifd ? { multifd: true } : {}), ...(r.postcopy ? { postcopy: true } : {}),
+          ...(copyStorage ? { copyStorage: true } : {}), ...(copyStorage && r.suspend ? { suspend: true } : {}),
+        };
+        const spec = Object.keys(migration).length > 0 ? { ...src.spec, extra: { ...(src.spec.extra ?? {}), migration } } : src.spec;
+        const prepared = await hub.request(row.destinationHostId, 'vm.prepareIncoming', { spec, migrationId: row.id, listenHost }, 60_000);
+        const uri = prepared.uri;
+        if (copyStorage && !prepared.storage) {
+          // A destination that did not export its copies would boot on empty disks.
+          throw err('VMTC_DESTINATION_NOT_RUNNING', { reason: 'the destination did not offer its disk copies (its driver cannot copy storage)', hostId: row.destinationHostId });
+        }
         let tunnel: MigrationCtx['tunnel'] = { skipped: 'no tunnel agent' };
         if (this.d.tunnel) {
           await this.d.tunnel.bicast(row.vmId, this.site(row.sourceHostId), this.site(row.destinationHostId));
           tunnel = { bicast: true };
         }
-        return { event: { type: 'DESTINATION_PREPARED' }, detail: { uri, listenHost }, ctxPatch: { incoming: { uri, prepared: true }, tunnel } };
+        return {
+          event: { type: 'DESTINATION_PREPARED' }, detail: { uri, listenHost, ...(prepared.storage ? { storage: prepared.storage } : {}) },
+          ctxPatch: { incoming: { uri, prepared: true, ...(prepared.storage ? { storage: prepared.storage } : {}) }, tunnel },
+        };
       }
       case 'startMigration': {
         const result = await this.runMigration(row, signal, log);
@@ -346,6 +361,15 @@ export class MigrationRunner extends EventEmitter {
         return;
       }
     }
+  }
+
+  /** Whether a live migration must copy the VM's writable disks: they are not on storage both
+   *  hosts reach. A VM without writable disks (the lab's kernel + initramfs guests) copies none. */
+  private copiesStorage(row: MigrationRow, spec: VmInfo['spec']): boolean {
+    const writable = (spec.disks ?? []).some((d) => !d.readonly);
+    if (!writable) return false;
+    const shared = this.d.hub.inventory(row.sourceHostId)?.sharedStorage && this.d.hub.inventory(row.destinationHostId)?.sharedStorage;
+    return !shared;
   }
 
   /** Tokens are secrets: kept in memory only, never in the store. */
@@ -565,6 +589,7 @@ export class MigrationRunner extends EventEmitter {
             ...(r.postcopy !== undefined ? { postcopy: r.postcopy } : {}),
             ...(r.multifd !== undefined ? { multifd: r.multifd } : {}),
             ...(r.suspend ? { suspend: true } : {}),
+            ...(cur.ctx.incoming.storage ? { storage: cur.ctx.incoming.storage } : {}),
           },
         });
         schedulePoll();
@@ -742,5 +767,6 @@ function pickResult(r: MigrationResult): NonNullable<MigrationCtx['result']> {
   if (r.transferredBytes !== undefined) out.transferredBytes = r.transferredBytes;
   if (r.setupTimeMs !== undefined) out.setupTimeMs = r.setupTimeMs;
   if (r.pausedAt !== undefined) out.pausedAt = r.pausedAt;
+  if (r.storageBytes !== undefined) out.storageBytes = r.storageBytes;
   return out;
 }

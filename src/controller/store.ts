@@ -3,7 +3,7 @@
 // -9 restarts with an exact record of how far each migration got.
 import { createHash } from 'node:crypto';
 import { openDb, type Db } from '../common/db.ts';
-import type { HostInventory } from '../common/agent-protocol.ts';
+import type { HostInventory, MigrationParams } from '../common/agent-protocol.ts';
 import type { MigrationState } from './machine.ts';
 import type { ErrorBody } from '../common/errors.ts';
 
@@ -64,10 +64,10 @@ export interface MigrationCtx {
   cancelRequested?: boolean;
   token?: { jti: string; expiresAt: number; audience?: string[] } | { skipped: string };
   lightpath?: { reservationId?: string; provisioned?: boolean; released?: boolean; skipped?: string; details?: Record<string, unknown> };
-  incoming?: { uri: string; prepared: boolean };
+  incoming?: { uri: string; prepared: boolean; storage?: MigrationParams['storage'] };
   tunnel?: { bicast?: boolean; pruned?: boolean; skipped?: string };
   migrationStarted?: boolean;
-  result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number; pausedAt?: number; resumedAt?: number };
+  result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number; pausedAt?: number; resumedAt?: number; storageBytes?: number };
   /** Milliseconds spent in each step, by state name. */
   timings?: Record<string, number>;
   warnings?: ErrorBody[];
