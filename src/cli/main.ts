@@ -47,7 +47,14 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     const cmd = await entry.load();
-    const parsed = parseCommandArgs(cmd, rest);
+    let parsed: ReturnType<typeof parseCommandArgs>;
+    try {
+      parsed = parseCommandArgs(cmd, rest);
+    } catch (e) {
+      // A usage error (unknown option, missing value or required option): exit 2, as --help says.
+      process.stderr.write(`${formatCliError(e)}\nsee 'vmtc ${name} --help'\n`);
+      return 2;
+    }
     if (parsed.help) {
       process.stdout.write(helpText(cmd) + '\n');
       return 0;

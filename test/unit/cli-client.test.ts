@@ -240,6 +240,12 @@ describe('vmtc client errors', () => {
     const bad = await run(['migrate', 'vm1', '--to', 'B', '--bandwidth-mbps', 'fast']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('--bandwidth-mbps');
+    // The common parser's refusals (unknown option, option without its value) are usage errors too.
+    for (const argv of [['vms', '--bogus'], ['migrate', 'vm1', '--to']]) {
+      const u = await run(argv);
+      expect(u.code).toBe(2);
+      expect(u.stderr).toContain(`see 'vmtc ${argv[0]} --help'`);
+    }
     const help = await run(['--help']);
     expect(help.code).toBe(0);
     for (const v of ['migrate', 'status', 'cancel', 'hosts', 'vms']) expect(help.stdout).toMatch(new RegExp(`^  ${v}\\s+\\S`, 'm'));
