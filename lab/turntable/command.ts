@@ -53,6 +53,7 @@ export const command: Command = {
     'memory-mb': { type: 'string', arg: 'MB', default: String(TURNTABLE_DEFAULTS.memoryMb), help: 'guest memory' },
     load: { type: 'string', arg: 'none|dirty', default: 'none', help: 'guest workload: dirty keeps rewriting memory' },
     'dirty-mb': { type: 'string', arg: 'MB', help: 'with --load dirty: memory rewritten per period (default: a quarter of the guest memory)' },
+    converge: { type: 'string', arg: 'auto-converge|postcopy', default: 'auto-converge', help: 'with --load dirty: throttle the guest until pre-copy converges, or switch to post-copy after the first full pass' },
     'dirty-period-ms': { type: 'string', arg: 'MS', help: 'with --load dirty: one pass over the dirty memory per period (default 1000)' },
     rounds: { type: 'string', arg: 'N', default: String(TURNTABLE_DEFAULTS.rounds), help: 'live migrations (alternating between the two sites)' },
     out: { type: 'string', arg: 'DIR', help: 'where turntable.json, report.html and the logs go (default lab/results/<timestamp>)' },
@@ -65,6 +66,8 @@ export const command: Command = {
   async run(o) {
     const load = o.load as string;
     if (load !== 'none' && load !== 'dirty') throw commonError('VMTC_CONFIG_INVALID', { field: 'load', value: load }, { message: '--load must be none or dirty' });
+    const converge = o.converge as string;
+    if (converge !== 'auto-converge' && converge !== 'postcopy') throw commonError('VMTC_CONFIG_INVALID', { field: 'converge', value: converge }, { message: '--converge must be auto-converge or postcopy' });
     const out = (o.out as string | undefined) ?? join(new URL('../results', import.meta.url).pathname, stamp());
     const ctl = new AbortController();
     let signals = 0;
@@ -80,7 +83,7 @@ export const command: Command = {
     try {
       const r = await runTurntable({
         rttMs: num(o['rtt-ms'], 'rtt-ms', 0, 2000), rateMbps: num(o['rate-mbps'], 'rate-mbps', 1, 100_000),
-        memoryMb: num(o['memory-mb'], 'memory-mb', 64, 16_384, true), load,
+        memoryMb: num(o['memory-mb'], 'memory-mb', 64, 16_384, true), load, converge,
         ...(o['dirty-mb'] !== undefined ? { dirtyMb: num(o['dirty-mb'], 'dirty-mb', 1, 16_384, true) } : {}),
         ...(o['dirty-period-ms'] !== undefined ? { dirtyPeriodMs: num(o['dirty-period-ms'], 'dirty-period-ms', 1, 60_000, true) } : {}),
         rounds: num(o.rounds, 'rounds', 1, 1000, true), out,

@@ -28,6 +28,8 @@ export interface TurntableOptions {
   out: string;
   bandwidthMbps?: number;
   maxDowntimeMs?: number;
+  /** With load dirty: auto-converge (default) or post-copy. */
+  converge?: 'auto-converge' | 'postcopy';
   /** Skip the non-live comparison migration. */
   noNonLive?: boolean;
   serialPeriodMs?: number;
@@ -134,7 +136,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   const config: TurntableConfig = {
     rttMs: o.rttMs, rateMbps: o.rateMbps, memoryMb: o.memoryMb, load: o.load, dirtyMb, dirtyPeriodMs, rounds: o.rounds,
     pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, serialPeriodMs: o.serialPeriodMs, clockPeriodUs: o.clockPeriodUs,
-    bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, out, startedAt: startedAt.toISOString(),
+    bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, ...(o.load === 'dirty' ? { converge: o.converge ?? 'auto-converge' } : {}), out, startedAt: startedAt.toISOString(),
     host: { kernel: release(), cpus: cpus().length, qemu: qemuVersion(), accel: existsSync('/dev/kvm') ? 'kvm available (the lab uses TCG)' : 'tcg' },
   };
   const findings: string[] = [];
@@ -165,7 +167,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       try {
         let note: InternalNote;
         ({ migration: m, internal: note } = await measureOne(s, { ...step, from: here, to }, {
-          settleMs: o.settleMs, bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, dirty: o.load === 'dirty',
+          settleMs: o.settleMs, bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, dirty: o.load === 'dirty', converge: o.converge ?? 'auto-converge',
           pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, say,
           onLightpathUp: measuredRtt === null ? async () => { measuredRtt = await lightpathRtt(s, here, to); } : undefined,
           ...(o.signal ? { signal: o.signal } : {}),
@@ -253,6 +255,7 @@ interface MeasureOpts {
   bandwidthMbps: number;
   maxDowntimeMs: number;
   dirty: boolean;
+  converge: 'auto-converge' | 'postcopy';
   pingIntervalMs: number;
   udpIntervalMs: number;
   say: (line: string) => void;
@@ -287,7 +290,8 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
     let measuring: Promise<void> | undefined;
     const body: Record<string, unknown> = {
       bandwidthMbps: o.bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs,
-      ...(o.dirty ? { autoConverge: true } : {}),
+      // Under load, live moves need help to converge; a non-live move does not (the VM is paused).
+      ...(o.dirty && step.mode === 'live' ? (o.converge === 'postcopy' ? { postcopy: true } : { autoConverge: true }) : {}),
       ...(step.mode === 'nonlive' ? { suspend: true } : {}),
     };
     let cancelSent = false;

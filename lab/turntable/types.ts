@@ -20,6 +20,10 @@ export interface TurntableConfig {
   /** Migration parameters sent to the controller. */
   bandwidthMbps: number;
   maxDowntimeMs: number;
+  /** How a live migration under load is made to converge: QEMU's auto-converge (throttles the
+   *  guest's vCPUs) or post-copy (the guest moves after the first full pass and fetches the pages
+   *  still missing on demand). Only applied with load dirty; absent in files of older runs. */
+  converge?: 'auto-converge' | 'postcopy';
   out: string;
   startedAt: string;
   host: { kernel: string; cpus: number; qemu: string; accel: string };
