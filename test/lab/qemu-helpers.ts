@@ -4,7 +4,9 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { promisify } from 'node:util';
+import { rm } from 'node:fs/promises';
 import type { VmSpec } from '../../src/common/agent-protocol.ts';
+import type { QemuDriver } from '../../agents/host/qemu-driver.ts';
 import { pino } from 'pino';
 
 export const exec = promisify(execFile);
@@ -66,4 +68,26 @@ export async function makeSiteNetns(): Promise<{ ns: string; remove(): Promise<v
     throw e;
   }
   return { ns, remove };
+}
+
+/** Test teardown: destroy every VM each driver knows, close the drivers, then kill by pid any
+ *  QEMU still left (a driver that failed halfway may have lost track of one) and remove tmp. */
+export async function teardownDrivers(drivers: Iterable<QemuDriver | undefined>, pids: Set<number>, tmp?: string): Promise<void> {
+  for (const d of drivers) {
+    if (!d) continue;
+    for (const vm of await d.list().catch(() => [])) {
+      const pid = await d.pid(vm.vmId).catch(() => undefined);
+      if (pid) pids.add(pid);
+      await d.destroy(vm.vmId).catch(() => undefined);
+    }
+    await d.close().catch(() => undefined);
+  }
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  if (tmp) await rm(tmp, { recursive: true, force: true });
 }

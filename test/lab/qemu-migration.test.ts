@@ -2,14 +2,14 @@
 // completion (source postmigrate, destination running and still producing its heartbeat),
 // cancel during pre-copy, the destination killed during pre-copy, and a restarted driver that
 // re-attaches to a running VM.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QemuDriver } from '../../agents/host/qemu-driver.ts';
 import type { MigrationProgress } from '../../src/common/agent-protocol.ts';
 import { buildGuestImage, guestAppend, type GuestImage } from '../../lab/guest/build.ts';
-import { guestSpec, readSerial, shortId, testLogger, waitForLine } from './qemu-helpers.ts';
+import { guestSpec, readSerial, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
 
 describe('QEMU driver: live migration over loopback', () => {
   let img: GuestImage;
@@ -30,23 +30,7 @@ describe('QEMU driver: live migration over loopback', () => {
   });
 
   afterAll(async () => {
-    // Destroy every VM any driver knows about, then kill anything left by pid.
-    for (const d of drivers) {
-      for (const vm of await d.list().catch(() => [])) {
-        const pid = await d.pid(vm.vmId).catch(() => undefined);
-        if (pid) pids.add(pid);
-        await d.destroy(vm.vmId).catch(() => undefined);
-      }
-      await d.close().catch(() => undefined);
-    }
-    for (const pid of pids) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-    if (tmp) await rm(tmp, { recursive: true, force: true });
+    await teardownDrivers(drivers, pids, tmp);
   });
 
   it('boots, migrates with progress, leaves the source postmigrate and the destination running', async () => {

@@ -6,14 +6,14 @@
 // keeps the source running on its own disk while the destination's copies are removed with it.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QemuDriver } from '../../agents/host/qemu-driver.ts';
 import type { MigrationProgress, VmSpec } from '../../src/common/agent-protocol.ts';
 import { buildGuestImage, guestAppend, type GuestImage } from '../../lab/guest/build.ts';
-import { exec, guestSpec, readSerial, shortId, testLogger, waitForLine } from './qemu-helpers.ts';
+import { exec, guestSpec, readSerial, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
 
 const MiB = 1024 * 1024;
 
@@ -53,23 +53,7 @@ describe('QEMU driver: live migration with storage copy (no shared storage)', ()
   });
 
   afterAll(async () => {
-    for (const d of [a, b]) {
-      if (!d) continue;
-      for (const vm of await d.list().catch(() => [])) {
-        const pid = await d.pid(vm.vmId).catch(() => undefined);
-        if (pid) pids.add(pid);
-        await d.destroy(vm.vmId).catch(() => undefined);
-      }
-      await d.close().catch(() => undefined);
-    }
-    for (const pid of pids) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-    if (tmp) await rm(tmp, { recursive: true, force: true });
+    await teardownDrivers([a, b], pids, tmp);
   });
 
   it('copies the disk while the VM runs: byte-identical copy in the destination driver\'s dir, progress storage then ram, source disk untouched', async () => {
