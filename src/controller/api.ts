@@ -183,6 +183,64 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
     return presentMigration(row, store, true);
   });
 
+  // Server-sent events for one migration, so an orchestrator follows it without polling:
+  // `snapshot` (the record as GET returns it) at once, then `transition` on every state change
+  // and `progress` as the copy goes (at most ~4/s), and `end` with the final record when it is
+  // terminal, after which the stream closes. A comment line every 15 s keeps proxies from
+  // dropping a quiet stream.
+  const streams = new Set<() => void>();
+  app.addHook('preClose', (done) => {
+    for (const end of [...streams]) end();
+    done();
+  });
+  app.get<{ Params: { id: string } }>('/v1/migrations/:id/events', {
+    preHandler: reader,
+    schema: {
+      summary: 'Follow one migration as server-sent events: snapshot, transition, progress, end.',
+      security, params: { type: 'object', properties: { id: { type: 'string', maxLength: 128 } } }, response: { ...errors },
+    },
+  }, async (request, reply) => {
+    const id = request.params.id;
+    const row = store.migration(id);
+    if (!row) throw err('VMTC_MIGRATION_NOT_FOUND', { migrationId: id });
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    const send = (event: string, data: unknown) => res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    let lastSeq = store.transitions(id).at(-1)?.seq ?? 0;
+    const end = () => {
+      runner.off('change', onChange);
+      runner.off('progress', onProgress);
+      clearInterval(keepAlive);
+      streams.delete(end);
+      if (!res.writableEnded) res.end();
+    };
+    const finishIfTerminal = () => {
+      const cur = store.migration(id);
+      if (cur && TERMINAL.has(cur.state)) {
+        send('end', presentMigration(cur, store, true));
+        end();
+      }
+    };
+    const onChange = (mid: string) => {
+      if (mid !== id) return;
+      for (const t of store.transitions(id).filter((x) => x.seq > lastSeq)) {
+        lastSeq = t.seq;
+        send('transition', { ...t, at: new Date(t.at).toISOString(), migrationId: id });
+      }
+      finishIfTerminal();
+    };
+    const onProgress = (mid: string, p: unknown) => { if (mid === id) send('progress', p); };
+    const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
+    keepAlive.unref();
+    runner.on('change', onChange);
+    runner.on('progress', onProgress);
+    streams.add(end);
+    request.raw.on('close', end);
+    send('snapshot', presentMigration(row, store, true));
+    finishIfTerminal();
+  });
+
   app.post<{ Params: { id: string } }>('/v1/migrations/:id/cancel', {
     preHandler: orchestrator,
     schema: { security, params: { type: 'object', properties: { id: { type: 'string', maxLength: 128 } } }, response: { 202: migrationSchema, ...errors } },

@@ -166,3 +166,90 @@ describe('controller: pre-checks through REST, each with its own code, changing 
     expect((await h.api('GET', '/v1/hosts/B')).body.held.memoryMb).toBe(0);
   });
 });
+
+describe('controller: following a migration as server-sent events', () => {
+  /** Read an SSE stream until `until` says stop (or it ends); returns the events in order. */
+  async function readEvents(res: Response, until: (e: { event: string; data: any }) => boolean, timeoutMs = 20_000) {
+    const events: { event: string; data: any }[] = [];
+    const reader = res.body!.getReader();
+    const dec = new TextDecoder();
+    let buf = '';
+    const deadline = Date.now() + timeoutMs;
+    try {
+      for (;;) {
+        if (Date.now() > deadline) throw new Error(`no end of stream; got ${events.map((e) => e.event).join(',')}`);
+        const { value, done } = await reader.read();
+        if (done) return events;
+        buf += dec.decode(value, { stream: true });
+        let i: number;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const ev = /^event: (.+)$/m.exec(block)?.[1];
+          const data = /^data: (.+)$/m.exec(block)?.[1];
+          if (!ev || !data) continue;
+          const e = { event: ev, data: JSON.parse(data) };
+          events.push(e);
+          if (until(e)) return events;
+        }
+      }
+    } finally {
+      await reader.cancel().catch(() => undefined);
+    }
+  }
+
+  it('streams a snapshot, every transition, progress and the end, then closes', async () => {
+    h = await startHarness();
+    await h.addHost('A', { vms: [vmSpec('vm1', { memoryMb: 1024 })], bytesPerMb: 16 * 1024 });
+    await h.addHost('B');
+    const m = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', bandwidthMbps: 40 });
+    expect(m.status).toBe(202);
+    const res = await fetch(`${h.controller.url}/v1/migrations/${m.body.id}/events`, { headers: { authorization: `Bearer ${h.controller.adminToken}` } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toBe('text/event-stream');
+    const events = await readEvents(res, () => false);
+    expect(events[0]!.event).toBe('snapshot');
+    expect(events.at(-1)!.event).toBe('end');
+    expect(events.at(-1)!.data.state).toBe('completed');
+    expect(events.some((e) => e.event === 'progress' && e.data.totalBytes > 0)).toBe(true);
+    // The transitions seen after the snapshot are exactly the record's, in order, without gaps.
+    const snapshotSeqs = events[0]!.data.transitions.map((t: any) => t.seq);
+    const streamed = events.filter((e) => e.event === 'transition').map((e) => e.data.seq);
+    const all = events.at(-1)!.data.transitions.map((t: any) => t.seq);
+    expect([...snapshotSeqs, ...streamed]).toEqual(all);
+    expect(events.filter((e) => e.event === 'transition').map((e) => e.data.to)).toContain('committing');
+  });
+
+  it('ends at once for a finished migration; refuses unknown ids and missing credentials', async () => {
+    h = await startHarness();
+    await h.addHost('A', { vms: [vmSpec('vm1')] });
+    await h.addHost('B');
+    const m = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B' });
+    await h.waitState(m.body.id, ['completed']);
+    const res = await fetch(`${h.controller.url}/v1/migrations/${m.body.id}/events`, { headers: { authorization: `Bearer ${h.controller.adminToken}` } });
+    const events = await readEvents(res, () => false);
+    expect(events.map((e) => e.event)).toEqual(['snapshot', 'end']);
+    const unknown = await fetch(`${h.controller.url}/v1/migrations/mig_nope/events`, { headers: { authorization: `Bearer ${h.controller.adminToken}` } });
+    expect(unknown.status).toBe(404);
+    expect(((await unknown.json()) as any).code).toBe('VMTC_MIGRATION_NOT_FOUND');
+    const anon = await fetch(`${h.controller.url}/v1/migrations/${m.body.id}/events`);
+    expect(anon.status).toBe(401);
+  });
+
+  it('a controller that closes ends the open streams instead of hanging', async () => {
+    h = await startHarness();
+    await h.addHost('A', { vms: [vmSpec('vm1', { memoryMb: 2048 })], bytesPerMb: 64 * 1024 });
+    await h.addHost('B');
+    const m = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', bandwidthMbps: 2 });
+    const res = await fetch(`${h.controller.url}/v1/migrations/${m.body.id}/events`, { headers: { authorization: `Bearer ${h.controller.adminToken}` } });
+    // Keep reading (the client does not go away) while the controller closes: the server must
+    // end the stream itself, and close() must return.
+    const reading = readEvents(res, () => false, 15_000);
+    await h.waitState(m.body.id, ['precopy']);
+    const closed = await Promise.race([h.controller.close().then(() => 'closed'), new Promise((r) => setTimeout(() => r('close hung'), 10_000))]);
+    expect(closed).toBe('closed');
+    const events = await reading;
+    expect(events[0]!.event).toBe('snapshot');
+    expect(events.at(-1)!.event).not.toBe('end');
+  });
+});
