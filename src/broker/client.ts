@@ -1,6 +1,7 @@
 // The controller's client for a broker (DESIGN.md step 4): every call that uses the capability
 // token carries `Authorization: DPoP <token>` and a fresh DPoP proof (RFC 9449) made with the
-// holder's key; refusals come back as VmtcError with the broker's own code.
+// holder's key; refusals come back as VmtcError with the broker's own code. Reads carry the
+// operator's bearer token (docs/broker.md "Reads"), or the holder's token and proof (getAsHolder).
 import type { KeyObject } from 'node:crypto';
 import { VmtcError } from '../common/errors.ts';
 import { makeDpopProofSync, type PublicJwk } from '../common/dpop.ts';
@@ -47,6 +48,8 @@ export interface BrokerClientOptions {
   timeoutMs?: number;
   /** Clock for proof iat (ms since the epoch). */
   now?: () => number;
+  /** The broker's operator credential (DIR/operator.token), sent by get() and list(). */
+  operatorToken?: string;
 }
 
 export class BrokerClient {
@@ -56,10 +59,11 @@ export class BrokerClient {
     this.baseUrl = baseUrl.replace(/\/+$/, '');
   }
 
-  private async call<T>(method: string, path: string, body: unknown, token: string | undefined, key: HolderKey | undefined): Promise<T> {
+  private async call<T>(method: string, path: string, body: unknown, token: string | undefined, key: HolderKey | undefined, bearer?: string): Promise<T> {
     const url = `${this.baseUrl}${path}`;
     const headers: Record<string, string> = {};
     if (token !== undefined) headers.authorization = `DPoP ${token}`;
+    else if (bearer !== undefined) headers.authorization = `Bearer ${bearer}`;
     if (key) headers.dpop = makeDpopProofSync(key, method, url, token, this.opts.now ? { now: this.opts.now() } : {});
     const res = await requestJson(url, { method, headers, body, timeoutMs: this.opts.timeoutMs ?? 60_000, ...(this.opts.ca ? { tls: { ca: this.opts.ca } } : {}) });
     if (res.status >= 200 && res.status < 300) return res.body as T;
@@ -91,12 +95,18 @@ export class BrokerClient {
     return this.call('POST', `/v1/reservations/${encodeURIComponent(id)}/terminate`, {}, token, holderKey);
   }
 
-  get(id: string): Promise<ReservationView> {
-    return this.call('GET', `/v1/reservations/${encodeURIComponent(id)}`, undefined, undefined, undefined);
+  /** Read one reservation with the operator token (the argument, else the constructor option). */
+  get(id: string, operatorToken = this.opts.operatorToken): Promise<ReservationView> {
+    return this.call('GET', `/v1/reservations/${encodeURIComponent(id)}`, undefined, undefined, undefined, operatorToken);
   }
 
-  list(): Promise<{ reservations: ReservationView[] }> {
-    return this.call('GET', '/v1/reservations', undefined, undefined, undefined);
+  /** Read one's own reservation as its holder: the token that created it and a proof for this GET. */
+  getAsHolder(id: string, token: string, holderKey: HolderKey): Promise<ReservationView> {
+    return this.call('GET', `/v1/reservations/${encodeURIComponent(id)}`, undefined, token, holderKey);
+  }
+
+  list(operatorToken = this.opts.operatorToken): Promise<{ reservations: ReservationView[] }> {
+    return this.call('GET', '/v1/reservations', undefined, undefined, undefined, operatorToken);
   }
 
   /**

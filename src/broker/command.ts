@@ -7,10 +7,10 @@ import { BROKER_DEFAULTS, startBroker } from './index.ts';
 export const command: Command = {
   name: 'broker',
   summary: 'run a lightpath broker: topology, calendar, NSI-style reservations',
-  usage: 'Formats of the topology and trust files: docs/broker.md.',
+  usage: 'Formats of the topology and trust files: docs/broker.md. On first start the operator credential that reads reservations (Authorization: Bearer) is written to DIR/operator.token (mode 0600).',
   options: {
     listen: { type: 'string', arg: 'HOST:PORT', help: 'address to listen on', default: '127.0.0.1:8443' },
-    data: { type: 'string', arg: 'DIR', help: 'state directory (DIR/broker.db)', required: true },
+    data: { type: 'string', arg: 'DIR', help: 'state directory (DIR/broker.db, DIR/operator.token)', required: true },
     domain: { type: 'string', arg: 'NAME', help: 'this network domain (tokens must name broker:NAME in aud)', required: true },
     topology: { type: 'string', arg: 'FILE', help: 'topology file (JSON)', required: true },
     trust: { type: 'string', arg: 'FILE', help: 'trust file: AAA issuers and keys, peer brokers, TLS (JSON)', required: true },
@@ -33,7 +33,7 @@ export const command: Command = {
       holdTimeoutMs: hold * 1000,
       logger,
     });
-    process.stdout.write(JSON.stringify({ event: 'ready', svc: 'broker', domain: broker.domain, url: broker.url }) + '\n');
+    process.stdout.write(JSON.stringify({ event: 'ready', svc: 'broker', domain: broker.domain, url: broker.url, operatorTokenFile: broker.operatorTokenFile }) + '\n');
     return runUntilSignal(() => broker.close());
   },
 };

@@ -9,6 +9,7 @@ import { silentLogger, type Logger } from '../common/log.ts';
 import type { NetworkElementDriver } from './driver.ts';
 import { MemoryDoubleDriver } from './drivers/memory-double.ts';
 import { TokenGate } from './gate.ts';
+import { OperatorCredential } from './operator.ts';
 import { PeerLinks } from './peer.ts';
 import { registerRoutes } from './routes.ts';
 import { BrokerService, type FaultInjection } from './service.ts';
@@ -20,7 +21,7 @@ import { IssuerKeys, loadTrust, parseTrust, type TrustConfig } from './trust.ts'
 export interface BrokerOptions {
   /** HOST:PORT to listen on. Default "127.0.0.1:0" (a free port). */
   listen?: string;
-  /** Directory of the state store (DIR/broker.db). Required. */
+  /** State directory: DIR/broker.db and DIR/operator.token (made on first start, 0600). Required. */
   dataDir: string;
   /** This broker's domain name; tokens must carry the audience "broker:<domain>". Required. */
   domain: string;
@@ -55,6 +56,10 @@ export interface Broker {
   store: BrokerStore;
   driver: NetworkElementDriver;
   topology: Topology;
+  /** The operator bearer credential that reads reservations and events (docs/broker.md "Reads"). */
+  operatorToken: string;
+  /** Where it is kept: DIR/operator.token. */
+  operatorTokenFile: string;
   close(): Promise<void>;
 }
 
@@ -80,6 +85,8 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
     : opts.topology.nodes instanceof Map ? (opts.topology as Topology) : parseTopology(opts.topology, opts.domain);
   const trust = typeof opts.trust === 'string' ? loadTrust(opts.trust) : parseTrust(opts.trust);
 
+  // Before anything is started, so a malformed token file fails the start and leaks nothing.
+  const operator = OperatorCredential.load(opts.dataDir, () => ids.secret(32));
   const ownDriver = opts.driver === undefined || typeof opts.driver === 'string';
   const driver = typeof opts.driver === 'object' ? opts.driver : await makeDriver(opts.driver ?? BROKER_DEFAULTS.driver, logger);
   const store = new BrokerStore(join(opts.dataDir, 'broker.db'));
@@ -104,7 +111,7 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
         }
       : undefined;
     app = await buildHttp({ logger, title: `vmtc broker (${opts.domain})`, bodyLimit: opts.bodyLimit ?? BROKER_DEFAULTS.bodyLimit, ...(https ? { fastify: { https } } : {}) });
-    registerRoutes(app, { domain: opts.domain, service, gate, peers, clock, streams });
+    registerRoutes(app, { domain: opts.domain, service, gate, peers, clock, streams, operator });
     await app.listen({ host, port });
   } catch (e) {
     service.close();
@@ -118,7 +125,7 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
   const prune = clock.setTimeout(function again() {
     store.pruneJtis(Math.floor(clock.now() / 1000));
   }, 3_600_000);
-  logger.info({ url, nodes: topology.nodes.size, links: topology.links.size, driver: driver.name }, 'broker listening');
+  logger.info({ url, nodes: topology.nodes.size, links: topology.links.size, driver: driver.name, operatorTokenFile: operator.file }, 'broker listening');
   let closing: Promise<void> | undefined;
   return {
     url,
@@ -127,6 +134,8 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
     store,
     driver,
     topology,
+    operatorToken: operator.token,
+    operatorTokenFile: operator.file,
     close() {
       closing ??= (async () => {
         prune.cancel();

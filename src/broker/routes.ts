@@ -7,6 +7,7 @@ import type { Clock } from '../common/clock.ts';
 import { errorSchema } from '../common/http.ts';
 import { brokerError } from './errors.ts';
 import { peerFromCertificate, type RequestFacts, type TokenGate } from './gate.ts';
+import type { OperatorCredential } from './operator.ts';
 import type { PeerLinks } from './peer.ts';
 import { view, type BrokerEvent, type BrokerService } from './service.ts';
 import type { Reservation } from './store.ts';
@@ -65,6 +66,8 @@ export interface RouteDeps {
   gate: TokenGate;
   peers: PeerLinks;
   clock: Clock;
+  /** The operator bearer credential that reads reservations and events. */
+  operator: OperatorCredential;
   /** Open SSE streams, closed by the broker's close(). */
   streams: Set<{ end(): void }>;
 }
@@ -146,15 +149,48 @@ export function registerRoutes(app: FastifyInstance, d: RouteDeps): void {
     });
   }
 
-  app.get<{ Params: { id: string } }>('/v1/reservations/:id', { schema: { params: idParams, response: { 404: errorSchema } } }, async (req) => {
+  /**
+   * Reads are gated (docs/broker.md "Reads"): the operator's bearer token reads everything. The
+   * refusal is decided before any lookup, so it says nothing about which reservations exist.
+   */
+  const ACCEPTED = ['Authorization: Bearer <operator token>'];
+  const refuseRead = (authorization: string | undefined, accepted = ACCEPTED) => {
+    const reason = !authorization ? 'no credential' : /^Bearer\s/i.test(authorization.trim()) ? 'not the operator credential' : 'unsupported Authorization scheme';
+    return brokerError('VMTC_UNAUTHENTICATED', { reason, accepted });
+  };
+  const requireOperator = (req: FastifyRequest) => {
+    const a = typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined;
+    if (!d.operator.matches(a)) throw refuseRead(a);
+  };
+  const readErrors = { 401: errorSchema, 403: errorSchema, 404: errorSchema };
+
+  app.get<{ Params: { id: string } }>('/v1/reservations/:id', { schema: { params: idParams, response: readErrors } }, async (req) => {
+    const f = facts(req);
+    if (!d.operator.matches(f.authorization)) {
+      // The holder may read its own reservation the way it acts on it: the token that created it
+      // (`Authorization: DPoP`) and a fresh proof for this GET made with the token's key. Token and
+      // proof are checked before the lookup, so only a genuine holder learns whether an id exists.
+      if (!/^DPoP\s/i.test(f.authorization?.trim() ?? '')) throw refuseRead(f.authorization, [...ACCEPTED, 'Authorization: DPoP <token that created it> + DPoP proof']);
+      const raw = d.gate.extractToken(f.authorization);
+      const tok = await d.gate.verifyToken(raw, false);
+      d.gate.verifyProof(f, raw, tok.jkt);
+      const mine = d.service.mustGet(req.params.id);
+      if (mine.owner.kind !== 'holder' || mine.owner.jkt !== tok.jkt) throw brokerError('VMTC_NOT_HOLDER', { reservationId: mine.id, reason: 'only the holder that created the reservation may read it with its token' });
+      if (tok.jti !== mine.tokenJti) throw brokerError('VMTC_TOKEN_NOT_BOUND', { reservationId: mine.id });
+    }
     const r = d.service.mustGet(req.params.id);
     return { ...out(r), history: d.service.transitions(r.id).map(({ seq, machine, from, to, event, at, details }) => ({ seq, machine, from, to, event, at, ...(details ? { details } : {}) })) };
   });
 
-  app.get('/v1/reservations', { schema: { querystring: { type: 'object', additionalProperties: false, properties: {} } } }, async () => ({ reservations: d.service.list().map(out) }));
+  app.get('/v1/reservations', { schema: { querystring: { type: 'object', additionalProperties: false, properties: {} }, response: { 401: errorSchema } } }, async (req) => {
+    requireOperator(req);
+    return { reservations: d.service.list().map(out) };
+  });
 
   // NSI notifications (reserveTimeout, dataPlaneStateChange, errorEvent) as server-sent events.
-  app.get('/v1/events', { schema: { querystring: { type: 'object', additionalProperties: false, properties: {} } } }, (req, reply) => {
+  app.get('/v1/events', { schema: { querystring: { type: 'object', additionalProperties: false, properties: {} }, response: { 401: errorSchema } } }, (req, reply) => {
+    // Before the hijack, so a refusal is an ordinary coded JSON error.
+    requireOperator(req);
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });

@@ -55,7 +55,7 @@ async function rawPost(path: string, b: unknown, headers: Record<string, string>
 beforeAll(async () => {
   issuer = await makeIssuer('a');
   broker = await start();
-  client = new BrokerClient(broker.url, { now: () => clock.now() });
+  client = new BrokerClient(broker.url, { now: () => clock.now(), operatorToken: broker.operatorToken });
 });
 afterAll(async () => {
   await broker?.close();
@@ -145,7 +145,7 @@ describe('broker token gate', () => {
     // Restart on the same data directory: the replay cache is in SQLite.
     await broker.close();
     broker = await start();
-    client = new BrokerClient(broker.url, { now: () => clock.now() });
+    client = new BrokerClient(broker.url, { now: () => clock.now(), operatorToken: broker.operatorToken });
     expect(broker.service.get(r.id)?.reservationState).toBe('ReserveHeld');
     await refused(client.reserve(body(), token, holder), 'VMTC_TOKEN_REPLAYED');
     await client.abort(r.id, token, holder);

@@ -73,7 +73,7 @@ beforeAll(async () => {
     });
     urls[d] = brokers[d].url;
   }
-  client = new BrokerClient(brokers.a.url, { ca: cas.a.certPem, now: () => clock.now() });
+  client = new BrokerClient(brokers.a.url, { ca: cas.a.certPem, now: () => clock.now(), operatorToken: brokers.a.operatorToken });
 }, 60_000);
 
 afterAll(async () => {
@@ -100,7 +100,7 @@ describe('inter-domain reservations over mutual TLS', () => {
     await client.provision(r.id, t, holder);
     expect([drivers.a.active.has(s.a.id), drivers.b.active.has(s.b.id), drivers.c.active.has(s.c.id)]).toEqual([true, true, true]);
     // A holder cannot act on another domain's segment directly: it belongs to the upstream broker.
-    const bc = new BrokerClient(brokers.b.url, { ca: cas.b.certPem, now: () => clock.now() });
+    const bc = new BrokerClient(brokers.b.url, { ca: cas.b.certPem, now: () => clock.now(), operatorToken: brokers.b.operatorToken });
     expect((await code(bc.release(s.b.id, t, holder))).code).toBe('VMTC_NOT_HOLDER');
     expect(drivers.b.active.has(s.b.id)).toBe(true);
     await client.teardown(r.id, t, holder);

@@ -47,9 +47,10 @@ beforeAll(async () => {
     dataDir: tmp.dir, domain: 'a', topology: lineTopology(1000, 1000), driver, clock, holdTimeoutMs: 120_000,
     trust: { issuers: [{ iss: issuer.iss, jwks: { keys: [issuer.publicJwk] } }] },
   });
-  client = new BrokerClient(broker.url, { now: () => clock.now() });
+  client = new BrokerClient(broker.url, { now: () => clock.now(), operatorToken: broker.operatorToken });
   await new Promise<void>((resolve, reject) => {
-    sse = http.get(`${broker.url}/v1/events`, (res) => {
+    sse = http.get(`${broker.url}/v1/events`, { headers: { authorization: `Bearer ${broker.operatorToken}` } }, (res) => {
+      if (res.statusCode !== 200) reject(new Error(`SSE answered ${res.statusCode}`));
       let buf = '';
       res.on('data', (c: Buffer) => {
         buf += c.toString();

@@ -38,7 +38,7 @@ describe('broker restart', () => {
   it('rebuilds calendar, hold/activation/end timers and active data planes from the store', async () => {
     const d1 = new MemoryDoubleDriver();
     broker = await start(d1);
-    let client = new BrokerClient(broker.url, { now: () => clock.now() });
+    let client = new BrokerClient(broker.url, { now: () => clock.now(), operatorToken: broker.operatorToken });
     const t0 = nowS();
     const tHeld = aaaToken(t0, t0 + 3600);
     const held = await client.reserve({ src: 'a1', dst: 'a3', bandwidthMbps: 300, window: { end: t0 + 3600 } }, tHeld, holder);
@@ -55,7 +55,7 @@ describe('broker restart', () => {
     clock.advance(30_000);
     const d2 = new MemoryDoubleDriver();
     broker = await start(d2);
-    client = new BrokerClient(broker.url, { now: () => clock.now() });
+    client = new BrokerClient(broker.url, { now: () => clock.now(), operatorToken: broker.operatorToken });
     expect(broker.service.calendar.size).toBe(3);
     expect(broker.service.calendar.peak('l12', t0, t0 + 7200)).toBe(peak);
     // The active circuit was re-applied on the new driver; the advance one waits for its start.

@@ -57,7 +57,7 @@ describe('controller with a real AAA and broker', () => {
     expect(done.steps.lightpath.released).toBe(true);
     const order = done.transitions.map((t: any) => t.to);
     expect(order.indexOf('provisioning')).toBeLessThan(order.indexOf('preparing'));
-    const r = await (await fetch(`${broker.url}/v1/reservations/${rid}`)).json() as any;
+    const r = await (await fetch(`${broker.url}/v1/reservations/${rid}`, { headers: { authorization: `Bearer ${broker.operatorToken}` } })).json() as any;
     expect(r.provisionState).toBe('Released');
     expect(['Terminated', 'Terminating']).toContain(r.lifecycleState);
     expect(r.migrationId).toBe(res.body.id);
