@@ -44,6 +44,8 @@ export interface Stack {
   url: string;
   adminToken: string;
   brokerUrl: string;
+  /** The broker's operator credential (DIR/broker/operator.token): `Authorization: Bearer` on its reads. */
+  brokerToken: string;
   aaaUrl: string;
   vmId: string;
   hostOf(site: string): string;
@@ -147,6 +149,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     writeFileSync(join(dir, 'trust.json'), JSON.stringify({ issuers: [{ iss: `aaa:${domain}`, jwks }] }, null, 2));
     const broker = await startProc(['broker', '--listen', '127.0.0.1:0', '--data', join(dir, 'broker'), '--domain', domain, '--topology', join(dir, 'topology.json'), '--trust', join(dir, 'trust.json'), '--driver', 'linux'], join(dir, 'broker.log'), { env });
     procs.push(broker.child);
+    const brokerToken = readFileSync(broker.ready.operatorTokenFile as string, 'utf8').trim();
     const ctl = await startProc(['controller', '--listen', '127.0.0.1:0', '--agent-listen', '127.0.0.1:0', '--data', ctlDir, '--aaa', aaa.ready.url, '--broker', broker.ready.url, '--heartbeat-ms', '2000'], join(dir, 'controller.log'), { env });
     procs.push(ctl.child);
     const url = ctl.ready.url as string;
@@ -205,7 +208,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     }
     say('guest answers from the client');
     const stack: Stack = {
-      lab, dir, url, adminToken, brokerUrl: broker.ready.url, aaaUrl: aaa.ready.url, vmId,
+      lab, dir, url, adminToken, brokerUrl: broker.ready.url, brokerToken, aaaUrl: aaa.ready.url, vmId,
       hostOf, siteOf, api,
       agentDataDir: (hostId) => join(dir, `agent-${siteOf(hostId)}`),
       async waitState(id, states, timeoutMs = 300_000) {

@@ -70,7 +70,7 @@ describe('live migration end to end in the lab', () => {
     const rec = await s!.waitState(m.body.id, ['cancelled', 'rolled_back', 'failed']);
     expect(rec.state).toBe('cancelled');
     expect(rec.steps.lightpath).toMatchObject({ released: true });
-    const rsv = await (await fetch(`${s!.brokerUrl}/v1/reservations/${rec.steps.lightpath.reservationId}`)).json() as any;
+    const rsv = await (await fetch(`${s!.brokerUrl}/v1/reservations/${rec.steps.lightpath.reservationId}`, { headers: { authorization: `Bearer ${s!.brokerToken}` } })).json() as any;
     expect(rsv.provisionState).toBe('Released');
     expect(rsv.dataPlane.active).toBe(false);
     await waitPlaces([{ hostId: s!.hostOf(siteA()), state: 'running' }]);
