@@ -4,7 +4,7 @@
 // and the progress and end of each live migration it runs as a source (DESIGN.md step 5).
 // The cold path (power off, publish the disks, fetch them, boot the copy) is in cold.ts.
 import type { Logger } from '../../src/common/log.ts';
-import { silentLogger } from '../../src/common/log.ts';
+import { serviceLogger } from '../../src/common/log.ts';
 import { toVmtcError, VmtcError } from '../../src/common/errors.ts';
 import type { ColdExport, HostInventory, HostMethods, MigrationParams, MigrationProgress, MigrationResult, VmSpec } from '../../src/common/agent-protocol.ts';
 import type { Handler } from '../../src/common/rpc.ts';
@@ -49,7 +49,7 @@ export interface HostAgent {
 type HandlerMap = { [M in keyof HostMethods]: (p: HostMethods[M][0]) => Promise<HostMethods[M][1]> };
 
 export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent> {
-  const log = (opts.logger ?? silentLogger()).child({ svc: 'agent' });
+  const log = serviceLogger(opts.logger, 'agent');
   const driver = opts.driver;
   const agentVersion = opts.agentVersion ?? AGENT_VERSION;
   /** Last progress or result of each VM's migration, for vm.migrationStatus. */

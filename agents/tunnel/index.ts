@@ -18,7 +18,7 @@
 // this agent has switched still needs it (vmSites). VMs the agent never switched are unknown to
 // it: their site is the one given by --initial-site.
 import type { Logger } from '../../src/common/log.ts';
-import { silentLogger } from '../../src/common/log.ts';
+import { serviceLogger } from '../../src/common/log.ts';
 import { systemClock, type Clock } from '../../src/common/clock.ts';
 import type { Handler } from '../../src/common/rpc.ts';
 import { AgentLink, type BackoffOptions } from '../common/agent-link.ts';
@@ -89,7 +89,7 @@ const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 const SITE_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 
 export async function startTunnelAgent(opts: TunnelAgentOptions): Promise<TunnelAgent> {
-  const base = (opts.logger ?? silentLogger()).child({ svc: 'tunnel' });
+  const base = serviceLogger(opts.logger, 'tunnel');
   const driver = opts.driver;
   const clock = opts.clock ?? systemClock;
   const historyLimit = opts.historyLimit ?? TUNNEL_AGENT_DEFAULTS.historyLimit;

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { buildHttp, baseUrl } from '../common/http.ts';
 import { systemClock, randomIds } from '../common/clock.ts';
-import { createLogger } from '../common/log.ts';
+import { createLogger, serviceLogger } from '../common/log.ts';
 import { commonError, VmtcError } from '../common/errors.ts';
 import { DpopReplayCache, verifyDpopProofSync } from '../common/dpop.ts';
 import type { Db } from '../common/db.ts';
@@ -108,7 +108,7 @@ const sha = (s: string) => createHash('sha256').update(s).digest();
 export async function startAaa(opts: AaaOptions): Promise<AaaHandle> {
   const clock = opts.clock ?? systemClock;
   const ids = opts.ids ?? randomIds;
-  const logger = (opts.logger ?? createLogger({ svc: 'aaa' })).child({ svc: 'aaa', domain: opts.domain });
+  const logger = serviceLogger(opts.logger ?? createLogger({ svc: 'aaa' }), 'aaa', { domain: opts.domain });
   if (!/^[A-Za-z0-9._\-]{1,64}$/.test(opts.domain ?? '')) {
     throw commonError('VMTC_CONFIG_INVALID', { field: 'domain', value: opts.domain }, { message: 'domain must be 1-64 letters, digits, ".", "_" or "-"' });
   }

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { randomIds, systemClock, type Clock, type Ids } from '../common/clock.ts';
 import { commonError } from '../common/errors.ts';
 import { baseUrl, buildHttp, parseListen } from '../common/http.ts';
-import { silentLogger, type Logger } from '../common/log.ts';
+import { serviceLogger, type Logger } from '../common/log.ts';
 import type { NetworkElementDriver } from './driver.ts';
 import { MemoryDoubleDriver } from './drivers/memory-double.ts';
 import { TokenGate } from './gate.ts';
@@ -78,7 +78,7 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
   const { host, port } = parseListen(opts.listen ?? BROKER_DEFAULTS.listen, 'listen');
   const clock = opts.clock ?? systemClock;
   const ids = opts.ids ?? randomIds;
-  const logger = (opts.logger ?? silentLogger()).child({ svc: 'broker', domain: opts.domain });
+  const logger = serviceLogger(opts.logger, 'broker', { domain: opts.domain });
 
   const topology = typeof opts.topology === 'string'
     ? loadTopology(opts.topology, opts.domain)

@@ -22,3 +22,12 @@ export function createLogger(opts: LogOptions): Logger {
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
+
+/** The service's logger: `logger` (or a silent one) bound to `svc` and `extra`. A logger that
+ *  already carries this svc (the one `vmtc <svc>` makes) is not bound again, so each JSON line
+ *  has one `svc` key. */
+export function serviceLogger(logger: Logger | undefined, svc: string, extra: Record<string, unknown> = {}): Logger {
+  const base = logger ?? silentLogger();
+  const bound = base.bindings() as { svc?: unknown };
+  return base.child({ ...(bound.svc === svc ? {} : { svc }), ...extra });
+}
