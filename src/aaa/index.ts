@@ -2,7 +2,7 @@
 // accounting (DESIGN.md, processes table; issue 3). startAaa() builds the whole service and
 // returns something with close(), for the CLI, the lab and the tests.
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { readFileSync, writeFileSync, mkdirSync, chmodSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { buildHttp, baseUrl } from '../common/http.ts';
@@ -15,6 +15,7 @@ import { aaaError } from './errors.ts';
 import { AAA_DEFAULTS, type AaaOptions } from './options.ts';
 import { loadPolicyFile, parsePolicy, type LightpathRequest, type Policy } from './policy.ts';
 import { openAaaDb } from './store.ts';
+import { readOrCreateSecretFile } from '../common/secret-file.ts';
 import { KeyStore, type SigningKey } from './keys.ts';
 import { Accounting } from './accounting.ts';
 import { AaaService } from './service.ts';
@@ -85,22 +86,7 @@ const EVENT_BODY = {
 } as const;
 
 function readOrCreateAdminToken(dir: string, secret: () => string): string {
-  const file = join(dir, 'admin.token');
-  try {
-    return readFileSync(file, 'utf8').trim();
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-  }
-  const token = secret();
-  try {
-    writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' });
-    chmodSync(file, 0o600);
-    return token;
-  } catch (e) {
-    // Another process created it between our read and write: use theirs.
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return readFileSync(file, 'utf8').trim();
-    throw e;
-  }
+  return readOrCreateSecretFile(join(dir, 'admin.token'), secret);
 }
 
 const sha = (s: string) => createHash('sha256').update(s).digest();

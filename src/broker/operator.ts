@@ -2,9 +2,10 @@
 // endpoints, bandwidth, windows and requesters, so reading them needs a credential: a bearer token
 // made on first start and kept in DIR/operator.token (mode 0600), like the AAA's admin.token.
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { commonError } from '../common/errors.ts';
+import { readOrCreateSecretFile } from '../common/secret-file.ts';
 
 export const OPERATOR_TOKEN_FILE = 'operator.token';
 
@@ -24,26 +25,11 @@ export class OperatorCredential {
   static load(dataDir: string, secret: () => string): OperatorCredential {
     mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     const file = join(dataDir, OPERATOR_TOKEN_FILE);
-    const read = () => {
-      const token = readFileSync(file, 'utf8').trim();
+    const token = readOrCreateSecretFile(file, secret, (t) => {
       // An empty or truncated file would make a guessable credential: refuse to start instead.
-      if (token.length < 16 || /\s/.test(token)) throw commonError('VMTC_CONFIG_INVALID', { field: 'operator.token', file }, { message: 'the operator token file is empty or malformed; delete it to make a new one' });
-      return new OperatorCredential(token, file);
-    };
-    try {
-      return read();
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-    const token = secret();
-    try {
-      writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' });
-      chmodSync(file, 0o600);
-      return new OperatorCredential(token, file);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return read();
-      throw e;
-    }
+      if (t.length < 16 || /\s/.test(t)) throw commonError('VMTC_CONFIG_INVALID', { field: 'operator.token', file }, { message: 'the operator token file is empty or malformed; delete it to make a new one' });
+    });
+    return new OperatorCredential(token, file);
   }
 
   /** `Authorization: Bearer <operator token>`, compared in constant time (hashes of equal length). */

@@ -38,6 +38,15 @@ async function vmPlaces(harness: Harness, vmId: string) {
   return (await harness.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === vmId).map((v: any) => `${v.hostId}:${v.state}`);
 }
 
+/** A loopback port nobody listens on: take one and close it. */
+async function closedPort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
 const COLD_STATES = ['prechecking', 'reserved', 'cold_exporting', 'cold_importing', 'cold_verifying', 'activating', 'cleanup', 'completed'];
 
 describe('controller: the cold path', () => {
@@ -131,11 +140,7 @@ describe('controller: the cold path', () => {
     const vm = diskVm(h, 'vm1', 1);
     await h.addHost('A', { vms: [vm.spec] });
     await h.addHost('B');
-    // A port nobody listens on: take one and close it.
-    const s = createServer();
-    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-    const port = (s.address() as { port: number }).port;
-    await new Promise((r) => s.close(r));
+    const port = await closedPort();
     const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'cold', verifyTcp: { host: '127.0.0.1', port } });
     const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed'], 30_000);
     expect(done.state).toBe('rolled_back');
@@ -151,10 +156,7 @@ describe('controller: the cold path', () => {
     const vm = diskVm(h, 'vm1', 1);
     await h.addHost('A', { vms: [vm.spec] });
     await h.addHost('B');
-    const s = createServer();
-    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-    const port = (s.address() as { port: number }).port;
-    await new Promise((r) => s.close(r));
+    const port = await closedPort();
     const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'cold', verifyTcp: { host: '127.0.0.1', port } });
     await h.waitState(res.body.id, ['cold_verifying']);
     // B's agent goes while its hypervisor runs the booted copy.
