@@ -93,6 +93,10 @@ export class ColdTransfer {
   private readonly exportingVm = new Map<string, string>();
   private readonly bySecret = new Map<string, { rec: ExportRec; index: number }>();
   private readonly imports = new Map<string, Promise<ColdImportResult>>();
+  /** VMs destroyed while an import of them was in flight: that import must never boot them. */
+  private readonly withdrawnImports = new Set<string>();
+  /** Imports in flight, by VM id. */
+  private readonly importing = new Map<string, number>();
   private readonly requests = new Set<ClientRequest>();
   private server?: Promise<{ server: https.Server; url: string }>;
   private creds?: { key: string; cert: string; ca: string };
@@ -226,6 +230,9 @@ export class ColdTransfer {
   /** After vm.destroy: withdraw the VM's exports and delete the agent-owned copies of its disks. */
   async forgetVm(vmId: string): Promise<void> {
     for (const rec of [...this.settled.values()]) if (rec.exp.vmId === vmId) this.withdraw(rec);
+    // A rollback destroys the destination's VM before it restarts the source: an import still
+    // fetching (or starting) this VM must not boot it afterwards, or the VM would run twice.
+    if (this.importing.has(vmId)) this.withdrawnImports.add(vmId);
     if (SAFE_NAME.test(vmId)) await rm(this.diskDir(vmId), { recursive: true, force: true });
   }
 
@@ -337,12 +344,20 @@ export class ColdTransfer {
     checkExport(exp);
     const known = this.imports.get(exp.migrationId);
     if (known) return known;
+    this.withdrawnImports.delete(exp.vmId);
+    this.importing.set(exp.vmId, (this.importing.get(exp.vmId) ?? 0) + 1);
     const p = this.doImport(exp, onProgress);
     this.imports.set(exp.migrationId, p);
     try {
       return await p;
     } finally {
       this.imports.delete(exp.migrationId);
+      const n = (this.importing.get(exp.vmId) ?? 1) - 1;
+      if (n > 0) this.importing.set(exp.vmId, n);
+      else {
+        this.importing.delete(exp.vmId);
+        this.withdrawnImports.delete(exp.vmId);
+      }
     }
   }
 
@@ -413,6 +428,12 @@ export class ColdTransfer {
       throw e;
     }
 
+    const withdrawn = async () => {
+      await this.removeCopies(dir, exp.migrationId);
+      log.warn('cold import: the VM was destroyed here while it was being fetched; not booting it');
+      return hostError('VMTC_HOST_COLD_TRANSFER_FAILED', { vmId: exp.vmId, migrationId: exp.migrationId, reason: 'withdrawn: the VM was destroyed on this host during the import' });
+    };
+    if (this.withdrawnImports.has(exp.vmId)) throw await withdrawn();
     onProgress?.({ migrationId: exp.migrationId, vmId: exp.vmId, phase: 'boot', transferredBytes: totalBytes, totalBytes });
     let vm: VmInfo;
     try {
@@ -421,6 +442,11 @@ export class ColdTransfer {
       // Transactional: the destination cleans up after itself; the source still has the VM.
       await this.removeCopies(dir, exp.migrationId);
       throw e;
+    }
+    if (this.withdrawnImports.has(exp.vmId)) {
+      // Destroyed while the hypervisor was starting it: take it down again.
+      await this.opts.driver.destroy(exp.vmId).catch(() => undefined);
+      throw await withdrawn();
     }
     const ms = Date.now() - t0;
     log.info({ bytes, resumedBytes, ms }, 'cold import: VM started from the fetched disks');

@@ -215,6 +215,27 @@ describe('cold path: export, fetch over mutual TLS, boot the copy', () => {
     expect(outcome.received).toBeLessThan(24 * MB);
   });
 
+  it('a VM destroyed at the destination while its import is starting it is taken down again, never left running', async () => {
+    const { f, B, startVm, exportVm, importVm } = await setup();
+    await startVm('vm-11', [MB]);
+    const exp = await exportVm('vm-11', 'mig-11');
+    // Hold B's hypervisor inside start() until the rollback's destroy has arrived.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => { release = r; });
+    let starting!: () => void;
+    const started = new Promise<void>((r) => { starting = r; });
+    const start = B.driver.start.bind(B.driver);
+    B.driver.start = async (spec) => { starting(); await gate; return start(spec); };
+    const importing = importVm(exp).then(() => 'imported', (e) => e);
+    await started;
+    // The controller's rollback: destroy at the destination first (no VM there yet: NOT_FOUND).
+    await expect(f.hub.request('host-b', 'vm.destroy', { vmId: 'vm-11' })).rejects.toMatchObject({ code: 'VMTC_HOST_VM_NOT_FOUND' });
+    release();
+    expect(await importing).toMatchObject({ code: 'VMTC_HOST_COLD_TRANSFER_FAILED', details: { reason: expect.stringMatching(/^withdrawn/) } });
+    await expect(f.hub.request('host-b', 'vm.describe', { vmId: 'vm-11' })).rejects.toMatchObject({ code: 'VMTC_HOST_VM_NOT_FOUND' });
+    expect(existsSync(join(B.dataDir, 'disks', 'vm-11'))).toBe(false);
+  });
+
   it('an expired export is refused, and the destination makes nothing of it', async () => {
     const clockA = new ManualClock(Date.now());
     const { f, B, startVm, exportVm, importVm } = await setup({ clockA });
