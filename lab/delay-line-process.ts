@@ -1,5 +1,5 @@
-// Starting, finding and stopping delay-line processes (lab/delay-line-main.ts) from another
-// process. A delay line outlives whoever started it (the `vmtc lab up` CLI exits; the broker may
+// Starting, finding and stopping delay-line processes (lab/delay-line-main.ts, or the C one in
+// lab/delay-line/ with `impl: 'c'` or VMTC_DELAY_LINE=c) from another process. A delay line outlives whoever started it (the `vmtc lab up` CLI exits; the broker may
 // restart), so it runs detached with its stdout in a stats file, and is recorded by pid plus a
 // tag in its argv: before signalling a recorded pid we check that /proc still shows our
 // delay line with that tag, so a reused pid is never signalled.
@@ -10,10 +10,25 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sleep } from '../src/common/clock.ts';
 import type { DelayLineReport } from './delay-line.ts';
+import { DELAY_LINE_BINARY_NAME, ensureDelayLineBinary } from './delay-line/build.ts';
 import { labError } from './errors.ts';
 
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const MAIN = join(REPO_ROOT, 'lab', 'delay-line-main.ts');
+
+/** Which program relays: the Node.js one (lab/delay-line-main.ts) or the C one
+ * (lab/delay-line/delay-line.c, built on first use). Same options, same output. */
+export type DelayLineImpl = 'node' | 'c';
+export const DELAY_LINE_IMPLS: readonly DelayLineImpl[] = ['node', 'c'];
+
+/** The implementation to use: the option if given, else env VMTC_DELAY_LINE, else 'node'. */
+export function resolveDelayLineImpl(opt?: DelayLineImpl | null, env: NodeJS.ProcessEnv = process.env): DelayLineImpl {
+  if (opt) return opt;
+  const e = env.VMTC_DELAY_LINE?.trim();
+  if (e === undefined || e === '') return 'node';
+  if (e === 'node' || e === 'c') return e;
+  throw labError('VMTC_CONFIG_INVALID', { field: 'VMTC_DELAY_LINE', value: e }, { message: 'VMTC_DELAY_LINE must be node or c' });
+}
 
 export interface DelayLineSpec {
   /** Namespace to run in (the lab's WAN namespace). */
@@ -31,6 +46,8 @@ export interface DelayLineSpec {
   statsFile: string;
   errFile: string;
   reportMs?: number;
+  /** Default: env VMTC_DELAY_LINE, else 'node' (resolveDelayLineImpl). */
+  impl?: DelayLineImpl;
 }
 
 export interface DelayLineHandle {
@@ -43,6 +60,11 @@ export interface DelayLineHandle {
 
 /** Spawn a delay line in `spec.ns` and wait until its socket is bound; returns pid and port. */
 export async function startDelayLine(spec: DelayLineSpec, timeoutMs = 15_000): Promise<DelayLineHandle> {
+  // Build (or find) the C binary before opening the stats file, so a build failure leaves no
+  // half-started process behind.
+  const program = resolveDelayLineImpl(spec.impl) === 'c'
+    ? [await ensureDelayLineBinary()]
+    : [process.execPath, '--import', 'tsx', MAIN];
   const out = openSync(spec.statsFile, 'w');
   const err = openSync(spec.errFile, 'w');
   let exited: number | null = null;
@@ -50,7 +72,7 @@ export async function startDelayLine(spec: DelayLineSpec, timeoutMs = 15_000): P
   try {
     const child = spawn('ip', [
       'netns', 'exec', spec.ns,
-      process.execPath, '--import', 'tsx', MAIN,
+      ...program,
       '--listen-host', spec.listenHost,
       '--a', spec.a, '--b', spec.b,
       '--one-way-ms', String(spec.oneWayMs),
@@ -91,7 +113,7 @@ export function isOurDelayLine(pid: number, tag: string): boolean {
   try {
     const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     const ti = argv.indexOf('--tag');
-    return argv.some((a) => a.endsWith('delay-line-main.ts')) && ti >= 0 && argv[ti + 1] === tag;
+    return argv.some((a) => a.endsWith('delay-line-main.ts') || a.endsWith(`/${DELAY_LINE_BINARY_NAME}`)) && ti >= 0 && argv[ti + 1] === tag;
   } catch {
     return false;
   }

@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { DELAY_LINE_DEFAULTS, queueBytesToMs } from './delay-line.ts';
 import { labError } from './errors.ts';
 import type { LinuxLineSettings, LinuxNodeSettings } from '../src/broker/drivers/linux.ts';
+import type { DelayLineImpl } from './delay-line-process.ts';
 
 export interface LabConfig {
   /** 1-4 chars [a-z0-9]; random when absent. Keeps "P-siteA" etc. short and unique. */
@@ -28,6 +29,10 @@ export interface LabConfig {
   queueBytes?: number;
   /** Random loss probability on the lightpath. Default 0. */
   loss?: number;
+  /** Which delay line relays the lightpath: 'node' (lab/delay-line-main.ts) or 'c'
+   * (lab/delay-line/delay-line.c, faster). Absent: env VMTC_DELAY_LINE where the delay line is
+   * started, else 'node'. */
+  delayLineImpl?: DelayLineImpl;
   /** Upper bound of tcp_rmem/tcp_wmem in every namespace, bytes. Default 64 MiB (LAB-NOTES). */
   tcpMaxBytes?: number;
   /** net.ipv4.tcp_notsent_lowat in every namespace: how many not-yet-sent bytes a TCP socket may
@@ -141,6 +146,9 @@ export function describeLab(cfg: LabConfig = {}, now: Date = new Date()): Lab {
   ] as const) {
     if (!Number.isFinite(v) || !ok) throw labError('VMTC_CONFIG_INVALID', { field, value: v }, { message: `lab option ${field} is out of range` });
   }
+  if (cfg.delayLineImpl !== undefined && cfg.delayLineImpl !== 'node' && cfg.delayLineImpl !== 'c') {
+    throw labError('VMTC_CONFIG_INVALID', { field: 'delayLineImpl', value: cfg.delayLineImpl }, { message: 'lab option delayLineImpl must be node or c' });
+  }
   const sites: LabSite[] = [];
   for (let i = 1; i <= n; i++) {
     const name = `site${siteLetter(i)}`;
@@ -171,7 +179,7 @@ export function describeLab(cfg: LabConfig = {}, now: Date = new Date()): Lab {
     vm: { ip: '10.1.1.2', prefixLen: 24, gateway: '10.1.1.1', mac: '52:54:00:0a:01:02' },
     // The WAN veths carry jumbo frames so the tunnel's inner MTU can stay 1500 (the VM's).
     tunnel: { vni: 100, port: 4789, mtu: 1500 },
-    lightpath: { underlayMtu: 9000, mtu: 8000, oneWayMs: rttMs / 2, rateMbps, queueMs, loss },
+    lightpath: { underlayMtu: 9000, mtu: 8000, oneWayMs: rttMs / 2, rateMbps, queueMs, loss, ...(cfg.delayLineImpl ? { delayLineImpl: cfg.delayLineImpl } : {}) },
     tcpMaxBytes: cfg.tcpMaxBytes ?? LAB_DEFAULTS.tcpMaxBytes,
     tcpNotsentLowatBytes: cfg.tcpNotsentLowatBytes ?? LAB_DEFAULTS.tcpNotsentLowatBytes,
     tunnelSite,
@@ -198,6 +206,7 @@ export function linuxNodeSettings(lab: Lab, site: LabSite): LinuxNodeSettings {
     rateMbps: lab.lightpath.rateMbps,
     queueMs: lab.lightpath.queueMs,
     loss: lab.lightpath.loss,
+    ...(lab.lightpath.delayLineImpl ? { delayLineImpl: lab.lightpath.delayLineImpl } : {}),
   };
 }
 

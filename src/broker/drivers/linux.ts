@@ -12,7 +12,8 @@
 //   - an htb rate limit equal to the reserved bandwidth on each end's device.
 // Node settings (from the topology file; lab/topology.ts `linuxNodeSettings`, docs/lab.md):
 //   namespace, underlayIp, overlayIp, wanNamespace, relayIp, and optionally underlayMtu, mtu,
-//   oneWayMs, rateMbps, queueMs, loss (the delay line's parameters; taken from the first end).
+//   oneWayMs, rateMbps, queueMs, loss (the delay line's parameters; taken from the first end),
+//   delayLineImpl ('node' | 'c': which delay line program; absent: env VMTC_DELAY_LINE, else node).
 // Each provisioned connection is recorded in `<stateDir>/lightpaths/<hash>.json` before anything
 // is created, so release works from another process and `lab down` finds leftovers.
 import { createHash } from 'node:crypto';
@@ -24,7 +25,7 @@ import { silentLogger } from '../../common/log.ts';
 import { VmtcError } from '../../common/errors.ts';
 import { labError } from '../../../lab/errors.ts';
 import { run, tryRun, linkExists } from '../../../lab/exec.ts';
-import { startDelayLine, stopDelayLine, requestDelayLineReport, isOurDelayLine, type DelayLineHandle } from '../../../lab/delay-line-process.ts';
+import { startDelayLine, stopDelayLine, requestDelayLineReport, isOurDelayLine, type DelayLineHandle, type DelayLineImpl } from '../../../lab/delay-line-process.ts';
 import { DELAY_LINE_DEFAULTS, type DelayLineReport } from '../../../lab/delay-line.ts';
 
 export interface LinuxDriverOptions {
@@ -42,6 +43,8 @@ export interface LinuxLineSettings {
   rateMbps: number;
   queueMs: number;
   loss: number;
+  /** Which delay line program relays (absent: env VMTC_DELAY_LINE, else 'node'). */
+  delayLineImpl?: DelayLineImpl;
 }
 
 /**
@@ -104,7 +107,12 @@ function parseEnd(node: string, s: Record<string, unknown> | undefined): EndSett
     rateMbps: n('rateMbps', DELAY_LINE_DEFAULTS.rateMbps, (x) => x > 0),
     queueMs: n('queueMs', DELAY_LINE_DEFAULTS.queueMs, (x) => x >= 0),
     loss: n('loss', 0, (x) => x >= 0 && x < 1),
+    ...(s.delayLineImpl === undefined ? {} : { delayLineImpl: impl(s.delayLineImpl) }),
   };
+  function impl(v: unknown): DelayLineImpl {
+    if (v !== 'node' && v !== 'c') throw bad('delayLineImpl');
+    return v;
+  }
 }
 
 export function lightpathHash(connectionId: string): string {
@@ -249,6 +257,7 @@ export class LinuxLightpathDriver implements NetworkElementDriver {
         rateMbps: a.rateMbps,
         queueMs: a.queueMs,
         loss: a.loss,
+        ...(a.delayLineImpl ? { impl: a.delayLineImpl } : {}),
         tag: `vmtc-dl:${hash}`,
         statsFile: join(this.dir, `${a.wanNamespace}.${hash}.stats.jsonl`),
         errFile: join(this.dir, `${a.wanNamespace}.${hash}.err`),
