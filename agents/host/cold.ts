@@ -30,6 +30,7 @@ import { randomIds, sleep, systemClock, type Clock, type Ids } from '../../src/c
 import { commonError, toVmtcError, VmtcError } from '../../src/common/errors.ts';
 import { silentLogger, type Logger } from '../../src/common/log.ts';
 import { identityFiles } from '../common/agent-link.ts';
+import { normaliseSerial } from '../../src/common/pki.ts';
 import { tcpConnectCheck, type HypervisorDriver } from './driver.ts';
 import { hostError } from './errors.ts';
 
@@ -78,6 +79,16 @@ interface ExportRec {
 
 const SAFE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const ERROR_BODY_LIMIT = 64 * 1024;
+
+/** What vm.coldExport asks for (agent-protocol.ts HostMethods). */
+export interface ExportParams {
+  vmId: string;
+  migrationId: string;
+  destinationHostId: string;
+  ttlMs: number;
+  destinationCertSerials?: string[];
+  sourceCertSerials?: string[];
+}
 
 export class ColdTransfer {
   private readonly log: Logger;
@@ -131,7 +142,7 @@ export class ColdTransfer {
    * D4.4 source steps: power off, publish the disks (single-use, time-limited URLs), hand over the
    * metadata. Idempotent per migrationId: a repeated call returns the same export.
    */
-  async export(p: { vmId: string; migrationId: string; destinationHostId: string; ttlMs: number }, onProgress?: ColdProgressListener): Promise<ColdExport> {
+  async export(p: ExportParams, onProgress?: ColdProgressListener): Promise<ColdExport> {
     const known = this.exports.get(p.migrationId);
     if (known) {
       const rec = await known;
@@ -156,7 +167,7 @@ export class ColdTransfer {
     }
   }
 
-  private async doExport(p: { vmId: string; migrationId: string; destinationHostId: string; ttlMs: number }, onProgress?: ColdProgressListener): Promise<ExportRec> {
+  private async doExport(p: ExportParams, onProgress?: ColdProgressListener): Promise<ExportRec> {
     const log = this.log.child({ vmId: p.vmId, migrationId: p.migrationId });
     const info = await this.opts.driver.describe(p.vmId);
     const priorState = info.state;
@@ -191,6 +202,8 @@ export class ColdTransfer {
       const exp: ColdExport = {
         migrationId: p.migrationId, vmId: p.vmId, sourceHostId: this.opts.hostId, destinationHostId: p.destinationHostId,
         spec: structuredClone(info.spec), priorState, disks: disks.map((x) => x.disk), expiresAt: this.clock.now() + p.ttlMs,
+        ...(p.destinationCertSerials ? { destinationCertSerials: p.destinationCertSerials.map(normaliseSerial) } : {}),
+        ...(p.sourceCertSerials ? { sourceCertSerials: p.sourceCertSerials.map(normaliseSerial) } : {}),
       };
       const rec: ExportRec = { exp, disks, withdrawn: false, active: new Set() };
       for (const [index, x] of disks.entries()) this.bySecret.set(x.secret, { rec, index });
@@ -282,7 +295,8 @@ export class ColdTransfer {
     };
     let cn: string | undefined;
     try {
-      cn = peerCn((req.socket as TLSSocket).getPeerCertificate());
+      const peer = (req.socket as TLSSocket).getPeerCertificate();
+      cn = peerCn(peer);
       const m = /^\/cold\/([A-Za-z0-9_-]{16,128})\/(\d{1,6})$/.exec((req.url ?? '').split('?')[0]!);
       const hit = m ? this.bySecret.get(m[1]!) : undefined;
       if (!m || !hit || hit.index !== Number(m[2]) || hit.rec.withdrawn) throw hostError('VMTC_HOST_COLD_EXPORT_NOT_FOUND');
@@ -292,6 +306,12 @@ export class ColdTransfer {
       if (cn !== rec.exp.destinationHostId) {
         log.warn({ cn, index }, 'disk export refused: the client is not the destination');
         throw hostError('VMTC_HOST_COLD_FORBIDDEN', { clientHostId: cn ?? null });
+      }
+      // Pinned by the controller to the destination's unrevoked certificates.
+      const allowed = rec.exp.destinationCertSerials;
+      if (allowed && !allowed.includes(normaliseSerial(peer.serialNumber ?? ''))) {
+        log.warn({ cn, index, serial: peer.serialNumber }, 'disk export refused: the client certificate is not one the controller vouches for (revoked?)');
+        throw hostError('VMTC_HOST_COLD_FORBIDDEN', { clientHostId: cn, reason: 'certificate not among the destination\'s current ones (revoked?)' });
       }
       if (req.method !== 'GET') return fail(commonError('VMTC_METHOD_NOT_ALLOWED', { method: req.method }), { allow: 'GET' });
       if (this.clock.now() > rec.exp.expiresAt) throw hostError('VMTC_HOST_COLD_EXPORT_GONE', { reason: 'expired', expiresAt: rec.exp.expiresAt });
@@ -524,8 +544,10 @@ export class ColdTransfer {
         // its CN, which the deployment CA sets to the host id at enrolment.
         checkServerIdentity: (_host: string, cert: PeerCertificate) => {
           const cn = peerCn(cert);
-          if (cn === exp.sourceHostId) return undefined;
-          identityError = `the server's certificate names ${cn ?? 'nobody'}, not ${exp.sourceHostId}`;
+          if (cn !== exp.sourceHostId) identityError = `the server's certificate names ${cn ?? 'nobody'}, not ${exp.sourceHostId}`;
+          else if (exp.sourceCertSerials && !exp.sourceCertSerials.includes(normaliseSerial(cert.serialNumber ?? ''))) {
+            identityError = `the server's certificate (serial ${cert.serialNumber}) is not one of ${exp.sourceHostId}'s current ones (revoked?)`;
+          } else return undefined;
           return new Error(identityError);
         },
         headers: from > 0 ? { range: `bytes=${from}-` } : {},
@@ -674,6 +696,10 @@ export function checkExport(exp: unknown): asserts exp is ColdExport {
   const spec = e.spec as VmSpec | undefined;
   if (!spec || typeof spec !== 'object' || spec.vmId !== e.vmId) bad('spec', 'a VmSpec of the same vmId is required');
   if (typeof e.expiresAt !== 'number') bad('expiresAt');
+  for (const k of ['sourceCertSerials', 'destinationCertSerials'] as const) {
+    const v = e[k];
+    if (v !== undefined && !(Array.isArray(v) && v.every((x) => typeof x === 'string'))) bad(k, 'an array of hex serials');
+  }
   if (!Array.isArray(e.disks)) bad('disks');
   const disks = e.disks as ColdDisk[];
   const specDisks = spec!.disks ?? [];

@@ -163,7 +163,13 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       const ttlMs = q.ttlMs;
       if (!(typeof ttlMs === 'number' && Number.isFinite(ttlMs) && ttlMs > 0)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'ttlMs' });
       if (destinationHostId === hostId) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'destinationHostId', reason: 'the destination is this host' });
-      return cold.export({ vmId, migrationId, destinationHostId, ttlMs }, (prog) => link.send('cold.progress', prog));
+      const serials = (field: 'destinationCertSerials' | 'sourceCertSerials'): { [k: string]: string[] } => {
+        const v = q[field];
+        if (v === undefined) return {};
+        if (!Array.isArray(v) || v.length > 100 || !v.every((x) => typeof x === 'string' && /^[0-9A-Fa-f:]{1,128}$/.test(x))) throw hostError('VMTC_HOST_BAD_PARAMS', { field });
+        return { [field]: v as string[] };
+      };
+      return cold.export({ vmId, migrationId, destinationHostId, ttlMs, ...serials('destinationCertSerials'), ...serials('sourceCertSerials') }, (prog) => link.send('cold.progress', prog));
     },
     'vm.coldAbort': async (p) => {
       const q = obj(p, 'params');

@@ -134,6 +134,11 @@ export interface ColdExport {
   sourceHostId: string;
   /** The destination host allowed to fetch the disks (its certificate's CN). */
   destinationHostId: string;
+  /** The serials of the destination's and the source's certificates that the controller has
+   *  not revoked (hex). When present, each side accepts only a peer certificate among them, so a
+   *  revoked certificate cannot fetch or serve disks even though the CA signed it. */
+  destinationCertSerials?: string[];
+  sourceCertSerials?: string[];
   spec: VmSpec;
   /** The VM's state before the export powered it off (a rollback restores it). */
   priorState: VmState;
@@ -181,7 +186,7 @@ export interface HostMethods {
   'vm.waitRunning': [{ vmId: string; timeoutMs: number }, VmInfo];
   /** Cold source: power the VM off (if running), checksum its disks and publish them for
    *  `destinationHostId` until now + ttlMs. Idempotent for the same migrationId. */
-  'vm.coldExport': [{ vmId: string; migrationId: string; destinationHostId: string; ttlMs: number }, ColdExport];
+  'vm.coldExport': [{ vmId: string; migrationId: string; destinationHostId: string; ttlMs: number; destinationCertSerials?: string[]; sourceCertSerials?: string[] }, ColdExport];
   /** Cold source, on rollback: withdraw the export and bring the VM back to its prior state. */
   'vm.coldAbort': [{ vmId: string; migrationId: string }, VmInfo];
   /** Cold destination: check space, fetch every disk (resuming, checksummed) into this agent's

@@ -237,6 +237,10 @@ export class AgentHub extends EventEmitter {
 
   // ---- queries ---------------------------------------------------------------------------
 
+  certSerials(hostId: string): string[] {
+    return this.store.allCerts().filter((c) => c.hostId === hostId && c.revokedAt === null).map((c) => c.serial);
+  }
+
   agents(): AgentSummary[] {
     const out = new Map<string, AgentSummary>();
     for (const c of this.store.allCerts()) {

@@ -10,6 +10,8 @@ export interface HubPort extends EventEmitter {
   isConnected(hostId: string): boolean;
   inventory(hostId: string): HostInventory | undefined;
   request<M extends keyof HostMethods>(hostId: string, method: M, params: HostMethods[M][0], timeoutMs?: number): Promise<HostMethods[M][1]>;
+  /** Serials of the host's certificates that are not revoked. */
+  certSerials?(hostId: string): string[];
 }
 
 /** DESIGN.md steps 3-4: the one lightpath shape the AAA and the broker also use. */

@@ -391,7 +391,11 @@ export class MigrationRunner extends EventEmitter {
     let exp: ColdExport;
     try {
       // The source checksums every disk before answering: as long as the deadline allows.
-      exp = await this.d.hub.request(row.sourceHostId, 'vm.coldExport', { vmId: row.vmId, migrationId: row.id, destinationHostId: row.destinationHostId, ttlMs }, ttlMs + 5_000);
+      // Pin both ends to their current, unrevoked certificates.
+      const serials = this.d.hub.certSerials
+        ? { destinationCertSerials: this.d.hub.certSerials(row.destinationHostId), sourceCertSerials: this.d.hub.certSerials(row.sourceHostId) }
+        : {};
+      exp = await this.d.hub.request(row.sourceHostId, 'vm.coldExport', { vmId: row.vmId, migrationId: row.id, destinationHostId: row.destinationHostId, ttlMs, ...serials }, ttlMs + 5_000);
     } catch (e) {
       throw coldError('VMTC_COLD_EXPORT_FAILED', e);
     }

@@ -4,6 +4,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import https from 'node:https';
 import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { ColdExport, ColdProgress, VmSpec } from '../../src/common/agent-protocol.ts';
@@ -234,6 +235,24 @@ describe('cold path: export, fetch over mutual TLS, boot the copy', () => {
     expect(await importing).toMatchObject({ code: 'VMTC_HOST_COLD_TRANSFER_FAILED', details: { reason: expect.stringMatching(/^withdrawn/) } });
     await expect(f.hub.request('host-b', 'vm.describe', { vmId: 'vm-11' })).rejects.toMatchObject({ code: 'VMTC_HOST_VM_NOT_FOUND' });
     expect(existsSync(join(B.dataDir, 'disks', 'vm-11'))).toBe(false);
+  });
+
+  it('pinned certificates: only the serials the controller vouches for may fetch or serve', async () => {
+    const { f, A, B, startVm, importVm } = await setup();
+    const serialOf = (dataDir: string) => new X509Certificate(readFileSync(identityFiles(dataDir).cert)).serialNumber;
+    await startVm('vm-12', [MB]);
+    // B's certificate is not among those named (as if revoked since): B may not fetch.
+    const stale = await f.hub.request('host-a', 'vm.coldExport', { vmId: 'vm-12', migrationId: 'mig-12', destinationHostId: 'host-b', ttlMs: 60_000, destinationCertSerials: ['0BADC0DE'] });
+    const r = await fetchUrl(stale.disks[0]!.url, B.dataDir);
+    expect([r.status, code(r)]).toEqual([403, 'VMTC_HOST_COLD_FORBIDDEN']);
+    await f.hub.request('host-a', 'vm.coldAbort', { vmId: 'vm-12', migrationId: 'mig-12' });
+    // Named: B fetches; but a source serial that is not A's makes B refuse the server.
+    const ok = await f.hub.request('host-a', 'vm.coldExport', { vmId: 'vm-12', migrationId: 'mig-13', destinationHostId: 'host-b', ttlMs: 60_000, destinationCertSerials: [serialOf(B.dataDir)], sourceCertSerials: ['0BADC0DE'] });
+    await expect(importVm(ok)).rejects.toMatchObject({ code: 'VMTC_HOST_COLD_TRANSFER_FAILED' });
+    await expect(f.hub.request('host-b', 'vm.describe', { vmId: 'vm-12' })).rejects.toMatchObject({ code: 'VMTC_HOST_VM_NOT_FOUND' });
+    // Both right: the import goes through.
+    const good = { ...ok, sourceCertSerials: [serialOf(A.dataDir)] };
+    expect((await importVm(good)).vm.state).toBe('running');
   });
 
   it('an expired export is refused, and the destination makes nothing of it', async () => {
