@@ -50,6 +50,7 @@ export const command: Command = {
   options: {
     'rtt-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.rttMs), help: 'round-trip time of the emulated lightpath' },
     'rate-mbps': { type: 'string', arg: 'MBPS', default: String(TURNTABLE_DEFAULTS.rateMbps), help: 'line rate of the emulated lightpath' },
+    'delay-line': { type: 'string', arg: 'node|c', help: 'which delay line relays the lightpath: the Node.js one or the faster C one (default: env VMTC_DELAY_LINE, else node)' },
     'memory-mb': { type: 'string', arg: 'MB', default: String(TURNTABLE_DEFAULTS.memoryMb), help: 'guest memory' },
     load: { type: 'string', arg: 'none|dirty', default: 'none', help: 'guest workload: dirty keeps rewriting memory' },
     'dirty-mb': { type: 'string', arg: 'MB', help: 'with --load dirty: memory rewritten per period (default: a quarter of the guest memory)' },
@@ -68,6 +69,8 @@ export const command: Command = {
     if (load !== 'none' && load !== 'dirty') throw commonError('VMTC_CONFIG_INVALID', { field: 'load', value: load }, { message: '--load must be none or dirty' });
     const converge = o.converge as string;
     if (converge !== 'auto-converge' && converge !== 'postcopy') throw commonError('VMTC_CONFIG_INVALID', { field: 'converge', value: converge }, { message: '--converge must be auto-converge or postcopy' });
+    const delayLine = o['delay-line'] as string | undefined;
+    if (delayLine !== undefined && delayLine !== 'node' && delayLine !== 'c') throw commonError('VMTC_CONFIG_INVALID', { field: 'delay-line', value: delayLine }, { message: '--delay-line must be node or c' });
     const out = (o.out as string | undefined) ?? join(new URL('../results', import.meta.url).pathname, stamp());
     const ctl = new AbortController();
     let signals = 0;
@@ -84,6 +87,7 @@ export const command: Command = {
       const r = await runTurntable({
         rttMs: num(o['rtt-ms'], 'rtt-ms', 0, 2000), rateMbps: num(o['rate-mbps'], 'rate-mbps', 1, 100_000),
         memoryMb: num(o['memory-mb'], 'memory-mb', 64, 16_384, true), load, converge,
+        ...(delayLine !== undefined ? { delayLine } : {}),
         ...(o['dirty-mb'] !== undefined ? { dirtyMb: num(o['dirty-mb'], 'dirty-mb', 1, 16_384, true) } : {}),
         ...(o['dirty-period-ms'] !== undefined ? { dirtyPeriodMs: num(o['dirty-period-ms'], 'dirty-period-ms', 1, 60_000, true) } : {}),
         rounds: num(o.rounds, 'rounds', 1, 1000, true), out,

@@ -11,7 +11,7 @@ import { cpus, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startStack, type Stack } from '../stack.ts';
 import { netnsExec } from '../net.ts';
-import { delayLineStatsBetween } from '../delay-line-process.ts';
+import { delayLineStatsBetween, resolveDelayLineImpl, type DelayLineImpl } from '../delay-line-process.ts';
 import { qemuVmPaths } from '../../agents/host/qemu-driver.ts';
 import { countLost, longestGap, lostInGap, percentiles, pingReplyTimes, readInternalGaps, serialDowntime, serialLost, SerialWatcher, startPing, startUdpProbe, udpReplyTimes, window as offsets } from './probes.ts';
 import { renderReport } from './report.ts';
@@ -30,6 +30,8 @@ export interface TurntableOptions {
   maxDowntimeMs?: number;
   /** With load dirty: auto-converge (default) or post-copy. */
   converge?: 'auto-converge' | 'postcopy';
+  /** Which delay line relays the lightpath (default: env VMTC_DELAY_LINE, else node). */
+  delayLine?: DelayLineImpl;
   /** Skip the non-live comparison migration. */
   noNonLive?: boolean;
   serialPeriodMs?: number;
@@ -133,8 +135,9 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   // Mbit/s, and asking for the full line rate lets TCP overrun its queue (drops cost a round trip
   // at the switchover: measured pause→resume 121–135 ms without drops, ~290 ms with).
   const bandwidthMbps = o.bandwidthMbps ?? Math.round(o.rateMbps / 2);
+  const delayLine = resolveDelayLineImpl(o.delayLine);
   const config: TurntableConfig = {
-    rttMs: o.rttMs, rateMbps: o.rateMbps, memoryMb: o.memoryMb, load: o.load, dirtyMb, dirtyPeriodMs, rounds: o.rounds,
+    rttMs: o.rttMs, rateMbps: o.rateMbps, delayLine, memoryMb: o.memoryMb, load: o.load, dirtyMb, dirtyPeriodMs, rounds: o.rounds,
     pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, serialPeriodMs: o.serialPeriodMs, clockPeriodUs: o.clockPeriodUs,
     bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, ...(o.load === 'dirty' ? { converge: o.converge ?? 'auto-converge' } : {}), out, startedAt: startedAt.toISOString(),
     host: { kernel: release(), cpus: cpus().length, qemu: qemuVersion(), accel: existsSync('/dev/kvm') ? 'kvm available (the lab uses TCG)' : 'tcg' },
@@ -147,6 +150,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
 
   const s = await startStack({
     rttMs: o.rttMs, rateMbps: o.rateMbps, memoryMb: o.memoryMb, dir: join(out, 'stack'), keepDir: true,
+    lab: { delayLineImpl: delayLine },
     guest: {
       clockGapMs: o.clockGapMs, clockPeriodUs: o.clockPeriodUs, heartbeatMs: o.serialPeriodMs,
       ...(dirtyMb ? { dirtyMb, dirtyPeriodMs } : {}),

@@ -6,6 +6,9 @@
 export interface TurntableConfig {
   rttMs: number;
   rateMbps: number;
+  /** Which delay line relayed the lightpath: the Node.js one or the C one (absent in files of
+   *  older runs: node). */
+  delayLine?: 'node' | 'c';
   memoryMb: number;
   load: 'none' | 'dirty';
   /** Share of guest memory rewritten by the dirty load (MB) and its period; 0 when load is none. */
