@@ -1,6 +1,7 @@
 // Benchmark: bulk TCP over the emulated lightpath (VXLAN through the user-space delay line).
 //   npx tsx bench/delay-line-throughput.ts [--rtt-ms 198] [--rate-mbps 1000] [--queue-ms 20]
 //                                          [--seconds 20] [--streams 1] [--bandwidth-mbps RATE] [--cc bbr|reno]
+//                                          [--impl node|c]   (which delay line; default env VMTC_DELAY_LINE, else node)
 // Brings up a throwaway lab, provisions the lightpath siteA↔siteB with the broker's Linux driver,
 // measures the RTT with ping, runs a Node TCP sender in siteA and receiver in siteB (bounded by
 // time), prints delivered Mbit/s beside the nominal rate and the delay line's own report, and
@@ -24,6 +25,7 @@ const { values } = parseArgs({
     'bandwidth-mbps': { type: 'string' },
     'tcp-max-mb': { type: 'string', default: '64' },
     cc: { type: 'string' },
+    impl: { type: 'string' },
   },
   strict: true,
 });
@@ -93,8 +95,11 @@ function firstLine(child: ReturnType<typeof spawn>, match: (l: string) => boolea
 async function orchestrate(): Promise<void> {
   const { labUp, labDown, provisionLightpath, netnsExec } = await import('../lab/net.ts');
   const { LinuxLightpathDriver } = await import('../src/broker/drivers/linux.ts');
+  const { resolveDelayLineImpl } = await import('../lab/delay-line-process.ts');
   const rate = Number(values['rate-mbps']);
-  const lab = await labUp({ rttMs: Number(values['rtt-ms']), rateMbps: rate, queueMs: Number(values['queue-ms']), tcpMaxBytes: Number(values['tcp-max-mb']) * 1024 * 1024, tunnelSite: null });
+  if (values.impl !== undefined && values.impl !== 'node' && values.impl !== 'c') throw new Error('--impl must be node or c');
+  const impl = resolveDelayLineImpl(values.impl as 'node' | 'c' | undefined);
+  const lab = await labUp({ delayLineImpl: impl, rttMs: Number(values['rtt-ms']), rateMbps: rate, queueMs: Number(values['queue-ms']), tcpMaxBytes: Number(values['tcp-max-mb']) * 1024 * 1024, tunnelSite: null });
   try {
     const [a, b] = lab.sites as [typeof lab.sites[0], typeof lab.sites[0]];
     const bw = Number(values['bandwidth-mbps'] ?? rate);
@@ -120,6 +125,7 @@ async function orchestrate(): Promise<void> {
     // The second half of the transfer: after slow start, what the path sustains.
     const half = r.buckets.slice(Math.floor(r.buckets.length / 2), -1);
     const out = {
+      impl,
       nominalMbps: rate,
       reservedMbps: bw,
       rttMs: rtt ? { min: Number(rtt[1]), avg: Number(rtt[2]), max: Number(rtt[3]) } : null,
