@@ -73,8 +73,15 @@ async function sender(): Promise<void> {
 
 /** utime+stime of a process, ms (clock ticks of 10 ms on Linux). */
 function cpuMs(pid: number): number {
+  const c = cpuSplitMs(pid);
+  return c.user + c.sys;
+}
+
+/** utime and stime apart: the kernel's share includes the veth/bridge/vxlan work it does on the
+ * relay's behalf when it sends. */
+function cpuSplitMs(pid: number): { user: number; sys: number } {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
+  return { user: Number(f[11]) * 10, sys: Number(f[12]) * 10 };
 }
 
 function peer(ns: string, args: string[]) {
@@ -112,6 +119,7 @@ async function orchestrate(): Promise<void> {
     const common = ['--host', b.lightpathIp, '--port', String(values.port), '--streams', String(values.streams)];
     const relayPid = (seg.details.relay as { pid: number }).pid;
     const cpu0 = cpuMs(relayPid);
+    const split0 = cpuSplitMs(relayPid);
     const recv = peer(b.ns, ['--role', 'recv', ...common]);
     await firstLine(recv, (l) => l === 'ready');
     const result = firstLine(recv, (l) => l.startsWith('{'));
@@ -119,6 +127,9 @@ async function orchestrate(): Promise<void> {
     const r = JSON.parse(await result) as { bytes: number; ms: number; buckets: number[] };
     send.kill();
     const relayCpu = Math.round(((cpuMs(relayPid) - cpu0) / r.ms) * 100);
+    const split1 = cpuSplitMs(relayPid);
+    const relayUserPercent = Math.round(((split1.user - split0.user) / r.ms) * 100);
+    const relaySysPercent = Math.round(((split1.sys - split0.sys) / r.ms) * 100);
     const driver = new LinuxLightpathDriver({ stateDir: lab.stateDir });
     const report = await driver.report(seg.connectionId);
     const mbps = (bytes: number, ms: number) => Math.round((bytes * 8) / (ms * 1000));
@@ -138,6 +149,8 @@ async function orchestrate(): Promise<void> {
       steadyMbps: half.length ? mbps(half.reduce((x, y) => x + y, 0), half.length * 250) : null,
       peak250msMbps: mbps(Math.max(...r.buckets), 250),
       relayCpuPercent: relayCpu,
+      relayUserPercent,
+      relaySysPercent,
       delayLine: report ? { ab: report.total.ab, ba: report.total.ba } : null,
     };
     process.stdout.write(JSON.stringify(out, null, 2) + '\n');
