@@ -21,11 +21,13 @@ const MAIN = join(REPO_ROOT, 'lab', 'delay-line-main.ts');
 export type DelayLineImpl = 'node' | 'c';
 export const DELAY_LINE_IMPLS: readonly DelayLineImpl[] = ['node', 'c'];
 
-/** The implementation to use: the option if given, else env VMTC_DELAY_LINE, else 'node'. */
+/** The implementation to use: the option if given, else env VMTC_DELAY_LINE, else 'c'. */
 export function resolveDelayLineImpl(opt?: DelayLineImpl | null, env: NodeJS.ProcessEnv = process.env): DelayLineImpl {
   if (opt) return opt;
   const e = env.VMTC_DELAY_LINE?.trim();
-  if (e === undefined || e === '') return 'node';
+  // The C relay by default: in the turntable it kept the switchover free of drops (0 in 10
+  // moves at 500 and 1000 Mbit/s, vs 69 in one of 5 with Node) and starts faster (docs/lab.md).
+  if (e === undefined || e === '') return 'c';
   if (e === 'node' || e === 'c') return e;
   throw labError('VMTC_CONFIG_INVALID', { field: 'VMTC_DELAY_LINE', value: e }, { message: 'VMTC_DELAY_LINE must be node or c' });
 }
@@ -46,7 +48,7 @@ export interface DelayLineSpec {
   statsFile: string;
   errFile: string;
   reportMs?: number;
-  /** Default: env VMTC_DELAY_LINE, else 'node' (resolveDelayLineImpl). */
+  /** Default: env VMTC_DELAY_LINE, else 'c' (resolveDelayLineImpl). */
   impl?: DelayLineImpl;
 }
 

@@ -31,7 +31,7 @@ export interface LabConfig {
   loss?: number;
   /** Which delay line relays the lightpath: 'node' (lab/delay-line-main.ts) or 'c'
    * (lab/delay-line/delay-line.c, faster). Absent: env VMTC_DELAY_LINE where the delay line is
-   * started, else 'node'. */
+   * started, else 'c'. */
   delayLineImpl?: DelayLineImpl;
   /** Upper bound of tcp_rmem/tcp_wmem in every namespace, bytes. Default 64 MiB (LAB-NOTES). */
   tcpMaxBytes?: number;

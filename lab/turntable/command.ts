@@ -50,7 +50,7 @@ export const command: Command = {
   options: {
     'rtt-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.rttMs), help: 'round-trip time of the emulated lightpath' },
     'rate-mbps': { type: 'string', arg: 'MBPS', default: String(TURNTABLE_DEFAULTS.rateMbps), help: 'line rate of the emulated lightpath' },
-    'delay-line': { type: 'string', arg: 'node|c', help: 'which delay line relays the lightpath: the Node.js one or the faster C one (default: env VMTC_DELAY_LINE, else node)' },
+    'delay-line': { type: 'string', arg: 'node|c', help: 'which delay line relays the lightpath: the Node.js one or the faster C one (default: env VMTC_DELAY_LINE, else c)' },
     'memory-mb': { type: 'string', arg: 'MB', default: String(TURNTABLE_DEFAULTS.memoryMb), help: 'guest memory' },
     load: { type: 'string', arg: 'none|dirty', default: 'none', help: 'guest workload: dirty keeps rewriting memory' },
     'dirty-mb': { type: 'string', arg: 'MB', help: 'with --load dirty: memory rewritten per period (default: a quarter of the guest memory)' },

@@ -30,7 +30,7 @@ export interface TurntableOptions {
   maxDowntimeMs?: number;
   /** With load dirty: auto-converge (default) or post-copy. */
   converge?: 'auto-converge' | 'postcopy';
-  /** Which delay line relays the lightpath (default: env VMTC_DELAY_LINE, else node). */
+  /** Which delay line relays the lightpath (default: env VMTC_DELAY_LINE, else c). */
   delayLine?: DelayLineImpl;
   /** Skip the non-live comparison migration. */
   noNonLive?: boolean;

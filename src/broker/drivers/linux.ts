@@ -13,7 +13,7 @@
 // Node settings (from the topology file; lab/topology.ts `linuxNodeSettings`, docs/lab.md):
 //   namespace, underlayIp, overlayIp, wanNamespace, relayIp, and optionally underlayMtu, mtu,
 //   oneWayMs, rateMbps, queueMs, loss (the delay line's parameters; taken from the first end),
-//   delayLineImpl ('node' | 'c': which delay line program; absent: env VMTC_DELAY_LINE, else node).
+//   delayLineImpl ('node' | 'c': which delay line program; absent: env VMTC_DELAY_LINE, else c).
 // Each provisioned connection is recorded in `<stateDir>/lightpaths/<hash>.json` before anything
 // is created, so release works from another process and `lab down` finds leftovers.
 import { createHash } from 'node:crypto';
@@ -43,7 +43,7 @@ export interface LinuxLineSettings {
   rateMbps: number;
   queueMs: number;
   loss: number;
-  /** Which delay line program relays (absent: env VMTC_DELAY_LINE, else 'node'). */
+  /** Which delay line program relays (absent: env VMTC_DELAY_LINE, else 'c'). */
   delayLineImpl?: DelayLineImpl;
 }
 
