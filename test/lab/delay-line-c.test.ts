@@ -18,6 +18,7 @@ import { tryRun } from '../../lab/exec.ts';
 import { randomPrefix } from '../../lab/topology.ts';
 import { LinuxLightpathDriver } from '../../src/broker/drivers/linux.ts';
 import { sleep } from '../../src/common/clock.ts';
+import { tcpTransfer } from './net-helpers.ts';
 
 let dir: string;
 let bin: string;
@@ -231,21 +232,7 @@ describe('lab lightpath through either delay line', () => {
     expect(min).toBeGreaterThanOrEqual(RTT);
 
     const N = 8 * 1024 * 1024;
-    const recvJs = `const s=require('net').createServer(c=>{let n=0;c.on('data',d=>n+=d.length);c.on('end',()=>{console.log('got '+n);s.close()})});s.listen(5001,'${B.lightpathIp}',()=>console.log('ready'))`;
-    const sendJs = `const c=require('net').connect(5001,'${B.lightpathIp}',()=>{c.end(Buffer.alloc(${N},7))});c.on('close',()=>process.exit(0))`;
-    const recv = spawn('ip', ['netns', 'exec', B.ns, process.execPath, '-e', recvJs], { stdio: ['ignore', 'pipe', 'inherit'] });
-    try {
-      let out = '';
-      await new Promise<void>((res, rej) => {
-        recv.stdout.on('data', (d) => { out += String(d); if (out.includes('ready')) res(); });
-        recv.on('exit', () => rej(new Error('receiver exited early')));
-      });
-      await netnsExec(A.ns, [process.execPath, '-e', sendJs], { timeoutMs: 30_000 });
-      await new Promise<void>((res) => { if (/got \d+/.test(out)) res(); else recv.on('exit', () => res()); });
-      expect(out).toContain(`got ${N}`);
-    } finally {
-      recv.kill('SIGKILL');
-    }
+    expect(await tcpTransfer(A.ns, B.ns, B.lightpathIp, N)).toBe(N);
     // The driver's report asks the C process by SIGUSR2, as it asks the Node.js one.
     const report = await new LinuxLightpathDriver({ stateDir: stateDir! }).report('conn-dlc');
     expect(report?.total.ab.bytes).toBeGreaterThan(N);

@@ -10,6 +10,7 @@ import { labUp, labDown, labStatus, netnsExec, tunnelAddSite, tunnelRemoveSite, 
 import { listNetns, run, tryRun, linkExists } from '../../lab/exec.ts';
 import { randomPrefix } from '../../lab/topology.ts';
 import { LinuxLightpathDriver } from '../../src/broker/drivers/linux.ts';
+import { tcpTransfer } from './net-helpers.ts';
 
 const RTT = 20;
 let stateDir: string;
@@ -120,22 +121,7 @@ describe('lab topology', () => {
     // TCP across the lightpath: 8 MiB from site A to a listener on site B's 192.0.2.x. With tx
     // checksum offload left on, this hangs (LAB-NOTES) while ping works.
     const N = 8 * 1024 * 1024;
-    const recvJs = `const s=require('net').createServer(c=>{let n=0;c.on('data',d=>n+=d.length);c.on('end',()=>{console.log('got '+n);s.close()})});s.listen(5001,'${B.lightpathIp}',()=>console.log('ready'))`;
-    const sendJs = `const c=require('net').connect(5001,'${B.lightpathIp}',()=>{c.end(Buffer.alloc(${N},7))});c.on('close',()=>process.exit(0))`;
-    const { spawn } = await import('node:child_process');
-    const recv = spawn('ip', ['netns', 'exec', B.ns, process.execPath, '-e', recvJs], { stdio: ['ignore', 'pipe', 'inherit'] });
-    try {
-      let out = '';
-      await new Promise<void>((res, rej) => {
-        recv.stdout.on('data', (d) => { out += String(d); if (out.includes('ready')) res(); });
-        recv.on('exit', () => rej(new Error('receiver exited early')));
-      });
-      await netnsExec(A.ns, [process.execPath, '-e', sendJs], { timeoutMs: 30_000 });
-      await new Promise<void>((res) => { if (/got \d+/.test(out)) res(); else recv.on('exit', () => res()); });
-      expect(out).toContain(`got ${N}`);
-    } finally {
-      recv.kill('SIGKILL');
-    }
+    expect(await tcpTransfer(A.ns, B.ns, B.lightpathIp, N)).toBe(N);
     const report = await driver.report('conn-test-1');
     expect(report?.total.ab.bytes).toBeGreaterThan(N);
     expect(report?.total.ba.packets).toBeGreaterThan(0);
