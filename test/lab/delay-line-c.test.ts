@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { ensureDelayLineBinary } from '../../lab/delay-line/build.ts';
 import { delayLineStatsBetween, isOurDelayLine, lastDelayLineReport, pidAlive, resolveDelayLineImpl, stopDelayLine } from '../../lab/delay-line-process.ts';
 import type { DelayLineReport } from '../../lab/delay-line.ts';
-import { labDown, labUp, netnsExec, provisionLightpath, type Lab } from '../../lab/net.ts';
+import { labDown, labUp, provisionLightpath, type Lab } from '../../lab/net.ts';
 import { tryRun } from '../../lab/exec.ts';
 import { randomPrefix } from '../../lab/topology.ts';
 import { LinuxLightpathDriver } from '../../src/broker/drivers/linux.ts';
