@@ -267,8 +267,11 @@ export class MigrationRunner extends EventEmitter {
         // source mirrors into them while the VM runs and sends the last delta at the pause.
         const r = row.request;
         const copyStorage = this.copiesStorage(row, src.spec);
+        // This migration's flags replace any a previous incoming migration left in the spec;
+        // other settings there (e.g. multifdChannels) are kept.
+        const { multifd: _m, postcopy: _p, copyStorage: _c, suspend: _s, ...kept } = (src.spec.extra?.migration as Record<string, unknown> | undefined) ?? {};
         const migration = {
-          ...((src.spec.extra?.migration as Record<string, unknown> | undefined) ?? {}),
+          ...kept,
           ...(r.multifd ? { multifd: true } : {}), ...(r.postcopy ? { postcopy: true } : {}),
           ...(copyStorage ? { copyStorage: true } : {}), ...(copyStorage && r.suspend ? { suspend: true } : {}),
         };

@@ -73,6 +73,17 @@ describe('controller: live migration through the state machine', () => {
     }, 'vm1 running only at A');
   });
 
+  it('asks the destination for this migration\'s flags only: stale ones in the spec are dropped, other settings kept', async () => {
+    h = await startHarness();
+    const spec = { ...vmSpec('vm1'), extra: { migration: { copyStorage: true, postcopy: true, suspend: true, multifdChannels: 4 } } };
+    await h.addHost('A', { vms: [spec] });
+    await h.addHost('B');
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', multifd: true });
+    expect((await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed'])).state).toBe('completed');
+    const atB = await h.controller.hub.request('B', 'vm.describe', { vmId: 'vm1' });
+    expect(atB.spec.extra?.migration).toEqual({ multifdChannels: 4, multifd: true });
+  });
+
   it('a destination agent that stays away fails the migration with VMTC_AGENT_LOST and rolls back', async () => {
     h = await startHarness({ runner: { statusPollMs: 200, destinationRunTimeoutMs: 5000, agentLostMs: 400 } });
     await h.addHost('A', { vms: [vmSpec('vm1', { memoryMb: 2048 })], bytesPerMb: 64 * 1024 });
