@@ -309,7 +309,7 @@ export class ColdTransfer {
       }
       // Pinned by the controller to the destination's unrevoked certificates.
       const allowed = rec.exp.destinationCertSerials;
-      if (allowed && !allowed.includes(normaliseSerial(peer.serialNumber ?? ''))) {
+      if (allowed && !allowed.map(normaliseSerial).includes(normaliseSerial(peer.serialNumber ?? ''))) {
         log.warn({ cn, index, serial: peer.serialNumber }, 'disk export refused: the client certificate is not one the controller vouches for (revoked?)');
         throw hostError('VMTC_HOST_COLD_FORBIDDEN', { clientHostId: cn, reason: 'certificate not among the destination\'s current ones (revoked?)' });
       }
@@ -545,7 +545,7 @@ export class ColdTransfer {
         checkServerIdentity: (_host: string, cert: PeerCertificate) => {
           const cn = peerCn(cert);
           if (cn !== exp.sourceHostId) identityError = `the server's certificate names ${cn ?? 'nobody'}, not ${exp.sourceHostId}`;
-          else if (exp.sourceCertSerials && !exp.sourceCertSerials.includes(normaliseSerial(cert.serialNumber ?? ''))) {
+          else if (exp.sourceCertSerials && !exp.sourceCertSerials.map(normaliseSerial).includes(normaliseSerial(cert.serialNumber ?? ''))) {
             identityError = `the server's certificate (serial ${cert.serialNumber}) is not one of ${exp.sourceHostId}'s current ones (revoked?)`;
           } else return undefined;
           return new Error(identityError);
