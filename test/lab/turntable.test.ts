@@ -100,9 +100,12 @@ describe('vmtc turntable (1 round, small guest)', () => {
       const { ping, udp, serial } = m.downtimeMs as { ping: number; udp: number; serial: number };
       expect(Math.abs(ping - udp), `${m.mode}: ping ${ping} vs udp ${udp}`).toBeLessThanOrEqual(TOL.pingVsUdp);
       expect(Math.abs(serial - udp), `${m.mode}: serial ${serial} vs udp ${udp}`).toBeLessThanOrEqual(TOL.serialVsUdp);
-      // lost.udp counts every unanswered probe during the migration (not only in the longest
-      // gap, which is all `udp` measures): some were lost, and no more than were sent meanwhile.
-      expect(m.lost.udp).toBeGreaterThan(0);
+      // Clients always see a silence. lost.udp counts every unanswered probe during the migration
+      // (not only in the longest gap, which is all `udp` measures): no more than were sent
+      // meanwhile. It may be 0: with the tunnel bicasting, probes sent during the pause can wait
+      // in the destination's tap queue and be answered, late, once the VM resumes there.
+      expect(udp).toBeGreaterThan(0);
+      expect(m.lost.udp).toBeGreaterThanOrEqual(0);
       expect(m.lost.udp).toBeLessThanOrEqual((m.totalMs + 2 * 1000) / r.config.udpIntervalMs);
       // The serial figure spans the switchover: the destination's first heartbeat comes after the source's last.
       expect(m.timeline.serialDestination[0]!).toBeGreaterThan(0);
