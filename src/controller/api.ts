@@ -69,6 +69,9 @@ const migrationSchema = {
   },
 } as const;
 
+/** `:id` in a route path. */
+const idParams = { type: 'object', properties: { id: { type: 'string', maxLength: 128 } } } as const;
+
 const errors = { 400: errorSchema, 401: errorSchema, 403: errorSchema, 404: errorSchema, 409: errorSchema };
 
 function hashRequest(r: MigrationRequest): string {
@@ -176,7 +179,7 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
 
   app.get<{ Params: { id: string } }>('/v1/migrations/:id', {
     preHandler: reader,
-    schema: { security, params: { type: 'object', properties: { id: { type: 'string', maxLength: 128 } } }, response: { 200: migrationSchema, ...errors } },
+    schema: { security, params: idParams, response: { 200: migrationSchema, ...errors } },
   }, async (request) => {
     const row = store.migration(request.params.id);
     if (!row) throw err('VMTC_MIGRATION_NOT_FOUND', { migrationId: request.params.id });
@@ -197,7 +200,7 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
     preHandler: reader,
     schema: {
       summary: 'Follow one migration as server-sent events: snapshot, transition, progress, end.',
-      security, params: { type: 'object', properties: { id: { type: 'string', maxLength: 128 } } }, response: { ...errors },
+      security, params: idParams, response: { ...errors },
     },
   }, async (request, reply) => {
     const id = request.params.id;
@@ -243,7 +246,7 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
 
   app.post<{ Params: { id: string } }>('/v1/migrations/:id/cancel', {
     preHandler: orchestrator,
-    schema: { security, params: { type: 'object', properties: { id: { type: 'string', maxLength: 128 } } }, response: { 202: migrationSchema, ...errors } },
+    schema: { security, params: idParams, response: { 202: migrationSchema, ...errors } },
   }, async (request, reply) => {
     const row = await runner.cancel(request.params.id);
     return reply.status(202).send(presentMigration(row, store, true));
@@ -266,7 +269,7 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
 
   app.get<{ Params: { id: string } }>('/v1/hosts/:id', {
     preHandler: reader,
-    schema: { summary: 'Totals, used, held and available vCPU, memory and disk, and per-project use (Nova describeresource).', security, params: { type: 'object', properties: { id: { type: 'string', maxLength: 128 } } }, response: { 200: usageSchema, ...errors } },
+    schema: { summary: 'Totals, used, held and available vCPU, memory and disk, and per-project use (Nova describeresource).', security, params: idParams, response: { 200: usageSchema, ...errors } },
   }, async (request) => {
     const h = hostEntries().find((x) => x.inventory.hostId === request.params.id);
     if (!h) throw err('VMTC_HOST_NOT_FOUND', { hostId: request.params.id });
@@ -330,7 +333,7 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
   app.get('/v1/credentials', { preHandler: admin, schema: { security } }, async () => ({
     credentials: store.listCredentials().map((c) => ({ ...c, createdAt: new Date(c.createdAt).toISOString(), revokedAt: c.revokedAt ? new Date(c.revokedAt).toISOString() : null })),
   }));
-  app.delete<{ Params: { id: string } }>('/v1/credentials/:id', { preHandler: admin, schema: { security, params: { type: 'object', properties: { id: { type: 'string', maxLength: 128 } } } } }, async (request, reply) => {
+  app.delete<{ Params: { id: string } }>('/v1/credentials/:id', { preHandler: admin, schema: { security, params: idParams } }, async (request, reply) => {
     if (!store.revokeCredential(request.params.id, d.clock.now())) throw err('VMTC_CREDENTIAL_NOT_FOUND', { id: request.params.id });
     return reply.status(204).send();
   });
