@@ -2,7 +2,7 @@
 //   npx tsx bench/delay-line-throughput.ts [--rtt-ms 198] [--rate-mbps 1000] [--queue-ms 20]
 //                                          [--seconds 20] [--streams 1] [--bandwidth-mbps RATE] [--cc bbr|reno]
 //                                          [--impl node|c]   (which delay line; default env VMTC_DELAY_LINE, else node)
-// Brings up a throwaway lab, provisions the lightpath siteA↔siteB with the broker's Linux driver,
+// Brings up a throwaway lab, provisions the lightpath siteA↔siteB with the lab's lightpath driver,
 // measures the RTT with ping, runs a Node TCP sender in siteA and receiver in siteB (bounded by
 // time), prints delivered Mbit/s beside the nominal rate and the delay line's own report, and
 // removes everything. The same file is the TCP peer when run with --role send|recv.
@@ -101,7 +101,7 @@ function firstLine(child: ReturnType<typeof spawn>, match: (l: string) => boolea
 
 async function orchestrate(): Promise<void> {
   const { labUp, labDown, provisionLightpath, netnsExec } = await import('../lab/net.ts');
-  const { LinuxLightpathDriver } = await import('../src/broker/drivers/linux.ts');
+  const { LabLightpathDriver } = await import('../lab/lightpath-driver.ts');
   const { resolveDelayLineImpl } = await import('../lab/delay-line-process.ts');
   const rate = Number(values['rate-mbps']);
   if (values.impl !== undefined && values.impl !== 'node' && values.impl !== 'c') throw new Error('--impl must be node or c');
@@ -130,7 +130,7 @@ async function orchestrate(): Promise<void> {
     const split1 = cpuSplitMs(relayPid);
     const relayUserPercent = Math.round(((split1.user - split0.user) / r.ms) * 100);
     const relaySysPercent = Math.round(((split1.sys - split0.sys) / r.ms) * 100);
-    const driver = new LinuxLightpathDriver({ stateDir: lab.stateDir });
+    const driver = new LabLightpathDriver({ stateDir: lab.stateDir });
     const report = await driver.report(seg.connectionId);
     const mbps = (bytes: number, ms: number) => Math.round((bytes * 8) / (ms * 1000));
     // The second half of the transfer: after slow start, what the path sustains.

@@ -6,7 +6,7 @@
 // guest's TCP echo service on port 7): the ping gap is then the reboot.
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
-import { startStack } from '../lab/stack.ts';
+import { relayStatsFile, startStack } from '../lab/stack.ts';
 import { delayLineStatsBetween } from '../lab/delay-line-process.ts';
 
 const { values } = parseArgs({ options: { 'rtt-ms': { type: 'string', default: '198' }, 'memory-mb': { type: 'string', default: '256' }, rounds: { type: 'string', default: '1' }, mode: { type: 'string', default: 'live' }, 'bandwidth-mbps': { type: 'string', default: '1000' } } });
@@ -32,7 +32,9 @@ try {
     const lost = [...out.matchAll(/no answer yet for icmp_seq=/g)].length;
     let maxGap = 0;
     for (let i = 1; i < replies.length; i++) maxGap = Math.max(maxGap, replies[i]! - replies[i - 1]!);
-    const statsFile = rec.steps?.lightpath?.details?.dataPlane?.details?.relay?.statsFile as string | undefined;
+    // A refused request made no record: there is nothing to measure.
+    if (rec.refused) throw new Error(`migration refused: ${rec.code}: ${rec.message}`);
+    const statsFile = relayStatsFile(rec);
     const { peakMbps, bytes: bytesAB } = delayLineStatsBetween(statsFile);
     const precopyMs = (rec.timings.precopy ?? 0) + (rec.timings.stopcopy ?? 0);
     console.log(JSON.stringify({

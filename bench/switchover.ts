@@ -4,7 +4,7 @@
 //   node --import tsx bench/switchover.ts [--rtt-ms 198] [--rounds 4] [--max-downtime-ms 300] [--bandwidth-mbps 1000]
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
-import { startStack } from '../lab/stack.ts';
+import { relayStatsFile, startStack } from '../lab/stack.ts';
 import { delayLineStatsBetween } from '../lab/delay-line-process.ts';
 
 const { values } = parseArgs({ options: { 'rtt-ms': { type: 'string', default: '198' }, 'memory-mb': { type: 'string', default: '256' }, rounds: { type: 'string', default: '4' }, 'bandwidth-mbps': { type: 'string', default: '1000' }, 'max-downtime-ms': { type: 'string', default: '300' }, suspend: { type: 'boolean', default: false }, 'notsent-kb': { type: 'string', default: '128' } } });
@@ -26,7 +26,7 @@ try {
     for (let i = 1; i < replies.length; i++) if (replies[i]! - replies[i - 1]! > gap.ms) gap = { ms: replies[i]! - replies[i - 1]!, start: replies[i - 1]!, end: replies[i]! };
     const r = rec.result ?? {};
     const tr = Object.fromEntries((rec.transitions ?? []).map((t: any) => [t.to, Date.parse(t.at)]));
-    const statsFile = rec.steps?.lightpath?.details?.dataPlane?.details?.relay?.statsFile as string | undefined;
+    const statsFile = relayStatsFile(rec);
     const { drops, queueMaxMs, peakMbps } = delayLineStatsBetween(statsFile);
     console.log(JSON.stringify({ drops, queueMaxMs, peakMbps: Math.round(peakMbps),
       round, to, state: rec.state, qemuDowntimeMs: r.downtimeMs, qemuTotalMs: r.totalTimeMs, bytes: r.transferredBytes,

@@ -3,5 +3,5 @@
 // whose output could go stale next to the sources (see README, "Dependencies").
 import { register } from 'tsx/esm/api';
 register();
-const { main } = await import('../src/cli/main.ts');
+const { main } = await import('./main.ts');
 process.exitCode = await main(process.argv.slice(2));

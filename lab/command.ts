@@ -1,6 +1,6 @@
 // `vmtc lab up|down|status|topology` (also `npm run lab -- …`): the lab for people. Tests and the
 // turntable call the same functions in lab/net.ts.
-import type { Command } from '../src/cli/registry.ts';
+import type { Command } from '../src/common/command.ts';
 import { commonError } from '../src/common/errors.ts';
 import { labDown, labDownAll, labStatus, labUp, listLabs, loadLab, provisionLightpath, type LabStatus } from './net.ts';
 import { brokerTopologyFor, LAB_DEFAULTS } from './topology.ts';

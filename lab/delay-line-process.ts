@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sleep } from '../src/common/clock.ts';
+import { pidAlive } from '../src/common/proc.ts';
 import type { DelayLineReport } from './delay-line.ts';
 import { DELAY_LINE_BINARY_NAME, ensureDelayLineBinary } from './delay-line/build.ts';
 import { labError } from './errors.ts';
@@ -121,15 +122,8 @@ export function isOurDelayLine(pid: number, tag: string): boolean {
   }
 }
 
-/** Does a process with this pid exist (signal 0)? Says nothing about whose it is. */
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+// Does a process with this pid exist? Says nothing about whose it is (isOurDelayLine does).
+export { pidAlive };
 
 /** SIGTERM (it writes its final report), then SIGKILL after `graceMs`. Not ours or gone: no-op. */
 export async function stopDelayLine(h: { pid: number; tag: string }, graceMs = 3000): Promise<boolean> {

@@ -1,13 +1,13 @@
-// The lightpath emulator's core: a user-space delay line for UDP datagrams (LAB-NOTES: the lab
-// kernel has no netem/tbf, so the WAN's delay and line rate come from here). It carries the
-// VXLAN underlay of one lightpath between two endpoints A and B.
+// The lightpath emulator's core: a user-space delay line for UDP datagrams
+// (docs/design.md#lab-facts: the lab kernel has no netem/tbf, so the WAN's delay and line rate
+// come from here). It carries the VXLAN underlay of one lightpath between two endpoints A and B.
 //
 // Model, per direction (like one port of a switch followed by a long fibre):
 //   - a serialiser at `rateMbps`: a datagram starts serialising when the previous one is done,
 //     so departures are paced to the line rate;
 //   - a bounded queue in front of it: a datagram that would wait longer than `queueMs` before
 //     serialising is dropped (tail drop), as a switch port with a finite buffer does — an
-//     unbounded queue would add bufferbloat the real path does not have (LAB-NOTES);
+//     unbounded queue would add bufferbloat the real path does not have (docs/design.md#lab-facts);
 //   - optional random loss;
 //   - then the one-way propagation delay.
 // Because every datagram of one direction leaves the serialiser in arrival order and the

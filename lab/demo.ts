@@ -6,6 +6,8 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync, mkdirSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { sleep } from '../src/common/clock.ts';
+import { JsonClient } from '../src/common/http-client.ts';
 import { loadControllerKey } from '../src/controller/integrations.ts';
 
 const BIN = new URL('../bin/vmtc.js', import.meta.url).pathname;
@@ -43,7 +45,7 @@ async function main() {
     const aaa = await start(['aaa', '--listen', '127.0.0.1:0', '--data', join(dir, 'aaa'), '--domain', 'a', '--policy', join(dir, 'policy.json')], join(dir, 'aaa.log'));
     children.push(aaa.child);
     say(`AAA        ${aaa.ready.url}`);
-    const jwks = await (await fetch(`${aaa.ready.url}/.well-known/jwks.json`)).json();
+    const jwks = await new JsonClient({ baseUrl: aaa.ready.url }).get('/.well-known/jwks.json');
     writeFileSync(join(dir, 'topology.json'), JSON.stringify({ domain: 'a', nodes: [{ id: 'amsterdam' }, { id: 'san-diego' }], links: [{ id: 'lambda', a: 'amsterdam', z: 'san-diego', capacityMbps: 1000 }] }));
     writeFileSync(join(dir, 'trust.json'), JSON.stringify({ issuers: [{ iss: 'aaa:a', jwks }] }));
     const broker = await start(['broker', '--listen', '127.0.0.1:0', '--data', join(dir, 'broker'), '--domain', 'a', '--topology', join(dir, 'topology.json'), '--trust', join(dir, 'trust.json'), '--driver', 'memory'], join(dir, 'broker.log'));
@@ -54,10 +56,9 @@ async function main() {
     const url = ctl.ready.url as string;
     const admin = readFileSync(join(ctlDir, 'admin.token'), 'utf8').trim();
     say(`controller ${url} (agents: ${ctl.ready.agentUrl})`);
-    const api = async (method: string, path: string, body?: unknown) => {
-      const r = await fetch(url + path, { method, headers: { authorization: `Bearer ${admin}`, ...(body ? { 'content-type': 'application/json' } : {}) }, ...(body ? { body: JSON.stringify(body) } : {}) });
-      return r.json() as Promise<any>;
-    };
+    const controller = new JsonClient({ baseUrl: url, headers: () => ({ authorization: `Bearer ${admin}` }) });
+    // The answer's body whatever its status: a refusal is shown as the controller coded it.
+    const api = async (method: string, path: string, body?: unknown) => (await controller.raw(method, path, body)).body as any;
     for (const [host, site, vms] of [['ams-1', 'amsterdam', [{ vmId: 'vm1', project: 'igrid', vcpus: 1, memoryMb: 256, diskGb: 2 }]], ['sd-1', 'san-diego', []]] as const) {
       const tok = await api('POST', '/v1/enrollment-tokens', { kind: 'host', hostId: host });
       writeFileSync(join(dir, `${host}.json`), JSON.stringify({ vms, bytesPerMb: 1 << 20, defaultBandwidthMbps: 1000 }));
@@ -67,7 +68,7 @@ async function main() {
     for (let i = 0; i < 200; i++) {
       const hosts = (await api('GET', '/v1/hosts')).hosts ?? [];
       if (hosts.filter((h: any) => h.connected).length === 2) break;
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
     }
     say('host agents ams-1 (amsterdam, runs vm1) and sd-1 (san-diego) enrolled over mutual TLS');
     const m = await api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'sd-1', mode: 'live', bandwidthMbps: 800, maxDowntimeMs: 300 });
@@ -80,7 +81,7 @@ async function main() {
       const line = `  ${rec.state}${rec.progress ? ` ${Math.round((rec.progress.transferredBytes ?? 0) / 1048576)}/${Math.round((rec.progress.totalBytes ?? 0) / 1048576)} MiB` : ''}`;
       if (line !== last) { say(line); last = line; }
       if (rec.terminal) break;
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
     }
     say(`\nresult: ${rec.state}${rec.error ? ` ${rec.error.code}` : ''}; token jti ${rec.steps?.token?.jti ?? '-'}; lightpath ${rec.steps?.lightpath?.reservationId ?? '-'} released=${rec.steps?.lightpath?.released ?? false}`);
     say('time per step (ms): ' + Object.entries(rec.timings).map(([k, v]) => `${k}=${v}`).join(' '));
@@ -89,7 +90,7 @@ async function main() {
     return rec.state === 'completed' ? 0 : 1;
   } finally {
     for (const c of children.reverse()) if (c.exitCode === null) c.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 300));
+    await sleep(300);
     rmSync(dir, { recursive: true, force: true });
   }
 }

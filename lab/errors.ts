@@ -1,6 +1,7 @@
-// The lab's error catalogue (STYLE.md §2). The lab is a tool rather than a service, but its
-// failures still cross into the broker (through the Linux driver) and the CLI, so they carry
-// stable codes like everything else.
+// The lab's error catalogue. The lab is a tool rather than a service, but its failures still
+// cross into the broker (through the lab's lightpath driver, lab/lightpath-driver.ts) and the
+// CLI, so they carry stable codes like everything else. The lightpath codes themselves
+// (VMTC_LIGHTPATH_*) are the broker drivers' (src/broker/drivers/errors.ts).
 import { COMMON_ERRORS, errorFactory, mergeCatalogues } from '../src/common/errors.ts';
 
 export const LAB_ERRORS = mergeCatalogues(COMMON_ERRORS, {
@@ -9,9 +10,6 @@ export const LAB_ERRORS = mergeCatalogues(COMMON_ERRORS, {
   VMTC_LAB_NOT_FOUND: { status: 404, message: 'no lab with this prefix is recorded' },
   VMTC_LAB_NO_SUCH_SITE: { status: 404, message: 'the lab has no site of this name' },
   VMTC_LAB_DELAY_LINE_FAILED: { status: 500, message: 'the delay line process did not start' },
-  VMTC_LIGHTPATH_BAD_SETTINGS: { status: 400, message: 'a lightpath end node lacks the settings the Linux driver needs' },
-  VMTC_LIGHTPATH_PROVISION_FAILED: { status: 502, message: 'the lightpath could not be brought up; nothing was left behind' },
-  VMTC_LIGHTPATH_CONFLICT: { status: 409, message: 'another lightpath already joins these two sites' },
 });
 
 export const labError = errorFactory(LAB_ERRORS);

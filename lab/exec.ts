@@ -1,39 +1,26 @@
 // Running iproute2/ethtool/sysctl, in the root namespace or inside a lab namespace. Every call
 // is an argv (never a shell string) so names and addresses cannot be misread by a shell.
-import { execFile } from 'node:child_process';
+import { run as runCommand, tryRun, type RunOptions, type RunResult } from '../src/common/proc.ts';
+import { VmtcError } from '../src/common/errors.ts';
 import { labError } from './errors.ts';
 
-export interface RunResult {
-  stdout: string;
-  stderr: string;
-}
+export { tryRun, type RunResult };
 
-export function run(argv: string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(argv[0]!, argv.slice(1), { timeout: opts.timeoutMs ?? 30_000, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) {
-        reject(labError('VMTC_LAB_COMMAND_FAILED', { argv, code: (err as NodeJS.ErrnoException).code ?? null, stderr: String(stderr).trim().slice(0, 1000) }, {
-          message: `${argv.join(' ')}: ${String(stderr).trim() || err.message}`,
-          cause: err,
-        }));
-      } else resolve({ stdout: String(stdout), stderr: String(stderr) });
-    });
-    if (opts.input !== undefined) child.stdin?.end(opts.input);
-  });
+/** src/common/proc.ts run, failing with the lab's own code (VMTC_LAB_COMMAND_FAILED) so lab
+ *  callers can tell a network command's failure from anything else. */
+export async function run(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
+  try {
+    return await runCommand(argv, opts);
+  } catch (e) {
+    if (!(e instanceof VmtcError) || e.code !== 'VMTC_COMMAND_FAILED') throw e;
+    const d = e.details ?? {};
+    throw labError('VMTC_LAB_COMMAND_FAILED', { argv: d.argv, code: d.code, stderr: d.stderr }, { message: e.message, cause: e.cause });
+  }
 }
 
 /** Run argv inside network namespace `ns`. */
 export function netnsExec(ns: string, argv: string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<RunResult> {
   return run(['ip', 'netns', 'exec', ns, ...argv], opts);
-}
-
-/** Like run, but a failure is returned as null: for teardown, where "already gone" is success. */
-export async function tryRun(argv: string[]): Promise<RunResult | null> {
-  try {
-    return await run(argv);
-  } catch {
-    return null;
-  }
 }
 
 export function tryNetnsExec(ns: string, argv: string[]): Promise<RunResult | null> {

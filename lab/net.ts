@@ -8,13 +8,13 @@
 // `up` with the same prefix removes leftovers before building.
 import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LinuxLightpathDriver, type LightpathRecord } from '../src/broker/drivers/linux.ts';
+import { LabLightpathDriver, type LightpathRecord } from './lightpath-driver.ts';
 import { sleep } from '../src/common/clock.ts';
 import { lastDelayLineReport } from './delay-line-process.ts';
 import type { DelayLineReport } from './delay-line.ts';
 import { labError } from './errors.ts';
 import { ipBatch, listNetns, netnsExec, run, tryRun } from './exec.ts';
-import { LAB_DEFAULTS, LAB_NS_PATTERN, describeLab, linuxNodeSettings, siteOf, validPrefix, type Lab, type LabConfig, type LabSite } from './topology.ts';
+import { LAB_DEFAULTS, LAB_NS_PATTERN, describeLab, lightpathNodeSettings, siteOf, validPrefix, type Lab, type LabConfig, type LabSite } from './topology.ts';
 
 export { netnsExec, tryNetnsExec, run } from './exec.ts';
 export type { Lab, LabConfig, LabSite } from './topology.ts';
@@ -59,10 +59,11 @@ export async function listLabs(stateDir: string = LAB_DEFAULTS.stateDir): Promis
 
 function sysctls(lab: Lab, forward: boolean): string[] {
   const max = lab.tcpMaxBytes;
-  // LAB-NOTES: 1 Gbit/s × 198 ms is ~25 MB in flight, far above the default windows.
+  // docs/design.md#lab-facts, "TCP buffers": 1 Gbit/s × 198 ms is ~25 MB in flight, far above
+  // the default windows.
   return [
     // A receive buffer that starts large enough for a fast start over a long path (see
-    // initialWindowPackets in the broker's Linux driver); memory is only used when data waits.
+    // initialWindowPackets in lab/lightpath-driver.ts); memory is only used when data waits.
     `net.ipv4.tcp_rmem=4096 ${Math.min(max, 8 * 1024 * 1024)} ${max}`,
     `net.ipv4.tcp_wmem=4096 16384 ${max}`,
     `net.ipv4.ip_forward=${forward ? 1 : 0}`,
@@ -76,7 +77,7 @@ async function setSysctls(ns: string, kv: string[]): Promise<void> {
 }
 
 async function txOff(ns: string, dev: string): Promise<void> {
-  // LAB-NOTES: vxlan with tx checksum offload leaves inner TCP checksums unfilled.
+  // docs/design.md#lab-facts: vxlan with tx checksum offload leaves inner TCP checksums unfilled.
   await netnsExec(ns, ['ethtool', '-K', dev, 'tx', 'off']);
 }
 
@@ -131,8 +132,8 @@ async function build(lab: Lab): Promise<void> {
   for (const s of lab.sites) await buildSite(lab, s);
 
   // The client: its public address, and a vxlan device on the VM's L2 segment whose destinations
-  // are the all-zero FDB entries (LAB-NOTES: only that entry holds several destinations, which
-  // is what make-before-break needs); nolearning so replies never rewrite them.
+  // are the all-zero FDB entries (docs/design.md#lab-facts: only that entry holds several
+  // destinations, which is what make-before-break needs); nolearning so replies never rewrite them.
   const c = lab.client;
   await ipBatch(c.ns, [
     'link set lo up',
@@ -195,9 +196,9 @@ function recordBelongsTo(r: LightpathRecord, prefix: string): boolean {
 export async function labDown(prefix: string, stateDir: string = LAB_DEFAULTS.stateDir): Promise<void> {
   if (!validPrefix(prefix)) throw labError('VMTC_LAB_BAD_PREFIX', { prefix });
   // Lightpaths of this lab may be recorded under the lab's state dir (lab/net.ts, tests) or the
-  // default one (a broker process running the Linux driver with its defaults).
+  // default one (a broker process running the lab's lightpath driver with its defaults).
   for (const dir of new Set([stateDir, LAB_DEFAULTS.stateDir])) {
-    const driver = new LinuxLightpathDriver({ stateDir: dir });
+    const driver = new LabLightpathDriver({ stateDir: dir });
     for (const r of await driver.records()) if (recordBelongsTo(r, prefix)) await driver.release(r.connectionId);
   }
   const mine = (await listNetns()).filter((n) => LAB_NS_PATTERN.exec(n)?.[1] === prefix);
@@ -217,7 +218,7 @@ export async function labDownAll(stateDir: string = LAB_DEFAULTS.stateDir): Prom
     const m = LAB_NS_PATTERN.exec(n);
     if (m) prefixes.add(m[1]!);
   }
-  const driver = new LinuxLightpathDriver({ stateDir });
+  const driver = new LabLightpathDriver({ stateDir });
   for (const r of await driver.records()) await driver.release(r.connectionId);
   for (const p of prefixes) await labDown(p, stateDir);
   return [...prefixes];
@@ -239,7 +240,7 @@ export async function labStatus(prefix: string, stateDir: string = LAB_DEFAULTS.
   const namespaces: Record<string, boolean> = {};
   if (lab) for (const ns of [lab.wan.ns, lab.client.ns, ...lab.sites.map((s) => s.ns)]) namespaces[ns] = present.has(ns);
   for (const n of present) if (LAB_NS_PATTERN.exec(n)?.[1] === prefix) namespaces[n] = true;
-  const driver = new LinuxLightpathDriver({ stateDir });
+  const driver = new LabLightpathDriver({ stateDir });
   const lightpaths: LabStatus['lightpaths'] = [];
   for (const r of await driver.records()) {
     if (!recordBelongsTo(r, prefix)) continue;
@@ -311,18 +312,18 @@ export function standingLightpathId(lab: Lab): string {
   return `lab-${lab.prefix}-standing`;
 }
 
-/** Provision a lightpath between two sites through the broker's Linux driver, as the broker would. */
+/** Provision a lightpath between two sites through the lab's lightpath driver, as the broker would. */
 export async function provisionLightpath(lab: Lab, from: string, to: string, bandwidthMbps: number, connectionId = standingLightpathId(lab)) {
   const a = siteOf(lab, from);
   const b = siteOf(lab, to);
-  const driver = new LinuxLightpathDriver({ stateDir: lab.stateDir });
+  const driver = new LabLightpathDriver({ stateDir: lab.stateDir });
   return driver.provision({
     connectionId,
     path: [a.name, 'wan', b.name],
     nodes: {
-      [a.name]: linuxNodeSettings(lab, a) as unknown as Record<string, unknown>,
+      [a.name]: lightpathNodeSettings(lab, a) as unknown as Record<string, unknown>,
       wan: { namespace: lab.wan.ns },
-      [b.name]: linuxNodeSettings(lab, b) as unknown as Record<string, unknown>,
+      [b.name]: lightpathNodeSettings(lab, b) as unknown as Record<string, unknown>,
     },
     bandwidthMbps,
   });

@@ -1,5 +1,5 @@
 // The whole vmtc system in the lab, every service a real process: the lab's namespaces and
-// delay line, an AAA, a broker with the Linux lightpath driver, the controller, one QEMU host
+// delay line, an AAA, a broker with the lab's lightpath driver, the controller, one QEMU host
 // agent per site and the tunnel agent for the client namespace; plus a guest VM started at the
 // first site. Used by the lab end-to-end tests and the turntable. close() stops every process it
 // started (by pid) and removes the lab, also after a failure halfway through start.
@@ -12,7 +12,10 @@ import { run } from './exec.ts';
 import type { LabConfig } from './topology.ts';
 import { brokerTopologyFor } from './topology.ts';
 import { buildGuestImage, guestAppend, type GuestAppendOptions } from './guest/build.ts';
+import { JsonClient } from '../src/common/http-client.ts';
 import { loadControllerKey } from '../src/controller/integrations.ts';
+import type { Migration } from '../src/controller/schemas.ts';
+import type { ErrorBodyT } from '../src/common/schemas.ts';
 
 const BIN = new URL('../bin/vmtc.js', import.meta.url).pathname;
 
@@ -38,6 +41,18 @@ export interface StackOptions {
   onProgress?: (msg: string) => void;
 }
 
+/** The controller's refusal of a migration request (no record was made). */
+export type MigrationRefusal = ErrorBodyT & { refused: true } & { [K in keyof Migration]?: undefined };
+/** How migrate() ends: the migration's final record, or the refusal (`refused` tells which). */
+export type MigrationOutcome = (Migration & { refused?: undefined }) | MigrationRefusal;
+
+/** The delay line's statistics file of a migration's lightpath, which the lab's lightpath driver
+ *  names in the data plane's details (docs/lab.md). */
+export function relayStatsFile(rec: MigrationOutcome | undefined): string | undefined {
+  const relay = rec?.steps?.lightpath?.details?.dataPlane?.details?.relay as { statsFile?: string } | undefined;
+  return relay?.statsFile;
+}
+
 export interface Stack {
   lab: Lab;
   dir: string;
@@ -52,8 +67,8 @@ export interface Stack {
   siteOf(hostId: string): string;
   api(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }>;
   /** Request a migration of the VM to `site` and wait for a terminal state. */
-  migrate(toSite: string, body?: Record<string, unknown>, onState?: (rec: any) => void): Promise<any>;
-  waitState(id: string, states: string[], timeoutMs?: number): Promise<any>;
+  migrate(toSite: string, body?: Record<string, unknown>, onState?: (rec: Migration) => void): Promise<MigrationOutcome>;
+  waitState(id: string, states: string[], timeoutMs?: number): Promise<Migration>;
   /** Where the VM runs now, according to the agents. */
   vmPlaces(): Promise<{ hostId: string; state: string }[]>;
   agentDataDir(hostId: string): string;
@@ -141,23 +156,23 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
       requesters: [{ id: 'controller', jkt }],
       rules: [{ id: 'lab-turntable', requesters: ['controller'], projects: ['lab'], src: sites, dst: sites, maxBandwidthMbps: o.maxBandwidthMbps ?? lab.lightpath.rateMbps }],
     }, null, 2));
-    say('starting the AAA, the broker (Linux lightpath driver) and the controller');
+    say('starting the AAA, the broker (the lab lightpath driver) and the controller');
     const aaa = await startProc(['aaa', '--listen', '127.0.0.1:0', '--data', join(dir, 'aaa'), '--domain', domain, '--policy', join(dir, 'policy.json')], join(dir, 'aaa.log'), { env });
     procs.push(aaa.child);
-    const jwks = await (await fetch(`${aaa.ready.url}/.well-known/jwks.json`)).json();
+    const jwks = await new JsonClient({ baseUrl: aaa.ready.url }).get('/.well-known/jwks.json');
     writeFileSync(join(dir, 'topology.json'), JSON.stringify(brokerTopologyFor(lab, domain), null, 2));
     writeFileSync(join(dir, 'trust.json'), JSON.stringify({ issuers: [{ iss: `aaa:${domain}`, jwks }] }, null, 2));
-    const broker = await startProc(['broker', '--listen', '127.0.0.1:0', '--data', join(dir, 'broker'), '--domain', domain, '--topology', join(dir, 'topology.json'), '--trust', join(dir, 'trust.json'), '--driver', 'linux'], join(dir, 'broker.log'), { env });
+    const broker = await startProc(['broker', '--listen', '127.0.0.1:0', '--data', join(dir, 'broker'), '--domain', domain, '--topology', join(dir, 'topology.json'), '--trust', join(dir, 'trust.json'), '--driver', 'lab-lightpath'], join(dir, 'broker.log'), { env });
     procs.push(broker.child);
     const brokerToken = readFileSync(broker.ready.operatorTokenFile as string, 'utf8').trim();
     const ctl = await startProc(['controller', '--listen', '127.0.0.1:0', '--agent-listen', '127.0.0.1:0', '--data', ctlDir, '--aaa', aaa.ready.url, '--broker', broker.ready.url, '--heartbeat-ms', '2000'], join(dir, 'controller.log'), { env });
     procs.push(ctl.child);
     const url = ctl.ready.url as string;
     const adminToken = readFileSync(join(ctlDir, 'admin.token'), 'utf8').trim();
+    const controller = new JsonClient({ baseUrl: url, headers: () => ({ authorization: `Bearer ${adminToken}` }) });
     const api = async (method: string, path: string, body?: unknown) => {
-      const r = await fetch(url + path, { method, headers: { authorization: `Bearer ${adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
-      const text = await r.text();
-      return { status: r.status, body: text ? JSON.parse(text) : undefined };
+      const r = await controller.raw(method, path, body);
+      return { status: r.status, body: r.body as any };
     };
     const hostOf = (site: string) => `host-${site}`;
     const siteOf = (hostId: string) => hostId.replace(/^host-/, '');
@@ -214,7 +229,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
       async waitState(id, states, timeoutMs = 300_000) {
         const until = Date.now() + timeoutMs;
         for (;;) {
-          const rec = (await api('GET', `/v1/migrations/${id}`)).body;
+          const rec = (await api('GET', `/v1/migrations/${id}`)).body as Migration;
           if (states.includes(rec.state)) return rec;
           if (Date.now() > until) throw new Error(`migration ${id} stuck in ${rec.state}`);
           await new Promise((r) => setTimeout(r, 100));
@@ -222,11 +237,11 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
       },
       async migrate(toSite, body = {}, onState) {
         const m = await api('POST', '/v1/migrations', { vmId, destinationHostId: hostOf(toSite), mode: 'live', ...body });
-        if (m.status !== 202) return { refused: true, ...m.body };
+        if (m.status !== 202) return { refused: true, ...(m.body as ErrorBodyT) };
         let last = '';
         const until = Date.now() + 600_000;
         for (;;) {
-          const rec = (await api('GET', `/v1/migrations/${m.body.id}`)).body;
+          const rec = (await api('GET', `/v1/migrations/${m.body.id}`)).body as Migration;
           if (rec.state !== last) { last = rec.state; onState?.(rec); }
           if (rec.terminal) return rec;
           if (Date.now() > until) throw new Error(`migration ${m.body.id} stuck in ${rec.state}`);

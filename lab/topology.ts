@@ -7,11 +7,11 @@
 //                      │         brlp (203.0.113.0/24, lightpath underlay; delay lines bind .1)
 //                      └────────────────────── ┴── veth ── P-siteB (brvm 10.1.1.1, vxc, lpu0)
 //
-// Addresses only from the documentation ranges and the VM's private 10.1.1.0/24 (LAB-NOTES).
+// Addresses only from the documentation ranges and the VM's private 10.1.1.0/24.
 import { randomBytes } from 'node:crypto';
 import { DELAY_LINE_DEFAULTS, queueBytesToMs } from './delay-line.ts';
 import { labError } from './errors.ts';
-import type { LinuxLineSettings, LinuxNodeSettings } from '../src/broker/drivers/linux.ts';
+import type { LabLineSettings, LabNodeSettings } from './lightpath-driver.ts';
 import type { DelayLineImpl } from './delay-line-process.ts';
 
 export interface LabConfig {
@@ -33,7 +33,7 @@ export interface LabConfig {
    * (lab/delay-line/delay-line.c, faster). Absent: env VMTC_DELAY_LINE where the delay line is
    * started, else 'c'. */
   delayLineImpl?: DelayLineImpl;
-  /** Upper bound of tcp_rmem/tcp_wmem in every namespace, bytes. Default 64 MiB (LAB-NOTES). */
+  /** Upper bound of tcp_rmem/tcp_wmem in every namespace, bytes. Default 64 MiB (docs/design.md#lab-facts, "TCP buffers"). */
   tcpMaxBytes?: number;
   /** net.ipv4.tcp_notsent_lowat in every namespace: how many not-yet-sent bytes a TCP socket may
    * hold before a writer blocks. Default 128 KiB, so a migration's last pages do not queue behind
@@ -92,7 +92,7 @@ export interface Lab {
   sites: LabSite[];
   vm: { ip: string; prefixLen: number; gateway: string; mac: string };
   tunnel: { vni: number; port: number; mtu: number };
-  lightpath: LinuxLineSettings;
+  lightpath: LabLineSettings;
   tcpMaxBytes: number;
   tcpNotsentLowatBytes: number;
   tunnelSite: string | null;
@@ -192,8 +192,9 @@ export function siteOf(lab: Lab, site: string): LabSite {
   return s;
 }
 
-/** A site's node settings for the broker's Linux driver (the type and its validation live there). */
-export function linuxNodeSettings(lab: Lab, site: LabSite): LinuxNodeSettings {
+/** A site's node settings for the lab's lightpath driver (the type and its validation live in
+ *  lab/lightpath-driver.ts). */
+export function lightpathNodeSettings(lab: Lab, site: LabSite): LabNodeSettings {
   return {
     namespace: site.ns,
     underlayIp: site.underlayIp,
@@ -219,8 +220,8 @@ export interface BrokerTopologyFile {
 }
 
 /**
- * A broker topology for this lab: one node per site whose `driver` settings are what the Linux
- * driver reads, the WAN as a node, and a link from every site to it with the lightpath's line
+ * A broker topology for this lab: one node per site whose `driver` settings are what the lab's
+ * lightpath driver reads, the WAN as a node, and a link from every site to it with the lightpath's line
  * rate as capacity and half its RTT split over the two hops. A path siteA → wan → siteB has
  * ends siteA and siteB, which is all the driver uses.
  */
@@ -229,7 +230,7 @@ export function brokerTopologyFor(lab: Lab, domain = `lab-${lab.prefix}`): Broke
     domain,
     description: `vmtc lab ${lab.prefix}: ${lab.sites.length} sites, ${lab.lightpath.oneWayMs * 2} ms RTT, ${lab.lightpath.rateMbps} Mbit/s`,
     nodes: [
-      ...lab.sites.map((s) => ({ id: s.name, description: `site ${s.name} (namespace ${s.ns})`, driver: linuxNodeSettings(lab, s) as unknown as Record<string, unknown> })),
+      ...lab.sites.map((s) => ({ id: s.name, description: `site ${s.name} (namespace ${s.ns})`, driver: lightpathNodeSettings(lab, s) as unknown as Record<string, unknown> })),
       { id: 'wan', description: `the WAN (namespace ${lab.wan.ns}), where delay lines run`, driver: { namespace: lab.wan.ns } },
     ],
     links: lab.sites.map((s) => ({

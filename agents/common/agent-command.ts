@@ -1,8 +1,8 @@
 // What `vmtc agent` and `vmtc tunnel` share: the options that reach the controller link, and
 // serving an agent over a driver it owns until SIGINT/SIGTERM. Each command keeps its own driver
 // options, --help wording and ready line; this holds only what is the same in both.
-import type { OptionSpec } from '../../src/cli/registry.ts';
-import { runUntilSignal } from '../../src/cli/registry.ts';
+import type { OptionSpec } from '../../src/common/command.ts';
+import { runUntilSignal } from '../../src/common/command.ts';
 import type { AgentLink } from './agent-link.ts';
 
 /** Exit code when the controller refused the certificate (revoked/unknown): permanent, so a supervisor shows it. */

@@ -7,12 +7,13 @@
 // exponential backoff and jitter when the link drops. A link that sees no ping for 3 heartbeats is
 // considered dead (a silent controller or a black-holed path) and is replaced.
 import { EventEmitter } from 'node:events';
-import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
+import { isoTime, keepAliveClock, type Clock } from '../../src/common/clock.ts';
 import type { Logger } from '../../src/common/log.ts';
 import { commonError, VmtcError } from '../../src/common/errors.ts';
+import { sha256Hex } from '../../src/common/hash.ts';
 import { RpcPeer, type Handler } from '../../src/common/rpc.ts';
 import { fingerprint, makeKeyAndCsr, writeAtomic } from '../../src/common/pki.ts';
 
@@ -47,6 +48,9 @@ export interface AgentLinkOptions {
   requestTimeoutMs?: number;
   /** Events kept while disconnected, sent after reconnecting (oldest dropped first). Default 256. */
   queueLimit?: number;
+  /** Backoff, watchdog and enrolment timers, the enrolment date. Default keepAliveClock: while
+   *  the link is down, its reconnect timer is what keeps an agent process alive. */
+  clock?: Clock;
 }
 
 /** What agent.json holds. */
@@ -71,8 +75,9 @@ export class AgentLink extends EventEmitter {
   private ready = false;
   private stopped = false;
   private attempt = 0;
-  private retryTimer?: NodeJS.Timeout;
-  private watchdog?: NodeJS.Timeout;
+  private retryTimer?: { cancel(): void };
+  private watchdog?: { cancel(): void };
+  private readonly clock: Clock;
   private heartbeatMs: number;
   private readonly queue: { name: string; data: unknown }[] = [];
   /** Number of successful (welcomed) connections so far. */
@@ -84,6 +89,7 @@ export class AgentLink extends EventEmitter {
     this.log = opts.logger.child({ mod: 'agent-link', hostId: identity.hostId });
     this.handlers = { ...(opts.handlers ?? {}) };
     this.heartbeatMs = opts.heartbeatMs ?? 5000;
+    this.clock = opts.clock ?? keepAliveClock;
   }
 
   /**
@@ -127,24 +133,24 @@ export class AgentLink extends EventEmitter {
   waitConnected(timeoutMs = 15_000): Promise<void> {
     if (this.ready) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
+      const t = this.clock.setTimeout(() => {
         this.off('connected', ok);
         reject(commonError('VMTC_TIMEOUT', { waitingFor: 'controller link', timeoutMs }));
       }, timeoutMs);
-      const ok = () => { clearTimeout(t); resolve(); };
+      const ok = () => { t.cancel(); resolve(); };
       this.once('connected', ok);
     });
   }
 
   async close(): Promise<void> {
     this.stopped = true;
-    clearTimeout(this.retryTimer);
-    clearTimeout(this.watchdog);
+    this.retryTimer?.cancel();
+    this.watchdog?.cancel();
     const ws = this.ws;
     if (!ws || ws.readyState === WebSocket.CLOSED) return;
     await new Promise<void>((resolve) => {
-      const t = setTimeout(() => { ws.terminate(); resolve(); }, 1000);
-      ws.once('close', () => { clearTimeout(t); resolve(); });
+      const t = this.clock.setTimeout(() => { ws.terminate(); resolve(); }, 1000);
+      ws.once('close', () => { t.cancel(); resolve(); });
       try {
         ws.close(1000, 'agent stopping');
       } catch {
@@ -204,18 +210,18 @@ export class AgentLink extends EventEmitter {
   }
 
   private armWatchdog(): void {
-    clearTimeout(this.watchdog);
+    this.watchdog?.cancel();
     if (this.stopped) return;
-    this.watchdog = setTimeout(() => {
+    // The open socket keeps the process alive; this timer only watches it.
+    this.watchdog = this.clock.setTimeout(() => {
       this.log.warn({ heartbeatMs: this.heartbeatMs }, 'no ping from the controller for 3 heartbeats: dropping the link');
       this.ws?.terminate();
     }, 3 * this.heartbeatMs);
-    this.watchdog.unref();
   }
 
   private onClose(ws: WebSocket, code: number, reason: string): void {
     if (ws !== this.ws) return;
-    clearTimeout(this.watchdog);
+    this.watchdog?.cancel();
     this.peer?.close();
     const was = this.ready;
     this.ready = false;
@@ -237,7 +243,7 @@ export class AgentLink extends EventEmitter {
     const delay = Math.round(base * (1 - jitter * (b.random ?? Math.random)()));
     this.attempt = Math.min(this.attempt + 1, 30);
     this.log.debug({ delay, attempt: this.attempt }, 'reconnecting');
-    this.retryTimer = setTimeout(() => this.connect(), delay);
+    this.retryTimer = this.clock.setTimeout(() => this.connect(), delay);
   }
 }
 
@@ -261,7 +267,7 @@ function loadStored(dataDir: string): { identity: AgentIdentity; creds: { key: s
 
 async function ensureEnrolled(opts: AgentLinkOptions) {
   const stored = loadStored(opts.dataDir);
-  const tokenSha = opts.enrollToken ? createHash('sha256').update(opts.enrollToken).digest('hex') : undefined;
+  const tokenSha = opts.enrollToken ? sha256Hex(opts.enrollToken) : undefined;
   // A service unit may keep passing the same --enroll on every start: that token is spent, so
   // the stored credentials are used. A different token means "enrol again" (e.g. after revocation).
   if (stored && (!tokenSha || stored.identity.tokenSha256 === tokenSha)) {
@@ -274,13 +280,21 @@ async function ensureEnrolled(opts: AgentLinkOptions) {
   if (!opts.controllerUrl) throw commonError('VMTC_CONFIG_INVALID', { field: 'controller' }, { message: 'the controller URL is needed to enrol' });
   const { keyPem, csrPem } = makeKeyAndCsr(`vmtc-${opts.kind}-agent`);
   const url = new URL('/v1/enroll', opts.controllerUrl).toString();
+  const clock = opts.clock ?? keepAliveClock;
+  const abort = new AbortController();
+  const timer = clock.setTimeout(() => abort.abort(new Error('no answer in 15000 ms')), 15_000);
   let res: Response;
+  let body: Record<string, unknown> | undefined;
   try {
-    res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: opts.enrollToken, csr: csrPem }), signal: AbortSignal.timeout(15_000) });
-  } catch (e) {
-    throw commonError('VMTC_PEER_UNREACHABLE', { url, reason: (e as Error).message }, { message: 'cannot reach the controller to enrol', cause: e });
+    try {
+      res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: opts.enrollToken, csr: csrPem }), signal: abort.signal });
+    } catch (e) {
+      throw commonError('VMTC_PEER_UNREACHABLE', { url, reason: (e as Error).message }, { message: 'cannot reach the controller to enrol', cause: e });
+    }
+    body = (await res.json().catch(() => undefined)) as Record<string, unknown> | undefined;
+  } finally {
+    timer.cancel();
   }
-  const body = (await res.json().catch(() => undefined)) as Record<string, unknown> | undefined;
   if (!res.ok) throw VmtcError.fromBody({ ...(body ?? {}), status: res.status }, res.status);
   const r = body as { hostId?: unknown; kind?: unknown; certificate?: unknown; caCertificate?: unknown; agentUrl?: unknown } | undefined;
   if (!r || typeof r.hostId !== 'string' || typeof r.certificate !== 'string' || typeof r.caCertificate !== 'string' || typeof r.agentUrl !== 'string') {
@@ -295,7 +309,7 @@ async function ensureEnrolled(opts: AgentLinkOptions) {
   writeAtomic(f.key, keyPem, 0o600);
   writeAtomic(f.cert, r.certificate, 0o644);
   writeAtomic(f.ca, r.caCertificate, 0o644);
-  const identity: AgentIdentity = { hostId: r.hostId, kind: opts.kind, agentUrl: r.agentUrl, enrolledAt: new Date().toISOString(), ...(tokenSha ? { tokenSha256: tokenSha } : {}) };
+  const identity: AgentIdentity = { hostId: r.hostId, kind: opts.kind, agentUrl: r.agentUrl, enrolledAt: isoTime(clock.now()), ...(tokenSha ? { tokenSha256: tokenSha } : {}) };
   writeAtomic(f.json, JSON.stringify(identity, null, 2) + '\n', 0o600);
   opts.logger.info({ hostId: r.hostId, agentUrl: r.agentUrl }, 'enrolled with the controller');
   return { identity, creds: { key: keyPem, cert: r.certificate, ca: r.caCertificate } };

@@ -1,7 +1,8 @@
 // `vmtc agent`: run a host agent on a hypervisor host until SIGINT/SIGTERM.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import type { Command } from '../../src/cli/registry.ts';
+import type { Command } from '../../src/common/command.ts';
+import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
 import { commonError } from '../../src/common/errors.ts';
 import { createLogger, type Logger } from '../../src/common/log.ts';
 import { linkArgs, linkOptions, LOG_LEVEL_OPTION, serveAgent } from '../common/agent-command.ts';
@@ -33,12 +34,15 @@ export const command: Command = {
   async run(o) {
     const logger = createLogger({ svc: 'agent', level: o['log-level'] as string });
     const dataDir = resolve(o.data as string);
-    const driver = await makeDriver(o, dataDir, logger);
+    // The one clock of the process: the agent, its link, the cold path and the driver wait on it.
+    const clock = keepAliveClock;
+    const driver = await makeDriver(o, dataDir, logger, clock);
     return serveAgent(driver, () => startHostAgent({
       controllerUrl: (o.controller as string | undefined) ?? '',
       dataDir,
       driver,
       logger,
+      clock,
       ...linkArgs(o),
       ...(o.site ? { site: o.site as string } : {}),
       ...(o['migration-address'] ? { migrationAddress: o['migration-address'] as string } : {}),
@@ -47,7 +51,7 @@ export const command: Command = {
   },
 };
 
-async function makeDriver(o: Record<string, unknown>, dataDir: string, logger: Logger): Promise<HypervisorDriver> {
+async function makeDriver(o: Record<string, unknown>, dataDir: string, logger: Logger, clock: Clock): Promise<HypervisorDriver> {
   const kind = o.driver as string;
   if (kind === 'double') {
     let cfg: DoubleDriverConfig = {};
@@ -58,14 +62,14 @@ async function makeDriver(o: Record<string, unknown>, dataDir: string, logger: L
         throw commonError('VMTC_CONFIG_INVALID', { field: 'double-config', reason: (e as Error).message }, { message: 'cannot read the double driver configuration' });
       }
     }
-    return new DoubleDriver(cfg);
+    return new DoubleDriver(cfg, { clock });
   }
   if (kind === 'qemu') {
     const accel = o.accel as string;
     if (accel !== 'tcg' && accel !== 'kvm') throw commonError('VMTC_CONFIG_INVALID', { field: 'accel', value: accel }, { message: '--accel must be tcg or kvm' });
     // Loaded only when chosen, so a host running the double never needs QEMU's module.
-    const { QemuDriver } = await import('./qemu-driver.ts');
-    return new QemuDriver({ dataDir: resolve(dataDir, 'qemu'), logger, accel, ...(o.netns ? { netns: o.netns as string } : {}) });
+    const { QemuDriver } = await import('./qemu/driver.ts');
+    return new QemuDriver({ dataDir: resolve(dataDir, 'qemu'), logger, accel, clock, ...(o.netns ? { netns: o.netns as string } : {}) });
   }
   throw commonError('VMTC_CONFIG_INVALID', { field: 'driver', value: kind }, { message: '--driver must be qemu or double' });
 }

@@ -1,8 +1,8 @@
-// DoubleDriver: a TEST DOUBLE of a hypervisor (STYLE.md §6), reported in inventory as
-// hypervisor.type 'double'. It stands in for QEMU where a real guest is not wanted (fast
-// controller and agent tests, CI without the lab): VMs are records in memory, but its live
-// migration is real traffic over TCP, so timeouts, cancellation, a killed destination and
-// bandwidth limits behave as they do with QEMU's `migrate tcp:HOST:PORT`:
+// DoubleDriver: a TEST DOUBLE of a hypervisor (docs/contributing.md#real-things-in-tests),
+// reported in inventory as hypervisor.type 'double'. It stands in for QEMU where a real guest is
+// not wanted (fast controller and agent tests, CI without the lab): VMs are records in memory,
+// but its live migration is real traffic over TCP, so timeouts, cancellation, a killed
+// destination and bandwidth limits behave as they do with QEMU's `migrate tcp:HOST:PORT`:
 //
 //   destination prepareIncoming  -> listens on listenHost:port (0 = any), VM state 'incoming'
 //   source migrate               -> connects, sends a header line {migrationId, vmId, spec,
@@ -14,13 +14,17 @@
 //   source afterwards            -> 'postmigrate' (paused, still primary until destroyed).
 //   any break of the stream      -> source back to 'running'; destination's incoming VM removed
 //                                   (as QEMU's -incoming process exits when the load fails).
-//   storage (non-shared disks)   -> NOT copied: the double has no disks. spec.extra.migration.
-//                                   copyStorage and params.storage are accepted and ignored, and
-//                                   prepareIncoming returns no `storage` (the QEMU driver does).
+//   storage (non-shared disks)   -> NOT copied: the double has no disks. tuning.copyStorage and
+//                                   params.storage are accepted and ignored, and prepareIncoming
+//                                   returns no `storage` (the QEMU driver does).
+//   tuning                       -> kept per VM as it arrived (lastIncomingTuning(), for tests
+//                                   of what the controller sends); otherwise ignored.
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { tcpConnectCheck, type HostFacts, type HypervisorDriver } from './driver.ts';
-import type { MigrationParams, MigrationProgress, MigrationResult, VmInfo, VmSpec } from '../../src/common/agent-protocol.ts';
+import { CHUNK, closeIncoming, receiveMigration, removeFailedIncoming, sendMigration, type DoubleVm, type StreamHost } from './double-stream.ts';
+import type { MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, VmInfo, VmSpec } from '../../src/common/agent-protocol.ts';
+import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
 import { commonError } from '../../src/common/errors.ts';
 import { hostError } from './errors.ts';
 
@@ -52,24 +56,22 @@ export interface DoubleDriverConfig {
 }
 
 const MiB = 1024 * 1024;
-const CHUNK = 256 * 1024;
-const PROGRESS_EVERY_MS = 100;
-
-interface Vm {
-  info: VmInfo;
-  incoming?: { server: net.Server; socket?: net.Socket; port: number };
-  outgoing?: { socket?: net.Socket; cancelled: boolean; migrationId: string };
-}
 
 export class DoubleDriver implements HypervisorDriver {
   readonly type = 'double' as const;
-  private readonly vms = new Map<string, Vm>();
+  private readonly vms = new Map<string, DoubleVm>();
   private readonly listeners: (() => void)[] = [];
   private readonly cfg: Required<Omit<DoubleDriverConfig, 'vms' | 'failures'>> & { failures: NonNullable<DoubleDriverConfig['failures']> };
-  private readonly filler = randomBytes(CHUNK);
+  private readonly clock: Clock;
+  private readonly stream: StreamHost;
+  /** The tuning of each VM's last prepareIncoming, as it arrived (kept after the VM is gone). */
+  private readonly incomingTunings = new Map<string, MigrationTuning>();
   private closed = false;
 
-  constructor(config: DoubleDriverConfig = {}) {
+  /** `config` is JSON (--double-config); `deps` are what a process injects: its clock (the
+   *  pacing of the stream, progress intervals, waitRunning's deadline). */
+  constructor(config: DoubleDriverConfig = {}, deps: { clock?: Clock } = {}) {
+    this.clock = deps.clock ?? keepAliveClock;
     const c = {
       version: config.version ?? '1.0.0',
       cpu: config.cpu ?? { model: 'double-cpu', features: ['sse2', 'sse4_2', 'avx'], vcpus: 8 },
@@ -86,6 +88,10 @@ export class DoubleDriver implements HypervisorDriver {
     }
     if (!Array.isArray(c.cpu.features) || !(c.cpu.vcpus > 0)) throw commonError('VMTC_CONFIG_INVALID', { field: 'double.cpu' }, { message: 'double driver: cpu needs features[] and vcpus' });
     this.cfg = c;
+    this.stream = {
+      vms: this.vms, clock: this.clock, filler: randomBytes(CHUNK), passes: c.passes, bytesPerMb: c.bytesPerMb,
+      defaultBandwidthMbps: c.defaultBandwidthMbps, failures: c.failures, changed: () => this.changed(),
+    };
     for (const spec of config.vms ?? []) {
       checkSpec(spec);
       this.vms.set(spec.vmId, { info: infoOf(spec, 'running') });
@@ -119,7 +125,7 @@ export class DoubleDriver implements HypervisorDriver {
       this.vms.delete(spec.vmId);
     }
     this.checkCapacity(spec);
-    const vm: Vm = { info: infoOf(spec, 'running') };
+    const vm: DoubleVm = { info: infoOf(spec, 'running') };
     this.vms.set(spec.vmId, vm);
     this.changed();
     return structuredClone(vm.info);
@@ -128,7 +134,7 @@ export class DoubleDriver implements HypervisorDriver {
   async stop(vmId: string): Promise<void> {
     const vm = this.get(vmId);
     this.abortOutgoing(vm);
-    this.closeIncoming(vm);
+    closeIncoming(vm);
     vm.info.state = 'stopped';
     delete vm.info.migrationId;
     this.changed();
@@ -137,7 +143,7 @@ export class DoubleDriver implements HypervisorDriver {
   async destroy(vmId: string): Promise<void> {
     const vm = this.get(vmId);
     this.abortOutgoing(vm);
-    this.closeIncoming(vm);
+    closeIncoming(vm);
     this.vms.delete(vmId);
     this.changed();
   }
@@ -154,7 +160,16 @@ export class DoubleDriver implements HypervisorDriver {
     return structuredClone(vm.info);
   }
 
-  async prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, port?: number): Promise<{ uri: string; storage?: MigrationParams['storage'] }> {
+  /** The tuning the last prepareIncoming of `vmId` received (`{}` when it came without one), or
+   *  undefined if there was none: what a test reads to see what the controller sent. */
+  lastIncomingTuning(vmId: string): MigrationTuning | undefined {
+    const t = this.incomingTunings.get(vmId);
+    return t ? structuredClone(t) : undefined;
+  }
+
+  async prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, opts: { port?: number; tuning?: MigrationTuning } = {}): Promise<{ uri: string; storage?: MigrationParams['storage'] }> {
+    if (typeof spec?.vmId === 'string') this.incomingTunings.set(spec.vmId, structuredClone(opts.tuning ?? {}));
+    const port = opts.port;
     if (this.cfg.failures.failPrepareIncoming) throw hostError('VMTC_HOST_FAULT_INJECTED', { op: 'prepareIncoming', vmId: spec?.vmId });
     checkSpec(spec);
     if (this.vms.has(spec.vmId)) throw hostError('VMTC_HOST_VM_EXISTS', { vmId: spec.vmId, state: this.vms.get(spec.vmId)!.info.state });
@@ -165,9 +180,9 @@ export class DoubleDriver implements HypervisorDriver {
       server.listen(port ?? 0, listenHost, () => resolve());
     });
     const bound = (server.address() as net.AddressInfo).port;
-    const vm: Vm = { info: { ...infoOf(spec, 'incoming'), migrationId }, incoming: { server, port: bound } };
+    const vm: DoubleVm = { info: { ...infoOf(spec, 'incoming'), migrationId }, incoming: { server, port: bound } };
     this.vms.set(spec.vmId, vm);
-    server.on('connection', (sock) => this.onIncoming(vm, sock));
+    server.on('connection', (sock) => receiveMigration(this.stream, vm, sock));
     this.changed();
     return { uri: `tcp:${listenHost.includes(':') ? `[${listenHost}]` : listenHost}:${bound}` };
   }
@@ -176,144 +191,37 @@ export class DoubleDriver implements HypervisorDriver {
     const vm = this.get(vmId);
     if (vm.outgoing) throw hostError('VMTC_HOST_MIGRATION_IN_PROGRESS', { vmId, migrationId: vm.outgoing.migrationId });
     if (vm.info.state !== 'running') throw hostError('VMTC_HOST_VM_STATE', { vmId, state: vm.info.state, op: 'migrate' });
-    const target = parseTcpUri(uri);
-    const migrationId = params.migrationId;
-    const out: NonNullable<Vm['outgoing']> = { cancelled: false, migrationId };
-    vm.outgoing = out;
-    vm.info.state = 'migrating';
-    vm.info.migrationId = migrationId;
-    this.changed();
-
-    const t0 = Date.now();
-    const mem = vm.info.memoryMb * this.cfg.bytesPerMb;
-    const passes: number[] = [];
-    for (let i = 0, n = mem; i < this.cfg.passes; i++, n = Math.ceil(n / 4)) passes.push(n);
-    const totalBytes = passes.reduce((a, b) => a + b, 0);
-    const mbps = params.bandwidthMbps && params.bandwidthMbps > 0 ? params.bandwidthMbps : this.cfg.defaultBandwidthMbps;
-    const bytesPerMs = (mbps * 1e6) / 8 / 1000;
-    let sent = 0;
-    let setupTimeMs = 0;
-    let stopStart = 0;
-    let lastReport = 0;
-    const base = { migrationId, vmId, totalBytes };
-    const report = (status: MigrationProgress['status'], pass?: number, force = false) => {
-      const now = Date.now();
-      if (!force && now - lastReport < PROGRESS_EVERY_MS) return;
-      lastReport = now;
-      const elapsed = Math.max(1, now - t0 - setupTimeMs);
-      try {
-        onProgress({ ...base, status, transferredBytes: sent, remainingBytes: totalBytes - sent, ...(pass !== undefined ? { pass } : {}), throughputMbps: Math.round((sent * 8) / elapsed / 1000), expectedDowntimeMs: Math.ceil(passes[passes.length - 1]! / bytesPerMs) });
-      } catch {
-        /* a listener's failure must not break the stream */
-      }
-    };
-    const finish = (status: MigrationResult['status'], error?: MigrationResult['error']): MigrationResult => {
-      out.socket?.destroy();
-      if (vm.outgoing === out) delete vm.outgoing;
-      if (this.vms.get(vmId) === vm) {
-        if (status === 'completed') vm.info.state = 'postmigrate';
-        else if (vm.info.state === 'migrating') {
-          // The source stays primary on any failure (DESIGN.md step 6): back to running.
-          vm.info.state = 'running';
-          delete vm.info.migrationId;
-        }
-        this.changed();
-      }
-      report(status, undefined, true);
-      const r: MigrationResult = { migrationId, vmId, status, totalTimeMs: Date.now() - t0, transferredBytes: sent, setupTimeMs };
-      if (status === 'completed') r.downtimeMs = Date.now() - stopStart;
-      if (error) r.error = error;
-      return r;
-    };
-    const broken = () => (out.cancelled ? finish('cancelled') : finish('failed', { code: 'VMTC_HOST_MIGRATION_FAILED', message: 'the migration stream broke', details: { transferredBytes: sent } }));
-
-    report('setup', undefined, true);
-    const socket = net.connect({ host: target.host, port: target.port });
-    out.socket = socket;
-    socket.setNoDelay(true);
-    socket.on('error', () => { /* surfaced as 'close' below */ });
-    const closed = new Promise<void>((r) => socket.once('close', () => r()));
-    // The destination's "OK" may arrive (and its end close the socket) while this side is still
-    // in its last pacing sleep, so it is remembered rather than inferred from the socket state.
-    let okReceived = false;
-    const gotOk = new Promise<boolean>((resolve) => {
-      let buf = '';
-      socket.on('data', (d) => {
-        buf += d.toString('utf8');
-        if (buf.includes('OK\n')) {
-          okReceived = true;
-          resolve(true);
-        }
-      });
-      socket.once('close', () => resolve(false));
-    });
-    const connected = await Promise.race([new Promise<boolean>((r) => socket.once('connect', () => r(true))), closed.then(() => false)]);
-    if (!connected || out.cancelled) {
-      if (out.cancelled) return finish('cancelled');
-      return finish('failed', { code: 'VMTC_HOST_MIGRATION_FAILED', message: 'cannot connect to the destination', details: { uri } });
-    }
-    setupTimeMs = Date.now() - t0;
-    socket.write(JSON.stringify({ migrationId, vmId, spec: vm.info.spec, totalBytes }) + '\n');
-
-    for (let p = 0; p < passes.length; p++) {
-      const last = p === passes.length - 1;
-      // The last pass is stop-and-copy: the guest is paused from here until the destination runs.
-      if (last) stopStart = Date.now();
-      const status = last ? 'device' : 'active';
-      report(status, p + 1, true);
-      const passStart = Date.now();
-      let passSent = 0;
-      while (passSent < passes[p]!) {
-        if (out.cancelled || socket.destroyed) return broken();
-        const n = Math.min(CHUNK, passes[p]! - passSent);
-        const fail = this.cfg.failures.failMigrateAfterBytes;
-        if (fail !== undefined && sent + n > fail) {
-          return finish('failed', { code: 'VMTC_HOST_FAULT_INJECTED', message: 'injected fault: stream dropped by the source', details: { afterBytes: fail } });
-        }
-        const ok = socket.write(n === CHUNK ? this.filler : this.filler.subarray(0, n));
-        passSent += n;
-        sent += n;
-        if (!ok) await Promise.race([new Promise((r) => socket.once('drain', r)), closed]);
-        const ahead = passStart + passSent / bytesPerMs - Date.now();
-        if (ahead > 2) await Promise.race([new Promise((r) => setTimeout(r, ahead)), closed]);
-        report(status, p + 1);
-      }
-    }
-    if (!okReceived && (out.cancelled || socket.destroyed)) return broken();
-    if (!(await gotOk)) return broken();
-    socket.end();
-    return finish('completed');
+    return sendMigration(this.stream, vm, uri, params, onProgress);
   }
 
   async cancelMigration(vmId: string): Promise<void> {
     const vm = this.get(vmId);
     if (vm.outgoing) return this.abortOutgoing(vm);
     if (vm.incoming) {
-      this.closeIncoming(vm);
-      this.removeFailedIncoming(vm);
+      closeIncoming(vm);
+      removeFailedIncoming(this.stream, vm);
       return;
     }
     throw hostError('VMTC_HOST_MIGRATION_NOT_FOUND', { vmId });
   }
 
   async waitRunning(vmId: string, timeoutMs: number): Promise<VmInfo> {
-    const deadline = Date.now() + timeoutMs;
+    const deadline = this.clock.now() + timeoutMs;
     for (;;) {
       const vm = this.vms.get(vmId);
       if (!vm) throw hostError('VMTC_HOST_VM_NOT_FOUND', { vmId, reason: 'the VM is gone (an incoming migration that failed is removed)' });
       if (vm.info.state === 'running') return structuredClone(vm.info);
       if (vm.info.state === 'stopped' || vm.info.state === 'crashed') throw hostError('VMTC_HOST_VM_STATE', { vmId, state: vm.info.state, op: 'waitRunning' });
-      const left = deadline - Date.now();
+      const left = deadline - this.clock.now();
       if (left <= 0) throw commonError('VMTC_TIMEOUT', { vmId, waitingFor: 'running', timeoutMs, state: vm.info.state });
       await new Promise<void>((resolve) => {
-        const t = setTimeout(done, left);
-        const self = this;
-        function done() {
-          clearTimeout(t);
-          const i = self.listeners.indexOf(done);
-          if (i >= 0) self.listeners.splice(i, 1);
+        const done = () => {
+          timer.cancel();
+          const i = this.listeners.indexOf(done);
+          if (i >= 0) this.listeners.splice(i, 1);
           resolve();
-        }
+        };
+        const timer = this.clock.setTimeout(done, left);
         this.listeners.push(done);
       });
     }
@@ -322,7 +230,7 @@ export class DoubleDriver implements HypervisorDriver {
   /** The double's guests have no network of their own: the check runs from the agent. */
   async checkTcp(vmId: string, host: string, port: number, timeoutMs: number): Promise<boolean> {
     this.get(vmId);
-    return tcpConnectCheck(host, port, timeoutMs);
+    return tcpConnectCheck(host, port, timeoutMs, this.clock);
   }
 
   onChange(listener: () => void): void {
@@ -333,13 +241,13 @@ export class DoubleDriver implements HypervisorDriver {
     this.closed = true;
     for (const vm of this.vms.values()) {
       this.abortOutgoing(vm);
-      this.closeIncoming(vm);
+      closeIncoming(vm);
     }
   }
 
   // ---- internals ---------------------------------------------------------------------------
 
-  private get(vmId: string): Vm {
+  private get(vmId: string): DoubleVm {
     const vm = typeof vmId === 'string' ? this.vms.get(vmId) : undefined;
     if (!vm) throw hostError('VMTC_HOST_VM_NOT_FOUND', { vmId });
     return vm;
@@ -370,80 +278,10 @@ export class DoubleDriver implements HypervisorDriver {
     }
   }
 
-  private abortOutgoing(vm: Vm): void {
+  private abortOutgoing(vm: DoubleVm): void {
     if (!vm.outgoing) return;
     vm.outgoing.cancelled = true;
     vm.outgoing.socket?.destroy();
-  }
-
-  private closeIncoming(vm: Vm): void {
-    if (!vm.incoming) return;
-    vm.incoming.socket?.destroy();
-    vm.incoming.server.close();
-    delete vm.incoming;
-  }
-
-  private removeFailedIncoming(vm: Vm): void {
-    if (this.vms.get(vm.info.vmId) === vm && vm.info.state === 'incoming') {
-      this.vms.delete(vm.info.vmId);
-      this.changed();
-    }
-  }
-
-  private onIncoming(vm: Vm, sock: net.Socket): void {
-    const inc = vm.incoming;
-    if (!inc || inc.socket) {
-      sock.destroy(); // one stream per incoming VM, as with QEMU
-      return;
-    }
-    inc.socket = sock;
-    sock.on('error', () => { /* handled on close */ });
-    let header: { migrationId?: string; vmId?: string; totalBytes?: number } | undefined;
-    let head = Buffer.alloc(0);
-    let received = 0;
-    let complete = false;
-    const drop = this.cfg.failures.dropIncomingAfterBytes;
-    sock.on('data', (d: Buffer) => {
-      if (!header) {
-        head = Buffer.concat([head, d]);
-        const nl = head.indexOf(10);
-        if (nl < 0) {
-          if (head.length > 1024 * 1024) sock.destroy();
-          return;
-        }
-        try {
-          header = JSON.parse(head.subarray(0, nl).toString('utf8'));
-        } catch {
-          sock.destroy();
-          return;
-        }
-        if (header?.vmId !== vm.info.vmId || header?.migrationId !== vm.info.migrationId || typeof header?.totalBytes !== 'number') {
-          sock.destroy();
-          return;
-        }
-        d = head.subarray(nl + 1);
-      }
-      received += d.length;
-      if (drop !== undefined && received >= drop) {
-        sock.destroy();
-        return;
-      }
-      if (!complete && received >= header.totalBytes!) {
-        complete = true;
-        vm.info.state = 'running';
-        delete vm.info.migrationId;
-        inc.server.close();
-        delete vm.incoming;
-        this.changed();
-        sock.end('OK\n');
-      }
-    });
-    sock.once('close', () => {
-      if (complete) return;
-      // The stream broke before the last byte: like QEMU's -incoming process, the VM goes away.
-      this.closeIncoming(vm);
-      this.removeFailedIncoming(vm);
-    });
   }
 }
 
@@ -455,11 +293,4 @@ function checkSpec(spec: VmSpec): void {
   const ok = spec && typeof spec === 'object' && typeof spec.vmId === 'string' && spec.vmId.length > 0 && typeof spec.project === 'string' &&
     Number.isInteger(spec.vcpus) && spec.vcpus > 0 && Number.isFinite(spec.memoryMb) && spec.memoryMb > 0 && Number.isFinite(spec.diskGb) && spec.diskGb >= 0;
   if (!ok) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'spec', reason: 'vmId, project, vcpus > 0, memoryMb > 0 and diskGb >= 0 are required' });
-}
-
-export function parseTcpUri(uri: string): { host: string; port: number } {
-  const m = /^tcp:(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(String(uri));
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || !(port > 0 && port <= 65535)) throw hostError('VMTC_HOST_MIGRATION_URI', { uri });
-  return { host: (m[1] ?? m[2])!, port };
 }

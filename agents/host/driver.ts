@@ -1,7 +1,12 @@
-// The hypervisor driver interface (DESIGN.md: QEMU/KVM over QMP; libvirt and Xen behind the same
-// interface). The host agent only ever talks to a hypervisor through this.
+// The hypervisor driver interface: the host agent only ever talks to a hypervisor through this
+// (QEMU/KVM over QMP in agents/host/qemu/; libvirt or Xen would be further folders beside it, and
+// DoubleDriver is the test double). Nothing here is specific to one hypervisor: what a driver
+// needs of its own rides in VmSpec.extra (its settings) and MigrationParams.storage (its storage
+// handoff), which the controller passes on untouched. How to add a driver:
+// docs/contributing.md#a-hypervisor-driver.
 import net from 'node:net';
-import type { MigrationParams, MigrationProgress, MigrationResult, VmInfo, VmSpec, HypervisorType } from '../../src/common/agent-protocol.ts';
+import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
+import type { HypervisorType, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, StorageHandoff, VmInfo, VmSpec } from '../../src/common/agent-protocol.ts';
 
 export interface HostFacts {
   hypervisor: { type: HypervisorType; version: string };
@@ -22,10 +27,14 @@ export interface HypervisorDriver {
   /** Remove the VM and its host-side resources (after a committed migration, or a failed incoming). */
   destroy(vmId: string): Promise<void>;
   resume(vmId: string): Promise<VmInfo>;
-  /** Destination side. With spec.extra.migration.copyStorage the driver also creates empty copies
-   *  of the disks (same format and virtual size) in a directory it owns and exports them for the
-   *  source to mirror into; `storage` says where (MigrationParams.storage). */
-  prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, port?: number): Promise<{ uri: string; storage?: MigrationParams['storage'] }>;
+  /** Destination side: an identical VM waiting for the incoming state on `listenHost` only (on
+   *  `port`, or one the driver picks), set up for this migration's `tuning` (what must match the
+   *  source's: multifd, postcopy). The tuning is this migration's alone and never goes into the
+   *  VM's spec. With tuning.copyStorage the driver also creates empty copies of the writable
+   *  disks (same format and virtual size) in a directory it owns and offers them to the source;
+   *  `storage` says where, for the source's MigrationParams. With tuning.suspend the VM stays
+   *  paused after it lands, until resume(). */
+  prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, opts: { port?: number; tuning?: MigrationTuning }): Promise<{ uri: string; storage?: StorageHandoff }>;
   /** Run a live migration to `uri`; onProgress is called as it goes; resolves when it ends. */
   migrate(vmId: string, uri: string, params: MigrationParams, onProgress: (p: MigrationProgress) => void): Promise<MigrationResult>;
   cancelMigration(vmId: string): Promise<void>;
@@ -41,15 +50,15 @@ export interface HypervisorDriver {
 }
 
 /** One TCP connection attempt from this process: true if accepted within timeoutMs. */
-export function tcpConnectCheck(host: string, port: number, timeoutMs: number): Promise<boolean> {
+export function tcpConnectCheck(host: string, port: number, timeoutMs: number, clock: Clock = keepAliveClock): Promise<boolean> {
   return new Promise((resolve) => {
     const sock = net.connect({ host, port });
     const done = (ok: boolean) => {
-      clearTimeout(t);
+      timer.cancel();
       sock.destroy();
       resolve(ok);
     };
-    const t = setTimeout(() => done(false), Math.max(1, timeoutMs));
+    const timer = clock.setTimeout(() => done(false), Math.max(1, timeoutMs));
     sock.once('connect', () => done(true));
     sock.once('error', () => done(false));
   });

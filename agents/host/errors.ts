@@ -14,7 +14,7 @@ export const HOST_ERRORS = {
   VMTC_HOST_MIGRATION_URI: { status: 400, message: 'the migration URI is not tcp:HOST:PORT' },
   VMTC_HOST_BAD_PARAMS: { status: 400, message: 'the request parameters are not valid' },
   VMTC_HOST_FAULT_INJECTED: { status: 500, message: 'a fault injected by the test double configuration' },
-  // The cold path (agents/host/cold.ts; EGI-Engage D4.4's taxonomy in the comments).
+  // The cold path (agents/host/cold/; EGI-Engage D4.4's taxonomy in the comments).
   VMTC_HOST_COLD_EXPORT_NOT_FOUND: { status: 404, message: 'no such disk export on this host (never published, or withdrawn)' },
   VMTC_HOST_COLD_EXPORT_GONE: { status: 410, message: 'this disk export has expired or its single use is spent' },
   VMTC_HOST_COLD_FORBIDDEN: { status: 403, message: 'the client certificate does not name the destination of this export' }, // Unauthorized

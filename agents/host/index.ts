@@ -1,15 +1,17 @@
 // The host agent (`vmtc agent`): one per hypervisor host. It keeps a link to the controller's
 // agent hub (agents/common/agent-link.ts), serves the HostMethods requests by calling its
 // HypervisorDriver, and reports: its inventory on every connect and whenever a VM changes state,
-// and the progress and end of each live migration it runs as a source (DESIGN.md step 5).
-// The cold path (power off, publish the disks, fetch them, boot the copy) is in cold.ts.
+// and the progress and end of each live migration it runs as a source
+// (docs/design.md#live-migration, step 5). The cold path (power off, publish the disks, fetch
+// them, boot the copy) is in cold/.
 import type { Logger } from '../../src/common/log.ts';
 import { serviceLogger } from '../../src/common/log.ts';
 import { toVmtcError, VmtcError } from '../../src/common/errors.ts';
-import type { ColdExport, HostInventory, HostMethods, MigrationParams, MigrationProgress, MigrationResult, VmSpec } from '../../src/common/agent-protocol.ts';
+import type { ColdExport, HostInventory, HostMethods, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, VmSpec } from '../../src/common/agent-protocol.ts';
+import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
 import type { Handler } from '../../src/common/rpc.ts';
 import { AgentLink, type BackoffOptions } from '../common/agent-link.ts';
-import { ColdTransfer, type ColdOptions } from './cold.ts';
+import { ColdTransfer, type ColdOptions } from './cold/index.ts';
 import type { HypervisorDriver } from './driver.ts';
 import { hostError } from './errors.ts';
 
@@ -38,6 +40,9 @@ export interface HostAgentOptions {
   exportListen?: string;
   /** Tuning of the cold path (tests: clock, free space, stall timeout). */
   cold?: Pick<ColdOptions, 'clock' | 'ids' | 'freeSpace' | 'stallMs' | 'progressEveryMs' | 'exportHost'>;
+  /** Timers of the agent and its link; the cold path's too unless `cold.clock` says otherwise.
+   *  Default keepAliveClock (the command passes it; the driver gets its own). */
+  clock?: Clock;
 }
 
 export interface HostAgent {
@@ -51,6 +56,7 @@ type HandlerMap = { [M in keyof HostMethods]: (p: HostMethods[M][0]) => Promise<
 export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent> {
   const log = serviceLogger(opts.logger, 'agent');
   const driver = opts.driver;
+  const clock = opts.clock ?? keepAliveClock;
   const agentVersion = opts.agentVersion ?? AGENT_VERSION;
   /** Last progress or result of each VM's migration, for vm.migrationStatus. */
   const migrations = new Map<string, MigrationProgress | MigrationResult>();
@@ -80,6 +86,19 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
     if (!v || typeof v !== 'object' || Array.isArray(v)) throw hostError('VMTC_HOST_BAD_PARAMS', { field });
     return v as Record<string, unknown>;
   };
+  /** This migration's tuning, checked field by field (it goes to the driver as it is). */
+  const tuningOf = (v: unknown): MigrationTuning | undefined => {
+    if (v === undefined) return undefined;
+    const t = obj(v, 'tuning');
+    for (const k of ['autoConverge', 'multifd', 'postcopy', 'suspend', 'copyStorage'] as const) {
+      if (t[k] !== undefined && typeof t[k] !== 'boolean') throw hostError('VMTC_HOST_BAD_PARAMS', { field: `tuning.${k}` });
+    }
+    for (const k of ['bandwidthMbps', 'maxDowntimeMs', 'multifdChannels'] as const) {
+      const n = t[k];
+      if (n !== undefined && !(typeof n === 'number' && Number.isFinite(n) && n >= 0)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: `tuning.${k}` });
+    }
+    return t as MigrationTuning;
+  };
 
   const handlers: HandlerMap = {
     'host.inventory': async () => inventory(),
@@ -108,7 +127,11 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       const q = obj(p, 'params');
       const port = q.port;
       if (port !== undefined && !(Number.isInteger(port) && (port as number) >= 0 && (port as number) <= 65535)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'port' });
-      return driver.prepareIncoming(obj(q.spec, 'spec') as unknown as VmSpec, str(q.migrationId, 'migrationId'), str(q.listenHost, 'listenHost'), port as number | undefined);
+      const tuning = tuningOf(q.tuning);
+      return driver.prepareIncoming(obj(q.spec, 'spec') as unknown as VmSpec, str(q.migrationId, 'migrationId'), str(q.listenHost, 'listenHost'), {
+        ...(port !== undefined ? { port: port as number } : {}),
+        ...(tuning ? { tuning } : {}),
+      });
     },
     'vm.migrate': async (p) => {
       const q = obj(p, 'params');
@@ -154,7 +177,7 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       if (!(typeof t === 'number' && t > 0)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'timeoutMs' });
       return driver.waitRunning(str(q.vmId, 'vmId'), t);
     },
-    // The cold path (EGI-Engage D4.4; agents/host/cold.ts).
+    // The cold path (EGI-Engage D4.4; agents/host/cold/).
     'vm.coldExport': async (p) => {
       const q = obj(p, 'params');
       const vmId = str(q.vmId, 'vmId');
@@ -201,12 +224,13 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
     ...(opts.enrollToken ? { enrollToken: opts.enrollToken } : {}),
     ...(opts.caFingerprint ? { caFingerprint: opts.caFingerprint } : {}),
     ...(opts.backoff ? { backoff: opts.backoff } : {}),
+    clock,
     handlers: handlers as unknown as Record<string, Handler>,
   });
   hostId = link.hostId;
   try {
     cold = new ColdTransfer({
-      dataDir: opts.dataDir, hostId, driver, logger: log,
+      dataDir: opts.dataDir, hostId, driver, logger: log, clock,
       ...(opts.exportListen ? { exportListen: opts.exportListen } : {}),
       ...(opts.migrationAddress ? { exportHost: opts.migrationAddress } : {}),
       ...(opts.cold ?? {}),
@@ -218,7 +242,7 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
 
   // Inventory: sent on every (re)connect, and after driver changes, coalesced so a burst of state
   // changes (a migration ending touches two VMs) becomes one message; never two sends in flight.
-  let timer: NodeJS.Timeout | undefined;
+  let timer: { cancel(): void } | undefined;
   let sending = false;
   let again = false;
   const sendInventory = async () => {
@@ -241,7 +265,7 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
   };
   const schedule = () => {
     if (closed || timer) return;
-    timer = setTimeout(() => {
+    timer = clock.setTimeout(() => {
       timer = undefined;
       void sendInventory();
     }, opts.inventoryCoalesceMs ?? 50);
@@ -256,7 +280,7 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
     async close() {
       if (closed) return;
       closed = true;
-      clearTimeout(timer);
+      timer?.cancel();
       await cold.close();
       await link.close();
       log.info({ hostId }, 'host agent stopped');

@@ -2,7 +2,8 @@
 // stdout carries one JSON line {"event":"ready",…} once the agent is connected to the controller
 // (scripts and tests wait for it); the log goes to stderr so stdout stays machine-readable.
 import { resolve } from 'node:path';
-import type { Command } from '../../src/cli/registry.ts';
+import type { Command } from '../../src/common/command.ts';
+import { keepAliveClock } from '../../src/common/clock.ts';
 import { commonError } from '../../src/common/errors.ts';
 import { createLogger, type Logger } from '../../src/common/log.ts';
 import { linkArgs, linkOptions, LOG_LEVEL_OPTION, serveAgent } from '../common/agent-command.ts';
@@ -38,6 +39,9 @@ export const command: Command = {
       dataDir,
       driver,
       logger,
+      // The one place the tunnel agent's time comes from: its history timestamps and its link's
+      // timers (which must keep the process alive while it waits to reconnect).
+      clock: keepAliveClock,
       ...linkArgs(o),
       ...(o['initial-site'] ? { initialSite: o['initial-site'] as string } : {}),
     });

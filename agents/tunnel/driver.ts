@@ -1,6 +1,7 @@
 // What the tunnel agent needs from the place where clients' traffic enters: a set of sites the
-// client tunnel sends to. Make-before-break (DESIGN.md step 6, the paper's Figure 2) is built on
-// it as "add the new site, later remove the old one"; the set may hold both for a while.
+// client tunnel sends to. Make-before-break (docs/design.md#live-migration step 6, the paper's
+// Figure 2) is built on it as "add the new site, later remove the old one"; the set may hold
+// both for a while.
 //
 // Every implementation keeps the same rules, so the agent and its tests do not depend on which
 // one runs:

@@ -3,7 +3,7 @@
 // lives. It keeps a link to the controller's agent hub (agents/common/agent-link.ts, kind
 // 'tunnel', mutual TLS) and serves:
 //
-//   tunnel.bicast { vmId, oldSite, newSite }   DESIGN.md step 6, before the migration starts:
+//   tunnel.bicast { vmId, oldSite, newSite }   docs/design.md#live-migration step 6, before the copy starts:
 //       send toward both sites. The new site is added first and nothing is ever removed here,
 //       so at no instant does the tunnel lack the site where the VM may be running.
 //   tunnel.prune  { vmId, keepSite, dropSite } after the destination reports the VM running (or,
@@ -19,11 +19,13 @@
 // it: their site is the one given by --initial-site.
 import type { Logger } from '../../src/common/log.ts';
 import { serviceLogger } from '../../src/common/log.ts';
-import { systemClock, type Clock } from '../../src/common/clock.ts';
+import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
 import type { Handler } from '../../src/common/rpc.ts';
 import { AgentLink, type BackoffOptions } from '../common/agent-link.ts';
+import { tunnelError, type TunnelChange, type TunnelMethods, type TunnelState } from '../../src/common/tunnel-protocol.ts';
 import type { TunnelDriver } from './driver.ts';
-import { tunnelError } from './errors.ts';
+
+export type { BicastParams, PruneParams, TunnelChange, TunnelMethods, TunnelState } from '../../src/common/tunnel-protocol.ts';
 
 export const TUNNEL_AGENT_VERSION = '0.1.0';
 
@@ -48,35 +50,6 @@ export interface TunnelAgentOptions {
 
 export const TUNNEL_AGENT_DEFAULTS = { historyLimit: 200 } as const;
 
-/** One change of the tunnel's destinations, for the lab's timeline. */
-export interface TunnelChange {
-  /** ms since the epoch (the agent's clock). */
-  at: number;
-  op: 'add' | 'remove';
-  site: string;
-  cause: 'bicast' | 'prune' | 'initial';
-  vmId?: string;
-  /** The destinations after the change. */
-  sites: string[];
-}
-
-export interface TunnelState {
-  driver: string;
-  sites: string[];
-  vmSites: Record<string, string[]>;
-  history: TunnelChange[];
-}
-
-export interface BicastParams { vmId: string; oldSite: string; newSite: string }
-export interface PruneParams { vmId: string; keepSite: string; dropSite: string }
-
-/** The requests a tunnel agent serves: [params, result]. */
-export interface TunnelMethods {
-  'tunnel.bicast': [BicastParams, { sites: string[] }];
-  'tunnel.prune': [PruneParams, { sites: string[]; removed: boolean; keptFor?: string[] }];
-  'tunnel.state': [Record<string, never>, TunnelState];
-}
-
 export interface TunnelAgent {
   hostId: string;
   link: AgentLink;
@@ -91,7 +64,9 @@ const SITE_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 export async function startTunnelAgent(opts: TunnelAgentOptions): Promise<TunnelAgent> {
   const base = serviceLogger(opts.logger, 'tunnel');
   const driver = opts.driver;
-  const clock = opts.clock ?? systemClock;
+  // Also the link's (backoff, watchdog): while disconnected, its reconnect timer keeps the
+  // process alive, hence timers that hold the event loop by default.
+  const clock = opts.clock ?? keepAliveClock;
   const historyLimit = opts.historyLimit ?? TUNNEL_AGENT_DEFAULTS.historyLimit;
   if (!(Number.isInteger(historyLimit) && historyLimit > 0)) throw tunnelError('VMTC_TUNNEL_BAD_PARAMS', { field: 'historyLimit', value: historyLimit });
   const vmSites = new Map<string, string[]>();
@@ -234,6 +209,7 @@ export async function startTunnelAgent(opts: TunnelAgentOptions): Promise<Tunnel
     ...(opts.enrollToken ? { enrollToken: opts.enrollToken } : {}),
     ...(opts.caFingerprint ? { caFingerprint: opts.caFingerprint } : {}),
     ...(opts.backoff ? { backoff: opts.backoff } : {}),
+    clock,
     handlers,
   });
   const hostId = link.hostId;

@@ -3,7 +3,7 @@
 // unknown site, last site refused) so tests of the agent and the controller port exercise the
 // real decisions. `ops` records every call with the set after it, so tests can check the order
 // of a switchover; `failAdd`/`failRemove` inject faults.
-import { tunnelError } from './errors.ts';
+import { tunnelError } from '../../src/common/tunnel-protocol.ts';
 import type { RemoveOptions, TunnelDriver } from './driver.ts';
 
 export interface MemoryTunnelDriverOptions {

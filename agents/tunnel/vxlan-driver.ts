@@ -1,20 +1,21 @@
 // The Linux tunnel driver: the client tunnel is a vxlan device with `nolearning` whose
-// destinations are all-zero FDB entries, one per site (LAB-NOTES, make-before-break: a unicast
-// FDB entry keeps only one destination and `bridge fdb append` on it is silently ignored; only
-// the all-zero default entry holds several, and nolearning keeps replies from rewriting them).
+// destinations are all-zero FDB entries, one per site (docs/design.md#lab-facts, "Bicast needs
+// the all-zero FDB entry"; make-before-break: a unicast FDB entry keeps only one destination and
+// `bridge fdb append` on it is silently ignored; only the all-zero default entry holds several,
+// and nolearning keeps replies from rewriting them).
 //
 //   add(site)    = bridge fdb append 00:00:00:00:00:00 dev DEV dst IP
 //   remove(site) = bridge fdb del    00:00:00:00:00:00 dev DEV dst IP
 //
 // run inside the client namespace with `ip netns exec NS` when one is configured. Every command
-// is an argv given to execFile (never a shell string). Calls are serialised: a check-then-change
+// is an argv (src/common/proc.ts; never a shell string). Calls are serialised: a check-then-change
 // must not interleave with another.
-import { execFile } from 'node:child_process';
 import { isIP } from 'node:net';
 import { commonError } from '../../src/common/errors.ts';
+import { run } from '../../src/common/proc.ts';
 import type { Logger } from '../../src/common/log.ts';
 import { silentLogger } from '../../src/common/log.ts';
-import { tunnelError } from './errors.ts';
+import { tunnelError } from '../../src/common/tunnel-protocol.ts';
 import type { RemoveOptions, TunnelDriver } from './driver.ts';
 
 export const ZERO_MAC = '00:00:00:00:00:00';
@@ -135,15 +136,14 @@ export class VxlanTunnelDriver implements TunnelDriver {
     return this.exec(['bridge', ...args]);
   }
 
-  private exec(argv: string[]): Promise<string> {
+  private async exec(argv: string[]): Promise<string> {
     const full = this.opts.netns ? ['ip', 'netns', 'exec', this.opts.netns, ...argv] : argv;
-    return new Promise((resolve, reject) => {
-      execFile(full[0]!, full.slice(1), { timeout: this.opts.commandTimeoutMs ?? 10_000, maxBuffer: 4 * 1024 * 1024 }, (err, stdout, stderr) => {
-        if (err) {
-          reject(tunnelError('VMTC_TUNNEL_COMMAND_FAILED', { argv: full, stderr: String(stderr).trim().slice(0, 500) }, { message: `${full.join(' ')}: ${String(stderr).trim() || err.message}`, cause: err }));
-        } else resolve(String(stdout));
-      });
-    });
+    try {
+      return (await run(full, { timeoutMs: this.opts.commandTimeoutMs ?? 10_000, maxBuffer: 4 * 1024 * 1024 })).stdout;
+    } catch (e) {
+      const stderr = String((e as { details?: { stderr?: unknown } }).details?.stderr ?? '').slice(0, 500);
+      throw tunnelError('VMTC_TUNNEL_COMMAND_FAILED', { argv: full, stderr }, { message: (e as Error).message, cause: e });
+    }
   }
 }
 

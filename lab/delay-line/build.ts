@@ -5,12 +5,12 @@
 //   const bin = await ensureDelayLineBinary();   // <cache>/delay-line/<key>/vmtc-delay-line
 //
 // CLI: `npx tsx lab/delay-line/build.ts` builds (or finds) it and prints the path.
-import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { run } from '../../src/common/proc.ts';
 import { labError } from '../errors.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -25,13 +25,13 @@ export function delayLineCacheRoot(cacheDir?: string): string {
   return join(cacheDir ?? process.env.VMTC_CACHE ?? join(REPO, 'lab', 'cache'), 'delay-line');
 }
 
-function gcc(args: string[]): Promise<void> {
-  return new Promise((res, rej) => {
-    execFile('gcc', args, { timeout: 120_000 }, (err, _stdout, stderr) => {
-      if (err) rej(labError('VMTC_LAB_DELAY_LINE_FAILED', { step: 'build', argv: ['gcc', ...args], stderr: String(stderr).trim().slice(0, 1000) }, { message: `gcc failed building the C delay line: ${String(stderr).trim() || err.message}`, cause: err }));
-      else res();
-    });
-  });
+async function gcc(args: string[]): Promise<void> {
+  try {
+    await run(['gcc', ...args], { timeoutMs: 120_000 });
+  } catch (e) {
+    const stderr = String((e as { details?: { stderr?: unknown } }).details?.stderr ?? '');
+    throw labError('VMTC_LAB_DELAY_LINE_FAILED', { step: 'build', argv: ['gcc', ...args], stderr }, { message: `gcc failed building the C delay line: ${stderr || (e as Error).message}`, cause: e });
+  }
 }
 
 /**

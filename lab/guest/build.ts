@@ -7,12 +7,12 @@
 //   spec.kernel = g.kernel; spec.initrd = g.initrd; spec.append = guestAppend({ heartbeatMs: 10 });
 //
 // CLI: `npx tsx lab/guest/build.ts` builds (or finds) the image and prints it as JSON.
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile, chmod } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { run as runCommand } from '../../src/common/proc.ts';
 import { guestError } from './errors.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -80,13 +80,14 @@ export function guestAppend(o: GuestAppendOptions = {}): string {
   return parts.join(' ');
 }
 
-function run(argv: string[], opts: { cwd?: string; timeoutMs?: number } = {}): Promise<string> {
-  return new Promise((res, rej) => {
-    execFile(argv[0]!, argv.slice(1), { cwd: opts.cwd, timeout: opts.timeoutMs ?? 300_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) rej(guestError('VMTC_GUEST_BUILD_FAILED', { argv, stderr: String(stderr).trim().slice(0, 1000) }, { message: `${argv.join(' ')}: ${String(stderr).trim() || err.message}`, cause: err }));
-      else res(String(stdout));
-    });
-  });
+/** src/common/proc.ts run with the guest build's code and a build's patience (5 min). */
+async function run(argv: string[], opts: { cwd?: string; timeoutMs?: number } = {}): Promise<string> {
+  try {
+    return (await runCommand(argv, { timeoutMs: opts.timeoutMs ?? 300_000, maxBuffer: 64 * 1024 * 1024, ...(opts.cwd ? { cwd: opts.cwd } : {}) })).stdout;
+  } catch (e) {
+    const stderr = String((e as { details?: { stderr?: unknown } }).details?.stderr ?? '');
+    throw guestError('VMTC_GUEST_BUILD_FAILED', { argv, stderr }, { message: (e as Error).message, cause: e });
+  }
 }
 
 export function guestCacheRoot(cacheDir?: string): string {

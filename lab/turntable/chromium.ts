@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import WebSocket from 'ws';
+import { sleep } from '../../src/common/clock.ts';
 import { COMMON_ERRORS, errorFactory, mergeCatalogues } from '../../src/common/errors.ts';
 
 /**
@@ -125,8 +126,6 @@ class Cdp {
 
   on(l: (m: CdpMessage) => void): void { this.listeners.push(l); }
 }
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Wait for the browser to write its DevTools port and browser endpoint path. */
 async function readActivePort(dir: string, child: ChildProcess, stderrTail: () => string, deadline: number): Promise<{ port: number; path: string }> {

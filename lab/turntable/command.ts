@@ -2,7 +2,7 @@
 // every service as a real process, moves one VM back and forth `--rounds` times, once more
 // non-live, tears everything down and writes DIR/turntable.json and DIR/report.html.
 import { join } from 'node:path';
-import type { Command } from '../../src/cli/registry.ts';
+import type { Command } from '../../src/common/command.ts';
 import { commonError } from '../../src/common/errors.ts';
 import { runTurntable, TURNTABLE_DEFAULTS } from './run.ts';
 import type { TurntableResult } from './types.ts';

@@ -1,4 +1,4 @@
-// The turntable (issue 5): the whole vmtc stack in the lab, one VM moved back and forth between
+// The turntable (README "The turntable"): the whole vmtc stack in the lab, one VM moved back and forth between
 // two sites `rounds` times over the emulated lightpath, then once non-live (suspend, copy,
 // resume) for comparison. Every migration is watched by independent probes — the guest's own
 // clock probe, the serial heartbeat on ttyS1 read on the host side at the source and then at the
@@ -9,10 +9,11 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { join, resolve } from 'node:path';
-import { startStack, type Stack } from '../stack.ts';
+import { sleep } from '../../src/common/clock.ts';
+import { relayStatsFile, startStack, type MigrationOutcome, type Stack } from '../stack.ts';
 import { netnsExec } from '../net.ts';
 import { delayLineStatsBetween, resolveDelayLineImpl, type DelayLineImpl } from '../delay-line-process.ts';
-import { qemuVmPaths } from '../../agents/host/qemu-driver.ts';
+import { qemuVmPaths } from '../../agents/host/qemu/cmdline.ts';
 import { countLost, longestGap, lostInGap, percentiles, pingReplyTimes, readInternalGaps, serialDowntime, serialLost, SerialWatcher, startPing, startUdpProbe, udpReplyTimes, window as offsets } from './probes.ts';
 import { renderReport } from './report.ts';
 import type { DowntimeFigures, TurntableConfig, TurntableMigration, TurntableResult, TurntableSummary } from './types.ts';
@@ -69,11 +70,6 @@ function qemuVersion(): string {
     return 'unknown';
   }
 }
-
-const sleep = (ms: number, signal?: AbortSignal) => new Promise<void>((r) => {
-  const t = setTimeout(r, ms);
-  signal?.addEventListener('abort', () => { clearTimeout(t); r(); }, { once: true });
-});
 
 /** A client TCP session to the guest's echo server for the length of one migration. */
 function startTcpSession(s: Stack) {
@@ -195,7 +191,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
     await s.close();
   }
 
-  // The internal probe: under TCG the guest's clocks stop with the VM (LAB-NOTES), so a pause
+  // The internal probe: under TCG the guest's clocks stop with the VM (docs/lab.md), so a pause
   // the other probes see may leave no trace inside. Report what was found, not a wrong number.
   // Calibration: the non-live migration pauses the VM for seconds. If the guest's clocks did not
   // see even that, they see no pause at all, and any internal figure of a live migration is the
@@ -281,7 +277,7 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
   const udp = startUdpProbe(s.lab.client.ns, s.lab.vm.ip, { intervalMs: o.udpIntervalMs, maxSeconds: 900 });
   const tcp = startTcpSession(s);
   const marks: { label: string; at: number }[] = [];
-  let rec: any;
+  let rec: MigrationOutcome | undefined;
   let tcpResult = { survived: false, summary: null as any };
   let started = Date.now();
   let pingRes: Awaited<ReturnType<typeof ping.stop>>;
@@ -365,7 +361,7 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
   const hvTotal = result.totalTimeMs ?? null;
   const copyMs = hvTotal ?? ((timings.precopy ?? 0) + (timings.stopcopy ?? 0));
   const bytes = result.transferredBytes ?? 0;
-  const statsFile = rec?.steps?.lightpath?.details?.dataPlane?.details?.relay?.statsFile as string | undefined;
+  const statsFile = relayStatsFile(rec);
   const migration: TurntableMigration = {
     round: step.round, from: step.from, to: step.to, mode: step.mode, ok,
     migrationId: rec?.id ?? '', state: rec?.state ?? 'not started',

@@ -1,8 +1,8 @@
 // `vmtc aaa --listen HOST:PORT --data DIR --domain NAME --policy FILE`: run an AAA service until
 // SIGINT/SIGTERM. The admin credential is printed as a path, never as a value.
 import { join, resolve } from 'node:path';
-import type { Command } from '../cli/registry.ts';
-import { runUntilSignal, formatCliError } from '../cli/registry.ts';
+import type { Command } from '../common/command.ts';
+import { runUntilSignal, formatCliError } from '../common/command.ts';
 import { parseListen } from '../common/http.ts';
 import { commonError } from '../common/errors.ts';
 import { createLogger } from '../common/log.ts';

@@ -1,4 +1,4 @@
-// Multi-domain consent (issue 3, "Multi-domain"; the paper's AAA "extends the sandbox in space and
+// Multi-domain consent (docs/aaa.md; the paper's AAA "extends the sandbox in space and
 // in time"): the AAA of the requesting domain asks the AAA of every other domain on the path.
 //
 // Request: POST <peer>/v1/consents { request: JWS } where the JWS is signed by the requesting AAA's
@@ -11,6 +11,7 @@
 import { randomBytes, type KeyObject } from 'node:crypto';
 import { decodeCompactJws, publicKeyFromJwk, signCompactJws, verifyEd25519, DpopReplayCache } from '../common/dpop.ts';
 import { VmtcError } from '../common/errors.ts';
+import { requestJson, type JsonResponse } from '../common/http-client.ts';
 import { aaaError } from './errors.ts';
 import type { LightpathRequest, Peer, Policy } from './policy.ts';
 import { issuerOf } from './tokens.ts';
@@ -121,28 +122,16 @@ export function verifyConsentRequest(jws: string, policy: Policy, ownDomain: str
  * VMTC_AAA_PEER_UNREACHABLE or VMTC_AAA_PEER_BAD_REPLY, each naming the domain.
  */
 export async function askConsent(peer: Peer, ownDomain: string, jws: string, reqJti: string, nowMs: () => number, timeoutMs: number): Promise<ConsentReplyClaims> {
-  let res: Response;
-  let text: string;
+  let res: JsonResponse;
   try {
-    res = await fetch(`${peer.url}/v1/consents`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ request: jws }),
-      signal: AbortSignal.timeout(timeoutMs),
-    });
-    text = await res.text();
+    res = await requestJson(`${peer.url}/v1/consents`, { method: 'POST', body: { request: jws }, timeoutMs });
   } catch (e) {
     throw aaaError('VMTC_AAA_PEER_UNREACHABLE', { domain: peer.domain, url: peer.url, reason: (e as Error).message }, { cause: e });
   }
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    body = undefined;
-  }
-  if (!res.ok) {
+  const body = res.json ? res.body : undefined;
+  if (res.status < 200 || res.status >= 300) {
     if (res.status >= 500 || !body || typeof (body as { code?: unknown }).code !== 'string') {
-      throw aaaError('VMTC_AAA_PEER_UNREACHABLE', { domain: peer.domain, url: peer.url, status: res.status, peer: body ?? text.slice(0, 200) });
+      throw aaaError('VMTC_AAA_PEER_UNREACHABLE', { domain: peer.domain, url: peer.url, status: res.status, peer: body ?? res.text.slice(0, 200) });
     }
     const b = body as { code: string; message?: string; details?: unknown };
     throw aaaError('VMTC_AAA_PEER_REFUSED', { domain: peer.domain, peerCode: b.code, peerMessage: b.message, peerDetails: b.details });
@@ -177,14 +166,8 @@ export function verifyConsentWithdrawal(jws: string, policy: Policy, ownDomain: 
 /** Best effort: a peer that cannot be told keeps its record of the consent (and says so in its log). */
 export async function withdrawConsent(peer: Peer, jws: string, timeoutMs: number): Promise<boolean> {
   try {
-    const res = await fetch(`${peer.url}/v1/consents/withdraw`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ request: jws }),
-      signal: AbortSignal.timeout(timeoutMs),
-    });
-    await res.arrayBuffer();
-    return res.ok;
+    const res = await requestJson(`${peer.url}/v1/consents/withdraw`, { method: 'POST', body: { request: jws }, timeoutMs });
+    return res.status >= 200 && res.status < 300;
   } catch {
     return false;
   }

@@ -1,11 +1,11 @@
-// The controller's client for a broker (DESIGN.md step 4): every call that uses the capability
-// token carries `Authorization: DPoP <token>` and a fresh DPoP proof (RFC 9449) made with the
-// holder's key; refusals come back as VmtcError with the broker's own code. Reads carry the
+// The controller's client for a broker (docs/design.md#live-migration, step 4): every call that
+// uses the capability token carries `Authorization: DPoP <token>` and a fresh DPoP proof (RFC 9449)
+// made with the holder's key; refusals come back as VmtcError with the broker's own code. Reads carry the
 // operator's bearer token (docs/broker.md "Reads"), or the holder's token and proof (getAsHolder).
 import type { KeyObject } from 'node:crypto';
 import { VmtcError } from '../common/errors.ts';
 import { makeDpopProofSync, type PublicJwk } from '../common/dpop.ts';
-import { requestJson } from './http-client.ts';
+import { JsonClient } from '../common/http-client.ts';
 
 export interface HolderKey {
   privateKey: KeyObject;
@@ -54,20 +54,19 @@ export interface BrokerClientOptions {
 
 export class BrokerClient {
   readonly baseUrl: string;
+  private readonly http: JsonClient;
 
   constructor(baseUrl: string, private readonly opts: BrokerClientOptions = {}) {
-    this.baseUrl = baseUrl.replace(/\/+$/, '');
+    this.http = new JsonClient({ baseUrl, timeoutMs: opts.timeoutMs ?? 60_000, ...(opts.ca ? { tls: { ca: opts.ca } } : {}) });
+    this.baseUrl = this.http.baseUrl;
   }
 
-  private async call<T>(method: string, path: string, body: unknown, token: string | undefined, key: HolderKey | undefined, bearer?: string): Promise<T> {
-    const url = `${this.baseUrl}${path}`;
+  private call<T>(method: string, path: string, body: unknown, token: string | undefined, key: HolderKey | undefined, bearer?: string): Promise<T> {
     const headers: Record<string, string> = {};
     if (token !== undefined) headers.authorization = `DPoP ${token}`;
     else if (bearer !== undefined) headers.authorization = `Bearer ${bearer}`;
-    if (key) headers.dpop = makeDpopProofSync(key, method, url, token, this.opts.now ? { now: this.opts.now() } : {});
-    const res = await requestJson(url, { method, headers, body, timeoutMs: this.opts.timeoutMs ?? 60_000, ...(this.opts.ca ? { tls: { ca: this.opts.ca } } : {}) });
-    if (res.status >= 200 && res.status < 300) return res.body as T;
-    throw VmtcError.fromBody(res.body, res.status);
+    if (key) headers.dpop = makeDpopProofSync(key, method, this.http.url(path), token, this.opts.now ? { now: this.opts.now() } : {});
+    return this.http.request<T>(method, path, body, { headers });
   }
 
   reserve(body: ReserveRequest, token: string, holderKey: HolderKey): Promise<ReservationView> {
@@ -110,7 +109,7 @@ export class BrokerClient {
   }
 
   /**
-   * Reserve, commit and provision in one go (DESIGN.md step 4); on any failure after the reserve,
+   * Reserve, commit and provision in one go (docs/design.md#live-migration, step 4); on any failure after the reserve,
    * the reservation is aborted or terminated so nothing is left held.
    */
   async setup(body: ReserveRequest, token: string, holderKey: HolderKey): Promise<ReservationView> {

@@ -1,7 +1,8 @@
 // `vmtc broker`: run a lightpath broker for one network domain.
-import { runUntilSignal, type Command } from '../cli/registry.ts';
+import { runUntilSignal, type Command } from '../common/command.ts';
 import { commonError } from '../common/errors.ts';
 import { createLogger } from '../common/log.ts';
+import { describeNetworkDrivers, networkDriverNames } from './drivers/registry.ts';
 import { BROKER_DEFAULTS, startBroker } from './index.ts';
 
 export const command: Command = {
@@ -14,12 +15,15 @@ export const command: Command = {
     domain: { type: 'string', arg: 'NAME', help: 'this network domain (tokens must name broker:NAME in aud)', required: true },
     topology: { type: 'string', arg: 'FILE', help: 'topology file (JSON)', required: true },
     trust: { type: 'string', arg: 'FILE', help: 'trust file: AAA issuers and keys, peer brokers, TLS (JSON)', required: true },
-    driver: { type: 'string', arg: 'memory|linux', help: 'network element driver', default: BROKER_DEFAULTS.driver },
+    // The names known when this module loads: the broker's own and those the entry point
+    // registered before loading it (bin/main.ts).
+    driver: { type: 'string', arg: 'NAME', help: `network element driver: ${describeNetworkDrivers()}`, default: BROKER_DEFAULTS.driver },
     'hold-timeout-s': { type: 'string', arg: 'SECONDS', help: 'how long a held reservation waits for its commit', default: String(BROKER_DEFAULTS.holdTimeoutMs / 1000) },
   },
   async run(o) {
     const driver = o.driver as string;
-    if (driver !== 'memory' && driver !== 'linux') throw commonError('VMTC_CONFIG_INVALID', { field: 'driver', value: driver }, { message: '--driver must be memory or linux' });
+    const known = networkDriverNames();
+    if (!known.includes(driver)) throw commonError('VMTC_CONFIG_INVALID', { field: 'driver', value: driver, known }, { message: `--driver must be one of ${known.join(', ')}` });
     const hold = Number(o['hold-timeout-s']);
     if (!Number.isFinite(hold) || hold <= 0) throw commonError('VMTC_CONFIG_INVALID', { field: 'hold-timeout-s', value: o['hold-timeout-s'] }, { message: '--hold-timeout-s must be a positive number' });
     const logger = createLogger({ svc: 'broker' });

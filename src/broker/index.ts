@@ -1,23 +1,24 @@
-// The lightpath broker service (issue 3): topology, path computation, bandwidth calendar, NSI CS
-// v2 reservations, the token gate, network element drivers and inter-domain peering.
-// startBroker() builds it and returns something with close() (STYLE.md §1).
+// The lightpath broker service (docs/broker.md): topology, path computation, bandwidth calendar,
+// NSI CS v2 reservations, the token gate, network element drivers and inter-domain peering.
+// startBroker() builds it and returns something with close().
 import { join } from 'node:path';
 import { randomIds, systemClock, type Clock, type Ids } from '../common/clock.ts';
 import { commonError } from '../common/errors.ts';
 import { baseUrl, buildHttp, parseListen } from '../common/http.ts';
 import { serviceLogger, type Logger } from '../common/log.ts';
 import type { NetworkElementDriver } from './driver.ts';
-import { MemoryDoubleDriver } from './drivers/memory-double.ts';
+import { createNetworkDriver } from './drivers/registry.ts';
 import { TokenGate } from './gate.ts';
 import { OperatorCredential } from './operator.ts';
 import { PeerLinks } from './peer.ts';
 import { registerRoutes } from './routes.ts';
+import { BROKER_SECURITY_SCHEMES } from './schemas.ts';
 import { BrokerService, type FaultInjection } from './service.ts';
 import { BrokerStore } from './store.ts';
 import { loadTopology, parseTopology, type Topology } from './topology.ts';
 import { IssuerKeys, loadTrust, parseTrust, type TrustConfig } from './trust.ts';
 
-/** Every option of the broker, with its default (STYLE.md §7). */
+/** Every option of the broker, with its default. */
 export interface BrokerOptions {
   /** HOST:PORT to listen on. Default "127.0.0.1:0" (a free port). */
   listen?: string;
@@ -29,8 +30,10 @@ export interface BrokerOptions {
   topology: string | Topology | Record<string, unknown>;
   /** A trust file path or a parsed TrustConfig (PEMs inline). Required. */
   trust: string | TrustConfig;
-  /** A driver instance, or "memory" (the test double, default) or "linux". */
-  driver?: NetworkElementDriver | 'memory' | 'linux';
+  /** A driver instance, or the name of a registered one (drivers/registry.ts): "memory" (the
+   *  test double, default), "linux", or what the process registered (the `vmtc` binary adds the
+   *  lab's "lab-lightpath"). A driver built from a name is closed with the broker. */
+  driver?: NetworkElementDriver | string;
   /** How long a held reservation waits for its commit. Default 120 000 ms. */
   holdTimeoutMs?: number;
   clock?: Clock;
@@ -63,13 +66,6 @@ export interface Broker {
   close(): Promise<void>;
 }
 
-async function makeDriver(kind: 'memory' | 'linux', logger: Logger): Promise<NetworkElementDriver> {
-  if (kind === 'memory') return new MemoryDoubleDriver();
-  // Loaded only when asked for: the Linux driver needs root, iproute2 and the lab's delay line.
-  const { LinuxLightpathDriver } = await import('./drivers/linux.ts');
-  return new LinuxLightpathDriver({ log: logger });
-}
-
 export async function startBroker(opts: BrokerOptions): Promise<Broker> {
   if (!opts.domain || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.domain)) throw commonError('VMTC_CONFIG_INVALID', { field: 'domain', value: opts.domain }, { message: 'domain must be a short name of letters, digits, _ . -' });
   if (!opts.dataDir) throw commonError('VMTC_CONFIG_INVALID', { field: 'data' }, { message: 'data directory is required' });
@@ -88,7 +84,7 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
   // Before anything is started, so a malformed token file fails the start and leaks nothing.
   const operator = OperatorCredential.load(opts.dataDir, () => ids.secret(32));
   const ownDriver = opts.driver === undefined || typeof opts.driver === 'string';
-  const driver = typeof opts.driver === 'object' ? opts.driver : await makeDriver(opts.driver ?? BROKER_DEFAULTS.driver, logger);
+  const driver = typeof opts.driver === 'object' ? opts.driver : await createNetworkDriver(opts.driver ?? BROKER_DEFAULTS.driver, { logger });
   const store = new BrokerStore(join(opts.dataDir, 'broker.db'));
   const peers = new PeerLinks(trust.peers ?? [], trust.tls);
   const keys = new IssuerKeys(trust.issuers, () => clock.now());
@@ -110,7 +106,7 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
           rejectUnauthorized: false,
         }
       : undefined;
-    app = await buildHttp({ logger, title: `vmtc broker (${opts.domain})`, bodyLimit: opts.bodyLimit ?? BROKER_DEFAULTS.bodyLimit, ...(https ? { fastify: { https } } : {}) });
+    app = await buildHttp({ logger, title: `vmtc broker (${opts.domain})`, securitySchemes: BROKER_SECURITY_SCHEMES, bodyLimit: opts.bodyLimit ?? BROKER_DEFAULTS.bodyLimit, ...(https ? { fastify: { https } } : {}) });
     registerRoutes(app, { domain: opts.domain, service, gate, peers, clock, streams, operator });
     await app.listen({ host, port });
   } catch (e) {

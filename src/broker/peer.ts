@@ -1,10 +1,10 @@
-// Broker-to-broker calls over mutual TLS (issue 3, "Inter-domain"). The upstream broker presents
+// Broker-to-broker calls over mutual TLS (docs/broker.md "Inter-domain"). The upstream broker presents
 // its client certificate and the holder's original capability token; the peer verifies the
 // token's signature, issuer, audience and scope itself but accepts the upstream broker's TLS
 // identity in place of a DPoP proof, because the holder's private key stays with the controller
 // and must never be handed to a broker (docs/broker.md "Inter-domain").
 import { VmtcError, commonError } from '../common/errors.ts';
-import { requestJson } from './http-client.ts';
+import { errorFromReply, requestJson } from '../common/http-client.ts';
 import type { PeerConfig, TlsConfig } from './trust.ts';
 
 export interface PeerReserveBody {
@@ -42,9 +42,10 @@ export class PeerLinks {
     const key = this.tls?.clientKey ?? this.tls?.key;
     if (cert) tls.cert = cert;
     if (key) tls.key = key;
-    const res = await requestJson(`${p.url}${path}`, { method, headers, body: body ?? (method === 'POST' ? {} : undefined), tls, timeoutMs: this.timeoutMs });
+    const url = `${p.url}${path}`;
+    const res = await requestJson(url, { method, headers, body: body ?? (method === 'POST' ? {} : undefined), tls, timeoutMs: this.timeoutMs });
     if (res.status >= 200 && res.status < 300) return res.body as T;
-    const e = VmtcError.fromBody(res.body, res.status);
+    const e = errorFromReply(url, res);
     // Keep the domain a refusal came from when it was relayed through a chain of peers.
     throw new VmtcError(e.code, e.status, e.message, { domain, ...(e.details ?? {}) });
   }

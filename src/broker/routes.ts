@@ -1,64 +1,21 @@
-// The broker's REST API (docs/broker.md "REST API"). Every route has a JSON Schema with unknown
-// fields refused. Order inside each handler: token gate (token, proof or peer identity, scope,
-// replay), and only then the runner, so a refused request changes nothing.
+// The broker's REST API (docs/broker.md "REST API"). Every route has a schema (schemas.ts) with
+// unknown fields refused. Order inside each handler: token gate (token, proof or peer identity,
+// scope, replay), and only then the runner, so a refused request changes nothing.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { TLSSocket } from 'node:tls';
 import type { Clock } from '../common/clock.ts';
-import { errorSchema } from '../common/http.ts';
+import { errorResponses, EventStream } from '../common/schemas.ts';
 import { brokerError } from './errors.ts';
 import { peerFromCertificate, type RequestFacts, type TokenGate } from './gate.ts';
 import type { OperatorCredential } from './operator.ts';
 import type { PeerLinks } from './peer.ts';
 import { view, type BrokerEvent, type BrokerService } from './service.ts';
 import type { Reservation } from './store.ts';
-
-const idParams = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['id'],
-  properties: { id: { type: 'string', minLength: 1, maxLength: 128 } },
-} as const;
-
-const reserveBody = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['src', 'dst', 'bandwidthMbps', 'window'],
-  properties: {
-    src: { type: 'string', minLength: 1, maxLength: 128 },
-    dst: { type: 'string', minLength: 1, maxLength: 128 },
-    // Not exclusiveMinimum here: a bandwidth <= 0 gets its own code (VMTC_BAD_BANDWIDTH).
-    bandwidthMbps: { type: 'number' },
-    window: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['end'],
-      properties: {
-        start: { type: 'integer', description: 'epoch seconds; omitted = now (on-demand)' },
-        end: { type: 'integer', description: 'epoch seconds, exclusive' },
-      },
-    },
-    migrationId: { type: 'string', minLength: 1, maxLength: 200 },
-    upstream: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['domain', 'reservationId'],
-      properties: { domain: { type: 'string', minLength: 1, maxLength: 128 }, reservationId: { type: 'string', minLength: 1, maxLength: 128 } },
-      description: 'set only by an upstream broker (mutual TLS)',
-    },
-  },
-} as const;
-
-const emptyBody = { type: 'object', additionalProperties: false, properties: {} } as const;
-const errors = { 400: errorSchema, 401: errorSchema, 403: errorSchema, 404: errorSchema, 409: errorSchema, 502: errorSchema };
-
-interface ReserveBodyT {
-  src: string;
-  dst: string;
-  bandwidthMbps: number;
-  window: { start?: number; end: number };
-  migrationId?: string;
-  upstream?: { domain: string; reservationId: string };
-}
+import {
+  EmptyBody, EmptyQuery, HOLDER_OR_PEER, IdParams, OPERATOR, ReservationList, Reservation as ReservationSchema, ReservationWithHistory, ReserveBody,
+  type Reservation as ReservationView,
+} from './schemas.ts';
 
 export interface RouteDeps {
   domain: string;
@@ -72,7 +29,8 @@ export interface RouteDeps {
   streams: Set<{ end(): void }>;
 }
 
-export function registerRoutes(app: FastifyInstance, d: RouteDeps): void {
+export function registerRoutes(fastify: FastifyInstance, d: RouteDeps): void {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const facts = (req: FastifyRequest): RequestFacts => {
     const sock = req.raw.socket as TLSSocket;
     const f: RequestFacts = {
@@ -87,9 +45,18 @@ export function registerRoutes(app: FastifyInstance, d: RouteDeps): void {
     }
     return f;
   };
-  const out = (r: Reservation) => view(r, d.domain);
+  // view() builds exactly what ReservationSchema lists.
+  const out = (r: Reservation) => view(r, d.domain) as ReservationView;
 
-  app.post<{ Body: ReserveBodyT }>('/v1/reservations', { schema: { body: reserveBody, response: errors } }, async (req, reply) => {
+  app.post('/v1/reservations', {
+    schema: {
+      operationId: 'reserve', tags: ['reservations'], security: HOLDER_OR_PEER,
+      summary: 'reserve a lightpath (NSI reserve) with an AAA capability token; held until committed',
+      body: ReserveBody,
+      // 400: unknown endpoint, bad window or bandwidth; 409: no path; 502: a peer domain failed.
+      response: { 201: ReservationSchema, ...errorResponses({ body: true }, 401, 403, 409, 502) },
+    },
+  }, async (req, reply) => {
     const f = facts(req);
     const b = req.body;
     // --- token gate: nothing below changes state until all of it has passed.
@@ -141,8 +108,23 @@ export function registerRoutes(app: FastifyInstance, d: RouteDeps): void {
   };
 
   const ops = ['commit', 'abort', 'provision', 'release', 'terminate'] as const;
+  const opSummary: Record<(typeof ops)[number], string> = {
+    commit: 'commit a held reservation (NSI reserveCommit)',
+    abort: 'abort a held reservation (NSI reserveAbort)',
+    provision: 'set the data plane up (NSI provision); the token that created the reservation is required',
+    release: 'take the data plane down, keeping the reservation (NSI release)',
+    terminate: 'end the reservation and free its capacity (NSI terminate)',
+  };
   for (const op of ops) {
-    app.post<{ Params: { id: string } }>(`/v1/reservations/:id/${op}`, { schema: { params: idParams, body: emptyBody, response: errors } }, async (req) => {
+    app.post(`/v1/reservations/:id/${op}`, {
+      schema: {
+        operationId: `${op}Reservation`, tags: ['reservations'], summary: opSummary[op],
+        // The token is optional except for provision; the proof (or the peer's certificate) is not.
+        security: op === 'provision' ? HOLDER_OR_PEER : [...HOLDER_OR_PEER, { dpopProof: [] }],
+        params: IdParams, body: EmptyBody,
+        response: { 200: ReservationSchema, ...errorResponses({ body: true }, 401, 403, 404, 409, 502) },
+      },
+    }, async (req) => {
       const r = d.service.mustGet(req.params.id);
       await authorizeFollowUp(req, r, op === 'provision');
       return out(await d.service[op](r.id));
@@ -162,9 +144,15 @@ export function registerRoutes(app: FastifyInstance, d: RouteDeps): void {
     const a = typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined;
     if (!d.operator.matches(a)) throw refuseRead(a);
   };
-  const readErrors = { 401: errorSchema, 403: errorSchema, 404: errorSchema };
-
-  app.get<{ Params: { id: string } }>('/v1/reservations/:id', { schema: { params: idParams, response: readErrors } }, async (req) => {
+  app.get('/v1/reservations/:id', {
+    schema: {
+      operationId: 'getReservation', tags: ['reservations'],
+      summary: 'one reservation with its history (operator, or its holder with the token that created it)',
+      security: [...OPERATOR, { dpopToken: [], dpopProof: [] }],
+      params: IdParams,
+      response: { 200: ReservationWithHistory, ...errorResponses({}, 401, 403, 404) },
+    },
+  }, async (req) => {
     const f = facts(req);
     if (!d.operator.matches(f.authorization)) {
       // The holder may read its own reservation the way it acts on it: the token that created it
@@ -182,13 +170,28 @@ export function registerRoutes(app: FastifyInstance, d: RouteDeps): void {
     return { ...out(r), history: d.service.transitions(r.id).map(({ seq, machine, from, to, event, at, details }) => ({ seq, machine, from, to, event, at, ...(details ? { details } : {}) })) };
   });
 
-  app.get('/v1/reservations', { schema: { querystring: { type: 'object', additionalProperties: false, properties: {} }, response: { 401: errorSchema } } }, async (req) => {
+  app.get('/v1/reservations', {
+    schema: {
+      operationId: 'listReservations', tags: ['reservations'], summary: 'every reservation (operator)', security: OPERATOR,
+      querystring: EmptyQuery,
+      response: { 200: ReservationList, ...errorResponses({}, 401) },
+    },
+  }, async (req) => {
     requireOperator(req);
     return { reservations: d.service.list().map(out) };
   });
 
   // NSI notifications (reserveTimeout, dataPlaneStateChange, errorEvent) as server-sent events.
-  app.get('/v1/events', { schema: { querystring: { type: 'object', additionalProperties: false, properties: {} }, response: { 401: errorSchema } } }, (req, reply) => {
+  app.get('/v1/events', {
+    schema: {
+      operationId: 'followEvents', tags: ['events'], summary: 'NSI notifications as server-sent events (operator)', security: OPERATOR,
+      querystring: EmptyQuery,
+      response: {
+        200: EventStream('events `stateChange`, `dataPlaneStateChange` and `error`, data: the notification as JSON'),
+        ...errorResponses({}, 401),
+      },
+    },
+  }, (req, reply) => {
     // Before the hijack, so a refusal is an ordinary coded JSON error.
     requireOperator(req);
     reply.hijack();

@@ -6,7 +6,7 @@ import { createPublicKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
 import { brokerError } from './errors.ts';
-import { requestJson } from './http-client.ts';
+import { requestJson } from '../common/http-client.ts';
 
 export interface IssuerConfig {
   /** The token's `iss`, e.g. "aaa:a". */

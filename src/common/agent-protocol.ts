@@ -66,21 +66,41 @@ export interface HostInventory {
   agentVersion: string;
 }
 
-export interface MigrationParams {
-  migrationId: string;
+/** How one migration is to run: the request's tuning, sent with that migration only (to the
+ *  destination with vm.prepareIncoming, to the source with vm.migrate) and never stored in the
+ *  VM's spec, so nothing of one migration leaks into the next. */
+export interface MigrationTuning {
   bandwidthMbps?: number;
   maxDowntimeMs?: number;
   autoConverge?: boolean;
+  /** Several TCP streams for RAM (QEMU multifd); must be set on both ends. */
   multifd?: boolean;
+  /** Streams with multifd; the hypervisor's default when absent. */
+  multifdChannels?: number;
+  /** Allow a switch to post-copy; must be set on both ends. */
   postcopy?: boolean;
   /** Non-live (suspend, copy, resume): pause the VM before the first page moves. The
-   * destination then stays paused after the copy until it is resumed. For comparison runs. */
+   *  destination then stays paused after the copy until it is resumed. For comparison runs. */
   suspend?: boolean;
-  /** Non-shared storage: where the destination exports its empty copies of the VM's disks (NBD),
-   *  as returned by the destination's vm.prepareIncoming. With it the source mirrors every disk
-   *  there (bulk copy, then the blocks written since) before the RAM migration, and ends the
-   *  mirrors during stop-and-copy. `device` is the source's drive id, `name` the NBD export. */
-  storage?: { nbd: { host: string; port: number }; exports: { device: string; name: string }[] };
+  /** Non-shared storage: the destination makes empty copies of the VM's writable disks and
+   *  offers them for the source to copy into (see MigrationParams.storage). */
+  copyStorage?: boolean;
+}
+
+/** Non-shared storage: where the destination offers its empty copies of the VM's disks. Its
+ *  content is the hypervisor driver's business (the QEMU driver's is in agents/host/qemu/): the
+ *  destination's driver makes it (vm.prepareIncoming), the source's driver of the same type reads
+ *  it (vm.migrate), and the controller passes it from one to the other untouched. */
+export type StorageHandoff = Record<string, unknown>;
+
+/** What the source needs to run one migration: its tuning, plus where the destination's disk
+ *  copies are when storage is copied. */
+export interface MigrationParams extends Omit<MigrationTuning, 'copyStorage'> {
+  migrationId: string;
+  /** Non-shared storage: as returned by the destination's vm.prepareIncoming. With it the source
+   *  copies every writable disk there (bulk copy, then the blocks written since) before the
+   *  memory, and sends the last delta during stop-and-copy. */
+  storage?: StorageHandoff;
 }
 
 export interface MigrationProgress {
@@ -172,11 +192,12 @@ export interface HostMethods {
   'vm.stop': [{ vmId: string }, { ok: true }];
   'vm.destroy': [{ vmId: string }, { ok: true }];
   'vm.resume': [{ vmId: string }, VmInfo];
-  /** Destination: start an identical VM waiting for the incoming state on `listenHost`. With
-   *  spec.extra.migration.copyStorage (no shared storage) it also creates empty local copies of
-   *  the disks and exports them writable over NBD on `listenHost`: `storage` goes to the source's
+  /** Destination: start an identical VM waiting for the incoming state on `listenHost`, with the
+   *  capabilities that must match the source's (tuning.multifd, tuning.postcopy). With
+   *  tuning.copyStorage (no shared storage) it also creates empty local copies of the disks and
+   *  offers them, writable, to the source on `listenHost`: `storage` goes to the source's
    *  MigrationParams. */
-  'vm.prepareIncoming': [{ spec: VmSpec; migrationId: string; listenHost: string; port?: number }, { uri: string; storage?: MigrationParams['storage'] }];
+  'vm.prepareIncoming': [{ spec: VmSpec; migrationId: string; listenHost: string; port?: number; tuning?: MigrationTuning }, { uri: string; storage?: MigrationParams['storage'] }];
   /** Source: start migrating to `uri`. Resolves once started; completion arrives as a
    *  'migration.done' event (and can be polled with vm.migrationStatus). */
   'vm.migrate': [{ vmId: string; uri: string; params: MigrationParams }, { started: true }];

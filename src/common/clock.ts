@@ -1,4 +1,4 @@
-// Time, randomness and ids are injected (STYLE.md §5) so tests can control them.
+// Time, randomness and ids are injected so tests can control them (docs/design.md).
 import { randomBytes, randomUUID } from 'node:crypto';
 
 export interface Clock {
@@ -12,6 +12,17 @@ export const systemClock: Clock = {
   setTimeout(fn, ms) {
     const t = setTimeout(fn, ms);
     t.unref?.();
+    return { cancel: () => clearTimeout(t) };
+  },
+};
+
+/** The system clock whose timers keep the process alive, as a plain setTimeout does. For agents:
+ *  a host agent's only pending work may be a timer (a reconnect backoff, a poll of QEMU), and with
+ *  systemClock's unref'd timers the process would exit in the middle of it. */
+export const keepAliveClock: Clock = {
+  now: () => Date.now(),
+  setTimeout(fn, ms) {
+    const t = setTimeout(fn, ms);
     return { cancel: () => clearTimeout(t) };
   },
 };
@@ -44,6 +55,28 @@ export class ManualClock implements Clock {
     this.t = until;
     this.timers = this.timers.filter((x) => x.live);
   }
+  /** Timers set and not yet fired or cancelled: a test sees whether the code under test waits. */
+  pending(): number {
+    return this.timers.filter((x) => x.live).length;
+  }
+  /** Time of the next live timer, if any. */
+  nextAt(): number | undefined {
+    let at: number | undefined;
+    for (const x of this.timers) if (x.live && (at === undefined || x.at < at)) at = x.at;
+    return at;
+  }
+  /** Fire the earliest live timer (moving time to it); false when none is set. */
+  advanceToNext(): boolean {
+    const at = this.nextAt();
+    if (at === undefined) return false;
+    this.advance(at - this.t);
+    return true;
+  }
+}
+
+/** A clock reading as an ISO 8601 UTC string (what files and logs record). */
+export function isoTime(ms: number): string {
+  return new Date(ms).toISOString();
 }
 
 export interface Ids {
@@ -58,6 +91,24 @@ export const randomIds: Ids = {
   secret: (bytes = 32) => randomBytes(bytes).toString('base64url'),
 };
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
+/** Wait `ms` of wall time (the timer keeps the process alive). An abort of `signal` ends the
+ *  wait early and resolves, as clockSleep does. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  if (!signal) return new Promise((r) => setTimeout(r, ms));
+  return clockSleep(keepAliveClock, ms, signal);
+}
+
+/** Wait `ms` on `clock` (on a ManualClock: until the test advances it that far). An abort of
+ *  `signal` ends the wait early and resolves: it is a wake-up ("look again now"), not an error. */
+export function clockSleep(clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
+  if (signal?.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      timer.cancel();
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = clock.setTimeout(done, Math.max(0, ms));
+    signal?.addEventListener('abort', done, { once: true });
+  });
 }

@@ -1,7 +1,8 @@
-// Subcommands of the one `vmtc` binary. Adding one is: write a Command, add it to COMMANDS in
-// main.ts. Options are parsed with node:util parseArgs; --help is generated from the spec.
+// The command framework of the one `vmtc` binary: each service, agent and lab tool describes its
+// subcommand as a Command here. Adding one is: write a Command, add it to the command table in
+// bin/main.ts. Options are parsed with node:util parseArgs; --help is generated from the spec.
 import { parseArgs } from 'node:util';
-import { VmtcError, commonError } from '../common/errors.ts';
+import { VmtcError, commonError } from './errors.ts';
 
 export interface OptionSpec {
   type: 'string' | 'boolean';

@@ -1,5 +1,5 @@
 // Errors that cross a process boundary (REST, WebSocket) travel as { code, message, details }.
-// Every service keeps one catalogue of its codes (STYLE.md §2); a code never changes meaning and
+// Every service keeps one catalogue of its codes; a code never changes meaning and
 // callers match on the code, never on the message.
 
 export interface ErrorSpec {
@@ -66,6 +66,7 @@ export const COMMON_ERRORS = {
   VMTC_PEER_UNREACHABLE: { status: 502, message: 'a peer could not be reached' },
   VMTC_PEER_BAD_REPLY: { status: 502, message: 'a peer answered with something unexpected' },
   VMTC_SHUTTING_DOWN: { status: 503, message: 'the service is shutting down' },
+  VMTC_COMMAND_FAILED: { status: 500, message: 'a program this process runs failed or did not finish in time' },
 } as const satisfies Catalogue;
 
 /**

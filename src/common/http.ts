@@ -1,6 +1,7 @@
 // One way to build a fastify server for every vmtc service: JSON Schema on every route with
-// unknown fields refused, errors always { code, message, details? } from a catalogue, a body
-// limit, and the OpenAPI document at GET /openapi.json.
+// unknown fields refused (the schemas are TypeBox, src/common/schemas.ts), errors always
+// { code, message, details? } from a catalogue, a body limit, and the OpenAPI document at
+// GET /openapi.json.
 import Fastify, { LogController, type FastifyInstance, type FastifyError, type FastifyServerOptions } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { Logger } from './log.ts';
@@ -15,6 +16,8 @@ export interface HttpOptions {
   https?: FastifyServerOptions['https' & keyof FastifyServerOptions];
   /** Extra fastify options (e.g. https). */
   fastify?: Record<string, unknown>;
+  /** OpenAPI security schemes beside `bearer` (routes name them in `security`). */
+  securitySchemes?: Record<string, Record<string, unknown>>;
 }
 
 export async function buildHttp(opts: HttpOptions): Promise<FastifyInstance> {
@@ -34,11 +37,14 @@ export async function buildHttp(opts: HttpOptions): Promise<FastifyInstance> {
     ...(opts.fastify ?? {}),
   }) as unknown as FastifyInstance;
 
+  // OAS 3.1: its Schema Objects are JSON Schema 2020-12, so the routes' schemas (numeric
+  // exclusiveMinimum, as ajv reads them) go into the document as they are; @fastify/swagger
+  // turns `nullable` into a `null` type for it.
   await app.register(swagger, {
     openapi: {
-      openapi: '3.0.3',
+      openapi: '3.1.0',
       info: { title: opts.title, version: opts.version ?? '0.1.0' },
-      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' }, ...(opts.securitySchemes ?? {}) } },
     },
   });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
@@ -79,26 +85,8 @@ export function mapError(error: unknown): VmtcError {
   return toVmtcError(error);
 }
 
-/** The JSON schema of an error body, for route response schemas and the OpenAPI document. */
-export const errorSchema = {
-  type: 'object',
-  required: ['code', 'message'],
-  properties: {
-    code: { type: 'string' },
-    message: { type: 'string' },
-    details: { type: 'object', additionalProperties: true },
-  },
-} as const;
-
-/** Parse "HOST:PORT" (IPv6 as [::1]:PORT); the field name goes into the error. */
-export function parseListen(value: string, field: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(value);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) {
-    throw commonError('VMTC_CONFIG_INVALID', { field, value, expected: 'HOST:PORT' }, { message: `${field} must be HOST:PORT` });
-  }
-  return { host: (m[1] ?? m[2])!, port };
-}
+// Kept importable from here for the services; the parser itself lives in listen.ts.
+export { parseListen } from './listen.ts';
 
 /** Base URL of a listening fastify app (after listen()). */
 export function baseUrl(app: FastifyInstance, scheme = 'http'): string {

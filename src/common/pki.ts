@@ -224,7 +224,7 @@ export function signClientCsr(ca: KeyAndCert, csrPem: string, opts: ClientCertOp
     { name: 'basicConstraints', cA: false },
     { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
     // serverAuth too: a host agent also serves its VM's disks to another agent over mutual TLS
-    // during a cold migration (agents/host/cold.ts), with this same certificate.
+    // during a cold migration (agents/host/cold/), with this same certificate.
     { name: 'extKeyUsage', clientAuth: true, serverAuth: true },
   ]);
   cert.sign(caKey, forge.md.sha256.create());

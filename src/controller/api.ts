@@ -1,20 +1,26 @@
-// The controller's REST API for orchestrators (issue 2). Every route has a JSON Schema (unknown
-// fields refused), every error is { code, message, details? } from the catalogue in errors.ts.
+// The controller's REST API for orchestrators. Every route's schema is in schemas.ts (unknown
+// fields refused); every error is { code, message, details? } from the catalogue in errors.ts.
 import type { FastifyInstance, FastifyRequest, preHandlerHookHandler } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { createHash } from 'node:crypto';
-import { errorSchema } from '../common/http.ts';
 import { commonError } from '../common/errors.ts';
+import { errorResponses, EventStream, Type, type Static } from '../common/schemas.ts';
 import type { Clock, Ids } from '../common/clock.ts';
 import type { Logger } from '../common/log.ts';
-import type { HostInventory, VmSpec } from '../common/agent-protocol.ts';
+import type { HostInventory } from '../common/agent-protocol.ts';
 import { err } from './errors.ts';
 import { hostUsage, precheck } from './capacity.ts';
-import { TERMINAL, STATES } from './machine.ts';
-import type { ControllerStore, MigrationRequest, MigrationRow } from './store.ts';
+import { TERMINAL } from './machine.ts';
+import type { ControllerStore, MigrationRow } from './store.ts';
 import type { MigrationRunner } from './runner.ts';
 import type { HubPort } from './ports.ts';
+import {
+  CredentialBody, CredentialList, Host, HostList, IdParams, Identity, Migration, MigrationList, MigrationListQuery,
+  MigrationRequestBody, NewCredential, StartedVm, StartVmBody, VmList,
+  type Host as HostT, type Migration as MigrationT, type MigrationRequest, type Progress, type Role, type Vm,
+} from './schemas.ts';
 
-export type Role = 'admin' | 'orchestrator' | 'reader';
+export type { Role } from './schemas.ts';
 const ROLE_RANK: Record<Role, number> = { reader: 0, orchestrator: 1, admin: 2 };
 
 declare module 'fastify' {
@@ -30,7 +36,7 @@ export interface ApiDeps {
   clock: Clock;
   ids: Ids;
   logger: Logger;
-  identity: { jkt: string; publicJwk: unknown };
+  identity: Static<typeof Identity>;
 }
 
 /** preHandler that requires a bearer credential with at least `role`. */
@@ -46,46 +52,18 @@ export function requireRole(store: ControllerStore, role: Role): preHandlerHookH
   };
 }
 
-const resources = {
-  type: 'object',
-  properties: { vcpus: { type: 'number' }, memoryMb: { type: 'number' }, diskGb: { type: 'number' } },
-} as const;
-
-const migrationSchema = {
-  type: 'object',
-  additionalProperties: true,
-  properties: {
-    id: { type: 'string' }, vmId: { type: 'string' }, project: { type: 'string' }, mode: { type: 'string' },
-    state: { type: 'string', enum: [...STATES] }, sourceHostId: { type: 'string' }, destinationHostId: { type: 'string' },
-    path: { type: 'string' }, request: { type: 'object', additionalProperties: true },
-    progress: { type: 'object', additionalProperties: true, nullable: true },
-    error: { ...errorSchema, nullable: true },
-    steps: { type: 'object', additionalProperties: true },
-    timings: { type: 'object', additionalProperties: { type: 'number' } },
-    result: { type: 'object', additionalProperties: true },
-    warnings: { type: 'array', items: { type: 'object', additionalProperties: true } },
-    transitions: { type: 'array', items: { type: 'object', additionalProperties: true } },
-    createdAt: { type: 'string' }, updatedAt: { type: 'string' },
-  },
-} as const;
-
-/** `:id` in a route path. */
-const idParams = { type: 'object', properties: { id: { type: 'string', maxLength: 128 } } } as const;
-
-const errors = { 400: errorSchema, 401: errorSchema, 403: errorSchema, 404: errorSchema, 409: errorSchema };
-
 function hashRequest(r: MigrationRequest): string {
   const { requestId: _ignored, ...rest } = r;
   return createHash('sha256').update(JSON.stringify(Object.keys(rest).sort().map((k) => [k, (rest as Record<string, unknown>)[k]]))).digest('hex');
 }
 
-export function presentMigration(row: MigrationRow, store: ControllerStore, withTransitions: boolean) {
+export function presentMigration(row: MigrationRow, store: ControllerStore, withTransitions: boolean): MigrationT {
   const iso = (t: number) => new Date(t).toISOString();
   return {
     id: row.id, vmId: row.vmId, project: row.project, mode: row.mode, path: row.ctx.path, state: row.state,
     terminal: TERMINAL.has(row.state),
     sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, request: row.request,
-    progress: row.progress, error: row.error,
+    progress: row.progress as Progress | null, error: row.error,
     steps: { checks: row.ctx.checks, token: row.ctx.token, lightpath: row.ctx.lightpath, incoming: row.ctx.incoming, tunnel: row.ctx.tunnel, ...(row.ctx.cold ? { cold: row.ctx.cold } : {}) },
     timings: row.ctx.timings ?? {}, result: row.ctx.result ?? {}, warnings: row.ctx.warnings ?? [],
     createdAt: iso(row.createdAt), updatedAt: iso(row.updatedAt),
@@ -93,7 +71,8 @@ export function presentMigration(row: MigrationRow, store: ControllerStore, with
   };
 }
 
-export function registerApi(app: FastifyInstance, d: ApiDeps): void {
+export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const { store, hub, runner } = d;
   const reader = requireRole(store, 'reader');
   const orchestrator = requireRole(store, 'orchestrator');
@@ -106,37 +85,28 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
   app.get('/v1/identity', {
     preHandler: reader,
-    schema: { summary: "The controller's public key and its thumbprint (list it as a requester in AAA policies).", security },
+    schema: {
+      operationId: 'getIdentity', tags: ['identity'], security,
+      summary: "The controller's public key and its thumbprint (list it as a requester in AAA policies).",
+      response: { 200: Identity, ...errorResponses({}, 401, 403) },
+    },
   }, async () => d.identity);
 
-  app.post<{ Body: MigrationRequest }>('/v1/migrations', {
+  app.post('/v1/migrations', {
     preHandler: orchestrator,
     schema: {
+      operationId: 'createMigration', tags: ['migrations'], security,
       summary: 'Request a migration. Pre-checks run at once; a failing check answers with its own code and changes nothing.',
-      security,
-      body: {
-        type: 'object', additionalProperties: false, required: ['vmId', 'destinationHostId'],
-        properties: {
-          vmId: { type: 'string', minLength: 1, maxLength: 128 },
-          destinationHostId: { type: 'string', minLength: 1, maxLength: 128 },
-          mode: { type: 'string', enum: ['live', 'cold', 'auto'], default: 'live' },
-          maxDowntimeMs: { type: 'integer', minimum: 1, maximum: 600_000 },
-          bandwidthMbps: { type: 'number', exclusiveMinimum: 0, maximum: 1_000_000 },
-          deadline: { type: 'string', format: 'date-time' },
-          requestId: { type: 'string', minLength: 1, maxLength: 128, description: 'idempotency key: a repeated request returns the first migration' },
-          autoConverge: { type: 'boolean' }, postcopy: { type: 'boolean' }, multifd: { type: 'boolean' },
-          suspend: { type: 'boolean', description: 'non-live (suspend, copy, resume): the VM is paused for the whole copy; for comparison with live migration' },
-          verifyTcp: {
-            type: 'object', additionalProperties: false, required: ['host', 'port'],
-            description: 'cold path: after booting at the destination, this TCP service of the guest must answer before the source is removed (EGI D4.4 verification)',
-            properties: { host: { type: 'string', minLength: 1, maxLength: 255 }, port: { type: 'integer', minimum: 1, maximum: 65535 } },
-          },
-        },
+      body: MigrationRequestBody,
+      response: {
+        200: { ...Migration, description: 'a repeated request (same requestId): the first migration' },
+        202: { ...Migration, description: 'admitted: the migration runs' },
+        ...errorResponses({ body: true }, 401, 403, 404, 409),
       },
-      response: { 200: migrationSchema, 202: migrationSchema, ...errors },
     },
   }, async (request, reply) => {
-    const body = request.body;
+    // ajv has applied the schema's defaults: mode is always set here.
+    const body = request.body as MigrationRequest;
     const now = d.clock.now();
     if (body.deadline !== undefined && !(Date.parse(body.deadline) > now)) throw err('VMTC_DEADLINE_INVALID', { deadline: body.deadline });
     const reqHash = hashRequest(body);
@@ -165,21 +135,24 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
     return reply.status(202).send(presentMigration(store.migration(id)!, store, true));
   });
 
-  app.get<{ Querystring: { state?: string; vmId?: string; limit?: number } }>('/v1/migrations', {
+  app.get('/v1/migrations', {
     preHandler: reader,
     schema: {
-      security,
-      querystring: {
-        type: 'object', additionalProperties: false,
-        properties: { state: { type: 'string', enum: [...STATES] }, vmId: { type: 'string', maxLength: 128 }, limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 } },
-      },
-      response: { 200: { type: 'object', properties: { migrations: { type: 'array', items: migrationSchema } } }, ...errors },
+      operationId: 'listMigrations', tags: ['migrations'], security,
+      summary: 'Migrations, newest first, without their transitions.',
+      querystring: MigrationListQuery,
+      response: { 200: MigrationList, ...errorResponses({}, 401, 403) },
     },
   }, async (request) => ({ migrations: store.migrations(request.query).map((m) => presentMigration(m, store, false)) }));
 
-  app.get<{ Params: { id: string } }>('/v1/migrations/:id', {
+  app.get('/v1/migrations/:id', {
     preHandler: reader,
-    schema: { security, params: idParams, response: { 200: migrationSchema, ...errors } },
+    schema: {
+      operationId: 'getMigration', tags: ['migrations'], security,
+      summary: 'One migration with every transition.',
+      params: IdParams,
+      response: { 200: Migration, ...errorResponses({}, 401, 403, 404) },
+    },
   }, async (request) => {
     const row = store.migration(request.params.id);
     if (!row) throw err('VMTC_MIGRATION_NOT_FOUND', { migrationId: request.params.id });
@@ -196,11 +169,16 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
     for (const end of [...streams]) end();
     done();
   });
-  app.get<{ Params: { id: string } }>('/v1/migrations/:id/events', {
+  app.get('/v1/migrations/:id/events', {
     preHandler: reader,
     schema: {
+      operationId: 'followMigration', tags: ['migrations'], security,
       summary: 'Follow one migration as server-sent events: snapshot, transition, progress, end.',
-      security, params: idParams, response: { ...errors },
+      params: IdParams,
+      response: {
+        200: EventStream('events `snapshot` and `end` (data: the migration record), `transition` (data: one transition and migrationId), `progress` (data: the copy progress)'),
+        ...errorResponses({}, 401, 403, 404),
+      },
     },
   }, async (request, reply) => {
     const id = request.params.id;
@@ -244,19 +222,20 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
     finishIfTerminal();
   });
 
-  app.post<{ Params: { id: string } }>('/v1/migrations/:id/cancel', {
+  app.post('/v1/migrations/:id/cancel', {
     preHandler: orchestrator,
-    schema: { security, params: idParams, response: { 202: migrationSchema, ...errors } },
+    schema: {
+      operationId: 'cancelMigration', tags: ['migrations'], security,
+      summary: 'Ask for a migration to be cancelled (allowed until its last page is copied); it then rolls back.',
+      params: IdParams,
+      response: { 202: { ...Migration, description: 'the cancel is under way' }, ...errorResponses({}, 401, 403, 404, 409) },
+    },
   }, async (request, reply) => {
     const row = await runner.cancel(request.params.id);
     return reply.status(202).send(presentMigration(row, store, true));
   });
 
-  const usageSchema = {
-    type: 'object', additionalProperties: true,
-    properties: { hostId: { type: 'string' }, connected: { type: 'boolean' }, totals: resources, used: resources, held: resources, available: resources },
-  } as const;
-  const presentHost = (h: { inventory: HostInventory; connected: boolean; lastSeen: number }) => ({
+  const presentHost = (h: { inventory: HostInventory; connected: boolean; lastSeen: number }): HostT => ({
     hostId: h.inventory.hostId, site: h.inventory.site, connected: h.connected, lastSeen: new Date(h.lastSeen).toISOString(),
     hypervisor: h.inventory.hypervisor, cpu: { model: h.inventory.cpu.model, vcpus: h.inventory.cpu.vcpus, features: h.inventory.cpu.features.length },
     sharedStorage: h.inventory.sharedStorage, migrationAddress: h.inventory.migrationAddress,
@@ -264,49 +243,52 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
     vms: h.inventory.vms.map((v) => ({ vmId: v.vmId, project: v.project, state: v.state })),
   });
 
-  app.get('/v1/hosts', { preHandler: reader, schema: { security, response: { 200: { type: 'object', properties: { hosts: { type: 'array', items: usageSchema } } }, ...errors } } },
-    async () => ({ hosts: hostEntries().map(presentHost) }));
-
-  app.get<{ Params: { id: string } }>('/v1/hosts/:id', {
+  app.get('/v1/hosts', {
     preHandler: reader,
-    schema: { summary: 'Totals, used, held and available vCPU, memory and disk, and per-project use (Nova describeresource).', security, params: idParams, response: { 200: usageSchema, ...errors } },
+    schema: {
+      operationId: 'listHosts', tags: ['hosts'], security,
+      summary: 'Hypervisor hosts and their capacity.',
+      response: { 200: HostList, ...errorResponses({}, 401, 403) },
+    },
+  }, async () => ({ hosts: hostEntries().map(presentHost) }));
+
+  app.get('/v1/hosts/:id', {
+    preHandler: reader,
+    schema: {
+      operationId: 'getHost', tags: ['hosts'], security,
+      summary: 'Totals, used, held and available vCPU, memory and disk, and per-project use (Nova describeresource).',
+      params: IdParams,
+      response: { 200: Host, ...errorResponses({}, 401, 403, 404) },
+    },
   }, async (request) => {
     const h = hostEntries().find((x) => x.inventory.hostId === request.params.id);
     if (!h) throw err('VMTC_HOST_NOT_FOUND', { hostId: request.params.id });
     return presentHost(h);
   });
 
-  app.get('/v1/vms', { preHandler: reader, schema: { security } }, async () => {
-    const vms: Record<string, unknown>[] = [];
+  app.get('/v1/vms', {
+    preHandler: reader,
+    schema: {
+      operationId: 'listVms', tags: ['vms'], security,
+      summary: 'VMs where the host agents report them.',
+      response: { 200: VmList, ...errorResponses({}, 401, 403) },
+    },
+  }, async () => {
+    const vms: Vm[] = [];
     for (const h of hostEntries()) {
       for (const v of h.inventory.vms) vms.push({ vmId: v.vmId, project: v.project, state: v.state, hostId: h.inventory.hostId, site: h.inventory.site, hostConnected: h.connected, vcpus: v.vcpus, memoryMb: v.memoryMb, diskGb: v.diskGb, migrationId: v.migrationId });
     }
     return { vms };
   });
 
-  app.post<{ Body: { hostId: string; spec: VmSpec } }>('/v1/vms', {
+  app.post('/v1/vms', {
     preHandler: admin,
     schema: {
+      operationId: 'startVm', tags: ['vms'], security,
       summary: 'Start a VM on a host (operators and the lab use this to place a VM before migrating it).',
-      security,
-      body: {
-        type: 'object', additionalProperties: false, required: ['hostId', 'spec'],
-        properties: {
-          hostId: { type: 'string', minLength: 1, maxLength: 128 },
-          spec: {
-            type: 'object', additionalProperties: false, required: ['vmId', 'project', 'vcpus', 'memoryMb', 'diskGb'],
-            properties: {
-              vmId: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' }, project: { type: 'string', minLength: 1, maxLength: 64 },
-              vcpus: { type: 'integer', minimum: 1, maximum: 256 }, memoryMb: { type: 'integer', minimum: 16, maximum: 4_194_304 }, diskGb: { type: 'number', minimum: 0 },
-              kernel: { type: 'string' }, initrd: { type: 'string' }, append: { type: 'string', maxLength: 4096 },
-              disks: { type: 'array', maxItems: 16, items: { type: 'object', additionalProperties: false, required: ['path', 'format'], properties: { path: { type: 'string' }, format: { type: 'string', enum: ['qcow2', 'raw'] }, readonly: { type: 'boolean' } } } },
-              nics: { type: 'array', maxItems: 8, items: { type: 'object', additionalProperties: false, required: ['mac', 'bridge'], properties: { mac: { type: 'string', pattern: '^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$' }, bridge: { type: 'string', maxLength: 15 } } } },
-              serialPorts: { type: 'integer', minimum: 0, maximum: 4 },
-              extra: { type: 'object', additionalProperties: true },
-            },
-          },
-        },
-      },
+      body: StartVmBody,
+      // 502/503/504: the host agent refused, is not connected, or did not answer in time.
+      response: { 201: StartedVm, ...errorResponses({ body: true }, 401, 403, 404, 409, 502, 503, 504) },
     },
   }, async (request, reply) => {
     const { hostId, spec } = request.body;
@@ -317,12 +299,13 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
   });
 
   // ---- credentials (admin)
-  app.post<{ Body: { name: string; role: Role } }>('/v1/credentials', {
+  app.post('/v1/credentials', {
     preHandler: admin,
     schema: {
-      security,
-      body: { type: 'object', additionalProperties: false, required: ['name', 'role'], properties: { name: { type: 'string', minLength: 1, maxLength: 64 }, role: { type: 'string', enum: ['admin', 'orchestrator', 'reader'] } } },
-      response: { 201: { type: 'object', properties: { id: { type: 'string' }, name: { type: 'string' }, role: { type: 'string' }, token: { type: 'string' } } }, ...errors },
+      operationId: 'createCredential', tags: ['credentials'], security,
+      summary: 'Make a bearer credential with a role.',
+      body: CredentialBody,
+      response: { 201: NewCredential, ...errorResponses({ body: true }, 401, 403) },
     },
   }, async (request, reply) => {
     const token = `vmtc_${d.ids.secret(32)}`;
@@ -330,10 +313,26 @@ export function registerApi(app: FastifyInstance, d: ApiDeps): void {
     store.addCredential({ id, name: request.body.name, role: request.body.role, token, at: d.clock.now() });
     return reply.status(201).send({ id, name: request.body.name, role: request.body.role, token });
   });
-  app.get('/v1/credentials', { preHandler: admin, schema: { security } }, async () => ({
+  app.get('/v1/credentials', {
+    preHandler: admin,
+    schema: {
+      operationId: 'listCredentials', tags: ['credentials'], security,
+      summary: 'Every credential, revoked ones too (never the secret).',
+      response: { 200: CredentialList, ...errorResponses({}, 401, 403) },
+    },
+  }, async () => ({
     credentials: store.listCredentials().map((c) => ({ ...c, createdAt: new Date(c.createdAt).toISOString(), revokedAt: c.revokedAt ? new Date(c.revokedAt).toISOString() : null })),
   }));
-  app.delete<{ Params: { id: string } }>('/v1/credentials/:id', { preHandler: admin, schema: { security, params: idParams } }, async (request, reply) => {
+  app.delete('/v1/credentials/:id', {
+    preHandler: admin,
+    schema: {
+      operationId: 'revokeCredential', tags: ['credentials'], security,
+      summary: 'Revoke a credential: it stops working at once.',
+      params: IdParams,
+      // No body: typed undefined so the handler sends none.
+      response: { 204: Type.Unsafe<undefined>({ type: 'null', description: 'revoked' }), ...errorResponses({}, 401, 403, 404) },
+    },
+  }, async (request, reply) => {
     if (!store.revokeCredential(request.params.id, d.clock.now())) throw err('VMTC_CREDENTIAL_NOT_FOUND', { id: request.params.id });
     return reply.status(204).send();
   });

@@ -1,7 +1,7 @@
 // `vmtc controller`: run the VM Traffic Controller.
 import { readFileSync } from 'node:fs';
-import type { Command } from '../cli/registry.ts';
-import { runUntilSignal } from '../cli/registry.ts';
+import type { Command } from '../common/command.ts';
+import { runUntilSignal } from '../common/command.ts';
 import { parseListen } from '../common/http.ts';
 import { createLogger } from '../common/log.ts';
 import { startController } from './index.ts';

@@ -16,7 +16,7 @@ import { HUB_ERRORS } from './hub-errors.ts';
 import { CONTROLLER_ERRORS } from './errors.ts';
 import { TERMINAL } from './machine.ts';
 import { HubTunnelPort } from './tunnel-port.ts';
-import { TUNNEL_ERRORS } from '../../agents/tunnel/errors.ts';
+import { TUNNEL_ERRORS } from '../common/tunnel-protocol.ts';
 import { AaaAuthorization, BrokerLightpath, loadControllerKey } from './integrations.ts';
 import type { AuthorizationPort, LightpathPort, TunnelPort } from './ports.ts';
 

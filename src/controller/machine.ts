@@ -1,51 +1,105 @@
-// The migration state machine: one transition table, one pure function (STYLE.md §3, XState's
-// "deciding and doing are separate"). The runner (runner.ts) performs the effects and feeds
-// events back. States follow Clark et al.'s stages of live migration (pre-migration,
-// reservation, iterative pre-copy, stop-and-copy, commitment, activation) with the VM Turntable's
-// control-plane steps (AAA token, lightpath) between reservation and pre-copy, and the EGI D4.4
-// cold path as a separate branch.
+// The migration state machine: the states and what each one means in ONE place (STATE_DEFS),
+// one transition table, and pure functions only (no I/O, no clock: time is passed in). Deciding
+// and doing are separate: the runner (runner.ts) launches the effects a state names and feeds
+// their outcomes back as events; how an event changes the record is the reducer's job
+// (migration/reducer.ts). States follow Clark et al.'s stages of live migration (pre-migration,
+// reservation, iterative pre-copy, stop-and-copy, commitment, activation) with the VM
+// Turntable's control-plane steps (AAA token, lightpath) between reservation and pre-copy, and
+// the EGI D4.4 cold path as a separate branch (docs/design.md).
+//
+// Adding a state: an entry in STATE_DEFS (its effect, whether it can be undone, what a restarted
+// controller does with it), its edges in TABLE, and its effect function in one of
+// migration/effects-*.ts. Nothing else names states.
+import type { ErrorBody } from '../common/errors.ts';
+import type { MigrationCtx } from './migration/record.ts';
 import { err } from './errors.ts';
 
-export const STATES = [
-  // Stage 0/1: pre-migration checks and reservation of destination capacity.
-  'prechecking',
-  'reserved',
+/** What the machine reads of a migration's record. */
+export interface MigrationRecord {
+  state: MigrationState;
+  mode: 'live' | 'cold' | 'auto';
+  ctx: MigrationCtx;
+  error: ErrorBody | null;
+}
+
+export interface StateDef {
+  /** The effect launched on entering the state (see migration/effects.ts). */
+  onEnter?: string;
+  /** The effect launched in that earlier state is still running in this one and reports for
+   *  both (the source's migration goes from pre-copy to stop-and-copy by itself). */
+  continues?: string;
+  /** The source is still the primary copy: an operator's CANCEL, the deadline and a lost
+   *  destination agent roll everything back. */
+  cancellable?: boolean;
+  /** Before the commit point: a failed effect rolls back (after it, failures are warnings). */
+  failable?: boolean;
+  terminal?: boolean;
+  /** Decides the next event as soon as the state is entered: a branch without an effect. */
+  next?: (rec: MigrationRecord) => MigrationEvent;
+  /** After a controller restart: undo ('rollback') or run the state's effect again ('resume',
+   *  the effect asks the agents how far things got), once the host that knows is connected:
+   *  the source knows how a pre-copy ended; after the last page the destination knows whether
+   *  the VM runs. */
+  reconcile?: { action: 'rollback' | 'resume'; ask: 'source' | 'destination' };
+}
+
+const UNDOABLE = { cancellable: true, failable: true } as const;
+const ROLLBACK_ON_RESTART = { reconcile: { action: 'rollback', ask: 'source' } } as const;
+const FINISHED = { onEnter: 'finish', terminal: true } as const;
+
+export const STATE_DEFS = {
+  // Stage 0/1: pre-migration checks (done by the API before the record exists) and reservation
+  // of destination capacity.
+  prechecking: { ...UNDOABLE, ...ROLLBACK_ON_RESTART },
+  // The branch: ctx.path was chosen at admission (mode, CPU compatibility).
+  reserved: { ...UNDOABLE, ...ROLLBACK_ON_RESTART, next: (r) => ({ type: r.ctx.path === 'cold' ? 'START_COLD' : 'START_LIVE' }) },
   // Turntable control plane (paper §3 steps 2-4): AAA capability token, then the lightpath.
-  'authorizing',
-  'provisioning',
+  authorizing: { onEnter: 'requestToken', ...UNDOABLE, ...ROLLBACK_ON_RESTART },
+  provisioning: { onEnter: 'provisionLightpath', ...UNDOABLE, ...ROLLBACK_ON_RESTART },
   // Destination waits for incoming state on the lightpath address; tunnel starts bicasting.
-  'preparing',
-  // Stage 2: iterative pre-copy while the VM runs.
-  'precopy',
+  preparing: { onEnter: 'prepareDestination', ...UNDOABLE, ...ROLLBACK_ON_RESTART },
+  // Stage 2: iterative pre-copy while the VM runs. A restarted controller re-attaches to a
+  // pre-copy still running (never starts a second stream).
+  precopy: { onEnter: 'startMigration', ...UNDOABLE, reconcile: { action: 'resume', ask: 'source' } },
   // Stage 3: stop-and-copy (VM paused at the source, last dirty pages and device state).
-  'stopcopy',
-  // Stage 4: commitment. The source stays paused and primary until the destination runs.
-  'committing',
-  // Stage 5: activation: the destination runs; tunnels drop the old site.
-  'activating',
+  stopcopy: { continues: 'precopy', ...UNDOABLE, reconcile: { action: 'resume', ask: 'source' } },
+  // Stage 4: commitment. The source stays paused and primary until the destination runs; a
+  // failure still rolls back, but nobody may cancel while the last pages are in flight.
+  committing: { onEnter: 'awaitDestinationRunning', failable: true, reconcile: { action: 'resume', ask: 'destination' } },
+  // Stage 5: activation: the destination runs; tunnels drop the old site. After the
+  // destination runs there is no way back: failures are warnings and the migration completes
+  // (the VM must not end up nowhere).
+  activating: { onEnter: 'activate', reconcile: { action: 'resume', ask: 'destination' } },
   // After commit: destroy the source copy, release the lightpath, free capacity.
-  'cleanup',
-  'completed',
-  // Cold path (EGI D4.4): power off, export, import at destination, verify.
-  'cold_exporting',
-  'cold_importing',
-  'cold_verifying',
-  // Failure side.
-  'rolling_back',
-  'rolled_back',
-  'cancelled',
-  'failed',
-] as const;
-export type MigrationState = (typeof STATES)[number];
+  cleanup: { onEnter: 'cleanupSource', reconcile: { action: 'resume', ask: 'source' } },
+  completed: FINISHED,
+  // Cold path (EGI D4.4): power off, export, import at destination, verify. Until verification
+  // the source's disks and VM are intact; the disk URLs are memory-only secrets, so a restarted
+  // controller rolls back rather than resume.
+  cold_exporting: { onEnter: 'coldExport', ...UNDOABLE, ...ROLLBACK_ON_RESTART },
+  cold_importing: { onEnter: 'coldImport', ...UNDOABLE, ...ROLLBACK_ON_RESTART },
+  cold_verifying: { onEnter: 'coldVerify', ...UNDOABLE, ...ROLLBACK_ON_RESTART },
+  // Failure side. Each rollback step is idempotent, so a restarted controller runs it again.
+  rolling_back: { onEnter: 'rollback', reconcile: { action: 'resume', ask: 'source' } },
+  rolled_back: FINISHED,
+  cancelled: FINISHED,
+  failed: FINISHED,
+} as const satisfies Record<string, StateDef>;
 
-export const TERMINAL: ReadonlySet<MigrationState> = new Set(['completed', 'rolled_back', 'cancelled', 'failed']);
+export type MigrationState = keyof typeof STATE_DEFS;
+export const STATES = Object.keys(STATE_DEFS) as MigrationState[];
 
+/** The effect names the states use; migration/effects.ts must implement every one. */
+export type Effect = { [S in MigrationState]: (typeof STATE_DEFS)[S] extends { onEnter: infer E } ? E : never }[MigrationState];
+
+const def = (s: MigrationState): StateDef => STATE_DEFS[s];
+const where = (p: (d: StateDef) => boolean): ReadonlySet<MigrationState> => new Set(STATES.filter((s) => p(def(s))));
+
+export const TERMINAL = where((d) => d.terminal === true);
 /** States in which the source copy is still the primary and a cancel can roll everything back. */
-export const CANCELLABLE: ReadonlySet<MigrationState> = new Set([
-  'prechecking', 'reserved', 'authorizing', 'provisioning', 'preparing', 'precopy', 'stopcopy',
-  // Cold: until the destination's copy is verified, the source's disks and VM are intact.
-  'cold_exporting', 'cold_importing', 'cold_verifying',
-]);
+export const CANCELLABLE = where((d) => d.cancellable === true);
+/** States in which a failure rolls back (up to the commit point). */
+export const FAILABLE = where((d) => d.failable === true);
 
 export type MigrationEvent =
   | { type: 'PRECHECKS_PASSED' }
@@ -69,30 +123,8 @@ export type MigrationEvent =
   | { type: 'ROLLBACK_FAILED' };
 export type EventType = MigrationEvent['type'];
 
-/** Effects the runner performs on entering a state. */
-export type Effect =
-  | 'startLive'
-  | 'startCold'
-  | 'requestToken'
-  | 'provisionLightpath'
-  | 'prepareDestination'
-  | 'startMigration'
-  | 'watchStopAndCopy'
-  | 'awaitDestinationRunning'
-  | 'activate'
-  | 'cleanupSource'
-  | 'coldExport'
-  | 'coldImport'
-  | 'coldVerify'
-  | 'rollback'
-  | 'finish';
-
-const PRE_COMMIT_FAILABLE: MigrationState[] = [
-  'prechecking', 'reserved', 'authorizing', 'provisioning', 'preparing', 'precopy', 'stopcopy', 'committing',
-  'cold_exporting', 'cold_importing', 'cold_verifying',
-];
-
-type Table = Partial<Record<MigrationState, Partial<Record<EventType, MigrationState | ((e: MigrationEvent) => MigrationState)>>>>;
+type Target = MigrationState | ((e: MigrationEvent) => MigrationState);
+type Table = Partial<Record<MigrationState, Partial<Record<EventType, Target>>>>;
 
 export const TABLE: Table = (() => {
   const t: Table = {
@@ -104,8 +136,6 @@ export const TABLE: Table = (() => {
     precopy: { STOP_AND_COPY: 'stopcopy', MIGRATION_COMPLETED: 'committing' },
     stopcopy: { MIGRATION_COMPLETED: 'committing' },
     committing: { DESTINATION_RUNNING: 'activating' },
-    // After the destination runs there is no way back: failures here are recorded as warnings
-    // by the runner and the migration still completes (the VM must not end up nowhere).
     activating: { ACTIVATED: 'cleanup' },
     cleanup: { CLEANED_UP: 'completed' },
     cold_exporting: { COLD_EXPORTED: 'cold_importing' },
@@ -113,36 +143,18 @@ export const TABLE: Table = (() => {
     // Verified at the destination: the commit point of the cold path. Activation then moves the
     // tunnel, as after a live switchover, and cleanup removes the source.
     cold_verifying: { COLD_VERIFIED: 'activating' },
+    // The rollback's outcome is decided by decideRollbackOutcome (migration/reducer.ts).
     rolling_back: {
       ROLLED_BACK: (e) => (e.type === 'ROLLED_BACK' && e.cancelled ? 'cancelled' : 'rolled_back'),
       ROLLBACK_FAILED: 'failed',
-      // mode=auto: once the live attempt is undone, the cold path runs (DESIGN.md).
+      // mode=auto: once the live attempt is undone, the cold path runs (docs/design.md).
       FALLBACK_COLD: 'cold_exporting',
     },
   };
-  for (const s of PRE_COMMIT_FAILABLE) t[s] = { ...t[s], FAIL: 'rolling_back' };
+  for (const s of FAILABLE) t[s] = { ...t[s], FAIL: 'rolling_back' };
   for (const s of CANCELLABLE) t[s] = { ...t[s], CANCEL: 'rolling_back' };
   return t;
 })();
-
-const ON_ENTER: Partial<Record<MigrationState, Effect[]>> = {
-  authorizing: ['requestToken'],
-  provisioning: ['provisionLightpath'],
-  preparing: ['prepareDestination'],
-  precopy: ['startMigration'],
-  stopcopy: ['watchStopAndCopy'],
-  committing: ['awaitDestinationRunning'],
-  activating: ['activate'],
-  cleanup: ['cleanupSource'],
-  cold_exporting: ['coldExport'],
-  cold_importing: ['coldImport'],
-  cold_verifying: ['coldVerify'],
-  rolling_back: ['rollback'],
-  completed: ['finish'],
-  rolled_back: ['finish'],
-  cancelled: ['finish'],
-  failed: ['finish'],
-};
 
 export interface Transition {
   from: MigrationState;
@@ -164,7 +176,22 @@ export function transition(state: MigrationState, event: MigrationEvent): Transi
     throw err('VMTC_ILLEGAL_TRANSITION', { state, event: event.type }, { message: `event ${event.type} is not allowed in state '${state}'` });
   }
   const to = typeof target === 'function' ? target(event) : target;
-  return { from: state, to, event: event.type, effects: ON_ENTER[to] ?? [] };
+  const onEnter = def(to).onEnter as Effect | undefined;
+  return { from: state, to, event: event.type, effects: onEnter ? [onEnter] : [] };
+}
+
+/** The effect that does a state's work: its own, or the one still running from the state it
+ *  continues. */
+export function effectOf(state: MigrationState): Effect | undefined {
+  const d = def(state);
+  return (d.onEnter ?? (d.continues ? def(d.continues as MigrationState).onEnter : undefined)) as Effect | undefined;
+}
+
+/** The states in which an effect launched in `state` may still report: a late outcome must
+ *  never drive a migration that has moved on (e.g. a cancel arrived). */
+export function outcomeStates(state: MigrationState): MigrationState[] {
+  const head = (def(state).continues as MigrationState | undefined) ?? state;
+  return [head, ...STATES.filter((s) => def(s).continues === head)];
 }
 
 /** Every (from, event, to) edge, for documentation and the closing note. */

@@ -14,23 +14,23 @@ export interface HubPort extends EventEmitter {
   certSerials?(hostId: string): string[];
 }
 
-/** DESIGN.md steps 3-4: the one lightpath shape the AAA and the broker also use. */
+/** docs/design.md#live-migration, steps 3-4: the one lightpath shape the AAA and the broker also use. */
 export type { LightpathRequest };
 
 export interface AuthorizationPort {
-  /** DESIGN.md step 3: pre-authorisation. Resolves with a capability token or throws coded. */
+  /** docs/design.md#live-migration, step 3: pre-authorisation. Resolves with a capability token or throws coded. */
   authorize(req: LightpathRequest): Promise<{ token: string; jti: string; expiresAt: number; audience?: string[] }>;
 }
 
 export interface LightpathPort {
-  /** DESIGN.md step 4: reserve, commit and provision with the token. Resolves when the circuit is up. */
+  /** docs/design.md#live-migration, step 4: reserve, commit and provision with the token. Resolves when the circuit is up. */
   setup(req: LightpathRequest, token: string): Promise<{ reservationId: string; details?: Record<string, unknown> }>;
   /** Release and terminate; must tolerate an id that is already gone. */
   teardown(reservationId: string, token: string): Promise<void>;
 }
 
 export interface TunnelPort {
-  /** DESIGN.md step 6: send toward both the old and the new site. */
+  /** docs/design.md#live-migration, step 6: send toward both the old and the new site. */
   bicast(vmId: string, oldSite: string, newSite: string): Promise<void>;
   /** Keep only `keepSite` (after commit: the new site; after rollback: the old one). */
   prune(vmId: string, keepSite: string, dropSite: string): Promise<void>;

@@ -1,4 +1,4 @@
-// The runner's TunnelPort (ports.ts) over the agent hub: DESIGN.md step 6. Each switch request
+// The runner's TunnelPort (ports.ts) over the agent hub: docs/design.md#live-migration, step 6. Each switch request
 // goes to every connected tunnel agent (every place where clients' traffic enters), or to the
 // configured ones, in parallel; it succeeds only if all of them succeed, and otherwise throws
 // VMTC_TUNNEL_SWITCH_FAILED naming each failing agent with its own coded error. A bicast that
@@ -9,7 +9,7 @@
 import type { Logger } from '../common/log.ts';
 import { silentLogger } from '../common/log.ts';
 import { toVmtcError, type ErrorBody } from '../common/errors.ts';
-import { tunnelError } from '../../agents/tunnel/errors.ts';
+import { tunnelError, type BicastParams, type PruneParams, type TunnelMethods } from '../common/tunnel-protocol.ts';
 import type { AgentHub } from './hub.ts';
 import type { TunnelPort } from './ports.ts';
 
@@ -43,14 +43,16 @@ export class HubTunnelPort implements TunnelPort {
   }
 
   async bicast(vmId: string, oldSite: string, newSite: string): Promise<void> {
-    await this.all('tunnel.bicast', vmId, { vmId, oldSite, newSite });
+    const params: BicastParams = { vmId, oldSite, newSite };
+    await this.all('tunnel.bicast', vmId, params);
   }
 
   async prune(vmId: string, keepSite: string, dropSite: string): Promise<void> {
-    await this.all('tunnel.prune', vmId, { vmId, keepSite, dropSite });
+    const params: PruneParams = { vmId, keepSite, dropSite };
+    await this.all('tunnel.prune', vmId, params);
   }
 
-  private async all(method: 'tunnel.bicast' | 'tunnel.prune', vmId: string, params: Record<string, string>): Promise<void> {
+  private async all<M extends 'tunnel.bicast' | 'tunnel.prune'>(method: M, vmId: string, params: TunnelMethods[M][0]): Promise<void> {
     const log = this.log.child({ vmId });
     const ids = this.targets();
     if (ids.length === 0) {

@@ -11,12 +11,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureDelayLineBinary } from '../../lab/delay-line/build.ts';
-import { delayLineStatsBetween, isOurDelayLine, lastDelayLineReport, pidAlive, resolveDelayLineImpl, stopDelayLine } from '../../lab/delay-line-process.ts';
+import { delayLineStatsBetween, isOurDelayLine, lastDelayLineReport, resolveDelayLineImpl, stopDelayLine } from '../../lab/delay-line-process.ts';
+import { pidAlive } from '../../src/common/proc.ts';
 import type { DelayLineReport } from '../../lab/delay-line.ts';
 import { labDown, labUp, provisionLightpath, type Lab } from '../../lab/net.ts';
 import { tryRun } from '../../lab/exec.ts';
 import { randomPrefix } from '../../lab/topology.ts';
-import { LinuxLightpathDriver } from '../../src/broker/drivers/linux.ts';
+import { LabLightpathDriver } from '../../lab/lightpath-driver.ts';
 import { sleep } from '../../src/common/clock.ts';
 import { tcpTransfer } from './net-helpers.ts';
 
@@ -234,7 +235,7 @@ describe('lab lightpath through either delay line', () => {
     const N = 8 * 1024 * 1024;
     expect(await tcpTransfer(A.ns, B.ns, B.lightpathIp, N)).toBe(N);
     // The driver's report asks the C process by SIGUSR2, as it asks the Node.js one.
-    const report = await new LinuxLightpathDriver({ stateDir: stateDir! }).report('conn-dlc');
+    const report = await new LabLightpathDriver({ stateDir: stateDir! }).report('conn-dlc');
     expect(report?.total.ab.bytes).toBeGreaterThan(N);
     expect(report?.total.ba.packets).toBeGreaterThan(0);
     // `lab down` recognises the C process by pid and tag and stops it.

@@ -34,10 +34,10 @@ describe('live migration end to end in the lab', () => {
     for (const [to, from] of [[siteB(), siteA()], [siteA(), siteB()]] as const) {
       const rec = await s!.migrate(to, { bandwidthMbps: 900, maxDowntimeMs: 300 });
       expect({ state: rec.state, error: rec.error }).toEqual({ state: 'completed', error: null });
-      expect(rec.steps.token.jti).toBeTruthy();
-      expect(rec.steps.lightpath).toMatchObject({ provisioned: true, released: true });
-      expect(rec.steps.tunnel).toMatchObject({ bicast: true, pruned: true });
-      expect(rec.result.downtimeMs).toBeGreaterThanOrEqual(0);
+      expect(rec.steps!.token!.jti).toBeTruthy();
+      expect(rec.steps!.lightpath).toMatchObject({ provisioned: true, released: true });
+      expect(rec.steps!.tunnel).toMatchObject({ bicast: true, pruned: true });
+      expect(rec.result!.downtimeMs).toBeGreaterThanOrEqual(0);
       const places = await s!.vmPlaces();
       expect(places).toEqual([{ hostId: s!.hostOf(to), state: 'running' }]);
       expect(await tunnelSites(s!.lab)).toEqual([to]);
@@ -56,8 +56,8 @@ describe('live migration end to end in the lab', () => {
     // The policy grants at most the line rate; asking for more is refused by the AAA.
     const rec = await s!.migrate(siteB(), { bandwidthMbps: 5000 });
     expect(rec.state).toBe('rolled_back');
-    expect(rec.error.code).toBe('VMTC_AAA_POLICY_DENIED');
-    expect(rec.transitions.map((t: any) => t.to)).not.toContain('preparing');
+    expect(rec.error!.code).toBe('VMTC_AAA_POLICY_DENIED');
+    expect(rec.transitions!.map((t: any) => t.to)).not.toContain('preparing');
     expect(await s!.vmPlaces()).toEqual([{ hostId: s!.hostOf(siteA()), state: 'running' }]);
   });
 
@@ -70,7 +70,7 @@ describe('live migration end to end in the lab', () => {
     const rec = await s!.waitState(m.body.id, ['cancelled', 'rolled_back', 'failed']);
     expect(rec.state).toBe('cancelled');
     expect(rec.steps.lightpath).toMatchObject({ released: true });
-    const rsv = await (await fetch(`${s!.brokerUrl}/v1/reservations/${rec.steps.lightpath.reservationId}`, { headers: { authorization: `Bearer ${s!.brokerToken}` } })).json() as any;
+    const rsv = await (await fetch(`${s!.brokerUrl}/v1/reservations/${rec.steps.lightpath!.reservationId}`, { headers: { authorization: `Bearer ${s!.brokerToken}` } })).json() as any;
     expect(rsv.provisionState).toBe('Released');
     expect(rsv.dataPlane.active).toBe(false);
     await waitPlaces([{ hostId: s!.hostOf(siteA()), state: 'running' }]);
@@ -96,9 +96,9 @@ describe('live migration end to end in the lab', () => {
     for (const to of [siteB(), siteA()]) {
       const rec = await s!.migrate(to, { mode: 'cold', verifyTcp: { host: s!.lab.vm.ip, port: 7 } });
       expect({ state: rec.state, error: rec.error }).toEqual({ state: 'completed', error: null });
-      expect(rec.transitions.map((t: any) => t.to)).toEqual(['prechecking', 'reserved', 'cold_exporting', 'cold_importing', 'cold_verifying', 'activating', 'cleanup', 'completed']);
-      expect(rec.steps.cold).toMatchObject({ priorState: 'running', verified: true, disks: [] });
-      expect(rec.steps.tunnel).toMatchObject({ bicast: true, pruned: true });
+      expect(rec.transitions!.map((t: any) => t.to)).toEqual(['prechecking', 'reserved', 'cold_exporting', 'cold_importing', 'cold_verifying', 'activating', 'cleanup', 'completed']);
+      expect(rec.steps!.cold).toMatchObject({ priorState: 'running', verified: true, disks: [] });
+      expect(rec.steps!.tunnel).toMatchObject({ bicast: true, pruned: true });
       await waitPlaces([{ hostId: s!.hostOf(to), state: 'running' }]);
       expect(await tunnelSites(s!.lab)).toEqual([to]);
       await netnsExec(s!.lab.client.ns, ['ping', '-c', '3', '-i', '0.2', '-W', '2', s!.lab.vm.ip]);

@@ -32,8 +32,8 @@ describe('live migration with the disk copied (no shared storage)', () => {
       const rec = await s!.migrate(to, { bandwidthMbps: 900, maxDowntimeMs: 300 });
       expect({ state: rec.state, error: rec.error }).toEqual({ state: 'completed', error: null });
       // The destination offered its copy over NBD on its lightpath address; the source mirrored it.
-      expect(rec.steps.incoming.storage.exports).toHaveLength(1);
-      expect(rec.result.storageBytes).toBeGreaterThanOrEqual(8 * 1024 * 1024);
+      expect(rec.steps!.incoming!.storage!.exports).toHaveLength(1);
+      expect(rec.result!.storageBytes).toBeGreaterThanOrEqual(8 * 1024 * 1024);
       expect(await s!.vmPlaces()).toEqual([{ hostId: s!.hostOf(to), state: 'running' }]);
       expect(await tunnelSites(s!.lab)).toEqual([to]);
       await netnsExec(s!.lab.client.ns, ['ping', '-c', '2', '-i', '0.2', '-W', '2', s!.lab.vm.ip]);

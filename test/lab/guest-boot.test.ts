@@ -5,7 +5,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QemuDriver } from '../../agents/host/qemu-driver.ts';
+import { QemuDriver } from '../../agents/host/qemu/driver.ts';
 import { buildGuestImage, guestAppend, type GuestImage } from '../../lab/guest/build.ts';
 import { exec, guestSpec, makeSiteNetns, readSerial, shortId, testLogger, waitForLine } from './qemu-helpers.ts';
 

@@ -1,5 +1,5 @@
 // The lab's namespaces for real: build, client tunnel (incl. make-before-break), a lightpath
-// through the broker's Linux driver, teardown, and recovery after a crash. Short delays: the
+// through the lab's lightpath driver, teardown, and recovery after a crash. Short delays: the
 // exact RTT does not matter here beyond "at least what was configured".
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { existsSync } from 'node:fs';
@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { labUp, labDown, labStatus, netnsExec, tunnelAddSite, tunnelRemoveSite, tunnelSites, createTap, deleteTap, provisionLightpath, type Lab } from '../../lab/net.ts';
 import { listNetns, run, tryRun, linkExists } from '../../lab/exec.ts';
 import { randomPrefix } from '../../lab/topology.ts';
-import { LinuxLightpathDriver } from '../../src/broker/drivers/linux.ts';
+import { LabLightpathDriver } from '../../lab/lightpath-driver.ts';
 import { tcpTransfer } from './net-helpers.ts';
 
 const RTT = 20;
@@ -97,7 +97,7 @@ describe('lab topology', () => {
 
   it('provisions a lightpath with the Linux driver: RTT ≥ the configured delay, TCP works, release removes it', async () => {
     const [A, B] = lab.sites as [Lab['sites'][0], Lab['sites'][0]];
-    const driver = new LinuxLightpathDriver({ stateDir });
+    const driver = new LabLightpathDriver({ stateDir });
     const seg = await provisionLightpath(lab, 'siteA', 'siteB', 200, 'conn-test-1');
     const dev = seg.details.device as string;
     const relay = seg.details.relay as { pid: number; port: number };
@@ -145,7 +145,7 @@ describe('lab topology', () => {
     expect(present.filter((n) => n.startsWith(`${lab.prefix}-`))).toEqual([]);
     expect(existsSync(join(stateDir, `${lab.prefix}.json`))).toBe(false);
     expect(pidAlive(relayPid)).toBe(false);
-    expect(await new LinuxLightpathDriver({ stateDir }).records()).toEqual([]);
+    expect(await new LabLightpathDriver({ stateDir }).records()).toEqual([]);
   });
 
   it('comes up again after a crash left its state file, namespaces and a delay line behind', async () => {

@@ -1,6 +1,7 @@
-// The broker's Linux driver against real namespaces: settings validation, nothing left behind
-// on failure, conflicts, re-provision with another bandwidth, release from another instance
-// (the broker restarted), and the topology file the lab emits for the broker.
+// The lab's lightpath driver (lab/lightpath-driver.ts) against real namespaces: settings
+// validation, nothing left behind on failure, conflicts, re-provision with another bandwidth,
+// release from another instance (the broker restarted), and the topology file the lab emits for
+// the broker.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -9,14 +10,14 @@ import { join } from 'node:path';
 import { labUp, labDown, netnsExec, type Lab } from '../../lab/net.ts';
 import { run, linkExists } from '../../lab/exec.ts';
 import { brokerTopologyFor, randomPrefix } from '../../lab/topology.ts';
-import { LinuxLightpathDriver, lightpathHash } from '../../src/broker/drivers/linux.ts';
+import { LabLightpathDriver, lightpathHash } from '../../lab/lightpath-driver.ts';
 import { VmtcError } from '../../src/common/errors.ts';
 import type { SegmentRequest } from '../../src/broker/driver.ts';
 import { parseTopology } from '../../src/broker/topology.ts';
 
 let stateDir: string;
 let lab: Lab;
-let driver: LinuxLightpathDriver;
+let driver: LabLightpathDriver;
 
 function nodesFromTopology(l: Lab): Record<string, Record<string, unknown>> {
   return Object.fromEntries(brokerTopologyFor(l).nodes.map((n) => [n.id, n.driver]));
@@ -60,7 +61,7 @@ async function expectNothingLeft(connectionId: string): Promise<void> {
 beforeAll(async () => {
   stateDir = await mkdtemp(join(tmpdir(), 'vmtc-lab-'));
   lab = await labUp({ prefix: randomPrefix(), rttMs: 4, sites: 3, stateDir, tunnelSite: null });
-  driver = new LinuxLightpathDriver({ stateDir });
+  driver = new LabLightpathDriver({ stateDir });
 });
 
 afterAll(async () => {
@@ -113,7 +114,7 @@ describe('Linux lightpath driver', () => {
     expect(relaysOf('c-ac')).toHaveLength(1);
 
     // Another driver instance (the broker restarted) finds and releases it from the record.
-    await new LinuxLightpathDriver({ stateDir }).release('c-ac');
+    await new LabLightpathDriver({ stateDir }).release('c-ac');
     await expectNothingLeft('c-ac');
   });
 

@@ -3,9 +3,9 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { QEMU_ERRORS } from '../../agents/host/qemu-errors.ts';
+import { QEMU_ERRORS } from '../../agents/host/qemu/errors.ts';
 import { GUEST_ERRORS } from '../../lab/guest/errors.ts';
-import { buildQemuArgs, mapRunState, validateSpec, type VmPaths } from '../../agents/host/qemu-cmdline.ts';
+import { buildQemuArgs, mapRunState, validateSpec, type VmPaths } from '../../agents/host/qemu/cmdline.ts';
 import type { VmSpec } from '../../src/common/agent-protocol.ts';
 
 const spec: VmSpec = {

@@ -6,7 +6,7 @@ import { connect } from 'node:net';
 import { promisify } from 'node:util';
 import { rm } from 'node:fs/promises';
 import type { VmSpec } from '../../src/common/agent-protocol.ts';
-import type { QemuDriver } from '../../agents/host/qemu-driver.ts';
+import type { QemuDriver } from '../../agents/host/qemu/driver.ts';
 import { pino } from 'pino';
 
 export const exec = promisify(execFile);

@@ -6,7 +6,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QemuDriver } from '../../agents/host/qemu-driver.ts';
+import { QemuDriver } from '../../agents/host/qemu/driver.ts';
 import type { MigrationProgress } from '../../src/common/agent-protocol.ts';
 import { buildGuestImage, guestAppend, type GuestImage } from '../../lab/guest/build.ts';
 import { guestSpec, readSerial, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
@@ -126,12 +126,11 @@ describe('QEMU driver: live migration over loopback', () => {
     await a.destroy(vmId);
   });
 
-  it('migrates with multifd (set on both ends through spec.extra.migration) and back with post-copy', async () => {
+  it('migrates with multifd (set on both ends through the migration\'s tuning) and back with post-copy', async () => {
     const a = drivers[0]!;
     const b = drivers[1]!;
     const base = (await b.describe(vmId)).spec;
-    const mf = { ...base, extra: { ...base.extra, migration: { multifd: true, multifdChannels: 2 } } };
-    const { uri } = await a.prepareIncoming(mf, 'mig-4', '127.0.0.1');
+    const { uri } = await a.prepareIncoming(base, 'mig-4', '127.0.0.1', { tuning: { multifd: true, multifdChannels: 2 } });
     pids.add((await a.pid(vmId))!);
     const r1 = await b.migrate(vmId, uri, { migrationId: 'mig-4', multifd: true }, () => undefined);
     expect(r1.status).toBe('completed');
@@ -139,8 +138,7 @@ describe('QEMU driver: live migration over loopback', () => {
     await b.destroy(vmId);
 
     // Post-copy: switched on after the first pass; both ends need the capability.
-    const pc = { ...base, extra: { ...base.extra, migration: { postcopy: true } } };
-    const back = await b.prepareIncoming(pc, 'mig-5', '127.0.0.1');
+    const back = await b.prepareIncoming(base, 'mig-5', '127.0.0.1', { tuning: { postcopy: true } });
     pids.add((await b.pid(vmId))!);
     const passes: number[] = [];
     const statuses = new Set<string>();

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QmpClient, type QmpEvent } from '../../agents/host/qmp.ts';
+import { QmpClient, type QmpEvent } from '../../agents/host/qemu/qmp.ts';
 import { VmtcError } from '../../src/common/errors.ts';
 
 describe('QMP client', () => {

@@ -10,17 +10,15 @@ import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QemuDriver } from '../../agents/host/qemu-driver.ts';
-import type { MigrationProgress, VmSpec } from '../../src/common/agent-protocol.ts';
+import { QemuDriver } from '../../agents/host/qemu/driver.ts';
+import type { MigrationProgress } from '../../src/common/agent-protocol.ts';
 import { buildGuestImage, guestAppend, type GuestImage } from '../../lab/guest/build.ts';
 import { exec, guestSpec, readSerial, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
 
 const MiB = 1024 * 1024;
 
-/** The spec the controller gives the destination when the hosts share no storage. */
-function copyStorageSpec(spec: VmSpec): VmSpec {
-  return { ...spec, extra: { ...(spec.extra ?? {}), migration: { copyStorage: true } } };
-}
+/** The tuning the controller gives the destination when the hosts share no storage. */
+const COPY_STORAGE = { tuning: { copyStorage: true } };
 
 /** qemu-io on an image (read-only, shared: its QEMU may still hold it); throws if a read -P
  *  finds other bytes ("Pattern verification failed"). */
@@ -65,7 +63,7 @@ describe('QEMU driver: live migration with storage copy (no shared storage)', ()
     const srcSpec = (await a.describe(vmId)).spec;
     expect((srcSpec.extra as { diskBytes: number[] }).diskBytes).toEqual([64 * MiB]);
 
-    const prep = await b.prepareIncoming(copyStorageSpec(srcSpec), 'mig-s1', '127.0.0.1');
+    const prep = await b.prepareIncoming(srcSpec, 'mig-s1', '127.0.0.1', COPY_STORAGE);
     pids.add((await b.pid(vmId))!);
     expect(prep.storage).toEqual({ nbd: { host: '127.0.0.1', port: expect.any(Number) }, exports: [{ device: 'disk0', name: 'disk0' }] });
     const dstPath = (await b.describe(vmId)).spec.disks![0]!.path;
@@ -105,7 +103,7 @@ describe('QEMU driver: live migration with storage copy (no shared storage)', ()
     // The VM now runs on b from b's own copy; move it back to a, writing through b's block layer.
     const srcSpec = (await b.describe(vmId)).spec;
     const bCopy = srcSpec.disks![0]!.path;
-    const prep = await a.prepareIncoming(copyStorageSpec(srcSpec), 'mig-s2', '127.0.0.1');
+    const prep = await a.prepareIncoming(srcSpec, 'mig-s2', '127.0.0.1', COPY_STORAGE);
     pids.add((await a.pid(vmId))!);
     const writes: Promise<string>[] = [];
     let bulkWriteAt = -1;
@@ -148,7 +146,7 @@ describe('QEMU driver: live migration with storage copy (no shared storage)', ()
   it('cancel during the mirror: the source keeps running on its disk, the destination goes with its copies', async () => {
     const srcSpec = (await a.describe(vmId)).spec;
     const aCopy = srcSpec.disks![0]!.path;
-    const prep = await b.prepareIncoming(copyStorageSpec(srcSpec), 'mig-s3', '127.0.0.1');
+    const prep = await b.prepareIncoming(srcSpec, 'mig-s3', '127.0.0.1', COPY_STORAGE);
     pids.add((await b.pid(vmId))!);
     const bCopy = (await b.describe(vmId)).spec.disks![0]!.path;
     expect(existsSync(bCopy)).toBe(true);
@@ -182,7 +180,7 @@ describe('QEMU driver: live migration with storage copy (no shared storage)', ()
 
   it('a destination killed during the mirror fails the migration in the storage phase; the source keeps running', async () => {
     const srcSpec = (await a.describe(vmId)).spec;
-    const prep = await b.prepareIncoming(copyStorageSpec(srcSpec), 'mig-s4', '127.0.0.1');
+    const prep = await b.prepareIncoming(srcSpec, 'mig-s4', '127.0.0.1', COPY_STORAGE);
     const destPid = (await b.pid(vmId))!;
     pids.add(destPid);
     const bCopy = (await b.describe(vmId)).spec.disks![0]!.path;

@@ -11,7 +11,7 @@ import type { ColdExport, ColdProgress, VmSpec } from '../../src/common/agent-pr
 import { ManualClock } from '../../src/common/clock.ts';
 import { startHostAgent, type HostAgent, type HostAgentOptions } from '../../agents/host/index.ts';
 import { DoubleDriver } from '../../agents/host/double-driver.ts';
-import { ColdTransfer } from '../../agents/host/cold.ts';
+import { ColdTransfer } from '../../agents/host/cold/index.ts';
 import { HOST_ERRORS } from '../../agents/host/errors.ts';
 import { identityFiles } from '../../agents/common/agent-link.ts';
 import { startHub, tempDir, waitFor, type HubFixture } from './agent-fixture.ts';

@@ -1,6 +1,7 @@
 // The host agent over a real hub link, with the DoubleDriver test double (whose live migration is
 // real TCP between the two agents' drivers): inventory updates, a full migration with progress,
-// cancellation, a destination killed mid-stream, and injected faults.
+// cancellation, a destination killed mid-stream, injected faults, and the tuning a destination
+// is prepared with.
 import { describe, it, expect, afterEach } from 'vitest';
 import { rmSync } from 'node:fs';
 import type { MigrationProgress, MigrationResult, VmSpec } from '../../src/common/agent-protocol.ts';
@@ -130,6 +131,20 @@ describe('host agent with the DoubleDriver', () => {
     const c = new DoubleDriver({ failures: { failPrepareIncoming: true } });
     await expect(c.prepareIncoming(spec('vm-7'), 'm', '127.0.0.1')).rejects.toMatchObject({ code: 'VMTC_HOST_FAULT_INJECTED' });
     await expect(a.migrate('vm-6', 'http://x', { migrationId: 'm' }, () => {})).rejects.toMatchObject({ code: 'VMTC_HOST_MIGRATION_URI' });
+  });
+
+  it('vm.prepareIncoming hands this migration\'s tuning to the driver, never into the spec, and refuses a malformed one naming the field', async () => {
+    const { f, B } = await setup({ vms: [spec('vm-9', 16)] });
+    const vm = await f.hub.request('host-a', 'vm.describe', { vmId: 'vm-9' });
+    const tuning = { multifd: true, multifdChannels: 4, postcopy: true, copyStorage: true, suspend: false };
+    await f.hub.request('host-b', 'vm.prepareIncoming', { spec: vm.spec, migrationId: 'mig-9', listenHost: '127.0.0.1', tuning });
+    expect(B.driver.lastIncomingTuning('vm-9')).toEqual(tuning);
+    expect((await f.hub.request('host-b', 'vm.describe', { vmId: 'vm-9' })).spec).toEqual(vm.spec);
+    const other = { ...vm.spec, vmId: 'vm-10' };
+    for (const [bad, field] of [[{ multifd: 'yes' }, 'tuning.multifd'], [{ multifdChannels: -1 }, 'tuning.multifdChannels'], [[true], 'tuning']] as const) {
+      await expect(f.hub.requestRaw('host-b', 'vm.prepareIncoming', { spec: other, migrationId: 'mig-10', listenHost: '127.0.0.1', tuning: bad })).rejects.toMatchObject({ code: 'VMTC_HOST_BAD_PARAMS', details: { field } });
+    }
+    expect(B.driver.lastIncomingTuning('vm-10')).toBeUndefined();
   });
 
   it('a migration that ends while the controller link is down reports its end after reconnecting', async () => {

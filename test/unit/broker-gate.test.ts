@@ -6,7 +6,7 @@ import { ManualClock } from '../../src/common/clock.ts';
 import { VmtcError } from '../../src/common/errors.ts';
 import { BrokerClient } from '../../src/broker/client.ts';
 import { MemoryDoubleDriver } from '../../src/broker/drivers/memory-double.ts';
-import { requestJson } from '../../src/broker/http-client.ts';
+import { requestJson } from '../../src/common/http-client.ts';
 import { startBroker, type Broker } from '../../src/broker/index.ts';
 import { holderKey, joseProof, lineTopology, makeIssuer, mintToken, tempDir, type Issuer, type TokenScope } from './broker-helpers.ts';
 

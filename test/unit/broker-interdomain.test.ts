@@ -7,7 +7,7 @@ import { VmtcError } from '../../src/common/errors.ts';
 import { createCa, issueServerCert, makeKeyAndCsr, signClientCsr, type Ca } from '../../src/common/pki.ts';
 import { BrokerClient } from '../../src/broker/client.ts';
 import { MemoryDoubleDriver } from '../../src/broker/drivers/memory-double.ts';
-import { requestJson } from '../../src/broker/http-client.ts';
+import { requestJson } from '../../src/common/http-client.ts';
 import { startBroker, type Broker } from '../../src/broker/index.ts';
 import type { FaultInjection } from '../../src/broker/service.ts';
 import type { PeerConfig } from '../../src/broker/trust.ts';

@@ -1,6 +1,6 @@
-// Issue 3's "controller uses both": a live migration obtains a capability token from a real AAA
-// and a provisioned lightpath from a real broker (memory driver, a named test double for the
-// network elements) before any VM state moves, and releases it afterwards or on failure.
+// The controller uses both: a live migration obtains a capability token from a real AAA and a
+// provisioned lightpath from a real broker (memory driver, a named test double for the network
+// elements) before any VM state moves, and releases it afterwards or on failure.
 import { describe, it, expect, afterEach } from 'vitest';
 import { mkdirSync, rmSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';

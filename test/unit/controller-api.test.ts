@@ -6,6 +6,7 @@ import { startHarness, vmSpec, type Harness } from '../helpers/controller-harnes
 import { ALL_CONTROLLER_ERRORS } from '../../src/controller/index.ts';
 import { transition, edges, STATES, TERMINAL } from '../../src/controller/machine.ts';
 import { VmtcError } from '../../src/common/errors.ts';
+import { presentMigration } from '../../src/controller/api.ts';
 
 let h: Harness;
 beforeAll(async () => {
@@ -71,6 +72,20 @@ describe('controller REST: bad input', () => {
     expect(a.used).toEqual({ vcpus: 1, memoryMb: 256, diskGb: 2 });
     expect(a.available.memoryMb).toBe(16384 - 256);
     expect(a.byProject.demo).toEqual({ vcpus: 1, memoryMb: 256, diskGb: 2, vms: 1 });
+  });
+});
+
+describe('controller REST: responses', () => {
+  // After the host test above: this moves vm1 to B.
+  it('sends a migration record whole: the response schemas drop nothing the controller builds', async () => {
+    const m = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', bandwidthMbps: 12.5, requestId: 'whole-1' });
+    expect(m.status).toBe(202);
+    await h.waitState(m.body.id, ['completed', 'rolled_back', 'failed']);
+    const store = h.controller.store;
+    const built = (withTransitions: boolean) => JSON.parse(JSON.stringify(presentMigration(store.migration(m.body.id)!, store, withTransitions)));
+    expect((await h.api('GET', `/v1/migrations/${m.body.id}`)).body).toEqual(built(true));
+    expect((await h.api('GET', '/v1/migrations?vmId=vm1')).body.migrations).toEqual([built(false)]);
+    expect(built(true)).toMatchObject({ terminal: true, request: { bandwidthMbps: 12.5, requestId: 'whole-1', mode: 'live' } });
   });
 });
 

@@ -1,6 +1,6 @@
 // The controller against real host agents (DoubleDriver hypervisor test double, real mutual-TLS
 // WebSocket links, real TCP migration streams), over its real REST API.
-import { describe, it, expect, afterEach } from 'vitest';
+import { describe, it, expect, afterEach, vi } from 'vitest';
 import { startHarness, vmSpec, type Harness } from '../helpers/controller-harness.ts';
 
 let h: Harness | undefined;
@@ -73,15 +73,49 @@ describe('controller: live migration through the state machine', () => {
     }, 'vm1 running only at A');
   });
 
-  it('asks the destination for this migration\'s flags only: stale ones in the spec are dropped, other settings kept', async () => {
+  it('sends each migration its own tuning, to both ends, and never stores it in the VM\'s spec', async () => {
     h = await startHarness();
-    const spec = { ...vmSpec('vm1'), extra: { migration: { copyStorage: true, postcopy: true, suspend: true, multifdChannels: 4 } } };
-    await h.addHost('A', { vms: [spec] });
+    await h.addHost('A', { vms: [vmSpec('vm1')] });
     await h.addHost('B');
-    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', multifd: true });
-    expect((await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed'])).state).toBe('completed');
-    const atB = await h.controller.hub.request('B', 'vm.describe', { vmId: 'vm1' });
-    expect(atB.spec.extra?.migration).toEqual({ multifdChannels: 4, multifd: true });
+    // What the controller asks of the agents (the double driver does not say what tuning it got).
+    const hub = h.controller.hub;
+    const asked: { hostId: string; method: string; params: any }[] = [];
+    const request = hub.request.bind(hub);
+    const spy = vi.spyOn(hub, 'request').mockImplementation(((hostId: string, method: string, params: unknown, t?: number) => {
+      asked.push({ hostId, method, params });
+      return request(hostId as never, method as never, params as never, t);
+    }) as typeof hub.request);
+    try {
+      const move = async (from: string, to: string, flags: Record<string, unknown>) => {
+        // Agents report inventory changes asynchronously: the VM must be seen at `from` only.
+        await h!.waitFor(async () => {
+          const list = (await h!.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === 'vm1');
+          return list.length === 1 && list[0].hostId === from && list[0].state === 'running';
+        }, `vm1 running only at ${from}`);
+        asked.length = 0;
+        const res = await h!.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: to, ...flags });
+        expect((await h!.waitState(res.body.id, ['completed', 'rolled_back', 'failed'])).state).toBe('completed');
+        const prepare = asked.find((a) => a.method === 'vm.prepareIncoming')!;
+        const migrate = asked.find((a) => a.method === 'vm.migrate')!;
+        const atDestination = await hub.request(to, 'vm.describe', { vmId: 'vm1' });
+        return { id: res.body.id, prepare, migrate, atDestination };
+      };
+      const first = await move('A', 'B', { multifd: true, postcopy: true, maxDowntimeMs: 300 });
+      expect(first.prepare).toMatchObject({ hostId: 'B', params: { tuning: { multifd: true, postcopy: true, maxDowntimeMs: 300 } } });
+      expect(first.migrate).toMatchObject({ hostId: 'A', params: { params: { migrationId: first.id, multifd: true, postcopy: true, maxDowntimeMs: 300 } } });
+      expect(first.migrate.params.params).not.toHaveProperty('copyStorage');
+      expect(first.prepare.params.spec.extra?.migration).toBeUndefined();
+      expect(first.atDestination.spec.extra?.migration).toBeUndefined();
+      // The next migration carries none of the first one's flags, in its tuning or in the spec.
+      const second = await move('B', 'A', { bandwidthMbps: 100 });
+      expect(second.prepare).toMatchObject({ hostId: 'A', params: { tuning: { bandwidthMbps: 100 } } });
+      expect(second.prepare.params.tuning).toEqual({ bandwidthMbps: 100 });
+      expect(second.migrate.params.params).toEqual({ migrationId: second.id, bandwidthMbps: 100 });
+      expect(second.prepare.params.spec.extra?.migration).toBeUndefined();
+      expect(second.atDestination.spec.extra?.migration).toBeUndefined();
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('a destination agent that stays away fails the migration with VMTC_AGENT_LOST and rolls back', async () => {

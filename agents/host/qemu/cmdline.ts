@@ -2,29 +2,23 @@
 // destination of a migration builds exactly the source's device model (QEMU migrates device
 // state by id and order: both ends must agree). Only host-local things differ between the two
 // ends: paths, tap names, and `-incoming defer` on the destination.
-import type { VmSpec, VmState } from '../../src/common/agent-protocol.ts';
-import { qemuError } from './qemu-errors.ts';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { VmSpec, VmState } from '../../../src/common/agent-protocol.ts';
+import { sha256Hex } from '../../../src/common/hash.ts';
+import { qemuError } from './errors.ts';
 
 export type Accel = 'tcg' | 'kvm';
 
-/** Settings in spec.extra this driver reads (all optional; everything else is ignored). */
+/** Settings in spec.extra this driver reads (all optional; everything else is ignored). How one
+ *  migration runs (multifd, post-copy, storage copy, suspend) is never here: it comes with that
+ *  migration (prepareIncoming's tuning, migrate's params). */
 export interface QemuSpecExtra {
   /** Concrete machine type. The driver fills it in at start (resolving the `pc` alias) so the
    *  destination gets the same versioned type. */
   machine?: string;
   /** CPU model. Default qemu64: migratable between any two x86 hosts, TCG or KVM. */
   cpu?: string;
-  /** Migration capabilities that must be set on BOTH ends before the stream starts. The
-   *  controller puts the same values here (destination spec) as in MigrationParams (source). */
-  migration?: {
-    multifd?: boolean; multifdChannels?: number; postcopy?: boolean;
-    /** Destination only: the disks are not on shared storage; prepareIncoming creates local
-     *  copies and exports them over NBD for the source's mirror jobs (docs/qemu.md). */
-    copyStorage?: boolean;
-    /** Destination with copyStorage: the source was paused for the copy (non-live), so the VM
-     *  stays paused after it lands until vm.resume (without it the driver starts it). */
-    suspend?: boolean;
-  };
   /** Virtual size in bytes of each entry of spec.disks, read from QEMU (query-block) at start,
    *  so a destination without shared storage can create copies of the same size. */
   diskBytes?: number[];
@@ -40,6 +34,19 @@ export interface VmPaths {
   qmp: string;
   /** Host side of the guest's serial ports 1..n (unix sockets; the lab reads the heartbeat here). */
   serial: string[];
+}
+
+/** Host-side paths of a VM under a QEMU driver's data dir (also for the lab's probes, which read
+ *  the serial heartbeat and console of a VM run by an agent in another process). */
+export function qemuVmPaths(dataDir: string, vmId: string, serialPorts: number): VmPaths {
+  const dir = join(dataDir, 'vms', vmId);
+  // Unix socket paths are limited to 108 bytes; a long dataDir gets its sockets in a short,
+  // deterministic directory (so a restarted agent computes the same one).
+  const longest = join(dir, 'serial3.sock');
+  const sockDir = longest.length <= 100 ? dir : join(tmpdir(), `vmtc-q-${sha256Hex(dir).slice(0, 12)}`);
+  const serial: string[] = [];
+  for (let n = 1; n <= serialPorts; n++) serial.push(join(sockDir, `serial${n}.sock`));
+  return { dir, pidfile: join(dir, 'qemu.pid'), console: join(dir, 'console.log'), qmp: join(sockDir, 'qmp.sock'), serial };
 }
 
 export interface CmdlineInput {

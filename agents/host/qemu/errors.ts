@@ -1,15 +1,16 @@
-// Error codes of the QEMU driver and its QMP client (STYLE.md §2). The host agent's own
-// catalogue merges this one (mergeCatalogues) beside COMMON_ERRORS; codes never change meaning.
-import { errorFactory, type Catalogue } from '../../src/common/errors.ts';
+// Error codes of the QEMU driver and its QMP client (docs/contributing.md#errors; documented in
+// docs/qemu.md). The host agent's own catalogue merges this one (mergeCatalogues) beside
+// COMMON_ERRORS; codes never change meaning.
+import { errorFactory, type Catalogue } from '../../../src/common/errors.ts';
 
 export const QEMU_ERRORS = {
-  // QMP transport (agents/host/qmp.ts)
+  // QMP transport (qmp.ts)
   VMTC_QMP_CONNECT_FAILED: { status: 502, message: 'the QMP socket could not be opened' },
   VMTC_QMP_PROTOCOL: { status: 502, message: 'QEMU sent something that is not QMP' },
   VMTC_QMP_TIMEOUT: { status: 504, message: 'QEMU did not answer a QMP command in time' },
   VMTC_QMP_CLOSED: { status: 502, message: 'the QMP connection closed before QEMU answered' },
   VMTC_QMP_COMMAND_FAILED: { status: 502, message: 'QEMU refused a QMP command' },
-  // The driver (agents/host/qemu-driver.ts)
+  // The driver (driver.ts and the modules it wires)
   VMTC_QEMU_START_FAILED: { status: 500, message: 'QEMU did not start' },
   VMTC_QEMU_TAP_FAILED: { status: 500, message: 'the tap device for a VM NIC could not be set up' },
   VMTC_QEMU_VM_NOT_FOUND: { status: 404, message: 'no VM with this id on this host' },

@@ -1,20 +1,10 @@
 // What the QEMU binary on this host is: its version, what the `pc` machine alias resolves to,
 // and the features of the CPU model guests are given. Each is asked of QEMU itself once.
-import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { run } from '../../../src/common/proc.ts';
 
-function capture(argv: string[], input?: string, timeoutMs = 15_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    const t = setTimeout(() => c.kill('SIGKILL'), timeoutMs);
-    c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    c.on('error', (e) => { clearTimeout(t); reject(e); });
-    c.on('close', (code) => { clearTimeout(t); resolve({ code, stdout, stderr }); });
-    if (input !== undefined) c.stdin.end(input);
-    else c.stdin.end();
-  });
+function capture(argv: string[], input?: string): Promise<{ stdout: string }> {
+  return run(argv, { timeoutMs: 15_000, ...(input !== undefined ? { input } : {}) });
 }
 
 export async function qemuVersion(binary: string): Promise<string> {
@@ -47,4 +37,10 @@ export async function cpuModelFeatures(binary: string, accel: string, model: str
     if (props) return Object.keys(props).filter((k) => props[k] === true).sort();
   }
   return [];
+}
+
+/** The host CPU's flags (/proc/cpuinfo): what facts() reports when QEMU cannot expand its model. */
+export async function hostCpuFlags(): Promise<string[]> {
+  const info = await readFile('/proc/cpuinfo', 'utf8').catch(() => '');
+  return (/^flags\s*:\s*(.*)$/m.exec(info)?.[1] ?? '').split(/\s+/).filter(Boolean).sort();
 }

@@ -5,14 +5,14 @@
 // server copies into its reply; asynchronous events {"event", "data", "timestamp"} may arrive
 // between replies at any time.
 //
-// As in STYLE.md §4: requests are correlated by a monotonic id, each with its own timer; a reply
+// As every request/reply link here (docs/contributing.md#requests): requests are correlated by a monotonic id, each with its own timer; a reply
 // that matches no pending request (it came after its timeout, or carries no id) is logged and
 // dropped; closing the socket fails every pending request with a coded error.
 import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
-import { systemClock, type Clock } from '../../src/common/clock.ts';
-import type { Logger } from '../../src/common/log.ts';
-import { qemuError } from './qemu-errors.ts';
+import { systemClock, type Clock } from '../../../src/common/clock.ts';
+import type { Logger } from '../../../src/common/log.ts';
+import { qemuError } from './errors.ts';
 
 export interface QmpEvent {
   event: string;
@@ -165,7 +165,7 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
     const id = typeof msg.id === 'number' ? msg.id : undefined;
     const p = id === undefined ? undefined : this.pending.get(id);
     if (!p) {
-      // Late (after its timeout) or unknown: never fatal to the link (STYLE.md §4).
+      // Late (after its timeout) or unknown: never fatal to the link (docs/contributing.md#requests).
       this.log.warn({ path: this.path, id: msg.id ?? null, reply: line.slice(0, 200) }, 'qmp: reply matches no pending command, dropped');
       return;
     }

@@ -1,135 +1,229 @@
-// The Linux network element driver (issue 3/4): makes a lightpath real in the lab.
+// The Linux network element driver: makes a circuit real as VXLAN between the two end nodes of a
+// path, with the reserved bandwidth enforced at each end.
 //
-// A lightpath between the two end nodes of a path is
-//   - a vxlan device `lp<hash>` in each end's namespace (VNI and name derived from the
-//     connection id), whose UDP underlay goes to a delay line in the WAN namespace rather than
-//     to the other end directly: the delay line holds each datagram for the one-way delay, paces
-//     it to the line rate and bounds the queue (LAB-NOTES: the kernel here has no netem);
-//   - a point-to-point overlay address on it (`<overlayIp> peer <other end's overlayIp>`), so
-//     QEMU at the destination can listen on its 192.0.2.x and the source reach it;
-//   - tx checksum offload off on the vxlan devices (LAB-NOTES: otherwise inner TCP hangs while
-//     ping works);
+// A circuit between the two end nodes of a path is
+//   - a vxlan device `lp<hash>` at each end (VNI and name derived from the connection id) whose
+//     UDP underlay goes from the end's underlay address to the other end's (or wherever
+//     underlay() says: the lab's driver, lab/lightpath-driver.ts, sends it through a delay line);
+//   - a point-to-point overlay address on it (`<overlayIp> peer <other end's overlayIp>`), so a
+//     destination hypervisor can listen on its overlay address and the source reach it;
 //   - an htb rate limit equal to the reserved bandwidth on each end's device.
-// Node settings (from the topology file; lab/topology.ts `linuxNodeSettings`, docs/lab.md):
-//   namespace, underlayIp, overlayIp, wanNamespace, relayIp, and optionally underlayMtu, mtu,
-//   oneWayMs, rateMbps, queueMs, loss (the delay line's parameters; taken from the first end),
-//   delayLineImpl ('node' | 'c': which delay line program; absent: env VMTC_DELAY_LINE, else c).
+// Node settings (from the topology file, docs/broker.md "Drivers"): underlayIp, overlayIp, and
+// optionally namespace (the end is a network namespace), via (an argv prefix that runs the
+// end's commands on its host, e.g. ["ssh", "-oBatchMode=yes", "root@host-a"]; absent: on the
+// broker's machine), mtu, dstport, txChecksumOffload (false: turn it off on the device).
 // Each provisioned connection is recorded in `<stateDir>/lightpaths/<hash>.json` before anything
-// is created, so release works from another process and `lab down` finds leftovers.
-import { createHash } from 'node:crypto';
+// is created, so release works from another process (the broker restarted) and from tools.
 import { mkdir, readdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { NetworkElementDriver, ProvisionedSegment, SegmentRequest } from '../driver.ts';
 import type { Logger } from '../../common/log.ts';
 import { silentLogger } from '../../common/log.ts';
 import { VmtcError } from '../../common/errors.ts';
-import { labError } from '../../../lab/errors.ts';
-import { run, tryRun, linkExists } from '../../../lab/exec.ts';
-import { startDelayLine, stopDelayLine, requestDelayLineReport, isOurDelayLine, type DelayLineHandle, type DelayLineImpl } from '../../../lab/delay-line-process.ts';
-import { DELAY_LINE_DEFAULTS, type DelayLineReport } from '../../../lab/delay-line.ts';
+import { sha256Hex } from '../../common/hash.ts';
+import { run as runArgv, type RunResult } from '../../common/proc.ts';
+import { driverError } from './errors.ts';
 
 export interface LinuxDriverOptions {
-  /** Where lightpath records and delay-line stats live. Default /run/vmtc-lab. */
+  /** Where lightpath records live (`<stateDir>/lightpaths/`). Default /run/vmtc-broker. */
   stateDir?: string;
   log?: Logger;
+  /** Runs one argv (default src/common/proc.ts run); tests inject a recorder. */
+  run?: (argv: string[]) => Promise<RunResult>;
 }
 
-/** The line of a lightpath: MTUs and the delay line's parameters (taken from the first end). */
-export interface LinuxLineSettings {
-  /** Underlay (veth) MTU and the lightpath vxlan MTU: jumbo inside (LAB-NOTES). */
-  underlayMtu: number;
-  mtu: number;
-  oneWayMs: number;
-  rateMbps: number;
-  queueMs: number;
-  loss: number;
-  /** Which delay line program relays (absent: env VMTC_DELAY_LINE, else 'c'). */
-  delayLineImpl?: DelayLineImpl;
+export const LINUX_DRIVER_DEFAULTS = {
+  stateDir: '/run/vmtc-broker',
+  /** 1500-byte underlay minus the 50 bytes of VXLAN over IPv4. */
+  mtu: 1450,
+  /** IANA's VXLAN port. */
+  dstport: 4789,
+} as const;
+
+/** Where an end's commands run: on its host (via) and in its namespace. */
+export interface EndPlace {
+  namespace?: string;
+  via?: string[];
 }
 
-/**
- * A node's `driver` settings in the topology file, validated by parseEnd (lab/topology.ts
- * `linuxNodeSettings` writes them for the lab): the end's namespace, underlay and overlay
- * addresses, and where the delay line runs with which parameters.
- */
-export interface LinuxNodeSettings extends LinuxLineSettings {
-  namespace: string;
+/** One end's validated settings. */
+export interface LinuxEnd extends EndPlace {
+  node: string;
   underlayIp: string;
   overlayIp: string;
-  wanNamespace: string;
-  relayIp: string;
-}
-
-interface EndSettings extends LinuxNodeSettings {
-  node: string;
+  mtu: number;
+  dstport: number;
+  txChecksumOffload: boolean;
 }
 
 /** What is recorded for one provisioned connection. */
-export interface LightpathRecord {
+export interface LinuxLightpathRecord {
   connectionId: string;
   hash: string;
   dev: string;
   vni: number;
   bandwidthMbps: number;
-  ends: { node: string; namespace: string; underlayIp: string; overlayIp: string }[];
-  wanNamespace: string;
-  relayIp: string;
-  delayLine: DelayLineHandle | null;
+  ends: (EndPlace & { node: string; underlayIp: string; overlayIp: string })[];
   createdAt: string;
 }
 
-const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
-const NS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
-
-function parseEnd(node: string, s: Record<string, unknown> | undefined): EndSettings {
-  const bad = (field: string) => labError('VMTC_LIGHTPATH_BAD_SETTINGS', { node, field });
-  if (!s) throw bad('(node has no settings)');
-  const str = (k: string, re: RegExp) => {
-    const v = s[k];
-    if (typeof v !== 'string' || !re.test(v)) throw bad(k);
-    return v;
-  };
-  const n = (k: string, def: number, ok: (x: number) => boolean) => {
-    const v = s[k] ?? def;
-    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw bad(k);
-    return v;
-  };
-  return {
-    node,
-    namespace: str('namespace', NS_NAME),
-    underlayIp: str('underlayIp', IPV4),
-    overlayIp: str('overlayIp', IPV4),
-    wanNamespace: str('wanNamespace', NS_NAME),
-    relayIp: str('relayIp', IPV4),
-    underlayMtu: n('underlayMtu', 9000, (x) => x >= 1280 && x <= 65535),
-    mtu: n('mtu', 8000, (x) => x >= 576 && x <= 65485),
-    oneWayMs: n('oneWayMs', DELAY_LINE_DEFAULTS.oneWayMs, (x) => x >= 0),
-    rateMbps: n('rateMbps', DELAY_LINE_DEFAULTS.rateMbps, (x) => x > 0),
-    queueMs: n('queueMs', DELAY_LINE_DEFAULTS.queueMs, (x) => x >= 0),
-    loss: n('loss', 0, (x) => x >= 0 && x < 1),
-    ...(s.delayLineImpl === undefined ? {} : { delayLineImpl: impl(s.delayLineImpl) }),
-  };
-  function impl(v: unknown): DelayLineImpl {
-    if (v !== 'node' && v !== 'c') throw bad('delayLineImpl');
-    return v;
-  }
+/** Where an end's VXLAN device sends its underlay traffic. */
+export interface UnderlayTarget {
+  remote: string;
+  dstport: number;
 }
+
+export const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+export const NS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+// An argument of `via`: no whitespace or shell metacharacters, since ssh hands the remote side
+// one string (our own arguments are addresses, names and numbers, all checked).
+const VIA_ARG = /^[A-Za-z0-9_.,:=@/+-]{1,200}$/;
 
 export function lightpathHash(connectionId: string): string {
-  return createHash('sha256').update(connectionId).digest('hex').slice(0, 12);
+  return sha256Hex(connectionId).slice(0, 12);
 }
 
-export class LinuxLightpathDriver implements NetworkElementDriver {
-  readonly name = 'linux';
-  private readonly dir: string;
-  private readonly log: Logger;
+/** Settings reader for one node that throws VMTC_LIGHTPATH_BAD_SETTINGS naming node and field. */
+export function settingsReader(node: string, s: Record<string, unknown>) {
+  const bad = (field: string) => driverError('VMTC_LIGHTPATH_BAD_SETTINGS', { node, field });
+  return {
+    bad,
+    str(k: string, re: RegExp): string {
+      const v = s[k];
+      if (typeof v !== 'string' || !re.test(v)) throw bad(k);
+      return v;
+    },
+    optStr(k: string, re: RegExp): string | undefined {
+      return s[k] === undefined ? undefined : this.str(k, re);
+    },
+    num(k: string, def: number, ok: (x: number) => boolean): number {
+      const v = s[k] ?? def;
+      if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw bad(k);
+      return v;
+    },
+  };
+}
+
+export class LinuxVxlanDriver<E extends LinuxEnd = LinuxEnd, R extends LinuxLightpathRecord = LinuxLightpathRecord> implements NetworkElementDriver {
+  readonly name: string;
+  protected readonly dir: string;
+  protected readonly log: Logger;
+  protected readonly run: (argv: string[]) => Promise<RunResult>;
+  /** Defaults of the per-node settings (a subclass may change them). */
+  protected readonly endDefaults: { mtu: number; dstport: number } = LINUX_DRIVER_DEFAULTS;
   /** Serialises operations on one connection id (provision racing release). */
   private readonly busy = new Map<string, Promise<unknown>>();
 
-  constructor(opts: LinuxDriverOptions = {}) {
-    this.dir = join(opts.stateDir ?? '/run/vmtc-lab', 'lightpaths');
-    this.log = (opts.log ?? silentLogger()).child({ driver: 'linux' });
+  /** `kind` is for a subclass: its driver name and its own default state directory. */
+  constructor(opts: LinuxDriverOptions = {}, kind: { name: string; stateDir: string } = { name: 'linux', stateDir: LINUX_DRIVER_DEFAULTS.stateDir }) {
+    this.name = kind.name;
+    this.dir = join(opts.stateDir ?? kind.stateDir, 'lightpaths');
+    this.run = opts.run ?? ((argv) => runArgv(argv));
+    this.log = (opts.log ?? silentLogger()).child({ driver: kind.name });
   }
+
+  // ---- extension points (lab/lightpath-driver.ts overrides them) --------------------------------
+
+  /** Validate one end node's settings. */
+  protected parseEnd(node: string, s: Record<string, unknown> | undefined): E {
+    if (!s) throw driverError('VMTC_LIGHTPATH_BAD_SETTINGS', { node, field: '(node has no settings)' });
+    const r = settingsReader(node, s);
+    let via: string[] | undefined;
+    if (s.via !== undefined) {
+      if (!Array.isArray(s.via) || s.via.length === 0 || s.via.length > 16 || !s.via.every((a) => typeof a === 'string' && VIA_ARG.test(a))) throw r.bad('via');
+      via = [...(s.via as string[])];
+    }
+    if (s.txChecksumOffload !== undefined && typeof s.txChecksumOffload !== 'boolean') throw r.bad('txChecksumOffload');
+    const namespace = r.optStr('namespace', NS_NAME);
+    const end: LinuxEnd = {
+      node,
+      ...(namespace !== undefined ? { namespace } : {}),
+      ...(via ? { via } : {}),
+      underlayIp: r.str('underlayIp', IPV4),
+      overlayIp: r.str('overlayIp', IPV4),
+      mtu: r.num('mtu', this.endDefaults.mtu, (x) => x >= 576 && x <= 65485),
+      dstport: r.num('dstport', this.endDefaults.dstport, (x) => Number.isInteger(x) && x > 0 && x <= 65535),
+      txChecksumOffload: s.txChecksumOffload !== false,
+    };
+    return end as E;
+  }
+
+  /** Refuse a pair of ends that cannot be joined (both validated already). */
+  protected checkPair(connectionId: string, a: E, b: E): void {
+    // A vxlan device receives on the port it sends to: both ends must agree on it.
+    if (a.dstport !== b.dstport) throw driverError('VMTC_LIGHTPATH_BAD_SETTINGS', { connectionId, field: 'dstport' }, { message: 'both ends must use the same VXLAN port' });
+  }
+
+  /** The record of a new connection; a subclass adds what it needs to undo its own part. */
+  protected newRecord(base: LinuxLightpathRecord, _a: E, _b: E): R {
+    return base as R;
+  }
+
+  /** Bring up what the devices need before they exist (the lab starts its delay line here). */
+  protected async startLine(_rec: R, _a: E, _b: E): Promise<void> {}
+
+  /** Where `me`'s device sends: straight to the other end. */
+  protected underlay(_rec: R, me: E, peer: E): UnderlayTarget {
+    return { remote: peer.underlayIp, dstport: me.dstport };
+  }
+
+  /** Initial congestion and receive window for the route to the peer (packets); null: Linux's. */
+  protected initialWindow(_rec: R, _me: E): number | null {
+    return null;
+  }
+
+  /** Whether what startLine made is still there. */
+  protected async lineIntact(_rec: R): Promise<boolean> {
+    return true;
+  }
+
+  /** Undo startLine; tolerant of anything already gone. */
+  protected async stopLine(_rec: R): Promise<void> {}
+
+  /** What provision answers: facts a caller may need. */
+  protected details(r: R): ProvisionedSegment {
+    return { connectionId: r.connectionId, details: { device: r.dev, vni: r.vni, bandwidthMbps: r.bandwidthMbps, ends: r.ends } };
+  }
+
+  // ---- the contract ----------------------------------------------------------------------------
+
+  provision(req: SegmentRequest): Promise<ProvisionedSegment> {
+    return this.serial(req.connectionId, () => this.doProvision(req));
+  }
+
+  release(connectionId: string): Promise<void> {
+    return this.serial(connectionId, async () => {
+      const rec = await this.readRecord(connectionId);
+      if (!rec) return;
+      await this.teardown(rec);
+      this.log.info({ connectionId, dev: rec.dev }, 'lightpath released');
+    });
+  }
+
+  async close(): Promise<void> {
+    // Provisioned circuits outlive the broker process on purpose (NSI: a provisioned circuit
+    // stays up until released); their records let a later process release them.
+    await Promise.allSettled([...this.busy.values()]);
+  }
+
+  /** Every recorded lightpath (any process's). */
+  async records(): Promise<R[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.dir);
+    } catch {
+      return [];
+    }
+    const out: R[] = [];
+    for (const f of names.filter((x) => x.endsWith('.json'))) {
+      try {
+        out.push(JSON.parse(await readFile(join(this.dir, f), 'utf8')) as R);
+      } catch { /* torn or foreign file */ }
+    }
+    return out;
+  }
+
+  // ---- internals -------------------------------------------------------------------------------
 
   private serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
     const prev = this.busy.get(id) ?? Promise.resolve();
@@ -143,71 +237,57 @@ export class LinuxLightpathDriver implements NetworkElementDriver {
     return join(this.dir, `${hash}.json`);
   }
 
-  private async readRecord(connectionId: string): Promise<LightpathRecord | null> {
+  protected async readRecord(connectionId: string): Promise<R | null> {
     try {
-      return JSON.parse(await readFile(this.recordPath(lightpathHash(connectionId)), 'utf8')) as LightpathRecord;
+      return JSON.parse(await readFile(this.recordPath(lightpathHash(connectionId)), 'utf8')) as R;
     } catch {
       return null;
     }
   }
 
-  private async writeRecord(r: LightpathRecord): Promise<void> {
+  protected async writeRecord(r: R): Promise<void> {
     await mkdir(this.dir, { recursive: true });
     const p = this.recordPath(r.hash);
     await writeFile(p + '.tmp', JSON.stringify(r, null, 2));
     await rename(p + '.tmp', p);
   }
 
-  /** Every recorded lightpath (any process's). */
-  async records(): Promise<LightpathRecord[]> {
-    let names: string[];
-    try {
-      names = await readdir(this.dir);
-    } catch {
-      return [];
-    }
-    const out: LightpathRecord[] = [];
-    for (const f of names.filter((x) => x.endsWith('.json'))) {
-      try {
-        out.push(JSON.parse(await readFile(join(this.dir, f), 'utf8')) as LightpathRecord);
-      } catch { /* torn or foreign file */ }
-    }
-    return out;
+  /** A file beside the records (a subclass keeps its processes' output there). */
+  protected stateFile(name: string): string {
+    return join(this.dir, name);
   }
 
-  provision(req: SegmentRequest): Promise<ProvisionedSegment> {
-    return this.serial(req.connectionId, () => this.doProvision(req));
+  /** argv prefixes that run a command at `end`: `ip`/`tc` in its namespace, or anything there. */
+  protected ip(end: EndPlace, ...args: string[]): string[] {
+    return [...(end.via ?? []), 'ip', ...(end.namespace ? ['-n', end.namespace] : []), ...args];
   }
 
-  private details(r: LightpathRecord): ProvisionedSegment {
-    return {
-      connectionId: r.connectionId,
-      details: {
-        device: r.dev,
-        vni: r.vni,
-        bandwidthMbps: r.bandwidthMbps,
-        ends: r.ends,
-        relay: r.delayLine ? { namespace: r.wanNamespace, ip: r.relayIp, port: r.delayLine.port, pid: r.delayLine.pid, statsFile: r.delayLine.statsFile } : null,
-      },
-    };
+  protected tc(end: EndPlace, ...args: string[]): string[] {
+    return [...(end.via ?? []), 'tc', ...(end.namespace ? ['-n', end.namespace] : []), ...args];
   }
 
-  private async intact(r: LightpathRecord): Promise<boolean> {
-    for (const e of r.ends) if (!(await linkExists(e.namespace, r.dev))) return false;
-    return r.delayLine !== null && isOurDelayLine(r.delayLine.pid, r.delayLine.tag);
+  protected inEnd(end: EndPlace, argv: string[]): string[] {
+    return [...(end.via ?? []), ...(end.namespace ? ['ip', 'netns', 'exec', end.namespace] : []), ...argv];
+  }
+
+  private async linkExists(end: EndPlace, dev: string): Promise<boolean> {
+    return this.run(this.ip(end, 'link', 'show', 'dev', dev)).then(() => true, () => false);
+  }
+
+  private async intact(r: R): Promise<boolean> {
+    for (const e of r.ends) if (!(await this.linkExists(e, r.dev))) return false;
+    return this.lineIntact(r);
   }
 
   private async doProvision(req: SegmentRequest): Promise<ProvisionedSegment> {
     const { connectionId, path } = req;
     if (path.length < 2 || path[0] === path[path.length - 1]) {
-      throw labError('VMTC_LIGHTPATH_BAD_SETTINGS', { connectionId, field: 'path', path }, { message: 'a lightpath needs two distinct end nodes' });
+      throw driverError('VMTC_LIGHTPATH_BAD_SETTINGS', { connectionId, field: 'path', path }, { message: 'a lightpath needs two distinct end nodes' });
     }
-    if (!(req.bandwidthMbps > 0)) throw labError('VMTC_LIGHTPATH_BAD_SETTINGS', { connectionId, field: 'bandwidthMbps' });
-    const a = parseEnd(path[0]!, req.nodes[path[0]!]);
-    const b = parseEnd(path[path.length - 1]!, req.nodes[path[path.length - 1]!]);
-    if (a.wanNamespace !== b.wanNamespace || a.relayIp !== b.relayIp) {
-      throw labError('VMTC_LIGHTPATH_BAD_SETTINGS', { connectionId, field: 'wanNamespace' }, { message: 'both ends must name the same WAN namespace and relay address' });
-    }
+    if (!(req.bandwidthMbps > 0)) throw driverError('VMTC_LIGHTPATH_BAD_SETTINGS', { connectionId, field: 'bandwidthMbps' });
+    const a = this.parseEnd(path[0]!, req.nodes[path[0]!]);
+    const b = this.parseEnd(path[path.length - 1]!, req.nodes[path[path.length - 1]!]);
+    this.checkPair(connectionId, a, b);
 
     const existing = await this.readRecord(connectionId);
     if (existing) {
@@ -215,120 +295,81 @@ export class LinuxLightpathDriver implements NetworkElementDriver {
       // Same id but damaged (or another bandwidth): rebuild from scratch.
       await this.teardown(existing);
     }
-    // One overlay pair per two namespaces: two lightpaths joining the same sites would both
-    // claim the same point-to-point route.
+    // One overlay pair per two end places: two circuits joining the same two would both claim
+    // the same point-to-point route.
+    const placeOf = (e: EndPlace) => JSON.stringify([e.via ?? [], e.namespace ?? '']);
     for (const r of await this.records()) {
-      const ns = new Set(r.ends.map((e) => e.namespace));
-      if (!(ns.has(a.namespace) && ns.has(b.namespace))) continue;
-      // A record whose devices or relay are gone is debris of a crash or of a lab removed
+      const places = new Set(r.ends.map(placeOf));
+      if (!(places.has(placeOf(a)) && places.has(placeOf(b)))) continue;
+      // A record whose devices (or line) are gone is debris of a crash or of a setup removed
       // under it: clear it rather than refuse forever.
       if (!(await this.intact(r))) {
         this.log.warn({ connectionId: r.connectionId }, 'removing a stale lightpath record');
         await this.teardown(r);
         continue;
       }
-      throw labError('VMTC_LIGHTPATH_CONFLICT', { connectionId, existing: r.connectionId, ends: [a.node, b.node] });
+      throw driverError('VMTC_LIGHTPATH_CONFLICT', { connectionId, existing: r.connectionId, ends: [a.node, b.node] });
     }
 
     const hash = lightpathHash(connectionId);
-    const rec: LightpathRecord = {
+    const end = (e: E) => ({ node: e.node, ...(e.namespace !== undefined ? { namespace: e.namespace } : {}), ...(e.via ? { via: e.via } : {}), underlayIp: e.underlayIp, overlayIp: e.overlayIp });
+    const rec = this.newRecord({
       connectionId,
       hash,
       dev: `lp${hash.slice(0, 8)}`,
-      // 24-bit VNI, away from the client tunnel's (100).
+      // 24-bit VNI, away from small ones a client tunnel may use (the lab's is 100).
       vni: 1000 + (parseInt(hash.slice(0, 6), 16) % 16_000_000),
       bandwidthMbps: req.bandwidthMbps,
-      ends: [a, b].map((e) => ({ node: e.node, namespace: e.namespace, underlayIp: e.underlayIp, overlayIp: e.overlayIp })),
-      wanNamespace: a.wanNamespace,
-      relayIp: a.relayIp,
-      delayLine: null,
+      ends: [end(a), end(b)],
       createdAt: new Date().toISOString(),
-    };
+    }, a, b);
     const log = this.log.child({ connectionId, dev: rec.dev });
     // Recorded before anything exists, so a crash at any point leaves something to clean.
     await this.writeRecord(rec);
     try {
-      rec.delayLine = await startDelayLine({
-        ns: a.wanNamespace,
-        listenHost: a.relayIp,
-        a: a.underlayIp,
-        b: b.underlayIp,
-        oneWayMs: a.oneWayMs,
-        rateMbps: a.rateMbps,
-        queueMs: a.queueMs,
-        loss: a.loss,
-        ...(a.delayLineImpl ? { impl: a.delayLineImpl } : {}),
-        tag: `vmtc-dl:${hash}`,
-        statsFile: join(this.dir, `${a.wanNamespace}.${hash}.stats.jsonl`),
-        errFile: join(this.dir, `${a.wanNamespace}.${hash}.err`),
-      });
-      await this.writeRecord(rec);
+      await this.startLine(rec, a, b);
       for (const [me, peer] of [[a, b], [b, a]] as const) await this.makeEnd(rec, me, peer);
     } catch (e) {
       log.warn({ err: e }, 'lightpath provision failed; removing what was made');
       await this.teardown(rec);
-      if (e instanceof VmtcError && e.code !== 'VMTC_LAB_COMMAND_FAILED') throw e;
-      throw labError('VMTC_LIGHTPATH_PROVISION_FAILED', { connectionId, reason: (e as Error).message.slice(0, 500) }, { cause: e });
+      // Coded failures of our own making pass as they are; a failed command says what failed.
+      if (e instanceof VmtcError && !/^VMTC_(LAB_)?COMMAND_FAILED$/.test(e.code)) throw e;
+      throw driverError('VMTC_LIGHTPATH_PROVISION_FAILED', { connectionId, reason: (e as Error).message.slice(0, 500) }, { cause: e });
     }
-    log.info({ vni: rec.vni, port: rec.delayLine?.port, ends: rec.ends.map((x) => x.node), bandwidthMbps: rec.bandwidthMbps }, 'lightpath up');
+    log.info({ vni: rec.vni, ends: rec.ends.map((x) => x.node), bandwidthMbps: rec.bandwidthMbps }, 'lightpath up');
     return this.details(rec);
   }
 
-  private async makeEnd(rec: LightpathRecord, me: EndSettings, peer: EndSettings): Promise<void> {
-    const ns = me.namespace;
+  private async makeEnd(rec: R, me: E, peer: E): Promise<void> {
     const dev = rec.dev;
-    const ip = (...args: string[]) => run(['ip', '-n', ns, ...args]);
-    await ip('link', 'add', dev, 'type', 'vxlan', 'id', String(rec.vni), 'local', me.underlayIp, 'remote', rec.relayIp,
-      'dstport', String(rec.delayLine!.port), 'nolearning');
-    await ip('link', 'set', 'dev', dev, 'mtu', String(me.mtu), 'alias', `vmtc:${rec.connectionId}`.slice(0, 250));
-    // LAB-NOTES: with tx checksum offload on, inner TCP checksums are never filled in over the
-    // relay and TCP hangs (ping still works).
-    await run(['ip', 'netns', 'exec', ns, 'ethtool', '-K', dev, 'tx', 'off']);
-    await ip('addr', 'add', `${me.overlayIp}/32`, 'peer', `${peer.overlayIp}/32`, 'dev', dev);
+    const { remote, dstport } = this.underlay(rec, me, peer);
+    await this.run(this.ip(me, 'link', 'add', dev, 'type', 'vxlan', 'id', String(rec.vni), 'local', me.underlayIp, 'remote', remote,
+      'dstport', String(dstport), 'nolearning'));
+    const alias = `vmtc:${rec.connectionId}`.replace(/[^A-Za-z0-9_.:-]/g, '_').slice(0, 250);
+    await this.run(this.ip(me, 'link', 'set', 'dev', dev, 'mtu', String(me.mtu), 'alias', alias));
+    // docs/design.md#lab-facts, "VXLAN transmit checksum offload": where the offload leaves inner
+    // TCP checksums unfilled, TCP hangs while ping works; such ends turn it off.
+    if (!me.txChecksumOffload) await this.run(this.inEnd(me, ['ethtool', '-K', dev, 'tx', 'off']));
+    await this.run(this.ip(me, 'addr', 'add', `${me.overlayIp}/32`, 'peer', `${peer.overlayIp}/32`, 'dev', dev));
     // The reserved bandwidth, enforced at the edge as a circuit would be. Jumbo frames need a
     // quantum above the MTU; the leaf queue is bounded (1000 packets) like any port.
     const rate = `${rec.bandwidthMbps}mbit`;
     const burst = Math.max(64 * 1024, Math.ceil((rec.bandwidthMbps * 1e6) / 8 / 1000)); // ≥ 1 ms at rate
-    await run(['tc', '-n', ns, 'qdisc', 'replace', 'dev', dev, 'root', 'handle', '1:', 'htb', 'default', '1']);
-    await run(['tc', '-n', ns, 'class', 'replace', 'dev', dev, 'parent', '1:', 'classid', '1:1', 'htb',
-      'rate', rate, 'ceil', rate, 'burst', String(burst), 'cburst', String(burst), 'quantum', String(Math.max(me.mtu + 100, 60000))]);
-    await run(['tc', '-n', ns, 'qdisc', 'replace', 'dev', dev, 'parent', '1:1', 'handle', '10:', 'pfifo', 'limit', '1000']);
-    await ip('link', 'set', 'dev', dev, 'up');
-    // A reserved circuit need not be discovered by slow start: TCP over it starts with the
-    // window the circuit's queue can absorb at once (at the reserved rate, at most the queue
-    // bound), on both the sending and the receiving side. Over 198 ms this saves several round
-    // trips on every migration (docs/lab.md has the numbers).
-    const initWindow = initialWindowPackets(Math.min(rec.bandwidthMbps, me.rateMbps), me.queueMs, me.mtu);
-    await ip('route', 'replace', `${peer.overlayIp}/32`, 'dev', dev, 'src', me.overlayIp, 'initcwnd', String(initWindow), 'initrwnd', String(initWindow));
+    await this.run(this.tc(me, 'qdisc', 'replace', 'dev', dev, 'root', 'handle', '1:', 'htb', 'default', '1'));
+    await this.run(this.tc(me, 'class', 'replace', 'dev', dev, 'parent', '1:', 'classid', '1:1', 'htb',
+      'rate', rate, 'ceil', rate, 'burst', String(burst), 'cburst', String(burst), 'quantum', String(Math.max(me.mtu + 100, 60000))));
+    await this.run(this.tc(me, 'qdisc', 'replace', 'dev', dev, 'parent', '1:1', 'handle', '10:', 'pfifo', 'limit', '1000'));
+    await this.run(this.ip(me, 'link', 'set', 'dev', dev, 'up'));
+    const win = this.initialWindow(rec, me);
+    await this.run(this.ip(me, 'route', 'replace', `${peer.overlayIp}/32`, 'dev', dev, 'src', me.overlayIp,
+      ...(win !== null ? ['initcwnd', String(win), 'initrwnd', String(win)] : [])));
   }
 
-  /** Remove devices, the delay line and the record; tolerant of anything already gone. */
-  private async teardown(rec: LightpathRecord): Promise<void> {
-    for (const e of rec.ends) await tryRun(['ip', '-n', e.namespace, 'link', 'del', 'dev', rec.dev]);
-    if (rec.delayLine) await stopDelayLine(rec.delayLine);
+  /** Remove devices, the line and the record; tolerant of anything already gone. */
+  protected async teardown(rec: R): Promise<void> {
+    for (const e of rec.ends) await this.run(this.ip(e, 'link', 'del', 'dev', rec.dev)).catch(() => undefined);
+    await this.stopLine(rec);
     await rm(this.recordPath(rec.hash), { force: true });
-  }
-
-  release(connectionId: string): Promise<void> {
-    return this.serial(connectionId, async () => {
-      const rec = await this.readRecord(connectionId);
-      if (!rec) return;
-      await this.teardown(rec);
-      this.log.info({ connectionId, dev: rec.dev }, 'lightpath released');
-    });
-  }
-
-  /** What the delay line of a provisioned connection has delivered so far (null if unknown). */
-  async report(connectionId: string): Promise<DelayLineReport | null> {
-    const rec = await this.readRecord(connectionId);
-    if (!rec?.delayLine) return null;
-    return requestDelayLineReport(rec.delayLine);
-  }
-
-  async close(): Promise<void> {
-    // Provisioned lightpaths outlive the broker process on purpose (NSI: a provisioned circuit
-    // stays up until released); their records let a later process release them.
-    await Promise.allSettled([...this.busy.values()]);
   }
 }
 

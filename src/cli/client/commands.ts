@@ -1,17 +1,17 @@
-// The client verbs of the one `vmtc` binary (DESIGN.md process table: "client verbs — anywhere —
-// talk to the controller's REST API"): migrate, status, cancel, hosts, vms. Each is a Command of
-// src/cli/registry.ts; all share --controller, --token-file and --json.
+// The client verbs of the one `vmtc` binary (docs/design.md process table: "client verbs —
+// anywhere — the controller's REST API from a shell"): migrate, status, cancel, hosts, vms. Each is a Command of
+// src/common/command.ts; all share --controller, --token-file and --json.
 //
 // Exit codes (docs/cli.md): 0 done; 1 the API refused or could not be reached; 2 usage (bad
 // options or environment); 3 a migration that ended other than `completed`; 130 stopped waiting
 // after a second Ctrl-C (the migration goes on).
 import { VmtcError } from '../../common/errors.ts';
-import type { Command, OptionSpec } from '../registry.ts';
+import type { Command, OptionSpec } from '../../common/command.ts';
 import { ApiClient, UsageError, resolveClientConfig } from './http.ts';
 import {
   fmtError, formatHostDetail, formatHostTable, formatMigrationDetail, formatMigrationTable, formatSummary, formatVmTable,
-  type HostView, type MigrationView, type VmView,
 } from './format.ts';
+import type { Host, Migration, MigrationList, MigrationRequestBody, Vm } from '../../controller/schemas.ts';
 import { watchMigration } from './watch.ts';
 
 export const EXIT = { ok: 0, api: 1, usage: 2, notCompleted: 3, detached: 130 } as const;
@@ -104,14 +104,14 @@ export function parseHostPort(v: string, k: string): { host: string; port: numbe
 const MODES = ['live', 'cold', 'auto'];
 
 /** The POST /v1/migrations body from the command line (validated here so mistakes exit 2). */
-export function migrationBody(o: Opts, vmId: string): Record<string, unknown> {
+export function migrationBody(o: Opts, vmId: string): MigrationRequestBody {
   const to = str(o, 'to');
   if (!to) throw new UsageError('--to HOST_ID is required (the destination host)');
-  const body: Record<string, unknown> = { vmId, destinationHostId: to };
+  const body: MigrationRequestBody = { vmId, destinationHostId: to };
   const mode = str(o, 'mode');
   if (mode !== undefined) {
     if (!MODES.includes(mode)) throw new UsageError(`--mode: '${mode}' must be one of ${MODES.join(', ')}`);
-    body.mode = mode;
+    body.mode = mode as NonNullable<MigrationRequestBody['mode']>;
   }
   const maxDowntimeMs = intOpt(o, 'max-downtime-ms', 1, 600_000);
   if (maxDowntimeMs !== undefined) body.maxDowntimeMs = maxDowntimeMs;
@@ -160,7 +160,7 @@ export const migrate = verb('migrate', {
   async go(o, pos, c, json) {
     const vmId = onePositional(pos, 'VM_ID', true)!;
     const body = migrationBody(o, vmId);
-    const m = await c.post<MigrationView>('/v1/migrations', body);
+    const m = await c.post<Migration>('/v1/migrations', body);
     if (o['no-wait'] === true) {
       if (json) out(JSON.stringify(m));
       else {
@@ -195,7 +195,7 @@ export const status = verb('status', {
     const id = onePositional(pos, 'MIGRATION_ID', false);
     if (id !== undefined) {
       if (o.state !== undefined || o.vm !== undefined || o.limit !== undefined) throw new UsageError('--state, --vm and --limit filter the list; they do not go with a MIGRATION_ID');
-      const m = await c.get<MigrationView>(`/v1/migrations/${encodeURIComponent(id)}`);
+      const m = await c.get<Migration>(`/v1/migrations/${encodeURIComponent(id)}`);
       out(json ? JSON.stringify(m) : formatMigrationDetail(m));
       return EXIT.ok;
     }
@@ -209,7 +209,7 @@ export const status = verb('status', {
     if (vm !== undefined) q.set('vmId', vm);
     const limit = intOpt(o, 'limit', 1, 1000);
     if (limit !== undefined) q.set('limit', String(limit));
-    const r = await c.get<{ migrations: MigrationView[] }>(`/v1/migrations${q.size ? `?${q}` : ''}`);
+    const r = await c.get<MigrationList>(`/v1/migrations${q.size ? `?${q}` : ''}`);
     out(json ? JSON.stringify(r) : formatMigrationTable(r.migrations));
     return EXIT.ok;
   },
@@ -222,7 +222,7 @@ export const cancel = verb('cancel', {
   options: {},
   async go(_o, pos, c, json) {
     const id = onePositional(pos, 'MIGRATION_ID', true)!;
-    const m = await c.post<MigrationView>(`/v1/migrations/${encodeURIComponent(id)}/cancel`);
+    const m = await c.post<Migration>(`/v1/migrations/${encodeURIComponent(id)}/cancel`);
     if (json) out(JSON.stringify(m));
     else out(`cancel requested for migration ${m.id} (state now ${m.state}${m.error ? `, ${fmtError(m.error)}` : ''})`);
     return EXIT.ok;
@@ -237,11 +237,11 @@ export const hosts = verb('hosts', {
   async go(_o, pos, c, json) {
     const id = onePositional(pos, 'HOST_ID', false);
     if (id !== undefined) {
-      const h = await c.get<HostView>(`/v1/hosts/${encodeURIComponent(id)}`);
+      const h = await c.get<Host>(`/v1/hosts/${encodeURIComponent(id)}`);
       out(json ? JSON.stringify(h) : formatHostDetail(h));
       return EXIT.ok;
     }
-    const r = await c.get<{ hosts: HostView[] }>('/v1/hosts');
+    const r = await c.get<{ hosts: Host[] }>('/v1/hosts');
     out(json ? JSON.stringify(r) : formatHostTable(r.hosts));
     return EXIT.ok;
   },
@@ -251,7 +251,7 @@ export const vms = verb('vms', {
   summary: 'List VMs where the host agents report them (host, state, project, size).',
   options: {},
   async go(_o, _pos, c, json) {
-    const r = await c.get<{ vms: VmView[] }>('/v1/vms');
+    const r = await c.get<{ vms: Vm[] }>('/v1/vms');
     out(json ? JSON.stringify(r) : formatVmTable(r.vms));
     return EXIT.ok;
   },

@@ -1,49 +1,19 @@
-// Human output of the client verbs. Pure functions of the API's JSON (README "API
-// (controller)"), so the wording can be tested without a controller; `--json` bypasses all of
-// this and prints the API's JSON as is.
+// Human output of the client verbs. Pure functions of the API's JSON (its types are the
+// controller's REST schemas, src/controller/schemas.ts), so the wording can be tested without a
+// controller; `--json` bypasses all of this and prints the API's JSON as is.
+import type { Host, Migration, Progress, Transition, Vm } from '../../controller/schemas.ts';
 
-/** The parts of GET /v1/migrations/:id the client reads (the API sends more). */
-export interface MigrationView {
-  id: string;
-  vmId: string;
-  project?: string;
-  mode?: string;
-  path?: string;
-  state: string;
-  terminal?: boolean;
-  sourceHostId?: string;
-  destinationHostId?: string;
-  request?: Record<string, unknown>;
-  progress?: ProgressView | null;
-  error?: { code: string; message: string; details?: Record<string, unknown> } | null;
-  steps?: Record<string, unknown>;
-  timings?: Record<string, number>;
-  result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number; pausedAt?: number; resumedAt?: number };
-  warnings?: { code?: string; message?: string; details?: Record<string, unknown> }[];
-  transitions?: TransitionView[];
-  createdAt: string;
-  updatedAt: string;
-}
+/**
+ * A migration record as the formatters read it: the controller's Migration (controller/schemas.ts,
+ * what GET /v1/migrations/:id answers) of which only the id, VM, state and times are required, so
+ * the wording can be tested on partial records.
+ */
+export type MigrationView = Pick<Migration, 'id' | 'vmId' | 'state' | 'createdAt' | 'updatedAt'>
+  & Partial<Omit<Migration, 'id' | 'vmId' | 'state' | 'createdAt' | 'updatedAt' | 'transitions'>>
+  & { transitions?: TransitionView[] };
 
-export interface TransitionView {
-  seq?: number;
-  from: string | null;
-  to: string;
-  event: string;
-  at: string;
-  detail?: unknown;
-}
-
-export interface ProgressView {
-  status?: string;
-  phase?: string;
-  totalBytes?: number;
-  transferredBytes?: number;
-  remainingBytes?: number;
-  pass?: number;
-  throughputMbps?: number;
-  expectedDowntimeMs?: number;
-}
+export type TransitionView = Omit<Transition, 'seq'> & { seq?: number };
+export type ProgressView = Progress;
 
 const MiB = 1024 * 1024;
 
@@ -108,7 +78,7 @@ function elapsedTotal(m: MigrationView): number {
 /** Steps in the order the migration went through them (timings are keyed by state name). */
 function orderedTimings(m: MigrationView): [string, number][] {
   const timings = m.timings ?? {};
-  const order = (m.transitions ?? []).map((t) => t.from).filter((s): s is string => !!s);
+  const order = (m.transitions ?? []).map((t) => t.from).filter((s): s is NonNullable<typeof s> => !!s);
   const seen = new Set<string>();
   const out: [string, number][] = [];
   for (const s of [...order, ...Object.keys(timings)]) {
@@ -158,7 +128,7 @@ export function formatMigrationDetail(m: MigrationView): string {
     `  created     ${m.createdAt}`,
     `  updated     ${m.updatedAt}  (${fmtMs(elapsedTotal(m))} after creation)`,
   ];
-  const req = { ...(m.request ?? {}) };
+  const req: Record<string, unknown> = { ...(m.request ?? {}) };
   delete req.vmId;
   delete req.destinationHostId;
   if (Object.keys(req).length) lines.push(`  request     ${fmtDetails(req)}`);
@@ -196,23 +166,8 @@ export function formatMigrationTable(ms: MigrationView[]): string {
     ms.map((m) => [m.id, m.vmId, m.sourceHostId, m.destinationHostId, m.mode, m.state, m.createdAt, fmtMs(elapsedTotal(m)), m.error?.code ?? '']));
 }
 
-interface Res { vcpus: number; memoryMb: number; diskGb: number }
-export interface HostView {
-  hostId: string;
-  site?: string;
-  connected: boolean;
-  lastSeen?: string;
-  hypervisor?: { type: string; version: string };
-  cpu?: { model: string; vcpus: number; features: number };
-  sharedStorage?: boolean;
-  migrationAddress?: string;
-  totals?: Res;
-  used?: Res;
-  held?: Res;
-  available?: Res;
-  byProject?: Record<string, Res & { vms: number }>;
-  vms?: { vmId: string; project: string; state: string }[];
-}
+type Res = Host['totals'];
+export type HostView = Host;
 
 const triple = (h: HostView, k: keyof Res) => `${h.used?.[k] ?? '-'}/${h.held?.[k] ?? '-'}/${h.available?.[k] ?? '-'}`;
 
@@ -247,18 +202,7 @@ export function formatHostDetail(h: HostView): string {
   return lines.join('\n');
 }
 
-export interface VmView {
-  vmId: string;
-  hostId: string;
-  site?: string;
-  hostConnected?: boolean;
-  state: string;
-  project: string;
-  vcpus: number;
-  memoryMb: number;
-  diskGb?: number;
-  migrationId?: string;
-}
+export type VmView = Vm;
 
 export function formatVmTable(vms: VmView[]): string {
   if (!vms.length) return '(no VMs)';

@@ -4,6 +4,7 @@
 // that names the URL (never a stack trace for a controller that is not there).
 import { readFileSync } from 'node:fs';
 import { VmtcError, commonError } from '../../common/errors.ts';
+import { JsonClient, errorFromReply, type JsonResponse } from '../../common/http-client.ts';
 
 export const DEFAULT_CONTROLLER = 'http://127.0.0.1:7700';
 /** Per request; a controller that accepted the connection but hangs is a failure, not a wait. */
@@ -54,7 +55,15 @@ export function resolveClientConfig(opts: { controller?: string; tokenFile?: str
 }
 
 export class ApiClient {
-  constructor(readonly config: ClientConfig, private readonly timeoutMs = REQUEST_TIMEOUT_MS) {}
+  private readonly http: JsonClient;
+
+  constructor(readonly config: ClientConfig, private readonly timeoutMs = REQUEST_TIMEOUT_MS) {
+    this.http = new JsonClient({
+      baseUrl: config.baseUrl,
+      timeoutMs,
+      headers: (): Record<string, string> => (config.token ? { authorization: `Bearer ${config.token}` } : {}),
+    });
+  }
 
   get<T = any>(path: string): Promise<T> {
     return this.request<T>('GET', path);
@@ -66,50 +75,40 @@ export class ApiClient {
 
   /** One request; resolves with the parsed JSON body of a 2xx answer, else throws a VmtcError. */
   async request<T = any>(method: string, path: string, body?: unknown): Promise<T> {
-    const url = this.config.baseUrl + path;
-    const headers: Record<string, string> = { accept: 'application/json' };
-    if (this.config.token) headers.authorization = `Bearer ${this.config.token}`;
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    let res: Response;
+    const base = this.config.baseUrl;
+    const url = this.http.url(path);
+    let res: JsonResponse;
     try {
-      res = await fetch(url, {
-        method, headers, signal: AbortSignal.timeout(this.timeoutMs),
-        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      });
+      res = await this.http.raw(method, path, body);
     } catch (e) {
-      throw transportError(this.config.baseUrl, e, this.timeoutMs);
+      throw this.transportError(e);
     }
-    let text: string;
-    try {
-      text = await res.text();
-    } catch (e) {
-      throw transportError(this.config.baseUrl, e, this.timeoutMs);
-    }
-    let parsed: unknown;
-    try {
-      parsed = text ? JSON.parse(text) : undefined;
-    } catch {
-      throw commonError('VMTC_PEER_BAD_REPLY', { url, status: res.status, body: text.slice(0, 200) }, {
-        message: `the controller at ${this.config.baseUrl} answered ${method} ${path} with HTTP ${res.status} and a body that is not JSON (is it a vmtc controller?)`,
+    if (!res.json) {
+      throw commonError('VMTC_PEER_BAD_REPLY', { url, status: res.status, body: res.text.slice(0, 200) }, {
+        message: `the controller at ${base} answered ${method} ${path} with HTTP ${res.status} and a body that is not JSON (is it a vmtc controller?)`,
       });
     }
-    if (res.ok) return parsed as T;
-    if (parsed && typeof parsed === 'object' && typeof (parsed as { code?: unknown }).code === 'string') {
-      throw VmtcError.fromBody({ ...(parsed as object), status: res.status }, res.status);
-    }
-    throw commonError('VMTC_PEER_BAD_REPLY', { url, status: res.status }, { message: `the controller at ${this.config.baseUrl} answered ${method} ${path} with HTTP ${res.status} and no error code` });
+    if (res.status >= 200 && res.status < 300) return res.body as T;
+    const b = res.body as { code?: unknown } | undefined;
+    if (b && typeof b === 'object' && typeof b.code === 'string') throw errorFromReply(url, res);
+    throw commonError('VMTC_PEER_BAD_REPLY', { url, status: res.status }, { message: `the controller at ${base} answered ${method} ${path} with HTTP ${res.status} and no error code` });
   }
-}
 
-/** fetch's "fetch failed" names nothing; dig out the socket error so the message says why. */
-function transportError(baseUrl: string, e: unknown, timeoutMs: number): VmtcError {
-  const err = e as Error & { cause?: { code?: string; message?: string; errors?: { code?: string }[] } };
-  if (err?.name === 'TimeoutError' || err?.name === 'AbortError') {
-    return commonError('VMTC_TIMEOUT', { url: baseUrl, timeoutMs }, { message: `the controller at ${baseUrl} did not answer within ${timeoutMs / 1000} s` });
+  /** The common client's transport failures, reworded for a person at a terminal: which
+   *  controller, and what to check. */
+  private transportError(e: unknown): unknown {
+    if (!(e instanceof VmtcError)) return e;
+    const base = this.config.baseUrl;
+    if (e.code === 'VMTC_TIMEOUT') {
+      return commonError('VMTC_TIMEOUT', { url: base, timeoutMs: this.timeoutMs }, { message: `the controller at ${base} did not answer within ${this.timeoutMs / 1000} s`, cause: e });
+    }
+    if (e.code === 'VMTC_PEER_UNREACHABLE') {
+      const why = (e.details?.errno as string | null | undefined) ?? (e.details?.reason as string | undefined) ?? e.message;
+      return commonError('VMTC_PEER_UNREACHABLE', { url: base, reason: why }, {
+        message: `cannot reach the controller at ${base} (${why}); is it running? (set --controller or VMTC_CONTROLLER)`,
+        cause: e,
+      });
+    }
+    return e;
   }
-  const cause = err?.cause;
-  const why = cause?.code ?? cause?.errors?.[0]?.code ?? cause?.message ?? err?.message ?? String(e);
-  return commonError('VMTC_PEER_UNREACHABLE', { url: baseUrl, reason: why }, {
-    message: `cannot reach the controller at ${baseUrl} (${why}); is it running? (set --controller or VMTC_CONTROLLER)`,
-  });
 }

@@ -1,0 +1,103 @@
+// The destination side of a live migration: QEMU started with the source's device model and
+// `-incoming defer`, the capabilities that must match the source's set from this migration's
+// tuning, then `migrate-incoming` opens the listener on the lightpath address only
+// (docs/design.md#live-migration, step 5). With tuning.copyStorage the disks are copied too
+// (storage.ts). The destination runs once the migration lands; waitRunning() is the commit point
+// the controller waits for (docs/design.md#commit).
+import { rm } from 'node:fs/promises';
+import type { MigrationTuning, VmInfo, VmSpec } from '../../../src/common/agent-protocol.ts';
+import { validateSpec } from './cmdline.ts';
+import { qemuError } from './errors.ts';
+import type { QemuVms } from './lifecycle.ts';
+import { createDiskCopies, exportDisks, finishIncoming } from './storage.ts';
+import { QEMU_DEFAULTS, type NbdStorage, type QueryMigrate, type VmRecord } from './types.ts';
+
+export async function prepareIncoming(vms: QemuVms, spec: VmSpec, migrationId: string, listenHost: string, opts: { port?: number; tuning?: MigrationTuning } = {}): Promise<{ uri: string; storage?: NbdStorage }> {
+  const t = opts.tuning ?? {};
+  const copy = t.copyStorage === true;
+  let launchSpec = spec;
+  let created: string[] = [];
+  if (copy) {
+    validateSpec(spec);
+    // A leftover of this VM is cleared first (launch() would), so that clearing it cannot
+    // touch the copies made below.
+    const old = vms.vms.get(spec.vmId);
+    if (old && old.state !== 'stopped' && old.state !== 'crashed') throw qemuError('VMTC_QEMU_VM_EXISTS', { vmId: spec.vmId, state: old.state });
+    if (old) await vms.destroy(spec.vmId);
+    ({ spec: launchSpec, created } = await createDiskCopies(vms, spec, migrationId));
+  }
+  let rec: VmRecord;
+  try {
+    // -S: with storage copy the guest starts only after the NBD server is closed.
+    rec = await vms.launch(launchSpec, 'incoming', migrationId, { startPaused: copy });
+  } catch (e) {
+    for (const f of created) await rm(f, { force: true });
+    throw e;
+  }
+  try {
+    const qmp = vms.qmpOf(rec);
+    // Capabilities that must match the source's (multifd, postcopy) are set before the
+    // listener opens; `events` gives MIGRATION events on this side too.
+    await qmp.execute('migrate-set-capabilities', {
+      capabilities: [
+        { capability: 'events', state: true },
+        { capability: 'multifd', state: !!t.multifd },
+        { capability: 'postcopy-ram', state: !!t.postcopy },
+      ],
+    });
+    if (t.multifd && t.multifdChannels) await qmp.execute('migrate-set-parameters', { 'multifd-channels': t.multifdChannels });
+    // The NBD exports open before the migration listener: the new listening socket found
+    // after nbd-server-start is then the NBD server's.
+    const storage = copy ? await exportDisks(vms, rec, listenHost, !!t.suspend) : undefined;
+    // Listening on the lightpath address only; port 0 lets QEMU pick a free one.
+    const hostPart = listenHost.includes(':') ? `[${listenHost}]` : listenHost;
+    await qmp.execute('migrate-incoming', { uri: `tcp:${hostPart}:${opts.port ?? 0}` });
+    const q = await qmp.execute<QueryMigrate>('query-migrate');
+    const actual = opts.port || Number(q['socket-address']?.[0]?.port);
+    if (!actual) throw qemuError('VMTC_QEMU_START_FAILED', { vmId: spec.vmId, reason: 'QEMU did not report the incoming port', reply: q });
+    rec.log.info({ listenHost, port: actual }, 'incoming migration listener ready');
+    return { uri: `tcp:${hostPart}:${actual}`, ...(storage ? { storage } : {}) };
+  } catch (e) {
+    await vms.destroy(spec.vmId).catch(() => undefined);
+    throw e;
+  }
+}
+
+export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {
+  const rec = vms.get(vmId);
+  // A destination of a non-live migration: the copy may still be arriving (the source finishes
+  // sending before the last bytes cross the path); wait for it to land, then start it.
+  const deadline = vms.clock.now() + QEMU_DEFAULTS.incomingLandMs;
+  while (rec.state === 'incoming' && rec.qmp && !rec.qmp.closed && vms.clock.now() < deadline) {
+    await vms.refresh(rec).catch(() => undefined);
+    if (rec.state !== 'incoming') break;
+    await vms.waitStateChange(rec, 100);
+  }
+  if (!['paused', 'postmigrate', 'running'].includes(rec.state)) throw qemuError('VMTC_QEMU_BAD_STATE', { vmId, state: rec.state, operation: 'resume' });
+  // A storage-copy destination closes its NBD exports before its guest may run.
+  if (rec.incomingStorage) await finishIncoming(vms, rec);
+  await vms.refresh(rec);
+  if (rec.state !== 'running') await vms.qmpOf(rec).execute('cont');
+  await vms.refresh(rec);
+  return vms.info(rec);
+}
+
+export async function waitRunning(vms: QemuVms, vmId: string, timeoutMs: number): Promise<VmInfo> {
+  const rec = vms.get(vmId);
+  const deadline = vms.clock.now() + timeoutMs;
+  for (;;) {
+    if (rec.incomingStorage && rec.qmp && !rec.qmp.closed) await finishIncoming(vms, rec).catch((e: unknown) => rec.log.warn({ err: String(e) }, 'finishing the storage-copy destination failed'));
+    if (rec.qmp && !rec.qmp.closed) await vms.refresh(rec).catch(() => undefined);
+    if (rec.state === 'running') {
+      if (rec.role === 'incoming') {
+        rec.role = 'normal';
+        await vms.persist(rec);
+      }
+      return vms.info(rec);
+    }
+    if (rec.state === 'crashed' || rec.state === 'stopped') throw qemuError('VMTC_QEMU_VM_CRASHED', { vmId, state: rec.state, operation: 'waitRunning' });
+    const left = deadline - vms.clock.now();
+    if (left <= 0) throw qemuError('VMTC_QEMU_WAIT_TIMEOUT', { vmId, state: rec.state, timeoutMs });
+    await vms.waitStateChange(rec, Math.min(200, left));
+  }
+}

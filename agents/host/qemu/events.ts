@@ -1,0 +1,62 @@
+// What a QMP event means for a VM's record: QEMU's asynchronous events (qmp-spec §2.5) arrive
+// between replies at any time; this applies one to the record and says what the driver must do
+// next. Pure apart from the record, so the mapping is tested directly.
+import type { QmpEvent } from './qmp.ts';
+import type { VmRecord } from './types.ts';
+
+export interface EventFollowUp {
+  /** A storage-copy destination's incoming migration completed: close NBD, start the guest. */
+  landed: boolean;
+  /** Wake a poll loop waiting on this VM (migrate(), the storage mirror). */
+  wake: boolean;
+  /** Ask QEMU for the run state again. */
+  refresh: boolean;
+}
+
+/** Apply `ev` to `rec`; `now` stands in for an event without QEMU's own timestamp. */
+export function applyEvent(rec: VmRecord, ev: QmpEvent, now: number): EventFollowUp {
+  const then: EventFollowUp = { landed: false, wake: false, refresh: false };
+  switch (ev.event) {
+    case 'MIGRATION':
+      then.landed = !!rec.incomingStorage && ev.data?.status === 'completed';
+      then.wake = true;
+      then.refresh = true;
+      break;
+    case 'MIGRATION_PASS':
+      then.wake = true;
+      then.refresh = true;
+      break;
+    case 'BLOCK_JOB_COMPLETED':
+    case 'BLOCK_JOB_CANCELLED': {
+      const job = String(ev.data?.device ?? '');
+      const m = rec.mirror;
+      if (m?.jobs.has(job)) {
+        const end: { event: string; error?: string; offset?: number } = { event: ev.event };
+        if (typeof ev.data?.error === 'string') end.error = ev.data.error;
+        if (typeof ev.data?.offset === 'number') end.offset = ev.data.offset;
+        m.ends.set(job, end);
+      }
+      then.wake = true;
+      break;
+    }
+    case 'BLOCK_JOB_READY':
+    case 'BLOCK_JOB_ERROR':
+      then.wake = true;
+      break;
+    case 'STOP':
+    case 'RESUME': {
+      const at = ev.timestamp ? ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000 : now;
+      if (ev.event === 'STOP') rec.pausedAt = at;
+      else rec.resumedAt = at;
+      then.refresh = true;
+      break;
+    }
+    case 'SHUTDOWN':
+      // QEMU exits after this (no -no-shutdown); the socket close finishes the job.
+      rec.quitting = true;
+      break;
+    default:
+      break;
+  }
+  return then;
+}

@@ -1,0 +1,234 @@
+// The source side of a live migration, following QEMU's own protocol (docs/devel/migration.rst):
+// set capabilities and parameters, optionally mirror the disks first (storage.ts), run `migrate`,
+// and poll `query-migrate` (woken early by MIGRATION events) until it completes, fails or is
+// cancelled. After completion the source is `postmigrate`: paused and still primary until the
+// controller destroys it (docs/design.md#commit: the VM runs in exactly one place); on anything
+// else it runs here again.
+import type { MigrationParams, MigrationProgress, MigrationResult } from '../../../src/common/agent-protocol.ts';
+import { clockSleep } from '../../../src/common/clock.ts';
+import { VmtcError } from '../../../src/common/errors.ts';
+import type { Logger } from '../../../src/common/log.ts';
+import { qemuError } from './errors.ts';
+import type { QemuVms } from './lifecycle.ts';
+import { abortMirrors, checkStorage, mirrorBytes, mirrorDisks, syncMirrors } from './storage.ts';
+import { ACTIVE_MIGRATION, QEMU_DEFAULTS, type QueryMigrate, type VmRecord } from './types.ts';
+
+const REPORTED = new Set(['setup', 'active', 'postcopy-active', 'device', 'completed', 'failed', 'cancelled']);
+
+export async function migrate(vms: QemuVms, vmId: string, uri: string, params: MigrationParams, onProgress: (p: MigrationProgress) => void): Promise<MigrationResult> {
+  const rec = vms.get(vmId);
+  if (rec.state !== 'running' || rec.migrating) throw qemuError('VMTC_QEMU_BAD_STATE', { vmId, state: rec.state, operation: 'migrate' });
+  const storage = params.storage ? checkStorage(rec.spec, params.storage) : undefined;
+  const { migrationId } = params;
+  const log = rec.log.child({ migrationId });
+  const qmp = vms.qmpOf(rec);
+  rec.migrating = true;
+  rec.migrationId = migrationId;
+  rec.lastMigration = undefined;
+  await vms.persist(rec);
+  vms.setState(rec, 'migrating');
+  const base = { migrationId, vmId };
+  const fail = async (e: unknown, extra: Record<string, unknown> = {}): Promise<MigrationResult> => {
+    const err = e instanceof VmtcError ? e : qemuError('VMTC_QEMU_MIGRATION_FAILED', { reason: String(e) }, { cause: e });
+    log.warn({ err: err.toJSON(), ...extra }, 'migration failed');
+    return { ...base, status: 'failed', error: err.toJSON() };
+  };
+  let result: MigrationResult;
+  try {
+    try {
+      await qmp.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'events', state: true },
+          { capability: 'auto-converge', state: !!params.autoConverge },
+          { capability: 'multifd', state: !!params.multifd },
+          { capability: 'postcopy-ram', state: !!params.postcopy },
+          // Storage copy: QEMU pauses before the switchover so the mirrors can take their
+          // last delta while nothing writes (then migrate-continue).
+          { capability: 'pause-before-switchover', state: !!storage },
+        ],
+      });
+      const p: Record<string, unknown> = {};
+      // QEMU takes bytes per second; the controller speaks Mbit/s.
+      if (params.bandwidthMbps !== undefined) p['max-bandwidth'] = Math.max(1, Math.round((params.bandwidthMbps * 1e6) / 8));
+      if (params.maxDowntimeMs !== undefined) p['downtime-limit'] = Math.max(1, Math.round(params.maxDowntimeMs));
+      if (params.multifd && params.multifdChannels) p['multifd-channels'] = params.multifdChannels;
+      if (Object.keys(p).length) await qmp.execute('migrate-set-parameters', p);
+      if (params.suspend) {
+        // Non-live: the VM is paused for the whole copy (suspend, copy, resume).
+        await qmp.execute('stop');
+      }
+      if (storage) {
+        const r = await mirrorDisks(vms, rec, params, storage, onProgress, log);
+        if (r) {
+          result = r;
+          return result;
+        }
+        // No await between this check and sending `migrate`: a cancel from here on finds
+        // ramStarted set and goes through migrate_cancel.
+        if (rec.mirror!.cancel) {
+          result = { ...base, status: 'cancelled' };
+          return result;
+        }
+        rec.mirror!.ramStarted = true;
+      }
+      log.info({ uri, params }, 'migration starting');
+      await qmp.execute('migrate', { uri });
+    } catch (e) {
+      result = await fail(e, { step: 'setup' });
+      return result;
+    }
+    result = await followMigration(vms, rec, params, onProgress, log).catch((e: unknown) => fail(e, { step: 'follow' }));
+    return result;
+  } finally {
+    const m = rec.mirror;
+    if (m) {
+      // On failure or cancel the mirrors are aborted (the source keeps its disks; the
+      // destination's copies go with its VM). After completion they have already ended.
+      await abortMirrors(vms, rec, log).catch((e: unknown) => log.error({ err: String(e) }, 'could not cancel the storage mirrors'));
+      const bytes = mirrorBytes(m);
+      // (mutated, not replaced: the value `return` already took is this object)
+      if (result! && bytes > 0) result!.storageBytes = bytes;
+      rec.mirror = undefined;
+    }
+    rec.migrating = false;
+    rec.wake = undefined;
+    // On anything but completion the VM must run here (docs/design.md#commit: exactly one place).
+    if (result!.status !== 'completed' && rec.qmp && !rec.qmp.closed) {
+      await vms.ensureRunning(rec).catch((e: unknown) => log.error({ err: String(e) }, 'could not resume the source after a failed migration'));
+    }
+    rec.lastMigration = result!;
+    await vms.refresh(rec).catch(() => undefined);
+  }
+}
+
+/** Poll query-migrate until the migration ends; handles the pause before the switchover (storage
+ *  copy) and the switch to post-copy. */
+async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationParams, onProgress: (p: MigrationProgress) => void, log: Logger): Promise<MigrationResult> {
+  const { migrationId } = params;
+  const base = { migrationId, vmId: rec.spec.vmId };
+  const qmp = vms.qmpOf(rec);
+  let postcopyStarted = false;
+  let switchedOver = false;
+  for (;;) {
+    let q: QueryMigrate;
+    try {
+      q = await qmp.execute<QueryMigrate>('query-migrate');
+    } catch (e) {
+      // The source QEMU went away: nothing ran at the destination yet (pre-copy), and the
+      // VM is lost here; report it as crashed rather than pretending it runs.
+      const err = qemuError('VMTC_QEMU_VM_CRASHED', { vmId: rec.spec.vmId, operation: 'migrate' }, { cause: e });
+      return { ...base, status: 'failed', error: err.toJSON() };
+    }
+    const status = q.status ?? 'none';
+    const ram = q.ram;
+    const progress: MigrationProgress = {
+      ...base,
+      status: (REPORTED.has(status) ? status : 'active') as MigrationProgress['status'],
+      totalBytes: ram?.total ?? 0,
+      transferredBytes: ram?.transferred ?? 0,
+      remainingBytes: ram?.remaining ?? 0,
+      phase: 'ram',
+    };
+    if (ram?.['dirty-pages-rate'] !== undefined) progress.dirtyPagesRate = ram['dirty-pages-rate'];
+    if (ram?.['dirty-sync-count'] !== undefined) progress.pass = ram['dirty-sync-count'];
+    if (q['expected-downtime'] !== undefined) progress.expectedDowntimeMs = q['expected-downtime'];
+    if (ram?.mbps !== undefined) progress.throughputMbps = ram.mbps;
+    if (ACTIVE_MIGRATION.has(status) || status === 'completed') {
+      rec.lastMigration = progress;
+      try {
+        onProgress(progress);
+      } catch (e) {
+        log.warn({ err: String(e) }, 'progress listener threw');
+      }
+    }
+    if (status === 'completed') {
+      // QEMU announces `completed` (event and status) a moment before it fills in the
+      // timings; ask again briefly so the downtime figure is not a premature zero.
+      for (let i = 0; i < 20 && !q['total-time']; i++) {
+        await clockSleep(vms.clock, 10);
+        q = await qmp.execute<QueryMigrate>('query-migrate').catch(() => q);
+      }
+      const r: MigrationResult = { ...base, status: 'completed', transferredBytes: ram?.transferred ?? 0 };
+      if (q.downtime !== undefined) r.downtimeMs = q.downtime;
+      if (q['total-time'] !== undefined) r.totalTimeMs = q['total-time'];
+      if (q['setup-time'] !== undefined) r.setupTimeMs = q['setup-time'];
+      if (rec.pausedAt !== undefined) r.pausedAt = rec.pausedAt;
+      log.info({ downtimeMs: r.downtimeMs, totalTimeMs: r.totalTimeMs, bytes: r.transferredBytes }, 'migration completed; source stays paused and primary until commit');
+      return r;
+    }
+    if (status === 'failed' || status === 'none') {
+      const err = qemuError('VMTC_QEMU_MIGRATION_FAILED', { vmId: rec.spec.vmId, status, desc: q['error-desc'] ?? '' });
+      log.warn({ err: err.toJSON() }, 'migration failed');
+      return { ...base, status: 'failed', error: err.toJSON(), transferredBytes: ram?.transferred ?? 0 };
+    }
+    if (status === 'cancelled' && rec.mirror?.syncError) {
+      const err = qemuError('VMTC_QEMU_MIGRATION_FAILED', { vmId: rec.spec.vmId, phase: 'storage', ...rec.mirror.syncError });
+      log.warn({ err: err.toJSON() }, 'migration failed: the storage mirrors could not take their last delta');
+      return { ...base, status: 'failed', error: err.toJSON(), transferredBytes: ram?.transferred ?? 0 };
+    }
+    if (status === 'cancelled') {
+      log.info('migration cancelled');
+      return { ...base, status: 'cancelled', transferredBytes: ram?.transferred ?? 0 };
+    }
+    // Storage copy, stop-and-copy: QEMU paused the source before the switchover (the
+    // pause-before-switchover capability); the mirrors take their last delta now, then the
+    // switchover goes on. If they cannot, the migration is cancelled and the source resumes.
+    if (status === 'pre-switchover' && !switchedOver) {
+      switchedOver = true;
+      const m = rec.mirror;
+      if (m) {
+        const err = await syncMirrors(vms, rec, log);
+        if (err) {
+          m.syncError = err;
+          await qmp.execute('migrate_cancel').catch((e: unknown) => log.warn({ err: String(e) }, 'migrate_cancel refused'));
+          continue;
+        }
+      }
+      // A cancel that came during the sync has already moved QEMU on: then this is refused
+      // and the next poll reports 'cancelled'.
+      await qmp.execute('migrate-continue', { state: 'pre-switchover' }).catch((e: unknown) => log.warn({ err: String(e) }, 'migrate-continue refused'));
+      continue;
+    }
+    // Post-copy as an option: switch once the first full pass has gone (the remaining
+    // pages are then fetched on demand by the destination). From here a failure loses the VM
+    // at both ends, which is why it is off unless asked for.
+    if (params.postcopy && !postcopyStarted && status === 'active' && (ram?.['dirty-sync-count'] ?? 0) >= (vms.opts.postcopyAfterPass ?? QEMU_DEFAULTS.postcopyAfterPass)) {
+      postcopyStarted = true;
+      log.info('switching to post-copy');
+      await qmp.execute('migrate-start-postcopy').catch((e: unknown) => log.warn({ err: String(e) }, 'migrate-start-postcopy refused'));
+    }
+    await vms.pollWait(rec);
+  }
+}
+
+export async function cancelMigration(vms: QemuVms, vmId: string): Promise<void> {
+  const rec = vms.get(vmId);
+  const qmp = vms.qmpOf(rec);
+  const m = rec.mirror;
+  if (m && !m.ramStarted) {
+    // Still mirroring disks (no RAM migration yet): migrate() ends the jobs and keeps the
+    // source running; wait until it has.
+    m.cancel = true;
+    rec.wake?.();
+    const deadline = vms.clock.now() + QEMU_DEFAULTS.mirrorCancelMs;
+    while (rec.migrating && vms.clock.now() < deadline) await vms.waitStateChange(rec, 50);
+    if (rec.migrating) throw qemuError('VMTC_QMP_TIMEOUT', { vmId, command: 'block-job-cancel' });
+    rec.log.info('migration cancelled during the storage mirror; source running');
+    return;
+  }
+  let q = await qmp.execute<QueryMigrate>('query-migrate');
+  if (q.status === 'completed') throw qemuError('VMTC_QEMU_CANCEL_TOO_LATE', { vmId });
+  if (q.status && ACTIVE_MIGRATION.has(q.status)) {
+    await qmp.execute('migrate_cancel');
+    const deadline = vms.clock.now() + QEMU_DEFAULTS.migrateCancelMs;
+    for (;;) {
+      q = await qmp.execute<QueryMigrate>('query-migrate');
+      if (!q.status || !ACTIVE_MIGRATION.has(q.status)) break;
+      if (vms.clock.now() > deadline) throw qemuError('VMTC_QMP_TIMEOUT', { vmId, command: 'migrate_cancel', status: q.status });
+      await clockSleep(vms.clock, 50);
+    }
+    if (q.status === 'completed') throw qemuError('VMTC_QEMU_CANCEL_TOO_LATE', { vmId });
+  }
+  await vms.ensureRunning(rec);
+  rec.log.info({ status: q.status }, 'migration cancelled; source running');
+}

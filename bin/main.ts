@@ -1,0 +1,80 @@
+// Entry point of the `vmtc` binary: `vmtc <command> [options]`, `vmtc --help`, `vmtc <command> --help`.
+// This is the composition root: the one place that knows every service, agent and lab tool, and
+// plugs the lab's parts into the services (the lab's lightpath driver into the broker), so that
+// src/ never imports agents/ or lab/ (test/unit/layers.test.ts checks it).
+import { helpText, parseCommandArgs, formatCliError, type Command } from '../src/common/command.ts';
+
+/** Hand the broker the lab's lightpath driver; the driver module loads only when chosen. */
+async function loadBroker(): Promise<Command> {
+  const { registerNetworkDriver } = await import('../src/broker/drivers/registry.ts');
+  registerNetworkDriver('lab-lightpath', async ({ logger }) => {
+    const { LabLightpathDriver } = await import('../lab/lightpath-driver.ts');
+    return new LabLightpathDriver({ log: logger });
+  }, "the lab's lightpath through the delay line, needs root and a lab");
+  return (await import('../src/broker/command.ts')).command;
+}
+
+// Each command module is loaded only when used, so `vmtc --help` stays fast and a service's
+// dependencies are not loaded by another's process.
+const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  controller: { summary: 'run the VM Traffic Controller (REST API, migrations, agent hub)', load: async () => (await import('../src/controller/command.ts')).command },
+  agent: { summary: 'run a host agent on a hypervisor host', load: async () => (await import('../agents/host/command.ts')).command },
+  tunnel: { summary: 'run a tunnel agent where clients enter: keeps IP tunnels pointed at the VM\'s site, make-before-break', load: async () => (await import('../agents/tunnel/command.ts')).command },
+  aaa: { summary: 'run an AAA service: policy, capability tokens, peering, accounting', load: async () => (await import('../src/aaa/command.ts')).command },
+  broker: { summary: 'run a lightpath broker: topology, calendar, NSI-style reservations', load: loadBroker },
+  lab: { summary: 'build, inspect or remove the lab (namespaces, delay line, guest image): up|down|status', load: async () => (await import('../lab/command.ts')).command },
+  turntable: { summary: "the lab's main job: move a VM back and forth over the emulated lightpath, measure downtime every way, write a report", load: async () => (await import('../lab/turntable/command.ts')).command },
+  migrate: { summary: 'move a VM to another host through the controller and follow it to its end', load: async () => (await import('../src/cli/client/commands.ts')).migrate },
+  status: { summary: 'show one migration in detail, or list migrations', load: async () => (await import('../src/cli/client/commands.ts')).status },
+  cancel: { summary: 'ask the controller to cancel a migration', load: async () => (await import('../src/cli/client/commands.ts')).cancel },
+  hosts: { summary: 'list hypervisor hosts and their capacity, or show one host', load: async () => (await import('../src/cli/client/commands.ts')).hosts },
+  vms: { summary: 'list VMs where the host agents report them', load: async () => (await import('../src/cli/client/commands.ts')).vms },
+};
+
+export function register(name: string, summary: string, load: () => Promise<Command>): void {
+  COMMANDS[name] = { summary, load };
+}
+
+function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((k) => k.length)) + 2;
+  return [
+    'vmtc — the VM Traffic Controller',
+    '',
+    'usage: vmtc <command> [options]     (vmtc <command> --help for its options)',
+    '',
+    'commands:',
+    ...Object.entries(COMMANDS).map(([k, v]) => `  ${k.padEnd(width)}${v.summary}`),
+  ].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage() + '\n');
+    return name ? 0 : 2;
+  }
+  const entry = COMMANDS[name];
+  if (!entry) {
+    process.stderr.write(`vmtc: unknown command '${name}'\n\n${usage()}\n`);
+    return 2;
+  }
+  try {
+    const cmd = await entry.load();
+    let parsed: ReturnType<typeof parseCommandArgs>;
+    try {
+      parsed = parseCommandArgs(cmd, rest);
+    } catch (e) {
+      // A usage error (unknown option, missing value or required option): exit 2, as --help says.
+      process.stderr.write(`${formatCliError(e)}\nsee 'vmtc ${name} --help'\n`);
+      return 2;
+    }
+    if (parsed.help) {
+      process.stdout.write(helpText(cmd) + '\n');
+      return 0;
+    }
+    return await cmd.run(parsed.values, parsed.positionals);
+  } catch (e) {
+    process.stderr.write(formatCliError(e) + '\n');
+    return 1;
+  }
+}

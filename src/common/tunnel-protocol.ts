@@ -1,0 +1,60 @@
+// The tunnel agent's protocol over the agent link (docs/tunnel.md): the requests it serves, the
+// event it sends, and the error codes that cross the link. The tunnel agent (agents/tunnel/) and
+// the controller (src/controller/tunnel-port.ts) both take them from here, so neither imports
+// the other.
+import { errorFactory, type Catalogue } from './errors.ts';
+
+/**
+ * Codes of the tunnel agent, its drivers and the controller's tunnel port. They reach the
+ * controller through the agent link as { code, message, details, status }; prefixed
+ * VMTC_TUNNEL_ so a merge with another catalogue never collides (mergeCatalogues refuses
+ * duplicates). VMTC_TUNNEL_SWITCH_FAILED is the controller's: a switch that failed at one or
+ * more tunnel agents, each named with its own code.
+ */
+export const TUNNEL_ERRORS = {
+  VMTC_TUNNEL_BAD_PARAMS: { status: 400, message: 'the request parameters are not valid' },
+  VMTC_TUNNEL_UNKNOWN_SITE: { status: 404, message: 'this tunnel agent has no underlay address for the site' },
+  VMTC_TUNNEL_LAST_SITE: { status: 409, message: 'refusing to remove the last site the tunnel sends to: the VM would become unreachable' },
+  VMTC_TUNNEL_COMMAND_FAILED: { status: 502, message: 'changing the tunnel (iproute2) failed' },
+  VMTC_TUNNEL_SWITCH_FAILED: { status: 502, message: 'a tunnel agent failed to switch the tunnel' },
+} as const satisfies Catalogue;
+
+export const tunnelError = errorFactory(TUNNEL_ERRORS);
+
+/** One change of the tunnel's destinations, for the lab's timeline. */
+export interface TunnelChange {
+  /** ms since the epoch (the agent's clock). */
+  at: number;
+  op: 'add' | 'remove';
+  site: string;
+  cause: 'bicast' | 'prune' | 'initial';
+  vmId?: string;
+  /** The destinations after the change. */
+  sites: string[];
+}
+
+/** The answer to tunnel.state, and the body of the tunnel.state event. */
+export interface TunnelState {
+  driver: string;
+  sites: string[];
+  vmSites: Record<string, string[]>;
+  history: TunnelChange[];
+}
+
+/** Before the copy starts: send toward both sites (the new one is added first). */
+export interface BicastParams { vmId: string; oldSite: string; newSite: string }
+/** After the destination runs (or, after a rollback, with the roles swapped): keep one site,
+ *  stop sending to the other unless another VM still needs it. */
+export interface PruneParams { vmId: string; keepSite: string; dropSite: string }
+
+/** The requests a tunnel agent serves: [params, result]. */
+export interface TunnelMethods {
+  'tunnel.bicast': [BicastParams, { sites: string[] }];
+  'tunnel.prune': [PruneParams, { sites: string[]; removed: boolean; keptFor?: string[] }];
+  'tunnel.state': [Record<string, never>, TunnelState];
+}
+
+/** The events a tunnel agent sends: [name, body]. */
+export interface TunnelEvents {
+  'tunnel.state': TunnelState;
+}

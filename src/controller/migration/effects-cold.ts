@@ -1,0 +1,113 @@
+// The cold path's effects (EGI-Engage D4.4). Power off at the source and publish the disks
+// (single-use, time-limited, mutual-TLS URLs only the destination's certificate may fetch); the
+// destination checks space, fetches with resume and checksum, boots from the copies; the VM is
+// verified there; only then does the source go (cleanup, effects-commit.ts). Until verification
+// the source copy is intact and a rollback restores it.
+import { toVmtcError, type VmtcError } from '../../common/errors.ts';
+import type { ColdExport, ColdProgress } from '../../common/agent-protocol.ts';
+import type { MigrationCtx } from '../store.ts';
+import { err } from '../errors.ts';
+import { aborted, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
+import { deadlineAt } from './request.ts';
+
+/** A cold step's failure under the controller's D4.4-style code, with the agent's error inside. */
+function coldError(code: Parameters<typeof err>[0], e: unknown): VmtcError {
+  const ve = toVmtcError(e);
+  if (ve.code === code) return ve;
+  return err(code, { cause: ve.toJSON() }, { cause: e });
+}
+
+const coldExport: EffectFn = async (cx, row) => {
+  saveCtx(cx, row.id, { cold: { exportRequested: true } });
+  const ttlMs = Math.max(60_000, deadlineAt(row.request, row.createdAt, cx.options.defaultDeadlineMs) - cx.clock.now());
+  let exp: ColdExport;
+  try {
+    // The source checksums every disk before answering: as long as the deadline allows.
+    // Pin both ends to their current, unrevoked certificates.
+    const serials = cx.hub.certSerials
+      ? { destinationCertSerials: cx.hub.certSerials(row.destinationHostId), sourceCertSerials: cx.hub.certSerials(row.sourceHostId) }
+      : {};
+    exp = await cx.hub.request(row.sourceHostId, 'vm.coldExport', { vmId: row.vmId, migrationId: row.id, destinationHostId: row.destinationHostId, ttlMs, ...serials }, ttlMs + 5_000);
+  } catch (e) {
+    throw coldError('VMTC_COLD_EXPORT_FAILED', e);
+  }
+  if (exp.migrationId !== row.id || exp.vmId !== row.vmId || exp.destinationHostId !== row.destinationHostId) {
+    throw err('VMTC_COLD_EXPORT_FAILED', { reason: 'the source answered with another export', migrationId: exp.migrationId, vmId: exp.vmId });
+  }
+  cx.exports.set(row.id, exp);
+  const disks = exp.disks.map((x) => ({ index: x.index, format: x.format, sizeBytes: x.sizeBytes, sha256: x.sha256 }));
+  const totalBytes = disks.reduce((a, x) => a + x.sizeBytes, 0);
+  cx.log.info({ disks: disks.length, totalBytes, priorState: exp.priorState }, 'cold export ready');
+  return {
+    event: { type: 'COLD_EXPORTED' }, detail: { disks: disks.length, totalBytes },
+    ctxPatch: { cold: { exportRequested: true, priorState: exp.priorState, disks, totalBytes, expiresAt: exp.expiresAt } },
+  };
+};
+
+const coldImport: EffectFn = async (cx, row, signal) => {
+  const hub = cx.hub;
+  const exp = cx.exports.get(row.id);
+  if (!exp) throw err('VMTC_COLD_TRANSFER_FAILED', { reason: 'the export is no longer known to this controller' });
+  const cold = { ...(currentCtx(cx, row.id).cold ?? { exportRequested: true }), importRequested: true };
+  saveCtx(cx, row.id, { cold });
+  // The clients' tunnel sends toward both sites while the VM boots at the new one.
+  if (cx.tunnel) {
+    await cx.tunnel.bicast(row.vmId, site(cx, row.sourceHostId), site(cx, row.destinationHostId));
+    saveCtx(cx, row.id, { tunnel: { bicast: true } });
+  }
+  const total = cold.totalBytes ?? 0;
+  let lastSave = 0;
+  const onEvent = (hostId: string, name: string, data: unknown) => {
+    if (hostId !== row.destinationHostId || name !== 'cold.progress') return;
+    const p = data as ColdProgress;
+    if (p?.migrationId !== row.id) return;
+    const now = cx.clock.now();
+    if (now - lastSave < 250 && p.transferredBytes < p.totalBytes) return;
+    lastSave = now;
+    const progress = {
+      migrationId: row.id, vmId: row.vmId, status: 'active' as const, phase: p.phase,
+      totalBytes: p.totalBytes, transferredBytes: p.transferredBytes, remainingBytes: Math.max(0, p.totalBytes - p.transferredBytes),
+    };
+    cx.store.saveProgress(row.id, { ...progress, at: now }, now);
+    cx.progress(row.id, progress);
+  };
+  hub.on('event', onEvent);
+  const deadline = deadlineAt(row.request, row.createdAt, cx.options.defaultDeadlineMs);
+  try {
+    const r = await Promise.race([
+      hub.request(row.destinationHostId, 'vm.coldImport', { export: exp }, Math.max(60_000, deadline - cx.clock.now() + 5_000)),
+      aborted(signal, row.id),
+    ]);
+    const mbps = r.ms > 0 ? Math.round((r.bytes * 8) / r.ms / 1000 * 10) / 10 : null;
+    cx.log.info({ bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps, total }, 'cold import done; VM booted at the destination');
+    return {
+      event: { type: 'COLD_IMPORTED' }, detail: { bytes: r.bytes, ms: r.ms, state: r.vm.state },
+      ctxPatch: { cold: { ...cold, imported: { bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps } }, result: { transferredBytes: r.bytes, totalTimeMs: r.ms } },
+    };
+  } catch (e) {
+    const ve = toVmtcError(e);
+    if (ve.code === 'VMTC_CANCELLED') throw ve;
+    // A hypervisor refusing to start the copy is a boot failure; everything else is transfer.
+    throw coldError(/^VMTC_(QEMU_|HOST_VM_|HOST_FAULT)/.test(ve.code) ? 'VMTC_COLD_BOOT_FAILED' : 'VMTC_COLD_TRANSFER_FAILED', e);
+  } finally {
+    hub.off('event', onEvent);
+  }
+};
+
+const coldVerify: EffectFn = async (cx, row) => {
+  const timeoutMs = cx.options.destinationRunTimeoutMs;
+  const tcp = row.request.verifyTcp;
+  try {
+    const vm = await cx.hub.request(row.destinationHostId, 'vm.coldVerify', { vmId: row.vmId, timeoutMs, ...(tcp ? { tcp } : {}) }, timeoutMs + 5_000);
+    const ctx = currentCtx(cx, row.id);
+    const cold: MigrationCtx['cold'] = { ...(ctx.cold ?? { exportRequested: true }), verified: true };
+    return {
+      event: { type: 'COLD_VERIFIED' }, detail: { state: vm.state, ...(tcp ? { tcp } : {}) },
+      ctxPatch: { cold, ...(vm.resumedAt !== undefined ? { result: { ...(ctx.result ?? {}), resumedAt: vm.resumedAt } } : {}) },
+    };
+  } catch (e) {
+    throw coldError('VMTC_COLD_VERIFICATION_FAILED', e);
+  }
+};
+
+export const COLD_EFFECTS = { coldExport, coldImport, coldVerify };

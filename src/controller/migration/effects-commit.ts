@@ -1,0 +1,49 @@
+// After the commit point (the destination runs, or the cold copy was verified): move the
+// clients' tunnel, remove the source, release everything, and end. From here on failures are
+// warnings, never a rollback: the VM must not end up nowhere.
+import { toVmtcError } from '../../common/errors.ts';
+import { releaseLightpath } from './effects-rollback.ts';
+import { NOT_FOUND, saveCtx, site, type EffectFn } from './context.ts';
+
+const activate: EffectFn = async (cx, row) => {
+  let warnings = row.ctx.warnings ?? [];
+  if (row.ctx.path === 'cold' && row.ctx.cold?.priorState && row.ctx.cold.priorState !== 'running') {
+    // A cold move keeps the VM's power state: booted only to be verified, then off again.
+    try {
+      await cx.hub.request(row.destinationHostId, 'vm.stop', { vmId: row.vmId });
+    } catch (e) {
+      warnings = saveCtx(cx, row.id, { warnings: [...warnings, toVmtcError(e).toJSON()] }).warnings ?? [];
+    }
+  }
+  if (cx.tunnel && row.ctx.tunnel?.bicast) {
+    try {
+      await cx.tunnel.prune(row.vmId, site(cx, row.destinationHostId), site(cx, row.sourceHostId));
+      return { event: { type: 'ACTIVATED' }, ctxPatch: { tunnel: { bicast: true, pruned: true } } };
+    } catch (e) {
+      return { event: { type: 'ACTIVATED' }, ctxPatch: { warnings: [...warnings, toVmtcError(e).toJSON()] } };
+    }
+  }
+  return { event: { type: 'ACTIVATED' } };
+};
+
+const cleanupSource: EffectFn = async (cx, row) => {
+  const warnings = [...(row.ctx.warnings ?? [])];
+  try {
+    await cx.hub.request(row.sourceHostId, 'vm.destroy', { vmId: row.vmId });
+  } catch (e) {
+    if (!NOT_FOUND.test(toVmtcError(e).code)) warnings.push(toVmtcError(e).toJSON());
+  }
+  const lightpath = await releaseLightpath(cx, row, warnings);
+  cx.store.releaseHold(row.id);
+  return { event: { type: 'CLEANED_UP' }, ctxPatch: { warnings, ...(lightpath ? { lightpath } : {}) } };
+};
+
+/** A terminal state: free the capacity, forget the secrets, stop the timers. */
+const finish: EffectFn = async (cx, row) => {
+  cx.store.releaseHold(row.id);
+  cx.secrets.delete(row.id);
+  cx.exports.delete(row.id);
+  cx.finished(row.id, row.state);
+};
+
+export const COMMIT_EFFECTS = { activate, cleanupSource, finish };

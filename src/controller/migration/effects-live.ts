@@ -1,0 +1,201 @@
+// The live path's effects: capability token, lightpath, destination prepared, the source's
+// migration (started, or re-attached after a controller restart), and the destination running.
+import { VmtcError, toVmtcError } from '../../common/errors.ts';
+import { sleep } from '../../common/clock.ts';
+import type { MigrationProgress, MigrationResult } from '../../common/agent-protocol.ts';
+import type { MigrationCtx, MigrationRow } from '../store.ts';
+import type { LightpathRequest } from '../ports.ts';
+import { err } from '../errors.ts';
+import { saveCtx, currentCtx, site, wrap, type EffectContext, type EffectFn } from './context.ts';
+import { deadlineAt, migrationTuning, mustCopyStorage, sourceParams } from './request.ts';
+
+function lightpathRequest(cx: EffectContext, row: MigrationRow): LightpathRequest {
+  const start = Math.floor(cx.clock.now() / 1000);
+  const deadline = deadlineAt(row.request, row.createdAt, cx.options.defaultDeadlineMs);
+  return {
+    migrationId: row.id, vmId: row.vmId, project: row.project, src: site(cx, row.sourceHostId), dst: site(cx, row.destinationHostId),
+    bandwidthMbps: row.request.bandwidthMbps ?? 1000,
+    window: { start, end: Math.max(start + 60, Math.ceil(deadline / 1000)) },
+  };
+}
+
+const requestToken: EffectFn = async (cx, row) => {
+  if (!cx.aaa) return { event: { type: 'TOKEN_GRANTED' }, ctxPatch: { token: { skipped: 'no AAA configured' } } };
+  try {
+    const t = await cx.aaa.authorize(lightpathRequest(cx, row));
+    cx.secrets.set(row.id, t.token);
+    return { event: { type: 'TOKEN_GRANTED' }, detail: { jti: t.jti }, ctxPatch: { token: { jti: t.jti, expiresAt: t.expiresAt, ...(t.audience ? { audience: t.audience } : {}) } } };
+  } catch (e) {
+    throw wrap(e, 'VMTC_AUTHORIZATION_FAILED');
+  }
+};
+
+const provisionLightpath: EffectFn = async (cx, row) => {
+  const token = cx.secrets.get(row.id);
+  if (!cx.lightpath || token === undefined) {
+    return { event: { type: 'LIGHTPATH_UP' }, ctxPatch: { lightpath: { skipped: cx.lightpath ? 'no token' : 'no broker configured' } } };
+  }
+  try {
+    const lp = await cx.lightpath.setup(lightpathRequest(cx, row), token);
+    return { event: { type: 'LIGHTPATH_UP' }, detail: lp, ctxPatch: { lightpath: { reservationId: lp.reservationId, provisioned: true, ...(lp.details ? { details: lp.details } : {}) } } };
+  } catch (e) {
+    const ve = wrap(e, 'VMTC_LIGHTPATH_FAILED');
+    const rid = (ve.details as { reservationId?: string } | undefined)?.reservationId;
+    if (rid) saveCtx(cx, row.id, { lightpath: { reservationId: rid, provisioned: false } });
+    throw ve;
+  }
+};
+
+const prepareDestination: EffectFn = async (cx, row) => {
+  const hub = cx.hub;
+  const src = await hub.request(row.sourceHostId, 'vm.describe', { vmId: row.vmId });
+  if (src.state !== 'running') throw err('VMTC_VM_NOT_RUNNING', { vmId: row.vmId, state: src.state });
+  const listenHost = (row.ctx.lightpath?.details?.destinationAddress as string | undefined) ?? hub.inventory(row.destinationHostId)?.migrationAddress ?? cx.options.defaultListenHost;
+  // Record intent before asking, so a rollback after a lost reply still cleans the destination.
+  saveCtx(cx, row.id, { incoming: { uri: '', prepared: false } });
+  // Without storage both hosts reach, the disks move too (docs/design.md#disks): the destination makes
+  // empty copies and serves them over NBD on the lightpath address; the source mirrors into them
+  // while the VM runs and sends the last delta at the pause. multifd and post-copy must be
+  // enabled on both ends: the destination gets this migration's tuning; the spec goes unchanged.
+  const copyStorage = mustCopyStorage(src.spec, hub.inventory(row.sourceHostId)?.sharedStorage, hub.inventory(row.destinationHostId)?.sharedStorage);
+  const tuning = migrationTuning(row.request, copyStorage);
+  const prepared = await hub.request(row.destinationHostId, 'vm.prepareIncoming', { spec: src.spec, migrationId: row.id, listenHost, tuning }, 60_000);
+  const uri = prepared.uri;
+  if (copyStorage && !prepared.storage) {
+    // A destination that did not export its copies would boot on empty disks.
+    throw err('VMTC_DESTINATION_NOT_RUNNING', { reason: 'the destination did not offer its disk copies (its driver cannot copy storage)', hostId: row.destinationHostId });
+  }
+  let tunnel: MigrationCtx['tunnel'] = { skipped: 'no tunnel agent' };
+  if (cx.tunnel) {
+    await cx.tunnel.bicast(row.vmId, site(cx, row.sourceHostId), site(cx, row.destinationHostId));
+    tunnel = { bicast: true };
+  }
+  return {
+    event: { type: 'DESTINATION_PREPARED' }, detail: { uri, listenHost, ...(prepared.storage ? { storage: prepared.storage } : {}) },
+    ctxPatch: { incoming: { uri, prepared: true, ...(prepared.storage ? { storage: prepared.storage } : {}) }, tunnel },
+  };
+};
+
+const startMigration: EffectFn = async (cx, row, signal) => {
+  const result = await runMigration(cx, row, signal);
+  return { event: { type: 'MIGRATION_COMPLETED' }, detail: result, ctxPatch: { result: pickResult(result) } };
+};
+
+const awaitDestinationRunning: EffectFn = async (cx, row) => {
+  const hub = cx.hub;
+  const timeoutMs = cx.options.destinationRunTimeoutMs;
+  try {
+    // Non-live: the copy was made of a paused VM, so the destination stays paused until told.
+    if (row.request.suspend) await hub.request(row.destinationHostId, 'vm.resume', { vmId: row.vmId });
+    const vm = await hub.request(row.destinationHostId, 'vm.waitRunning', { vmId: row.vmId, timeoutMs }, timeoutMs + 5_000);
+    const resumedAt = vm.resumedAt;
+    return {
+      event: { type: 'DESTINATION_RUNNING' }, detail: { state: vm.state, ...(resumedAt !== undefined ? { resumedAt } : {}) },
+      ...(resumedAt !== undefined ? { ctxPatch: { result: { ...(currentCtx(cx, row.id).result ?? {}), resumedAt } } } : {}),
+    };
+  } catch (e) {
+    throw wrap(e, 'VMTC_DESTINATION_NOT_RUNNING');
+  }
+};
+
+export const LIVE_EFFECTS = { requestToken, provisionLightpath, prepareDestination, startMigration, awaitDestinationRunning };
+
+/** Start (or, after a controller restart, re-attach to) the source's live migration and wait
+ *  for its end, streaming progress into the record. */
+function runMigration(cx: EffectContext, row: MigrationRow, signal: AbortSignal): Promise<MigrationResult> {
+  const { hub, log } = cx;
+  return new Promise<MigrationResult>((resolve, reject) => {
+    let settled = false;
+    let lastProgressSave = 0;
+    let poll: { cancel(): void } | undefined;
+    const finish = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
+      hub.off('event', onEvent);
+      hub.off('connected', onConnected);
+      poll?.cancel();
+      signal.removeEventListener('abort', onAbort);
+      fn();
+    };
+    const onResult = (r: MigrationResult) => {
+      if (r.status === 'completed') finish(() => resolve(r));
+      else finish(() => reject(r.error ? new VmtcError(r.error.code, 502, r.error.message, r.error.details) : err('VMTC_MIGRATION_FAILED', { status: r.status })));
+    };
+    const onProgress = (p: MigrationProgress) => {
+      const now = cx.clock.now();
+      if (now - lastProgressSave >= 250 || p.status !== 'active') {
+        lastProgressSave = now;
+        cx.store.saveProgress(row.id, { ...p, at: now }, now);
+        cx.progress(row.id, p);
+      }
+      if (p.status === 'device') void cx.dispatch(row.id, { event: { type: 'STOP_AND_COPY' }, expectState: 'precopy' });
+    };
+    const onEvent = (hostId: string, name: string, data: unknown) => {
+      if (hostId !== row.sourceHostId || !data || typeof data !== 'object') return;
+      if ((data as { migrationId?: string }).migrationId !== row.id) return;
+      if (name === 'migration.progress') onProgress(data as MigrationProgress);
+      else if (name === 'migration.done') onResult(data as MigrationResult);
+    };
+    const check = async () => {
+      try {
+        const s = await hub.request(row.sourceHostId, 'vm.migrationStatus', { vmId: row.vmId });
+        // A progress snapshot (totalBytes) of an ended migration: the final result follows as an event.
+        if (s && (s as { migrationId?: string }).migrationId === row.id && (s.status === 'completed' || s.status === 'failed' || s.status === 'cancelled') && !('totalBytes' in s)) {
+          onResult(s as MigrationResult);
+        }
+      } catch (e) {
+        log.debug({ code: toVmtcError(e).code }, 'status poll failed');
+      }
+    };
+    const schedulePoll = () => {
+      poll = cx.clock.setTimeout(() => {
+        if (settled) return;
+        void check().finally(() => { if (!settled) schedulePoll(); });
+      }, cx.options.statusPollMs);
+    };
+    const onConnected = (hostId: string) => { if (hostId === row.sourceHostId) void check(); };
+    const onAbort = () => finish(() => reject(err('VMTC_CANCELLED', { migrationId: row.id })));
+    hub.on('event', onEvent);
+    hub.on('connected', onConnected);
+    signal.addEventListener('abort', onAbort);
+    if (signal.aborted) return onAbort();
+
+    const begin = async () => {
+      // Re-attach if the source already runs this migration (controller restarted mid-copy).
+      // Never start a second stream because a status question went unanswered: retry, then fail.
+      let s: Awaited<ReturnType<typeof hub.request<'vm.migrationStatus'>>> = null;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          s = await hub.request(row.sourceHostId, 'vm.migrationStatus', { vmId: row.vmId });
+          break;
+        } catch (e) {
+          if (attempt >= 5 || signal.aborted) throw e;
+          await sleep(300 * attempt);
+        }
+      }
+      if (s && (s as { migrationId?: string }).migrationId === row.id) {
+        log.info({ status: s.status }, 'attached to a migration already under way');
+        if (!('totalBytes' in s)) return onResult(s as MigrationResult);
+        if (s.status !== 'failed' && s.status !== 'cancelled') return schedulePoll();
+      }
+      const cur = currentCtx(cx, row.id);
+      if (!cur.incoming?.uri) throw err('VMTC_DESTINATION_NOT_RUNNING', { reason: 'destination was never prepared' });
+      saveCtx(cx, row.id, { migrationStarted: true });
+      // The same tuning the destination was prepared with (both from the request).
+      await hub.request(row.sourceHostId, 'vm.migrate', { vmId: row.vmId, uri: cur.incoming.uri, params: sourceParams(row.id, migrationTuning(row.request), cur.incoming.storage) });
+      schedulePoll();
+    };
+    begin().catch((e) => finish(() => reject(wrap(e, 'VMTC_MIGRATION_FAILED'))));
+  });
+}
+
+function pickResult(r: MigrationResult): NonNullable<MigrationCtx['result']> {
+  const out: NonNullable<MigrationCtx['result']> = {};
+  if (r.downtimeMs !== undefined) out.downtimeMs = r.downtimeMs;
+  if (r.totalTimeMs !== undefined) out.totalTimeMs = r.totalTimeMs;
+  if (r.transferredBytes !== undefined) out.transferredBytes = r.transferredBytes;
+  if (r.setupTimeMs !== undefined) out.setupTimeMs = r.setupTimeMs;
+  if (r.pausedAt !== undefined) out.pausedAt = r.pausedAt;
+  if (r.storageBytes !== undefined) out.storageBytes = r.storageBytes;
+  return out;
+}

@@ -1,0 +1,56 @@
+// A migration's request and what the controller learns while running it (its ctx), as stored
+// with the record (store.ts). Types only, and free of the machine's, so that the machine
+// (machine.ts) can read a record without the store.
+import type { MigrationParams } from '../../common/agent-protocol.ts';
+import type { ErrorBody } from '../../common/errors.ts';
+
+export interface MigrationRequest {
+  vmId: string;
+  destinationHostId: string;
+  mode: 'live' | 'cold' | 'auto';
+  maxDowntimeMs?: number;
+  bandwidthMbps?: number;
+  deadline?: string;
+  requestId?: string;
+  autoConverge?: boolean;
+  postcopy?: boolean;
+  multifd?: boolean;
+  /** Non-live (suspend, copy, resume), for comparison runs. */
+  suspend?: boolean;
+  /** Cold path: a TCP service of the guest that must answer at the destination before commit. */
+  verifyTcp?: { host: string; port: number };
+}
+
+/** What the runner learns along the way; persisted as JSON with the record. */
+export interface MigrationCtx {
+  /** The path actually taken (auto may become cold). */
+  path: 'live' | 'cold';
+  /** The VM's state at the source when the request was admitted (rollback restores it). */
+  sourceState?: string;
+  /** Pre-checks that passed, in order. */
+  checks?: string[];
+  cancelRequested?: boolean;
+  token?: { jti: string; expiresAt: number; audience?: string[] } | { skipped: string };
+  lightpath?: { reservationId?: string; provisioned?: boolean; released?: boolean; skipped?: string; details?: Record<string, unknown> };
+  incoming?: { uri: string; prepared: boolean; storage?: MigrationParams['storage'] };
+  tunnel?: { bicast?: boolean; pruned?: boolean; skipped?: string };
+  migrationStarted?: boolean;
+  result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number; pausedAt?: number; resumedAt?: number; storageBytes?: number };
+  /** Milliseconds spent in each step, by state name. */
+  timings?: Record<string, number>;
+  warnings?: ErrorBody[];
+  fallbackCold?: boolean;
+  /** The cold path's steps (EGI D4.4). The disk URLs are secrets and never stored. */
+  cold?: {
+    /** Set before the source is asked to export, so a rollback always asks it to undo. */
+    exportRequested: boolean;
+    priorState?: string;
+    disks?: { index: number; format: string; sizeBytes: number; sha256: string }[];
+    totalBytes?: number;
+    expiresAt?: number;
+    /** Set before the destination is asked to import, so a rollback always cleans it. */
+    importRequested?: boolean;
+    imported?: { bytes: number; resumedBytes: number; ms: number; mbps: number | null };
+    verified?: boolean;
+  };
+}

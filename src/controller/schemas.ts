@@ -1,0 +1,297 @@
+// The controller's REST types, declared once: the TypeBox schemas its routes validate and
+// serialise with (api.ts, enroll-routes.ts), that its OpenAPI document is built from, and whose
+// Static<> types the CLI client (src/cli/client/) and the lab (lab/stack.ts) read the API with.
+// Response records are open (additionalProperties) where the controller passes through records
+// that other parts own, so nothing they carry is dropped.
+import { Type, type Static, StringEnum, Nullable, OpenObject, MapOf, ErrorBody } from '../common/schemas.ts';
+import { STATES } from './machine.ts';
+import type { MigrationRequest as StoredMigrationRequest } from './store.ts';
+import type { PublicJwk } from '../common/dpop.ts';
+
+export const Role = StringEnum(['admin', 'orchestrator', 'reader']);
+export type Role = Static<typeof Role>;
+
+export const MigrationStateSchema = StringEnum(STATES);
+export const MigrationMode = StringEnum(['live', 'cold', 'auto']);
+
+/** `:id` in a route path. */
+export const IdParams = Type.Object({ id: Type.String({ maxLength: 128 }) });
+
+// ---- migrations
+
+export const MigrationRequestBody = Type.Object({
+  vmId: Type.String({ minLength: 1, maxLength: 128 }),
+  destinationHostId: Type.String({ minLength: 1, maxLength: 128 }),
+  mode: Type.Optional(StringEnum(['live', 'cold', 'auto'], { default: 'live' })),
+  maxDowntimeMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 600_000 })),
+  bandwidthMbps: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1_000_000 })),
+  deadline: Type.Optional(Type.String({ format: 'date-time' })),
+  requestId: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'idempotency key: a repeated request returns the first migration' })),
+  autoConverge: Type.Optional(Type.Boolean()),
+  postcopy: Type.Optional(Type.Boolean()),
+  multifd: Type.Optional(Type.Boolean()),
+  suspend: Type.Optional(Type.Boolean({ description: 'non-live (suspend, copy, resume): the VM is paused for the whole copy; for comparison with live migration' })),
+  verifyTcp: Type.Optional(Type.Object({
+    host: Type.String({ minLength: 1, maxLength: 255 }),
+    port: Type.Integer({ minimum: 1, maximum: 65535 }),
+  }, {
+    additionalProperties: false,
+    description: 'cold path: after booting at the destination, this TCP service of the guest must answer before the source is removed (EGI D4.4 verification)',
+  })),
+}, { additionalProperties: false });
+/** What a client sends to POST /v1/migrations. */
+export type MigrationRequestBody = Static<typeof MigrationRequestBody>;
+/** The request as the handler sees it and the store keeps it: validated, `mode` defaulted. */
+export type MigrationRequest = MigrationRequestBody & { mode: NonNullable<MigrationRequestBody['mode']> };
+
+// The store keeps the request as it was accepted: tsc fails here if its declaration drifts.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+type Assert<T extends true> = T;
+export type StoredRequestIsTheSchema = Assert<Same<MigrationRequest, StoredMigrationRequest>>;
+
+export const MigrationListQuery = Type.Object({
+  state: Type.Optional(MigrationStateSchema),
+  vmId: Type.Optional(Type.String({ maxLength: 128 })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+}, { additionalProperties: false });
+
+/** Copy progress as the host agent last reported it (live: QEMU's figures; cold: the download). */
+export const Progress = Type.Object({
+  migrationId: Type.Optional(Type.String()),
+  vmId: Type.Optional(Type.String()),
+  status: Type.Optional(Type.String({ description: 'setup, active, postcopy-active, device, completed, failed, cancelled' })),
+  phase: Type.Optional(Type.String({ description: 'live with storage copy: storage, then ram; cold: export, download, boot' })),
+  totalBytes: Type.Optional(Type.Number()),
+  transferredBytes: Type.Optional(Type.Number()),
+  remainingBytes: Type.Optional(Type.Number()),
+  dirtyPagesRate: Type.Optional(Type.Number()),
+  pass: Type.Optional(Type.Number()),
+  throughputMbps: Type.Optional(Type.Number()),
+  expectedDowntimeMs: Type.Optional(Type.Number()),
+  at: Type.Optional(Type.Number({ description: 'epoch ms when the controller stored it' })),
+}, { additionalProperties: true });
+export type Progress = Static<typeof Progress>;
+
+export const Transition = Type.Object({
+  seq: Type.Number(),
+  from: Nullable(MigrationStateSchema),
+  to: MigrationStateSchema,
+  event: Type.String(),
+  at: Type.String({ format: 'date-time' }),
+  detail: Type.Optional(Type.Unknown()),
+}, { additionalProperties: true });
+export type Transition = Static<typeof Transition>;
+
+/** What the hypervisor reported about the copy (times in ms, instants in epoch ms). */
+export const MigrationResult = Type.Object({
+  downtimeMs: Type.Optional(Type.Number({ description: "the hypervisor's own downtime figure" })),
+  totalTimeMs: Type.Optional(Type.Number()),
+  transferredBytes: Type.Optional(Type.Number()),
+  setupTimeMs: Type.Optional(Type.Number()),
+  pausedAt: Type.Optional(Type.Number()),
+  resumedAt: Type.Optional(Type.Number()),
+  storageBytes: Type.Optional(Type.Number()),
+}, { additionalProperties: true });
+
+/** What each step of the sequence did (pre-checks, token, lightpath, incoming, tunnel, cold). */
+export const MigrationSteps = Type.Object({
+  checks: Type.Optional(Type.Array(Type.String())),
+  token: Type.Optional(Type.Object({
+    jti: Type.Optional(Type.String()),
+    expiresAt: Type.Optional(Type.Number({ description: 'epoch seconds' })),
+    audience: Type.Optional(Type.Array(Type.String())),
+    skipped: Type.Optional(Type.String({ description: 'why no token was needed' })),
+  }, { additionalProperties: true })),
+  lightpath: Type.Optional(Type.Object({
+    reservationId: Type.Optional(Type.String()),
+    provisioned: Type.Optional(Type.Boolean()),
+    released: Type.Optional(Type.Boolean()),
+    skipped: Type.Optional(Type.String()),
+    details: Type.Optional(OpenObject<{ path?: unknown; dataPlane?: { active?: boolean; details?: Record<string, unknown> } }>({
+      description: "the broker's path and data plane for the reservation",
+    })),
+  }, { additionalProperties: true })),
+  incoming: Type.Optional(Type.Object({
+    uri: Type.Optional(Type.String()),
+    prepared: Type.Optional(Type.Boolean()),
+    storage: Type.Optional(OpenObject({ description: "non-shared storage: where the destination's disk copies are (the hypervisor driver's own terms)" })),
+  }, { additionalProperties: true })),
+  tunnel: Type.Optional(Type.Object({
+    bicast: Type.Optional(Type.Boolean()),
+    pruned: Type.Optional(Type.Boolean()),
+    skipped: Type.Optional(Type.String()),
+  }, { additionalProperties: true })),
+  cold: Type.Optional(OpenObject({ description: 'the cold path: export, transfer, boot and verification' })),
+}, { additionalProperties: true });
+
+const Warning = Type.Object({
+  code: Type.String(),
+  message: Type.String(),
+  details: Type.Optional(OpenObject()),
+}, { additionalProperties: true });
+
+/** A migration record: POST /v1/migrations, GET /v1/migrations[/:id], cancel, and the events. */
+export const Migration = Type.Object({
+  id: Type.String(),
+  vmId: Type.String(),
+  project: Type.String(),
+  mode: MigrationMode,
+  state: MigrationStateSchema,
+  sourceHostId: Type.String(),
+  destinationHostId: Type.String(),
+  path: StringEnum(['live', 'cold'], { description: 'the path taken (auto may become cold)' }),
+  request: OpenObject<MigrationRequest>({ description: 'the request as accepted' }),
+  progress: Nullable(Progress),
+  error: Nullable(ErrorBody),
+  steps: MigrationSteps,
+  timings: MapOf(Type.Number(), { description: 'milliseconds spent in each state, by state name' }),
+  result: MigrationResult,
+  warnings: Type.Array(Warning, { description: 'problems after the commit point (no way back then)' }),
+  transitions: Type.Optional(Type.Array(Transition, { description: 'every state change (not in lists)' })),
+  createdAt: Type.String({ format: 'date-time' }),
+  updatedAt: Type.String({ format: 'date-time' }),
+  terminal: Type.Boolean({ description: 'the state is final' }),
+}, { additionalProperties: true });
+export type Migration = Static<typeof Migration>;
+
+export const MigrationList = Type.Object({ migrations: Type.Array(Migration) });
+export type MigrationList = Static<typeof MigrationList>;
+
+// ---- hosts and VMs
+
+const Resources = Type.Object({ vcpus: Type.Number(), memoryMb: Type.Number(), diskGb: Type.Number() });
+
+export const Host = Type.Object({
+  hostId: Type.String(),
+  connected: Type.Boolean(),
+  totals: Resources,
+  used: Resources,
+  held: Resources,
+  available: Resources,
+  site: Type.Optional(Type.String()),
+  lastSeen: Type.Optional(Type.String({ format: 'date-time' })),
+  hypervisor: Type.Optional(Type.Object({ type: Type.String(), version: Type.String() })),
+  cpu: Type.Optional(Type.Object({ model: Type.String(), vcpus: Type.Number(), features: Type.Number({ description: 'how many CPU features' }) })),
+  sharedStorage: Type.Optional(Type.Boolean()),
+  migrationAddress: Type.Optional(Type.String()),
+  byProject: Type.Optional(MapOf(Type.Object({ vcpus: Type.Number(), memoryMb: Type.Number(), diskGb: Type.Number(), vms: Type.Number() }))),
+  vms: Type.Optional(Type.Array(Type.Object({ vmId: Type.String(), project: Type.String(), state: Type.String() }))),
+}, { additionalProperties: true, description: 'totals, used, held (for incoming migrations) and available vCPU, memory MB and disk GB' });
+export type Host = Static<typeof Host>;
+export const HostList = Type.Object({ hosts: Type.Array(Host) });
+
+export const Vm = Type.Object({
+  vmId: Type.String(),
+  project: Type.String(),
+  state: Type.String(),
+  hostId: Type.String(),
+  site: Type.Optional(Type.String()),
+  hostConnected: Type.Optional(Type.Boolean()),
+  vcpus: Type.Number(),
+  memoryMb: Type.Number(),
+  diskGb: Type.Optional(Type.Number()),
+  migrationId: Type.Optional(Type.String()),
+}, { additionalProperties: true });
+export type Vm = Static<typeof Vm>;
+export const VmList = Type.Object({ vms: Type.Array(Vm) });
+
+export const VmSpecSchema = Type.Object({
+  vmId: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$' }),
+  project: Type.String({ minLength: 1, maxLength: 64 }),
+  vcpus: Type.Integer({ minimum: 1, maximum: 256 }),
+  memoryMb: Type.Integer({ minimum: 16, maximum: 4_194_304 }),
+  diskGb: Type.Number({ minimum: 0 }),
+  kernel: Type.Optional(Type.String()),
+  initrd: Type.Optional(Type.String()),
+  append: Type.Optional(Type.String({ maxLength: 4096 })),
+  disks: Type.Optional(Type.Array(Type.Object({
+    path: Type.String(),
+    format: StringEnum(['qcow2', 'raw']),
+    readonly: Type.Optional(Type.Boolean()),
+  }, { additionalProperties: false }), { maxItems: 16 })),
+  nics: Type.Optional(Type.Array(Type.Object({
+    mac: Type.String({ pattern: '^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$' }),
+    bridge: Type.String({ maxLength: 15 }),
+  }, { additionalProperties: false }), { maxItems: 8 })),
+  serialPorts: Type.Optional(Type.Integer({ minimum: 0, maximum: 4 })),
+  extra: Type.Optional(OpenObject()),
+}, { additionalProperties: false });
+
+export const StartVmBody = Type.Object({
+  hostId: Type.String({ minLength: 1, maxLength: 128 }),
+  spec: VmSpecSchema,
+}, { additionalProperties: false });
+export type StartVmBody = Static<typeof StartVmBody>;
+export const StartedVm = Type.Object({ hostId: Type.String(), vmId: Type.String(), state: Type.String() });
+
+// ---- identity and credentials
+
+export const Identity = Type.Object({
+  jkt: Type.String({ description: "RFC 7638 thumbprint of the controller's key" }),
+  publicJwk: OpenObject<PublicJwk>({ description: "the controller's public key (JWK)" }),
+}, { additionalProperties: true });
+
+export const CredentialBody = Type.Object({
+  name: Type.String({ minLength: 1, maxLength: 64 }),
+  role: Role,
+}, { additionalProperties: false });
+export const NewCredential = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  role: Type.String(),
+  token: Type.String({ description: 'the bearer credential; shown only here' }),
+});
+export const CredentialList = Type.Object({
+  credentials: Type.Array(Type.Object({
+    id: Type.String(),
+    name: Type.String(),
+    role: Type.String(),
+    createdAt: Type.String({ format: 'date-time' }),
+    revokedAt: Nullable(Type.String({ format: 'date-time' })),
+  }, { additionalProperties: true })),
+});
+
+// ---- agent enrolment (enroll-routes.ts)
+
+export const AgentHostId = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' });
+export const AgentKind = StringEnum(['host', 'tunnel']);
+
+export const EnrollBody = Type.Object({
+  token: Type.String({ minLength: 1, maxLength: 256 }),
+  csr: Type.String({ minLength: 1, maxLength: 16384 }),
+}, { additionalProperties: false });
+export const Enrolled = Type.Object({
+  hostId: Type.String(),
+  kind: AgentKind,
+  certificate: Type.String({ description: 'PEM client certificate; CN is the host id' }),
+  caCertificate: Type.String({ description: 'PEM certificate of the deployment CA, to pin' }),
+  agentUrl: Type.String({ description: 'wss:// URL of the agent hub' }),
+}, { additionalProperties: false });
+
+export const EnrollTokenBody = Type.Object({
+  kind: AgentKind,
+  hostId: AgentHostId,
+  ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 30 * 86400 })),
+}, { additionalProperties: false });
+export const EnrollToken = Type.Object({
+  token: Type.String(),
+  hostId: Type.String(),
+  kind: AgentKind,
+  expiresAt: Type.String({ format: 'date-time' }),
+  caFingerprint: Type.String({ description: 'sha256 of the CA certificate, for the agent to check' }),
+}, { additionalProperties: false });
+export type EnrollToken = Static<typeof EnrollToken>;
+
+export const Agent = Type.Object({
+  hostId: Type.String(),
+  kind: AgentKind,
+  connected: Type.Boolean(),
+  connectedAt: Type.Optional(Type.String({ format: 'date-time' })),
+  lastSeen: Type.Optional(Type.String({ format: 'date-time' })),
+  agentVersion: Type.Optional(Type.String()),
+  certSerials: Type.Array(Type.String()),
+}, { additionalProperties: false });
+export const AgentList = Type.Object({ agents: Type.Array(Agent) }, { additionalProperties: false });
+
+export const AgentParams = Type.Object({ hostId: AgentHostId }, { additionalProperties: false });
+export const AgentRevoked = Type.Object({ hostId: Type.String(), revoked: Type.Integer() }, { additionalProperties: false });

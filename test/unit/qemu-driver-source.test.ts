@@ -1,0 +1,194 @@
+// The QEMU driver's source side without QEMU: a QMP double and a ManualClock
+// (test/unit/qemu-double.ts). migrate() polls query-migrate on the driver's clock (or sooner, at a
+// MIGRATION event), reports progress from it, ends on 'completed' (source postmigrate) or
+// 'failed' (source running again), switches to post-copy when asked, and a cancel in flight ends
+// it with the source running. Real QEMU: test/lab/qemu-migration.test.ts.
+import { describe, expect, it } from 'vitest';
+import type { MigrationProgress } from '../../src/common/agent-protocol.ts';
+import { cleanupsAfterEach } from '../helpers/cleanups.ts';
+import { driverUnderTest, idle, runUntilSettled, vmSpec, watch, type DriverUnderTest } from './qemu-double.ts';
+
+const cleanups = cleanupsAfterEach();
+const URI = 'tcp:192.0.2.9:4444';
+const ram = (transferred: number, pass: number) => ({ total: 1000, transferred, remaining: Math.max(0, 1000 - transferred), 'dirty-sync-count': pass, mbps: 80 });
+
+async function running(t: DriverUnderTest, vmId: string) {
+  expect((await t.driver.start(vmSpec(vmId))).state).toBe('running');
+  return t.qmp(vmId);
+}
+
+describe('QEMU driver, source side (QMP double, manual clock)', () => {
+  it('migrate() reports progress from query-migrate every pollMs and ends on completed, the source paused and primary', async () => {
+    const t = driverUnderTest(cleanups, { pollMs: 200 });
+    const q = await running(t, 'vm-1');
+    const seen: { at: number; p: MigrationProgress }[] = [];
+    const t0 = t.clock.now();
+    const o = watch(t.driver.migrate('vm-1', URI, { migrationId: 'mig-1', bandwidthMbps: 80, maxDowntimeMs: 300, multifd: true, multifdChannels: 4 }, (p) => seen.push({ at: t.clock.now(), p })), t.clock);
+    await idle(t.clock, () => o.settled);
+    expect((await t.driver.describe('vm-1')).state).toBe('migrating');
+    // Parameters in QEMU's units (bytes/s); the stream count comes with the migration's params.
+    expect(q.argsOf('migrate-set-parameters')).toEqual([{ 'max-bandwidth': 10_000_000, 'downtime-limit': 300, 'multifd-channels': 4 }]);
+    expect(q.argsOf('migrate')).toEqual([{ uri: URI }]);
+
+    q.migration = { status: 'active', ram: ram(400, 1), 'expected-downtime': 30 };
+    t.clock.advance(200);
+    await idle(t.clock);
+    q.migration = { status: 'active', ram: ram(900, 2) };
+    t.clock.advance(200);
+    await idle(t.clock);
+    q.runState = 'postmigrate';
+    q.migration = { status: 'completed', ram: ram(1100, 3), downtime: 42, 'total-time': 1234, 'setup-time': 5 };
+    t.clock.advance(200);
+    await runUntilSettled(t.clock, o, 1000);
+
+    expect(seen.map((s) => [s.at - t0, s.p.status, s.p.transferredBytes])).toEqual([
+      [0, 'setup', 0], [200, 'active', 400], [400, 'active', 900], [600, 'completed', 1100],
+    ]);
+    expect(seen[1]!.p).toMatchObject({ pass: 1, remainingBytes: 600, expectedDowntimeMs: 30, throughputMbps: 80, phase: 'ram' });
+    expect(o.value).toMatchObject({ migrationId: 'mig-1', vmId: 'vm-1', status: 'completed', downtimeMs: 42, totalTimeMs: 1234, setupTimeMs: 5, transferredBytes: 1100 });
+    expect(await t.driver.describe('vm-1')).toMatchObject({ state: 'postmigrate', migrationId: 'mig-1' });
+    expect(q.commands()).not.toContain('cont');
+    expect(await t.driver.migrationStatus('vm-1')).toMatchObject({ status: 'completed' });
+  });
+
+  it('a MIGRATION event wakes the poll at once instead of waiting for the next one', async () => {
+    const t = driverUnderTest(cleanups, { pollMs: 10_000 });
+    const q = await running(t, 'vm-2');
+    const t0 = t.clock.now();
+    const o = watch(t.driver.migrate('vm-2', URI, { migrationId: 'mig-2' }, () => undefined), t.clock);
+    await idle(t.clock, () => o.settled);
+    q.runState = 'postmigrate';
+    q.migration = { status: 'completed', ram: ram(1000, 1), downtime: 7, 'total-time': 99 };
+    q.event('MIGRATION', { status: 'completed' });
+    await idle(t.clock, () => o.settled);
+    expect(o.value?.status).toBe('completed');
+    expect(o.at! - t0).toBe(0);
+  });
+
+  it('a failed migration ends with VMTC_QEMU_MIGRATION_FAILED and QEMU\'s reason, and the source runs again', async () => {
+    const t = driverUnderTest(cleanups);
+    const q = await running(t, 'vm-3');
+    const o = watch(t.driver.migrate('vm-3', URI, { migrationId: 'mig-3', suspend: true }, () => undefined), t.clock);
+    await idle(t.clock, () => o.settled);
+    // Non-live: paused before the first page.
+    expect(q.commands()).toContain('stop');
+    q.migration = { status: 'failed', 'error-desc': 'Unable to write to socket: Connection reset by peer', ram: ram(300, 1) };
+    await runUntilSettled(t.clock, o, 1000);
+    expect(o.value?.status).toBe('failed');
+    expect(o.value?.error).toMatchObject({ code: 'VMTC_QEMU_MIGRATION_FAILED', details: { desc: 'Unable to write to socket: Connection reset by peer' } });
+    expect(q.commands().filter((c) => c === 'cont')).toHaveLength(1);
+    expect((await t.driver.describe('vm-3')).state).toBe('running');
+  });
+
+  it('switches to post-copy once the pass count reaches postcopyAfterPass, and only once', async () => {
+    const t = driverUnderTest(cleanups);
+    const q = await running(t, 'vm-4');
+    const o = watch(t.driver.migrate('vm-4', URI, { migrationId: 'mig-4', postcopy: true }, () => undefined), t.clock);
+    await idle(t.clock, () => o.settled);
+    expect(q.argsOf('migrate-set-capabilities')[0]?.capabilities).toContainEqual({ capability: 'postcopy-ram', state: true });
+    q.migration = { status: 'active', ram: ram(500, 1) };
+    t.clock.advance(200);
+    await idle(t.clock);
+    expect(q.commands()).not.toContain('migrate-start-postcopy');
+    q.migration = { status: 'active', ram: ram(900, 2) };
+    t.clock.advance(200);
+    await idle(t.clock);
+    t.clock.advance(200);
+    await idle(t.clock);
+    expect(q.commands().filter((c) => c === 'migrate-start-postcopy')).toHaveLength(1);
+    q.runState = 'postmigrate';
+    q.migration = { status: 'completed', ram: ram(1000, 2), 'total-time': 10 };
+    await runUntilSettled(t.clock, o, 1000);
+    expect(o.value?.status).toBe('completed');
+  });
+
+  it('cancelMigration during migrate: migrate_cancel, wait until QEMU has left the active states, migrate() ends cancelled, source running', async () => {
+    const t = driverUnderTest(cleanups);
+    const q = await running(t, 'vm-5');
+    const m = watch(t.driver.migrate('vm-5', URI, { migrationId: 'mig-5' }, () => undefined), t.clock);
+    await idle(t.clock, () => m.settled);
+    q.migration = { status: 'active', ram: ram(200, 1) };
+    t.clock.advance(200);
+    await idle(t.clock);
+    const c = watch(t.driver.cancelMigration('vm-5'), t.clock);
+    // QEMU takes a while to unwind: 'cancelling' for the next 300 ms of the clock.
+    await runUntilSettled(t.clock, c, 300);
+    expect(c.settled).toBe(false);
+    expect(q.migration.status).toBe('cancelling');
+    q.migration = { status: 'cancelled', ram: ram(250, 1) };
+    await runUntilSettled(t.clock, c, 1000);
+    expect(c.error).toBeUndefined();
+    await runUntilSettled(t.clock, m, 1000);
+    expect(m.value).toMatchObject({ status: 'cancelled', transferredBytes: 250 });
+    expect(q.commands().filter((x) => x === 'migrate_cancel')).toHaveLength(1);
+    expect((await t.driver.describe('vm-5')).state).toBe('running');
+  });
+
+  it('a cancel QEMU never finishes fails with VMTC_QMP_TIMEOUT after 30 s of the clock; one after completion is too late', async () => {
+    const t = driverUnderTest(cleanups);
+    const q = await running(t, 'vm-6');
+    const m = watch(t.driver.migrate('vm-6', URI, { migrationId: 'mig-6' }, () => undefined), t.clock);
+    await idle(t.clock, () => m.settled);
+    q.migration = { status: 'active', ram: ram(200, 1) };
+    q.handlers.set('migrate_cancel', () => ({})); // accepted, and nothing happens
+    const t0 = t.clock.now();
+    const c = watch(t.driver.cancelMigration('vm-6'), t.clock);
+    await runUntilSettled(t.clock, c, 60_000);
+    expect(c.error?.code).toBe('VMTC_QMP_TIMEOUT');
+    expect(c.error?.details).toMatchObject({ command: 'migrate_cancel', status: 'active' });
+    expect(c.at! - t0).toBeGreaterThan(30_000);
+    expect(c.at! - t0).toBeLessThanOrEqual(30_050);
+
+    q.runState = 'postmigrate';
+    q.migration = { status: 'completed', ram: ram(1000, 2), 'total-time': 10 };
+    await runUntilSettled(t.clock, m, 1000);
+    expect(m.value?.status).toBe('completed');
+    await expect(t.driver.cancelMigration('vm-6')).rejects.toMatchObject({ code: 'VMTC_QEMU_CANCEL_TOO_LATE' });
+  });
+
+  it('storage copy: mirrors report disk progress; a cancel before the RAM moves ends the mirrors and keeps the source running', async () => {
+    const t = driverUnderTest(cleanups);
+    expect((await t.driver.start(vmSpec('vm-7', { disks: [{ path: '/srv/images/vm-7.qcow2', format: 'qcow2' }] }))).state).toBe('running');
+    const q = await t.qmp('vm-7');
+    const job = 'vmtc-mirror-disk0';
+    let jobs = [{ device: job, type: 'mirror', len: 1000, offset: 100, ready: false }];
+    q.handlers.set('query-block-jobs', () => structuredClone(jobs));
+    q.handlers.set('block-job-cancel', (a) => {
+      if (a?.force) {
+        jobs = [];
+        q.event('BLOCK_JOB_CANCELLED', { device: job, offset: 450 });
+      }
+      return {};
+    });
+    const seen: MigrationProgress[] = [];
+    const storage = { nbd: { host: '192.0.2.7', port: 10809 }, exports: [{ device: 'disk0', name: 'disk0' }] };
+    const m = watch(t.driver.migrate('vm-7', URI, { migrationId: 'mig-7', storage, bandwidthMbps: 8 }, (p) => seen.push(p)), t.clock);
+    await idle(t.clock, () => m.settled);
+    expect(q.argsOf('migrate-set-capabilities')[0]?.capabilities).toContainEqual({ capability: 'pause-before-switchover', state: true });
+    expect(q.argsOf('drive-mirror')).toEqual([{ 'job-id': job, device: 'disk0', target: 'nbd://192.0.2.7:10809/disk0', format: 'raw', mode: 'existing', sync: 'full', speed: 1_000_000, 'buf-size': 1_048_576 }]);
+    jobs[0]!.offset = 400;
+    t.clock.advance(200);
+    await idle(t.clock);
+    expect(seen.map((p) => [p.phase, p.transferredBytes, p.totalBytes])).toEqual([['storage', 100, 1000], ['storage', 400, 1000]]);
+
+    const c = watch(t.driver.cancelMigration('vm-7'), t.clock);
+    await runUntilSettled(t.clock, c, 5000);
+    expect(c.error).toBeUndefined();
+    await runUntilSettled(t.clock, m, 5000);
+    expect(m.value).toMatchObject({ status: 'cancelled', storageBytes: 450 });
+    // The RAM never moved; the mirrors were forced off.
+    expect(q.commands()).not.toContain('migrate');
+    expect(q.argsOf('block-job-cancel')).toContainEqual({ device: job, force: true });
+    expect((await t.driver.describe('vm-7')).state).toBe('running');
+  });
+
+  it('refuses storage params that leave a writable disk out, before anything starts', async () => {
+    const t = driverUnderTest(cleanups);
+    await t.driver.start(vmSpec('vm-8', { disks: [{ path: '/srv/a.qcow2', format: 'qcow2' }, { path: '/srv/b.raw', format: 'raw' }] }));
+    const q = await t.qmp('vm-8');
+    const storage = { nbd: { host: '192.0.2.7', port: 10809 }, exports: [{ device: 'disk0', name: 'disk0' }] };
+    await expect(t.driver.migrate('vm-8', URI, { migrationId: 'mig-8', storage }, () => undefined)).rejects.toMatchObject({ code: 'VMTC_QEMU_BAD_SPEC', details: { field: 'params.storage' } });
+    expect(q.commands()).not.toContain('migrate-set-capabilities');
+    expect((await t.driver.describe('vm-8')).state).toBe('running');
+  });
+});
