@@ -1,4 +1,5 @@
-// Capability tokens issued and verified per second (issue 3 goal: >= 10,000/s each on 2 cores).
+// Capability tokens issued and verified per second (docs/design.md#goals: >= 10,000/s each on
+// 2 cores).
 //
 //   node --import tsx bench/aaa-tokens.ts [--seconds 3] [--threads N] [--http-requests 2000]
 //

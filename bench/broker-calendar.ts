@@ -1,4 +1,4 @@
-// Calendar admission with 10,000 existing reservations (issue 3 benchmark).
+// Calendar admission with 10,000 existing reservations (docs/broker.md#benchmarks).
 //
 //   npx tsx bench/broker-calendar.ts [--existing 10000] [--checks 100000] [--links 50]
 //

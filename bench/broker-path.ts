@@ -1,4 +1,4 @@
-// Path computation on a generated 1,000-node, 5,000-link topology (issue 3 benchmark).
+// Path computation on a generated 1,000-node, 5,000-link topology (docs/broker.md#benchmarks).
 //
 //   npx tsx bench/broker-path.ts [--nodes 1000] [--links 5000] [--queries 2000] [--bookings 20000]
 //

@@ -1,4 +1,4 @@
-// One live migration at the paper's RTT, measured the ways the closing note of issue 4 asks:
+// One live migration at the paper's RTT, measured as docs/design.md#seeing-it describes:
 // QEMU's own downtime, the longest gap a client pinging every 50 ms saw (paper Table 3), total
 // time, and the rate the emulated lightpath delivered. Run as root:
 //   node --import tsx bench/lab-migration.ts [--rtt-ms 198] [--memory-mb 256] [--rounds 1] [--mode live|cold]

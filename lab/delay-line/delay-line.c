@@ -1,7 +1,8 @@
 /*
  * The lab's delay line in C: the same process as lab/delay-line-main.ts (same options, same
  * JSON lines on stdout, same model as lab/delay-line.ts), for when the Node.js relay is the
- * bottleneck (LAB-NOTES: it tops out at ~430-630 Mbit/s on 2 cores, below the nominal 1 Gbit/s).
+ * bottleneck (docs/design.md#lab-facts, delay-line throughput: it tops out at ~430-630 Mbit/s on
+ * 2 cores, below the nominal 1 Gbit/s; docs/lab.md has the measurements).
  *
  * Model, per direction (lab/delay-line.ts has the reasoning): random loss; a serialiser at the
  * line rate (each datagram counted as payload + 28 bytes); a tail-drop queue bounded in ms of

@@ -1,6 +1,7 @@
-// The lab's guest image: a Debian kernel plus a busybox initramfs (LAB-NOTES, "Hypervisor"),
-// with the VM's address 10.1.1.2 and the probe programs of issue 5. Built once and cached under
-// a key that hashes every input, so a changed init script or probe rebuilds and nothing else does.
+// The lab's guest image: a Debian kernel plus a busybox initramfs (docs/design.md#lab-facts, guest
+// image), with the VM's address 10.1.1.2 and the turntable's probe programs. Built once and cached
+// under a key that hashes every input, so a changed init script or probe rebuilds and nothing else
+// does.
 //
 //   import { buildGuestImage, guestAppend } from './lab/guest/build.ts';
 //   const g = await buildGuestImage();            // { kernel, initrd, dir, append, key }
@@ -18,7 +19,8 @@ import { guestError } from './errors.ts';
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(HERE, '../..');
 
-/** insmod order that works (LAB-NOTES): each module needs the ones before it. */
+/** insmod order that works (docs/design.md#lab-facts, guest image): each module needs the ones
+ * before it. */
 export const GUEST_MODULES = [
   'virtio_ring', 'virtio', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci',
   'failover', 'net_failover', 'virtio_net', 'virtio_blk',
@@ -213,7 +215,7 @@ export async function buildGuestImage(opts: GuestBuildOptions = {}): Promise<Gue
     for (const d of ['bin', 'lib/modules', 'dev', 'proc', 'sys', 'tmp', 'etc', 'root']) await mkdir(join(tree, d), { recursive: true });
     await copyFile(busybox, join(tree, 'bin', 'busybox'));
     await chmod(join(tree, 'bin', 'busybox'), 0o755);
-    // gcc -static: the initramfs has no libc (LAB-NOTES: gcc is on the machine).
+    // gcc -static: the initramfs has no libc (lab/install-deps.sh installs gcc).
     await run(['gcc', '-O2', '-static', '-Wall', '-o', join(tree, 'bin', 'vmtc-probe'), join(HERE, 'vmtc-probe.c')]);
     await run(['strip', join(tree, 'bin', 'vmtc-probe')]).catch(() => undefined);
     for (const m of GUEST_MODULES) await copyFile(join(kdir, 'modules', `${m}.ko`), join(tree, 'lib', 'modules', `${m}.ko`));

@@ -1,5 +1,6 @@
-// Error codes of the guest image builder (STYLE.md §2). Kept apart from lab/errors.ts (the
-// namespaces' catalogue) so the two can be merged with mergeCatalogues where both are needed.
+// Error codes of the guest image builder (docs/contributing.md#errors). Kept apart from
+// lab/errors.ts (the namespaces' catalogue) so the two can be merged with mergeCatalogues where
+// both are needed.
 import { errorFactory, type Catalogue } from '../../src/common/errors.ts';
 
 export const GUEST_ERRORS = {

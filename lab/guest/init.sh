@@ -29,7 +29,7 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 
-# Order matters: each module needs the ones before it (LAB-NOTES).
+# Order matters: each module needs the ones before it (docs/design.md#lab-facts, guest image).
 for m in @MODULES@; do
   insmod "/lib/modules/$m.ko" || echo "VMTC-WARN insmod $m failed"
 done

@@ -4,7 +4,8 @@
  *
  *   vmtc-probe tcp-echo PORT          TCP echo server (the "TCP session survives" test; one
  *                                     child per connection so a stuck client blocks no one)
- *   vmtc-probe udp-echo PORT          UDP echo responder (the 2 ms UDP probe of issue 5)
+ *   vmtc-probe udp-echo PORT          UDP echo responder (the turntable's 2 ms UDP probe,
+ *                                     docs/design.md#seeing-it)
  *   vmtc-probe clock GAP_MS PERIOD_US internal probe: compares CLOCK_MONOTONIC and
  *                                     CLOCK_REALTIME every PERIOD_US (the paper used 0.2 ms)
  *                                     and prints every gap over GAP_MS (paper §6: 50 ms)
@@ -87,7 +88,8 @@ static int udp_echo(int port) {
 
 /* Both clocks are compared because a paused guest may resume with a monotonic clock that did not
  * advance (kvmclock/TSC hidden from the guest) while the realtime clock is stepped, or neither:
- * LAB-NOTES records that under TCG neither saw the pause. Each gap line names both figures. */
+ * docs/design.md#lab-facts records that under TCG neither saw the pause. Each gap line names both
+ * figures. */
 static int clock_probe(double gap_ms, long period_us) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   double m0 = now_ms(CLOCK_MONOTONIC), r0 = now_ms(CLOCK_REALTIME);

@@ -1,6 +1,6 @@
-// The turntable's fine network probe (issue 5, "Network"): a numbered UDP datagram every
-// --interval-ms (default 2) to the guest's echo responder (vmtc.udp=7), each send and each reply
-// timestamped on the host clock. Runs inside the client namespace
+// The turntable's fine network probe (docs/design.md#seeing-it, the 2 ms UDP echo): a numbered UDP
+// datagram every --interval-ms (default 2) to the guest's echo responder (vmtc.udp=7), each send
+// and each reply timestamped on the host clock. Runs inside the client namespace
 // (`ip netns exec NS node udp-echo-client.mjs --host 10.1.1.2 ...`), so the pid the caller holds
 // is this process. Plain Node, no dependencies.
 //

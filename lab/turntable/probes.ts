@@ -1,4 +1,5 @@
-// The turntable's measurement probes (issue 5, "Probes") and the pure analysis of what they saw.
+// The turntable's measurement probes (docs/design.md#seeing-it) and the pure analysis of what they
+// saw.
 //
 // Every time here is epoch milliseconds on the lab machine's single clock (host and client
 // namespaces share it), with sub-millisecond precision where the source has it:
@@ -444,7 +445,8 @@ const GAP_LINE = /VMTC-GAP n=(\d+) mono_ms=([\d.]+) real_ms=([\d.]+) at_real=([\
  * skipped) whose gap [atReal - gapMs, atReal] overlaps [fromEpochMs, toEpochMs]. The guest's
  * realtime clock starts from the host's (RTC) at boot, so it agrees roughly — to about a second —
  * with the host clock: widen the window accordingly. `maxMs` is the largest gap, null if none
- * (which may mean the guest's clocks did not see the pause: LAB-NOTES).
+ * (which may mean the guest's clocks did not see the pause: docs/design.md#lab-facts, the
+ * in-guest clock is blind to the pause).
  */
 export async function readInternalGaps(consoleLogPaths: string[], fromEpochMs: number, toEpochMs: number): Promise<{ gaps: InternalGap[]; maxMs: number | null }> {
   const gaps: InternalGap[] = [];

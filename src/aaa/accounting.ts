@@ -1,6 +1,6 @@
-// Accounting (issue 3): an append-only record of every grant, refusal, consent, use and release,
-// with who, what, when and how much. The store refuses UPDATE/DELETE (see store.ts); this module
-// only ever INSERTs and SELECTs.
+// Accounting (docs/aaa.md#accounting): an append-only record of every grant, refusal, consent, use
+// and release, with who, what, when and how much. The store refuses UPDATE/DELETE (see store.ts);
+// this module only ever INSERTs and SELECTs.
 import type { Db } from '../common/db.ts';
 
 export type AccountingKind = 'grant' | 'refusal' | 'consent-grant' | 'consent-refusal' | 'use' | 'release';

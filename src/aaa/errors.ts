@@ -1,5 +1,5 @@
-// The AAA's error catalogue (STYLE.md §2). Codes never change meaning; details say which field,
-// rule or domain a refusal is about. docs/aaa.md lists every code.
+// The AAA's error catalogue (docs/contributing.md#errors). Codes never change meaning; details
+// say which field, rule or domain a refusal is about. docs/aaa.md lists every code.
 import { COMMON_ERRORS, errorFactory, mergeCatalogues, type Catalogue } from '../common/errors.ts';
 import { DPOP_ERRORS } from '../common/dpop.ts';
 

@@ -1,4 +1,5 @@
-// Every option of the AAA in one typed object, defaults in one place (STYLE.md §7).
+// Every option of the AAA in one typed object, defaults in one place
+// (docs/contributing.md#options).
 import type { Clock, Ids } from '../common/clock.ts';
 import type { Logger } from '../common/log.ts';
 

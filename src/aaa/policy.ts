@@ -1,6 +1,6 @@
 // The AAA policy: who may ask for which lightpath, and what this domain consents to when a peer
-// asks. Loaded once at start and validated field by field (STYLE.md §7): a bad file fails with
-// VMTC_AAA_POLICY_INVALID naming the field (e.g. "rules[2].maxBandwidthMbps").
+// asks. Loaded once at start and validated field by field (docs/contributing.md#options): a bad
+// file fails with VMTC_AAA_POLICY_INVALID naming the field (e.g. "rules[2].maxBandwidthMbps").
 // Deciding is a pure function of (policy, request, usage): no I/O, no clock of its own.
 import { readFileSync } from 'node:fs';
 import { jwkThumbprint, type PublicJwk } from '../common/dpop.ts';

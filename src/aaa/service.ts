@@ -1,5 +1,6 @@
-// The AAA's decisions, apart from HTTP: authorise a lightpath (DESIGN.md step 3), answer a peer's
-// consent request, take use/release reports. Every outcome, granted or refused, goes to accounting.
+// The AAA's decisions, apart from HTTP: authorise a lightpath (docs/design.md#live-migration,
+// step 3), answer a peer's consent request, take use/release reports. Every outcome, granted or
+// refused, goes to accounting.
 import type { Clock, Ids } from '../common/clock.ts';
 import type { Logger } from '../common/log.ts';
 import { VmtcError, toVmtcError } from '../common/errors.ts';
@@ -97,8 +98,8 @@ export class AaaService {
   }
 
   /**
-   * DESIGN.md step 3: apply policy, obtain consent from every other domain on the path, then sign
-   * a token scoped to this lightpath and bound to the requester's key.
+   * docs/design.md#live-migration, step 3: apply policy, obtain consent from every other domain
+   * on the path, then sign a token scoped to this lightpath and bound to the requester's key.
    */
   async authorize(requester: Requester, jkt: string, req: LightpathRequest): Promise<AuthorizationResult> {
     const log = this.d.logger.child({ migrationId: req.migrationId, vmId: req.vmId, requester: requester.id });

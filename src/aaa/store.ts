@@ -1,4 +1,4 @@
-// The AAA's state store: one SQLite file, DIR/aaa.db (DESIGN.md "Trust"). Two tables:
+// The AAA's state store: one SQLite file, DIR/aaa.db (docs/design.md#state-stores). Two tables:
 //  - keys: Ed25519 signing keys, the current one and retired ones still published until every
 //    token they signed has expired (rotation without downtime);
 //  - accounting: the append-only record of grants, refusals, consents, uses and releases.

@@ -1,7 +1,8 @@
-// Capability tokens (issue 3, "Tokens"): a JWS compact token, EdDSA over Ed25519, header
-// { alg: 'EdDSA', kid, typ: 'vmtc-cap+jwt' }. Short-lived, single-use (jti), audience-restricted
-// to the brokers of every domain on the path, scoped to one lightpath (claim `vmtc`), and bound to
-// the requester's key (`cnf.jkt`, RFC 9449 §6.1) so that a stolen token is useless without the key.
+// Capability tokens (docs/aaa.md#capability-tokens): a JWS compact token, EdDSA over Ed25519,
+// header { alg: 'EdDSA', kid, typ: 'vmtc-cap+jwt' }. Short-lived, single-use (jti),
+// audience-restricted to the brokers of every domain on the path, scoped to one lightpath (claim
+// `vmtc`), and bound to the requester's key (`cnf.jkt`, RFC 9449 §6.1) so that a stolen token is
+// useless without the key.
 //
 // Signing and verifying are synchronous node:crypto calls (see src/common/dpop.ts for why); the
 // tokens are ordinary JWTs that jose's jwtVerify + createRemoteJWKSet accept (the tests check).

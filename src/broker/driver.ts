@@ -1,4 +1,5 @@
-// Network element drivers (issue 3): the broker touches the network only through this.
+// Network element drivers (docs/broker.md, "Drivers"): the broker touches the network only
+// through this.
 // The Linux driver makes a lightpath real in the lab (VXLAN between two site namespaces, its
 // underlay through the user-space delay line, plus an htb rate limit equal to the reserved
 // bandwidth); the in-memory driver is a test double and is named as one.

@@ -1,5 +1,5 @@
-// The broker's error catalogue (STYLE.md §2). Codes never change meaning; callers (the
-// controller's BrokerClient, peer brokers) match on the code. Every code is listed in
+// The broker's error catalogue (docs/contributing.md#errors). Codes never change meaning; callers
+// (the controller's BrokerClient, peer brokers) match on the code. Every code is listed in
 // docs/broker.md (a test checks it).
 import { COMMON_ERRORS, errorFactory, mergeCatalogues, type Catalogue } from '../common/errors.ts';
 

@@ -1,4 +1,4 @@
-// The token gate (issue 3, "Token gate"; docs/broker.md has the exact rule). Nothing reaches the
+// The token gate (docs/broker.md#token-gate has the exact rule). Nothing reaches the
 // reservation runner, the calendar or a network element before the gate has said yes, so a
 // refused request changes nothing.
 //

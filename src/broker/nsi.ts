@@ -1,6 +1,6 @@
-// The three NSI Connection Service v2 state machines (OGF GFD.212, §5 "Connection state
-// machines"), each as one transition table and one pure function (STYLE.md §3). Deciding and
-// doing are separate: `transition` returns the next state and the effects the runner
+// The three NSI Connection Service v2 state machines (OGF GFD.212, §5 "Connection state machines"),
+// each as one transition table and one pure function (docs/contributing.md#state-machines).
+// Deciding and doing are separate: `transition` returns the next state and the effects the runner
 // (service.ts) must perform; it never touches the calendar, timers or drivers itself.
 import { brokerError } from './errors.ts';
 

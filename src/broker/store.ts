@@ -1,6 +1,6 @@
 // The broker's durable state (DIR/broker.db): reservations with their three NSI states, every
 // transition ever made (append-only), and the replay cache of capability-token jtis, which must
-// survive a restart (issue 3, "Token gate").
+// survive a restart (docs/broker.md#token-gate).
 import { openDb, type Db } from '../common/db.ts';
 import type { LifecycleState, ProvisionState, ReservationState, Machine } from './nsi.ts';
 

@@ -1,4 +1,5 @@
-// Time, randomness and ids are injected so tests can control them (docs/design.md).
+// Time, randomness and ids are injected so tests can control them
+// (docs/contributing.md#time-randomness-and-ids).
 import { randomBytes, randomUUID } from 'node:crypto';
 
 export interface Clock {

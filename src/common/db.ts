@@ -1,5 +1,6 @@
-// Every vmtc state store is one SQLite file per service (DESIGN.md "Trust"). WAL so readers do
-// not block the writer; synchronous=FULL because a migration record must survive kill -9.
+// Every vmtc state store is one SQLite file per service (docs/design.md#state-stores). WAL so
+// readers do not block the writer; synchronous=FULL because a migration record must survive
+// kill -9.
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';

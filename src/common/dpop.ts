@@ -4,8 +4,8 @@
 // Signing and verifying go straight to node:crypto (Ed25519 in OpenSSL) instead of through jose's
 // WebCrypto path: the output is ordinary JWS compact serialisation, verifiable by jose or any
 // other JOSE library, but a proof costs one synchronous sign/verify and no promise round trips.
-// That matters because a broker verifies a token *and* a proof on every request (issue 3's goal
-// is 10,000 verifications per second on 2 cores).
+// That matters because a broker verifies a token *and* a proof on every request (the token
+// throughput goal, docs/design.md#goals: 10,000 verifications per second on 2 cores).
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign, verify, type KeyObject } from 'node:crypto';
 import { VmtcError, errorFactory, type Catalogue } from './errors.ts';
 

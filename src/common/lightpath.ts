@@ -1,6 +1,7 @@
-// The lightpath a migration asks for (DESIGN.md steps 3 and 4): the controller sends it to the
-// AAA for pre-authorisation, the AAA signs it into a capability token's `vmtc` claim (plus the
-// domains on the path, src/aaa/tokens.ts), and the broker checks reservations against that claim.
+// The lightpath a migration asks for (docs/design.md#live-migration, steps 3 and 4): the controller
+// sends it to the AAA for pre-authorisation, the AAA signs it into a capability token's `vmtc`
+// claim (plus the domains on the path, src/aaa/tokens.ts), and the broker checks reservations
+// against that claim.
 // One shape for all three, so a field added here reaches every side.
 
 export interface LightpathRequest {

@@ -1,5 +1,5 @@
 // pino loggers. Child loggers carry { svc, hostId, vmId, migrationId } so one migration can be
-// followed across services with one grep (STYLE.md §8).
+// followed across services with one grep (docs/contributing.md#logs).
 import { pino, type Logger } from 'pino';
 
 export type { Logger };

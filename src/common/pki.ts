@@ -1,4 +1,4 @@
-// The deployment's certificate authority (DESIGN.md "Trust"): agents enrol with a one-time token
+// The deployment's certificate authority (docs/design.md#trust): agents enrol with a one-time token
 // and then connect over WebSocket with mutual TLS using a certificate this CA signed.
 //
 // Keys are generated with node:crypto (native, ~50 ms for RSA-2048) and only the X.509 work

@@ -1,7 +1,7 @@
 // Request/reply and events over one WebSocket (controller <-> agents). Requests are correlated
-// by a monotonic id and each has its own timer (STYLE.md §4); an unknown or late reply, or a
-// frame that is not valid JSON of the expected shape, is logged and dropped — it never closes
-// or crashes the link.
+// by a monotonic id and each has its own timer (docs/contributing.md#requests); an unknown or
+// late reply, or a frame that is not valid JSON of the expected shape, is logged and dropped —
+// it never closes or crashes the link.
 import type WebSocket from 'ws';
 import type { Logger } from './log.ts';
 import { VmtcError, commonError, toVmtcError, type ErrorBody } from './errors.ts';

@@ -1,4 +1,5 @@
-// Host capacity and the pre-checks of DESIGN.md step 2 (after the Nova live-migration design).
+// Host capacity and the pre-checks of docs/design.md#live-migration, step 2 (after the Nova
+// live-migration design).
 // Pure functions over agent inventories and the controller's capacity holds, so they can be
 // tested without servers and run synchronously at admission time (which is what makes two
 // concurrent requests unable to overcommit a host: Node runs the check-and-hold atomically).

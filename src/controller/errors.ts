@@ -1,9 +1,10 @@
-// The controller's error catalogue (STYLE.md §2). Codes never change meaning; a test checks that
-// every code is documented in docs/errors.md.
+// The controller's error catalogue (docs/contributing.md#errors). Codes never change meaning; a
+// test checks that every code is documented in docs/errors.md.
 import { COMMON_ERRORS, errorFactory, mergeCatalogues, type Catalogue } from '../common/errors.ts';
 
 export const MIGRATION_ERRORS = {
-  // Pre-checks (DESIGN.md step 2): each failing check has its own code and changes nothing.
+  // Pre-checks (docs/design.md#live-migration, step 2): each failing check has its own code and
+  // changes nothing.
   VMTC_VM_NOT_FOUND: { status: 404, message: 'no host reports this VM' },
   VMTC_VM_NOT_RUNNING: { status: 409, message: 'the VM is not running' },
   VMTC_HOST_NOT_FOUND: { status: 404, message: 'no such host' },

@@ -1,4 +1,4 @@
-// Error codes of the agent hub: enrolment, certificates and agent links (issue 2, part 4).
+// Error codes of the agent hub: enrolment, certificates and agent links (docs/design.md#trust).
 // The controller merges HUB_ERRORS into its own catalogue (mergeCatalogues refuses duplicates).
 import { errorFactory, type Catalogue } from '../common/errors.ts';
 

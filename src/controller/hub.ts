@@ -1,6 +1,6 @@
-// The controller's agent hub (DESIGN.md "Trust"): a WebSocket server behind mutual TLS where host
-// agents and tunnel agents keep one link each. The hub owns the deployment CA, enrols agents with
-// one-time tokens, and carries request/reply and events over RpcPeer.
+// The controller's agent hub (docs/design.md#trust): a WebSocket server behind mutual TLS where
+// host agents and tunnel agents keep one link each. The hub owns the deployment CA, enrols agents
+// with one-time tokens, and carries request/reply and events over RpcPeer.
 //
 // Identity: the TLS layer refuses any client without a certificate from our CA; the hub then reads
 // the host id from the certificate's CN and checks its serial against the store (so a revoked

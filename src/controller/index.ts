@@ -38,7 +38,8 @@ export interface ControllerOptions {
   agentRequestTimeoutMs?: number;
   bodyLimit?: number;
   runner?: Partial<RunnerOptions>;
-  /** AAA that grants capability tokens (DESIGN.md step 3). Without it the step is skipped. */
+  /** AAA that grants capability tokens (docs/design.md#live-migration, step 3). Without it the step
+   * is skipped. */
   aaaUrl?: string;
   /** Lightpath broker of this domain (step 4). Without it (or without an AAA) the step is skipped. */
   brokerUrl?: string;

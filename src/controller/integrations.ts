@@ -1,7 +1,8 @@
-// Adapters from the runner's ports (ports.ts) to the AAA and broker services: DESIGN.md steps 3,
-// 4 and 7. The controller holds an Ed25519 key (DIR/controller-key.json, 0600); the AAA binds
-// each capability token to it (cnf.jkt) and the broker demands a DPoP proof made with it, so a
-// token copied off the wire is useless to anyone else.
+// Adapters from the runner's ports (ports.ts) to the AAA and broker services:
+// docs/design.md#live-migration, steps 3, 4 and 7. The controller holds an Ed25519 key
+// (DIR/controller-key.json, 0600); the AAA binds each capability token to it (cnf.jkt) and the
+// broker demands a DPoP proof made with it, so a token copied off the wire is useless to anyone
+// else.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
@@ -31,7 +32,8 @@ export class AaaAuthorization implements AuthorizationPort {
     return { token: r.token, jti: r.jti, expiresAt: Date.parse(r.expiresAt), audience: r.audience };
   }
 
-  /** Close the accounting record (DESIGN.md step 7); failures are logged, never fatal. */
+  /** Close the accounting record (docs/design.md#live-migration, step 7); failures are logged,
+   * never fatal. */
   async account(kind: 'use' | 'release', jti: string, details: Record<string, unknown>): Promise<void> {
     await reportAccounting(this.aaaUrl, this.key, { kind, jti, details }).catch((e) => this.log.warn({ jti, kind, code: (e as { code?: string }).code }, 'accounting report failed'));
   }

@@ -5,7 +5,7 @@
 // (migration/reducer.ts). States follow Clark et al.'s stages of live migration (pre-migration,
 // reservation, iterative pre-copy, stop-and-copy, commitment, activation) with the VM
 // Turntable's control-plane steps (AAA token, lightpath) between reservation and pre-copy, and
-// the EGI D4.4 cold path as a separate branch (docs/design.md).
+// the EGI D4.4 cold path as a separate branch (docs/design.md#live-migration, #cold-path).
 //
 // Adding a state: an entry in STATE_DEFS (its effect, whether it can be undone, what a restarted
 // controller does with it), its edges in TABLE, and its effect function in one of
@@ -147,7 +147,8 @@ export const TABLE: Table = (() => {
     rolling_back: {
       ROLLED_BACK: (e) => (e.type === 'ROLLED_BACK' && e.cancelled ? 'cancelled' : 'rolled_back'),
       ROLLBACK_FAILED: 'failed',
-      // mode=auto: once the live attempt is undone, the cold path runs (docs/design.md).
+      // mode=auto: once the live attempt is undone, the cold path runs
+      // (docs/design.md#live-migration, `mode: auto`).
       FALLBACK_COLD: 'cold_exporting',
     },
   };

@@ -1,6 +1,7 @@
-// Issue 4's acceptance: a real QEMU guest moves between two lab sites across the emulated
-// lightpath through the whole VMTC sequence (AAA token, broker lightpath, prepare, tunnel bicast,
-// live migration, commit, tunnel prune, cleanup, release), every service a real process.
+// The whole sequence (docs/design.md#live-migration, steps 1–7): a real QEMU guest moves between
+// two lab sites across the emulated lightpath through the whole VMTC sequence (AAA token, broker
+// lightpath, prepare, tunnel bicast, live migration, commit, tunnel prune, cleanup, release), every
+// service a real process.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';

@@ -119,7 +119,8 @@ describe('lab topology', () => {
     expect(r!.min).toBeGreaterThanOrEqual(RTT);
 
     // TCP across the lightpath: 8 MiB from site A to a listener on site B's 192.0.2.x. With tx
-    // checksum offload left on, this hangs (LAB-NOTES) while ping works.
+    // checksum offload left on, this hangs (docs/design.md#lab-facts, VXLAN transmit checksum
+    // offload) while ping works.
     const N = 8 * 1024 * 1024;
     expect(await tcpTransfer(A.ns, B.ns, B.lightpathIp, N)).toBe(N);
     const report = await driver.report('conn-test-1');

@@ -5,7 +5,8 @@ import { netnsExec } from '../../lab/net.ts';
 /**
  * Send `bytes` over TCP from namespace `fromNs` to a listener on `toIp`:5001 in namespace `toNs`
  * and return how many bytes the listener counted. With VXLAN tx checksum offload left on this
- * hangs while ping works (LAB-NOTES), which is why the lightpath tests move real TCP data.
+ * hangs while ping works (docs/design.md#lab-facts, VXLAN transmit checksum offload), which is
+ * why the lightpath tests move real TCP data.
  */
 export async function tcpTransfer(fromNs: string, toNs: string, toIp: string, bytes: number): Promise<number> {
   const recvJs = `const s=require('net').createServer(c=>{let n=0;c.on('data',d=>n+=d.length);c.on('end',()=>{console.log('got '+n);s.close()})});s.listen(5001,'${toIp}',()=>console.log('ready'))`;

@@ -1,9 +1,9 @@
-// The tunnel agent for real (DESIGN.md step 6): a lab (namespaces, client vxlan tunnel toward
-// site A), a stand-in VM (its own namespace, 10.1.1.2, a veth into site A's VM bridge), a real
-// agent hub, and the tunnel agent with the vxlan driver on the client namespace. While the client
-// pings the VM every 50 ms, the controller's HubTunnelPort bicasts A+B, the VM's port moves from
-// site A's bridge to site B's (the "migration": same IP, same MAC), and the port prunes A. The
-// replies must go on, and the client's FDB must end with site B only.
+// The tunnel agent for real (docs/design.md#live-migration, step 6): a lab (namespaces, client
+// vxlan tunnel toward site A), a stand-in VM (its own namespace, 10.1.1.2, a veth into site A's VM
+// bridge), a real agent hub, and the tunnel agent with the vxlan driver on the client namespace.
+// While the client pings the VM every 50 ms, the controller's HubTunnelPort bicasts A+B, the VM's
+// port moves from site A's bridge to site B's (the "migration": same IP, same MAC), and the port
+// prunes A. The replies must go on, and the client's FDB must end with site B only.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';

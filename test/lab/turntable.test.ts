@@ -1,9 +1,10 @@
-// Issue 5's CI check: a short turntable (1 live round and the non-live comparison, a small guest,
-// a short RTT to keep CI quick) run as people run it — `vmtc turntable` as a child process — and
-// its turntable.json checked for completeness and consistency, its report.html in Chromium.
-// Timing goals stay out of here (they are in the README and bench figures); what is asserted is
-// behaviour: every migration committed, exactly one place, the TCP session kept, the probes
-// agreeing with each other within stated tolerances, and nothing left behind.
+// The turntable in CI (README "The turntable"): a short turntable (1 live round and the non-live
+// comparison, a small guest, a short RTT to keep CI quick) run as people run it — `vmtc turntable`
+// as a child process — and its turntable.json checked for completeness and consistency, its
+// report.html in Chromium. Timing goals stay out of here (they are in the README and bench
+// figures); what is asserted is behaviour: every migration committed, exactly one place, the TCP
+// session kept, the probes agreeing with each other within stated tolerances, and nothing left
+// behind.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';

@@ -1,6 +1,6 @@
-// The token gate: every attack of issue 3 is refused with its code, and nothing changes (no
-// reservation, no booking, no network element call). Real server on port 0, real SQLite file,
-// tokens and proofs signed with real Ed25519 keys (jose).
+// The token gate: every attack in docs/broker.md#token-gate is refused with its code, and nothing
+// changes (no reservation, no booking, no network element call). Real server on port 0, real SQLite
+// file, tokens and proofs signed with real Ed25519 keys (jose).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/common/clock.ts';
 import { VmtcError } from '../../src/common/errors.ts';
