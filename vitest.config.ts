@@ -1,8 +1,12 @@
 import { defineConfig } from 'vitest/config';
 
-// Two projects: unit/integration tests (real servers on port 0, real SQLite, real TLS) run in
-// parallel; lab tests (network namespaces, QEMU guests) run one file at a time because they share
-// the kernel's network stack and the machine's two cores.
+// Three projects (docs/contributing.md#test-suites):
+// - unit: pure code (machines, reducers, parsers, the QEMU driver against a double of QMP with a
+//   manual clock); no servers, no processes; seconds.
+// - integration: real processes and servers on loopback (port 0, real SQLite, real TLS), in
+//   parallel.
+// - lab: network namespaces and QEMU guests, one file at a time because they share the kernel's
+//   network stack and the machine's two cores.
 export default defineConfig({
   test: {
     projects: [
@@ -10,6 +14,14 @@ export default defineConfig({
         test: {
           name: 'unit',
           include: ['test/unit/**/*.test.ts'],
+          testTimeout: 30_000,
+          hookTimeout: 30_000,
+        },
+      },
+      {
+        test: {
+          name: 'integration',
+          include: ['test/integration/**/*.test.ts'],
           testTimeout: 30_000,
           hookTimeout: 30_000,
         },

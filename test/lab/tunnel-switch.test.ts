@@ -16,7 +16,7 @@ import type { VmtcError } from '../../src/common/errors.ts';
 import { VxlanTunnelDriver } from '../../agents/tunnel/vxlan-driver.ts';
 import { startTunnelAgent, type TunnelAgent } from '../../agents/tunnel/index.ts';
 import { HubTunnelPort } from '../../src/controller/tunnel-port.ts';
-import { startHub, tempDir, type HubFixture } from '../unit/agent-fixture.ts';
+import { startHub, tempDir, type HubFixture } from '../helpers/agent-fixture.ts';
 
 let stateDir = '';
 let prefix = '';

@@ -9,7 +9,7 @@ import { BROKER_OWN_ERRORS } from '../../src/broker/errors.ts';
 import { computePath, shortestPath } from '../../src/broker/path.ts';
 import { loadTopology, parseTopology } from '../../src/broker/topology.ts';
 import { loadTrust, parseTrust } from '../../src/broker/trust.ts';
-import { lineTopology, makeIssuer, tempDir } from './broker-helpers.ts';
+import { lineTopology, makeIssuer, tempDir } from '../helpers/broker-helpers.ts';
 
 const tmp = tempDir();
 afterAll(() => tmp.cleanup());

@@ -3,7 +3,7 @@ import { statSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { loadOrCreateCa, issueServerCert, makeKeyAndCsr, signClientCsr, fingerprint, serialOf, CsrError, createCa } from '../../src/common/pki.ts';
-import { tempDir } from './agent-fixture.ts';
+import { tempDir } from '../helpers/agent-fixture.ts';
 
 const dirs: string[] = [];
 afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });

@@ -1,12 +1,12 @@
 // The QEMU driver's destination side without QEMU: a QMP double and a ManualClock
-// (test/unit/qemu-double.ts). prepareIncoming takes this migration's tuning (never the spec's
+// (test/helpers/qemu-double.ts). prepareIncoming takes this migration's tuning (never the spec's
 // extra), waitRunning times out on the driver's clock with its own code, and a resume of an
 // incoming VM waits for the copy to land. Real QEMU: test/lab/qemu-migration.test.ts.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cleanupsAfterEach } from '../helpers/cleanups.ts';
-import { driverUnderTest, runUntilSettled, vmSpec, watch } from './qemu-double.ts';
+import { driverUnderTest, runUntilSettled, vmSpec, watch } from '../helpers/qemu-double.ts';
 
 const cleanups = cleanupsAfterEach();
 const MiB = 1024 * 1024;

@@ -1,12 +1,12 @@
 // The QEMU driver's source side without QEMU: a QMP double and a ManualClock
-// (test/unit/qemu-double.ts). migrate() polls query-migrate on the driver's clock (or sooner, at a
+// (test/helpers/qemu-double.ts). migrate() polls query-migrate on the driver's clock (or sooner, at a
 // MIGRATION event), reports progress from it, ends on 'completed' (source postmigrate) or
 // 'failed' (source running again), switches to post-copy when asked, and a cancel in flight ends
 // it with the source running. Real QEMU: test/lab/qemu-migration.test.ts.
 import { describe, expect, it } from 'vitest';
 import type { MigrationProgress } from '../../src/common/agent-protocol.ts';
 import { cleanupsAfterEach } from '../helpers/cleanups.ts';
-import { driverUnderTest, idle, runUntilSettled, vmSpec, watch, type DriverUnderTest } from './qemu-double.ts';
+import { driverUnderTest, idle, runUntilSettled, vmSpec, watch, type DriverUnderTest } from '../helpers/qemu-double.ts';
 
 const cleanups = cleanupsAfterEach();
 const URI = 'tcp:192.0.2.9:4444';

@@ -12,7 +12,7 @@ import { startAaa, type AaaHandle } from '../../src/aaa/index.ts';
 import { requestAuthorization, reportAccounting, queryAccounting, type LightpathRequest } from '../../src/aaa/client.ts';
 import { verifyPresentedToken, type CapabilityClaims } from '../../src/aaa/tokens.ts';
 import { publicKeyFromJwk } from '../../src/common/dpop.ts';
-import { refusal } from './aaa-fixture.ts';
+import { refusal } from '../helpers/aaa-fixture.ts';
 
 let dir: string;
 let aaa: AaaHandle;

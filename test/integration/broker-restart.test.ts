@@ -8,7 +8,7 @@ import { signCapabilityToken } from '../../src/aaa/tokens.ts';
 import { BrokerClient } from '../../src/broker/client.ts';
 import { MemoryDoubleDriver } from '../../src/broker/drivers/memory-double.ts';
 import { startBroker, type Broker } from '../../src/broker/index.ts';
-import { holderKey, lineTopology, tempDir } from './broker-helpers.ts';
+import { holderKey, lineTopology, tempDir } from '../helpers/broker-helpers.ts';
 
 const clock = new ManualClock(1_800_000_000_000);
 const nowS = () => Math.floor(clock.now() / 1000);

@@ -15,7 +15,7 @@ import { startAaa, type AaaHandle } from '../../src/aaa/index.ts';
 import { startBroker, type Broker } from '../../src/broker/index.ts';
 import { MemoryDoubleDriver } from '../../src/broker/drivers/memory-double.ts';
 import { startHarness, type Harness } from '../helpers/controller-harness.ts';
-import { lineTopology, makeIssuer } from './broker-helpers.ts';
+import { lineTopology, makeIssuer } from '../helpers/broker-helpers.ts';
 
 type Doc = {
   openapi: string;

@@ -13,7 +13,7 @@ import { TUNNEL_AGENT_ERRORS } from '../../agents/tunnel/errors.ts';
 import { HubTunnelPort } from '../../src/controller/tunnel-port.ts';
 import { startHostAgent } from '../../agents/host/index.ts';
 import { DoubleDriver } from '../../agents/host/double-driver.ts';
-import { startHub, tempDir, waitFor, until, type HubFixture } from './agent-fixture.ts';
+import { startHub, tempDir, waitFor, until, type HubFixture } from '../helpers/agent-fixture.ts';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {

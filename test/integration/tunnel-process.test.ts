@@ -6,7 +6,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { HubTunnelPort } from '../../src/controller/tunnel-port.ts';
 import { cleanupsAfterEach, spawnVmtcCli } from '../helpers/cleanups.ts';
-import { startHub, tempDir, waitFor, until } from './agent-fixture.ts';
+import { startHub, tempDir, waitFor, until } from '../helpers/agent-fixture.ts';
 
 const cleanups = cleanupsAfterEach();
 

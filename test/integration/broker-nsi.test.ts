@@ -11,7 +11,7 @@ import { requestJson } from '../../src/common/http-client.ts';
 import { startBroker, type Broker } from '../../src/broker/index.ts';
 import { LIFECYCLE_TABLE, PROVISION_TABLE, RESERVATION_TABLE, next } from '../../src/broker/nsi.ts';
 import type { BrokerEvent } from '../../src/broker/service.ts';
-import { holderKey, lineTopology, makeIssuer, mintToken, tempDir, type Issuer, type TokenScope } from './broker-helpers.ts';
+import { holderKey, lineTopology, makeIssuer, mintToken, tempDir, type Issuer, type TokenScope } from '../helpers/broker-helpers.ts';
 
 const clock = new ManualClock(1_800_000_000_000);
 const nowS = () => Math.floor(clock.now() / 1000);

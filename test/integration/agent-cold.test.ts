@@ -14,7 +14,7 @@ import { DoubleDriver } from '../../agents/host/double-driver.ts';
 import { ColdTransfer } from '../../agents/host/cold/index.ts';
 import { HOST_ERRORS } from '../../agents/host/errors.ts';
 import { identityFiles } from '../../agents/common/agent-link.ts';
-import { startHub, tempDir, waitFor, type HubFixture } from './agent-fixture.ts';
+import { startHub, tempDir, waitFor, type HubFixture } from '../helpers/agent-fixture.ts';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {

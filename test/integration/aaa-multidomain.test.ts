@@ -15,7 +15,7 @@ import { KeyStore } from '../../src/aaa/keys.ts';
 import { signConsentRequest } from '../../src/aaa/peers.ts';
 import { requestAuthorization, queryAccounting, type LightpathRequest } from '../../src/aaa/client.ts';
 import type { AccountingEvent } from '../../src/aaa/accounting.ts';
-import { refusal } from './aaa-fixture.ts';
+import { refusal } from '../helpers/aaa-fixture.ts';
 
 const SITES = { siteA: 'a', siteB: 'b', siteC: 'c' };
 let root: string;

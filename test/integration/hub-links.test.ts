@@ -10,8 +10,8 @@ import { silentLogger } from '../../src/common/log.ts';
 import { startHostAgent } from '../../agents/host/index.ts';
 import { DoubleDriver } from '../../agents/host/double-driver.ts';
 import { AgentHub } from '../../src/controller/hub.ts';
-import { ADMIN, startHub, tempDir, waitFor, until, type HubFixture } from './agent-fixture.ts';
-import { useHubFixtures } from './hub-fixture.ts';
+import { ADMIN, startHub, tempDir, waitFor, until, type HubFixture } from '../helpers/agent-fixture.ts';
+import { useHubFixtures } from '../helpers/hub-fixture.ts';
 
 const { cleanups, hubFixture, dir } = useHubFixtures();
 

@@ -16,7 +16,7 @@ import type { QemuSystem, QmpLink, QueryMigrate } from '../../agents/host/qemu/t
 import type { VmSpec } from '../../src/common/agent-protocol.ts';
 import { ManualClock } from '../../src/common/clock.ts';
 import { silentLogger } from '../../src/common/log.ts';
-import type { Cleanup } from '../helpers/cleanups.ts';
+import type { Cleanup } from './cleanups.ts';
 
 type Handler = (args: Record<string, unknown> | undefined) => unknown;
 

@@ -1,7 +1,7 @@
 // Shared by the hub tests: a hub per test (real fastify, wss + mutual TLS, SQLite) and temp dirs,
 // both undone after each test. Not a test file itself.
 import { rmSync } from 'node:fs';
-import { cleanupsAfterEach, type Cleanup } from '../helpers/cleanups.ts';
+import { cleanupsAfterEach, type Cleanup } from './cleanups.ts';
 import { startHub, tempDir, type HubFixture } from './agent-fixture.ts';
 
 /** Call once at the top of a test file. */

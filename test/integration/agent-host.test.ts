@@ -7,7 +7,7 @@ import { rmSync } from 'node:fs';
 import type { MigrationProgress, MigrationResult, VmSpec } from '../../src/common/agent-protocol.ts';
 import { startHostAgent, type HostAgent } from '../../agents/host/index.ts';
 import { DoubleDriver, type DoubleDriverConfig } from '../../agents/host/double-driver.ts';
-import { startHub, tempDir, waitFor, until, type HubFixture } from './agent-fixture.ts';
+import { startHub, tempDir, waitFor, until, type HubFixture } from '../helpers/agent-fixture.ts';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {

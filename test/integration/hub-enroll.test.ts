@@ -10,8 +10,8 @@ import { HUB_ERRORS } from '../../src/controller/hub-errors.ts';
 import { COMMON_ERRORS, mergeCatalogues } from '../../src/common/errors.ts';
 import { startHostAgent, type HostAgent } from '../../agents/host/index.ts';
 import { DoubleDriver } from '../../agents/host/double-driver.ts';
-import { ADMIN, waitFor } from './agent-fixture.ts';
-import { useHubFixtures } from './hub-fixture.ts';
+import { ADMIN, waitFor } from '../helpers/agent-fixture.ts';
+import { useHubFixtures } from '../helpers/hub-fixture.ts';
 
 const { cleanups, hubFixture, dir } = useHubFixtures();
 

@@ -4,7 +4,7 @@ import { describe, it, expect } from 'vitest';
 import { readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { cleanupsAfterEach, spawnVmtcCli } from '../helpers/cleanups.ts';
-import { startHub, tempDir, waitFor, type HubFixture } from './agent-fixture.ts';
+import { startHub, tempDir, waitFor, type HubFixture } from '../helpers/agent-fixture.ts';
 
 const cleanups = cleanupsAfterEach();
 

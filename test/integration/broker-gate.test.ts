@@ -8,7 +8,7 @@ import { BrokerClient } from '../../src/broker/client.ts';
 import { MemoryDoubleDriver } from '../../src/broker/drivers/memory-double.ts';
 import { requestJson } from '../../src/common/http-client.ts';
 import { startBroker, type Broker } from '../../src/broker/index.ts';
-import { holderKey, joseProof, lineTopology, makeIssuer, mintToken, tempDir, type Issuer, type TokenScope } from './broker-helpers.ts';
+import { holderKey, joseProof, lineTopology, makeIssuer, mintToken, tempDir, type Issuer, type TokenScope } from '../helpers/broker-helpers.ts';
 
 const clock = new ManualClock(1_800_000_000_000);
 const nowS = () => Math.floor(clock.now() / 1000);
