@@ -6,51 +6,11 @@
 // Static imports, re-exports and import('literal') all count, type-only ones too: a type import
 // still ties the two modules' layers together.
 import { describe, it, expect } from 'vitest';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve, sep } from 'node:path';
+import { ROOT, listFiles, stripComments } from '../helpers/source-scan.ts';
 
-const ROOT = resolve(import.meta.dirname, '../..');
 const TREES = ['src', 'agents', 'lab', 'bin', 'bench'];
-const SOURCE = /\.(ts|js|mjs)$/;
-
-/** Files under a tree, as repo-relative paths with '/' separators. */
-function listFiles(dir: string): string[] {
-  const out: string[] = [];
-  for (const name of readdirSync(dir)) {
-    if (name === 'node_modules' || name.startsWith('.')) continue;
-    const full = join(dir, name);
-    if (statSync(full).isDirectory()) out.push(...listFiles(full));
-    else if (SOURCE.test(name) && !name.endsWith('.d.ts')) out.push(relative(ROOT, full).split(sep).join('/'));
-  }
-  return out;
-}
-
-/** Blank out comments, keeping string literals (a specifier is one) and line structure. */
-function stripComments(src: string): string {
-  let out = '';
-  let i = 0;
-  while (i < src.length) {
-    const c = src[i]!;
-    const next = src[i + 1];
-    if (c === '/' && next === '/') {
-      while (i < src.length && src[i] !== '\n') i++;
-    } else if (c === '/' && next === '*') {
-      const end = src.indexOf('*/', i + 2);
-      const stop = end < 0 ? src.length : end + 2;
-      out += src.slice(i, stop).replace(/[^\n]/g, ' ');
-      i = stop;
-    } else if (c === '"' || c === "'" || c === '`') {
-      let j = i + 1;
-      while (j < src.length && src[j] !== c) j += src[j] === '\\' ? 2 : 1;
-      out += src.slice(i, j + 1);
-      i = j + 1;
-    } else {
-      out += c;
-      i++;
-    }
-  }
-  return out;
-}
 
 /** Every module specifier a source file imports: static, re-export, side-effect, import('…'). */
 export function specifiers(src: string): string[] {
@@ -164,14 +124,5 @@ describe('layers', () => {
 
   it('has no import cycles', () => {
     expect(findCycles(graph).map((c) => c.join(' -> '))).toEqual([]);
-  });
-
-  it('the tunnel agent takes its time from an injected Clock (src/common/clock.ts)', () => {
-    const raw = /\bDate\.now\s*\(|\bnew Date\s*\(|(?<![.\w])set(?:Timeout|Interval)\s*\(/;
-    const offenders = [...graph.keys()]
-      .filter((f) => f.startsWith('agents/tunnel/'))
-      .filter((f) => raw.test(stripComments(readFileSync(join(ROOT, f), 'utf8'))));
-    expect(graph.has('agents/tunnel/index.ts')).toBe(true);
-    expect(offenders).toEqual([]);
   });
 });
