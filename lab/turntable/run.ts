@@ -14,7 +14,11 @@ import { relayStatsFile, startStack, type MigrationOutcome, type Stack } from '.
 import { netnsExec } from '../net.ts';
 import { delayLineStatsBetween, resolveDelayLineImpl, type DelayLineImpl } from '../delay-line-process.ts';
 import { qemuVmPaths } from '../../agents/host/qemu/cmdline.ts';
-import { countLost, longestGap, lostInGap, percentiles, pingReplyTimes, readInternalGaps, serialDowntime, serialLost, SerialWatcher, startPing, startUdpProbe, udpReplyTimes, window as offsets } from './probes.ts';
+import { countLost, longestGap, lostInGap, percentiles, serialDowntime, serialLost, window as offsets } from './probes/analysis.ts';
+import { readInternalGaps } from './probes/clock.ts';
+import { pingReplyTimes, startPing } from './probes/ping.ts';
+import { SerialWatcher } from './probes/serial.ts';
+import { startUdpProbe, udpReplyTimes } from './probes/udp.ts';
 import { renderReport } from './report.ts';
 import type { DowntimeFigures, TurntableConfig, TurntableMigration, TurntableResult, TurntableSummary } from './types.ts';
 

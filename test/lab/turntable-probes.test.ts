@@ -11,21 +11,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { run, tryRun } from '../../lab/exec.ts';
-import {
-  countLost,
-  hostNow,
-  longestGap,
-  lostInGap,
-  pingReplyTimes,
-  realtimeAvailable,
-  SerialWatcher,
-  serialDowntime,
-  serialLost,
-  startPing,
-  startUdpProbe,
-  udpReplyTimes,
-  type ProbeHandle,
-} from '../../lab/turntable/probes.ts';
+import { countLost, longestGap, lostInGap, serialDowntime, serialLost } from '../../lab/turntable/probes/analysis.ts';
+import { realtimeAvailable, type ProbeHandle } from '../../lab/turntable/probes/child.ts';
+import { pingReplyTimes, startPing } from '../../lab/turntable/probes/ping.ts';
+import { SerialWatcher } from '../../lab/turntable/probes/serial.ts';
+import { hostNow } from '../../lab/turntable/probes/time.ts';
+import { startUdpProbe, udpReplyTimes } from '../../lab/turntable/probes/udp.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

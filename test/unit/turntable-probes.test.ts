@@ -1,23 +1,14 @@
-// The turntable's probe analysis (lab/turntable/probes.ts): pure functions on hand-built sample
+// The turntable's probe analysis (lab/turntable/probes/): pure functions on hand-built sample
 // sets whose answers were worked out by hand, plus the parsers (ping output, guest console log).
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  countLost,
-  longestGap,
-  lostInGap,
-  parsePing,
-  percentiles,
-  pingReplyTimes,
-  readInternalGaps,
-  serialDowntime,
-  serialLost,
-  udpReplyTimes,
-  window,
-  type SerialSample,
-} from '../../lab/turntable/probes.ts';
+import { countLost, longestGap, lostInGap, percentiles, serialDowntime, serialLost, window } from '../../lab/turntable/probes/analysis.ts';
+import { readInternalGaps } from '../../lab/turntable/probes/clock.ts';
+import { parsePing, pingReplyTimes } from '../../lab/turntable/probes/ping.ts';
+import type { SerialSample } from '../../lab/turntable/probes/serial.ts';
+import { udpReplyTimes } from '../../lab/turntable/probes/udp.ts';
 
 describe('longestGap', () => {
   const t = [0, 10, 20, 100, 110];
