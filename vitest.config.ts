@@ -6,7 +6,7 @@ import { defineConfig } from 'vitest/config';
 // - integration: real processes and servers on loopback (port 0, real SQLite, real TLS), in
 //   parallel.
 // - lab: network namespaces and QEMU guests, one file at a time because they share the kernel's
-//   network stack and the machine's two cores.
+//   network stack and the machine's two cores; `npm test` runs it after the other two, alone.
 export default defineConfig({
   test: {
     projects: [

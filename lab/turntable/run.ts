@@ -14,7 +14,7 @@ import { relayStatsFile, startStack, type MigrationOutcome, type Stack } from '.
 import { netnsExec } from '../net.ts';
 import { delayLineStatsBetween, resolveDelayLineImpl, type DelayLineImpl } from '../delay-line-process.ts';
 import { qemuVmPaths } from '../../agents/host/qemu/cmdline.ts';
-import { countLost, longestGap, lostInGap, percentiles, serialDowntime, serialLost, window as offsets } from './probes/analysis.ts';
+import { countLost, longestGap, longestOutage, lostInGap, percentiles, serialDowntime, serialLost, window as offsets } from './probes/analysis.ts';
 import { readInternalGaps } from './probes/clock.ts';
 import { pingReplyTimes, startPing } from './probes/ping.ts';
 import { SerialWatcher } from './probes/serial.ts';
@@ -340,7 +340,8 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
   const pingTimes = pingReplyTimes(pingRes);
   const udpTimes = udpReplyTimes(udpRes);
   const pingGap = longestGap(pingTimes, from, to);
-  const udpGap = longestGap(udpTimes, from, to);
+  // UDP: one reply in the middle of a silence is not service restored (longestOutage).
+  const udpGap = longestOutage(udpTimes, from, to, 10 * o.udpIntervalMs);
   const serialMs = serialDowntime(serialSamples, 'source', 'destination');
   const srcSerial = serialSamples.filter((x) => x.label === 'source').map((x) => x.at);
   const dstSerial = serialSamples.filter((x) => x.label === 'destination').map((x) => x.at);

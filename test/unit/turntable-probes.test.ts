@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { countLost, longestGap, lostInGap, percentiles, serialDowntime, serialLost, window } from '../../lab/turntable/probes/analysis.ts';
+import { countLost, longestGap, longestOutage, lostInGap, percentiles, serialDowntime, serialLost, window } from '../../lab/turntable/probes/analysis.ts';
 import { readInternalGaps } from '../../lab/turntable/probes/clock.ts';
 import { parsePing, pingReplyTimes } from '../../lab/turntable/probes/ping.ts';
 import type { SerialSample } from '../../lab/turntable/probes/serial.ts';
@@ -237,5 +237,28 @@ describe('readInternalGaps', () => {
 
   it('no files, no lines: null', async () => {
     expect(await readInternalGaps([], 0, 1e13)).toEqual({ gaps: [], maxMs: null });
+  });
+});
+
+describe('longestOutage', () => {
+  // A 2 ms stream that stops at 0, answers once at 190 (a probe queued during the pause), is
+  // silent again until 340, then steady: one outage of 340 ms, where longestGap sees 190.
+  const steady = (a: number, b: number) => Array.from({ length: Math.floor((b - a) / 2) + 1 }, (_, i) => a + 2 * i);
+  const stream = [...steady(-100, 0), 190, ...steady(340, 440)];
+
+  it('joins silences broken by fewer than restoredAfter replies', () => {
+    expect(longestGap(stream, 0, 400)?.gapMs).toBe(190);
+    expect(longestOutage(stream, 0, 400, 20)).toEqual({ gapMs: 340, start: 0, end: 340 });
+  });
+
+  it('keeps silences apart when service was restored between them', () => {
+    const restored = [...steady(-100, 0), ...steady(190, 196), ...steady(340, 440)];
+    expect(longestOutage(restored, 0, 400, 20)).toEqual({ gapMs: 190, start: 0, end: 190 });
+    expect(longestOutage(restored, 0, 400, 20, 10)).toEqual({ gapMs: 340, start: 0, end: 340 });
+  });
+
+  it('ignores spacing under minGapMs and outages outside the window', () => {
+    expect(longestOutage(steady(0, 100), 0, 100, 20)).toBeNull();
+    expect(longestOutage(stream, 500, 600, 20)).toBeNull();
   });
 });

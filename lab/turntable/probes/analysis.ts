@@ -31,6 +31,43 @@ export function longestGap(times: readonly number[], from: number, to: number): 
 }
 
 /**
+ * The longest outage overlapping [from, to]: like longestGap, but silences of at least `minGapMs`
+ * separated by fewer than `restoredAfter` arrivals are one outage. A client whose service comes
+ * back for one reply and then goes silent again has not had its service restored: the fine UDP
+ * probe sees exactly that after a switchover (one probe queued at the destination during the
+ * pause is answered when the VM resumes, then the new guest stalls again for a few hundred ms),
+ * and measuring only the longer half made it disagree with ping by up to two ping intervals and
+ * more (README, "The turntable"). The outage runs from the arrival before its first silence to the
+ * arrival that ends its last one.
+ */
+export function longestOutage(times: readonly number[], from: number, to: number, minGapMs: number, restoredAfter = 3): Gap | null {
+  const t = [...new Set(times.filter((x) => Number.isFinite(x)))].sort((x, y) => x - y);
+  let best: Gap | null = null;
+  let cur: { start: number; end: number; lastGapIdx: number } | null = null;
+  const close = () => {
+    if (cur && cur.start < to && cur.end > from && (!best || cur.end - cur.start > best.gapMs)) {
+      best = { gapMs: r2(cur.end - cur.start), start: cur.start, end: cur.end };
+    }
+  };
+  for (let i = 1; i < t.length; i++) {
+    const a = t[i - 1]!;
+    const b = t[i]!;
+    if (b - a < minGapMs) continue;
+    // i - 1 - lastGapIdx arrivals came between the previous silence's end (t[lastGapIdx]) and
+    // this one's start (t[i-1]), both included: fewer than restoredAfter joins the two.
+    if (cur && i - cur.lastGapIdx < restoredAfter) {
+      cur.end = b;
+      cur.lastGapIdx = i;
+    } else {
+      close();
+      cur = { start: a, end: b, lastGapIdx: i };
+    }
+  }
+  close();
+  return best;
+}
+
+/**
  * UDP loss: sends whose send time is in [from, to] and for which no reply ever came (a late reply
  * still counts as a reply). `sends[seq]` is the send time of seq. The caller should end the
  * window well before the probe stopped, or the last datagrams in flight count as lost.
