@@ -27,6 +27,10 @@ const TOL = {
   // Ping is sent every ~50 ms: its longest gap may exceed the UDP one by up to two intervals, or
   // fall short of it by one (the UDP probe, at 2 ms, sees the edges of the silence more finely).
   pingVsUdp: 110,
+  // …and ping may end before UDP: ICMP is answered by the guest's kernel, the UDP echo by a
+  // userspace program, which runs again later after a resume (measured: up to 131 ms later, in
+  // live and non-live moves, with the UDP figure taken as the longest outage).
+  udpVsPing: 200,
   // The serial heartbeat stops with the source and restarts when the guest runs at the destination;
   // clients see it a little later (replies cross the WAN, the bridge at the new site learns).
   serialVsUdp: 200,
@@ -99,7 +103,8 @@ describe('vmtc turntable (1 round, small guest)', () => {
   it('has probes that agree with each other and a consistent summary', () => {
     for (const m of r.migrations) {
       const { ping, udp, serial } = m.downtimeMs as { ping: number; udp: number; serial: number };
-      expect(Math.abs(ping - udp), `${m.mode}: ping ${ping} vs udp ${udp}`).toBeLessThanOrEqual(TOL.pingVsUdp);
+      expect(ping - udp, `${m.mode}: ping ${ping} vs udp ${udp}`).toBeLessThanOrEqual(TOL.pingVsUdp);
+      expect(udp - ping, `${m.mode}: udp ${udp} vs ping ${ping}`).toBeLessThanOrEqual(TOL.udpVsPing);
       expect(Math.abs(serial - udp), `${m.mode}: serial ${serial} vs udp ${udp}`).toBeLessThanOrEqual(TOL.serialVsUdp);
       // Clients always see a silence. lost.udp counts every unanswered probe during the migration
       // (not only in the longest gap, which is all `udp` measures): no more than were sent
