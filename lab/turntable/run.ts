@@ -14,7 +14,7 @@ import { relayStatsFile, startStack, type MigrationOutcome, type Stack } from '.
 import { netnsExec } from '../net.ts';
 import { delayLineStatsBetween, resolveDelayLineImpl, type DelayLineImpl } from '../delay-line-process.ts';
 import { qemuVmPaths } from '../../agents/host/qemu/cmdline.ts';
-import { countLost, longestGap, longestOutage, lostInGap, percentiles, serialDowntime, serialLost, window as offsets } from './probes/analysis.ts';
+import { countAnsweredTwice, countLost, longestGap, longestOutage, lostInGap, percentiles, serialDowntime, serialLost, window as offsets } from './probes/analysis.ts';
 import { readInternalGaps } from './probes/clock.ts';
 import { pingReplyTimes, startPing } from './probes/ping.ts';
 import { SerialWatcher } from './probes/serial.ts';
@@ -379,6 +379,7 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
       udp: udpGap ? round1(udpGap.gapMs) : null,
     },
     lost: { ping: lostPing, udp: lostUdp, serial: lostSerial },
+    answeredTwice: { udp: countAnsweredTwice(udpRes.replies.map((r) => [r[0], r[2]] as const), from, to) },
     totalMs: Object.values(timings).reduce((a, b) => a + b, 0),
     controlPlaneMs: (timings.prechecking ?? 0) + (timings.reserved ?? 0) + (timings.authorizing ?? 0) + (timings.provisioning ?? 0) + (timings.preparing ?? 0),
     hypervisorTotalMs: hvTotal,

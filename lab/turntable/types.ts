@@ -84,6 +84,9 @@ export interface TurntableMigration {
   downtimeMs: DowntimeFigures;
   /** Probes lost during the migration (no reply). */
   lost: { ping: number; udp: number; serial: number };
+  /** UDP probes answered twice during the migration (countAnsweredTwice): traffic that waited for
+   *  the destination while the source still answered it, then replayed into the resumed guest. */
+  answeredTwice: { udp: number };
   /** From the migration request to the controller's `completed`. */
   totalMs: number;
   /** Controller time before the first page moved: token, lightpath, destination prepare. */

@@ -117,11 +117,15 @@ export class QmpDouble extends EventEmitter implements QmpLink {
   }
 }
 
-/** The host: QEMU "starts" (pidfile, QMP double), lives until `quit` or crash(), and `ip` and
- *  `qemu-img` succeed without doing anything. */
+/** The host: QEMU "starts" (pidfile, QMP double), lives until `quit` or crash(), `qemu-img`
+ *  succeeds without doing anything, and `ip` keeps the taps' state as Linux would: `tuntap add`
+ *  makes a tap that is down, `link set … master BR [up]` joins it to a bridge (up only when
+ *  asked), `link set … up` brings it up, `link del` removes it (an absent tap is an error). */
 export class QemuHostDouble implements QemuSystem {
   readonly qmps = new Map<string, QmpDouble>();
   readonly argvs: string[][] = [];
+  /** Tap devices by name, as `ip` left them. */
+  readonly links = new Map<string, { master?: string; up: boolean }>();
   /** The virtual size QEMU reports for every disk. */
   diskBytes = 1024 * 1024;
   private readonly alive = new Set<number>();
@@ -130,6 +134,7 @@ export class QemuHostDouble implements QemuSystem {
 
   async exec(argv: string[]): Promise<{ code: number | null; stderr: string }> {
     this.argvs.push(argv);
+    if (argv[0] === 'ip') return this.ip(argv[1] === '-n' ? argv.slice(3) : argv.slice(1));
     const at = argv.indexOf('-pidfile');
     if (at < 0) return { code: 0, stderr: '' };
     const pid = this.nextPid++;
@@ -147,6 +152,24 @@ export class QemuHostDouble implements QemuSystem {
       nbdStarted: () => this.ports.set(pid, [...(this.ports.get(pid) ?? []), 10809]),
     }));
     this.alive.add(pid);
+    return { code: 0, stderr: '' };
+  }
+
+  private ip(a: string[]): { code: number | null; stderr: string } {
+    const fail = (why: string) => ({ code: 1, stderr: why });
+    if (a[0] === 'tuntap' && a[1] === 'add') {
+      if (this.links.has(a[3]!)) return fail('RTNETLINK answers: File exists');
+      this.links.set(a[3]!, { up: false });
+    } else if (a[0] === 'link' && a[1] === 'del') {
+      if (!this.links.delete(a[2]!)) return fail(`Cannot find device "${a[2]}"`);
+    } else if (a[0] === 'link' && a[1] === 'set') {
+      const l = this.links.get(a[2]!);
+      if (!l) return fail(`Cannot find device "${a[2]}"`);
+      const m = a.indexOf('master');
+      if (m >= 0) l.master = a[m + 1]!;
+      if (a.includes('up')) l.up = true;
+      if (a.includes('down')) l.up = false;
+    }
     return { code: 0, stderr: '' };
   }
 

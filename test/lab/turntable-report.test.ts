@@ -48,6 +48,7 @@ function migration(round: number, over: Partial<TurntableMigration>): TurntableM
     round, from, to, mode: 'live', ok: true, migrationId: `mig-fixture-${round}`, state: 'completed',
     downtimeMs: { hypervisor: 170, internal: 290, serial: 240, ping: 300, udp: 232 },
     lost: { ping: 5, udp: 115, serial: 23 },
+    answeredTwice: { udp: 0 },
     totalMs: 9_800, controlPlaneMs: 1_350, hypervisorTotalMs: 8_300,
     bytes: 290_000_000, throughputMbps: 280, tcpSessionSurvived: true,
     emulator: { peakMbps: 402, queueMaxMs: 12, drops: 0 },
@@ -109,13 +110,13 @@ function mainFixture(): TurntableResult {
       ok: false, state: 'failed', placesAfter: ['siteA'], tcpSessionSurvived: true,
       error: { code: 'VMTC_MIGRATION_FAILED', message: `QEMU reported "failed": ${HOSTILE}` },
       downtimeMs: { hypervisor: null, internal: null, serial: null, ping: null, udp: null },
-      lost: { ping: 0, udp: 0, serial: 0 }, hypervisorTotalMs: null, throughputMbps: null, bytes: 12_000_000,
+      lost: { ping: 0, udp: 0, serial: 0 }, answeredTwice: { udp: 0 }, hypervisorTotalMs: null, throughputMbps: null, bytes: 12_000_000,
       timeline: timeline({ fromMs: -1000, toMs: 1000, gapStart: 0, gapMs: 0, serialGapMs: 0, pingPhase: 7 }),
     }),
     migration(4, {
       mode: 'nonlive', from: 'siteB', to: 'siteA',
       downtimeMs: { hypervisor: null, internal: null, serial: 14_200, ping: 14_250, udp: 14_230 },
-      lost: { ping: 285, udp: 7_115, serial: 1_420 }, totalMs: 15_900, hypervisorTotalMs: null,
+      lost: { ping: 285, udp: 7_115, serial: 1_420 }, answeredTwice: { udp: 0 }, totalMs: 15_900, hypervisorTotalMs: null,
       timeline: timeline({ fromMs: -3000, toMs: 18_000, gapStart: -5, gapMs: 14_230, serialGapMs: 14_200, pingPhase: 3 }),
     }),
   ], [INTERNAL_FINDING, `FIXTURE: hostile text stays text: ${HOSTILE}`]);

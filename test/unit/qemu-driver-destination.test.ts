@@ -145,4 +145,53 @@ describe('QEMU driver, destination side (QMP double, manual clock)', () => {
     expect(o.at! - t0).toBe(60_000);
     expect(q.commands()).not.toContain('cont');
   });
+  describe("an incoming VM's taps: down (dropped at the bridge) until its guest runs here", () => {
+    const nics = [{ mac: '52:54:00:00:00:11', bridge: 'br-site' }];
+    const tapOf = (host: { links: Map<string, { master?: string; up: boolean }> }) => [...host.links.entries()][0]!;
+
+    it('joins the bridge down, comes up at the RESUME event, before waitRunning answers', async () => {
+      const { driver, clock, qmp, host } = driverUnderTest(cleanups);
+      await driver.prepareIncoming(vmSpec('vm-t1', { nics }), 'mig-t1', '127.0.0.1', {});
+      const [tap, link] = tapOf(host);
+      // A tunnel bicasting during the copy must not fill a queue the guest would replay on resume.
+      expect(link).toEqual({ master: 'br-site', up: false });
+      const q = await qmp('vm-t1');
+      const o = watch(driver.waitRunning('vm-t1', 30_000), clock);
+      await runUntilSettled(clock, o, 1000);
+      expect(host.links.get(tap)?.up).toBe(false);
+      q.runState = 'running';
+      q.migration = { status: 'completed' };
+      q.event('RESUME');
+      await runUntilSettled(clock, o, 30_000);
+      expect(o.value?.state).toBe('running');
+      expect(host.links.get(tap)).toEqual({ master: 'br-site', up: true });
+    });
+
+    it('a non-live destination brings its taps up before the cont that starts the guest', async () => {
+      const { driver, clock, qmp, host } = driverUnderTest(cleanups);
+      await driver.prepareIncoming(vmSpec('vm-t2', { nics }), 'mig-t2', '127.0.0.1', { tuning: { suspend: true } });
+      const [tap] = tapOf(host);
+      const q = await qmp('vm-t2');
+      let upAtCont: boolean | undefined;
+      q.handlers.set('cont', () => {
+        upAtCont = host.links.get(tap)?.up;
+        q.runState = 'running';
+        return {};
+      });
+      q.runState = 'paused';
+      q.migration = { status: 'completed' };
+      const o = watch(driver.resume('vm-t2'), clock);
+      await runUntilSettled(clock, o, 5000);
+      expect(o.error).toBeUndefined();
+      expect(upAtCont).toBe(true);
+    });
+
+    it('a VM started here (not incoming) has its taps up from the start', async () => {
+      const { driver, host } = driverUnderTest(cleanups);
+      await driver.start(vmSpec('vm-t3', { nics }));
+      expect(tapOf(host)[1]).toEqual({ master: 'br-site', up: true });
+      await driver.destroy('vm-t3');
+      expect(host.links.size).toBe(0);
+    });
+  });
 });

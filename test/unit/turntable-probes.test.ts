@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { countLost, longestGap, longestOutage, lostInGap, percentiles, serialDowntime, serialLost, window } from '../../lab/turntable/probes/analysis.ts';
+import { countAnsweredTwice, countLost, longestGap, longestOutage, lostInGap, percentiles, serialDowntime, serialLost, window } from '../../lab/turntable/probes/analysis.ts';
 import { readInternalGaps } from '../../lab/turntable/probes/clock.ts';
 import { parsePing, pingReplyTimes } from '../../lab/turntable/probes/ping.ts';
 import type { SerialSample } from '../../lab/turntable/probes/serial.ts';
@@ -260,5 +260,17 @@ describe('longestOutage', () => {
   it('ignores spacing under minGapMs and outages outside the window', () => {
     expect(longestOutage(steady(0, 100), 0, 100, 20)).toBeNull();
     expect(longestOutage(stream, 500, 600, 20)).toBeNull();
+  });
+});
+
+describe('countAnsweredTwice (UDP probes answered by both copies)', () => {
+  it('counts the later answers that arrive in the window, whatever the order the replies are listed in', () => {
+    // seq 1 answered at 10 (source) and again at 120 (destination, replayed); seq 2 at 12 and
+    // 300 (after the window); seq 3 once.
+    const replies: [number, number][] = [[1, 120], [2, 12], [1, 10], [3, 130], [2, 300]];
+    expect(countAnsweredTwice(replies, 0, 200)).toBe(1);
+    expect(countAnsweredTwice(replies, 0, 400)).toBe(2);
+    expect(countAnsweredTwice(replies, 150, 400)).toBe(1);
+    expect(countAnsweredTwice([[5, 1], [6, 2]], 0, 10)).toBe(0);
   });
 });

@@ -77,7 +77,10 @@ export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {
   // A storage-copy destination closes its NBD exports before its guest may run.
   if (rec.incomingStorage) await finishIncoming(vms, rec);
   await vms.refresh(rec);
-  if (rec.state !== 'running') await vms.qmpOf(rec).execute('cont');
+  if (rec.state !== 'running') {
+    await vms.tapsUp(rec);
+    await vms.qmpOf(rec).execute('cont');
+  }
   await vms.refresh(rec);
   return vms.info(rec);
 }
@@ -89,6 +92,8 @@ export async function waitRunning(vms: QemuVms, vmId: string, timeoutMs: number)
     if (rec.incomingStorage && rec.qmp && !rec.qmp.closed) await finishIncoming(vms, rec).catch((e: unknown) => rec.log.warn({ err: String(e) }, 'finishing the storage-copy destination failed'));
     if (rec.qmp && !rec.qmp.closed) await vms.refresh(rec).catch(() => undefined);
     if (rec.state === 'running') {
+      // Running here means reachable here: the taps are up before the controller hears of it.
+      await vms.tapsUp(rec);
       if (rec.role === 'incoming') {
         rec.role = 'normal';
         await vms.persist(rec);

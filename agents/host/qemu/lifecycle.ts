@@ -13,7 +13,7 @@ import { buildQemuArgs, extraOf, mapRunState, qemuVmPaths, validateSpec, type Ac
 import { qemuError } from './errors.ts';
 import { applyEvent } from './events.ts';
 import { resolveMachine } from './facts.ts';
-import { createTaps, removeTaps, systemQemu, tapNames } from './proc.ts';
+import { createTaps, removeTaps, setTapsUp, systemQemu, tapNames } from './proc.ts';
 import type { QmpEvent } from './qmp.ts';
 import { ACTIVE_MIGRATION, QEMU_DEFAULTS, type QemuDriverOptions, type QemuSystem, type QmpLink, type QueryBlock, type QueryMigrate, type VmFile, type VmRecord } from './types.ts';
 
@@ -80,8 +80,28 @@ export class QemuVms {
     if (rec.state === s) return;
     rec.log.info({ from: rec.state, to: s }, 'vm state');
     rec.state = s;
+    if (s === 'running' && rec.tapsDown) void this.tapsUp(rec).catch(() => undefined);
     for (const w of rec.stateWaiters) w();
     this.notify();
+  }
+
+  /** Bring an incoming VM's taps up: at its RESUME event, before a `cont`, and whenever it is
+   *  found running. Idempotent; a failure is logged and left for the next caller to retry. */
+  tapsUp(rec: VmRecord): Promise<void> {
+    if (!rec.tapsDown) return Promise.resolve();
+    rec.tapsGoingUp ??= setTapsUp(this.system, this.opts.netns, rec.spec.vmId, rec.taps).then(
+      () => {
+        rec.tapsDown = false;
+        rec.log.info({ taps: rec.taps }, 'taps up: the guest runs here');
+      },
+      (e: unknown) => {
+        rec.log.error({ err: String(e) }, 'bringing the taps up failed');
+        throw e;
+      },
+    ).finally(() => {
+      rec.tapsGoingUp = undefined;
+    });
+    return rec.tapsGoingUp;
   }
 
   /** Resolves at the VM's next state change, or after `ms`. */
@@ -155,7 +175,8 @@ export class QemuVms {
     await mkdir(paths.dir, { recursive: true });
     await mkdir(join(paths.qmp, '..'), { recursive: true });
     for (const s of [paths.qmp, ...paths.serial]) await rm(s, { force: true });
-    await createTaps(this.system, this.opts.netns, vmId, rec.taps, (spec.nics ?? []).map((n) => n.bridge));
+    await createTaps(this.system, this.opts.netns, vmId, rec.taps, (spec.nics ?? []).map((n) => n.bridge), { up: role !== 'incoming' });
+    if (role === 'incoming' && rec.taps.length) rec.tapsDown = true;
     this.vms.set(vmId, rec);
     try {
       await this.persist(rec);
@@ -243,6 +264,8 @@ export class QemuVms {
   private onEvent(rec: VmRecord, ev: QmpEvent): void {
     rec.log.debug({ event: ev.event, data: ev.data }, 'qmp event');
     const then = applyEvent(rec, ev, this.clock.now());
+    // The guest runs: its taps come up now, not a query-status later.
+    if (ev.event === 'RESUME' && rec.tapsDown) void this.tapsUp(rec).catch(() => undefined);
     if (then.landed) this.onIncomingLanded(rec);
     if (then.wake) rec.wake?.();
     if (then.refresh) void this.refresh(rec).catch(() => undefined);
@@ -287,6 +310,7 @@ export class QemuVms {
     const st = await qmp.execute<{ status: string }>('query-status');
     if (st.status !== 'running') {
       rec.log.info({ status: st.status }, 'resuming the source');
+      await this.tapsUp(rec);
       await qmp.execute('cont');
     }
     await this.refresh(rec);
@@ -310,7 +334,12 @@ export class QemuVms {
       if (rec.pid && this.system.pidAlive(rec.pid, f.paths.qmp)) {
         try {
           await this.connect(rec);
+          // An incoming VM's taps stay down until it runs; a previous process may have died
+          // between the guest's start and bringing them up.
+          rec.tapsDown = rec.taps.length > 0;
           await this.refresh(rec);
+          if (rec.state === 'incoming') rec.tapsDown = rec.taps.length > 0;
+          else await this.tapsUp(rec).catch(() => undefined);
           rec.log.info({ pid, state: rec.state }, 're-attached to a running QEMU');
         } catch (e) {
           rec.log.error({ err: String(e), pid }, 'QEMU runs but its QMP socket does not answer');

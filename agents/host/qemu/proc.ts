@@ -89,18 +89,28 @@ function ip(system: QemuSystem, netns: string | undefined, args: string[]): Prom
   return system.exec(netns ? ['ip', '-n', netns, ...args] : ['ip', ...args]);
 }
 
-/** One tap per NIC, joined to the NIC's bridge; on failure none is left behind. */
-export async function createTaps(system: QemuSystem, netns: string | undefined, vmId: string, taps: string[], bridges: string[]): Promise<void> {
+/** One tap per NIC, joined to the NIC's bridge; on failure none is left behind. With `up: false`
+ *  the taps are joined but left down (an incoming VM's, see tapsUp): a bridge does not forward
+ *  to a port that is down, so nothing queues for a guest that is not running yet. */
+export async function createTaps(system: QemuSystem, netns: string | undefined, vmId: string, taps: string[], bridges: string[], o: { up: boolean } = { up: true }): Promise<void> {
   for (const [i, tap] of taps.entries()) {
     const bridge = bridges[i]!;
     await ip(system, netns, ['link', 'del', tap]); // a leftover from a crash would make `add` fail
-    for (const args of [['tuntap', 'add', 'dev', tap, 'mode', 'tap'], ['link', 'set', tap, 'master', bridge, 'up']]) {
+    for (const args of [['tuntap', 'add', 'dev', tap, 'mode', 'tap'], ['link', 'set', tap, 'master', bridge, ...(o.up ? ['up'] : [])]]) {
       const r = await ip(system, netns, args);
       if (r.code !== 0) {
         await removeTaps(system, netns, taps);
         throw qemuError('VMTC_QEMU_TAP_FAILED', { vmId, tap, bridge, netns: netns ?? null, argv: args.join(' '), stderr: r.stderr.trim().slice(0, 500) });
       }
     }
+  }
+}
+
+/** Bring taps up (idempotent); the first failure is thrown as VMTC_QEMU_TAP_FAILED. */
+export async function setTapsUp(system: QemuSystem, netns: string | undefined, vmId: string, taps: string[]): Promise<void> {
+  for (const tap of taps) {
+    const r = await ip(system, netns, ['link', 'set', tap, 'up']);
+    if (r.code !== 0) throw qemuError('VMTC_QEMU_TAP_FAILED', { vmId, tap, netns: netns ?? null, argv: `link set ${tap} up`, stderr: r.stderr.trim().slice(0, 500) });
   }
 }
 

@@ -238,7 +238,10 @@ export function finishIncoming(vms: QemuVms, rec: VmRecord): Promise<void> {
     const { suspend } = rec.incomingStorage;
     rec.incomingStorage = undefined;
     await vms.persist(rec);
-    if (!suspend) await qmp.execute('cont');
+    if (!suspend) {
+      await vms.tapsUp(rec);
+      await qmp.execute('cont');
+    }
     rec.log.info({ started: !suspend }, 'storage copy landed; NBD server stopped');
     await vms.refresh(rec);
   })().finally(() => {

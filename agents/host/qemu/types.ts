@@ -124,6 +124,12 @@ export interface VmRecord extends VmFile {
   wake?: () => void;
   stateWaiters: Set<() => void>;
   log: Logger;
+  /** An incoming VM's taps are down until its guest runs here (lifecycle.ts tapsUp): traffic
+   *  for it (a tunnel bicasting during the copy) is dropped at the bridge, not queued in the tap
+   *  and replayed into the guest when it resumes. */
+  tapsDown?: boolean;
+  /** A running tapsUp(). */
+  tapsGoingUp?: Promise<void>;
   /** Epoch ms of the last STOP / RESUME event (QEMU's own timestamps, the host clock). */
   pausedAt?: number;
   resumedAt?: number;

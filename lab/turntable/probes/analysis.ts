@@ -83,6 +83,23 @@ export function countLost(sends: readonly number[], replySeqs: Iterable<number>,
 }
 
 /**
+ * Probes answered more than once whose later answer arrived in [from, to]: with the tunnel
+ * bicasting, a probe reaches both copies of the VM; one sent while the source still ran is
+ * answered there, and answered again if it also waited for the destination and was replayed into
+ * the guest when it resumed there. `replies` are [seq, recvAt] in any order.
+ */
+export function countAnsweredTwice(replies: Iterable<readonly [number, number]>, from: number, to: number): number {
+  const sorted = [...replies].sort((a, b) => a[1] - b[1]);
+  const seen = new Set<number>();
+  let twice = 0;
+  for (const [seq, at] of sorted) {
+    if (seen.has(seq) && at >= from && at <= to) twice++;
+    seen.add(seq);
+  }
+  return twice;
+}
+
+/**
  * Ping loss in the gaps overlapping [from, to]: ping gives no send time, so losses are located by
  * the replies around them. Replies are reduced to the first arrival of each seq and ordered by
  * seq; for each pair of consecutive replied seqs p < q whose arrivals (p.at, q.at) overlap the
