@@ -36,7 +36,7 @@ try {
     if (rec.refused) throw new Error(`migration refused: ${rec.code}: ${rec.message}`);
     const statsFile = relayStatsFile(rec);
     const { peakMbps, bytes: bytesAB } = delayLineStatsBetween(statsFile);
-    const precopyMs = (rec.timings.precopy ?? 0) + (rec.timings.stopcopy ?? 0);
+    const precopyMs = (rec.timings.precopy ?? 0) + (rec.timings.stopcopy ?? 0) + (rec.timings.switchover ?? 0);
     console.log(JSON.stringify({
       round, to, mode: values.mode, state: rec.state, error: rec.error, rttMs: rtt,
       qemuDowntimeMs: rec.result.downtimeMs, pingMaxGapMs: Math.round(maxGap), pingLost: lost, pingReplies: replies.length,

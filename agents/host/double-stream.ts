@@ -1,6 +1,8 @@
 // The double's live migration (agents/host/double-driver.ts describes the protocol): real TCP
 // from the source's migrate() to the destination's listener, so timeouts, cancellation, a killed
-// destination and bandwidth limits behave as with QEMU's `migrate tcp:HOST:PORT`.
+// destination and bandwidth limits behave as with QEMU's `migrate tcp:HOST:PORT`; and, as QEMU
+// with `pause-before-switchover`, the final state waits for the controller's decision
+// (docs/design.md#switchover).
 import net from 'node:net';
 import type { MigrationParams, MigrationProgress, MigrationResult, VmInfo } from '../../src/common/agent-protocol.ts';
 import { clockSleep, type Clock } from '../../src/common/clock.ts';
@@ -8,12 +10,24 @@ import { hostError } from './errors.ts';
 
 export const CHUNK = 256 * 1024;
 const PROGRESS_EVERY_MS = 100;
+/** The final state the source sends only after continueMigration() (QEMU: the device state);
+ *  the destination cannot run without it. */
+export const FINAL_STATE_BYTES = 16 * 1024;
 
 /** One VM of the double, with its migration stream in either direction. */
 export interface DoubleVm {
   info: VmInfo;
   incoming?: { server: net.Server; socket?: net.Socket; port: number };
-  outgoing?: { socket?: net.Socket; cancelled: boolean; migrationId: string };
+  outgoing?: {
+    socket?: net.Socket;
+    cancelled: boolean;
+    migrationId: string;
+    /** 'waiting': paused before the final state (status 'pre-switchover'); 'continued': the
+     *  controller decided and the final state is on its way (no cancel from here on). */
+    switchover?: 'waiting' | 'continued';
+    /** Lets the final state go (set while waiting). */
+    proceed?: () => void;
+  };
 }
 
 /** What the stream needs of the driver: its VMs, clock, filler bytes and settings. */
@@ -27,6 +41,8 @@ export interface StreamHost {
   readonly failures: { failMigrateAfterBytes?: number; dropIncomingAfterBytes?: number };
   /** A VM changed state: tell the driver's listeners. */
   changed(): void;
+  /** Destination: an incoming migration received its final state (the VM runs here). */
+  landed(migrationId: string): void;
 }
 
 /** Source: stream the VM to `uri` in pre-copy passes, paced, the last as stop-and-copy. */
@@ -44,7 +60,7 @@ export async function sendMigration(h: StreamHost, vm: DoubleVm, uri: string, pa
   const mem = vm.info.memoryMb * h.bytesPerMb;
   const passes: number[] = [];
   for (let i = 0, n = mem; i < h.passes; i++, n = Math.ceil(n / 4)) passes.push(n);
-  const totalBytes = passes.reduce((a, b) => a + b, 0);
+  const totalBytes = passes.reduce((a, b) => a + b, 0) + FINAL_STATE_BYTES;
   const mbps = params.bandwidthMbps && params.bandwidthMbps > 0 ? params.bandwidthMbps : h.defaultBandwidthMbps;
   const bytesPerMs = (mbps * 1e6) / 8 / 1000;
   let sent = 0;
@@ -68,7 +84,11 @@ export async function sendMigration(h: StreamHost, vm: DoubleVm, uri: string, pa
     if (vm.outgoing === out) delete vm.outgoing;
     if (h.vms.get(vmId) === vm) {
       if (status === 'completed') vm.info.state = 'postmigrate';
-      else if (vm.info.state === 'migrating') {
+      else if (vm.info.state === 'migrating' && out.switchover === 'continued') {
+        // The final state left: the destination may run the VM, so the source must not run
+        // too; it stays paused for an operator (docs/design.md#switchover).
+        vm.info.state = 'paused';
+      } else if (vm.info.state === 'migrating') {
         // The source stays primary on any failure (docs/design.md#commit): back to running.
         vm.info.state = 'running';
         delete vm.info.migrationId;
@@ -136,6 +156,15 @@ export async function sendMigration(h: StreamHost, vm: DoubleVm, uri: string, pa
     }
   }
   if (!okReceived && (out.cancelled || socket.destroyed)) return broken();
+  // The point of no return is the controller's (docs/design.md#switchover): paused, the source
+  // says so and waits. Only after continueMigration() does the final state leave; a cancel
+  // meanwhile breaks the stream, so the destination never has every byte and never runs.
+  out.switchover = 'waiting';
+  const proceed = new Promise<boolean>((resolve) => { out.proceed = () => resolve(true); });
+  report('pre-switchover', passes.length, true);
+  if (!(await Promise.race([proceed, closed.then(() => false)])) || out.cancelled || socket.destroyed) return broken();
+  socket.write(h.filler.subarray(0, FINAL_STATE_BYTES));
+  sent += FINAL_STATE_BYTES;
   if (!(await gotOk)) return broken();
   socket.end();
   return finish('completed');
@@ -200,6 +229,7 @@ export function receiveMigration(h: StreamHost, vm: DoubleVm, sock: net.Socket):
       delete vm.info.migrationId;
       inc.server.close();
       delete vm.incoming;
+      h.landed(header.migrationId!);
       h.changed();
       sock.end('OK\n');
     }

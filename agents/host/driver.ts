@@ -35,8 +35,15 @@ export interface HypervisorDriver {
    *  `storage` says where, for the source's MigrationParams. With tuning.suspend the VM stays
    *  paused after it lands, until resume(). */
   prepareIncoming(spec: VmSpec, migrationId: string, listenHost: string, opts: { port?: number; tuning?: MigrationTuning }): Promise<{ uri: string; storage?: StorageHandoff }>;
-  /** Run a live migration to `uri`; onProgress is called as it goes; resolves when it ends. */
+  /** Run a live migration to `uri`; onProgress is called as it goes; resolves when it ends.
+   *  The point of no return is the controller's (docs/design.md#switchover): before the final
+   *  state leaves (the last dirty pages and device state, or the switch to post-copy) the
+   *  source pauses, reports status 'pre-switchover' and waits for continueMigration(); a cancel
+   *  while it waits leaves the destination without the final state and the source running. */
   migrate(vmId: string, uri: string, params: MigrationParams, onProgress: (p: MigrationProgress) => void): Promise<MigrationResult>;
+  /** Let a migration paused at 'pre-switchover' send its final state. Idempotent for a
+   *  migration already continued; refused (coded) for one that is not at that point. */
+  continueMigration(vmId: string, migrationId: string): Promise<void>;
   cancelMigration(vmId: string): Promise<void>;
   waitRunning(vmId: string, timeoutMs: number): Promise<VmInfo>;
   /** One attempt to open a TCP connection to host:port from where the VM's network is (its

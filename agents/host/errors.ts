@@ -11,6 +11,7 @@ export const HOST_ERRORS = {
   VMTC_HOST_MIGRATION_IN_PROGRESS: { status: 409, message: 'a migration of this VM is already running on this host' },
   VMTC_HOST_MIGRATION_NOT_FOUND: { status: 404, message: 'no migration of this VM is running on this host' },
   VMTC_HOST_MIGRATION_FAILED: { status: 502, message: 'the live migration failed' },
+  VMTC_HOST_MIGRATION_INTERRUPTED: { status: 502, message: 'the agent restarted during the live migration and the hypervisor no longer runs it' },
   VMTC_HOST_MIGRATION_URI: { status: 400, message: 'the migration URI is not tcp:HOST:PORT' },
   VMTC_HOST_BAD_PARAMS: { status: 400, message: 'the request parameters are not valid' },
   VMTC_HOST_FAULT_INJECTED: { status: 500, message: 'a fault injected by the test double configuration' },

@@ -7,13 +7,14 @@
 import type { Logger } from '../../src/common/log.ts';
 import { serviceLogger } from '../../src/common/log.ts';
 import { toVmtcError, VmtcError } from '../../src/common/errors.ts';
-import type { ColdExport, HostInventory, HostMethods, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, VmSpec } from '../../src/common/agent-protocol.ts';
+import type { ColdExport, HostInventory, HostMethods, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, VmSpec, VmState } from '../../src/common/agent-protocol.ts';
 import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
 import type { Handler } from '../../src/common/rpc.ts';
 import { AgentLink, type BackoffOptions } from '../common/agent-link.ts';
 import { ColdTransfer, type ColdOptions } from './cold/index.ts';
 import type { HypervisorDriver } from './driver.ts';
 import { hostError } from './errors.ts';
+import { inheritedOutcome, MigrationJournal } from './migration-journal.ts';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -58,8 +59,10 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
   const driver = opts.driver;
   const clock = opts.clock ?? keepAliveClock;
   const agentVersion = opts.agentVersion ?? AGENT_VERSION;
-  /** Last progress or result of each VM's migration, for vm.migrationStatus. */
-  const migrations = new Map<string, MigrationProgress | MigrationResult>();
+  /** Each VM's last migration as a source (progress, then result), on disk so that a restarted
+   *  agent still answers vm.migrationStatus for it (agents/host/migration-journal.ts). Opened
+   *  before the link, so no request is served without it. */
+  const journal = await MigrationJournal.open({ dataDir: opts.dataDir, clock, logger: log });
   const running = new Set<string>();
   let closed = false;
   let hostId = '';
@@ -100,6 +103,42 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
     return t as MigrationTuning;
   };
 
+  /** A migration an earlier process of this agent started and did not see end: settle it from
+   *  what the hypervisor says now (inheritedOutcome), record and report an end once, and answer
+   *  with it. One settling per VM at a time, so the end is reported once. */
+  const settling = new Map<string, Promise<MigrationProgress | MigrationResult | null>>();
+  const settleInherited = (vmId: string): Promise<MigrationProgress | MigrationResult | null> => {
+    let p = settling.get(vmId);
+    if (p) return p;
+    p = (async () => {
+      const e = journal.get(vmId);
+      if (!e) return null;
+      if (!journal.isInherited(vmId)) return e.result ?? e.progress ?? null;
+      let state: VmState | undefined;
+      try {
+        state = (await driver.describe(vmId)).state;
+      } catch (err) {
+        if (!(err instanceof VmtcError && /_VM_NOT_FOUND$/.test(err.code))) throw err;
+      }
+      const out = inheritedOutcome(e, state);
+      if ('totalBytes' in out) return out;
+      await journal.finish(out);
+      log.warn({ hostId, vmId, migrationId: out.migrationId, status: out.status, vmState: state ?? null }, 'live migration of an earlier agent process settled');
+      link.send('migration.done', out);
+      return out;
+    })().finally(() => settling.delete(vmId));
+    settling.set(vmId, p);
+    return p;
+  };
+  const migrationStatus = async (vmId: string): Promise<MigrationProgress | MigrationResult | null> => {
+    if (journal.isInherited(vmId)) return settleInherited(vmId);
+    const e = journal.get(vmId);
+    return e ? e.result ?? e.progress ?? null : null;
+  };
+  const settleAllInherited = () => {
+    for (const vmId of journal.inheritedVms()) void settleInherited(vmId).catch((e: unknown) => log.warn({ vmId, err: String(e) }, 'settling an inherited migration failed'));
+  };
+
   const handlers: HandlerMap = {
     'host.inventory': async () => inventory(),
     'vm.start': async (p) => driver.start(obj(obj(p, 'params').spec, 'spec') as unknown as VmSpec),
@@ -116,13 +155,22 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
         // A failed cold import leaves no VM but may leave copies: cleaning up still removes them.
         if (!(e instanceof VmtcError && /_VM_NOT_FOUND$/.test(e.code))) throw e;
         await cold.forgetVm(vmId);
+        await journal.forget(vmId);
         throw e;
       }
       // The agent-owned disk copies (a cold import's) go with the VM; disks elsewhere never do.
       await cold.forgetVm(vmId);
+      // Nobody asks about the migration of a VM that is gone from here.
+      await journal.forget(vmId);
       return { ok: true as const };
     },
-    'vm.resume': async (p) => driver.resume(str(obj(p, 'params').vmId, 'vmId')),
+    'vm.resume': async (p) => {
+      const vmId = str(obj(p, 'params').vmId, 'vmId');
+      const info = await driver.resume(vmId);
+      // Running here again: its last migration (if it ended) no longer matters to anyone.
+      await journal.forget(vmId, { onlyFinished: true });
+      return info;
+    },
     'vm.prepareIncoming': async (p) => {
       const q = obj(p, 'params');
       const port = q.port;
@@ -140,18 +188,24 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       const params = obj(q.params, 'params.params') as unknown as MigrationParams;
       const migrationId = str(params.migrationId, 'params.migrationId');
       if (running.has(vmId)) throw hostError('VMTC_HOST_MIGRATION_IN_PROGRESS', { vmId });
-      // Refuse what cannot start now, so the controller's request fails rather than a later event.
-      const info = await driver.describe(vmId);
-      if (info.state !== 'running') throw hostError('VMTC_HOST_VM_STATE', { vmId, state: info.state, op: 'migrate' });
       running.add(vmId);
+      try {
+        // Refuse what cannot start now, so the controller's request fails rather than a later event.
+        const info = await driver.describe(vmId);
+        if (info.state !== 'running') throw hostError('VMTC_HOST_VM_STATE', { vmId, state: info.state, op: 'migrate' });
+        // On disk before the hypervisor starts, so an agent restarted from here on knows it.
+        await journal.begin(vmId, migrationId);
+      } catch (e) {
+        running.delete(vmId);
+        throw e;
+      }
       const mlog = log.child({ hostId, vmId, migrationId });
-      migrations.set(vmId, { migrationId, vmId, status: 'setup', totalBytes: 0, transferredBytes: 0, remainingBytes: 0 });
       mlog.info({ uri, bandwidthMbps: params.bandwidthMbps }, 'live migration started');
       void (async () => {
         let result: MigrationResult;
         try {
           result = await driver.migrate(vmId, uri, params, (prog) => {
-            migrations.set(vmId, prog);
+            journal.progress(prog);
             link.send('migration.progress', prog);
           });
         } catch (e) {
@@ -159,14 +213,29 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
           result = { migrationId, vmId, status: 'failed', error: ve.toJSON() };
         }
         running.delete(vmId);
-        migrations.set(vmId, result);
+        await journal.finish(result).catch((e: unknown) => mlog.warn({ err: String(e) }, 'migration journal not written'));
         mlog.info({ status: result.status, downtimeMs: result.downtimeMs, totalTimeMs: result.totalTimeMs, error: result.error }, 'live migration ended');
         // Sent (or queued while the link is down) exactly once per migration.
         link.send('migration.done', result);
       })();
       return { started: true as const };
     },
-    'vm.migrationStatus': async (p) => migrations.get(str(obj(p, 'params').vmId, 'vmId')) ?? null,
+    'vm.migrationStatus': async (p) => migrationStatus(str(obj(p, 'params').vmId, 'vmId')),
+    // The controller's decision at the point of no return (docs/design.md#switchover).
+    // Idempotent: a controller that restarted in 'switchover' asks again, perhaps after the end.
+    'vm.continueMigration': async (p) => {
+      const q = obj(p, 'params');
+      const vmId = str(q.vmId, 'vmId');
+      const migrationId = str(q.migrationId, 'migrationId');
+      if (!running.has(vmId)) {
+        const last = await migrationStatus(vmId);
+        const ours = last?.migrationId === migrationId ? last : undefined;
+        if (ours?.status === 'completed') return { ok: true as const };
+        throw hostError('VMTC_HOST_MIGRATION_NOT_FOUND', { vmId, migrationId, ...(ours ? { status: ours.status } : {}) });
+      }
+      await driver.continueMigration(vmId, migrationId);
+      return { ok: true as const };
+    },
     'vm.cancelMigration': async (p) => {
       await driver.cancelMigration(str(obj(p, 'params').vmId, 'vmId'));
       return { ok: true as const };
@@ -271,7 +340,10 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
     }, opts.inventoryCoalesceMs ?? 50);
   };
   driver.onChange(schedule);
+  // A migration an earlier process started ends when the hypervisor's VM changes state.
+  driver.onChange(() => { if (!closed) settleAllInherited(); });
   link.on('connected', () => void sendInventory());
+  settleAllInherited();
   log.info({ hostId, driver: driver.type }, 'host agent started');
 
   return {
@@ -283,6 +355,7 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       timer?.cancel();
       await cold.close();
       await link.close();
+      await journal.close();
       log.info({ hostId }, 'host agent stopped');
     },
   };

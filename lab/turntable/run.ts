@@ -364,7 +364,7 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
   const lostSerial = serialLost(serialSamples, 'source', 'destination') ?? 0;
   const places = (await s.vmPlaces().catch(() => [])).filter((p) => p.state !== 'stopped').map((p) => p.hostId);
   const hvTotal = result.totalTimeMs ?? null;
-  const copyMs = hvTotal ?? ((timings.precopy ?? 0) + (timings.stopcopy ?? 0));
+  const copyMs = hvTotal ?? ((timings.precopy ?? 0) + (timings.stopcopy ?? 0) + (timings.switchover ?? 0));
   const bytes = result.transferredBytes ?? 0;
   const statsFile = relayStatsFile(rec);
   const migration: TurntableMigration = {

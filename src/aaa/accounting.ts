@@ -31,6 +31,12 @@ export interface AccountingEvent {
 
 export type NewAccountingEvent = Omit<AccountingEvent, 'seq' | 'at'> & { at: number };
 
+/**
+ * Who reads or reports (docs/aaa.md#accounting): the operator (the admin credential) sees and
+ * reports on everything; a requester or reporter of the policy, by its id, only its own records.
+ */
+export type AccountingParty = { role: 'operator' } | { role: 'requester' | 'reporter'; id: string };
+
 interface Row {
   seq: number;
   at: number;
@@ -141,9 +147,19 @@ export class Accounting {
     return r ? fromRow(r) : undefined;
   }
 
-  query(q: { migrationId?: string; jti?: string; kind?: string; sinceMs?: number; afterSeq?: number; limit: number }): AccountingEvent[] {
+  /**
+   * Records oldest first. With `party` (a requester's or reporter's id) only that party's own: the
+   * records it is `who` of (its grants and refusals, and the use/release reports on its grants),
+   * those it reported, and those joined by `jti` to a grant or refusal of its own (the consents
+   * the peers gave or refused for it).
+   */
+  query(q: { party?: string; migrationId?: string; jti?: string; kind?: string; sinceMs?: number; afterSeq?: number; limit: number }): AccountingEvent[] {
     const where: string[] = [];
     const args: unknown[] = [];
+    if (q.party !== undefined) {
+      where.push(`(who = ? OR reporter = ? OR jti IN (SELECT jti FROM accounting WHERE who = ? AND kind IN ('grant', 'refusal') AND jti IS NOT NULL))`);
+      args.push(q.party, q.party, q.party);
+    }
     if (q.migrationId !== undefined) { where.push('migration_id = ?'); args.push(q.migrationId); }
     if (q.jti !== undefined) { where.push('jti = ?'); args.push(q.jti); }
     if (q.kind !== undefined) { where.push('kind = ?'); args.push(q.kind); }

@@ -36,7 +36,10 @@ export function requestAuthorization(aaaUrl: string, requesterKey: Key, body: Li
   return call<AuthorizationResult>('POST', aaaUrl, '/v1/authorizations', requesterKey, body, opts);
 }
 
-/** Report that a granted lightpath is in use or was released (docs/design.md#live-migration, step 7: "accounting closed"). */
+/**
+ * Report that a granted lightpath is in use or was released (docs/design.md#live-migration, step 7:
+ * "accounting closed"). A requester may report only on its own grants; a reporter on any.
+ */
 export function reportAccounting(
   aaaUrl: string,
   key: Key,
@@ -46,7 +49,7 @@ export function reportAccounting(
   return call<AccountingEvent>('POST', aaaUrl, '/v1/accounting/events', key, event, opts);
 }
 
-/** Read the accounting record (as a requester or reporter). */
+/** Read the accounting record: as a requester or reporter, only its own records (docs/aaa.md#accounting). */
 export function queryAccounting(aaaUrl: string, key: Key, q: { migrationId?: string; jti?: string; kind?: string; since?: string; after?: number; limit?: number } = {}, opts: ClientOptions = {}): Promise<{ events: AccountingEvent[]; next?: number }> {
   const qs = new URLSearchParams(Object.entries(q).filter(([, v]) => v !== undefined).map(([k, v]) => [k, String(v)]));
   const s = qs.toString();

@@ -30,7 +30,7 @@ export const command: Command = {
     policy: { type: 'string', arg: 'FILE', required: true, help: 'policy file (JSON, see docs/aaa.md)' },
     'token-lifetime': { type: 'string', arg: 'SECONDS', help: `capability token lifetime (default ${AAA_DEFAULTS.tokenLifetimeSec}, or the policy's tokenLifetimeSec)` },
     'peer-timeout': { type: 'string', arg: 'MS', default: String(AAA_DEFAULTS.peerTimeoutMs), help: 'timeout of a consent request to a peer AAA' },
-    'public-url': { type: 'string', arg: 'URL', help: 'base URL clients use (for DPoP htu checks behind a proxy)' },
+    'public-url': { type: 'string', arg: 'URL', help: 'base URL clients use, which their DPoP proofs name (default: http://HOST:PORT of --listen)' },
     'log-level': { type: 'string', arg: 'LEVEL', default: 'info', help: 'pino log level' },
   },
   async run(o) {
@@ -46,7 +46,7 @@ export const command: Command = {
       logger: createLogger({ svc: 'aaa', level: o['log-level'] as string }),
       peerTimeoutMs: positiveInt(o['peer-timeout'], 'peer-timeout')!,
       ...(lifetime !== undefined ? { tokenLifetimeSec: lifetime } : {}),
-      ...(o['public-url'] ? { publicUrl: o['public-url'] as string } : {}),
+      ...(o['public-url'] !== undefined ? { publicUrl: o['public-url'] as string } : {}),
     });
     process.stderr.write(`vmtc aaa: ${aaa.issuer} listening on ${aaa.url} (admin credential in ${join(dataDir, 'admin.token')})\n`);
     // One JSON line when ready, like every vmtc service (scripts and the lab wait for it).

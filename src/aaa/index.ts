@@ -5,6 +5,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { buildHttp, baseUrl } from '../common/http.ts';
+import { parsePublicUrl, requirePublicUrlFor, resolvePublicUrl } from '../common/public-url.ts';
 import { systemClock, randomIds } from '../common/clock.ts';
 import { createLogger, serviceLogger } from '../common/log.ts';
 import { commonError } from '../common/errors.ts';
@@ -24,6 +25,8 @@ export type { AaaOptions } from './options.ts';
 export interface AaaHandle {
   /** Base URL, e.g. http://127.0.0.1:41234 */
   url: string;
+  /** The URL clients' proofs must name (AaaOptions.publicUrl, or url by default). */
+  publicUrl: string;
   /** "aaa:<domain>" */
   issuer: string;
   domain: string;
@@ -46,6 +49,11 @@ export interface AaaHandle {
   close(): Promise<void>;
 }
 
+function positiveInteger(v: number, field: string): number {
+  if (!Number.isInteger(v) || v <= 0) throw commonError('VMTC_CONFIG_INVALID', { field, value: v }, { message: `${field} must be a positive integer` });
+  return v;
+}
+
 function readOrCreateAdminToken(dir: string, secret: () => string): string {
   return readOrCreateSecretFile(join(dir, 'admin.token'), secret);
 }
@@ -63,11 +71,21 @@ export async function startAaa(opts: AaaOptions): Promise<AaaHandle> {
   const policy = opts.policyFile !== undefined ? loadPolicyFile(opts.policyFile, opts.domain) : parsePolicy(opts.policy, opts.domain);
   const tokenLifetimeSec = opts.tokenLifetimeSec ?? policy.tokenLifetimeSec ?? AAA_DEFAULTS.tokenLifetimeSec;
   const proofMaxAgeSec = opts.proofMaxAgeSec ?? AAA_DEFAULTS.proofMaxAgeSec;
+  const host = opts.host ?? AAA_DEFAULTS.host;
+  // Checked before anything is opened or bound; the default needs the bound port (below).
+  if (opts.publicUrl !== undefined) parsePublicUrl(opts.publicUrl);
+  else requirePublicUrlFor(host);
+  const unknownRefusals = {
+    perWindow: positiveInteger(opts.unknownRefusalsPerWindow ?? AAA_DEFAULTS.unknownRefusalsPerWindow, 'unknownRefusalsPerWindow'),
+    windowSec: positiveInteger(opts.unknownRefusalWindowSec ?? AAA_DEFAULTS.unknownRefusalWindowSec, 'unknownRefusalWindowSec'),
+  };
 
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
   const adminToken = readOrCreateAdminToken(opts.dataDir, () => ids.secret(32));
   let db: Db | undefined;
   let app: FastifyInstance | undefined;
+  // Set once listening (the default names the bound port); no request is served before that.
+  let publicUrl = '';
   try {
     db = openAaaDb(join(opts.dataDir, 'aaa.db'));
     const keys = new KeyStore(db, clock, ids);
@@ -77,21 +95,24 @@ export async function startAaa(opts: AaaOptions): Promise<AaaHandle> {
       peerTimeoutMs: opts.peerTimeoutMs ?? AAA_DEFAULTS.peerTimeoutMs,
       maxWindowSec: opts.maxWindowSec ?? AAA_DEFAULTS.maxWindowSec,
       maxWindowLagSec: opts.maxWindowLagSec ?? AAA_DEFAULTS.maxWindowLagSec,
+      unknownRefusals,
     });
-    app = await buildHttp({ logger, title: `vmtc AAA (${opts.domain})`, securitySchemes: AAA_SECURITY_SCHEMES });
+    app = await buildHttp({ logger, title: `vmtc AAA (${opts.domain})`, securitySchemes: AAA_SECURITY_SCHEMES, rateLimit: { ...AAA_DEFAULTS.rateLimit, ...(opts.rateLimit ?? {}) } });
     const http = app;
     registerAaaRoutes(http, {
       service, keys, accounting, clock, logger, domain: opts.domain, adminToken, tokenLifetimeSec, proofMaxAgeSec,
-      ...(opts.publicUrl ? { publicUrl: opts.publicUrl } : {}),
+      publicUrl: () => publicUrl,
     });
 
-    await http.listen({ host: opts.host ?? AAA_DEFAULTS.host, port: opts.port ?? AAA_DEFAULTS.port });
+    await http.listen({ host, port: opts.port ?? AAA_DEFAULTS.port });
     const url = baseUrl(http);
-    logger.info({ url, issuer: service.issuer, kid: keys.signing().kid }, 'AAA listening');
+    publicUrl = resolvePublicUrl(opts.publicUrl, { scheme: 'http', host, port: (http.server.address() as { port: number }).port });
+    logger.info({ url, publicUrl, issuer: service.issuer, kid: keys.signing().kid }, 'AAA listening');
     const theDb = db;
     let closed = false;
     return {
       url,
+      publicUrl,
       issuer: service.issuer,
       domain: opts.domain,
       adminToken,
@@ -113,6 +134,7 @@ export async function startAaa(opts: AaaOptions): Promise<AaaHandle> {
         if (closed) return;
         closed = true;
         await http.close();
+        service.close();
         theDb.close();
       },
     };

@@ -9,7 +9,7 @@
 // (typ 'vmtc-consent-reply+jwt', aud 'aaa:<us>', reqJti = our jti), which we verify against the
 // key we pinned for it. A refusal is an ordinary coded error body (VMTC_AAA_CONSENT_DENIED …).
 import { randomBytes, type KeyObject } from 'node:crypto';
-import { decodeCompactJws, publicKeyFromJwk, signCompactJws, verifyEd25519, DpopReplayCache } from '../common/dpop.ts';
+import { decodeCompactJws, isEd25519JwsAlg, publicKeyFromJwk, signCompactJws, verifyEd25519, DpopReplayCache } from '../common/dpop.ts';
 import { VmtcError } from '../common/errors.ts';
 import { requestJson, type JsonResponse } from '../common/http-client.ts';
 import { aaaError } from './errors.ts';
@@ -70,7 +70,7 @@ const consentUnauthenticated: Fail = (reason, extra) => aaaError('VMTC_AAA_CONSE
 /** Verify a JWS from a peer against that peer's pinned keys; `fail` builds the error to throw. */
 function verifyFromPeer(jws: string, typ: string, peer: Peer, audience: string, nowMs: number, fail: Fail): Record<string, unknown> {
   const { header, payload, signingInput, signature } = decodeCompactJws(jws, (r) => fail(r));
-  if (header.typ !== typ || header.alg !== 'EdDSA') throw fail('header', { typ: header.typ, alg: header.alg });
+  if (header.typ !== typ || !isEd25519JwsAlg(header.alg)) throw fail('header', { typ: header.typ, alg: header.alg });
   const jwk = typeof header.kid === 'string' ? peer.keys.get(header.kid) : undefined;
   if (!jwk) throw fail('key-not-pinned', { kid: header.kid, domain: peer.domain });
   if (!verifyEd25519(signingInput, signature, publicKeyFromJwk(jwk))) throw fail('signature', { domain: peer.domain });

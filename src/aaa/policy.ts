@@ -125,6 +125,9 @@ class Check {
 function parseIdentity(c: Check, v: unknown, field: string): Requester {
   const o = c.obj(v, field, ['id', 'jkt', 'jwk', 'comment']);
   const id = c.str(o.id, `${field}.id`);
+  // Accounting tells parties apart by these names (docs/aaa.md#accounting): a requester called
+  // "aaa:b" would read peer b's consent records as its own.
+  if (id === 'admin' || /^(aaa|jkt):/.test(id)) c.fail(`${field}.id`, 'is reserved: accounting names the operator "admin", peer AAAs "aaa:<domain>" and unknown keys "jkt:<thumbprint>"');
   if ((o.jkt === undefined) === (o.jwk === undefined)) c.fail(field, 'exactly one of jkt or jwk is required');
   const jkt = o.jkt !== undefined ? c.str(o.jkt, `${field}.jkt`, /^[A-Za-z0-9_-]{43}$/) : jwkThumbprint(c.jwk(o.jwk, `${field}.jwk`));
   return { id, jkt };

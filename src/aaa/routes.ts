@@ -7,10 +7,11 @@ import type { Clock } from '../common/clock.ts';
 import type { Logger } from '../common/log.ts';
 import { commonError, VmtcError } from '../common/errors.ts';
 import { DpopReplayCache, verifyDpopProofSync } from '../common/dpop.ts';
+import { expectedHtu } from '../common/public-url.ts';
 import { errorResponses, type Security } from '../common/schemas.ts';
 import { aaaError } from './errors.ts';
 import type { KeyStore } from './keys.ts';
-import type { Accounting } from './accounting.ts';
+import type { Accounting, AccountingParty } from './accounting.ts';
 import type { AaaService } from './service.ts';
 import {
   AccountingEventBody, AccountingEvent, AccountingPage, AccountingQuery, Authorization, AuthorizationBody, Consent, Info, Jwks,
@@ -28,8 +29,8 @@ export interface AaaRouteDeps {
   adminToken: string;
   tokenLifetimeSec: number;
   proofMaxAgeSec: number;
-  /** The URL clients reach this AAA at, when it is not what the request says (a proxy). */
-  publicUrl?: string;
+  /** The URL clients reach this AAA at (AaaOptions.publicUrl or its default), known once listening. */
+  publicUrl: () => string;
 }
 
 const sha = (s: string) => createHash('sha256').update(s).digest();
@@ -40,16 +41,25 @@ export function registerAaaRoutes(fastify: FastifyInstance, d: AaaRouteDeps): vo
   const adminHash = sha(d.adminToken);
   const proofReplay = new DpopReplayCache((d.proofMaxAgeSec + 10) * 1000);
 
-  // The URL the client signed in its proof's htu (RFC 9449 §4.3 step 9).
-  const requestUrl = (req: FastifyRequest) => `${d.publicUrl ? d.publicUrl.replace(/\/+$/, '') : `${req.protocol}://${req.host}`}${req.url}`;
+  // The URL the client signed in its proof's htu (RFC 9449 §4.3 step 9): the configured public
+  // URL, never the request's Host header, which the client chooses (src/common/public-url.ts).
+  const requestUrl = (req: FastifyRequest) => expectedHtu(d.publicUrl(), req.url);
 
-  /** Verify the DPoP proof of a request made without a token; returns the key's thumbprint. */
+  /**
+   * Verify the DPoP proof of a request made without a token; returns the key's thumbprint. The
+   * routes' onRequest hooks call it before the body is read (README "API"); the answer is kept
+   * for the handler, since a second check of the same proof would find it replayed.
+   */
+  const proven = new WeakMap<FastifyRequest, string>();
   const proofOf = (req: FastifyRequest): string => {
+    const known = proven.get(req);
+    if (known !== undefined) return known;
     const header = req.headers.dpop;
     try {
       if (Array.isArray(header)) throw aaaError('VMTC_DPOP_PROOF_INVALID', { reason: 'malformed', why: 'more than one DPoP header' });
       const p = verifyDpopProofSync(header, { htm: req.method, htu: requestUrl(req), now: clock.now(), maxAgeSec: d.proofMaxAgeSec });
       if (!proofReplay.check(p.jti, clock.now())) throw aaaError('VMTC_DPOP_PROOF_INVALID', { reason: 'replayed', jti: p.jti });
+      proven.set(req, p.jkt);
       return p.jkt;
     } catch (e) {
       if (e instanceof VmtcError && e.code === 'VMTC_DPOP_PROOF_INVALID') throw aaaError('VMTC_AAA_PROOF_INVALID', e.details);
@@ -64,17 +74,22 @@ export function registerAaaRoutes(fastify: FastifyInstance, d: AaaRouteDeps): vo
     if (!req.headers.authorization) throw commonError('VMTC_UNAUTHENTICATED');
     if (!isAdmin(req)) throw commonError('VMTC_FORBIDDEN', { reason: 'not the admin credential' });
   };
-  /** Admin bearer, or a DPoP proof by a requester or a reporter (brokers) of the policy. */
-  const reporterOf = (req: FastifyRequest): string => {
+  /**
+   * Admin bearer (the operator: everything), or a DPoP proof by a reporter (brokers) or a
+   * requester of the policy (only its own records; docs/aaa.md#accounting).
+   */
+  const partyOf = (req: FastifyRequest): AccountingParty => {
     if (req.headers.authorization) {
-      if (isAdmin(req)) return 'admin';
+      if (isAdmin(req)) return { role: 'operator' };
       throw commonError('VMTC_FORBIDDEN', { reason: 'not the admin credential' });
     }
     if (!req.headers.dpop) throw commonError('VMTC_UNAUTHENTICATED', { accepted: ['Bearer <admin token>', 'DPoP proof of a requester or reporter key'] });
     const jkt = proofOf(req);
-    const who = service.policy.reportersByJkt.get(jkt) ?? service.policy.requestersByJkt.get(jkt);
-    if (!who) throw aaaError('VMTC_AAA_REQUESTER_UNKNOWN', { jkt });
-    return who.id;
+    const reporter = service.policy.reportersByJkt.get(jkt);
+    if (reporter) return { role: 'reporter', id: reporter.id };
+    const requester = service.policy.requestersByJkt.get(jkt);
+    if (requester) return { role: 'requester', id: requester.id };
+    throw aaaError('VMTC_AAA_REQUESTER_UNKNOWN', { jkt });
   };
 
   const open: Security = [];
@@ -104,6 +119,9 @@ export function registerAaaRoutes(fastify: FastifyInstance, d: AaaRouteDeps): vo
   }));
 
   http.post('/v1/authorizations', {
+    // The proof is checked before the body is read; whether its key is a requester's is decided
+    // in the handler, so the refusal of an unknown key is accounted with its request.
+    onRequest: async (req) => { proofOf(req); },
     schema: {
       operationId: 'requestAuthorization', tags: ['authorizations'], security: proof,
       summary: 'request a capability token for one lightpath (DPoP proof required)',
@@ -121,6 +139,8 @@ export function registerAaaRoutes(fastify: FastifyInstance, d: AaaRouteDeps): vo
     return reply.status(201).send(result);
   });
 
+  // A peer's consent requests carry their credential in the body (a JWS signed by a pinned key
+  // of the peer), so these two routes read a bounded body before they know the caller.
   http.post('/v1/consents', {
     schema: {
       operationId: 'requestConsent', tags: ['peers'], security: open,
@@ -140,27 +160,28 @@ export function registerAaaRoutes(fastify: FastifyInstance, d: AaaRouteDeps): vo
   }, async (req) => service.withdrawal(req.body.request));
 
   http.post('/v1/accounting/events', {
+    onRequest: async (req) => { partyOf(req); },
     schema: {
       operationId: 'reportAccountingEvent', tags: ['accounting'], security: adminOrProof,
-      summary: 'report that a granted lightpath is in use or released (admin, requester or reporter)',
+      summary: 'report that a granted lightpath is in use or released (admin or a reporter: any grant; a requester: its own)',
       body: AccountingEventBody,
       response: { 201: AccountingEvent, ...errorResponses({ body: true }, 401, 403, 404) },
     },
   }, async (req, reply) => {
-    const reporter = reporterOf(req);
-    const ev = service.report(reporter, req.body);
+    const ev = service.report(partyOf(req), req.body);
     return reply.status(201).send(ev);
   });
 
   http.get('/v1/accounting', {
+    onRequest: async (req) => { partyOf(req); },
     schema: {
       operationId: 'listAccounting', tags: ['accounting'], security: adminOrProof,
-      summary: 'the accounting record, oldest first (admin, requester or reporter)',
+      summary: 'the accounting record, oldest first (admin: all; a requester or reporter: its own records)',
       querystring: AccountingQuery,
       response: { 200: AccountingPage, ...errorResponses({}, 401, 403) },
     },
   }, async (req) => {
-    reporterOf(req);
+    const party = partyOf(req);
     // ajv has applied the schema's default: limit is always set here.
     const q = req.query as typeof req.query & { limit: string };
     const limit = Number(q.limit);
@@ -171,6 +192,8 @@ export function registerAaaRoutes(fastify: FastifyInstance, d: AaaRouteDeps): vo
     }
     const events = accounting.query({
       limit,
+      // Not the operator: only the party's own records, so nothing tells it what others did.
+      ...(party.role !== 'operator' ? { party: party.id } : {}),
       ...(q.migrationId !== undefined ? { migrationId: q.migrationId } : {}),
       ...(q.jti !== undefined ? { jti: q.jti } : {}),
       ...(q.kind !== undefined ? { kind: q.kind } : {}),
@@ -182,14 +205,14 @@ export function registerAaaRoutes(fastify: FastifyInstance, d: AaaRouteDeps): vo
 
   // Consent and authorization requests are JSON only; an empty POST body on rotate is allowed.
   http.post('/v1/keys/rotate', {
+    onRequest: async (req) => requireAdmin(req),
     schema: {
       operationId: 'rotateKeys', tags: ['keys'], security: admin,
       summary: 'make a new signing key; the old one keeps verifying until its tokens expire (admin)',
       body: RotateBody,
       response: { 200: Rotated, ...errorResponses({ body: true }, 401, 403) },
     },
-  }, async (req) => {
-    requireAdmin(req);
+  }, async () => {
     const previous = keys.signing().kid;
     // Old key published for the longest lifetime of a token it signed, plus skew.
     const k = keys.rotate((d.tokenLifetimeSec + 60) * 1000);

@@ -10,7 +10,8 @@ import { decide, pathDomains, type LightpathRequest, type Policy, type Requester
 import { brokerAudience, issuerOf, signCapabilityToken, type CapabilityClaims } from './tokens.ts';
 import { askConsent, signConsentReply, signConsentRequest, signConsentWithdrawal, verifyConsentRequest, verifyConsentWithdrawal, withdrawConsent } from './peers.ts';
 import type { KeyStore } from './keys.ts';
-import type { Accounting, AccountingEvent } from './accounting.ts';
+import type { Accounting, AccountingEvent, AccountingParty } from './accounting.ts';
+import { UnknownRefusals, type UnknownRefusalLimits } from './unknown-refusals.ts';
 import { randomBytes } from 'node:crypto';
 
 export interface AuthorizationResult {
@@ -37,6 +38,8 @@ export interface ServiceDeps {
   peerTimeoutMs: number;
   maxWindowSec: number;
   maxWindowLagSec: number;
+  /** How refusals of keys the policy does not know are recorded (unknown-refusals.ts). */
+  unknownRefusals: UnknownRefusalLimits;
 }
 
 const HOUR_MS = 3600_000;
@@ -44,9 +47,16 @@ const HOUR_MS = 3600_000;
 export class AaaService {
   readonly issuer: string;
   private readonly consentReplay = new DpopReplayCache(120_000);
+  private readonly unknown: UnknownRefusals;
 
   constructor(private readonly d: ServiceDeps) {
     this.issuer = issuerOf(d.domain);
+    this.unknown = new UnknownRefusals(d.accounting, d.clock, d.unknownRefusals);
+  }
+
+  /** Write what is only counted so far (before the database closes). */
+  close(): void {
+    this.unknown.close();
   }
 
   private checkWindow(req: LightpathRequest): void {
@@ -213,9 +223,14 @@ export class AaaService {
     return { withdrawn: true };
   }
 
-  /** Record a refusal that happened before a requester was known (unknown key). */
+  /**
+   * Record a refusal that happened before a requester was known (unknown key, `who` =
+   * "jkt:<thumbprint>"): anyone can make keys, so these are written one by one only up to a
+   * bound per window and counted beyond it (unknown-refusals.ts).
+   */
   refuseUnknown(who: string, req: Partial<LightpathRequest>, e: VmtcError): VmtcError {
-    return this.refuse(who, req, e);
+    this.unknown.refuse(who, req, e, (w, r, err) => void this.refuse(w, r, err));
+    return e;
   }
 
   /** A peer's consent request: authenticate it, apply the consent rules, record, answer signed. */
@@ -249,10 +264,16 @@ export class AaaService {
     return out;
   }
 
-  /** A broker's or the controller's report that a granted lightpath is in use or released. */
-  report(reporter: string, ev: { kind: 'use' | 'release'; jti: string; at?: number; bytes?: number; mbitSeconds?: number; details?: Record<string, unknown> }): AccountingEvent {
+  /**
+   * A broker's or the controller's report that a granted lightpath is in use or released. The
+   * operator and the policy's reporters (the meters of this domain) report on any grant; a
+   * requester only on its own. Someone else's grant gets the same answer as a jti never granted,
+   * so a requester learns nothing about other requesters' grants.
+   */
+  report(party: AccountingParty, ev: { kind: 'use' | 'release'; jti: string; at?: number; bytes?: number; mbitSeconds?: number; details?: Record<string, unknown> }): AccountingEvent {
     const grant = this.d.accounting.grant(ev.jti);
-    if (!grant) throw aaaError('VMTC_AAA_GRANT_UNKNOWN', { jti: ev.jti });
+    if (!grant || (party.role === 'requester' && grant.who !== party.id)) throw aaaError('VMTC_AAA_GRANT_UNKNOWN', { jti: ev.jti });
+    const reporter = party.role === 'operator' ? 'admin' : party.id;
     const atMs = ev.at !== undefined ? ev.at * 1000 : this.d.clock.now();
     let mbitSeconds = ev.mbitSeconds;
     if (mbitSeconds === undefined && ev.kind === 'release' && grant.bandwidthMbps !== undefined) {

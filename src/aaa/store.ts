@@ -44,6 +44,11 @@ const MIGRATIONS = [
   CREATE TRIGGER accounting_no_update BEFORE UPDATE ON accounting BEGIN SELECT RAISE(ABORT, 'accounting is append-only'); END;
   CREATE TRIGGER accounting_no_delete BEFORE DELETE ON accounting BEGIN SELECT RAISE(ABORT, 'accounting is append-only'); END;
   `,
+  // Accounting reads are scoped to the party asking (docs/aaa.md#accounting); a reporter's are by
+  // this column.
+  `
+  CREATE INDEX accounting_reporter ON accounting (reporter, seq);
+  `,
 ];
 
 export function openAaaDb(file: string): Db {

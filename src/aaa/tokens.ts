@@ -7,7 +7,7 @@
 // Signing and verifying are synchronous node:crypto calls (see src/common/dpop.ts for why); the
 // tokens are ordinary JWTs that jose's jwtVerify + createRemoteJWKSet accept (the tests check).
 import { randomBytes, type KeyObject } from 'node:crypto';
-import { decodeCompactJws, signCompactJws, verifyDpopProofSync, verifyEd25519, type VerifiedProof, type VerifyProofOptions } from '../common/dpop.ts';
+import { ED25519_JWS_ALGS, decodeCompactJws, isEd25519JwsAlg, signCompactJws, verifyDpopProofSync, verifyEd25519, type VerifiedProof, type VerifyProofOptions } from '../common/dpop.ts';
 import type { LightpathRequest } from '../common/lightpath.ts';
 import { aaaError } from './errors.ts';
 
@@ -85,7 +85,8 @@ const tokenInvalid = (reason: string, extra?: Record<string, unknown>) => aaaErr
 export function verifyCapabilityToken(token: string, opts: VerifyTokenOptions): CapabilityClaims {
   const { header, payload, signingInput, signature } = decodeCompactJws(token, (r) => tokenInvalid(r));
   if (header.typ !== TOKEN_TYP) throw tokenInvalid('typ', { typ: header.typ });
-  if (header.alg !== 'EdDSA') throw tokenInvalid('alg', { alg: header.alg });
+  // EdDSA or its RFC 9864 name Ed25519: the key from the JWKS is Ed25519 either way (src/common/dpop.ts).
+  if (!isEd25519JwsAlg(header.alg)) throw tokenInvalid('alg', { alg: header.alg, accepted: ED25519_JWS_ALGS });
   if (typeof header.kid !== 'string') throw tokenInvalid('kid');
   const key = opts.key(header.kid);
   if (!key) throw tokenInvalid('unknown-key', { kid: header.kid });

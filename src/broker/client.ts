@@ -19,6 +19,9 @@ export interface ReserveRequest {
   /** Epoch seconds; start omitted = now (on-demand). */
   window: { start?: number; end: number };
   migrationId?: string;
+  /** The caller's name for the reservation: a retry with it answers with the same reservation,
+   *  and findByKey() finds it (docs/broker.md "Idempotency key"). */
+  idempotencyKey?: string;
 }
 
 /** What GET /v1/reservations/:id answers (the fields a caller is likely to need). */
@@ -38,6 +41,7 @@ export interface ReservationView {
   dataPlane: { active: boolean; version: number; details?: Record<string, unknown>; error?: { code: string; message: string } };
   downstream?: { domain: string; reservationId: string };
   migrationId?: string;
+  idempotencyKey?: string;
   history?: { seq: number; machine: string; from: string; to: string; event: string; at: number }[];
   [k: string]: unknown;
 }
@@ -102,6 +106,16 @@ export class BrokerClient {
   /** Read one's own reservation as its holder: the token that created it and a proof for this GET. */
   getAsHolder(id: string, token: string, holderKey: HolderKey): Promise<ReservationView> {
     return this.call('GET', `/v1/reservations/${encodeURIComponent(id)}`, undefined, token, holderKey);
+  }
+
+  /** The holder's reservation made with this idempotency key (a proof, no token), or undefined. */
+  async findByKey(key: string, holderKey: HolderKey): Promise<ReservationView | undefined> {
+    try {
+      return await this.call<ReservationView>('GET', `/v1/reservations/by-key/${encodeURIComponent(key)}`, undefined, undefined, holderKey);
+    } catch (e) {
+      if (e instanceof VmtcError && e.code === 'VMTC_RESERVATION_NOT_FOUND') return undefined;
+      throw e;
+    }
   }
 
   list(operatorToken = this.opts.operatorToken): Promise<{ reservations: ReservationView[] }> {

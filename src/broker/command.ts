@@ -19,6 +19,7 @@ export const command: Command = {
     // registered before loading it (bin/main.ts).
     driver: { type: 'string', arg: 'NAME', help: `network element driver: ${describeNetworkDrivers()}`, default: BROKER_DEFAULTS.driver },
     'hold-timeout-s': { type: 'string', arg: 'SECONDS', help: 'how long a held reservation waits for its commit', default: String(BROKER_DEFAULTS.holdTimeoutMs / 1000) },
+    'public-url': { type: 'string', arg: 'URL', help: 'base URL holders use, which their DPoP proofs name (default: scheme://HOST:PORT of --listen)' },
   },
   async run(o) {
     const driver = o.driver as string;
@@ -35,6 +36,7 @@ export const command: Command = {
       trust: o.trust as string,
       driver,
       holdTimeoutMs: hold * 1000,
+      ...(o['public-url'] !== undefined ? { publicUrl: o['public-url'] as string } : {}),
       logger,
     });
     process.stdout.write(JSON.stringify({ event: 'ready', svc: 'broker', domain: broker.domain, url: broker.url, operatorTokenFile: broker.operatorTokenFile }) + '\n');

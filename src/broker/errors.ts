@@ -22,6 +22,7 @@ export const BROKER_OWN_ERRORS = {
   // Reservations and the NSI state machines.
   VMTC_RESERVATION_NOT_FOUND: { status: 404, message: 'no such reservation' },
   VMTC_ILLEGAL_TRANSITION: { status: 409, message: 'the operation is not allowed in the current state' },
+  VMTC_IDEMPOTENCY_KEY_REUSED: { status: 409, message: 'this idempotency key already names a reservation for another request' },
   VMTC_UNKNOWN_ENDPOINT: { status: 400, message: 'an endpoint is not a node of this domain' },
   VMTC_BAD_WINDOW: { status: 400, message: 'the time window is empty, reversed or already over' },
   VMTC_BAD_BANDWIDTH: { status: 400, message: 'the bandwidth must be positive and no larger than the largest link' },

@@ -10,7 +10,7 @@ import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import type { CapabilityClaims } from '../aaa/tokens.ts';
 import type { Clock } from '../common/clock.ts';
-import { DpopReplayCache, decodeCompactJws, dpopFailure, verifyDpopProofSync, verifyEd25519, type VerifiedProof } from '../common/dpop.ts';
+import { DpopReplayCache, ED25519_JWS_ALGS, decodeCompactJws, dpopFailure, isEd25519JwsAlg, verifyDpopProofSync, verifyEd25519, type VerifiedProof } from '../common/dpop.ts';
 import { brokerError } from './errors.ts';
 import type { ReserveInput } from './service.ts';
 import type { BrokerStore } from './store.ts';
@@ -26,7 +26,7 @@ export interface CapToken extends Omit<CapabilityClaims, 'cnf'> {
 /** What the gate needs to know about an HTTP request. */
 export interface RequestFacts {
   method: string;
-  /** The URL the client addressed (scheme://host:port/path), for the proof's htu. */
+  /** The URL the proof's htu must name: the broker's public URL plus the request's path. */
   htu: string;
   authorization?: string;
   dpop?: string;
@@ -72,7 +72,8 @@ export class TokenGate {
   async verifyToken(raw: string, checkTime = true): Promise<CapToken> {
     const malformed = (reason: string, extra: Record<string, unknown> = {}) => brokerError('VMTC_TOKEN_MALFORMED', { reason, ...extra });
     const { header, payload, signingInput, signature } = decodeCompactJws(raw, () => malformed('not a JWS compact serialisation'));
-    if (header.alg !== 'EdDSA') throw malformed('alg must be EdDSA', { alg: header.alg });
+    // EdDSA or its RFC 9864 name Ed25519: the issuer's key is Ed25519 either way (src/common/dpop.ts).
+    if (!isEd25519JwsAlg(header.alg)) throw malformed('alg must be EdDSA or Ed25519', { alg: header.alg, accepted: ED25519_JWS_ALGS });
     if (header.typ !== 'vmtc-cap+jwt') throw malformed('typ must be vmtc-cap+jwt', { typ: header.typ });
     if (!isStr(header.kid)) throw malformed('kid missing');
     const iss = payload.iss;

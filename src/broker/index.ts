@@ -4,7 +4,8 @@
 import { join } from 'node:path';
 import { randomIds, systemClock, type Clock, type Ids } from '../common/clock.ts';
 import { commonError } from '../common/errors.ts';
-import { baseUrl, buildHttp, parseListen } from '../common/http.ts';
+import { baseUrl, buildHttp, parseListen, RATE_LIMIT_DEFAULTS, type RateLimitOptions } from '../common/http.ts';
+import { parsePublicUrl, requirePublicUrlFor, resolvePublicUrl } from '../common/public-url.ts';
 import { serviceLogger, type Logger } from '../common/log.ts';
 import type { NetworkElementDriver } from './driver.ts';
 import { createNetworkDriver } from './drivers/registry.ts';
@@ -43,6 +44,15 @@ export interface BrokerOptions {
   faults?: FaultInjection;
   /** Largest request body in bytes. Default 64 KiB. */
   bodyLimit?: number;
+  /** Rate limits of the REST API per client address (README "Rate limits"). Default RATE_LIMIT_DEFAULTS. */
+  rateLimit?: Partial<RateLimitOptions>;
+  /**
+   * The base URL holders use to reach this broker (scheme://host:port, optionally a path prefix):
+   * a DPoP proof's htu must be this plus the route's path, whatever Host header the request
+   * carries. Default: scheme://HOST:PORT of `listen` (https with the trust file's tls; the port
+   * actually bound); required when listening on a wildcard address (src/common/public-url.ts).
+   */
+  publicUrl?: string;
 }
 
 export const BROKER_DEFAULTS = {
@@ -50,10 +60,14 @@ export const BROKER_DEFAULTS = {
   driver: 'memory',
   holdTimeoutMs: 120_000,
   bodyLimit: 64 * 1024,
+  rateLimit: RATE_LIMIT_DEFAULTS,
+  // publicUrl: scheme://HOST:PORT of listen, see BrokerOptions.publicUrl.
 } as const;
 
 export interface Broker {
   url: string;
+  /** The URL holders' proofs must name (BrokerOptions.publicUrl, or url by default). */
+  publicUrl: string;
   domain: string;
   service: BrokerService;
   store: BrokerStore;
@@ -72,6 +86,9 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
   const holdTimeoutMs = opts.holdTimeoutMs ?? BROKER_DEFAULTS.holdTimeoutMs;
   if (!(holdTimeoutMs > 0)) throw commonError('VMTC_CONFIG_INVALID', { field: 'holdTimeoutMs', value: holdTimeoutMs }, { message: 'hold timeout must be positive' });
   const { host, port } = parseListen(opts.listen ?? BROKER_DEFAULTS.listen, 'listen');
+  // Checked before anything is opened or bound; the default needs the bound port (below).
+  if (opts.publicUrl !== undefined) parsePublicUrl(opts.publicUrl);
+  else requirePublicUrlFor(host);
   const clock = opts.clock ?? systemClock;
   const ids = opts.ids ?? randomIds;
   const logger = serviceLogger(opts.logger, 'broker', { domain: opts.domain });
@@ -91,6 +108,8 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
   const gate = new TokenGate({ domain: opts.domain, keys, clock, store });
   const service = new BrokerService({ domain: opts.domain, topology, store, driver, peers, clock, ids, logger, holdTimeoutMs, ...(opts.faults ? { faults: opts.faults } : {}) });
   const streams = new Set<{ end(): void }>();
+  // Set once listening (the default names the bound port).
+  let publicUrl = '';
   let app;
   try {
     store.pruneJtis(Math.floor(clock.now() / 1000));
@@ -106,9 +125,10 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
           rejectUnauthorized: false,
         }
       : undefined;
-    app = await buildHttp({ logger, title: `vmtc broker (${opts.domain})`, securitySchemes: BROKER_SECURITY_SCHEMES, bodyLimit: opts.bodyLimit ?? BROKER_DEFAULTS.bodyLimit, ...(https ? { fastify: { https } } : {}) });
-    registerRoutes(app, { domain: opts.domain, service, gate, peers, clock, streams, operator });
+    app = await buildHttp({ logger, title: `vmtc broker (${opts.domain})`, securitySchemes: BROKER_SECURITY_SCHEMES, bodyLimit: opts.bodyLimit ?? BROKER_DEFAULTS.bodyLimit, rateLimit: { ...BROKER_DEFAULTS.rateLimit, ...(opts.rateLimit ?? {}) }, ...(https ? { fastify: { https } } : {}) });
+    registerRoutes(app, { domain: opts.domain, service, gate, peers, clock, streams, operator, publicUrl: () => publicUrl });
     await app.listen({ host, port });
+    publicUrl = resolvePublicUrl(opts.publicUrl, { scheme: trust.tls ? 'https' : 'http', host, port: (app.server.address() as { port: number }).port });
   } catch (e) {
     service.close();
     await app?.close().catch(() => undefined);
@@ -121,10 +141,11 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
   const prune = clock.setTimeout(function again() {
     store.pruneJtis(Math.floor(clock.now() / 1000));
   }, 3_600_000);
-  logger.info({ url, nodes: topology.nodes.size, links: topology.links.size, driver: driver.name, operatorTokenFile: operator.file }, 'broker listening');
+  logger.info({ url, publicUrl, nodes: topology.nodes.size, links: topology.links.size, driver: driver.name, operatorTokenFile: operator.file }, 'broker listening');
   let closing: Promise<void> | undefined;
   return {
     url,
+    publicUrl,
     domain: opts.domain,
     service,
     store,

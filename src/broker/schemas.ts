@@ -3,6 +3,7 @@
 import { Type, type Static, type Security, StringEnum, OpenObject } from '../common/schemas.ts';
 
 export const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) }, { additionalProperties: false });
+export const KeyParams = Type.Object({ key: Type.String({ minLength: 1, maxLength: 200 }) }, { additionalProperties: false });
 
 const Segment = Type.Object({
   domain: Type.String({ minLength: 1, maxLength: 128 }),
@@ -19,6 +20,7 @@ export const ReserveBody = Type.Object({
     end: Type.Integer({ description: 'epoch seconds, exclusive' }),
   }, { additionalProperties: false }),
   migrationId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  idempotencyKey: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: "the caller's name for this reservation: a reserve with a key already used (by the same holder) answers with that reservation, and GET /v1/reservations/by-key/:key finds it" })),
   upstream: Type.Optional(Type.Object(Segment.properties, { additionalProperties: false, description: 'set only by an upstream broker (mutual TLS)' })),
 }, { additionalProperties: false });
 export type ReserveBody = Static<typeof ReserveBody>;
@@ -58,6 +60,7 @@ export const Reservation = Type.Object({
   createdAt: Type.Number(),
   updatedAt: Type.Number(),
   migrationId: Type.Optional(Type.String()),
+  idempotencyKey: Type.Optional(Type.String()),
   heldAt: Type.Optional(Type.Number()),
   downstream: Type.Optional(SegmentRef),
   upstream: Type.Optional(SegmentRef),

@@ -42,6 +42,8 @@ export interface ReserveInput {
   start: number;
   end: number;
   migrationId?: string;
+  /** The caller's name for the reservation, unique per owner (docs/broker.md "Idempotency key"). */
+  idempotencyKey?: string;
 }
 
 export interface ReserveAuth {
@@ -234,6 +236,12 @@ export class BrokerService {
     return this.o.store.list().map((r) => this.live.get(r.id) ?? r);
   }
 
+  /** The owner's reservation made with this idempotency key, in whatever state it is. */
+  byKey(owner: Owner, key: string): Reservation | undefined {
+    const r = this.o.store.byKey(owner, key);
+    return r ? this.live.get(r.id) ?? r : undefined;
+  }
+
   transitions(id: string): TransitionRow[] {
     return this.o.store.transitions(id);
   }
@@ -313,6 +321,13 @@ export class BrokerService {
       updatedAt: now,
     };
     if (input.migrationId) r.migrationId = input.migrationId;
+    if (input.idempotencyKey !== undefined) {
+      // The route answers a reused key with its reservation before it gets here; this holds the
+      // rule for any other caller (one reservation per owner and key).
+      const used = this.o.store.byKey(auth.owner, input.idempotencyKey);
+      if (used) throw brokerError('VMTC_IDEMPOTENCY_KEY_REUSED', { idempotencyKey: input.idempotencyKey, reservationId: used.id });
+      r.idempotencyKey = input.idempotencyKey;
+    }
     if (auth.upstream) r.upstream = auth.upstream;
     // The jti is consumed in the same SQLite transaction that creates the reservation: of two
     // concurrent requests with one token, exactly one gets past this line.
@@ -600,6 +615,7 @@ export function view(r: Reservation, domain: string): Record<string, unknown> {
     updatedAt: r.updatedAt,
   };
   if (r.migrationId) v.migrationId = r.migrationId;
+  if (r.idempotencyKey !== undefined) v.idempotencyKey = r.idempotencyKey;
   if (r.heldAt !== undefined) v.heldAt = r.heldAt;
   if (r.downstream) v.downstream = r.downstream;
   if (r.upstream) v.upstream = r.upstream;

@@ -19,6 +19,8 @@ export interface DataPlane {
 export interface Reservation {
   id: string;
   migrationId?: string;
+  /** The caller's name for it, unique per owner (docs/broker.md "Idempotency key"). */
+  idempotencyKey?: string;
   src: string;
   dst: string;
   bandwidthMbps: number;
@@ -84,7 +86,16 @@ const MIGRATIONS = [
      used_at INTEGER NOT NULL
    );
    CREATE INDEX token_jti_exp ON token_jti(exp);`,
+  // Idempotency keys: "<owner>\n<key>", one reservation per owner and key.
+  `ALTER TABLE reservations ADD COLUMN idem TEXT;
+   CREATE UNIQUE INDEX reservations_idem ON reservations(idem) WHERE idem IS NOT NULL;`,
 ];
+
+/** An owner's scope for idempotency keys: a holder's key thumbprint, or a peer domain. */
+function idemOf(r: Pick<Reservation, 'owner' | 'idempotencyKey'>): string | null {
+  if (r.idempotencyKey === undefined) return null;
+  return `${r.owner.kind === 'holder' ? `holder:${r.owner.jkt}` : `peer:${r.owner.domain}`}\n${r.idempotencyKey}`;
+}
 
 export class BrokerStore {
   readonly db: Db;
@@ -93,7 +104,8 @@ export class BrokerStore {
   constructor(file: string) {
     this.db = openDb(file, MIGRATIONS);
     this.stmts = {
-      insert: this.db.prepare('INSERT INTO reservations (id, doc, lifecycle_state, created_at, updated_at) VALUES (?, ?, ?, ?, ?)'),
+      insert: this.db.prepare('INSERT INTO reservations (id, doc, lifecycle_state, created_at, updated_at, idem) VALUES (?, ?, ?, ?, ?, ?)'),
+      byIdem: this.db.prepare('SELECT doc FROM reservations WHERE idem = ?'),
       update: this.db.prepare('UPDATE reservations SET doc = ?, lifecycle_state = ?, updated_at = ? WHERE id = ?'),
       get: this.db.prepare('SELECT doc FROM reservations WHERE id = ?'),
       all: this.db.prepare('SELECT doc FROM reservations ORDER BY created_at, id'),
@@ -111,7 +123,7 @@ export class BrokerStore {
     return this.db.transaction(() => {
       if (this.stmts.jtiGet.get(token.jti)) return false;
       this.stmts.jtiPut.run(token.jti, token.iss, token.exp, r.id, r.createdAt);
-      this.stmts.insert.run(r.id, JSON.stringify(r), r.lifecycleState, r.createdAt, r.updatedAt);
+      this.stmts.insert.run(r.id, JSON.stringify(r), r.lifecycleState, r.createdAt, r.updatedAt, idemOf(r));
       return true;
     })();
   }
@@ -126,6 +138,12 @@ export class BrokerStore {
 
   get(id: string): Reservation | undefined {
     const row = this.stmts.get.get(id) as { doc: string } | undefined;
+    return row ? (JSON.parse(row.doc) as Reservation) : undefined;
+  }
+
+  /** The owner's reservation made with this idempotency key, if any. */
+  byKey(owner: Owner, key: string): Reservation | undefined {
+    const row = this.stmts.byIdem.get(idemOf({ owner, idempotencyKey: key })) as { doc: string } | undefined;
     return row ? (JSON.parse(row.doc) as Reservation) : undefined;
   }
 

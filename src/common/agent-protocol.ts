@@ -106,7 +106,11 @@ export interface MigrationParams extends Omit<MigrationTuning, 'copyStorage'> {
 export interface MigrationProgress {
   migrationId: string;
   vmId: string;
-  status: 'setup' | 'active' | 'postcopy-active' | 'device' | 'completed' | 'failed' | 'cancelled';
+  /** 'pre-switchover': the source paused the VM before sending its final state (the last dirty
+   *  pages and the device state, or the switch to post-copy) and waits for vm.continueMigration;
+   *  until then a cancel leaves the destination without the final state
+   *  (docs/design.md#switchover). */
+  status: 'setup' | 'active' | 'pre-switchover' | 'postcopy-active' | 'device' | 'completed' | 'failed' | 'cancelled';
   totalBytes: number;
   transferredBytes: number;
   remainingBytes: number;
@@ -198,10 +202,15 @@ export interface HostMethods {
    *  offers them, writable, to the source on `listenHost`: `storage` goes to the source's
    *  MigrationParams. */
   'vm.prepareIncoming': [{ spec: VmSpec; migrationId: string; listenHost: string; port?: number; tuning?: MigrationTuning }, { uri: string; storage?: MigrationParams['storage'] }];
-  /** Source: start migrating to `uri`. Resolves once started; completion arrives as a
-   *  'migration.done' event (and can be polled with vm.migrationStatus). */
+  /** Source: start migrating to `uri`. Resolves once started; the source pauses before its
+   *  final state and reports 'pre-switchover' (see vm.continueMigration); completion arrives as
+   *  a 'migration.done' event (and can be polled with vm.migrationStatus). */
   'vm.migrate': [{ vmId: string; uri: string; params: MigrationParams }, { started: true }];
   'vm.migrationStatus': [{ vmId: string }, MigrationProgress | MigrationResult | null];
+  /** Source: the controller decided (the point of no return, docs/design.md#switchover): send
+   *  the final state. Allowed once the migration reported 'pre-switchover'; idempotent (a
+   *  migration already continued or completed answers ok). */
+  'vm.continueMigration': [{ vmId: string; migrationId: string }, { ok: true }];
   'vm.cancelMigration': [{ vmId: string }, { ok: true }];
   /** Destination: wait until the incoming VM runs (commit point of the paper's switchover). */
   'vm.waitRunning': [{ vmId: string; timeoutMs: number }, VmInfo];

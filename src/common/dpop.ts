@@ -108,6 +108,17 @@ export function importRequesterKey(jwk: { kty: string; crv: string; x: string; d
   return { privateKey, publicJwk, jkt: jwkThumbprint(publicJwk) };
 }
 
+/**
+ * The JWS `alg` names of an Ed25519 signature: `EdDSA` (RFC 8037, what vmtc signs with) and
+ * `Ed25519`, the fully-specified name RFC 9864 registered for it, which standard DPoP clients
+ * (the `dpop` npm package) send. Both are accepted wherever a JWS is verified here: every key we
+ * verify with is an OKP/Ed25519 key (from the proof's own `jwk`, a pinned JWKS or the policy), so
+ * the verification is Ed25519 whichever name the header uses and the name cannot select a
+ * weaker algorithm. Anything else (`none`, HS*, RS*, ES*) stays refused.
+ */
+export const ED25519_JWS_ALGS: readonly string[] = ['EdDSA', 'Ed25519'];
+export const isEd25519JwsAlg = (alg: unknown): boolean => typeof alg === 'string' && ED25519_JWS_ALGS.includes(alg);
+
 /** Sign a JWS compact serialisation with an Ed25519 private key (alg EdDSA). */
 export function signCompactJws(header: Record<string, unknown>, payload: Record<string, unknown>, privateKey: KeyObject): string {
   const input = `${b64uJson(header)}.${b64uJson(payload)}`;
@@ -244,7 +255,7 @@ export function verifyDpopProofSync(proof: string | undefined, opts: VerifyProof
   const { header, payload, signingInput, signature } = decodeCompactJws(proof);
   // Steps 4-5: typ and an asymmetric algorithm we support.
   if (header.typ !== 'dpop+jwt') throw dpopFailure('typ', { typ: header.typ });
-  if (header.alg !== 'EdDSA') throw dpopFailure('alg', { alg: header.alg });
+  if (!isEd25519JwsAlg(header.alg)) throw dpopFailure('alg', { alg: header.alg, accepted: ED25519_JWS_ALGS });
   // Step 7: the jwk header is a public key (a private member `d` is refused).
   const jwk = header.jwk as Record<string, unknown> | undefined;
   if (!jwk || typeof jwk !== 'object' || jwk.kty !== 'OKP' || jwk.crv !== 'Ed25519' || typeof jwk.x !== 'string' || 'd' in jwk || jwk.x.length !== 43) {

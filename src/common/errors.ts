@@ -54,6 +54,9 @@ export const COMMON_ERRORS = {
   VMTC_BAD_REQUEST: { status: 400, message: 'the request could not be read' },
   VMTC_VALIDATION: { status: 400, message: 'the request does not match the schema' },
   VMTC_BODY_TOO_LARGE: { status: 413, message: 'the request body is too large' },
+  VMTC_BODY_TOO_DEEP: { status: 400, message: 'the request body nests arrays and objects deeper than the service accepts' },
+  VMTC_HEADERS_TOO_LARGE: { status: 431, message: 'the request headers are too large' },
+  VMTC_REQUEST_TIMEOUT: { status: 408, message: 'the request did not arrive in time' },
   VMTC_UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'the request body must be application/json' },
   VMTC_NOT_FOUND: { status: 404, message: 'no such route' },
   VMTC_METHOD_NOT_ALLOWED: { status: 405, message: 'method not allowed on this route' },
@@ -65,6 +68,7 @@ export const COMMON_ERRORS = {
   VMTC_TIMEOUT: { status: 504, message: 'a peer did not answer in time' },
   VMTC_PEER_UNREACHABLE: { status: 502, message: 'a peer could not be reached' },
   VMTC_PEER_BAD_REPLY: { status: 502, message: 'a peer answered with something unexpected' },
+  VMTC_RPC_SEND_FAILED: { status: 502, message: 'a request could not be sent over the link (it cannot be serialised, or the link failed)' },
   VMTC_SHUTTING_DOWN: { status: 503, message: 'the service is shutting down' },
   VMTC_COMMAND_FAILED: { status: 500, message: 'a program this process runs failed or did not finish in time' },
 } as const satisfies Catalogue;

@@ -1,11 +1,34 @@
 // One way to build a fastify server for every vmtc service: JSON Schema on every route with
 // unknown fields refused (the schemas are TypeBox, src/common/schemas.ts), errors always
-// { code, message, details? } from a catalogue, a body limit, and the OpenAPI document at
-// GET /openapi.json.
-import Fastify, { LogController, type FastifyInstance, type FastifyError, type FastifyServerOptions } from 'fastify';
+// { code, message, details? } from a catalogue (fastify's own errors too: routing, parsing,
+// malformed HTTP), a body size and nesting limit, rate limits per client address, and the
+// OpenAPI document at GET /openapi.json.
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
+import Fastify, { LogController, type FastifyInstance, type FastifyError, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import swagger from '@fastify/swagger';
+import rateLimit from '@fastify/rate-limit';
 import type { Logger } from './log.ts';
 import { VmtcError, commonError, toVmtcError } from './errors.ts';
+
+/** Rate limits of a service, per client address (README "Rate limits"). A `max` of 0 turns one off. */
+export interface RateLimitOptions {
+  /** Every request counts. */
+  requests: { max: number; windowMs: number };
+  /** Refusals (answers 401 or 403: failed authentication, or a credential used for what it may
+   *  not do) count; past `max`, every request from the address is answered 429 until the
+   *  window ends, so credentials cannot be guessed at speed. */
+  refusals: { max: number; windowMs: number };
+}
+
+/** Defaults of every service (each service's options may override them). */
+export const RATE_LIMIT_DEFAULTS: RateLimitOptions = {
+  requests: { max: 2000, windowMs: 10_000 },
+  refusals: { max: 100, windowMs: 60_000 },
+};
+
+/** Deepest nesting of arrays and objects accepted in a JSON body (docs/errors.md VMTC_BODY_TOO_DEEP). */
+export const JSON_DEPTH_LIMIT = 32;
 
 export interface HttpOptions {
   logger: Logger;
@@ -18,13 +41,74 @@ export interface HttpOptions {
   fastify?: Record<string, unknown>;
   /** OpenAPI security schemes beside `bearer` (routes name them in `security`). */
   securitySchemes?: Record<string, Record<string, unknown>>;
+  /** Deepest nesting of a JSON body (default JSON_DEPTH_LIMIT). */
+  maxJsonDepth?: number;
+  /** Rate limits (default RATE_LIMIT_DEFAULTS; each part may be given alone). */
+  rateLimit?: Partial<RateLimitOptions>;
+}
+
+function checkLimit(v: { max: number; windowMs: number }, field: string): { max: number; windowMs: number } {
+  if (!v || !Number.isInteger(v.max) || v.max < 0 || !Number.isInteger(v.windowMs) || v.windowMs <= 0) {
+    throw commonError('VMTC_CONFIG_INVALID', { field, value: v }, { message: `${field} needs max (an integer, 0 = off) and windowMs (a positive integer)` });
+  }
+  return v;
+}
+
+/**
+ * Whether a JSON text nests arrays and objects deeper than `limit`, by one pass over its
+ * characters: decided before the text is parsed, so a deeply nested body costs no more than a
+ * flat one of its size and never reaches a handler (which might pass it on to something
+ * recursive: a serialiser, a WebSocket peer).
+ */
+export function jsonDeeperThan(text: string, limit: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped character
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) {
+      inString = true;
+    } else if (c === 0x7b || c === 0x5b) {
+      if (++depth > limit) return true;
+    } else if (c === 0x7d || c === 0x5d) {
+      depth--;
+    }
+  }
+  return false;
+}
+
+/** A malformed HTTP request (fastify's clientError): answered with a coded body, then closed. */
+function clientErrorHandler(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const e = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? commonError('VMTC_REQUEST_TIMEOUT')
+    : err.code === 'HPE_HEADER_OVERFLOW' ? commonError('VMTC_HEADERS_TOO_LARGE')
+      : commonError('VMTC_BAD_REQUEST', { reason: 'the HTTP request could not be parsed' });
+  const body = JSON.stringify(e.toJSON());
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`);
+  }
+  socket.destroy(err);
 }
 
 export async function buildHttp(opts: HttpOptions): Promise<FastifyInstance> {
+  const limits: RateLimitOptions = {
+    requests: checkLimit(opts.rateLimit?.requests ?? RATE_LIMIT_DEFAULTS.requests, 'rateLimit.requests'),
+    refusals: checkLimit(opts.rateLimit?.refusals ?? RATE_LIMIT_DEFAULTS.refusals, 'rateLimit.refusals'),
+  };
+  const maxDepth = opts.maxJsonDepth ?? JSON_DEPTH_LIMIT;
   const app = Fastify({
     loggerInstance: opts.logger.child({ mod: 'http' }),
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: opts.bodyLimit ?? 64 * 1024,
+    // fastify answers these itself, outside the error handler: a URL that is not valid
+    // percent-encoding, a path parameter over its length limit, malformed HTTP.
+    frameworkErrors: (error: FastifyError, _request: FastifyRequest, reply: FastifyReply) => {
+      const e = mapError(error);
+      void reply.status(e.status).send(e.toJSON());
+    },
+    clientErrorHandler,
     ajv: {
       customOptions: {
         // Unknown fields are an error, not silently dropped; types are not coerced in bodies.
@@ -49,17 +133,76 @@ export async function buildHttp(opts: HttpOptions): Promise<FastifyInstance> {
   });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
+  // JSON bodies only (text/plain, fastify's other default, is refused with 415), their nesting
+  // bounded before they are parsed; otherwise fastify's own parser (prototype poisoning refused).
+  app.removeContentTypeParser('text/plain');
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (jsonDeeperThan(body as string, maxDepth)) return done(commonError('VMTC_BODY_TOO_DEEP', { maxDepth }), undefined);
+    parseJson(request, body as string, done);
+  });
+
+  await registerRateLimits(app, limits);
+
   app.setErrorHandler((error: FastifyError | VmtcError | Error, request, reply) => {
     const e = mapError(error);
     const log = request.log ?? opts.logger;
     if (e.status >= 500) log.error({ err: error, code: e.code }, 'request failed');
+    // A flood is answered 429 a request at a time; its first refusals were logged already.
+    else if (e.code === 'VMTC_RATE_LIMITED') log.debug({ code: e.code, url: request.url, method: request.method, ip: request.ip }, 'request refused');
     else log.info({ code: e.code, url: request.url, method: request.method }, 'request refused');
     void reply.status(e.status).send(e.toJSON());
   });
+
+  // A path that exists with other methods answers 405 with Allow; any other, 404.
+  const routes: { method: string; path: RegExp }[] = [];
+  app.addHook('onRoute', (r) => {
+    const pattern = r.url.split('/').map((seg) => (seg.startsWith(':') ? '[^/]+' : seg === '*' ? '.*' : seg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))).join('/');
+    for (const m of [r.method].flat()) routes.push({ method: m, path: new RegExp(`^${pattern}$`) });
+  });
   app.setNotFoundHandler((request, reply) => {
-    void reply.status(404).send(commonError('VMTC_NOT_FOUND', { method: request.method, url: request.url }).toJSON());
+    const path = request.url.split('?')[0] ?? '';
+    const allowed = [...new Set(routes.filter((r) => r.path.test(path)).map((r) => r.method))];
+    if (allowed.length > 0) {
+      void reply.status(405).header('allow', allowed.join(', ')).send(commonError('VMTC_METHOD_NOT_ALLOWED', { method: request.method, allowed }).toJSON());
+      return;
+    }
+    void reply.status(404).send(commonError('VMTC_NOT_FOUND', { method: request.method, url: request.url.slice(0, 200) }).toJSON());
   });
   return app;
+}
+
+/**
+ * Rate limits per client address (@fastify/rate-limit's counters): every request counts against
+ * `requests`; every refusal (401, 403) against `refusals`, and an address past that limit is
+ * answered 429 on every route until its window ends. Both checks run first, before routing's
+ * own hooks (authentication), parsing or validation.
+ */
+async function registerRateLimits(app: FastifyInstance, limits: RateLimitOptions): Promise<void> {
+  if (limits.requests.max === 0 && limits.refusals.max === 0) return;
+  await app.register(rateLimit, { global: false });
+  const byAddress = (req: FastifyRequest) => req.ip;
+  const requests = limits.requests.max > 0 ? app.createRateLimit({ max: limits.requests.max, timeWindow: limits.requests.windowMs, keyGenerator: byAddress }) : undefined;
+  const refusals = limits.refusals.max > 0 ? app.createRateLimit({ max: limits.refusals.max, timeWindow: limits.refusals.windowMs, keyGenerator: byAddress }) : undefined;
+  const limited = (reply: FastifyReply, retryAfterSec: number, limit: string, max: number, windowMs: number) => {
+    void reply.header('retry-after', String(Math.max(1, retryAfterSec)));
+    return commonError('VMTC_RATE_LIMITED', { limit, max, windowMs, retryAfterSec: Math.max(1, retryAfterSec) });
+  };
+  app.addHook('onRequest', async (request, reply) => {
+    if (refusals) {
+      const r = await refusals(request, { increment: false });
+      if (!r.isAllowed && r.remaining === 0) throw limited(reply, r.ttlInSeconds, 'refusals', limits.refusals.max, limits.refusals.windowMs);
+    }
+    if (requests) {
+      const r = await requests(request);
+      if (!r.isAllowed && r.isExceeded) throw limited(reply, r.ttlInSeconds, 'requests', limits.requests.max, limits.requests.windowMs);
+    }
+  });
+  if (refusals) {
+    app.addHook('onResponse', async (request, reply) => {
+      if (reply.statusCode === 401 || reply.statusCode === 403) await refusals(request);
+    });
+  }
 }
 
 /** Translate fastify's own errors (validation, body parsing, size) into catalogue codes. */
@@ -77,10 +220,20 @@ export function mapError(error: unknown): VmtcError {
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
-      return commonError('VMTC_BAD_REQUEST', { reason: fe.message });
+    case 'FST_ERR_BAD_URL':
+      return commonError('VMTC_BAD_REQUEST', { reason: String(fe.message).slice(0, 200) });
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      return commonError('VMTC_VALIDATION', { context: 'params', reason: 'a path parameter is longer than the route accepts' });
+    case 'FST_ERR_NOT_FOUND':
+      return commonError('VMTC_NOT_FOUND');
   }
-  if (fe && typeof fe.statusCode === 'number' && fe.statusCode < 500) {
-    return commonError('VMTC_BAD_REQUEST', { reason: fe.message });
+  // Anything else fastify (or a plugin) refuses: by its status, so no answer goes out without a
+  // code of the catalogue.
+  const status = typeof fe?.statusCode === 'number' ? fe.statusCode : 500;
+  if (status < 500) {
+    const byStatus = { 401: 'VMTC_UNAUTHENTICATED', 403: 'VMTC_FORBIDDEN', 404: 'VMTC_NOT_FOUND', 405: 'VMTC_METHOD_NOT_ALLOWED', 408: 'VMTC_REQUEST_TIMEOUT', 413: 'VMTC_BODY_TOO_LARGE', 415: 'VMTC_UNSUPPORTED_MEDIA_TYPE', 429: 'VMTC_RATE_LIMITED', 431: 'VMTC_HEADERS_TOO_LARGE' } as const;
+    const code = byStatus[status as keyof typeof byStatus] ?? 'VMTC_BAD_REQUEST';
+    return commonError(code, { reason: String(fe?.message ?? '').slice(0, 200), ...(fe?.code ? { cause: fe.code } : {}) });
   }
   return toVmtcError(error);
 }

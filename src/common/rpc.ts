@@ -60,7 +60,16 @@ export class RpcPeer {
         reject(commonError('VMTC_TIMEOUT', { method, timeoutMs }));
       }, timeoutMs);
       this.pending.set(id, { method, resolve: resolve as (v: unknown) => void, reject, timer });
-      this.send({ t: 'req', id, method, params });
+      // A request that cannot go out fails now, with a code, instead of waiting for its timer:
+      // params that cannot be serialised (a cycle, nesting past the stack) or a link that fails
+      // the write.
+      this.send({ t: 'req', id, method, params }, (e) => {
+        const p = this.pending.get(id);
+        if (!p) return;
+        this.pending.delete(id);
+        clearTimeout(p.timer);
+        p.reject(commonError('VMTC_RPC_SEND_FAILED', { method, reason: e.message.slice(0, 200) }, { cause: e }));
+      });
     });
   }
 
@@ -73,11 +82,17 @@ export class RpcPeer {
     this.failAll(commonError('VMTC_PEER_UNREACHABLE', { reason: 'link closed' }));
   }
 
-  private send(f: Frame): void {
+  /** Serialise and write one frame; `onFail` hears of a failure, at once or from the write. */
+  private send(f: Frame, onFail?: (e: Error) => void): void {
+    const failed = (e: unknown) => {
+      const err = e instanceof Error ? e : new Error(String(e));
+      this.opts.logger.warn({ reason: err.message, frame: f.t, ...(f.t === 'req' ? { method: f.method } : {}) }, 'send failed');
+      onFail?.(err);
+    };
     try {
-      this.ws.send(JSON.stringify(f));
+      this.ws.send(JSON.stringify(f), (e) => { if (e) failed(e); });
     } catch (e) {
-      this.opts.logger.warn({ err: e }, 'send failed');
+      failed(e);
     }
   }
 
@@ -135,7 +150,11 @@ export class RpcPeer {
     }
     try {
       const result = await h(params);
-      this.send({ t: 'res', id, ok: true, result });
+      // A result that cannot be serialised is answered as an error, so the caller does not wait
+      // for its timer either.
+      this.send({ t: 'res', id, ok: true, result }, (e) => {
+        this.send({ t: 'res', id, ok: false, error: { ...commonError('VMTC_RPC_SEND_FAILED', { method, reason: e.message.slice(0, 200) }).toJSON(), ...({ status: 502 } as object) } as ErrorBody });
+      });
     } catch (e) {
       const ve = toVmtcError(e);
       if (ve.status >= 500) this.opts.logger.error({ err: e, method }, 'handler failed');

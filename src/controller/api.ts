@@ -1,6 +1,6 @@
 // The controller's REST API for orchestrators. Every route's schema is in schemas.ts (unknown
 // fields refused); every error is { code, message, details? } from the catalogue in errors.ts.
-import type { FastifyInstance, FastifyRequest, preHandlerHookHandler } from 'fastify';
+import type { FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { createHash } from 'node:crypto';
 import { commonError } from '../common/errors.ts';
@@ -9,7 +9,7 @@ import type { Clock, Ids } from '../common/clock.ts';
 import type { Logger } from '../common/log.ts';
 import type { HostInventory } from '../common/agent-protocol.ts';
 import { err } from './errors.ts';
-import { hostUsage, precheck } from './capacity.ts';
+import { checkRoomToStart, hostUsage, precheck } from './capacity.ts';
 import { TERMINAL } from './machine.ts';
 import type { ControllerStore, MigrationRow } from './store.ts';
 import type { MigrationRunner } from './runner.ts';
@@ -39,8 +39,12 @@ export interface ApiDeps {
   identity: Static<typeof Identity>;
 }
 
-/** preHandler that requires a bearer credential with at least `role`. */
-export function requireRole(store: ControllerStore, role: Role): preHandlerHookHandler {
+/**
+ * onRequest hook that requires a bearer credential with at least `role`. It runs before the body
+ * is read, parsed or validated (README "API"): a request without a good credential learns
+ * nothing from the route, whatever its body.
+ */
+export function requireRole(store: ControllerStore, role: Role): onRequestHookHandler {
   return async (request: FastifyRequest) => {
     const h = request.headers.authorization;
     const m = typeof h === 'string' ? /^Bearer\s+(\S+)$/i.exec(h) : null;
@@ -66,6 +70,7 @@ export function presentMigration(row: MigrationRow, store: ControllerStore, with
     progress: row.progress as Progress | null, error: row.error,
     steps: { checks: row.ctx.checks, token: row.ctx.token, lightpath: row.ctx.lightpath, incoming: row.ctx.incoming, tunnel: row.ctx.tunnel, ...(row.ctx.cold ? { cold: row.ctx.cold } : {}) },
     timings: row.ctx.timings ?? {}, result: row.ctx.result ?? {}, warnings: row.ctx.warnings ?? [],
+    ...(row.ctx.kept ? { kept: row.ctx.kept } : {}),
     createdAt: iso(row.createdAt), updatedAt: iso(row.updatedAt),
     ...(withTransitions ? { transitions: store.transitions(row.id).map((t) => ({ ...t, at: iso(t.at) })) } : {}),
   };
@@ -84,7 +89,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
   app.get('/v1/identity', {
-    preHandler: reader,
+    onRequest: reader,
     schema: {
       operationId: 'getIdentity', tags: ['identity'], security,
       summary: "The controller's public key and its thumbprint (list it as a requester in AAA policies).",
@@ -93,7 +98,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
   }, async () => d.identity);
 
   app.post('/v1/migrations', {
-    preHandler: orchestrator,
+    onRequest: orchestrator,
     schema: {
       operationId: 'createMigration', tags: ['migrations'], security,
       summary: 'Request a migration. Pre-checks run at once; a failing check answers with its own code and changes nothing.',
@@ -136,7 +141,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
   });
 
   app.get('/v1/migrations', {
-    preHandler: reader,
+    onRequest: reader,
     schema: {
       operationId: 'listMigrations', tags: ['migrations'], security,
       summary: 'Migrations, newest first, without their transitions.',
@@ -146,7 +151,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
   }, async (request) => ({ migrations: store.migrations(request.query).map((m) => presentMigration(m, store, false)) }));
 
   app.get('/v1/migrations/:id', {
-    preHandler: reader,
+    onRequest: reader,
     schema: {
       operationId: 'getMigration', tags: ['migrations'], security,
       summary: 'One migration with every transition.',
@@ -170,7 +175,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     done();
   });
   app.get('/v1/migrations/:id/events', {
-    preHandler: reader,
+    onRequest: reader,
     schema: {
       operationId: 'followMigration', tags: ['migrations'], security,
       summary: 'Follow one migration as server-sent events: snapshot, transition, progress, end.',
@@ -223,10 +228,10 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
   });
 
   app.post('/v1/migrations/:id/cancel', {
-    preHandler: orchestrator,
+    onRequest: orchestrator,
     schema: {
       operationId: 'cancelMigration', tags: ['migrations'], security,
-      summary: 'Ask for a migration to be cancelled (allowed until its last page is copied); it then rolls back.',
+      summary: 'Ask for a migration to be cancelled (allowed until the switchover is granted, or a cold copy is verified); it then rolls back.',
       params: IdParams,
       response: { 202: { ...Migration, description: 'the cancel is under way' }, ...errorResponses({}, 401, 403, 404, 409) },
     },
@@ -244,7 +249,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
   });
 
   app.get('/v1/hosts', {
-    preHandler: reader,
+    onRequest: reader,
     schema: {
       operationId: 'listHosts', tags: ['hosts'], security,
       summary: 'Hypervisor hosts and their capacity.',
@@ -253,7 +258,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
   }, async () => ({ hosts: hostEntries().map(presentHost) }));
 
   app.get('/v1/hosts/:id', {
-    preHandler: reader,
+    onRequest: reader,
     schema: {
       operationId: 'getHost', tags: ['hosts'], security,
       summary: 'Totals, used, held and available vCPU, memory and disk, and per-project use (Nova describeresource).',
@@ -267,7 +272,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
   });
 
   app.get('/v1/vms', {
-    preHandler: reader,
+    onRequest: reader,
     schema: {
       operationId: 'listVms', tags: ['vms'], security,
       summary: 'VMs where the host agents report them.',
@@ -282,7 +287,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
   });
 
   app.post('/v1/vms', {
-    preHandler: admin,
+    onRequest: admin,
     schema: {
       operationId: 'startVm', tags: ['vms'], security,
       summary: 'Start a VM on a host (operators and the lab use this to place a VM before migrating it).',
@@ -294,13 +299,15 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     const { hostId, spec } = request.body;
     if (!store.host(hostId)) throw err('VMTC_HOST_NOT_FOUND', { hostId });
     if (!hub.isConnected(hostId)) throw err('VMTC_HOST_NOT_CONNECTED', { hostId });
+    const inv = hub.inventory(hostId);
+    if (inv) checkRoomToStart(inv, store.holds(hostId), spec);
     const vm = await hub.request(hostId, 'vm.start', { spec }, 120_000);
     return reply.status(201).send({ hostId, vmId: vm.vmId, state: vm.state });
   });
 
   // ---- credentials (admin)
   app.post('/v1/credentials', {
-    preHandler: admin,
+    onRequest: admin,
     schema: {
       operationId: 'createCredential', tags: ['credentials'], security,
       summary: 'Make a bearer credential with a role.',
@@ -314,7 +321,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     return reply.status(201).send({ id, name: request.body.name, role: request.body.role, token });
   });
   app.get('/v1/credentials', {
-    preHandler: admin,
+    onRequest: admin,
     schema: {
       operationId: 'listCredentials', tags: ['credentials'], security,
       summary: 'Every credential, revoked ones too (never the secret).',
@@ -324,7 +331,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     credentials: store.listCredentials().map((c) => ({ ...c, createdAt: new Date(c.createdAt).toISOString(), revokedAt: c.revokedAt ? new Date(c.revokedAt).toISOString() : null })),
   }));
   app.delete('/v1/credentials/:id', {
-    preHandler: admin,
+    onRequest: admin,
     schema: {
       operationId: 'revokeCredential', tags: ['credentials'], security,
       summary: 'Revoke a credential: it stops working at once.',

@@ -77,6 +77,25 @@ export function versionCompatible(source: string, dest: string): boolean {
   return true;
 }
 
+/** The host has `need` available (what it reports, less what is held for incoming migrations);
+ *  otherwise the first shortfall's own code. vCPUs only when `vcpus` (a migration's destination). */
+function requireRoom(hostId: string, usage: HostUsage, need: Resources, vcpus = true): void {
+  if (usage.available.memoryMb < need.memoryMb) throw err('VMTC_INSUFFICIENT_MEMORY', { hostId, needMb: need.memoryMb, availableMb: usage.available.memoryMb });
+  if (vcpus && usage.available.vcpus < need.vcpus) throw err('VMTC_INSUFFICIENT_VCPUS', { hostId, need: need.vcpus, available: usage.available.vcpus });
+  if (usage.available.diskGb < need.diskGb) throw err('VMTC_INSUFFICIENT_DISK', { hostId, needGb: need.diskGb, availableGb: usage.available.diskGb });
+}
+
+/**
+ * Room to start a VM on a host (POST /v1/vms): memory, and disk unless the host's storage is
+ * shared, against the host's inventory and the capacity held there for incoming migrations, so a
+ * start can neither overcommit a host nor take what a migration holds. vCPUs may be
+ * overcommitted by a start, as hypervisors allow. Refused with the pre-checks' 409 codes before
+ * the agent is asked.
+ */
+export function checkRoomToStart(inv: HostInventory, holds: (Hold & { vmId?: string })[], spec: { vcpus: number; memoryMb: number; diskGb: number }): void {
+  requireRoom(inv.hostId, hostUsage(inv, holds), { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: inv.sharedStorage ? 0 : spec.diskGb }, false);
+}
+
 export interface PrecheckInput {
   vmId: string;
   mode: 'live' | 'cold' | 'auto';
@@ -128,9 +147,7 @@ export function precheck(input: PrecheckInput): PrecheckResult {
   // needs no disk at the destination.
   const copiesDisks = !sharedStorage || input.mode !== 'live';
   const need: Resources = { vcpus: vm.vcpus, memoryMb: vm.memoryMb, diskGb: copiesDisks ? vm.diskGb : 0 };
-  if (usage.available.memoryMb < need.memoryMb) throw err('VMTC_INSUFFICIENT_MEMORY', { hostId: dest.hostId, needMb: need.memoryMb, availableMb: usage.available.memoryMb });
-  if (usage.available.vcpus < need.vcpus) throw err('VMTC_INSUFFICIENT_VCPUS', { hostId: dest.hostId, need: need.vcpus, available: usage.available.vcpus });
-  if (usage.available.diskGb < need.diskGb) throw err('VMTC_INSUFFICIENT_DISK', { hostId: dest.hostId, needGb: need.diskGb, availableGb: usage.available.diskGb });
+  requireRoom(dest.hostId, usage, need);
   checks.push('destination-capacity');
   if (source.hypervisor.type !== dest.hypervisor.type) throw err('VMTC_HYPERVISOR_MISMATCH', { source: source.hypervisor.type, destination: dest.hypervisor.type });
   if (!versionCompatible(source.hypervisor.version, dest.hypervisor.version)) {

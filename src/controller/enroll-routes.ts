@@ -1,7 +1,9 @@
 // REST routes of enrolment and agent administration, mounted on the controller's fastify app
 // (schemas in schemas.ts). POST /v1/enroll is the only route an agent calls without a bearer
-// credential: the one-time token in its body is the credential (docs/design.md "Trust").
-import type { FastifyInstance, preHandlerHookHandler } from 'fastify';
+// credential: the one-time token in its body is the credential (docs/design.md "Trust"). It is
+// therefore the one route whose body is read before the caller is known (README "API"): a small
+// body limit, a flat schema of two bounded strings, and a refusal that names no enrolment.
+import type { FastifyInstance, onRequestHookHandler } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { errorResponses } from '../common/schemas.ts';
 import type { AgentHub } from './hub.ts';
@@ -9,11 +11,13 @@ import type { AgentKind } from './pki-store.ts';
 import { hubError } from './hub-errors.ts';
 import { AgentList, AgentParams, AgentRevoked, Enrolled, EnrollBody, EnrollToken, EnrollTokenBody } from './schemas.ts';
 
-export function registerEnrollRoutes(fastify: FastifyInstance, hub: AgentHub, opts: { requireAdmin: preHandlerHookHandler }): void {
+export function registerEnrollRoutes(fastify: FastifyInstance, hub: AgentHub, opts: { requireAdmin: onRequestHookHandler }): void {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const security = [{ bearer: [] }];
 
   app.post('/v1/enroll', {
+    // A token (256) and a CSR (16 KiB) with JSON escapes fit; nothing bigger is read.
+    bodyLimit: 32 * 1024,
     schema: {
       operationId: 'enrollAgent',
       summary: 'exchange a one-time enrolment token and a CSR for an agent certificate',
@@ -30,7 +34,7 @@ export function registerEnrollRoutes(fastify: FastifyInstance, hub: AgentHub, op
   });
 
   app.post('/v1/enrollment-tokens', {
-    preHandler: opts.requireAdmin,
+    onRequest: opts.requireAdmin,
     schema: {
       operationId: 'createEnrollmentToken',
       summary: 'mint a one-time enrolment token for an agent',
@@ -46,7 +50,7 @@ export function registerEnrollRoutes(fastify: FastifyInstance, hub: AgentHub, op
   });
 
   app.get('/v1/agents', {
-    preHandler: opts.requireAdmin,
+    onRequest: opts.requireAdmin,
     schema: {
       operationId: 'listAgents',
       summary: 'list enrolled agents and their links',
@@ -63,7 +67,7 @@ export function registerEnrollRoutes(fastify: FastifyInstance, hub: AgentHub, op
   }));
 
   app.post('/v1/agents/:hostId/revoke', {
-    preHandler: opts.requireAdmin,
+    onRequest: opts.requireAdmin,
     schema: {
       operationId: 'revokeAgent',
       summary: 'revoke every certificate of an agent and drop its link',

@@ -32,6 +32,7 @@ export const MIGRATION_ERRORS = {
   VMTC_DEADLINE_EXCEEDED: { status: 504, message: 'the migration did not finish before its deadline' },
   VMTC_CONTROLLER_RESTARTED: { status: 503, message: 'the controller restarted before anything moved; the migration was rolled back' },
   VMTC_AGENT_LOST: { status: 503, message: 'an agent taking part disconnected during the migration' },
+  VMTC_MIGRATION_LOST: { status: 502, message: 'the source agent no longer knows the migration and the destination does not run the VM' },
   VMTC_MIGRATION_FAILED: { status: 502, message: 'the hypervisor reported the migration failed' },
   VMTC_DESTINATION_NOT_RUNNING: { status: 502, message: 'the destination did not report the VM running' },
   VMTC_ROLLBACK_FAILED: { status: 500, message: 'rolling back did not complete; an operator must look' },

@@ -17,6 +17,7 @@ import type { Db } from '../common/db.ts';
 import { systemClock, randomIds, type Clock, type Ids } from '../common/clock.ts';
 import { commonError } from '../common/errors.ts';
 import { RpcPeer } from '../common/rpc.ts';
+import { AGENT_EVENTS, AGENT_RESULTS, HELLO } from '../common/agent-schemas.ts';
 import { CsrError, fingerprint, loadOrCreateCa, issueServerCert, signClientCsr, normaliseSerial, randomSerial, type Ca } from '../common/pki.ts';
 import type { HostInventory, HostMethods, Hello } from '../common/agent-protocol.ts';
 import { PkiStore, hashToken, type AgentKind } from './pki-store.ts';
@@ -280,7 +281,17 @@ export class AgentHub extends EventEmitter {
     if (this.closing) return Promise.reject(commonError('VMTC_SHUTTING_DOWN'));
     const link = this.links.get(hostId);
     if (!link) return Promise.reject(hubError('VMTC_AGENT_NOT_CONNECTED', { hostId, method }));
-    return link.peer.request(method, params, timeoutMs ?? this.requestTimeoutMs);
+    const schema = Object.prototype.hasOwnProperty.call(AGENT_RESULTS, method) ? AGENT_RESULTS[method] : undefined;
+    return link.peer.request(method, params, timeoutMs ?? this.requestTimeoutMs).then((result) => {
+      // A result the controller reads is checked like an event: a wrong one fails the request
+      // with a code instead of a TypeError somewhere later.
+      const problems = schema?.problems(result) ?? [];
+      if (problems.length > 0) {
+        link.log.warn({ method, problems }, 'invalid result refused');
+        throw hubError('VMTC_AGENT_MESSAGE_INVALID', { hostId, method, problems });
+      }
+      return result;
+    });
   }
 
   async close(): Promise<void> {
@@ -365,9 +376,10 @@ export class AgentHub extends EventEmitter {
         link.log.warn({ event: name }, 'event before hello dropped');
         return;
       }
-      const h = data as Partial<Hello> | null;
-      if (!h || typeof h !== 'object' || h.kind !== link.kind || typeof h.agentVersion !== 'string') {
-        link.log.warn({ hello: data, certKind: link.kind }, 'agent link refused: bad hello');
+      const problems = HELLO.problems(data);
+      const h = data as Hello;
+      if (problems.length > 0 || h.kind !== link.kind) {
+        link.log.warn({ problems, kind: problems.length ? undefined : h.kind, certKind: link.kind }, 'agent link refused: bad hello');
         this.dropLink(link, 'VMTC_AGENT_HELLO_INVALID');
         return;
       }
@@ -389,18 +401,26 @@ export class AgentHub extends EventEmitter {
       return;
     }
     if (name === 'hello') return link.log.warn('repeated hello dropped');
+    // Every event is checked against its schema before anyone sees it (src/common/agent-schemas.ts):
+    // what an agent sends is stored and read by every API caller, so a broken or hostile agent
+    // must not be able to plant a record that breaks those reads.
+    const schema = Object.prototype.hasOwnProperty.call(AGENT_EVENTS, name) ? AGENT_EVENTS[name] : undefined;
+    if (!schema) return link.log.warn({ event: name.slice(0, 64) }, 'unknown event dropped');
+    const problems = schema.problems(data);
     if (name === 'inventory') {
-      const inv = data as HostInventory | null;
-      if (link.kind !== 'host' || !inv || typeof inv !== 'object' || !Array.isArray(inv.vms) || !inv.hypervisor || typeof inv.hypervisor !== 'object') {
-        link.log.warn('malformed inventory dropped');
+      if (link.kind !== 'host' || problems.length > 0) {
+        // Refused with a coded close and never stored: the hub keeps the last good inventory.
+        link.log.warn({ problems, certKind: link.kind }, 'agent link dropped: invalid inventory');
+        this.dropLink(link, 'VMTC_AGENT_MESSAGE_INVALID');
         return;
       }
       // The certificate names the host; an inventory cannot speak for another one.
-      const fixed: HostInventory = { ...inv, hostId: link.hostId };
+      const fixed: HostInventory = { ...(data as HostInventory), hostId: link.hostId };
       this.inventories.set(link.hostId, fixed);
       this.emit('inventory', link.hostId, fixed);
       return;
     }
+    if (problems.length > 0) return link.log.warn({ event: name, problems }, 'invalid event dropped');
     this.emit('event', link.hostId, name, data);
   }
 

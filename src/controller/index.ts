@@ -3,7 +3,7 @@
 import { mkdirSync, writeFileSync, existsSync, readFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { buildHttp, baseUrl } from '../common/http.ts';
+import { buildHttp, baseUrl, RATE_LIMIT_DEFAULTS, type RateLimitOptions } from '../common/http.ts';
 import { createLogger, type Logger } from '../common/log.ts';
 import { systemClock, randomIds, type Clock, type Ids } from '../common/clock.ts';
 import { commonError, mergeCatalogues } from '../common/errors.ts';
@@ -37,6 +37,8 @@ export interface ControllerOptions {
   heartbeatMs?: number;
   agentRequestTimeoutMs?: number;
   bodyLimit?: number;
+  /** Rate limits of the REST API per client address (README "Rate limits"). */
+  rateLimit?: Partial<RateLimitOptions>;
   runner?: Partial<RunnerOptions>;
   /** AAA that grants capability tokens (docs/design.md#live-migration, step 3). Without it the step
    * is skipped. */
@@ -59,6 +61,7 @@ export const CONTROLLER_DEFAULTS = {
   heartbeatMs: 5000,
   agentRequestTimeoutMs: 15_000,
   bodyLimit: 64 * 1024,
+  rateLimit: RATE_LIMIT_DEFAULTS,
   runner: {
     destinationRunTimeoutMs: 60_000,
     defaultDeadlineMs: 30 * 60_000,
@@ -132,7 +135,7 @@ export async function startController(opts: ControllerOptions): Promise<Controll
     });
     cleanups.push(() => runner.close());
 
-    const app = await buildHttp({ logger, title: 'vmtc controller', bodyLimit: opts.bodyLimit ?? CONTROLLER_DEFAULTS.bodyLimit });
+    const app = await buildHttp({ logger, title: 'vmtc controller', bodyLimit: opts.bodyLimit ?? CONTROLLER_DEFAULTS.bodyLimit, rateLimit: { ...CONTROLLER_DEFAULTS.rateLimit, ...(opts.rateLimit ?? {}) } });
     cleanups.push(() => app.close());
     registerApi(app, { store, hub, runner, clock, ids, logger, identity: { jkt, publicJwk: key.publicJwk } });
     registerEnrollRoutes(app, hub, { requireAdmin: requireRole(store, 'admin') });
@@ -142,6 +145,7 @@ export async function startController(opts: ControllerOptions): Promise<Controll
 
     // Reconcile what a previous run left unfinished: ask the agents, do not guess.
     for (const row of store.activeMigrations(TERMINAL)) runner.reconcile(row);
+    runner.releaseLeftovers();
 
     logger.info({ url, agentUrl: hub.url, dataDir: opts.dataDir, jkt }, 'controller started');
     let closed = false;

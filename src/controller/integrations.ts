@@ -32,37 +32,44 @@ export class AaaAuthorization implements AuthorizationPort {
     return { token: r.token, jti: r.jti, expiresAt: Date.parse(r.expiresAt), audience: r.audience };
   }
 
-  /** Close the accounting record (docs/design.md#live-migration, step 7); failures are logged,
-   * never fatal. */
-  async account(kind: 'use' | 'release', jti: string, details: Record<string, unknown>): Promise<void> {
+  /** Report that the grant is in use (the lightpath is up); failures are logged, never fatal. */
+  async account(kind: 'use', jti: string, details: Record<string, unknown>): Promise<void> {
     await reportAccounting(this.aaaUrl, this.key, { kind, jti, details }).catch((e) => this.log.warn({ jti, kind, code: (e as { code?: string }).code }, 'accounting report failed'));
+  }
+
+  /** Close the grant's accounting (docs/design.md#live-migration, step 7). The runner calls it
+   *  on every end, with the jti from the record (docs/design.md#accounting); it throws, so the
+   *  record can say it failed. */
+  async release(jti: string, details: Record<string, unknown>): Promise<void> {
+    await reportAccounting(this.aaaUrl, this.key, { kind: 'release', jti, details });
+    this.log.info({ jti, migrationId: details.migrationId }, 'accounting closed');
   }
 }
 
 export class BrokerLightpath implements LightpathPort {
   private readonly client: BrokerClient;
-  private readonly jtis = new Map<string, string>();
 
   constructor(brokerUrl: string, private readonly key: RequesterKey, private readonly log: Logger, private readonly aaa?: AaaAuthorization, opts: { ca?: string } = {}) {
     this.client = new BrokerClient(brokerUrl, opts.ca ? { ca: opts.ca } : {});
   }
 
-  async setup(req: LightpathRequest, token: string) {
-    const v = await this.client.setup({ src: req.src, dst: req.dst, bandwidthMbps: req.bandwidthMbps, window: req.window, migrationId: req.migrationId }, token, this.key);
+  async setup(req: LightpathRequest, token: string, opts: { idempotencyKey?: string } = {}) {
+    const v = await this.client.setup({ src: req.src, dst: req.dst, bandwidthMbps: req.bandwidthMbps, window: req.window, migrationId: req.migrationId, ...(opts.idempotencyKey ? { idempotencyKey: opts.idempotencyKey } : {}) }, token, this.key);
     this.log.info({ migrationId: req.migrationId, reservationId: v.id, path: v.path?.nodes }, 'lightpath provisioned');
     const jti = jtiOf(token);
-    if (this.aaa && jti) {
-      this.jtis.set(v.id, jti);
-      await this.aaa.account('use', jti, { reservationId: v.id, bandwidthMbps: req.bandwidthMbps });
-    }
+    if (this.aaa && jti) await this.aaa.account('use', jti, { reservationId: v.id, bandwidthMbps: req.bandwidthMbps });
     return { reservationId: v.id, details: { path: v.path, dataPlane: v.dataPlane } };
   }
 
+  async find(idempotencyKey: string) {
+    const v = await this.client.findByKey(idempotencyKey, this.key);
+    return v ? { reservationId: v.id } : undefined;
+  }
+
+  /** The grant's accounting is closed by the runner, not here: a restarted controller no longer
+   *  knows which grant a reservation was made with, but its record does (ctx.token.jti). */
   async teardown(reservationId: string, token: string) {
     await this.client.teardown(reservationId, token || undefined, this.key);
-    const jti = this.jtis.get(reservationId);
-    this.jtis.delete(reservationId);
-    if (this.aaa && jti) await this.aaa.account('release', jti, { reservationId });
   }
 }
 

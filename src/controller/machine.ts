@@ -58,11 +58,20 @@ export const STATE_DEFS = {
   provisioning: { onEnter: 'provisionLightpath', ...UNDOABLE, ...ROLLBACK_ON_RESTART },
   // Destination waits for incoming state on the lightpath address; tunnel starts bicasting.
   preparing: { onEnter: 'prepareDestination', ...UNDOABLE, ...ROLLBACK_ON_RESTART },
-  // Stage 2: iterative pre-copy while the VM runs. A restarted controller re-attaches to a
-  // pre-copy still running (never starts a second stream).
+  // Stage 2: iterative pre-copy while the VM runs, until the source pauses before its final
+  // state and says so (SWITCHOVER_READY). A restarted controller re-attaches to a pre-copy still
+  // running (never starts a second stream).
   precopy: { onEnter: 'startMigration', ...UNDOABLE, reconcile: { action: 'resume', ask: 'source' } },
-  // Stage 3: stop-and-copy (VM paused at the source, last dirty pages and device state).
+  // Stage 3: stop-and-copy (VM paused at the source, last dirty pages), for a source that says
+  // so before it pauses for the switchover.
   stopcopy: { continues: 'precopy', ...UNDOABLE, reconcile: { action: 'resume', ask: 'source' } },
+  // The point of no return (docs/design.md#switchover): the source is paused before its final
+  // state (QEMU's pause-before-switchover) and the controller has decided, durably with this
+  // transition, to let it go; the state's effect tells the source to continue and follows the
+  // copy to its end. Nobody may cancel from here (a CANCEL applied before SWITCHOVER_READY
+  // won: the source was cancelled while paused). A failure still rolls back, and the rollback
+  // asks the source whether the final state may have left before it touches the destination.
+  switchover: { onEnter: 'switchover', failable: true, reconcile: { action: 'resume', ask: 'source' } },
   // Stage 4: commitment. The source stays paused and primary until the destination runs; a
   // failure still rolls back, but nobody may cancel while the last pages are in flight.
   committing: { onEnter: 'awaitDestinationRunning', failable: true, reconcile: { action: 'resume', ask: 'destination' } },
@@ -109,6 +118,7 @@ export type MigrationEvent =
   | { type: 'LIGHTPATH_UP' }
   | { type: 'DESTINATION_PREPARED' }
   | { type: 'STOP_AND_COPY' }
+  | { type: 'SWITCHOVER_READY' }
   | { type: 'MIGRATION_COMPLETED' }
   | { type: 'DESTINATION_RUNNING' }
   | { type: 'ACTIVATED' }
@@ -133,8 +143,10 @@ export const TABLE: Table = (() => {
     authorizing: { TOKEN_GRANTED: 'provisioning' },
     provisioning: { LIGHTPATH_UP: 'preparing' },
     preparing: { DESTINATION_PREPARED: 'precopy' },
-    precopy: { STOP_AND_COPY: 'stopcopy', MIGRATION_COMPLETED: 'committing' },
-    stopcopy: { MIGRATION_COMPLETED: 'committing' },
+    // The copy completes only through the switchover: the source waits for the decision.
+    precopy: { STOP_AND_COPY: 'stopcopy', SWITCHOVER_READY: 'switchover' },
+    stopcopy: { SWITCHOVER_READY: 'switchover' },
+    switchover: { MIGRATION_COMPLETED: 'committing' },
     committing: { DESTINATION_RUNNING: 'activating' },
     activating: { ACTIVATED: 'cleanup' },
     cleanup: { CLEANED_UP: 'completed' },

@@ -20,13 +20,22 @@ export type { LightpathRequest };
 export interface AuthorizationPort {
   /** docs/design.md#live-migration, step 3: pre-authorisation. Resolves with a capability token or throws coded. */
   authorize(req: LightpathRequest): Promise<{ token: string; jti: string; expiresAt: number; audience?: string[] }>;
+  /** docs/design.md#live-migration, step 7: close the grant's accounting (a `release` record),
+   *  by its jti alone (the token is a memory-only secret a restarted controller no longer has).
+   *  Throws coded on failure. */
+  release?(jti: string, details: Record<string, unknown>): Promise<void>;
 }
 
 export interface LightpathPort {
-  /** docs/design.md#live-migration, step 4: reserve, commit and provision with the token. Resolves when the circuit is up. */
-  setup(req: LightpathRequest, token: string): Promise<{ reservationId: string; details?: Record<string, unknown> }>;
+  /** docs/design.md#live-migration, step 4: reserve, commit and provision with the token. Resolves when the circuit is up.
+   *  `idempotencyKey`: the caller's name for the reservation, recorded before the call, so that
+   *  find() locates what a setup cut short (the controller killed) left behind. */
+  setup(req: LightpathRequest, token: string, opts?: { idempotencyKey?: string }): Promise<{ reservationId: string; details?: Record<string, unknown> }>;
   /** Release and terminate; must tolerate an id that is already gone. */
   teardown(reservationId: string, token: string): Promise<void>;
+  /** The reservation made under an idempotency key, without the token (a restarted controller
+   *  no longer has it); undefined when there is none. */
+  find?(idempotencyKey: string): Promise<{ reservationId: string } | undefined>;
 }
 
 export interface TunnelPort {

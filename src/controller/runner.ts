@@ -15,7 +15,7 @@ import type { AuthorizationPort, HubPort, LightpathPort, TunnelPort } from './po
 import { err } from './errors.ts';
 import { reduce } from './migration/reducer.ts';
 import { EFFECTS } from './migration/effects.ts';
-import { reconcile } from './migration/reconcile.ts';
+import { reconcile, releaseLeftLightpaths } from './migration/reconcile.ts';
 import { deadlineAt } from './migration/request.ts';
 import type { EffectContext, RunnerOptions } from './migration/context.ts';
 
@@ -55,6 +55,7 @@ export class MigrationRunner extends EventEmitter {
    *  controller rolls a cold migration back rather than resume it (STATE_DEFS' reconcile). */
   private readonly secrets = new Map<string, string>();
   private readonly exports = new Map<string, ColdExport>();
+  private leftoverRetry: { cancel(): void } | undefined;
 
   constructor(private readonly d: RunnerDeps) {
     super();
@@ -221,8 +222,18 @@ export class MigrationRunner extends EventEmitter {
     });
   }
 
+  /** After a restart: release the lightpaths that ended migrations still hold
+   *  (migration/reconcile.ts), again every minute while some stay held. */
+  releaseLeftovers(): void {
+    if (this.closed || !this.d.lightpath) return;
+    void releaseLeftLightpaths(this.d.store.unreleasedLightpaths(TERMINAL), (row) => this.context(row)).then((held) => {
+      if (held > 0 && !this.closed) this.leftoverRetry = this.d.clock.setTimeout(() => this.releaseLeftovers(), 60_000);
+    }, (e: unknown) => this.d.logger.warn({ err: e }, 'releasing leftover lightpaths failed'));
+  }
+
   close(): void {
     this.closed = true;
+    this.leftoverRetry?.cancel();
     this.d.hub.off('disconnected', this.onDisconnected);
     this.d.hub.off('connected', this.onConnected);
     for (const t of this.lost.values()) t.cancel();

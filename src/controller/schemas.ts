@@ -59,7 +59,7 @@ export const MigrationListQuery = Type.Object({
 export const Progress = Type.Object({
   migrationId: Type.Optional(Type.String()),
   vmId: Type.Optional(Type.String()),
-  status: Type.Optional(Type.String({ description: 'setup, active, postcopy-active, device, completed, failed, cancelled' })),
+  status: Type.Optional(Type.String({ description: 'setup, active, pre-switchover, postcopy-active, device, completed, failed, cancelled' })),
   phase: Type.Optional(Type.String({ description: 'live with storage copy: storage, then ram; cold: export, download, boot' })),
   totalBytes: Type.Optional(Type.Number()),
   transferredBytes: Type.Optional(Type.Number()),
@@ -103,6 +103,7 @@ export const MigrationSteps = Type.Object({
     skipped: Type.Optional(Type.String({ description: 'why no token was needed' })),
   }, { additionalProperties: true })),
   lightpath: Type.Optional(Type.Object({
+    key: Type.Optional(Type.String({ description: "the idempotency key the broker knows the reservation by, recorded before the broker was asked" })),
     reservationId: Type.Optional(Type.String()),
     provisioned: Type.Optional(Type.Boolean()),
     released: Type.Optional(Type.Boolean()),
@@ -147,6 +148,7 @@ export const Migration = Type.Object({
   timings: MapOf(Type.Number(), { description: 'milliseconds spent in each state, by state name' }),
   result: MigrationResult,
   warnings: Type.Array(Warning, { description: 'problems after the commit point (no way back then)' }),
+  kept: Type.Optional(Type.Array(Type.String(), { description: 'what the end state deliberately left in place for an operator, and why (everything else was released)' })),
   transitions: Type.Optional(Type.Array(Transition, { description: 'every state change (not in lists)' })),
   createdAt: Type.String({ format: 'date-time' }),
   updatedAt: Type.String({ format: 'date-time' }),

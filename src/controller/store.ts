@@ -4,6 +4,7 @@
 import { createHash } from 'node:crypto';
 import { openDb, type Db } from '../common/db.ts';
 import type { HostInventory } from '../common/agent-protocol.ts';
+import { inventoryFromStore } from '../common/agent-schemas.ts';
 import type { MigrationState } from './machine.ts';
 import type { MigrationCtx, MigrationRequest } from './migration/record.ts';
 import type { ErrorBody } from '../common/errors.ts';
@@ -97,6 +98,18 @@ export function hashSecret(s: string): string {
   return createHash('sha256').update(s).digest('hex');
 }
 
+/** A hosts row made safe to read: a row stored before inventories were checked at the hub (or a
+ *  damaged one) reads with defaults instead of breaking every caller (src/common/agent-schemas.ts). */
+function hostRow(r: Raw): { inventory: HostInventory; connected: boolean; lastSeen: number } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(r.inventory as string);
+  } catch {
+    raw = {};
+  }
+  return { inventory: inventoryFromStore(raw, r.host_id as string), connected: r.connected === 1, lastSeen: typeof r.last_seen === 'number' ? r.last_seen : 0 };
+}
+
 export class ControllerStore {
   readonly db: Db;
   constructor(file: string) {
@@ -135,13 +148,11 @@ export class ControllerStore {
     this.db.prepare('UPDATE hosts SET connected = ?, last_seen = ? WHERE host_id = ?').run(connected ? 1 : 0, at, hostId);
   }
   hosts(): { inventory: HostInventory; connected: boolean; lastSeen: number }[] {
-    return (this.db.prepare('SELECT inventory, connected, last_seen FROM hosts ORDER BY host_id').all() as Raw[]).map((r) => ({
-      inventory: JSON.parse(r.inventory as string), connected: r.connected === 1, lastSeen: r.last_seen as number,
-    }));
+    return (this.db.prepare('SELECT host_id, inventory, connected, last_seen FROM hosts ORDER BY host_id').all() as Raw[]).map(hostRow);
   }
   host(hostId: string): { inventory: HostInventory; connected: boolean; lastSeen: number } | undefined {
-    const r = this.db.prepare('SELECT inventory, connected, last_seen FROM hosts WHERE host_id = ?').get(hostId) as Raw | undefined;
-    return r && { inventory: JSON.parse(r.inventory as string), connected: r.connected === 1, lastSeen: r.last_seen as number };
+    const r = this.db.prepare('SELECT host_id, inventory, connected, last_seen FROM hosts WHERE host_id = ?').get(hostId) as Raw | undefined;
+    return r && hostRow(r);
   }
 
   // ---- migrations
@@ -200,6 +211,14 @@ export class ControllerStore {
   activeMigrations(terminal: ReadonlySet<string>): MigrationRow[] {
     const states = [...terminal];
     return (this.db.prepare(`SELECT * FROM migrations WHERE state NOT IN (${states.map(() => '?').join(',')}) ORDER BY created_at`).all(...states) as Raw[]).map(rowToMigration);
+  }
+  /** Migrations in one of `states` (the terminal ones) whose lightpath was asked for and not
+   *  released. */
+  unreleasedLightpaths(states: ReadonlySet<string>): MigrationRow[] {
+    const s = [...states];
+    return (this.db.prepare(`SELECT * FROM migrations WHERE state IN (${s.map(() => '?').join(',')})
+      AND (json_extract(ctx, '$.lightpath.reservationId') IS NOT NULL OR json_extract(ctx, '$.lightpath.key') IS NOT NULL)
+      AND coalesce(json_extract(ctx, '$.lightpath.released'), 0) = 0 ORDER BY created_at`).all(...s) as Raw[]).map(rowToMigration);
   }
   transitions(id: string): TransitionRow[] {
     return (this.db.prepare('SELECT seq, from_state, to_state, event, at, detail FROM transitions WHERE migration_id = ? ORDER BY seq').all(id) as Raw[]).map((r) => ({

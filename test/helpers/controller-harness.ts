@@ -97,7 +97,7 @@ export async function startHarness(opts: Partial<ControllerOptions> = {}, prepar
     if (prepare) prepared = await prepare(join(dir, 'controller'));
     controller = await startController({
       dataDir: join(dir, 'controller'), listen: { host: '127.0.0.1', port: 0 }, agentListen: { host: '127.0.0.1', port: 0 },
-      logger: silentLogger(), heartbeatMs: 500, runner: { statusPollMs: 200, destinationRunTimeoutMs: 5000 }, ...opts, ...(prepared.options ?? {}),
+      logger: silentLogger(), heartbeatMs: 2000, runner: { statusPollMs: 200, destinationRunTimeoutMs: 5000 }, ...opts, ...(prepared.options ?? {}),
     });
   } catch (e) {
     await prepared.cleanup?.().catch(() => undefined);

@@ -1,12 +1,13 @@
 // The host agent over a real hub link, with the DoubleDriver test double (whose live migration is
 // real TCP between the two agents' drivers): inventory updates, a full migration with progress,
-// cancellation, a destination killed mid-stream, injected faults, and the tuning a destination
-// is prepared with.
+// cancellation, a destination killed mid-stream, injected faults, the tuning a destination
+// is prepared with, and the pause before the final state (docs/design.md#switchover).
 import { describe, it, expect, afterEach } from 'vitest';
 import { rmSync } from 'node:fs';
 import type { MigrationProgress, MigrationResult, VmSpec } from '../../src/common/agent-protocol.ts';
 import { startHostAgent, type HostAgent } from '../../agents/host/index.ts';
 import { DoubleDriver, type DoubleDriverConfig } from '../../agents/host/double-driver.ts';
+import { FINAL_STATE_BYTES } from '../../agents/host/double-stream.ts';
 import { startHub, tempDir, waitFor, until, type HubFixture } from '../helpers/agent-fixture.ts';
 
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -37,10 +38,17 @@ async function setup(cfgA: DoubleDriverConfig = {}, cfgB: DoubleDriverConfig = {
   return { f, A, B, events };
 }
 
-async function startMigration(f: HubFixture, vmId: string, migrationId: string, bandwidthMbps: number) {
+/** Starts a migration host-a -> host-b; like the controller, lets the source continue as soon as
+ *  it pauses before its final state (unless `decide` is false: the test decides). */
+async function startMigration(f: HubFixture, vmId: string, migrationId: string, bandwidthMbps: number, decide = true) {
   const vm = await f.hub.request('host-a', 'vm.describe', { vmId });
   const { uri } = await f.hub.request('host-b', 'vm.prepareIncoming', { spec: vm.spec, migrationId, listenHost: '127.0.0.1' });
   expect(uri).toMatch(/^tcp:127\.0\.0\.1:\d+$/);
+  if (decide) {
+    void waitFor(f.hub, 'event', (h, name, d) => h === 'host-a' && name === 'migration.progress' && d.migrationId === migrationId && d.status === 'pre-switchover', 20_000)
+      .then(() => f.hub.request('host-a', 'vm.continueMigration', { vmId, migrationId }))
+      .catch(() => undefined);
+  }
   const done = waitFor(f.hub, 'event', (h, name, d) => h === 'host-a' && name === 'migration.done' && d.migrationId === migrationId, 20_000);
   expect(await f.hub.request('host-a', 'vm.migrate', { vmId, uri, params: { migrationId, bandwidthMbps } })).toEqual({ started: true });
   return done.then((args) => args[2] as MigrationResult);
@@ -65,8 +73,8 @@ describe('host agent with the DoubleDriver', () => {
     const { f, events } = await setup({ vms: [spec('vm-1', 32)] });
     const result = await startMigration(f, 'vm-1', 'mig-1', 1000);
     expect(result).toMatchObject({ migrationId: 'mig-1', vmId: 'vm-1', status: 'completed' });
-    // 32 MiB in passes of 1, 1/4, 1/16: all of it crossed the socket.
-    expect(result.transferredBytes).toBe((32 + 8 + 2) * 1024 * 1024);
+    // 32 MiB in passes of 1, 1/4, 1/16, then the final state: all of it crossed the socket.
+    expect(result.transferredBytes).toBe((32 + 8 + 2) * 1024 * 1024 + FINAL_STATE_BYTES);
     expect(result.downtimeMs).toBeGreaterThanOrEqual(0);
     const progress = events.filter((e) => e.name === 'migration.progress').map((e) => e.data as MigrationProgress);
     expect(progress.length).toBeGreaterThanOrEqual(3);
@@ -75,6 +83,7 @@ describe('host agent with the DoubleDriver', () => {
     expect([...sent].sort((a, b) => a - b)).toEqual(sent);
     expect(new Set(progress.map((p) => p.pass).filter(Boolean))).toEqual(new Set([1, 2, 3]));
     expect(progress.some((p) => p.status === 'device')).toBe(true);
+    expect(progress.filter((p) => p.status === 'pre-switchover')).toHaveLength(1);
     expect(events.filter((e) => e.name === 'migration.done')).toHaveLength(1);
 
     expect((await f.hub.request('host-a', 'vm.describe', { vmId: 'vm-1' })).state).toBe('postmigrate');
@@ -98,6 +107,33 @@ describe('host agent with the DoubleDriver', () => {
     expect((await f.hub.request('host-a', 'vm.describe', { vmId: 'vm-2' })).state).toBe('running');
     await until(async () => (await f.hub.request('host-b', 'vm.describe', { vmId: 'vm-2' }).catch((e) => e.code)) === 'VMTC_HOST_VM_NOT_FOUND', 5000, 'incoming VM removed');
     await expect(f.hub.request('host-a', 'vm.cancelMigration', { vmId: 'vm-2' })).rejects.toMatchObject({ code: 'VMTC_HOST_MIGRATION_NOT_FOUND' });
+  });
+
+  it('the source waits before its final state until told; a cancel while it waits leaves the destination without it', async () => {
+    const { f, B } = await setup({ vms: [spec('vm-11', 16), spec('vm-12', 16)] });
+    // Waiting: nothing happens until the controller decides.
+    const ready = waitFor(f.hub, 'event', (h, n, d) => h === 'host-a' && n === 'migration.progress' && d.migrationId === 'mig-11' && d.status === 'pre-switchover');
+    const done = startMigration(f, 'vm-11', 'mig-11', 2000, false);
+    await ready;
+    await expect(f.hub.request('host-a', 'vm.continueMigration', { vmId: 'vm-11', migrationId: 'another' })).rejects.toMatchObject({ code: 'VMTC_HOST_MIGRATION_NOT_FOUND' });
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await f.hub.request('host-b', 'vm.describe', { vmId: 'vm-11' })).state).toBe('incoming');
+    expect(await f.hub.request('host-a', 'vm.migrationStatus', { vmId: 'vm-11' })).toMatchObject({ status: 'pre-switchover' });
+    await f.hub.request('host-a', 'vm.cancelMigration', { vmId: 'vm-11' });
+    expect((await done).status).toBe('cancelled');
+    expect((await f.hub.request('host-a', 'vm.describe', { vmId: 'vm-11' })).state).toBe('running');
+    await until(async () => (await B.driver.list()).length === 0, 5000, 'incoming VM removed');
+    expect(B.driver.landed('mig-11')).toBe(false);
+    await expect(f.hub.request('host-a', 'vm.continueMigration', { vmId: 'vm-11', migrationId: 'mig-11' })).rejects.toMatchObject({ code: 'VMTC_HOST_MIGRATION_NOT_FOUND', details: { status: 'cancelled' } });
+
+    // Told to continue: the final state goes, no cancel from there; continue again answers ok.
+    const ready2 = waitFor(f.hub, 'event', (h, n, d) => h === 'host-a' && n === 'migration.progress' && d.migrationId === 'mig-12' && d.status === 'pre-switchover');
+    const done2 = startMigration(f, 'vm-12', 'mig-12', 2000, false);
+    await ready2;
+    await f.hub.request('host-a', 'vm.continueMigration', { vmId: 'vm-12', migrationId: 'mig-12' });
+    expect((await done2).status).toBe('completed');
+    expect(B.driver.landed('mig-12')).toBe(true);
+    expect(await f.hub.request('host-a', 'vm.continueMigration', { vmId: 'vm-12', migrationId: 'mig-12' })).toEqual({ ok: true });
   });
 
   it('a destination killed mid-stream fails the migration and the source keeps running', async () => {
@@ -150,12 +186,14 @@ describe('host agent with the DoubleDriver', () => {
   it('a migration that ends while the controller link is down reports its end after reconnecting', async () => {
     const { f, A } = await setup({ vms: [spec('vm-8', 64)] });
     const port = Number(new URL(f.hub.url).port);
-    const firstProgress = waitFor(f.hub, 'event', (h, n, d) => h === 'host-a' && n === 'migration.progress' && d.status === 'active');
+    const ready = waitFor(f.hub, 'event', (h, n, d) => h === 'host-a' && n === 'migration.progress' && d.status === 'pre-switchover');
     const vm = await f.hub.request('host-a', 'vm.describe', { vmId: 'vm-8' });
     const { uri } = await f.hub.request('host-b', 'vm.prepareIncoming', { spec: vm.spec, migrationId: 'mig-8', listenHost: '127.0.0.1' });
     await f.hub.request('host-a', 'vm.migrate', { vmId: 'vm-8', uri, params: { migrationId: 'mig-8', bandwidthMbps: 400 } });
-    await firstProgress;
-    await f.stop(); // the controller goes away mid-migration; the VMs keep moving host to host
+    await ready;
+    await f.stop(); // the controller goes away; the VM keeps moving host to host
+    // The decision reached the source just before the link went down.
+    await A.driver.continueMigration('vm-8', 'mig-8');
     await until(async () => (await A.driver.describe('vm-8')).state === 'postmigrate', 15_000, 'migration to finish');
     const f2 = await startHub({ dir: f.dir, db: f.db, port });
     cleanups.push(() => f2.stop());

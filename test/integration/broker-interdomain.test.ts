@@ -179,13 +179,15 @@ describe('inter-domain reservations over mutual TLS', () => {
     // A certificate from a CA b does not trust for domain a (c's CA, CN broker:a) is not a peer.
     const csr = makeKeyAndCsr('broker:a');
     const rogue = signClientCsr(cas.c, csr.csrPem, { commonName: 'broker:a' });
-    const res2 = await requestJson(url, {
+    const rogueRequest = async (proof: boolean) => requestJson(url, {
       method: 'POST',
       body: { src: 'b-in', dst: 'c2', bandwidthMbps: 10, window: { end: nowS() + 60 }, upstream: { domain: 'a', reservationId: 'x' } },
-      headers: { authorization: `DPoP ${t}` },
+      headers: { authorization: `DPoP ${t}`, ...(proof ? { dpop: await joseProof(holder, 'POST', url, t, nowS()) } : {}) },
       tls: { ca: cas.b.certPem, cert: rogue.certPem, key: csr.keyPem },
     });
-    expect((res2.body as { code: string }).code).toBe('VMTC_PEER_NOT_TRUSTED');
+    expect(((await rogueRequest(true)).body as { code: string }).code).toBe('VMTC_PEER_NOT_TRUSTED');
+    // Not a peer, and no holder's proof either: refused before the body is read (README "API").
+    expect(((await rogueRequest(false)).body as { code: string }).code).toBe('VMTC_DPOP_PROOF_INVALID');
     expect(brokers.b.service.calendar.size).toBe(0);
   });
 });

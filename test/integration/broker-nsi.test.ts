@@ -211,8 +211,10 @@ describe('bad input', () => {
     const nowhere = await token({ dst: 'zz' });
     expect((await code(client.reserve(body({ dst: 'zz' }), nowhere, holder))).code).toBe('VMTC_UNKNOWN_ENDPOINT');
     expect((await code(client.reserve({ ...body(), extra: 1 } as never, t, holder))).code).toBe('VMTC_VALIDATION');
+    expect((await code(client.reserve(body({ src: 'x'.repeat(70_000) }), t, holder))).code).toBe('VMTC_BODY_TOO_LARGE');
+    // Without a token, nothing of the body is read: the refusal is the credential's (README "API").
     const raw = await requestJson(`${broker.url}/v1/reservations`, { method: 'POST', body: { src: 'x'.repeat(70_000) } });
-    expect((raw.body as { code: string }).code).toBe('VMTC_BODY_TOO_LARGE');
+    expect((raw.body as { code: string }).code).toBe('VMTC_TOKEN_MISSING');
     expect(broker.store.list().length).toBe(before);
     // The same token still works: none of the refusals consumed it.
     const r = await client.reserve(body(), t, holder);

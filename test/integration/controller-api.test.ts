@@ -33,7 +33,7 @@ describe('controller REST: bad input', () => {
     const huge = await raw('POST', '/v1/migrations', JSON.stringify({ vmId: 'x'.repeat(200_000), destinationHostId: 'B' }), json);
     expect(huge).toMatchObject({ status: 413, body: { code: 'VMTC_BODY_TOO_LARGE' } });
     expect((await raw('POST', '/v1/migrations', '<vmId/>', { 'content-type': 'application/xml' })).body.code).toBe('VMTC_UNSUPPORTED_MEDIA_TYPE');
-    expect((await raw('POST', '/v1/migrations', 'vmId=vm1', { 'content-type': 'text/plain' })).body.code).toBe('VMTC_VALIDATION');
+    expect(await raw('POST', '/v1/migrations', 'vmId=vm1', { 'content-type': 'text/plain' })).toMatchObject({ status: 415, body: { code: 'VMTC_UNSUPPORTED_MEDIA_TYPE' } });
     // None of it created anything.
     expect((await h.api('GET', '/v1/migrations')).body.migrations).toHaveLength(0);
   });
@@ -91,7 +91,9 @@ describe('controller REST: responses', () => {
 
 describe('migration state machine (pure)', () => {
   it('walks the live path and refuses illegal events with a code naming the state', () => {
-    expect(transition('precopy', { type: 'MIGRATION_COMPLETED' })).toMatchObject({ to: 'committing', effects: ['awaitDestinationRunning'] });
+    expect(transition('precopy', { type: 'SWITCHOVER_READY' })).toMatchObject({ to: 'switchover', effects: ['switchover'] });
+    expect(transition('switchover', { type: 'MIGRATION_COMPLETED' })).toMatchObject({ to: 'committing', effects: ['awaitDestinationRunning'] });
+    expect(() => transition('switchover', { type: 'CANCEL' })).toThrow(/can no longer be cancelled/);
     expect(transition('rolling_back', { type: 'ROLLED_BACK', cancelled: true }).to).toBe('cancelled');
     expect(transition('rolling_back', { type: 'ROLLED_BACK', cancelled: false }).to).toBe('rolled_back');
     let e: unknown;

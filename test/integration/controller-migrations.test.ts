@@ -17,7 +17,7 @@ describe('controller: live migration through the state machine', () => {
     const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
     expect(done.state).toBe('completed');
     const states = done.transitions.map((t: any) => t.to);
-    expect(states).toEqual(['prechecking', 'reserved', 'authorizing', 'provisioning', 'preparing', 'precopy', 'stopcopy', 'committing', 'activating', 'cleanup', 'completed']);
+    expect(states).toEqual(['prechecking', 'reserved', 'authorizing', 'provisioning', 'preparing', 'precopy', 'stopcopy', 'switchover', 'committing', 'activating', 'cleanup', 'completed']);
     expect(done.steps.token).toEqual({ skipped: 'no AAA configured' });
     expect(done.progress.status).toBeDefined();
     expect(Object.keys(done.timings)).toContain('precopy');

@@ -137,7 +137,8 @@ describe('agent links (mutual TLS)', () => {
     c.ws.send(JSON.stringify({ t: 'res', id: 4242, ok: true, result: 'late' }));
     c.ws.send(JSON.stringify({ t: 'what' }));
     c.ws.send(Buffer.from([1, 2, 3]), { binary: true });
-    c.ws.send(JSON.stringify({ t: 'evt', name: 'inventory', data: 'not an inventory' }));
+    c.ws.send(JSON.stringify({ t: 'evt', name: 'migration.progress', data: 'not a progress report' }));
+    // (An invalid inventory is refused with a coded close: test/integration/hub-agent-messages.test.ts.)
     expect(await f.hub.requestRaw('host-g', 'echo', { x: 1 })).toEqual({ x: 1 });
     expect(f.hub.isConnected('host-g')).toBe(true);
     expect(f.hub.inventory('host-g')).toBeUndefined();

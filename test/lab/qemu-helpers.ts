@@ -5,7 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { promisify } from 'node:util';
 import { rm } from 'node:fs/promises';
-import type { VmSpec } from '../../src/common/agent-protocol.ts';
+import type { MigrationProgress, VmSpec } from '../../src/common/agent-protocol.ts';
 import type { QemuDriver } from '../../agents/host/qemu/driver.ts';
 import { pino } from 'pino';
 
@@ -14,6 +14,16 @@ export const exec = promisify(execFile);
 /** Test logs go to stderr only when VMTC_TEST_LOG is set (e.g. VMTC_TEST_LOG=debug). */
 export function testLogger() {
   return pino({ level: process.env.VMTC_TEST_LOG ?? 'silent' }, pino.destination(2));
+}
+
+/** The controller's part at the point of no return, for tests that drive the driver directly
+ *  (docs/design.md#switchover): let the source continue as soon as it waits before its final
+ *  state. Wrap a progress callback with it. */
+export function continueAtSwitchover(d: QemuDriver, vmId: string, migrationId: string, onProgress: (p: MigrationProgress) => void = () => undefined): (p: MigrationProgress) => void {
+  return (p) => {
+    onProgress(p);
+    if (p.status === 'pre-switchover') void d.continueMigration(vmId, migrationId);
+  };
 }
 
 export function shortId(): string {

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QemuDriver } from '../../agents/host/qemu/driver.ts';
 import type { MigrationProgress } from '../../src/common/agent-protocol.ts';
 import { buildGuestImage, guestAppend, type GuestImage } from '../../lab/guest/build.ts';
-import { guestSpec, readSerial, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
+import { continueAtSwitchover, guestSpec, readSerial, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
 
 describe('QEMU driver: live migration over loopback', () => {
   let img: GuestImage;
@@ -55,7 +55,7 @@ describe('QEMU driver: live migration over loopback', () => {
     expect((await b.describe(vmId)).state).toBe('incoming');
 
     const progress: MigrationProgress[] = [];
-    const result = await a.migrate(vmId, uri, { migrationId: 'mig-1', maxDowntimeMs: 300, autoConverge: true }, (p) => progress.push(p));
+    const result = await a.migrate(vmId, uri, { migrationId: 'mig-1', maxDowntimeMs: 300, autoConverge: true }, continueAtSwitchover(a, vmId, 'mig-1', (p) => progress.push(p)));
     expect(result.status).toBe('completed');
     expect(result.downtimeMs).toEqual(expect.any(Number));
     expect(result.totalTimeMs).toBeGreaterThan(0);
@@ -132,7 +132,7 @@ describe('QEMU driver: live migration over loopback', () => {
     const base = (await b.describe(vmId)).spec;
     const { uri } = await a.prepareIncoming(base, 'mig-4', '127.0.0.1', { tuning: { multifd: true, multifdChannels: 2 } });
     pids.add((await a.pid(vmId))!);
-    const r1 = await b.migrate(vmId, uri, { migrationId: 'mig-4', multifd: true }, () => undefined);
+    const r1 = await b.migrate(vmId, uri, { migrationId: 'mig-4', multifd: true }, continueAtSwitchover(b, vmId, 'mig-4'));
     expect(r1.status).toBe('completed');
     expect((await a.waitRunning(vmId, 30_000)).state).toBe('running');
     await b.destroy(vmId);
@@ -142,10 +142,10 @@ describe('QEMU driver: live migration over loopback', () => {
     pids.add((await b.pid(vmId))!);
     const passes: number[] = [];
     const statuses = new Set<string>();
-    const r2 = await a.migrate(vmId, back.uri, { migrationId: 'mig-5', postcopy: true, bandwidthMbps: 100 }, (p) => {
+    const r2 = await a.migrate(vmId, back.uri, { migrationId: 'mig-5', postcopy: true, bandwidthMbps: 100 }, continueAtSwitchover(a, vmId, 'mig-5', (p) => {
       passes.push(p.pass ?? 0);
       statuses.add(p.status);
-    });
+    }));
     expect(r2.status).toBe('completed');
     expect(statuses.has('postcopy-active')).toBe(true);
     expect((await b.waitRunning(vmId, 30_000)).state).toBe('running');

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QemuDriver } from '../../agents/host/qemu/driver.ts';
 import type { MigrationProgress } from '../../src/common/agent-protocol.ts';
 import { buildGuestImage, guestAppend, type GuestImage } from '../../lab/guest/build.ts';
-import { exec, guestSpec, readSerial, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
+import { continueAtSwitchover, exec, guestSpec, readSerial, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
 
 const MiB = 1024 * 1024;
 
@@ -72,10 +72,10 @@ describe('QEMU driver: live migration with storage copy (no shared storage)', ()
     const progress: MigrationProgress[] = [];
     const t0 = Date.now();
     let readyAt = 0;
-    const result = await a.migrate(vmId, prep.uri, { migrationId: 'mig-s1', storage: prep.storage! }, (p) => {
+    const result = await a.migrate(vmId, prep.uri, { migrationId: 'mig-s1', storage: prep.storage! }, continueAtSwitchover(a, vmId, 'mig-s1', (p) => {
       if (p.phase === 'ram' && !readyAt) readyAt = Date.now();
       progress.push(p);
-    });
+    }));
     expect(result.status).toBe('completed');
     const phases = progress.map((p) => p.phase);
     expect(phases[0]).toBe('storage');
@@ -108,17 +108,17 @@ describe('QEMU driver: live migration with storage copy (no shared storage)', ()
     const writes: Promise<string>[] = [];
     let bulkWriteAt = -1;
     // 200 Mbit/s paces the mirror's data (and the RAM), so the bulk copy takes a while.
-    const result = await b.migrate(vmId, prep.uri, { migrationId: 'mig-s2', storage: prep.storage!, bandwidthMbps: 200 }, (p) => {
+    const result = await b.migrate(vmId, prep.uri, { migrationId: 'mig-s2', storage: prep.storage!, bandwidthMbps: 200 }, continueAtSwitchover(b, vmId, 'mig-s2', (p) => {
       if (p.phase === 'storage' && p.transferredBytes >= 4 * MiB && bulkWriteAt < 0) {
         // [1M, 2M) has been copied already: only the mirror's dirty bitmap can bring this over.
         bulkWriteAt = p.transferredBytes;
         writes.push(b.humanMonitor(vmId, 'qemu-io disk0 "write -P 0x33 1M 1M"'));
       }
-      if (p.phase === 'ram' && writes.length === 1) {
+      if (p.phase === 'ram' && p.status === 'active' && writes.length === 1) {
         // After READY, while RAM moves: a delta the running mirror or its final sync carries.
         writes.push(b.humanMonitor(vmId, 'qemu-io disk0 "write -P 0x44 40M 1M"'));
       }
-    });
+    }));
     expect(result.status).toBe('completed');
     expect(writes).toHaveLength(2);
     // HMP's qemu-io prints its report on QEMU's stdout: an empty reply means the command was

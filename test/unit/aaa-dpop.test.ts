@@ -2,9 +2,11 @@ import { describe, it, expect } from 'vitest';
 import { jwtVerify, EmbeddedJWK, calculateJwkThumbprint } from 'jose';
 import {
   generateRequesterKey, makeDpopProof, verifyDpopProof, jwkThumbprint, accessTokenHash,
-  exportRequesterKey, importRequesterKey, DpopReplayCache, signCompactJws,
+  exportRequesterKey, importRequesterKey, DpopReplayCache, signCompactJws, generateRequesterKeySync,
 } from '../../src/common/dpop.ts';
 import { VmtcError } from '../../src/common/errors.ts';
+import { signCapabilityToken, verifyCapabilityToken } from '../../src/aaa/tokens.ts';
+import { createPublicKey, randomBytes } from 'node:crypto';
 
 const URL1 = 'http://127.0.0.1:8443/v1/reservations/r1/provision';
 const NOW = 1_700_000_000_000;
@@ -64,6 +66,41 @@ describe('DPoP helpers (RFC 9449)', () => {
     const priv = exportRequesterKey(key);
     const withD = signCompactJws({ typ: 'dpop+jwt', alg: 'EdDSA', jwk: priv }, { jti: 'abcdefghij', htm: 'POST', htu: URL1, iat: NOW / 1000 }, key.privateKey);
     expect(await reason(verifyDpopProof(withD, { ...base, accessToken: undefined }))).toBe('jwk');
+  });
+
+  it('accepts Ed25519 proofs under both JWS names (EdDSA, and Ed25519 of RFC 9864) and refuses every other alg', async () => {
+    const key = await generateRequesterKey();
+    const claims = () => ({ jti: randomBytes(12).toString('base64url'), htm: 'POST', htu: URL1, iat: NOW / 1000 });
+    const base = { htm: 'POST', htu: URL1, now: NOW };
+    const jwk = key.publicJwk;
+    for (const alg of ['EdDSA', 'Ed25519']) {
+      const p = signCompactJws({ typ: 'dpop+jwt', alg, jwk }, claims(), key.privateKey);
+      expect((await verifyDpopProof(p, base)).jkt).toBe(key.jkt);
+    }
+    // Whatever the header says, the signature is checked as Ed25519 with the header's key.
+    for (const alg of ['none', 'HS256', 'RS256', 'ES256', 'PS256', 'Ed448', 'eddsa', 'ed25519', '', undefined]) {
+      const p = signCompactJws({ typ: 'dpop+jwt', alg, jwk }, claims(), key.privateKey);
+      expect(await reason(verifyDpopProof(p, base))).toBe('alg');
+    }
+    // The name Ed25519 is for Ed25519 keys only.
+    const p448 = signCompactJws({ typ: 'dpop+jwt', alg: 'Ed25519', jwk: { ...jwk, crv: 'Ed448' } }, claims(), key.privateKey);
+    expect(await reason(verifyDpopProof(p448, base))).toBe('jwk');
+  });
+
+  it('accepts capability tokens under both names and refuses every other alg', () => {
+    const k = { ...generateRequesterKeySync(), kid: 'k1' };
+    const { token } = signCapabilityToken(k, {
+      issuer: 'aaa:a', subject: 'ctl', jkt: 'x'.repeat(43), now: NOW, lifetimeSec: 300, jti: 'j1',
+      scope: { migrationId: 'm', vmId: 'v', project: 'p', src: 's', dst: 'd', bandwidthMbps: 1, window: { start: NOW / 1000, end: NOW / 1000 + 60 }, domains: ['a'] },
+    });
+    const payload = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString());
+    const pub = createPublicKey(k.privateKey);
+    const opts = { key: (kid: string) => (kid === 'k1' ? pub : undefined), issuers: ['aaa:a'], audience: 'broker:a', now: NOW };
+    const withAlg = (alg: unknown) => signCompactJws({ alg, kid: 'k1', typ: 'vmtc-cap+jwt' }, payload, k.privateKey);
+    for (const alg of ['EdDSA', 'Ed25519']) expect(verifyCapabilityToken(withAlg(alg), opts).jti).toBe('j1');
+    for (const alg of ['none', 'HS256', 'ES256', 'RS256']) {
+      expect(() => verifyCapabilityToken(withAlg(alg), opts)).toThrow(expect.objectContaining({ code: 'VMTC_AAA_TOKEN_INVALID', details: expect.objectContaining({ reason: 'alg' }) }));
+    }
   });
 
   it('round-trips a requester key through a private JWK and remembers proof jtis', async () => {

@@ -5,7 +5,7 @@ import {
   CANCELLABLE, FAILABLE, STATES, STATE_DEFS, TERMINAL, edges, effectOf, outcomeStates, transition,
   type MigrationEvent, type MigrationRecord, type MigrationState, type StateDef,
 } from '../../src/controller/machine.ts';
-import { decideRollbackOutcome, reduce, sourceMayBeRestored, type RollbackFacts } from '../../src/controller/migration/reducer.ts';
+import { decideRollbackOutcome, finalStateMayHaveLeft, reduce, sourceMayBeRestored, type RollbackFacts, type SourceReport } from '../../src/controller/migration/reducer.ts';
 import { deadlineAt, migrationTuning, mustCopyStorage, sourceParams } from '../../src/controller/migration/request.ts';
 import { EFFECTS } from '../../src/controller/migration/effects.ts';
 import type { MigrationCtx, MigrationRequest } from '../../src/controller/store.ts';
@@ -22,8 +22,9 @@ const EDGES: [MigrationState, MigrationEvent['type'], string][] = [
   ['provisioning', 'LIGHTPATH_UP', 'preparing'],
   ['preparing', 'DESTINATION_PREPARED', 'precopy'],
   ['precopy', 'STOP_AND_COPY', 'stopcopy'],
-  ['precopy', 'MIGRATION_COMPLETED', 'committing'],
-  ['stopcopy', 'MIGRATION_COMPLETED', 'committing'],
+  ['precopy', 'SWITCHOVER_READY', 'switchover'],
+  ['stopcopy', 'SWITCHOVER_READY', 'switchover'],
+  ['switchover', 'MIGRATION_COMPLETED', 'committing'],
   ['committing', 'DESTINATION_RUNNING', 'activating'],
   ['activating', 'ACTIVATED', 'cleanup'],
   ['cleanup', 'CLEANED_UP', 'completed'],
@@ -33,7 +34,7 @@ const EDGES: [MigrationState, MigrationEvent['type'], string][] = [
   ['rolling_back', 'ROLLED_BACK', 'rolled_back|cancelled'],
   ['rolling_back', 'ROLLBACK_FAILED', 'failed'],
   ['rolling_back', 'FALLBACK_COLD', 'cold_exporting'],
-  ...[...UNDOABLE, 'committing' as const].map((s): [MigrationState, 'FAIL', string] => [s, 'FAIL', 'rolling_back']),
+  ...[...UNDOABLE, 'switchover' as const, 'committing' as const].map((s): [MigrationState, 'FAIL', string] => [s, 'FAIL', 'rolling_back']),
   ...UNDOABLE.map((s): [MigrationState, 'CANCEL', string] => [s, 'CANCEL', 'rolling_back']),
 ];
 
@@ -80,7 +81,7 @@ describe('migration machine: per-state properties', () => {
   it('derives the sets from STATE_DEFS', () => {
     expect([...TERMINAL].sort()).toEqual(['cancelled', 'completed', 'failed', 'rolled_back']);
     expect([...CANCELLABLE].sort()).toEqual([...UNDOABLE].sort());
-    expect([...FAILABLE].sort()).toEqual([...UNDOABLE, 'committing'].sort());
+    expect([...FAILABLE].sort()).toEqual([...UNDOABLE, 'switchover', 'committing'].sort());
     for (const s of CANCELLABLE) expect(FAILABLE.has(s)).toBe(true);
     for (const s of TERMINAL) expect(STATE_DEFS[s]).toMatchObject({ onEnter: 'finish', terminal: true });
   });
@@ -91,6 +92,7 @@ describe('migration machine: per-state properties', () => {
     expect(plan).toEqual({
       prechecking: rollback, reserved: rollback, authorizing: rollback, provisioning: rollback, preparing: rollback,
       precopy: { action: 'resume', ask: 'source' }, stopcopy: { action: 'resume', ask: 'source' },
+      switchover: { action: 'resume', ask: 'source' },
       committing: { action: 'resume', ask: 'destination' }, activating: { action: 'resume', ask: 'destination' },
       cleanup: { action: 'resume', ask: 'source' },
       cold_exporting: rollback, cold_importing: rollback, cold_verifying: rollback,
@@ -108,6 +110,20 @@ describe('migration machine: per-state properties', () => {
     expect(outcomeStates('stopcopy')).toEqual(['precopy', 'stopcopy']);
     expect(outcomeStates('committing')).toEqual(['committing']);
   });
+
+  it('makes the switchover the point of no return: its own effect, no cancel, a failure still rolls back', () => {
+    expect(transition('precopy', { type: 'SWITCHOVER_READY' })).toMatchObject({ to: 'switchover', effects: ['switchover'] });
+    expect(transition('stopcopy', { type: 'SWITCHOVER_READY' })).toMatchObject({ to: 'switchover', effects: ['switchover'] });
+    expect(effectOf('switchover')).toBe('switchover');
+    expect(outcomeStates('switchover')).toEqual(['switchover']);
+    expect(CANCELLABLE.has('switchover')).toBe(false);
+    expect(() => transition('switchover', { type: 'CANCEL' })).toThrowError(expect.objectContaining({ code: 'VMTC_MIGRATION_NOT_CANCELLABLE', details: { state: 'switchover' } }));
+    expect(transition('switchover', { type: 'FAIL' }).to).toBe('rolling_back');
+    // A copy completes only through the switchover: the source waits for the decision.
+    for (const s of ['precopy', 'stopcopy'] as const) {
+      expect(() => transition(s, { type: 'MIGRATION_COMPLETED' })).toThrowError(expect.objectContaining({ code: 'VMTC_ILLEGAL_TRANSITION' }));
+    }
+  });
 });
 
 const rec = (over: Partial<Omit<MigrationRecord, 'ctx'>> & { ctx?: Partial<MigrationCtx> } = {}): MigrationRecord => ({
@@ -117,9 +133,9 @@ const boom: ErrorBody = { code: 'VMTC_MIGRATION_FAILED', message: 'stream broke'
 
 describe('migration machine: the reducer', () => {
   it('adds the time spent in the state left to its timing and merges what the effect learnt', () => {
-    const s = reduce(rec({ state: 'precopy', ctx: { timings: { precopy: 100, preparing: 7 }, migrationStarted: true } }), { event: { type: 'MIGRATION_COMPLETED' }, ctxPatch: { result: { downtimeMs: 12 } } }, 5_000, 4_000);
-    expect(s.transition).toMatchObject({ from: 'precopy', to: 'committing', effects: ['awaitDestinationRunning'] });
-    expect(s.ctx).toEqual({ path: 'live', migrationStarted: true, result: { downtimeMs: 12 }, timings: { precopy: 1_100, preparing: 7 } });
+    const s = reduce(rec({ state: 'switchover', ctx: { timings: { switchover: 100, preparing: 7 }, migrationStarted: true } }), { event: { type: 'MIGRATION_COMPLETED' }, ctxPatch: { result: { downtimeMs: 12 } } }, 5_000, 4_000);
+    expect(s.transition).toMatchObject({ from: 'switchover', to: 'committing', effects: ['awaitDestinationRunning'] });
+    expect(s.ctx).toEqual({ path: 'live', migrationStarted: true, result: { downtimeMs: 12 }, timings: { switchover: 1_100, preparing: 7 } });
     expect(s).not.toHaveProperty('error');
     expect(s.abortRunning).toBe(false);
     expect(s.next).toBeUndefined();
@@ -152,6 +168,25 @@ describe('migration machine: the reducer', () => {
     expect(reduce(rec({ state: 'prechecking', ctx: { path: 'cold' } }), { event: { type: 'PRECHECKS_PASSED' } }, 1, 0).next).toEqual({ type: 'START_COLD' });
   });
 
+  it('records the switchover decision with the transition that makes it', () => {
+    const s = reduce(rec({ state: 'stopcopy', ctx: { migrationStarted: true } }), { event: { type: 'SWITCHOVER_READY' } }, 7_000, 6_000);
+    expect(s.transition).toMatchObject({ from: 'stopcopy', to: 'switchover', effects: ['switchover'] });
+    expect(s.ctx.switchover).toEqual({ grantedAt: 7_000 });
+    expect(s.abortRunning).toBe(false);
+  });
+
+  it('applies a cancel and the source\'s readiness in the order they come: the first wins, the second is refused', () => {
+    const cancelled: ErrorBody = { code: 'VMTC_CANCELLED', message: 'cancelled' };
+    // The cancel first: rolled back while the source waits; its readiness then changes nothing.
+    const c = reduce(rec({ state: 'precopy', ctx: { migrationStarted: true } }), { event: { type: 'CANCEL' }, error: cancelled }, 10, 0);
+    expect(c.transition.to).toBe('rolling_back');
+    expect(c.ctx.switchover).toBeUndefined();
+    expect(() => reduce({ state: 'rolling_back', mode: 'live', ctx: c.ctx, error: cancelled }, { event: { type: 'SWITCHOVER_READY' } }, 11, 10)).toThrowError(expect.objectContaining({ code: 'VMTC_ILLEGAL_TRANSITION' }));
+    // The readiness first: past the point of no return, the cancel is refused with its own code.
+    const r = reduce(rec({ state: 'precopy', ctx: { migrationStarted: true } }), { event: { type: 'SWITCHOVER_READY' } }, 10, 0);
+    expect(() => reduce({ state: 'switchover', mode: 'live', ctx: r.ctx, error: null }, { event: { type: 'CANCEL' }, error: cancelled }, 11, 10)).toThrowError(expect.objectContaining({ code: 'VMTC_MIGRATION_NOT_CANCELLABLE' }));
+  });
+
   it('refuses an event the state does not allow', () => {
     expect(() => reduce(rec({ state: 'activating' }), { event: { type: 'FAIL' }, error: boom }, 1, 0)).toThrowError(expect.objectContaining({ code: 'VMTC_ILLEGAL_TRANSITION' }));
   });
@@ -169,10 +204,38 @@ describe('migration machine: how a rollback ends', () => {
     expect(sourceMayBeRestored({ destinationGone: false, destinationMayRun: true })).toBe(false);
   });
 
-  it('fails, leaving both alone, when the destination could not be cleaned and may run', () => {
-    const out = decideRollbackOutcome(facts({ destinationGone: false, destinationMayRun: true, problems: [problem], lightpath: lp }), rec({ mode: 'auto', ctx: { warnings: [boom] } }));
+  it('fails, leaving both alone, when the destination could not be cleaned and may run; releases the rest and says what it kept', () => {
+    const token = { jti: 'j1', expiresAt: 1, accountingClosed: true };
+    const out = decideRollbackOutcome(facts({ destinationGone: false, destinationMayRun: true, problems: [problem], lightpath: lp, token }), rec({ mode: 'auto', ctx: { warnings: [boom], tunnel: { bicast: true } } }));
     expect(out).toMatchObject({ event: { type: 'ROLLBACK_FAILED' }, releaseHold: true, detail: { reason: expect.stringMatching(/may be running/) } });
-    expect(out.ctxPatch).toEqual({ warnings: [boom, problem] });
+    expect(out.ctxPatch).toEqual({ warnings: [boom, problem], lightpath: lp, token, kept: [expect.stringMatching(/^destination VM/), expect.stringMatching(/^source VM/), expect.stringMatching(/^tunnel bicast/)] });
+    // A tunnel already pruned (or never bicast) is not kept.
+    expect(decideRollbackOutcome(facts({ destinationGone: false, destinationMayRun: true }), rec({ ctx: { tunnel: { bicast: true, pruned: true } } })).ctxPatch?.kept).toHaveLength(2);
+  });
+
+  it('decides from what the source says whether its final state may have left', () => {
+    const report = (status: SourceReport['status'], vmState?: string): SourceReport => ({ status, ...(vmState ? { vmState } : {}) });
+    const before = { migrationStarted: true };
+    const after = { migrationStarted: true, switchover: { grantedAt: 1 } };
+    // Never started: nothing left.
+    expect(finalStateMayHaveLeft({}, report('completed'))).toBe(false);
+    // Completed: it left, before or after the grant (a source that did not wait).
+    expect(finalStateMayHaveLeft(before, report('completed', 'postmigrate'))).toBe(true);
+    expect(finalStateMayHaveLeft(after, report('completed', 'postmigrate'))).toBe(true);
+    // Ended otherwise before the grant: the source was waiting, the final state never left.
+    expect(finalStateMayHaveLeft(before, report('cancelled', 'running'))).toBe(false);
+    expect(finalStateMayHaveLeft(before, report('failed'))).toBe(false);
+    // After the grant, only a source that runs again rules it out (post-copy leaves it paused).
+    expect(finalStateMayHaveLeft(after, report('failed', 'running'))).toBe(false);
+    expect(finalStateMayHaveLeft(after, report('failed', 'paused'))).toBe(true);
+    expect(finalStateMayHaveLeft(after, report('cancelled'))).toBe(true);
+    // Unknown (unreachable, no record) or still running: only a running source rules it out.
+    expect(finalStateMayHaveLeft(before, report('unknown'))).toBe(true);
+    expect(finalStateMayHaveLeft(before, report('unknown', 'running'))).toBe(false);
+    expect(finalStateMayHaveLeft(after, report('unknown', 'postmigrate'))).toBe(true);
+    // Still running: before the grant it waits (never sent it); after, it may be sending it.
+    expect(finalStateMayHaveLeft(before, report('running', 'migrating'))).toBe(false);
+    expect(finalStateMayHaveLeft(after, report('running', 'migrating'))).toBe(true);
   });
 
   it('rolls back when the destination could not be cleaned but cannot run', () => {

@@ -2,7 +2,9 @@
 // (test/helpers/qemu-double.ts). migrate() polls query-migrate on the driver's clock (or sooner, at a
 // MIGRATION event), reports progress from it, ends on 'completed' (source postmigrate) or
 // 'failed' (source running again), switches to post-copy when asked, and a cancel in flight ends
-// it with the source running. Real QEMU: test/lab/qemu-migration.test.ts.
+// it with the source running. Every migration pauses before its final state
+// (pause-before-switchover) until the controller says continue (docs/design.md#switchover).
+// Real QEMU: test/lab/qemu-migration.test.ts.
 import { describe, expect, it } from 'vitest';
 import type { MigrationProgress } from '../../src/common/agent-protocol.ts';
 import { cleanupsAfterEach } from '../helpers/cleanups.ts';
@@ -180,6 +182,123 @@ describe('QEMU driver, source side (QMP double, manual clock)', () => {
     expect(q.commands()).not.toContain('migrate');
     expect(q.argsOf('block-job-cancel')).toContainEqual({ device: job, force: true });
     expect((await t.driver.describe('vm-7')).state).toBe('running');
+  });
+
+  it('pauses before the switchover: reports pre-switchover and sends migrate-continue only when told', async () => {
+    const t = driverUnderTest(cleanups, { pollMs: 200 });
+    const q = await running(t, 'vm-9');
+    const seen: MigrationProgress[] = [];
+    const m = watch(t.driver.migrate('vm-9', URI, { migrationId: 'mig-9' }, (p) => seen.push(p)), t.clock);
+    await idle(t.clock, () => m.settled);
+    expect(q.argsOf('migrate-set-capabilities')[0]?.capabilities).toContainEqual({ capability: 'pause-before-switchover', state: true });
+    // Not there yet: a continue is refused.
+    await expect(t.driver.continueMigration('vm-9', 'mig-9')).rejects.toMatchObject({ code: 'VMTC_QEMU_BAD_STATE' });
+    q.runState = 'finish-migrate';
+    q.migration = { status: 'pre-switchover', ram: ram(990, 3) };
+    t.clock.advance(200);
+    await idle(t.clock);
+    expect(seen.at(-1)).toMatchObject({ status: 'pre-switchover', transferredBytes: 990 });
+    // QEMU waits, and so does the driver, however long the decision takes.
+    for (let i = 0; i < 10; i++) {
+      t.clock.advance(200);
+      await idle(t.clock);
+    }
+    expect(m.settled).toBe(false);
+    expect(q.commands()).not.toContain('migrate-continue');
+    await expect(t.driver.continueMigration('vm-9', 'other-migration')).rejects.toMatchObject({ code: 'VMTC_QEMU_BAD_STATE' });
+    await t.driver.continueMigration('vm-9', 'mig-9');
+    await t.driver.continueMigration('vm-9', 'mig-9');
+    expect(q.argsOf('migrate-continue')).toEqual([{ state: 'pre-switchover' }]);
+    // Past the switchover no cancel: the final state is on its way.
+    q.migration = { status: 'device', ram: ram(1000, 3) };
+    await expect(t.driver.cancelMigration('vm-9')).rejects.toMatchObject({ code: 'VMTC_QEMU_CANCEL_TOO_LATE' });
+    expect(q.commands()).not.toContain('migrate_cancel');
+    q.runState = 'postmigrate';
+    q.migration = { status: 'completed', ram: ram(1000, 3), downtime: 20, 'total-time': 900 };
+    await runUntilSettled(t.clock, m, 1000);
+    expect(m.value).toMatchObject({ status: 'completed', downtimeMs: 20 });
+    expect((await t.driver.describe('vm-9')).state).toBe('postmigrate');
+  });
+
+  it('a cancel while paused before the switchover ends the migration without the final state; the source runs', async () => {
+    const t = driverUnderTest(cleanups, { pollMs: 200 });
+    const q = await running(t, 'vm-10');
+    const m = watch(t.driver.migrate('vm-10', URI, { migrationId: 'mig-10' }, () => undefined), t.clock);
+    await idle(t.clock, () => m.settled);
+    q.runState = 'finish-migrate';
+    q.migration = { status: 'pre-switchover', ram: ram(990, 3) };
+    t.clock.advance(200);
+    await idle(t.clock);
+    q.handlers.set('migrate_cancel', () => { q.migration = { status: 'cancelled', ram: ram(990, 3) }; return {}; });
+    const c = watch(t.driver.cancelMigration('vm-10'), t.clock);
+    await runUntilSettled(t.clock, c, 1000);
+    expect(c.error).toBeUndefined();
+    await runUntilSettled(t.clock, m, 1000);
+    expect(m.value?.status).toBe('cancelled');
+    expect(q.commands()).not.toContain('migrate-continue');
+    expect(q.commands()).toContain('cont');
+    expect((await t.driver.describe('vm-10')).state).toBe('running');
+  });
+
+  it('post-copy: the pause comes before the switch; a failure after it leaves the source paused (the destination may run the VM)', async () => {
+    const t = driverUnderTest(cleanups, { pollMs: 200 });
+    const q = await running(t, 'vm-11');
+    const m = watch(t.driver.migrate('vm-11', URI, { migrationId: 'mig-11', postcopy: true }, () => undefined), t.clock);
+    await idle(t.clock, () => m.settled);
+    q.migration = { status: 'active', ram: ram(900, 2) };
+    t.clock.advance(200);
+    await idle(t.clock);
+    expect(q.commands()).toContain('migrate-start-postcopy');
+    q.runState = 'finish-migrate';
+    q.migration = { status: 'pre-switchover', ram: ram(900, 2) };
+    t.clock.advance(200);
+    await idle(t.clock);
+    await t.driver.continueMigration('vm-11', 'mig-11');
+    q.migration = { status: 'postcopy-active', ram: ram(950, 2) };
+    t.clock.advance(200);
+    await idle(t.clock);
+    q.migration = { status: 'failed', 'error-desc': 'Detected IO failure for postcopy', ram: ram(960, 2) };
+    await runUntilSettled(t.clock, m, 1000);
+    expect(m.value).toMatchObject({ status: 'failed', error: { code: 'VMTC_QEMU_MIGRATION_FAILED', details: { postcopy: true, sourcePaused: true } } });
+    expect(q.commands()).not.toContain('cont');
+    expect((await t.driver.describe('vm-11')).state).not.toBe('running');
+  });
+
+  it('storage copy: at the pause the mirrors take their last delta first, then the controller is told and decides', async () => {
+    const t = driverUnderTest(cleanups, { pollMs: 200 });
+    expect((await t.driver.start(vmSpec('vm-12', { disks: [{ path: '/srv/images/vm-12.qcow2', format: 'qcow2' }] }))).state).toBe('running');
+    const q = await t.qmp('vm-12');
+    const job = 'vmtc-mirror-disk0';
+    let jobs = [{ device: job, type: 'mirror', len: 1000, offset: 1000, ready: true }];
+    q.handlers.set('query-block-jobs', () => structuredClone(jobs));
+    q.handlers.set('block-job-cancel', (a) => {
+      // Without force on a READY mirror: the last delta is copied and the job completes.
+      if (!a?.force) {
+        jobs = [];
+        q.event('BLOCK_JOB_COMPLETED', { device: job, offset: 1100 });
+      }
+      return {};
+    });
+    const seen: MigrationProgress[] = [];
+    const storage = { nbd: { host: '192.0.2.7', port: 10809 }, exports: [{ device: 'disk0', name: 'disk0' }] };
+    const m = watch(t.driver.migrate('vm-12', URI, { migrationId: 'mig-12', storage }, (p) => seen.push(p)), t.clock);
+    await idle(t.clock, () => q.commands().includes('migrate'));
+    q.runState = 'finish-migrate';
+    q.migration = { status: 'pre-switchover', ram: ram(990, 3) };
+    for (let i = 0; i < 50 && !seen.some((p) => p.status === 'pre-switchover'); i++) {
+      t.clock.advance(10);
+      await idle(t.clock);
+    }
+    expect(seen.filter((p) => p.status === 'pre-switchover')).toHaveLength(1);
+    expect(q.argsOf('block-job-cancel')).toEqual([{ device: job }]);
+    expect(q.commands()).not.toContain('migrate-continue');
+    await t.driver.continueMigration('vm-12', 'mig-12');
+    const cmds = q.commands();
+    expect(cmds.indexOf('block-job-cancel')).toBeLessThan(cmds.indexOf('migrate-continue'));
+    q.runState = 'postmigrate';
+    q.migration = { status: 'completed', ram: ram(1000, 3), 'total-time': 50 };
+    await runUntilSettled(t.clock, m, 1000);
+    expect(m.value).toMatchObject({ status: 'completed', storageBytes: 1100 });
   });
 
   it('refuses storage params that leave a writable disk out, before anything starts', async () => {

@@ -18,7 +18,7 @@ import type { VmPaths } from './cmdline.ts';
 import { prepareIncoming, resume, waitRunning } from './destination.ts';
 import { cpuModelFeatures, hostCpuFlags, qemuVersion } from './facts.ts';
 import { QemuVms } from './lifecycle.ts';
-import { cancelMigration, migrate } from './source.ts';
+import { cancelMigration, continueMigration, migrate } from './source.ts';
 import { finishIncoming } from './storage.ts';
 import { QEMU_DEFAULTS, type NbdStorage, type QemuDriverOptions } from './types.ts';
 
@@ -161,6 +161,11 @@ export class QemuDriver implements HypervisorDriver {
   async migrate(vmId: string, uri: string, params: MigrationParams, onProgress: (p: MigrationProgress) => void): Promise<MigrationResult> {
     await this.ready;
     return migrate(this.vms, vmId, uri, params, onProgress);
+  }
+
+  async continueMigration(vmId: string, migrationId: string): Promise<void> {
+    await this.ready;
+    return continueMigration(this.vms, vmId, migrationId);
   }
 
   async cancelMigration(vmId: string): Promise<void> {

@@ -18,7 +18,7 @@ export const QEMU_ERRORS = {
   VMTC_QEMU_BAD_STATE: { status: 409, message: 'the VM is not in a state that allows this operation' },
   VMTC_QEMU_BAD_SPEC: { status: 400, message: 'the VM spec cannot be turned into a QEMU command line' },
   VMTC_QEMU_MIGRATION_FAILED: { status: 502, message: 'the live migration failed; the source keeps running' },
-  VMTC_QEMU_CANCEL_TOO_LATE: { status: 409, message: 'the migration had already completed and can no longer be cancelled' },
+  VMTC_QEMU_CANCEL_TOO_LATE: { status: 409, message: 'the migration is past its switchover (or completed) and can no longer be cancelled' },
   VMTC_QEMU_WAIT_TIMEOUT: { status: 504, message: 'the VM did not reach the running state in time' },
   VMTC_QEMU_VM_CRASHED: { status: 502, message: 'the QEMU process of this VM exited unexpectedly' },
 } as const satisfies Catalogue;

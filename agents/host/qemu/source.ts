@@ -1,9 +1,12 @@
 // The source side of a live migration, following QEMU's own protocol (docs/devel/migration.rst):
 // set capabilities and parameters, optionally mirror the disks first (storage.ts), run `migrate`,
 // and poll `query-migrate` (woken early by MIGRATION events) until it completes, fails or is
-// cancelled. After completion the source is `postmigrate`: paused and still primary until the
-// controller destroys it (docs/design.md#commit: the VM runs in exactly one place); on anything
-// else it runs here again.
+// cancelled. QEMU pauses before its final state (`pause-before-switchover`, always on): the
+// driver reports 'pre-switchover' and sends `migrate-continue` only when the controller says so
+// (continueMigration; docs/design.md#switchover, docs/qemu.md). After completion the source is
+// `postmigrate`: paused and still primary until the controller destroys it (docs/design.md#commit:
+// the VM runs in exactly one place); on anything else it runs here again, unless the final state
+// may have reached a destination that runs it (post-copy).
 import type { MigrationParams, MigrationProgress, MigrationResult } from '../../../src/common/agent-protocol.ts';
 import { clockSleep } from '../../../src/common/clock.ts';
 import { VmtcError } from '../../../src/common/errors.ts';
@@ -13,7 +16,7 @@ import type { QemuVms } from './lifecycle.ts';
 import { abortMirrors, checkStorage, mirrorBytes, mirrorDisks, syncMirrors } from './storage.ts';
 import { ACTIVE_MIGRATION, QEMU_DEFAULTS, type QueryMigrate, type VmRecord } from './types.ts';
 
-const REPORTED = new Set(['setup', 'active', 'postcopy-active', 'device', 'completed', 'failed', 'cancelled']);
+const REPORTED = new Set(['setup', 'active', 'pre-switchover', 'postcopy-active', 'device', 'completed', 'failed', 'cancelled']);
 
 export async function migrate(vms: QemuVms, vmId: string, uri: string, params: MigrationParams, onProgress: (p: MigrationProgress) => void): Promise<MigrationResult> {
   const rec = vms.get(vmId);
@@ -25,6 +28,8 @@ export async function migrate(vms: QemuVms, vmId: string, uri: string, params: M
   rec.migrating = true;
   rec.migrationId = migrationId;
   rec.lastMigration = undefined;
+  rec.switchover = undefined;
+  rec.postcopyRequested = undefined;
   await vms.persist(rec);
   vms.setState(rec, 'migrating');
   const base = { migrationId, vmId };
@@ -42,9 +47,10 @@ export async function migrate(vms: QemuVms, vmId: string, uri: string, params: M
           { capability: 'auto-converge', state: !!params.autoConverge },
           { capability: 'multifd', state: !!params.multifd },
           { capability: 'postcopy-ram', state: !!params.postcopy },
-          // Storage copy: QEMU pauses before the switchover so the mirrors can take their
-          // last delta while nothing writes (then migrate-continue).
-          { capability: 'pause-before-switchover', state: !!storage },
+          // Every migration: QEMU pauses before its final state (or the switch to post-copy)
+          // until migrate-continue, which the controller decides (docs/design.md#switchover);
+          // with storage copy the mirrors take their last delta in that pause.
+          { capability: 'pause-before-switchover', state: true },
         ],
       });
       const p: Record<string, unknown> = {};
@@ -92,23 +98,31 @@ export async function migrate(vms: QemuVms, vmId: string, uri: string, params: M
     }
     rec.migrating = false;
     rec.wake = undefined;
-    // On anything but completion the VM must run here (docs/design.md#commit: exactly one place).
-    if (result!.status !== 'completed' && rec.qmp && !rec.qmp.closed) {
+    // Past the switch to post-copy the destination runs the VM with part of its memory: the
+    // source must not run too, whatever QEMU says now (docs/design.md#switchover).
+    const destinationMayRun = result!.status !== 'completed' && rec.switchover === 'continued' && !!rec.postcopyRequested;
+    if (destinationMayRun) {
+      log.error({ status: result!.status }, 'post-copy migration ended without completing: the source stays paused (the destination may run the VM)');
+      if (result!.error) result!.error.details = { ...(result!.error.details ?? {}), postcopy: true, sourcePaused: true };
+    }
+    // On anything else but completion the VM must run here (docs/design.md#commit: exactly one place).
+    if (result!.status !== 'completed' && !destinationMayRun && rec.qmp && !rec.qmp.closed) {
       await vms.ensureRunning(rec).catch((e: unknown) => log.error({ err: String(e) }, 'could not resume the source after a failed migration'));
     }
+    rec.switchover = undefined;
+    rec.postcopyRequested = undefined;
     rec.lastMigration = result!;
     await vms.refresh(rec).catch(() => undefined);
   }
 }
 
-/** Poll query-migrate until the migration ends; handles the pause before the switchover (storage
- *  copy) and the switch to post-copy. */
+/** Poll query-migrate until the migration ends; handles the pause before the switchover (the
+ *  mirrors' last delta, then the controller's decision) and the switch to post-copy. */
 async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationParams, onProgress: (p: MigrationProgress) => void, log: Logger): Promise<MigrationResult> {
   const { migrationId } = params;
   const base = { migrationId, vmId: rec.spec.vmId };
   const qmp = vms.qmpOf(rec);
   let postcopyStarted = false;
-  let switchedOver = false;
   for (;;) {
     let q: QueryMigrate;
     try {
@@ -133,7 +147,8 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
     if (ram?.['dirty-sync-count'] !== undefined) progress.pass = ram['dirty-sync-count'];
     if (q['expected-downtime'] !== undefined) progress.expectedDowntimeMs = q['expected-downtime'];
     if (ram?.mbps !== undefined) progress.throughputMbps = ram.mbps;
-    if (ACTIVE_MIGRATION.has(status) || status === 'completed') {
+    // 'pre-switchover' is reported only once the source is ready for the decision (below).
+    if ((ACTIVE_MIGRATION.has(status) && (status !== 'pre-switchover' || rec.switchover !== undefined)) || status === 'completed') {
       rec.lastMigration = progress;
       try {
         onProgress(progress);
@@ -170,11 +185,12 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
       log.info('migration cancelled');
       return { ...base, status: 'cancelled', transferredBytes: ram?.transferred ?? 0 };
     }
-    // Storage copy, stop-and-copy: QEMU paused the source before the switchover (the
-    // pause-before-switchover capability); the mirrors take their last delta now, then the
-    // switchover goes on. If they cannot, the migration is cancelled and the source resumes.
-    if (status === 'pre-switchover' && !switchedOver) {
-      switchedOver = true;
+    // QEMU paused the source before its final state (pause-before-switchover; before the
+    // switch to post-copy too). With storage copy the mirrors take their last delta first; if
+    // they cannot, the migration is cancelled and the source resumes. Then the controller is
+    // told ('pre-switchover') and decides: continueMigration() sends migrate-continue, a cancel
+    // ends the migration without the final state ever leaving (docs/design.md#switchover).
+    if (status === 'pre-switchover' && rec.switchover === undefined && !rec.mirror?.syncError) {
       const m = rec.mirror;
       if (m) {
         const err = await syncMirrors(vms, rec, log);
@@ -184,9 +200,9 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
           continue;
         }
       }
-      // A cancel that came during the sync has already moved QEMU on: then this is refused
-      // and the next poll reports 'cancelled'.
-      await qmp.execute('migrate-continue', { state: 'pre-switchover' }).catch((e: unknown) => log.warn({ err: String(e) }, 'migrate-continue refused'));
+      // A cancel that came during the sync has already moved QEMU on: the next poll says so.
+      rec.switchover = 'waiting';
+      log.info('paused before the switchover; waiting for the controller');
       continue;
     }
     // Post-copy as an option: switch once the first full pass has gone (the remaining
@@ -194,6 +210,7 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
     // at both ends, which is why it is off unless asked for.
     if (params.postcopy && !postcopyStarted && status === 'active' && (ram?.['dirty-sync-count'] ?? 0) >= (vms.opts.postcopyAfterPass ?? QEMU_DEFAULTS.postcopyAfterPass)) {
       postcopyStarted = true;
+      rec.postcopyRequested = true;
       log.info('switching to post-copy');
       await qmp.execute('migrate-start-postcopy').catch((e: unknown) => log.warn({ err: String(e) }, 'migrate-start-postcopy refused'));
     }
@@ -201,9 +218,32 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
   }
 }
 
+/** The controller's decision at the point of no return: let a source paused in pre-switchover
+ *  send its final state. Idempotent once continued. */
+export async function continueMigration(vms: QemuVms, vmId: string, migrationId: string): Promise<void> {
+  const rec = vms.get(vmId);
+  if (!rec.migrating || rec.migrationId !== migrationId) throw qemuError('VMTC_QEMU_BAD_STATE', { vmId, migrationId, operation: 'continueMigration', reason: 'no such migration runs' });
+  if (rec.switchover === 'continued') return;
+  if (rec.switchover !== 'waiting') throw qemuError('VMTC_QEMU_BAD_STATE', { vmId, migrationId, operation: 'continueMigration', reason: 'the migration has not reached the switchover point' });
+  // Set before QEMU is asked, so that a cancel from here on is refused.
+  rec.switchover = 'continued';
+  try {
+    await vms.qmpOf(rec).execute('migrate-continue', { state: 'pre-switchover' });
+  } catch (e) {
+    // QEMU refused: it is no longer paused there (a cancel or a failure moved it on).
+    if (e instanceof VmtcError && e.code === 'VMTC_QMP_COMMAND_FAILED') rec.switchover = 'waiting';
+    throw e;
+  }
+  rec.log.info({ migrationId }, 'switchover: the final state is on its way');
+  rec.wake?.();
+}
+
 export async function cancelMigration(vms: QemuVms, vmId: string): Promise<void> {
   const rec = vms.get(vmId);
   const qmp = vms.qmpOf(rec);
+  if (rec.migrating && rec.switchover === 'continued') {
+    throw qemuError('VMTC_QEMU_CANCEL_TOO_LATE', { vmId, reason: 'past the switchover: the final state is on its way' });
+  }
   const m = rec.mirror;
   if (m && !m.ramStarted) {
     // Still mirroring disks (no RAM migration yet): migrate() ends the jobs and keeps the

@@ -122,6 +122,12 @@ export interface VmRecord extends VmFile {
   finishing?: Promise<void>;
   /** Wakes migrate()'s poll loop early when a MIGRATION or block job event arrives. */
   wake?: () => void;
+  /** The source's point of no return (docs/design.md#switchover): 'waiting' while QEMU is paused
+   *  in `pre-switchover` and the controller has been told, 'continued' once `migrate-continue`
+   *  went (the final state is on its way: no cancel from here). */
+  switchover?: 'waiting' | 'continued';
+  /** The driver asked QEMU to switch to post-copy: once continued, the destination runs the VM. */
+  postcopyRequested?: boolean;
   stateWaiters: Set<() => void>;
   log: Logger;
   /** An incoming VM's taps are down until its guest runs here (lifecycle.ts tapsUp): traffic

@@ -180,7 +180,7 @@ export const migrate = verb('migrate', {
   },
 });
 
-const STATES_HINT = 'prechecking, reserved, authorizing, provisioning, preparing, precopy, stopcopy, committing, activating, cleanup, completed, cold_exporting, cold_importing, cold_verifying, rolling_back, rolled_back, cancelled, failed';
+const STATES_HINT = 'prechecking, reserved, authorizing, provisioning, preparing, precopy, stopcopy, switchover, committing, activating, cleanup, completed, cold_exporting, cold_importing, cold_verifying, rolling_back, rolled_back, cancelled, failed';
 
 export const status = verb('status', {
   summary: 'Show one migration in detail (transitions, steps, progress, error) or list migrations.',

@@ -113,6 +113,7 @@ export function formatSummary(m: MigrationView): string {
   if (r) lines.push(`result: ${r}`);
   if (m.error) lines.push(`error: ${fmtError(m.error)}`);
   for (const w of m.warnings ?? []) lines.push(`warning: ${fmtError({ code: w.code ?? 'warning', message: w.message ?? '', ...(w.details ? { details: w.details } : {}) })}`);
+  for (const k of m.kept ?? []) lines.push(`kept: ${k}`);
   return lines.join('\n');
 }
 
@@ -151,6 +152,7 @@ export function formatMigrationDetail(m: MigrationView): string {
   if (r) lines.push(`result: ${r}`);
   if (m.error) lines.push(`error: ${fmtError(m.error)}`);
   for (const w of m.warnings ?? []) lines.push(`warning: ${fmtError({ code: w.code ?? 'warning', message: w.message ?? '', ...(w.details ? { details: w.details } : {}) })}`);
+  for (const k of m.kept ?? []) lines.push(`kept: ${k}`);
   return lines.join('\n');
 }
 

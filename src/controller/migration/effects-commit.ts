@@ -1,9 +1,9 @@
 // After the commit point (the destination runs, or the cold copy was verified): move the
 // clients' tunnel, remove the source, release everything, and end. From here on failures are
 // warnings, never a rollback: the VM must not end up nowhere.
-import { toVmtcError } from '../../common/errors.ts';
-import { releaseLightpath } from './effects-rollback.ts';
-import { NOT_FOUND, saveCtx, site, type EffectFn } from './context.ts';
+import { toVmtcError, type ErrorBody } from '../../common/errors.ts';
+import { closeAccounting, releaseLightpath } from './effects-rollback.ts';
+import { NOT_FOUND, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
 
 const activate: EffectFn = async (cx, row) => {
   let warnings = row.ctx.warnings ?? [];
@@ -34,12 +34,18 @@ const cleanupSource: EffectFn = async (cx, row) => {
     if (!NOT_FOUND.test(toVmtcError(e).code)) warnings.push(toVmtcError(e).toJSON());
   }
   const lightpath = await releaseLightpath(cx, row, warnings);
+  const token = await closeAccounting(cx, row, warnings, 'cleanup');
   cx.store.releaseHold(row.id);
-  return { event: { type: 'CLEANED_UP' }, ctxPatch: { warnings, ...(lightpath ? { lightpath } : {}) } };
+  return { event: { type: 'CLEANED_UP' }, ctxPatch: { warnings, ...(lightpath ? { lightpath } : {}), ...(token ? { token } : {}) } };
 };
 
-/** A terminal state: free the capacity, forget the secrets, stop the timers. */
+/** A terminal state: free the capacity, forget the secrets, stop the timers. The states before it
+ *  (cleanup, rolling_back) closed the grant's accounting; if that failed it is tried once more
+ *  here, and the record says how it ended (docs/design.md#accounting). */
 const finish: EffectFn = async (cx, row) => {
+  const warnings: ErrorBody[] = [];
+  const token = await closeAccounting(cx, row, warnings, 'finish');
+  if (token || warnings.length) saveCtx(cx, row.id, { ...(token ? { token } : {}), ...(warnings.length ? { warnings: [...(currentCtx(cx, row.id).warnings ?? []), ...warnings] } : {}) });
   cx.store.releaseHold(row.id);
   cx.secrets.delete(row.id);
   cx.exports.delete(row.id);

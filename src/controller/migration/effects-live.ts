@@ -1,13 +1,15 @@
 // The live path's effects: capability token, lightpath, destination prepared, the source's
-// migration (started, or re-attached after a controller restart), and the destination running.
+// migration (started, or re-attached after a controller restart) up to its pause before the
+// switchover, the switchover itself (docs/design.md#switchover), and the destination running.
 import { VmtcError, toVmtcError } from '../../common/errors.ts';
-import { sleep } from '../../common/clock.ts';
+import { clockSleep, sleep } from '../../common/clock.ts';
 import type { MigrationProgress, MigrationResult } from '../../common/agent-protocol.ts';
 import type { MigrationCtx, MigrationRow } from '../store.ts';
 import type { LightpathRequest } from '../ports.ts';
 import { err } from '../errors.ts';
 import { saveCtx, currentCtx, site, wrap, type EffectContext, type EffectFn } from './context.ts';
 import { deadlineAt, migrationTuning, mustCopyStorage, sourceParams } from './request.ts';
+import { settleSourceLost } from './source-lost.ts';
 
 function lightpathRequest(cx: EffectContext, row: MigrationRow): LightpathRequest {
   const start = Math.floor(cx.clock.now() / 1000);
@@ -35,13 +37,18 @@ const provisionLightpath: EffectFn = async (cx, row) => {
   if (!cx.lightpath || token === undefined) {
     return { event: { type: 'LIGHTPATH_UP' }, ctxPatch: { lightpath: { skipped: cx.lightpath ? 'no token' : 'no broker configured' } } };
   }
+  // Record intent before asking: the broker knows the reservation by this key, so a controller
+  // killed before the answer (the circuit committed and up, its id unknown here) finds it and
+  // releases it (releaseLightpath, effects-rollback.ts).
+  const key = row.id;
+  saveCtx(cx, row.id, { lightpath: { key } });
   try {
-    const lp = await cx.lightpath.setup(lightpathRequest(cx, row), token);
-    return { event: { type: 'LIGHTPATH_UP' }, detail: lp, ctxPatch: { lightpath: { reservationId: lp.reservationId, provisioned: true, ...(lp.details ? { details: lp.details } : {}) } } };
+    const lp = await cx.lightpath.setup(lightpathRequest(cx, row), token, { idempotencyKey: key });
+    return { event: { type: 'LIGHTPATH_UP' }, detail: lp, ctxPatch: { lightpath: { key, reservationId: lp.reservationId, provisioned: true, ...(lp.details ? { details: lp.details } : {}) } } };
   } catch (e) {
     const ve = wrap(e, 'VMTC_LIGHTPATH_FAILED');
     const rid = (ve.details as { reservationId?: string } | undefined)?.reservationId;
-    if (rid) saveCtx(cx, row.id, { lightpath: { reservationId: rid, provisioned: false } });
+    if (rid) saveCtx(cx, row.id, { lightpath: { key, reservationId: rid, provisioned: false } });
     throw ve;
   }
 };
@@ -76,8 +83,18 @@ const prepareDestination: EffectFn = async (cx, row) => {
   };
 };
 
+/** Pre-copy (and stop-and-copy): run the source's migration until it pauses before its final
+ *  state and says so. The decision to let it go is the machine's (SWITCHOVER_READY). */
 const startMigration: EffectFn = async (cx, row, signal) => {
-  const result = await runMigration(cx, row, signal);
+  const ready = await runMigration(cx, row, signal, 'switchover');
+  return { event: { type: 'SWITCHOVER_READY' }, detail: { transferredBytes: ready.transferredBytes, totalBytes: ready.totalBytes } };
+};
+
+/** The point of no return, decided and recorded by entering this state: only now is the source
+ *  told to send its final state; then the copy is followed to its end. Idempotent after a
+ *  controller restart (the source answers ok for a migration already continued or completed). */
+const switchover: EffectFn = async (cx, row, signal) => {
+  const result = await runMigration(cx, row, signal, 'end');
   return { event: { type: 'MIGRATION_COMPLETED' }, detail: result, ctxPatch: { result: pickResult(result) } };
 };
 
@@ -98,14 +115,24 @@ const awaitDestinationRunning: EffectFn = async (cx, row) => {
   }
 };
 
-export const LIVE_EFFECTS = { requestToken, provisionLightpath, prepareDestination, startMigration, awaitDestinationRunning };
+/** Request failures that say the agent could not be asked, not that it refused. */
+const UNREACHABLE = new Set(['VMTC_AGENT_NOT_CONNECTED', 'VMTC_PEER_UNREACHABLE', 'VMTC_TIMEOUT']);
 
-/** Start (or, after a controller restart, re-attach to) the source's live migration and wait
- *  for its end, streaming progress into the record. */
-function runMigration(cx: EffectContext, row: MigrationRow, signal: AbortSignal): Promise<MigrationResult> {
+export const LIVE_EFFECTS = { requestToken, provisionLightpath, prepareDestination, startMigration, switchover, awaitDestinationRunning };
+
+/** Follow the source's live migration, streaming progress into the record. Up to 'switchover':
+ *  start it (or, after a controller restart, re-attach to it) and resolve with the progress that
+ *  says it paused before its final state. To the 'end': tell the paused source to continue, and
+ *  resolve with its result once it completed. */
+function runMigration(cx: EffectContext, row: MigrationRow, signal: AbortSignal, until: 'switchover'): Promise<MigrationProgress>;
+function runMigration(cx: EffectContext, row: MigrationRow, signal: AbortSignal, until: 'end'): Promise<MigrationResult>;
+function runMigration(cx: EffectContext, row: MigrationRow, signal: AbortSignal, until: 'switchover' | 'end'): Promise<MigrationProgress | MigrationResult> {
   const { hub, log } = cx;
-  return new Promise<MigrationResult>((resolve, reject) => {
+  return new Promise<MigrationProgress | MigrationResult>((resolve, reject) => {
     let settled = false;
+    /** The source runs (or ran) this migration: from here, not knowing it means it was lost. */
+    let attached = false;
+    let resolvingLost = false;
     let lastProgressSave = 0;
     let poll: { cancel(): void } | undefined;
     const finish = (fn: () => void) => {
@@ -118,9 +145,14 @@ function runMigration(cx: EffectContext, row: MigrationRow, signal: AbortSignal)
       fn();
     };
     const onResult = (r: MigrationResult) => {
-      if (r.status === 'completed') finish(() => resolve(r));
+      // A copy completes only through the switchover: one that completed before the source was
+      // told to continue broke the protocol, and the rollback then finds it completed and leaves
+      // the destination alone (docs/design.md#switchover).
+      if (r.status === 'completed' && until === 'switchover') finish(() => reject(err('VMTC_MIGRATION_FAILED', { status: r.status, reason: 'the copy completed before the switchover was decided' })));
+      else if (r.status === 'completed') finish(() => resolve(r));
       else finish(() => reject(r.error ? new VmtcError(r.error.code, 502, r.error.message, r.error.details) : err('VMTC_MIGRATION_FAILED', { status: r.status })));
     };
+    const onReady = (p: MigrationProgress) => { if (until === 'switchover') finish(() => resolve(p)); };
     const onProgress = (p: MigrationProgress) => {
       const now = cx.clock.now();
       if (now - lastProgressSave >= 250 || p.status !== 'active') {
@@ -129,6 +161,7 @@ function runMigration(cx: EffectContext, row: MigrationRow, signal: AbortSignal)
         cx.progress(row.id, p);
       }
       if (p.status === 'device') void cx.dispatch(row.id, { event: { type: 'STOP_AND_COPY' }, expectState: 'precopy' });
+      if (p.status === 'pre-switchover') onReady(p);
     };
     const onEvent = (hostId: string, name: string, data: unknown) => {
       if (hostId !== row.sourceHostId || !data || typeof data !== 'object') return;
@@ -136,12 +169,30 @@ function runMigration(cx: EffectContext, row: MigrationRow, signal: AbortSignal)
       if (name === 'migration.progress') onProgress(data as MigrationProgress);
       else if (name === 'migration.done') onResult(data as MigrationResult);
     };
+    /** The source does not know this migration (source-lost.ts): decide from the destination,
+     *  or ask again at the next poll if it cannot be asked now. */
+    const onSourceLost = async (s: { migrationId?: string } | null) => {
+      if (settled || resolvingLost) return;
+      resolvingLost = true;
+      try {
+        const out = await settleSourceLost(cx, row, s);
+        if (out instanceof VmtcError) finish(() => reject(out));
+        else if (out) onResult(out);
+      } finally {
+        resolvingLost = false;
+      }
+    };
     const check = async () => {
       try {
         const s = await hub.request(row.sourceHostId, 'vm.migrationStatus', { vmId: row.vmId });
+        const ours = !!s && (s as { migrationId?: string }).migrationId === row.id;
         // A progress snapshot (totalBytes) of an ended migration: the final result follows as an event.
-        if (s && (s as { migrationId?: string }).migrationId === row.id && (s.status === 'completed' || s.status === 'failed' || s.status === 'cancelled') && !('totalBytes' in s)) {
+        if (ours && (s.status === 'completed' || s.status === 'failed' || s.status === 'cancelled') && !('totalBytes' in s)) {
           onResult(s as MigrationResult);
+        } else if (ours && s.status === 'pre-switchover') {
+          onReady(s as MigrationProgress);
+        } else if (!ours && attached) {
+          await onSourceLost(s);
         }
       } catch (e) {
         log.debug({ code: toVmtcError(e).code }, 'status poll failed');
@@ -160,6 +211,27 @@ function runMigration(cx: EffectContext, row: MigrationRow, signal: AbortSignal)
     signal.addEventListener('abort', onAbort);
     if (signal.aborted) return onAbort();
 
+    // The switchover: the decision is recorded (this state), so the source may now send its
+    // final state. The listeners are on already: its end cannot be missed.
+    const proceed = async () => {
+      // A source that cannot be reached now is asked again (it waits too, and holds the primary
+      // copy; the request is idempotent): only its own refusal fails the migration.
+      for (;;) {
+        try {
+          await hub.request(row.sourceHostId, 'vm.continueMigration', { vmId: row.vmId, migrationId: row.id });
+          break;
+        } catch (e) {
+          const code = toVmtcError(e).code;
+          if (settled || !UNREACHABLE.has(code)) throw e;
+          log.warn({ code }, 'the source did not get the decision to continue; asking again');
+          await clockSleep(cx.clock, cx.options.statusPollMs, signal);
+          if (settled) return;
+        }
+      }
+      attached = true;
+      await check();
+      if (!settled) schedulePoll();
+    };
     const begin = async () => {
       // Re-attach if the source already runs this migration (controller restarted mid-copy).
       // Never start a second stream because a status question went unanswered: retry, then fail.
@@ -173,19 +245,32 @@ function runMigration(cx: EffectContext, row: MigrationRow, signal: AbortSignal)
           await sleep(300 * attempt);
         }
       }
-      if (s && (s as { migrationId?: string }).migrationId === row.id) {
+      const ours = !!s && (s as { migrationId?: string }).migrationId === row.id;
+      if (s && ours) {
         log.info({ status: s.status }, 'attached to a migration already under way');
         if (!('totalBytes' in s)) return onResult(s as MigrationResult);
-        if (s.status !== 'failed' && s.status !== 'cancelled') return schedulePoll();
+        if (s.status === 'pre-switchover') return onReady(s);
+        if (s.status !== 'failed' && s.status !== 'cancelled') {
+          attached = true;
+          return schedulePoll();
+        }
       }
       const cur = currentCtx(cx, row.id);
+      if (cur.migrationStarted && !ours) {
+        // The source was asked to start it (by a controller that then restarted) and does not
+        // know it: never a second stream; decide from the destination, asking again at each poll.
+        attached = true;
+        schedulePoll();
+        return onSourceLost(s);
+      }
       if (!cur.incoming?.uri) throw err('VMTC_DESTINATION_NOT_RUNNING', { reason: 'destination was never prepared' });
       saveCtx(cx, row.id, { migrationStarted: true });
       // The same tuning the destination was prepared with (both from the request).
       await hub.request(row.sourceHostId, 'vm.migrate', { vmId: row.vmId, uri: cur.incoming.uri, params: sourceParams(row.id, migrationTuning(row.request), cur.incoming.storage) });
+      attached = true;
       schedulePoll();
     };
-    begin().catch((e) => finish(() => reject(wrap(e, 'VMTC_MIGRATION_FAILED'))));
+    (until === 'end' ? proceed() : begin()).catch((e) => finish(() => reject(wrap(e, 'VMTC_MIGRATION_FAILED'))));
   });
 }
 

@@ -4,9 +4,14 @@
 // decision (decideRollbackOutcome in reducer.ts).
 import { toVmtcError, type ErrorBody } from '../../common/errors.ts';
 import type { VmInfo } from '../../common/agent-protocol.ts';
+import { clockSleep } from '../../common/clock.ts';
 import type { MigrationCtx, MigrationRow } from '../store.ts';
-import { decideRollbackOutcome, sourceMayBeRestored, type RollbackFacts } from './reducer.ts';
+import { decideRollbackOutcome, finalStateMayHaveLeft, sourceMayBeRestored, type RollbackFacts, type SourceReport } from './reducer.ts';
 import { NOT_FOUND, currentCtx, site, type EffectContext, type EffectFn } from './context.ts';
+
+/** How long the rollback waits for the source's migration to end after cancelling it, before it
+ *  counts it as still running (and the destination as possibly holding the VM). */
+const SOURCE_SETTLE_MS = 10_000;
 
 const rollback: EffectFn = async (cx, row) => {
   const { hub, log } = cx;
@@ -23,7 +28,12 @@ const rollback: EffectFn = async (cx, row) => {
       }
     }
   };
-  const settle = (facts: RollbackFacts) => {
+  const settle = async (facts: RollbackFacts) => {
+    // Whatever the outcome, the lightpath and the grant's accounting are released: nobody needs
+    // them to investigate (docs/design.md#rollback).
+    const lightpath = await releaseLightpath(cx, row, problems);
+    const token = await closeAccounting(cx, row, problems, 'rollback');
+    facts = { ...facts, ...(lightpath ? { lightpath } : {}), ...(token ? { token } : {}) };
     const out = decideRollbackOutcome(facts, { mode: row.mode, ctx });
     if (out.releaseHold) cx.store.releaseHold(row.id);
     // The export was withdrawn (or never made): a cold attempt after this one starts afresh.
@@ -31,11 +41,22 @@ const rollback: EffectFn = async (cx, row) => {
     return { event: out.event, ...(out.detail !== undefined ? { detail: out.detail } : {}), ...(out.ctxPatch ? { ctxPatch: out.ctxPatch } : {}) };
   };
 
-  if (ctx.migrationStarted) await soft('cancel-migration', () => hub.request(row.sourceHostId, 'vm.cancelMigration', { vmId: row.vmId }));
+  if (ctx.migrationStarted) {
+    const cancel = () => hub.request(row.sourceHostId, 'vm.cancelMigration', { vmId: row.vmId });
+    // Past the switchover grant the source refuses once its final state is on its way; what it
+    // then says of the migration is established below, so the refusal is no problem.
+    if (ctx.switchover) await cancel().catch((e: unknown) => log.info({ code: toVmtcError(e).code }, 'source did not cancel a migration past the switchover'));
+    else await soft('cancel-migration', cancel);
+  }
+  // Before the destination is touched: may the source have sent its final state? Then the
+  // destination may hold (or run) the VM, and destroying it could lose the only up-to-date
+  // copy while the stale source is resumed (docs/design.md#switchover).
+  const mayHaveLeft = ctx.migrationStarted ? finalStateMayHaveLeft(ctx, await askSource(cx, row, ctx)) : false;
   // The destination copy goes first, so that the VM never runs in two places (a cold copy may
   // already have booted there).
   let destinationGone = true;
-  if (ctx.incoming || ctx.cold?.importRequested) {
+  if (mayHaveLeft) destinationGone = false;
+  else if (ctx.incoming || ctx.cold?.importRequested) {
     destinationGone = false;
     await soft('destroy-destination', async () => {
       try {
@@ -46,7 +67,8 @@ const rollback: EffectFn = async (cx, row) => {
       destinationGone = true;
     });
   }
-  const facts: RollbackFacts = { destinationGone, destinationMayRun: !destinationGone && (await destinationMayRun(cx, row, ctx)), problems };
+  // A booted cold copy may run; a live copy only if the final state may have left (above).
+  const facts: RollbackFacts = { destinationGone, destinationMayRun: mayHaveLeft || (!destinationGone && !!ctx.cold?.importRequested), problems };
   if (!sourceMayBeRestored(facts)) return settle(facts);
 
   // The source copy is the primary until commit: make sure it is as it was.
@@ -70,22 +92,59 @@ const rollback: EffectFn = async (cx, row) => {
     const tunnel = cx.tunnel;
     await soft('tunnel-prune', () => tunnel.prune(row.vmId, site(cx, row.sourceHostId), site(cx, row.destinationHostId)));
   }
-  const lightpath = await releaseLightpath(cx, row, problems);
   const src = source as VmInfo | undefined;
-  return settle({ ...facts, ...(src ? { sourceState: src.state } : {}), ...(lightpath ? { lightpath } : {}) });
+  return settle({ ...facts, ...(src ? { sourceState: src.state } : {}) });
 };
 
-/** Whether a destination that could not be cleaned may be running the VM: a cold import was
- *  asked for (it boots the copy), or the source's live migration completed (or cannot be
- *  asked). A pre-copy that did not complete leaves the destination waiting, never running. */
-async function destinationMayRun(cx: EffectContext, row: MigrationRow, ctx: MigrationCtx): Promise<boolean> {
-  if (ctx.cold?.importRequested) return true;
-  if (!ctx.migrationStarted) return false;
+/** Ask the source how this migration ended, waiting a little for the cancel to take effect, and
+ *  the state of its VM. Facts only; finalStateMayHaveLeft decides. Before the switchover grant a
+ *  migration still running is cancelled again: the source may have started it only after the
+ *  first cancel (a vm.migrate still in flight when the rollback began). */
+async function askSource(cx: EffectContext, row: MigrationRow, ctx: MigrationCtx): Promise<SourceReport> {
+  const until = cx.clock.now() + SOURCE_SETTLE_MS;
+  let status: SourceReport['status'];
+  for (;;) {
+    let s: Awaited<ReturnType<typeof cx.hub.request<'vm.migrationStatus'>>>;
+    try {
+      s = await cx.hub.request(row.sourceHostId, 'vm.migrationStatus', { vmId: row.vmId });
+    } catch {
+      return { status: 'unknown' };
+    }
+    if (!s || s.migrationId !== row.id) {
+      status = 'unknown';
+      break;
+    }
+    if (s.status === 'completed' || s.status === 'failed' || s.status === 'cancelled') {
+      status = s.status;
+      break;
+    }
+    if (cx.clock.now() >= until) {
+      status = 'running';
+      break;
+    }
+    if (!ctx.switchover) await cx.hub.request(row.sourceHostId, 'vm.cancelMigration', { vmId: row.vmId }).catch(() => undefined);
+    await clockSleep(cx.clock, 200);
+  }
   try {
-    const s = await cx.hub.request(row.sourceHostId, 'vm.migrationStatus', { vmId: row.vmId });
-    return !!s && (s as { migrationId?: string }).migrationId === row.id && s.status === 'completed';
+    return { status, vmState: (await cx.hub.request(row.sourceHostId, 'vm.describe', { vmId: row.vmId })).state };
   } catch {
-    return true;
+    return { status };
+  }
+}
+
+/** Close the accounting of the migration's grant at the AAA (a `release` record), once: by the
+ *  jti kept in the record, so it works after a controller restart too. A failure is a warning.
+ *  Returns the token as it now is, or undefined when there was nothing to close. */
+export async function closeAccounting(cx: EffectContext, row: MigrationRow, warnings: ErrorBody[], step: string): Promise<MigrationCtx['token'] | undefined> {
+  const token = currentCtx(cx, row.id).token;
+  if (!token || !('jti' in token) || token.accountingClosed || !cx.aaa?.release) return undefined;
+  try {
+    const lp = currentCtx(cx, row.id).lightpath;
+    await cx.aaa.release(token.jti, { migrationId: row.id, step, ...(lp?.reservationId ? { reservationId: lp.reservationId } : {}) });
+    return { ...token, accountingClosed: true };
+  } catch (e) {
+    warnings.push({ ...toVmtcError(e).toJSON(), details: { ...(toVmtcError(e).details ?? {}), step: 'accounting-release' } });
+    return undefined;
   }
 }
 
@@ -93,10 +152,15 @@ async function destinationMayRun(cx: EffectContext, row: MigrationRow, ctx: Migr
  *  Returns the lightpath as it now is, or undefined when there was nothing to release. */
 export async function releaseLightpath(cx: EffectContext, row: MigrationRow, warnings: ErrorBody[]): Promise<MigrationCtx['lightpath'] | undefined> {
   const lp = currentCtx(cx, row.id).lightpath;
-  if (!lp?.reservationId || lp.released || !cx.lightpath) return undefined;
+  const port = cx.lightpath;
+  if (!lp || lp.released || !port || !(lp.reservationId || (lp.key && port.find))) return undefined;
   try {
-    await cx.lightpath.teardown(lp.reservationId, cx.secrets.get(row.id) ?? '');
-    return { ...lp, released: true };
+    // A set-up cut short (the controller killed, or its answer lost) may have left a reservation
+    // whose id never came back: the broker finds it by the key saved before it was asked.
+    const reservationId = lp.reservationId ?? (await port.find!(lp.key!))?.reservationId;
+    if (!reservationId) return { ...lp, released: true }; // nothing was made under the key
+    await port.teardown(reservationId, cx.secrets.get(row.id) ?? '');
+    return { ...lp, reservationId, released: true };
   } catch (e) {
     warnings.push(toVmtcError(e).toJSON());
     return lp;

@@ -9,6 +9,8 @@ import type { ControllerStore, MigrationRow } from '../store.ts';
 import type { HubPort } from '../ports.ts';
 import type { EventInput } from './reducer.ts';
 import { err } from '../errors.ts';
+import type { EffectContext } from './context.ts';
+import { releaseLightpath } from './effects-rollback.ts';
 
 export interface ReconcileDeps {
   store: ControllerStore;
@@ -45,4 +47,26 @@ export function reconcile(row: MigrationRow, d: ReconcileDeps): void {
     }
   };
   d.hub.on('connected', onConnected);
+}
+
+/**
+ * After a restart: a migration that ended still holding its lightpath (the broker could not be
+ * reached at its end, or the set-up was cut short before the id came back) releases it now, found
+ * by its recorded id or idempotency key. Resolves with how many are still held (to try again).
+ */
+export async function releaseLeftLightpaths(rows: MigrationRow[], contextOf: (row: MigrationRow) => EffectContext): Promise<number> {
+  let held = 0;
+  for (const row of rows) {
+    const cx = contextOf(row);
+    const warnings: NonNullable<MigrationRow['ctx']['warnings']> = [];
+    const lightpath = await releaseLightpath(cx, row, warnings);
+    if (!lightpath) continue;
+    cx.store.saveCtx(row.id, { ...cx.store.migration(row.id)!.ctx, lightpath }, cx.clock.now());
+    if (lightpath.released) cx.log.info({ reservationId: lightpath.reservationId ?? null, state: row.state }, 'lightpath of an ended migration released after restart');
+    else {
+      held++;
+      cx.log.warn({ reservationId: lightpath.reservationId ?? null, code: warnings[0]?.code }, 'lightpath of an ended migration still held; trying again later');
+    }
+  }
+  return held;
 }

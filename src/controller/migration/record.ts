@@ -30,15 +30,25 @@ export interface MigrationCtx {
   /** Pre-checks that passed, in order. */
   checks?: string[];
   cancelRequested?: boolean;
-  token?: { jti: string; expiresAt: number; audience?: string[] } | { skipped: string };
-  lightpath?: { reservationId?: string; provisioned?: boolean; released?: boolean; skipped?: string; details?: Record<string, unknown> };
+  /** The capability token's grant (the token itself is a memory-only secret). `accountingClosed`:
+   *  the AAA has the grant's `release` record (every path closes it, docs/design.md#accounting). */
+  token?: { jti: string; expiresAt: number; audience?: string[]; accountingClosed?: boolean } | { skipped: string };
+  /** `key`: the idempotency key the broker knows the reservation by, saved before it is asked
+   *  (the id may never come back: docs/broker.md "Idempotency key"). */
+  lightpath?: { key?: string; reservationId?: string; provisioned?: boolean; released?: boolean; skipped?: string; details?: Record<string, unknown> };
   incoming?: { uri: string; prepared: boolean; storage?: MigrationParams['storage'] };
   tunnel?: { bicast?: boolean; pruned?: boolean; skipped?: string };
   migrationStarted?: boolean;
+  /** The controller let the source send its final state (entering 'switchover', recorded with
+   *  that transition): from here the destination may have received it (docs/design.md#switchover). */
+  switchover?: { grantedAt: number };
   result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number; pausedAt?: number; resumedAt?: number; storageBytes?: number };
   /** Milliseconds spent in each step, by state name. */
   timings?: Record<string, number>;
   warnings?: ErrorBody[];
+  /** What a terminal state deliberately left in place for an operator, and why (everything else
+   *  it held is released). */
+  kept?: string[];
   fallbackCold?: boolean;
   /** The cold path's steps (EGI D4.4). The disk URLs are secrets and never stored. */
   cold?: {

@@ -35,6 +35,8 @@ export function reduce(rec: MigrationRecord, input: EventInput, now: number, ent
   ctx.timings = { ...(ctx.timings ?? {}), [rec.state]: (ctx.timings?.[rec.state] ?? 0) + (now - enteredAt) };
   let error: ErrorBody | null | undefined = input.error;
   if (input.event.type === 'CANCEL') ctx.cancelRequested = true;
+  // The decision at the point of no return is made here, so it is written with the transition.
+  if (input.event.type === 'SWITCHOVER_READY') ctx.switchover = { grantedAt: now };
   if (input.event.type === 'FALLBACK_COLD') {
     // mode=auto falling back to cold: the live attempt's error becomes a warning, so a cold move
     // that then completes does not carry an error.
@@ -66,6 +68,36 @@ export interface RollbackFacts {
   problems: ErrorBody[];
   /** The lightpath after its release, when the rollback released it. */
   lightpath?: MigrationCtx['lightpath'];
+  /** The token's grant once its accounting was closed. */
+  token?: MigrationCtx['token'];
+}
+
+/** What the source says of the migration when a rollback asks, after cancelling it. */
+export interface SourceReport {
+  /** How this migration ended; 'running' if it still runs; 'unknown' if the source could not be
+   *  asked or has no record of it (none, or another migration's). */
+  status: 'completed' | 'failed' | 'cancelled' | 'running' | 'unknown';
+  /** The source VM's state now (vm.describe), absent if it could not be asked. */
+  vmState?: string;
+}
+
+/**
+ * Whether the source may have sent its final state (docs/design.md#switchover), so that the
+ * destination may hold, and run, the VM: then the rollback must not destroy the destination.
+ * A source that says it completed did. Before the controller granted the switchover the source
+ * waits (status 'pre-switchover'), so a migration that ended otherwise or still runs never sent
+ * it. After the grant only a source that ended without completing AND runs again rules it out: a
+ * driver leaves the source paused when the final state may have left (post-copy, a stream broken
+ * after it). Without an answer about this migration, a source that runs cannot have completed it
+ * (a completed copy leaves the source paused until it is destroyed:
+ * docs/contributing.md#a-hypervisor-driver).
+ */
+export function finalStateMayHaveLeft(ctx: Pick<MigrationCtx, 'migrationStarted' | 'switchover'>, r: SourceReport): boolean {
+  if (!ctx.migrationStarted) return false;
+  if (r.status === 'completed') return true;
+  if (r.status === 'unknown') return r.vmState !== 'running';
+  if (!ctx.switchover) return false;
+  return r.status === 'running' || r.vmState !== 'running';
 }
 
 export interface RollbackOutcome extends EventInput {
@@ -84,14 +116,22 @@ export function sourceMayBeRestored(f: Pick<RollbackFacts, 'destinationGone' | '
 export function decideRollbackOutcome(f: RollbackFacts, rec: Pick<MigrationRecord, 'mode' | 'ctx'>): RollbackOutcome {
   const ctx = rec.ctx;
   const warnings = [...(ctx.warnings ?? []), ...f.problems];
+  const released: Partial<MigrationCtx> = { ...(f.lightpath ? { lightpath: f.lightpath } : {}), ...(f.token ? { token: f.token } : {}) };
   if (!sourceMayBeRestored(f)) {
-    // Both are left as they are and the record says so; an operator decides.
+    // Both copies are left as they are, and the tunnel's bicast reaches whichever runs; the
+    // record says so and an operator decides. The rest (lightpath, capacity hold, secrets) is
+    // released as on any other end.
+    const kept = [
+      'destination VM: its copy may have received the final state and run; not destroyed',
+      'source VM: left as it is, not resumed, so that the VM never runs twice',
+      ...(ctx.tunnel?.bicast && !ctx.tunnel.pruned ? ['tunnel bicast to both sites: clients reach whichever copy runs'] : []),
+    ];
     return {
-      event: { type: 'ROLLBACK_FAILED' }, releaseHold: true, ctxPatch: { warnings },
-      detail: { reason: 'the destination could not be cleaned and its copy may be running; the source was left as it is' },
+      event: { type: 'ROLLBACK_FAILED' }, releaseHold: true, ctxPatch: { warnings, ...released, kept },
+      detail: { reason: 'the destination could not be cleaned, or the source may have sent it its final state: its copy may be running; the source was left as it is', kept },
     };
   }
-  const ctxPatch: Partial<MigrationCtx> = { warnings, ...(f.lightpath ? { lightpath: f.lightpath } : {}) };
+  const ctxPatch: Partial<MigrationCtx> = { warnings, ...released };
   // The VM must end in exactly one place, in the state it had before: otherwise say so.
   const expected = ctx.sourceState ?? 'running';
   if (f.sourceState !== expected) {
