@@ -109,11 +109,7 @@ export function formatSummary(m: MigrationView): string {
     const w = Math.max(...t.map(([s]) => s.length));
     for (const [s, ms] of t) lines.push(`  ${s.padEnd(w)}  ${fmtMs(ms).padStart(10)}`);
   }
-  const r = resultLine(m.result);
-  if (r) lines.push(`result: ${r}`);
-  if (m.error) lines.push(`error: ${fmtError(m.error)}`);
-  for (const w of m.warnings ?? []) lines.push(`warning: ${fmtError({ code: w.code ?? 'warning', message: w.message ?? '', ...(w.details ? { details: w.details } : {}) })}`);
-  for (const k of m.kept ?? []) lines.push(`kept: ${k}`);
+  lines.push(...outcomeLines(m));
   return lines.join('\n');
 }
 
@@ -148,12 +144,19 @@ export function formatMigrationDetail(m: MigrationView): string {
   }
   const p = fmtProgress(m.progress?.status ?? m.state, m.progress);
   if (p) lines.push(`progress: ${p}`);
+  lines.push(...outcomeLines(m));
+  return lines.join('\n');
+}
+
+/** How a migration ended or stands: result, error, warnings and what a failed rollback kept. */
+function outcomeLines(m: MigrationView): string[] {
+  const lines: string[] = [];
   const r = resultLine(m.result);
   if (r) lines.push(`result: ${r}`);
   if (m.error) lines.push(`error: ${fmtError(m.error)}`);
   for (const w of m.warnings ?? []) lines.push(`warning: ${fmtError({ code: w.code ?? 'warning', message: w.message ?? '', ...(w.details ? { details: w.details } : {}) })}`);
   for (const k of m.kept ?? []) lines.push(`kept: ${k}`);
-  return lines.join('\n');
+  return lines;
 }
 
 function compactJson(v: unknown): string {
