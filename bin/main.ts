@@ -1,8 +1,10 @@
-// Entry point of the `vmtc` binary: `vmtc <command> [options]`, `vmtc --help`, `vmtc <command> --help`.
+// Entry point of the `vmtc` binary: `vmtc <command> [options]`, `vmtc --help`, `vmtc <command> --help`
+// (or `vmtc help <command>`), `vmtc --version`.
 // This is the composition root: the one place that knows every service, agent and lab tool, and
 // plugs the lab's parts into the services (the lab's lightpath driver into the broker), so that
 // src/ never imports agents/ or lab/ (test/unit/layers.test.ts checks it).
 import { helpText, parseCommandArgs, formatCliError, type Command } from '../src/common/command.ts';
+import type { CompletionEntry } from '../src/cli/completion.ts';
 
 /** Hand the broker the lab's lightpath driver; the driver module loads only when chosen. */
 async function loadBroker(): Promise<Command> {
@@ -29,10 +31,27 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   cancel: { summary: 'ask the controller to cancel a migration', load: async () => (await import('../src/cli/client/commands.ts')).cancel },
   hosts: { summary: 'list hypervisor hosts and their capacity, or show one host', load: async () => (await import('../src/cli/client/commands.ts')).hosts },
   vms: { summary: 'list VMs where the host agents report them', load: async () => (await import('../src/cli/client/commands.ts')).vms },
+  watch: { summary: 'follow one migration to its end over the event stream (Ctrl-C stops following; it goes on)', load: async () => (await import('../src/cli/client/commands.ts')).watch },
+  'force-complete': { summary: 'make a migration that does not converge finish now (post-copy, or pause the VM)', load: async () => (await import('../src/cli/client/commands.ts')).forceComplete },
+  tune: { summary: "change a running migration's bandwidth or largest acceptable downtime", load: async () => (await import('../src/cli/client/commands.ts')).tune },
+  completion: { summary: 'print a shell completion script: vmtc completion bash|zsh', load: async () => (await import('../src/cli/completion.ts')).completionCommand(completionEntries) },
+  version: { summary: 'print the version of vmtc', load: async () => (await import('../src/cli/version.ts')).version },
+  init: { summary: "write a domain's whole configuration (vmtc.json, keys, trust, AAA policy, topology) wired together", load: async () => (await import('../src/deploy/init-command.ts')).init },
+  up: { summary: "start a domain's AAA, broker and controller on this machine from its deployment file", load: async () => (await import('../src/deploy/up.ts')).up },
+  'enroll-token': { summary: 'mint a one-time enrolment token for a host or tunnel agent', load: async () => (await import('../src/deploy/enroll-token.ts')).enrollToken },
 };
 
 export function register(name: string, summary: string, load: () => Promise<Command>): void {
   COMMANDS[name] = { summary, load };
+}
+
+/** Every command with its spec, for the completion scripts (src/cli/completion.ts); `help` is
+ *  main()'s own and takes a command name. */
+async function completionEntries(): Promise<CompletionEntry[]> {
+  const entries: CompletionEntry[] = [];
+  for (const [name, e] of Object.entries(COMMANDS)) entries.push({ name, summary: e.summary, command: await e.load() });
+  entries.push({ name: 'help', summary: "show a command's options", command: { name: 'help', summary: "show a command's options", options: {}, positionals: '[COMMAND]', run: async () => 0 } });
+  return entries;
 }
 
 function usage(): string {
@@ -40,7 +59,7 @@ function usage(): string {
   return [
     'vmtc — the VM Traffic Controller',
     '',
-    'usage: vmtc <command> [options]     (vmtc <command> --help for its options)',
+    'usage: vmtc <command> [options]     (vmtc help <command>, or vmtc <command> --help, for its options)',
     '',
     'commands:',
     ...Object.entries(COMMANDS).map(([k, v]) => `  ${k.padEnd(width)}${v.summary}`),
@@ -48,6 +67,9 @@ function usage(): string {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // `vmtc help COMMAND` is `vmtc COMMAND --help`; `vmtc --version` is `vmtc version`.
+  if (argv[0] === 'help' && argv.length > 1) argv = [argv[1]!, '--help'];
+  if (argv[0] === '--version' || argv[0] === '-V') argv = ['version', ...argv.slice(1)];
   const [name, ...rest] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(usage() + '\n');

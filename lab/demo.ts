@@ -1,31 +1,53 @@
-// `npm run demo`: the whole control plane on one machine, as real processes — controller, AAA,
-// broker and two host agents — and one live migration requested over the REST API. The host
-// agents use the hypervisor test double (DoubleDriver: VMs are records, the migration stream is
-// real TCP); the lab (`vmtc lab`, QEMU guests) is where real VMs move.
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, mkdirSync } from 'node:fs';
+// `npm run demo`: the whole control plane on one machine, as real processes, set up the way an
+// operator would (docs/deploy.md): `vmtc init` writes the domain, `vmtc up` starts the AAA, the
+// broker and the controller from it, `vmtc enroll-token` mints the two host agents' tokens, and
+// one live migration is requested over the REST API. The host agents use the hypervisor test
+// double (DoubleDriver: VMs are records, the migration stream is real TCP); the lab (`vmtc lab`,
+// QEMU guests) is where real VMs move.
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { sleep } from '../src/common/clock.ts';
 import { JsonClient } from '../src/common/http-client.ts';
-import { loadControllerKey } from '../src/controller/integrations.ts';
 
 const BIN = new URL('../bin/vmtc.js', import.meta.url).pathname;
+const ENV = { ...process.env, VMTC_LOG_LEVEL: 'warn' };
 
-function start(args: string[], log: string): Promise<{ child: ChildProcess; ready: Record<string, any> }> {
+/** A port that was free a moment ago: the deployment file names its ports before anything runs. */
+function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMTC_LOG_LEVEL: 'warn' } });
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Run a vmtc verb to its end; its stdout, or an error with its stderr. */
+function vmtc(args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [BIN, ...args], { env: ENV }, (err, stdout, stderr) => (err ? reject(new Error(`vmtc ${args[0]}: ${stderr || err.message}`)) : resolve(stdout)));
+  });
+}
+
+/** `vmtc up`: resolves with its ready line; the services' logs go to `logDir`. */
+function up(config: string, logDir: string): Promise<{ child: ChildProcess; ready: Record<string, any> }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, 'up', '--config', config, '--log-dir', logDir], { stdio: ['ignore', 'pipe', 'pipe'], env: ENV });
     let out = '';
-    const timer = setTimeout(() => reject(new Error(`${args[0]} not ready:\n${out}`)), 20_000);
-    child.stderr!.on('data', (d) => { out += d; writeFileSync(log, out); });
+    const timer = setTimeout(() => reject(new Error(`vmtc up not ready:\n${out}`)), 60_000);
+    child.stderr!.on('data', (d) => { out += d; });
     child.stdout!.on('data', (d) => {
       out += d;
-      writeFileSync(log, out);
       for (const line of String(d).split('\n')) {
         if (line.startsWith('{') && line.includes('"ready"')) { clearTimeout(timer); resolve({ child, ready: JSON.parse(line) }); }
       }
     });
-    child.once('exit', (c) => { clearTimeout(timer); reject(new Error(`${args[0]} exited ${c}:\n${out}`)); });
+    child.once('exit', (c) => { clearTimeout(timer); reject(new Error(`vmtc up exited ${c}:\n${out}`)); });
   });
 }
 
@@ -34,35 +56,24 @@ async function main() {
   const children: ChildProcess[] = [];
   const say = (s: string) => process.stdout.write(s + '\n');
   try {
-    const ctlDir = join(dir, 'controller');
-    mkdirSync(ctlDir, { recursive: true });
-    const { jkt } = loadControllerKey(ctlDir);
-    writeFileSync(join(dir, 'policy.json'), JSON.stringify({
-      version: 1, domain: 'a', sites: { amsterdam: 'a', 'san-diego': 'a' },
-      requesters: [{ id: 'controller', jkt }],
-      rules: [{ id: 'turntable', requesters: ['controller'], projects: ['igrid'], src: ['amsterdam', 'san-diego'], dst: ['amsterdam', 'san-diego'], maxBandwidthMbps: 1000 }],
-    }));
-    const aaa = await start(['aaa', '--listen', '127.0.0.1:0', '--data', join(dir, 'aaa'), '--domain', 'a', '--policy', join(dir, 'policy.json')], join(dir, 'aaa.log'));
-    children.push(aaa.child);
-    say(`AAA        ${aaa.ready.url}`);
-    const jwks = await new JsonClient({ baseUrl: aaa.ready.url }).get('/.well-known/jwks.json');
-    writeFileSync(join(dir, 'topology.json'), JSON.stringify({ domain: 'a', nodes: [{ id: 'amsterdam' }, { id: 'san-diego' }], links: [{ id: 'lambda', a: 'amsterdam', z: 'san-diego', capacityMbps: 1000 }] }));
-    writeFileSync(join(dir, 'trust.json'), JSON.stringify({ issuers: [{ iss: 'aaa:a', jwks }] }));
-    const broker = await start(['broker', '--listen', '127.0.0.1:0', '--data', join(dir, 'broker'), '--domain', 'a', '--topology', join(dir, 'topology.json'), '--trust', join(dir, 'trust.json'), '--driver', 'memory'], join(dir, 'broker.log'));
-    children.push(broker.child);
-    say(`broker     ${broker.ready.url} (network elements: in-memory test double)`);
-    const ctl = await start(['controller', '--listen', '127.0.0.1:0', '--agent-listen', '127.0.0.1:0', '--data', ctlDir, '--aaa', aaa.ready.url, '--broker', broker.ready.url], join(dir, 'controller.log'));
-    children.push(ctl.child);
-    const url = ctl.ready.url as string;
-    const admin = readFileSync(join(ctlDir, 'admin.token'), 'utf8').trim();
-    say(`controller ${url} (agents: ${ctl.ready.agentUrl})`);
-    const controller = new JsonClient({ baseUrl: url, headers: () => ({ authorization: `Bearer ${admin}` }) });
+    const config = join(dir, 'etc', 'vmtc.json');
+    const ports = `controller=${await freePort()},agents=${await freePort()},aaa=${await freePort()},broker=${await freePort()}`;
+    await vmtc(['init', '--dir', join(dir, 'etc'), '--domain', 'a', '--sites', 'amsterdam,san-diego', '--ports', ports, '--max-bandwidth-mbps', '1000', '--link-mbps', '1000']);
+    say(`vmtc init: domain a (sites amsterdam, san-diego) in ${config}`);
+    const u = await up(config, join(dir, 'log'));
+    children.push(u.child);
+    const s = u.ready.services;
+    say(`AAA        ${s.aaa.url}`);
+    say(`broker     ${s.broker.url} (network elements: in-memory test double)`);
+    say(`controller ${s.controller.url} (agents: ${s.controller.agentUrl})`);
+    const admin = readFileSync(u.ready.adminTokenFile, 'utf8').trim();
+    const controller = new JsonClient({ baseUrl: s.controller.url, headers: () => ({ authorization: `Bearer ${admin}` }) });
     // The answer's body whatever its status: a refusal is shown as the controller coded it.
     const api = async (method: string, path: string, body?: unknown) => (await controller.raw(method, path, body)).body as any;
     for (const [host, site, vms] of [['ams-1', 'amsterdam', [{ vmId: 'vm1', project: 'igrid', vcpus: 1, memoryMb: 256, diskGb: 2 }]], ['sd-1', 'san-diego', []]] as const) {
-      const tok = await api('POST', '/v1/enrollment-tokens', { kind: 'host', hostId: host });
+      const token = (await vmtc(['enroll-token', '--config', config, '--host', host])).trim();
       writeFileSync(join(dir, `${host}.json`), JSON.stringify({ vms, bytesPerMb: 1 << 20, defaultBandwidthMbps: 1000 }));
-      const agent = spawn(process.execPath, [BIN, 'agent', '--controller', url, '--enroll', tok.token, '--data', join(dir, host), '--driver', 'double', '--double-config', join(dir, `${host}.json`), '--site', site, '--migration-address', '127.0.0.1'], { stdio: 'ignore', env: { ...process.env, VMTC_LOG_LEVEL: 'warn' } });
+      const agent = spawn(process.execPath, [BIN, 'agent', '--config', config, '--enroll', token, '--data', join(dir, host), '--driver', 'double', '--double-config', join(dir, `${host}.json`), '--site', site, '--migration-address', '127.0.0.1'], { stdio: 'ignore', env: ENV });
       children.push(agent);
     }
     for (let i = 0; i < 200; i++) {
@@ -89,8 +100,9 @@ async function main() {
     say(`vm1 now: ${vms.map((v: any) => `${v.hostId}/${v.state}`).join(', ')}`);
     return rec.state === 'completed' ? 0 : 1;
   } finally {
+    // The agents first, then `vmtc up`, which stops the services it started.
     for (const c of children.reverse()) if (c.exitCode === null) c.kill('SIGTERM');
-    await sleep(300);
+    await Promise.race([sleep(20_000), Promise.all(children.map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.once('exit', r)) : undefined)))]);
     rmSync(dir, { recursive: true, force: true });
   }
 }

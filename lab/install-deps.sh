@@ -9,7 +9,7 @@
 # controller's pre-check names the bug.
 # VMTC_LAB_QEMU=stable keeps Debian's stable QEMU on purpose.
 set -euo pipefail
-PKGS=(qemu-system-x86 qemu-utils busybox-static cpio ethtool iputils-ping iproute2 gcc libc6-dev xz-utils chromium)
+PKGS=(qemu-system-x86 qemu-utils busybox-static cpio ethtool iputils-ping iproute2 gcc libc6-dev xz-utils chromium tmux)
 export DEBIAN_FRONTEND=noninteractive
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,5 +1,6 @@
 // DoubleDriver: a TEST DOUBLE of a hypervisor (docs/contributing.md#real-things-in-tests),
-// reported in inventory as hypervisor.type 'double'. It stands in for QEMU where a real guest is
+// reported in inventory as hypervisor.type 'double' (unless config.hypervisorType says otherwise, for
+// the controller's known-bad version checks). It stands in for QEMU where a real guest is
 // not wanted (fast controller and agent tests, CI without the lab): VMs are records in memory,
 // but its live migration is real traffic over TCP, so timeouts, cancellation, a killed
 // destination and bandwidth limits behave as they do with QEMU's `migrate tcp:HOST:PORT`:
@@ -12,14 +13,15 @@
 //                                   params.bandwidthMbps; then, paused, status 'pre-switchover'
 //                                   and a wait for continueMigration() (QEMU's
 //                                   pause-before-switchover) before the final state
-//                                   (FINAL_STATE_BYTES, QEMU's device state); the destination
-//                                   answers "OK\n" once it has every byte and its VM runs.
+//                                   (FINAL_STATE_BYTES, QEMU's device state, bytes the memory
+//                                   never has); the destination answers "OK\n" once it has the
+//                                   final state and its VM runs.
 //   cancel while waiting         -> the stream breaks without the final state: the destination
 //                                   never runs it, the source runs again. After continue a cancel
 //                                   is refused (VMTC_HOST_VM_STATE: the final state is on its way).
 //   source afterwards            -> 'postmigrate' (paused, still primary until destroyed); a
-//                                   stream that breaks after continue leaves it 'paused' (the
-//                                   destination may run the VM).
+//                                   stream that breaks once the final state left leaves it
+//                                   'paused' (the destination may run the VM).
 //   any break of the stream      -> source back to 'running'; destination's incoming VM removed
 //                                   (as QEMU's -incoming process exits when the load fails).
 //   storage (non-shared disks)   -> NOT copied: the double has no disks. tuning.copyStorage and
@@ -27,26 +29,55 @@
 //                                   returns no `storage` (the QEMU driver does).
 //   tuning                       -> kept per VM as it arrived (lastIncomingTuning(), for tests
 //                                   of what the controller sends); otherwise ignored.
+//   dirtyMbps, tune, force       -> the copy's model (agents/host/double-copy.ts): with a dirty
+//                                   rate a copy may never converge; tuneMigration() changes
+//                                   its bandwidth and downtime limit as it runs
+//                                   (migrationLimits() reads them back); forceComplete()
+//                                   'pause' makes it converge, 'postcopy' (only if
+//                                   params.postcopy) ends pre-copy at once.
+//   networks, checkReach         -> the double's model of reachability (host.checkReach, the
+//                                   cold path's check before power-off): without `networks`
+//                                   every address has a route; with it, only addresses in those
+//                                   CIDRs do (the rest: no route). An address with a route gets
+//                                   one real connection attempt if it is loopback, else 'no
+//                                   answer' (the double's guests have no network); the decision
+//                                   is agents/host/reach.ts's.
+//   stops(vmId)                  -> how many times stop() powered that VM off here (tests of
+//                                   what a refused cold move left alone).
 //   landed(migrationId)          -> whether that incoming migration received its final state
 //                                   here (for tests of the point of no return).
+//   stateFile, holdFile          -> TEST ONLY, for tests that kill its agent process: the VM
+//                                   table kept across processes, and hold points that keep a
+//                                   migration in one phase (agents/host/double-knobs.ts).
 import net from 'node:net';
-import { randomBytes } from 'node:crypto';
 import { tcpConnectCheck, type HostFacts, type HypervisorDriver } from './driver.ts';
-import { CHUNK, closeIncoming, receiveMigration, removeFailedIncoming, sendMigration, type DoubleVm, type StreamHost } from './double-stream.ts';
-import type { MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, VmInfo, VmSpec } from '../../src/common/agent-protocol.ts';
+import { decideReach, networksList, tcpProbe, type RouteFact } from './reach.ts';
+import { CHUNK, closeIncoming, fillerBytes, receiveMigration, removeFailedIncoming, sendMigration, type DoubleVm, type StreamHost } from './double-stream.ts';
+import { force, tune } from './double-copy.ts';
+import type { ForceCompleteMode, HypervisorType, MigrationLimits, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, ReachResult, VmInfo, VmSpec } from '../../src/common/agent-protocol.ts';
 import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
 import { commonError } from '../../src/common/errors.ts';
 import { hostError } from './errors.ts';
+import { holdAt, loadVmTable, saveVmTable, type DoubleTestKnobs } from './double-knobs.ts';
 
 export interface DoubleDriverConfig {
-  /** Reported as hypervisor.version (default '1.0.0'). */
+  /** Reported as hypervisor.version (default '1.0.0': no known-bad release). */
   version?: string;
+  /** Reported as hypervisor.type (default 'double'). 'qemu' with `version` and `accelerator`
+   *  stands in for a QEMU release in the controller's known-bad checks
+   *  (src/common/hypervisor-advisories.ts); nothing else of the double changes. */
+  hypervisorType?: HypervisorType;
+  /** Reported as hypervisor.accelerator (default: none reported, as an older agent). */
+  accelerator?: string;
   cpu?: { model: string; features: readonly string[]; vcpus: number };
   memoryMb?: number;
   diskGb?: number;
   sharedStorage?: boolean;
   /** VMs running from construction. */
   vms?: readonly VmSpec[];
+  /** The double's VM networks, as CIDRs (`10.1.1.0/24`, or one address): only addresses in them
+   *  have a route for checkReach. Absent: every address has one. */
+  networks?: readonly string[];
   /** Pace of migrate() when params.bandwidthMbps is absent (default 4000 Mbit/s). */
   defaultBandwidthMbps?: number;
   /** Pre-copy passes including the final stop-and-copy (default 3). */
@@ -54,6 +85,10 @@ export interface DoubleDriverConfig {
   /** Bytes sent per MiB of guest memory (default 1 MiB: the real amount). Lower it to make big
    *  VMs migrate fast in tests; progress still reports the scaled totals. */
   bytesPerMb?: number;
+  /** Mbit/s (on the wire) of memory a migrating guest dirties while it runs (default 0: every
+   *  copy converges after `passes` passes). At or above the migration's bandwidth the copy never
+   *  converges by itself (agents/host/double-copy.ts). */
+  dirtyMbps?: number;
   /** Injected faults, for tests. */
   failures?: {
     /** Source: drop the stream after sending this many bytes (migration fails, VM back to running). */
@@ -70,12 +105,19 @@ export interface DoubleDriverConfig {
 }
 
 const MiB = 1024 * 1024;
+const LOOPBACK = (() => {
+  const l = new net.BlockList();
+  l.addSubnet('127.0.0.0', 8, 'ipv4');
+  l.addAddress('::1', 'ipv6');
+  return l;
+})();
+const HYPERVISOR_TYPES: readonly HypervisorType[] = ['double', 'qemu', 'xen'];
 
 export class DoubleDriver implements HypervisorDriver {
   readonly type = 'double' as const;
   private readonly vms = new Map<string, DoubleVm>();
   private readonly listeners: (() => void)[] = [];
-  private readonly cfg: Required<Omit<DoubleDriverConfig, 'vms' | 'failures'>> & { failures: NonNullable<DoubleDriverConfig['failures']> };
+  private readonly cfg: Required<Omit<DoubleDriverConfig, 'vms' | 'failures' | 'accelerator' | 'networks'>> & Pick<DoubleDriverConfig, 'accelerator'> & { failures: NonNullable<DoubleDriverConfig['failures']> };
   private readonly clock: Clock;
   private readonly stream: StreamHost;
   /** The tuning of each VM's last prepareIncoming, as it arrived (kept after the VM is gone). */
@@ -83,13 +125,21 @@ export class DoubleDriver implements HypervisorDriver {
   /** Incoming migrations that received their final state here (kept after the VM is gone). */
   private readonly landedIds = new Set<string>();
   private closed = false;
+  /** checkReach's routes (config.networks); undefined: every address has one. */
+  private readonly networks?: net.BlockList;
+  private readonly stopCounts = new Map<string, number>();
+  /** TEST ONLY (agents/host/double-knobs.ts): state file and hold points. */
+  private readonly knobs: DoubleTestKnobs;
 
-  /** `config` is JSON (--double-config); `deps` are what a process injects: its clock (the
-   *  pacing of the stream, progress intervals, waitRunning's deadline). */
-  constructor(config: DoubleDriverConfig = {}, deps: { clock?: Clock } = {}) {
+  /** `config` is JSON (--double-config), with the test-only knobs of double-knobs.ts; `deps`
+   *  are what a process injects: its clock (the pacing of the stream, progress intervals,
+   *  waitRunning's deadline). */
+  constructor(config: DoubleDriverConfig & DoubleTestKnobs = {}, deps: { clock?: Clock } = {}) {
     this.clock = deps.clock ?? keepAliveClock;
     const c = {
       version: config.version ?? '1.0.0',
+      hypervisorType: config.hypervisorType ?? 'double',
+      ...(config.accelerator !== undefined ? { accelerator: config.accelerator } : {}),
       cpu: config.cpu ?? { model: 'double-cpu', features: ['sse2', 'sse4_2', 'avx'], vcpus: 8 },
       memoryMb: config.memoryMb ?? 16_384,
       diskGb: config.diskGb ?? 500,
@@ -97,27 +147,43 @@ export class DoubleDriver implements HypervisorDriver {
       defaultBandwidthMbps: config.defaultBandwidthMbps ?? 4000,
       passes: config.passes ?? 3,
       bytesPerMb: config.bytesPerMb ?? MiB,
+      dirtyMbps: config.dirtyMbps ?? 0,
       failures: config.failures ?? {},
     };
     for (const k of ['memoryMb', 'diskGb', 'defaultBandwidthMbps', 'passes', 'bytesPerMb'] as const) {
       if (!(Number.isFinite(c[k]) && c[k] > 0)) throw commonError('VMTC_CONFIG_INVALID', { field: `double.${k}`, value: c[k] }, { message: `double driver: ${k} must be a positive number` });
     }
+    if (!(Number.isFinite(c.dirtyMbps) && c.dirtyMbps >= 0)) throw commonError('VMTC_CONFIG_INVALID', { field: 'double.dirtyMbps', value: c.dirtyMbps }, { message: 'double driver: dirtyMbps must be a number >= 0' });
+    if (typeof c.version !== 'string') throw commonError('VMTC_CONFIG_INVALID', { field: 'double.version' }, { message: 'double driver: version must be a string' });
+    if (!HYPERVISOR_TYPES.includes(c.hypervisorType)) throw commonError('VMTC_CONFIG_INVALID', { field: 'double.hypervisorType', value: c.hypervisorType }, { message: `double driver: hypervisorType must be one of ${HYPERVISOR_TYPES.join(', ')}` });
+    if (c.accelerator !== undefined && typeof c.accelerator !== 'string') throw commonError('VMTC_CONFIG_INVALID', { field: 'double.accelerator' }, { message: 'double driver: accelerator must be a string' });
     if (!Array.isArray(c.cpu.features) || !(c.cpu.vcpus > 0)) throw commonError('VMTC_CONFIG_INVALID', { field: 'double.cpu' }, { message: 'double driver: cpu needs features[] and vcpus' });
+    if (config.networks !== undefined) {
+      const n = Array.isArray(config.networks) ? networksList(config.networks) : { bad: String(config.networks) };
+      if ('bad' in n) throw commonError('VMTC_CONFIG_INVALID', { field: 'double.networks', value: n.bad }, { message: 'double driver: networks must be CIDRs such as 10.1.1.0/24' });
+      this.networks = n.list;
+    }
     this.cfg = c;
     this.stream = {
-      vms: this.vms, clock: this.clock, filler: randomBytes(CHUNK), passes: c.passes, bytesPerMb: c.bytesPerMb,
-      defaultBandwidthMbps: c.defaultBandwidthMbps, failures: c.failures, changed: () => this.changed(),
+      vms: this.vms, clock: this.clock, filler: fillerBytes(CHUNK), passes: c.passes, bytesPerMb: c.bytesPerMb,
+      defaultBandwidthMbps: c.defaultBandwidthMbps, dirtyMbps: c.dirtyMbps, failures: c.failures, changed: () => this.changed(),
       landed: (id) => { this.landedIds.add(id); },
+      hold: (point) => holdAt(this.knobs.holdFile, point, this.clock),
+      persist: () => this.persist(),
     };
-    for (const spec of config.vms ?? []) {
+    this.knobs = { ...(config.stateFile ? { stateFile: config.stateFile } : {}), ...(config.holdFile ? { holdFile: config.holdFile } : {}) };
+    const kept = this.knobs.stateFile ? loadVmTable(this.knobs.stateFile) : undefined;
+    for (const info of kept ?? []) this.vms.set(info.vmId, { info });
+    for (const spec of kept ? [] : config.vms ?? []) {
       checkSpec(spec);
       this.vms.set(spec.vmId, { info: infoOf(spec, 'running') });
     }
+    this.persist();
   }
 
   async facts(): Promise<HostFacts> {
     return {
-      hypervisor: { type: 'double', version: this.cfg.version },
+      hypervisor: { type: this.cfg.hypervisorType, version: this.cfg.version, ...(this.cfg.accelerator !== undefined ? { accelerator: this.cfg.accelerator } : {}) },
       cpu: { ...this.cfg.cpu, features: [...this.cfg.cpu.features] },
       memoryMb: this.cfg.memoryMb,
       diskGb: this.cfg.diskGb,
@@ -154,10 +220,17 @@ export class DoubleDriver implements HypervisorDriver {
     closeIncoming(vm);
     vm.info.state = 'stopped';
     delete vm.info.migrationId;
+    this.stopCounts.set(vmId, (this.stopCounts.get(vmId) ?? 0) + 1);
     this.changed();
   }
 
+  /** How many times stop() powered `vmId` off on this host (for tests). */
+  stops(vmId: string): number {
+    return this.stopCounts.get(vmId) ?? 0;
+  }
+
   async destroy(vmId: string): Promise<void> {
+    await holdAt(this.knobs.holdFile, 'destroy', this.clock);
     const vm = this.get(vmId);
     if (this.cfg.failures.failDestroy) throw hostError('VMTC_HOST_FAULT_INJECTED', { op: 'destroy', vmId });
     this.abortOutgoing(vm);
@@ -209,6 +282,7 @@ export class DoubleDriver implements HypervisorDriver {
     this.vms.set(spec.vmId, vm);
     server.on('connection', (sock) => receiveMigration(this.stream, vm, sock));
     this.changed();
+    await holdAt(this.knobs.holdFile, 'prepareIncoming', this.clock);
     return { uri: `tcp:${listenHost.includes(':') ? `[${listenHost}]` : listenHost}:${bound}` };
   }
 
@@ -228,6 +302,22 @@ export class DoubleDriver implements HypervisorDriver {
     out.proceed?.();
   }
 
+  async tuneMigration(vmId: string, migrationId: string, limits: MigrationLimits): Promise<MigrationLimits> {
+    return tune(this.runningCopy(vmId, migrationId, 'tuneMigration').control, limits);
+  }
+
+  async forceComplete(vmId: string, migrationId: string, mode: ForceCompleteMode): Promise<void> {
+    const out = this.runningCopy(vmId, migrationId, 'forceComplete');
+    force(out.control, mode, this.clock.now(), out.switchover === 'waiting', { vmId, migrationId });
+  }
+
+  /** The limits of `vmId`'s outgoing migration as they are now, or undefined when none runs:
+   *  what a test reads to see what tuneMigration() changed. */
+  migrationLimits(vmId: string): MigrationLimits | undefined {
+    const out = this.vms.get(vmId)?.outgoing;
+    return out ? { ...out.control.limits } : undefined;
+  }
+
   async cancelMigration(vmId: string): Promise<void> {
     const vm = this.get(vmId);
     if (vm.outgoing?.switchover === 'continued') {
@@ -244,6 +334,7 @@ export class DoubleDriver implements HypervisorDriver {
 
   async waitRunning(vmId: string, timeoutMs: number): Promise<VmInfo> {
     if (this.cfg.failures.failWaitRunning) throw hostError('VMTC_HOST_FAULT_INJECTED', { op: 'waitRunning', vmId });
+    await holdAt(this.knobs.holdFile, 'waitRunning', this.clock);
     const deadline = this.clock.now() + timeoutMs;
     for (;;) {
       const vm = this.vms.get(vmId);
@@ -271,6 +362,18 @@ export class DoubleDriver implements HypervisorDriver {
     return tcpConnectCheck(host, port, timeoutMs, this.clock);
   }
 
+  /** The double's reachability (see the header): a route if the address is in `networks` (or
+   *  there are none configured), one real attempt only to loopback. */
+  async checkReach(host: string, port: number, timeoutMs: number): Promise<ReachResult> {
+    const fam = net.isIP(host);
+    const route: RouteFact = !fam ? { route: 'not-checked', reason: 'a name, not an address: no route to look up' }
+      : !this.networks || this.networks.check(host, fam === 6 ? 'ipv6' : 'ipv4') ? { route: 'found' }
+      : { route: 'none', reason: 'not in the double\'s networks (config.networks)' };
+    const loopback = fam !== 0 && LOOPBACK.check(host, fam === 6 ? 'ipv6' : 'ipv4');
+    const attempt = route.route !== 'none' && loopback ? await tcpProbe(host, port, timeoutMs, this.clock) : { probe: 'no-answer' as const };
+    return decideReach(route, attempt);
+  }
+
   onChange(listener: () => void): void {
     this.listeners.push(listener);
   }
@@ -291,8 +394,18 @@ export class DoubleDriver implements HypervisorDriver {
     return vm;
   }
 
+  /** The outgoing migration `migrationId` of `vmId`, while its copy may still change: refused
+   *  (coded) when none runs or its switchover was continued. */
+  private runningCopy(vmId: string, migrationId: string, op: string): NonNullable<DoubleVm['outgoing']> {
+    const out = this.get(vmId).outgoing;
+    if (!out || out.migrationId !== migrationId) throw hostError('VMTC_HOST_MIGRATION_NOT_FOUND', { vmId, migrationId });
+    if (out.switchover === 'continued') throw hostError('VMTC_HOST_VM_STATE', { vmId, migrationId, op, reason: 'past the switchover: the final state is on its way' });
+    return out;
+  }
+
   private changed(): void {
     if (this.closed) return;
+    this.persist();
     for (const l of [...this.listeners]) {
       try {
         l();
@@ -300,6 +413,11 @@ export class DoubleDriver implements HypervisorDriver {
         /* a listener's failure is its own */
       }
     }
+  }
+
+  /** TEST ONLY: the VM table to the state file (double-knobs.ts), when there is one. */
+  private persist(): void {
+    if (this.knobs.stateFile && !this.closed) saveVmTable(this.knobs.stateFile, this.vms.values());
   }
 
   private checkCapacity(spec: VmSpec): void {

@@ -5,14 +5,26 @@
 // (docs/design.md#switchover).
 import net from 'node:net';
 import type { MigrationParams, MigrationProgress, MigrationResult, VmInfo } from '../../src/common/agent-protocol.ts';
+import { randomBytes } from 'node:crypto';
 import { clockSleep, type Clock } from '../../src/common/clock.ts';
 import { hostError } from './errors.ts';
+import { bytesPerMs, copyControl, dirtiedDuring, estimatedTotal, expectedDowntimeMs, firstPass, MAX_PASSES, mbpsToBytesPerMs, nextPass, runningMs, type CopyControl, type CopyModel } from './double-copy.ts';
 
 export const CHUNK = 256 * 1024;
 const PROGRESS_EVERY_MS = 100;
 /** The final state the source sends only after continueMigration() (QEMU: the device state);
- *  the destination cannot run without it. */
+ *  the destination cannot run without it. Its bytes are FINAL_MARK, which the memory's never
+ *  are (fillerBytes), so the destination knows it however many passes came before. */
 export const FINAL_STATE_BYTES = 16 * 1024;
+const FINAL_MARK = 0xff;
+const FINAL_STATE = Buffer.alloc(FINAL_STATE_BYTES, FINAL_MARK);
+
+/** Random bytes standing in for guest memory: never FINAL_MARK. */
+export function fillerBytes(n: number): Buffer {
+  const b = randomBytes(n);
+  for (let i = 0; i < b.length; i++) if (b[i] === FINAL_MARK) b[i] = FINAL_MARK - 1;
+  return b;
+}
 
 /** One VM of the double, with its migration stream in either direction. */
 export interface DoubleVm {
@@ -27,6 +39,11 @@ export interface DoubleVm {
     switchover?: 'waiting' | 'continued';
     /** Lets the final state go (set while waiting). */
     proceed?: () => void;
+    /** The final state was written to the stream (or the copy switched to post-copy): from
+     *  here the destination may run the VM. */
+    finalStateLeft?: boolean;
+    /** Its limits and what an operator forced (double-copy.ts). */
+    control: CopyControl;
   };
 }
 
@@ -38,43 +55,55 @@ export interface StreamHost {
   readonly passes: number;
   readonly bytesPerMb: number;
   readonly defaultBandwidthMbps: number;
+  /** Mbit/s of memory the running guest dirties during a migration (0: the fixed pass model). */
+  readonly dirtyMbps: number;
   readonly failures: { failMigrateAfterBytes?: number; dropIncomingAfterBytes?: number };
   /** A VM changed state: tell the driver's listeners. */
   changed(): void;
   /** Destination: an incoming migration received its final state (the VM runs here). */
   landed(migrationId: string): void;
+  /** TEST ONLY (agents/host/double-knobs.ts): wait while the hold file lists the point. */
+  hold(point: 'finalState'): Promise<void>;
+  /** TEST ONLY (agents/host/double-knobs.ts): write the VM table to the state file, if any. */
+  persist(): void;
 }
 
-/** Source: stream the VM to `uri` in pre-copy passes, paced, the last as stop-and-copy. */
+/** Source: stream the VM to `uri` in pre-copy passes, paced, the last as stop-and-copy (the
+ *  passes' sizes and the convergence are double-copy.ts's model). */
 export async function sendMigration(h: StreamHost, vm: DoubleVm, uri: string, params: MigrationParams, onProgress: (p: MigrationProgress) => void): Promise<MigrationResult> {
   const vmId = vm.info.vmId;
   const target = parseTcpUri(uri);
   const migrationId = params.migrationId;
-  const out: NonNullable<DoubleVm['outgoing']> = { cancelled: false, migrationId };
+  const c = copyControl(params, h.defaultBandwidthMbps);
+  const out: NonNullable<DoubleVm['outgoing']> = { cancelled: false, migrationId, control: c };
   vm.outgoing = out;
   vm.info.state = 'migrating';
   vm.info.migrationId = migrationId;
   h.changed();
 
   const t0 = h.clock.now();
-  const mem = vm.info.memoryMb * h.bytesPerMb;
-  const passes: number[] = [];
-  for (let i = 0, n = mem; i < h.passes; i++, n = Math.ceil(n / 4)) passes.push(n);
-  const totalBytes = passes.reduce((a, b) => a + b, 0) + FINAL_STATE_BYTES;
-  const mbps = params.bandwidthMbps && params.bandwidthMbps > 0 ? params.bandwidthMbps : h.defaultBandwidthMbps;
-  const bytesPerMs = (mbps * 1e6) / 8 / 1000;
+  const model: CopyModel = { mem: vm.info.memoryMb * h.bytesPerMb, passes: h.passes, dirtyBytesPerMs: mbpsToBytesPerMs(h.dirtyMbps) };
+  let plan = firstPass(model);
+  /** Bytes known to be left before the final state (of this pass, or after a switch to
+   *  post-copy), and whether the final state went. */
+  let left = plan.size;
+  let finalSent = false;
   let sent = 0;
   let setupTimeMs = 0;
   let stopStart = 0;
   let lastReport = 0;
-  const base = { migrationId, vmId, totalBytes };
+  const totalBytes = () => estimatedTotal(model, sent, left, FINAL_STATE_BYTES, finalSent);
   const report = (status: MigrationProgress['status'], pass?: number, force = false) => {
     const now = h.clock.now();
     if (!force && now - lastReport < PROGRESS_EVERY_MS) return;
     lastReport = now;
     const elapsed = Math.max(1, now - t0 - setupTimeMs);
+    const total = totalBytes();
     try {
-      onProgress({ ...base, status, transferredBytes: sent, remainingBytes: totalBytes - sent, ...(pass !== undefined ? { pass } : {}), throughputMbps: Math.round((sent * 8) / elapsed / 1000), expectedDowntimeMs: Math.ceil(passes[passes.length - 1]! / bytesPerMs) });
+      onProgress({
+        migrationId, vmId, totalBytes: total, status, transferredBytes: sent, remainingBytes: Math.max(0, total - sent), ...(pass !== undefined ? { pass } : {}),
+        throughputMbps: Math.round((sent * 8) / elapsed / 1000), expectedDowntimeMs: expectedDowntimeMs(model, c, plan),
+      });
     } catch {
       /* a listener's failure must not break the stream */
     }
@@ -84,12 +113,13 @@ export async function sendMigration(h: StreamHost, vm: DoubleVm, uri: string, pa
     if (vm.outgoing === out) delete vm.outgoing;
     if (h.vms.get(vmId) === vm) {
       if (status === 'completed') vm.info.state = 'postmigrate';
-      else if (vm.info.state === 'migrating' && out.switchover === 'continued') {
+      else if (vm.info.state === 'migrating' && out.finalStateLeft) {
         // The final state left: the destination may run the VM, so the source must not run
         // too; it stays paused for an operator (docs/design.md#switchover).
         vm.info.state = 'paused';
       } else if (vm.info.state === 'migrating') {
-        // The source stays primary on any failure (docs/design.md#commit): back to running.
+        // The source stays primary on any failure (docs/design.md#commit): back to running,
+        // a forced pause included.
         vm.info.state = 'running';
         delete vm.info.migrationId;
       }
@@ -129,42 +159,96 @@ export async function sendMigration(h: StreamHost, vm: DoubleVm, uri: string, pa
     return finish('failed', { code: 'VMTC_HOST_MIGRATION_FAILED', message: 'cannot connect to the destination', details: { uri } });
   }
   setupTimeMs = h.clock.now() - t0;
-  socket.write(JSON.stringify({ migrationId, vmId, spec: vm.info.spec, totalBytes }) + '\n');
+  socket.write(JSON.stringify({ migrationId, vmId, spec: vm.info.spec, totalBytes: totalBytes() }) + '\n');
 
-  for (let p = 0; p < passes.length; p++) {
-    const last = p === passes.length - 1;
-    // The last pass is stop-and-copy: the guest is paused from here until the destination runs.
-    if (last) stopStart = h.clock.now();
-    const status = last ? 'device' : 'active';
-    report(status, p + 1, true);
+  /** Pacing: sleep until `ms` from now, or until a tune or a force wakes the copy. */
+  const pace = async (ms: number) => {
+    const wake = new AbortController();
+    c.wake = () => wake.abort();
+    await Promise.race([clockSleep(h.clock, ms, wake.signal), closed]);
+    c.wake = undefined;
+  };
+  /** Bytes left for after a switch to post-copy (the rest of the cut pass and what the guest
+   *  dirtied meanwhile); undefined while pre-copy runs to its stop-and-copy. */
+  let postcopyRest: number | undefined;
+  let pass = 1;
+  for (;; pass++) {
+    if (pass > MAX_PASSES) return finish('failed', { code: 'VMTC_HOST_MIGRATION_FAILED', message: 'the copy did not converge', details: { passes: MAX_PASSES } });
+    // The last pass is stop-and-copy: the guest is paused from here (or from a forced pause
+    // before it) until the destination runs.
+    if (plan.last) stopStart = c.pausedAt ?? h.clock.now();
+    const status = plan.last ? 'device' : 'active';
+    report(status, pass, true);
     const passStart = h.clock.now();
+    let due = passStart;
     let passSent = 0;
-    while (passSent < passes[p]!) {
+    left = plan.size;
+    while (passSent < plan.size) {
       if (out.cancelled || socket.destroyed) return broken();
-      const n = Math.min(CHUNK, passes[p]! - passSent);
+      if (c.forced === 'postcopy' && !plan.last) break;
+      const n = Math.min(CHUNK, plan.size - passSent);
       const fail = h.failures.failMigrateAfterBytes;
       if (fail !== undefined && sent + n > fail) {
         return finish('failed', { code: 'VMTC_HOST_FAULT_INJECTED', message: 'injected fault: stream dropped by the source', details: { afterBytes: fail } });
       }
+      if (c.repace) {
+        c.repace = false;
+        due = h.clock.now();
+      }
       const ok = socket.write(n === CHUNK ? h.filler : h.filler.subarray(0, n));
       passSent += n;
       sent += n;
+      left -= n;
+      due += n / bytesPerMs(c);
       if (!ok) await Promise.race([new Promise((r) => socket.once('drain', r)), closed]);
-      const ahead = passStart + passSent / bytesPerMs - h.clock.now();
-      if (ahead > 2) await Promise.race([clockSleep(h.clock, ahead), closed]);
-      report(status, p + 1);
+      const ahead = due - h.clock.now();
+      if (ahead > 2) await pace(ahead);
+      report(status, pass);
     }
+    if (plan.last) break;
+    const ran = runningMs(c, passStart, h.clock.now());
+    if (c.forced === 'postcopy') {
+      postcopyRest = plan.size - passSent + dirtiedDuring(model, ran);
+      left = postcopyRest;
+      break;
+    }
+    plan = nextPass(model, c, plan, pass, ran);
+    left = plan.size;
   }
   if (!okReceived && (out.cancelled || socket.destroyed)) return broken();
   // The point of no return is the controller's (docs/design.md#switchover): paused, the source
-  // says so and waits. Only after continueMigration() does the final state leave; a cancel
-  // meanwhile breaks the stream, so the destination never has every byte and never runs.
+  // says so and waits (before the switch to post-copy too). Only after continueMigration() does
+  // the final state leave; a cancel meanwhile breaks the stream, so the destination never has
+  // every byte and never runs.
+  if (postcopyRest !== undefined) stopStart = h.clock.now();
   out.switchover = 'waiting';
   const proceed = new Promise<boolean>((resolve) => { out.proceed = () => resolve(true); });
-  report('pre-switchover', passes.length, true);
+  report('pre-switchover', pass, true);
   if (!(await Promise.race([proceed, closed.then(() => false)])) || out.cancelled || socket.destroyed) return broken();
-  socket.write(h.filler.subarray(0, FINAL_STATE_BYTES));
+  await h.hold('finalState');
+  // Continued, but the final state has not left: a break here is a failure before it (the
+  // source runs again), as a cancel before the continue.
+  if (socket.destroyed) return broken();
+  if (postcopyRest !== undefined) {
+    // Post-copy: from the switch the destination runs the VM (QEMU's post-copy-active), so a
+    // break from here leaves the source paused; the rest goes unpaced, then the final state.
+    out.finalStateLeft = true;
+    h.persist();
+    report('postcopy-active', pass, true);
+    while (left > 0) {
+      if (socket.destroyed) return broken();
+      const n = Math.min(CHUNK, left);
+      const ok = socket.write(n === CHUNK ? h.filler : h.filler.subarray(0, n));
+      left -= n;
+      sent += n;
+      if (!ok) await Promise.race([new Promise((r) => socket.once('drain', r)), closed]);
+    }
+  }
+  socket.write(FINAL_STATE);
+  out.finalStateLeft = true;
+  h.persist();
   sent += FINAL_STATE_BYTES;
+  finalSent = true;
   if (!(await gotOk)) return broken();
   socket.end();
   return finish('completed');
@@ -196,6 +280,8 @@ export function receiveMigration(h: StreamHost, vm: DoubleVm, sock: net.Socket):
   let header: { migrationId?: string; vmId?: string; totalBytes?: number } | undefined;
   let head = Buffer.alloc(0);
   let received = 0;
+  /** Bytes of the final state received (it is the last thing the source sends). */
+  let finalReceived = 0;
   let complete = false;
   const drop = h.failures.dropIncomingAfterBytes;
   sock.on('data', (d: Buffer) => {
@@ -223,7 +309,14 @@ export function receiveMigration(h: StreamHost, vm: DoubleVm, sock: net.Socket):
       sock.destroy();
       return;
     }
-    if (!complete && received >= header.totalBytes!) {
+    if (!complete) {
+      if (finalReceived > 0) finalReceived += d.length;
+      else {
+        const at = d.indexOf(FINAL_MARK);
+        if (at >= 0) finalReceived = d.length - at;
+      }
+    }
+    if (!complete && finalReceived >= FINAL_STATE_BYTES) {
       complete = true;
       vm.info.state = 'running';
       delete vm.info.migrationId;

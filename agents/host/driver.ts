@@ -4,12 +4,13 @@
 // needs of its own rides in VmSpec.extra (its settings) and MigrationParams.storage (its storage
 // handoff), which the controller passes on untouched. How to add a driver:
 // docs/contributing.md#a-hypervisor-driver.
-import net from 'node:net';
 import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
-import type { HypervisorType, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, StorageHandoff, VmInfo, VmSpec } from '../../src/common/agent-protocol.ts';
+import { tcpProbe } from './reach.ts';
+import type { ForceCompleteMode, HypervisorInfo, HypervisorType, MigrationLimits, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, ReachResult, StorageHandoff, VmInfo, VmSpec } from '../../src/common/agent-protocol.ts';
 
 export interface HostFacts {
-  hypervisor: { type: HypervisorType; version: string };
+  /** With `accelerator` where the driver has one (the controller's known-bad checks use it). */
+  hypervisor: HypervisorInfo;
   cpu: { model: string; features: string[]; vcpus: number };
   memoryMb: number;
   diskGb: number;
@@ -45,28 +46,33 @@ export interface HypervisorDriver {
    *  migration already continued; refused (coded) for one that is not at that point. */
   continueMigration(vmId: string, migrationId: string): Promise<void>;
   cancelMigration(vmId: string): Promise<void>;
+  /** Change the limits of the running migration `migrationId` (bandwidth, planned downtime);
+   *  resolves with the limits now in effect as the hypervisor reports them (read back, not
+   *  echoed). Refused (coded) when no such migration runs here or its switchover was continued. */
+  tuneMigration(vmId: string, migrationId: string, limits: MigrationLimits): Promise<MigrationLimits>;
+  /** Make the running migration `migrationId` end although it does not converge: 'postcopy'
+   *  switches to post-copy (refused, coded, unless migrate() got params.postcopy), 'pause' pauses
+   *  the VM so that its copy converges. Either way the source still pauses at 'pre-switchover' and
+   *  waits for continueMigration(); a paused VM runs again if the migration then fails or is
+   *  cancelled, as on any failure. Idempotent for the same mode; refused (coded) once the
+   *  switchover was continued or for the other mode once one is in effect. */
+  forceComplete(vmId: string, migrationId: string, mode: ForceCompleteMode): Promise<void>;
   waitRunning(vmId: string, timeoutMs: number): Promise<VmInfo>;
   /** One attempt to open a TCP connection to host:port from where the VM's network is (its
    *  namespace, for a driver that runs guests in one): true if it was accepted within timeoutMs.
    *  Used by the cold path's verification (D4.4: "a service port answers"); without it the agent
    *  connects from its own namespace. */
   checkTcp?(vmId: string, host: string, port: number, timeoutMs: number): Promise<boolean>;
+  /** Before a cold move: is host reachable from where this driver's VMs' network is (a route to
+   *  it; one TCP attempt of at most timeoutMs)? The rule is agents/host/reach.ts; without it the
+   *  agent decides from its own namespace. */
+  checkReach?(host: string, port: number, timeoutMs: number): Promise<ReachResult>;
   /** Called whenever a VM's state changes, so the agent can re-send its inventory. */
   onChange(listener: () => void): void;
   close(): Promise<void>;
 }
 
 /** One TCP connection attempt from this process: true if accepted within timeoutMs. */
-export function tcpConnectCheck(host: string, port: number, timeoutMs: number, clock: Clock = keepAliveClock): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = net.connect({ host, port });
-    const done = (ok: boolean) => {
-      timer.cancel();
-      sock.destroy();
-      resolve(ok);
-    };
-    const timer = clock.setTimeout(() => done(false), Math.max(1, timeoutMs));
-    sock.once('connect', () => done(true));
-    sock.once('error', () => done(false));
-  });
+export async function tcpConnectCheck(host: string, port: number, timeoutMs: number, clock: Clock = keepAliveClock): Promise<boolean> {
+  return (await tcpProbe(host, port, timeoutMs, clock)).probe === 'open';
 }

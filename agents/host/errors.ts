@@ -7,7 +7,7 @@ export const HOST_ERRORS = {
   VMTC_HOST_VM_NOT_FOUND: { status: 404, message: 'no such VM on this host' },
   VMTC_HOST_VM_EXISTS: { status: 409, message: 'a VM with this id already exists on this host' },
   VMTC_HOST_VM_STATE: { status: 409, message: 'the VM is not in a state that allows this' },
-  VMTC_HOST_INSUFFICIENT_RESOURCES: { status: 507, message: 'this host lacks the memory, vCPUs or disk for the VM' },
+  VMTC_HOST_INSUFFICIENT_RESOURCES: { status: 409, message: 'this host lacks the memory, vCPUs or disk for the VM' },
   VMTC_HOST_MIGRATION_IN_PROGRESS: { status: 409, message: 'a migration of this VM is already running on this host' },
   VMTC_HOST_MIGRATION_NOT_FOUND: { status: 404, message: 'no migration of this VM is running on this host' },
   VMTC_HOST_MIGRATION_FAILED: { status: 502, message: 'the live migration failed' },

@@ -10,8 +10,11 @@ import { toVmtcError, VmtcError } from '../../src/common/errors.ts';
 import type { ColdExport, HostInventory, HostMethods, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, VmSpec, VmState } from '../../src/common/agent-protocol.ts';
 import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
 import type { Handler } from '../../src/common/rpc.ts';
+import { AGENT_PARAMS } from '../../src/common/agent-schemas.ts';
 import { AgentLink, type BackoffOptions } from '../common/agent-link.ts';
 import { ColdTransfer, type ColdOptions } from './cold/index.ts';
+import type { VerifyAttempt } from './cold/import.ts';
+import { reachByProbe } from './reach.ts';
 import type { HypervisorDriver } from './driver.ts';
 import { hostError } from './errors.ts';
 import { inheritedOutcome, MigrationJournal } from './migration-journal.ts';
@@ -103,6 +106,18 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
     return t as MigrationTuning;
   };
 
+  /** Parameters checked against the method's schema (src/common/agent-schemas.ts AGENT_PARAMS). */
+  const checked = <M extends 'vm.tuneMigration' | 'vm.forceComplete'>(method: M, p: unknown): HostMethods[M][0] => {
+    const problems = AGENT_PARAMS[method]!.problems(p);
+    if (problems.length) throw hostError('VMTC_HOST_BAD_PARAMS', { field: problems[0]!.path.replace(/^\//, '') || 'params', problems });
+    return p as HostMethods[M][0];
+  };
+  /** Refused (coded) unless this agent runs the VM's migration `migrationId` as its source. */
+  const migrationRunsHere = (vmId: string, migrationId: string): void => {
+    const e = journal.get(vmId);
+    if (!running.has(vmId) || e?.migrationId !== migrationId) throw hostError('VMTC_HOST_MIGRATION_NOT_FOUND', { vmId, migrationId });
+  };
+
   /** A migration an earlier process of this agent started and did not see end: settle it from
    *  what the hypervisor says now (inheritedOutcome), record and report an end once, and answer
    *  with it. One settling per VM at a time, so the end is reported once. */
@@ -141,6 +156,17 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
 
   const handlers: HandlerMap = {
     'host.inventory': async () => inventory(),
+    // Before a cold move powers the source off (docs/design.md#cold-path): the verify address
+    // seen from this host's VM network. The rule is agents/host/reach.ts.
+    'host.checkReach': async (p) => {
+      const q = obj(p, 'params');
+      const host = str(q.host, 'host');
+      if (host.length > 255) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'host' });
+      const { port, timeoutMs: t } = q;
+      if (!(Number.isInteger(port) && (port as number) > 0 && (port as number) <= 65535)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'port' });
+      if (!(typeof t === 'number' && t > 0 && t <= 60_000)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'timeoutMs' });
+      return driver.checkReach ? driver.checkReach(host, port as number, t) : reachByProbe(host, port as number, t, clock);
+    },
     'vm.start': async (p) => driver.start(obj(obj(p, 'params').spec, 'spec') as unknown as VmSpec),
     'vm.describe': async (p) => driver.describe(str(obj(p, 'params').vmId, 'vmId')),
     'vm.stop': async (p) => {
@@ -240,6 +266,23 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       await driver.cancelMigration(str(obj(p, 'params').vmId, 'vmId'));
       return { ok: true as const };
     },
+    // An operator's control of a running migration (the controller's force-complete and tune).
+    'vm.tuneMigration': async (p) => {
+      const q = checked('vm.tuneMigration', p);
+      if (q.bandwidthMbps === undefined && q.maxDowntimeMs === undefined) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'bandwidthMbps', reason: 'give bandwidthMbps, maxDowntimeMs or both' });
+      migrationRunsHere(q.vmId, q.migrationId);
+      return driver.tuneMigration(q.vmId, q.migrationId, {
+        ...(q.bandwidthMbps !== undefined ? { bandwidthMbps: q.bandwidthMbps } : {}),
+        ...(q.maxDowntimeMs !== undefined ? { maxDowntimeMs: q.maxDowntimeMs } : {}),
+      });
+    },
+    'vm.forceComplete': async (p) => {
+      const q = checked('vm.forceComplete', p);
+      migrationRunsHere(q.vmId, q.migrationId);
+      await driver.forceComplete(q.vmId, q.migrationId, q.mode);
+      log.info({ hostId, vmId: q.vmId, migrationId: q.migrationId, mode: q.mode }, 'live migration forced to complete');
+      return { mode: q.mode };
+    },
     'vm.waitRunning': async (p) => {
       const q = obj(p, 'params');
       const t = q.timeoutMs;
@@ -280,7 +323,10 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       const tcp = obj(q.tcp, 'tcp');
       const port = tcp.port;
       if (!(Number.isInteger(port) && (port as number) > 0 && (port as number) <= 65535)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'tcp.port' });
-      return cold.verify({ vmId, timeoutMs: t, tcp: { host: str(tcp.host, 'tcp.host'), port: port as number } });
+      // Each attempt that did not connect goes to the controller (the migration's progress).
+      const migrationId = q.migrationId === undefined ? undefined : str(q.migrationId, 'migrationId');
+      const onAttempt = migrationId ? (a: VerifyAttempt) => link.send('cold.verify', { migrationId, vmId, ...a }) : undefined;
+      return cold.verify({ vmId, timeoutMs: t, tcp: { host: str(tcp.host, 'tcp.host'), port: port as number } }, onAttempt);
     },
   };
 

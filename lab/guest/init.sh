@@ -6,7 +6,7 @@
 #   vmtc.clock=50                          internal probe: print gaps over 50 ms (0 = off)
 #   vmtc.clockus=200                       its sampling period in microseconds (paper: 0.2 ms)
 #   vmtc.hb=10                             serial heartbeat on /dev/ttyS1 every 10 ms (0 = off)
-#   vmtc.dirty=MB[:PERIOD_MS]              memory-dirtying load (0 = off)
+#   vmtc.dirty=MB[:PERIOD_MS]              memory-dirtying load that verifies its memory (0 = off)
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -54,7 +54,12 @@ fi
 if [ "$DIRTY" != 0 ]; then
   DMB="${DIRTY%%:*}"; DPER=100
   case "$DIRTY" in *:*) DPER="${DIRTY#*:}" ;; esac
-  vmtc-probe dirty "$DMB" "$DPER" &
+  # The load checks its own memory and reports on the console and the heartbeat's port; if it
+  # ever ends (it never should: a crash may be corrupted memory), that is reported as a failure.
+  REPORT=; [ -e /dev/ttyS1 ] && REPORT=/dev/ttyS1
+  ( vmtc-probe dirty "$DMB" "$DPER" $REPORT
+    echo "VMTC-MEM-BAD dirty load exited status=$?"
+    [ -n "$REPORT" ] && echo "VMTC-MEM-BAD dirty load exited" > "$REPORT" ) &
 fi
 
 echo "VMTC-GUEST-READY ip=$IP mac=$MAC tcp=$TCP udp=$UDP clock=$CLOCK hb=$HB dirty=$DIRTY"

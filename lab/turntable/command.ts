@@ -4,8 +4,9 @@
 import { join } from 'node:path';
 import type { Command } from '../../src/common/command.ts';
 import { commonError } from '../../src/common/errors.ts';
-import { runTurntable, TURNTABLE_DEFAULTS } from './run.ts';
-import type { TurntableResult } from './types.ts';
+import { defaultBandwidthMbps, runTurntable, TURNTABLE_DEFAULTS, type TurntableOptions } from './run.ts';
+import { retuneWord } from './retune.ts';
+import type { RetunePlan, TurntableResult } from './types.ts';
 
 function num(v: unknown, field: string, min: number, max: number, integer = false): number {
   const n = Number(v);
@@ -13,6 +14,62 @@ function num(v: unknown, field: string, min: number, max: number, integer = fals
     throw commonError('VMTC_CONFIG_INVALID', { field, value: v, min, max }, { message: `--${field} must be ${integer ? 'an integer' : 'a number'} from ${min} to ${max}` });
   }
   return n;
+}
+
+function invalid(field: string, value: unknown, message: string): never {
+  throw commonError('VMTC_CONFIG_INVALID', { field, value }, { message });
+}
+
+/** Tuning in flight from the options (lab/turntable/retune.ts), or undefined when
+ *  `--retune-after-ms` is not given. The new limits are integers as PATCH /v1/migrations/:id takes
+ *  them; a bandwidth above the migration's own is refused here, as the controller would refuse it
+ *  (more than its lightpath was reserved with). */
+export function retuneOptions(o: Record<string, unknown>, bandwidthMbps: number): RetunePlan | undefined {
+  const after = o['retune-after-ms'];
+  const bw = o['retune-bandwidth-mbps'];
+  const dt = o['retune-max-downtime-ms'];
+  if (after === undefined) {
+    if (bw !== undefined) invalid('retune-bandwidth-mbps', bw, '--retune-bandwidth-mbps needs --retune-after-ms (when to change it)');
+    if (dt !== undefined) invalid('retune-max-downtime-ms', dt, '--retune-max-downtime-ms needs --retune-after-ms (when to change it)');
+    return undefined;
+  }
+  const afterMs = num(after, 'retune-after-ms', 0, 600_000, true);
+  if (bw === undefined && dt === undefined) invalid('retune-after-ms', after, '--retune-after-ms needs --retune-bandwidth-mbps and/or --retune-max-downtime-ms (what to change)');
+  const plan: RetunePlan = { afterMs };
+  if (bw !== undefined) {
+    plan.bandwidthMbps = num(bw, 'retune-bandwidth-mbps', 1, 100_000, true);
+    if (plan.bandwidthMbps > bandwidthMbps) invalid('retune-bandwidth-mbps', bw, `--retune-bandwidth-mbps must not exceed the migration's bandwidth (${bandwidthMbps} Mbit/s, its lightpath's reservation)`);
+  }
+  if (dt !== undefined) plan.maxDowntimeMs = num(dt, 'retune-max-downtime-ms', 1, 600_000, true);
+  return plan;
+}
+
+/** The run's options from the command line (pure: nothing starts; every bad value is a coded
+ *  VMTC_CONFIG_INVALID naming its option). `out`, the signal and progress are run()'s. */
+export function turntableOptions(o: Record<string, unknown>): Omit<TurntableOptions, 'out' | 'signal' | 'onProgress'> {
+  const load = o.load as string;
+  if (load !== 'none' && load !== 'dirty') throw commonError('VMTC_CONFIG_INVALID', { field: 'load', value: load }, { message: '--load must be none or dirty' });
+  const converge = o.converge as string;
+  if (converge !== 'auto-converge' && converge !== 'postcopy') throw commonError('VMTC_CONFIG_INVALID', { field: 'converge', value: converge }, { message: '--converge must be auto-converge or postcopy' });
+  const delayLine = o['delay-line'] as string | undefined;
+  if (delayLine !== undefined && delayLine !== 'node' && delayLine !== 'c') throw commonError('VMTC_CONFIG_INVALID', { field: 'delay-line', value: delayLine }, { message: '--delay-line must be node or c' });
+  const rateMbps = num(o['rate-mbps'], 'rate-mbps', 1, 100_000);
+  const bandwidthMbps = o['bandwidth-mbps'] !== undefined ? num(o['bandwidth-mbps'], 'bandwidth-mbps', 1, 100_000) : undefined;
+  const retune = retuneOptions(o, bandwidthMbps ?? defaultBandwidthMbps(rateMbps));
+  return {
+    rttMs: num(o['rtt-ms'], 'rtt-ms', 0, 2000), rateMbps,
+    memoryMb: num(o['memory-mb'], 'memory-mb', 64, 16_384, true), load, converge,
+    ...(delayLine !== undefined ? { delayLine } : {}),
+    ...(o['dirty-mb'] !== undefined ? { dirtyMb: num(o['dirty-mb'], 'dirty-mb', 1, 16_384, true) } : {}),
+    ...(o['dirty-period-ms'] !== undefined ? { dirtyPeriodMs: num(o['dirty-period-ms'], 'dirty-period-ms', 1, 60_000, true) } : {}),
+    rounds: num(o.rounds, 'rounds', 1, 1000, true),
+    ...(bandwidthMbps !== undefined ? { bandwidthMbps } : {}),
+    ...(retune ? { retune } : {}),
+    maxDowntimeMs: num(o['max-downtime-ms'], 'max-downtime-ms', 1, 600_000, true),
+    serialPeriodMs: num(o['serial-period-ms'], 'serial-period-ms', 1, 1000, true),
+    clockPeriodUs: num(o['clock-period-us'], 'clock-period-us', 50, 1_000_000, true),
+    noNonLive: o['no-nonlive'] === true,
+  };
 }
 
 function stamp(d = new Date()): string {
@@ -23,8 +80,10 @@ function stamp(d = new Date()): string {
 export function summaryTable(r: TurntableResult): string {
   const f = (v: number | null | undefined) => (v === null || v === undefined ? '–' : String(Math.round(v)));
   const rows = [
-    ['#', 'move', 'mode', 'ok', 'ping', 'udp', 'serial', 'internal', 'QEMU', 'total', 'control', 'MB', 'Mbit/s', 'TCP'],
-    ...r.migrations.map((m) => [String(m.round), `${m.from}→${m.to}`, m.mode, m.ok ? 'yes' : 'NO', f(m.downtimeMs.ping), f(m.downtimeMs.udp), f(m.downtimeMs.serial), f(m.downtimeMs.internal), f(m.downtimeMs.hypervisor), f(m.totalMs), f(m.controlPlaneMs), (m.bytes / 1e6).toFixed(1), f(m.throughputMbps), m.tcpSessionSurvived ? 'kept' : 'LOST']),
+    ['#', 'move', 'mode', 'ok', 'ping', 'udp', 'serial', 'internal', 'QEMU', 'total', 'control', 'MB', 'Mbit/s', 'TCP', 'memory', ...(r.config.retune ? ['retuned'] : [])],
+    ...r.migrations.map((m) => [String(m.round), `${m.from}→${m.to}`, m.mode, m.ok ? 'yes' : 'NO', f(m.downtimeMs.ping), f(m.downtimeMs.udp), f(m.downtimeMs.serial), f(m.downtimeMs.internal), f(m.downtimeMs.hypervisor), f(m.totalMs), f(m.controlPlaneMs), (m.bytes / 1e6).toFixed(1), f(m.throughputMbps), m.tcpSessionSurvived ? 'kept' : 'LOST',
+      !m.memory ? '–' : m.memory.evidence ? 'DAMAGED' : m.memory.verified ? 'verified' : '–',
+      ...(r.config.retune ? [!m.retuned ? '–' : m.retuned.ok ? `at ${m.retuned.atMs}` : m.retuned.code ?? 'NO'] : [])]),
   ];
   const w = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
   const lines = rows.map((row) => row.map((c, i) => (i < 3 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  '));
@@ -35,6 +94,12 @@ export function summaryTable(r: TurntableResult): string {
     `  ping (50 ms)  ${p(s.ping)}`, `  udp (2 ms)    ${p(s.udp)}`, `  serial        ${p(s.serial)}`, `  QEMU's own    ${p(s.hypervisor)}`,
     `non-live ${f(s.nonLiveElapsedMs)} ms ÷ live median ${f(s.liveClientMedianMs)} ms = ${s.liveNonLiveRatio ?? '–'} (paper §6.4)`,
     `emulator: nominal ${r.emulator.nominalMbps} Mbit/s, delivered up to ${Math.round(r.emulator.deliveredMbps)} Mbit/s, RTT ${r.emulator.rttMs} ms, queue max ${r.emulator.queueMaxMs} ms, ${r.emulator.drops} drops`);
+  if (r.config.load === 'dirty') {
+    const verified = r.migrations.filter((m) => m.memory?.verified).length;
+    lines.push(`guest memory verified after ${verified}/${r.migrations.length} migrations (a whole pass over ${r.config.dirtyMb} MB after each)`);
+  }
+  for (const m of r.migrations.filter((x) => x.memory?.evidence)) lines.push(`guest damaged after ${m.mode} ${m.round} (${m.migrationId}): ${m.memory!.evidence}`);
+  for (const m of r.migrations.filter((x) => x.retuned)) lines.push(`retuned ${m.mode} ${m.round} (${m.migrationId}): ${retuneWord(m.retuned)}`);
   for (const x of r.findings) lines.push(`finding: ${x}`);
   return lines.join('\n');
 }
@@ -63,14 +128,12 @@ export const command: Command = {
     'serial-period-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.serialPeriodMs), help: 'period of the guest heartbeat on its second serial port' },
     'clock-period-us': { type: 'string', arg: 'US', default: String(TURNTABLE_DEFAULTS.clockPeriodUs), help: "period of the guest's internal clock probe (the paper used 200 µs)" },
     'no-nonlive': { type: 'boolean', help: 'skip the non-live (suspend, copy, resume) comparison migration' },
+    'retune-after-ms': { type: 'string', arg: 'MS', help: "tune in flight: this long after each live migration's copy starts, change its limits once (PATCH /v1/migrations/:id)" },
+    'retune-bandwidth-mbps': { type: 'string', arg: 'MBPS', help: 'with --retune-after-ms: the new bandwidth (not above --bandwidth-mbps)' },
+    'retune-max-downtime-ms': { type: 'string', arg: 'MS', help: 'with --retune-after-ms: the new downtime limit' },
   },
   async run(o) {
-    const load = o.load as string;
-    if (load !== 'none' && load !== 'dirty') throw commonError('VMTC_CONFIG_INVALID', { field: 'load', value: load }, { message: '--load must be none or dirty' });
-    const converge = o.converge as string;
-    if (converge !== 'auto-converge' && converge !== 'postcopy') throw commonError('VMTC_CONFIG_INVALID', { field: 'converge', value: converge }, { message: '--converge must be auto-converge or postcopy' });
-    const delayLine = o['delay-line'] as string | undefined;
-    if (delayLine !== undefined && delayLine !== 'node' && delayLine !== 'c') throw commonError('VMTC_CONFIG_INVALID', { field: 'delay-line', value: delayLine }, { message: '--delay-line must be node or c' });
+    const opts = turntableOptions(o);
     const out = (o.out as string | undefined) ?? join(new URL('../results', import.meta.url).pathname, stamp());
     const ctl = new AbortController();
     let signals = 0;
@@ -85,17 +148,7 @@ export const command: Command = {
     const t0 = Date.now();
     try {
       const r = await runTurntable({
-        rttMs: num(o['rtt-ms'], 'rtt-ms', 0, 2000), rateMbps: num(o['rate-mbps'], 'rate-mbps', 1, 100_000),
-        memoryMb: num(o['memory-mb'], 'memory-mb', 64, 16_384, true), load, converge,
-        ...(delayLine !== undefined ? { delayLine } : {}),
-        ...(o['dirty-mb'] !== undefined ? { dirtyMb: num(o['dirty-mb'], 'dirty-mb', 1, 16_384, true) } : {}),
-        ...(o['dirty-period-ms'] !== undefined ? { dirtyPeriodMs: num(o['dirty-period-ms'], 'dirty-period-ms', 1, 60_000, true) } : {}),
-        rounds: num(o.rounds, 'rounds', 1, 1000, true), out,
-        ...(o['bandwidth-mbps'] !== undefined ? { bandwidthMbps: num(o['bandwidth-mbps'], 'bandwidth-mbps', 1, 100_000) } : {}),
-        maxDowntimeMs: num(o['max-downtime-ms'], 'max-downtime-ms', 1, 600_000, true),
-        serialPeriodMs: num(o['serial-period-ms'], 'serial-period-ms', 1, 1000, true),
-        clockPeriodUs: num(o['clock-period-us'], 'clock-period-us', 50, 1_000_000, true),
-        noNonLive: o['no-nonlive'] === true,
+        ...opts, out,
         signal: ctl.signal,
         onProgress: (line) => process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} s] ${line}\n`),
       });

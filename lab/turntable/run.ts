@@ -10,7 +10,8 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { sleep } from '../../src/common/clock.ts';
-import { relayStatsFile, startStack, type MigrationOutcome, type Stack } from '../stack.ts';
+import { checkGuest, markGuestConsoles, relayStatsFile, startStack, type MigrationOutcome, type Stack } from '../stack.ts';
+import { guestVerdictError } from '../guest/verify.ts';
 import { netnsExec } from '../net.ts';
 import { delayLineStatsBetween, resolveDelayLineImpl, type DelayLineImpl } from '../delay-line-process.ts';
 import { qemuVmPaths } from '../../agents/host/qemu/cmdline.ts';
@@ -20,7 +21,8 @@ import { pingReplyTimes, startPing } from './probes/ping.ts';
 import { SerialWatcher } from './probes/serial.ts';
 import { startUdpProbe, udpReplyTimes } from './probes/udp.ts';
 import { renderReport } from './report.ts';
-import type { DowntimeFigures, TurntableConfig, TurntableMigration, TurntableResult, TurntableSummary } from './types.ts';
+import { retuneAfter, retuneWord } from './retune.ts';
+import type { DowntimeFigures, RetunePlan, RetuneRecord, TurntableConfig, TurntableMigration, TurntableResult, TurntableSummary } from './types.ts';
 
 export interface TurntableOptions {
   rttMs: number;
@@ -39,6 +41,8 @@ export interface TurntableOptions {
   delayLine?: DelayLineImpl;
   /** Skip the non-live comparison migration. */
   noNonLive?: boolean;
+  /** Tuning in flight: change every live migration's limits once, `afterMs` into its copy (retune.ts). */
+  retune?: RetunePlan;
   serialPeriodMs?: number;
   /** Period of the guest's internal clock probe (µs; the paper used 200). */
   clockPeriodUs?: number;
@@ -63,6 +67,11 @@ export const TURNTABLE_DEFAULTS = {
   clockPeriodUs: 200,
   clockGapMs: 50,
 };
+
+/** The bandwidth asked of the broker and QEMU when none is given: half the line rate (below). */
+export function defaultBandwidthMbps(rateMbps: number): number {
+  return Math.round(rateMbps / 2);
+}
 
 const TIMELINE_FROM = -1000;
 const TIMELINE_TO = 2000;
@@ -134,12 +143,13 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   // Half the line rate by default: on this machine the user-space delay line delivers 450–630
   // Mbit/s, and asking for the full line rate lets TCP overrun its queue (drops cost a round trip
   // at the switchover: measured pause→resume 121–135 ms without drops, ~290 ms with).
-  const bandwidthMbps = o.bandwidthMbps ?? Math.round(o.rateMbps / 2);
+  const bandwidthMbps = o.bandwidthMbps ?? defaultBandwidthMbps(o.rateMbps);
   const delayLine = resolveDelayLineImpl(o.delayLine);
   const config: TurntableConfig = {
     rttMs: o.rttMs, rateMbps: o.rateMbps, delayLine, memoryMb: o.memoryMb, load: o.load, dirtyMb, dirtyPeriodMs, rounds: o.rounds,
     pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, serialPeriodMs: o.serialPeriodMs, clockPeriodUs: o.clockPeriodUs,
-    bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, ...(o.load === 'dirty' ? { converge: o.converge ?? 'auto-converge' } : {}), out, startedAt: startedAt.toISOString(),
+    bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, ...(o.load === 'dirty' ? { converge: o.converge ?? 'auto-converge' } : {}),
+    ...(o.retune ? { retune: o.retune } : {}), out, startedAt: startedAt.toISOString(),
     host: { kernel: release(), cpus: cpus().length, qemu: qemuVersion(), accel: existsSync('/dev/kvm') ? 'kvm available (the lab uses TCG)' : 'tcg' },
   };
   const findings: string[] = [];
@@ -158,6 +168,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
     onProgress: (m) => say(m),
   });
   try {
+    for (const a of s.knownBadHypervisor) findings.push(`${a.hostId}'s hypervisor has a known live-migration bug (${a.id}, fixed in ${a.fixedIn}); the migrations accepted it and their figures may come from a corrupted guest: ${a.summary}`);
     const sites = s.lab.sites.map((x) => x.name).slice(0, 2);
     let here = sites[0]!;
     const plan: { mode: 'live' | 'nonlive'; round: number }[] = [];
@@ -172,6 +183,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
         let note: InternalNote;
         ({ migration: m, internal: note } = await measureOne(s, { ...step, from: here, to }, {
           settleMs: o.settleMs, bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, dirty: o.load === 'dirty', converge: o.converge ?? 'auto-converge',
+          ...(o.retune ? { retune: o.retune } : {}),
           pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, say,
           onLightpathUp: measuredRtt === null ? async () => { measuredRtt = await lightpathRtt(s, here, to); } : undefined,
           ...(o.signal ? { signal: o.signal } : {}),
@@ -188,7 +200,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       const places = m.placesAfter;
       if (places.length !== 1) findings.push(`after ${step.mode} migration ${m.migrationId} the VM was reported in ${places.length} places (${places.join(', ') || 'none'})`);
       if (places.length === 1) here = s.siteOf(places[0]!);
-      say(`  ${m.ok ? 'ok' : `FAILED (${m.state}${m.error ? `: ${m.error.code}` : ''})`}: ping ${fmt(m.downtimeMs.ping)}, udp ${fmt(m.downtimeMs.udp)}, serial ${fmt(m.downtimeMs.serial)}, QEMU ${fmt(m.downtimeMs.hypervisor)}; total ${m.totalMs} ms, ${(m.bytes / 1e6).toFixed(1)} MB at ${m.throughputMbps ?? '–'} Mbit/s; TCP session ${m.tcpSessionSurvived ? 'survived' : 'LOST'}`);
+      say(`  ${m.ok ? 'ok' : `FAILED (${m.state}${m.error ? `: ${m.error.code}` : ''})`}: ping ${fmt(m.downtimeMs.ping)}, udp ${fmt(m.downtimeMs.udp)}, serial ${fmt(m.downtimeMs.serial)}, QEMU ${fmt(m.downtimeMs.hypervisor)}; total ${m.totalMs} ms, ${(m.bytes / 1e6).toFixed(1)} MB at ${m.throughputMbps ?? '–'} Mbit/s; TCP session ${m.tcpSessionSurvived ? 'survived' : 'LOST'}; memory ${memoryWord(m)}${m.retuned ? `; retuned ${retuneWord(m.retuned)}` : ''}`);
     }
   } finally {
     say('tearing the lab down');
@@ -231,6 +243,14 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   return result;
 }
 
+/** The guest's memory check of one migration in a word or three (the progress line). */
+function memoryWord(m: TurntableMigration): string {
+  const mem = m.memory;
+  if (!mem) return 'not recorded';
+  if (mem.evidence) return `DAMAGED (${mem.evidence})`;
+  return mem.verified ? `verified (${mem.passesAfter} passes)` : 'not verified';
+}
+
 function fmt(v: number | null): string {
   return v === null ? '–' : `${Math.round(v)} ms`;
 }
@@ -260,6 +280,7 @@ interface MeasureOpts {
   maxDowntimeMs: number;
   dirty: boolean;
   converge: 'auto-converge' | 'postcopy';
+  retune?: RetunePlan;
   pingIntervalMs: number;
   udpIntervalMs: number;
   say: (line: string) => void;
@@ -274,6 +295,8 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
   const dstHost = s.hostOf(step.to);
   const srcPaths = qemuVmPaths(join(s.agentDataDir(srcHost), 'qemu'), s.vmId, 1);
   const dstPaths = qemuVmPaths(join(s.agentDataDir(dstHost), 'qemu'), s.vmId, 1);
+  // The guest's consoles as they are before the move: its check reads what comes after.
+  const consoles = markGuestConsoles(s);
   const serial = new SerialWatcher();
   serial.watch(srcPaths.serial[0]!, 'source');
   serial.watch(dstPaths.serial[0]!, 'destination');
@@ -282,6 +305,8 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
   const tcp = startTcpSession(s);
   const marks: { label: string; at: number }[] = [];
   let rec: MigrationOutcome | undefined;
+  let retuning: Promise<RetuneRecord> | undefined;
+  let retuned: RetuneRecord | undefined;
   let tcpResult = { survived: false, summary: null as any };
   let started = Date.now();
   let pingRes: Awaited<ReturnType<typeof ping.stop>>;
@@ -292,6 +317,8 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
     await sleep(o.settleMs, o.signal);
     started = Date.now();
     let measuring: Promise<void> | undefined;
+    // Tuning in flight: timed from the first copy state seen (states are polled every 50 ms).
+    const copying = new Set(['precopy', 'stopcopy']);
     const body: Record<string, unknown> = {
       bandwidthMbps: o.bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs,
       // Under load, live moves need help to converge; a non-live move does not (the VM is paused).
@@ -311,10 +338,12 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
       marks.push({ label: r.state, at: Date.now() });
       o.say(`  … ${r.state}`);
       if (r.state === 'precopy' && o.onLightpathUp && !measuring) measuring = o.onLightpathUp();
+      if (copying.has(r.state) && o.retune && step.mode === 'live' && !retuning) retuning = retuneAfter(s.api, r.id, o.retune, Date.now(), o.signal);
       if (o.signal?.aborted) cancel();
     }).finally(() => o.signal?.removeEventListener('abort', cancel));
     await measuring;
     await sleep(o.settleMs);
+    retuned = await retuning;
   } finally {
     tcpResult = await tcp.stop().catch(() => tcpResult);
     pingRes = await ping.stop();
@@ -327,9 +356,22 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
   // leaves QEMU "running" but falls silent).
   const lastDstBeat = Math.max(-Infinity, ...serialSamples.filter((x) => x.label === 'destination').map((x) => x.at));
   const guestAlive = Number.isFinite(lastDstBeat) && ended - lastDstBeat < 1000;
-  const ok = rec?.state === 'completed' && guestAlive;
-  if (rec?.state === 'completed' && !guestAlive) {
-    rec.error = { code: 'VMTC_LAB_GUEST_SILENT', message: `the migration committed but the guest's heartbeat at ${step.to} ${Number.isFinite(lastDstBeat) ? `stopped ${Math.round(ended - lastDstBeat)} ms before the end` : 'never came'}; see the destination console log` };
+  // …and intact (docs/lab.md, "The guest's memory check"): nothing on its console or serial line
+  // since the move shows damage and, under the dirty load, a whole verifying pass ran after it.
+  const landed = rec?.state === 'completed';
+  const guest = await checkGuest(s, {
+    hostId: landed ? dstHost : srcHost, marks: consoles,
+    serialLines: serial.memoryLines(landed ? 'destination' : 'source').map((l) => l.text),
+    ...(o.signal ? { signal: o.signal } : {}),
+  });
+  const guestError = guestVerdictError(guest, landed ? step.to : step.from);
+  const ok = landed && guestAlive && !guestError;
+  if (landed && guest.status === 'corrupted') {
+    rec!.error = { code: guestError!.code, message: `${guestError!.message}; see the destination console log` };
+  } else if (landed && !guestAlive) {
+    rec!.error = { code: 'VMTC_LAB_GUEST_SILENT', message: `the migration committed but the guest's heartbeat at ${step.to} ${Number.isFinite(lastDstBeat) ? `stopped ${Math.round(ended - lastDstBeat)} ms before the end` : 'never came'}; see the destination console log` };
+  } else if (landed && guestError) {
+    rec!.error = { code: guestError.code, message: guestError.message };
   }
   const result = rec?.result ?? {};
   const timings: Record<string, number> = rec?.timings ?? {};
@@ -386,6 +428,8 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
     bytes,
     throughputMbps: bytes && copyMs ? Math.round((bytes * 8) / copyMs / 100) / 10 : null,
     tcpSessionSurvived: tcpResult.survived,
+    memory: guest.memory,
+    ...(retuned ? { retuned } : {}),
     emulator: emulatorBetween(statsFile, started, ended),
     timings,
     placesAfter: places,

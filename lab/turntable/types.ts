@@ -27,9 +27,36 @@ export interface TurntableConfig {
    *  guest's vCPUs) or post-copy (the guest moves after the first full pass and fetches the pages
    *  still missing on demand). Only applied with load dirty; absent in files of older runs. */
   converge?: 'auto-converge' | 'postcopy';
+  /** Tuning in flight (`--retune-after-ms` …): every live migration is PATCHed once, `afterMs`
+   *  after its copy started (state precopy), with these limits. Absent when off. */
+  retune?: RetunePlan;
   out: string;
   startedAt: string;
   host: { kernel: string; cpus: number; qemu: string; accel: string };
+}
+
+/** A change of a running migration's limits (PATCH /v1/migrations/:id), at least one of the two. */
+export interface RetunePlan {
+  afterMs: number;
+  bandwidthMbps?: number;
+  maxDowntimeMs?: number;
+}
+
+/** What came of a migration's retune: when it was sent (ms after the copy started), what it
+ *  asked, and the answer. Not ok with the error's `code` (VMTC_MIGRATION_NOT_TUNABLE when the copy
+ *  had already ended: recorded, not a failure of the migration); `reported` is what the source
+ *  read back from QEMU (the record's last `changes` entry). */
+export interface RetuneRecord {
+  atMs: number;
+  bandwidthMbps?: number;
+  maxDowntimeMs?: number;
+  ok: boolean;
+  /** HTTP status of the PATCH (0: it could not be sent). */
+  status: number;
+  code?: string;
+  /** The migration's state in the answer (200) or the error's `details.state` (409). */
+  state?: string;
+  reported?: { bandwidthMbps?: number; maxDowntimeMs?: number };
 }
 
 export interface TurntableEmulator {
@@ -96,6 +123,13 @@ export interface TurntableMigration {
   bytes: number;
   throughputMbps: number | null;
   tcpSessionSurvived: boolean;
+  /** The guest's memory check after the move (lab/guest/verify.ts): with the dirty load, whether
+   *  a whole pass over its pages ran afterwards and found each as written; `evidence` is the first
+   *  line of damage it printed (mismatch, panic, BUG, oops, corruption, a new boot). Absent in
+   *  files of older runs. */
+  memory?: { verified: boolean; passesAfter: number; evidence?: string };
+  /** With `config.retune`: the PATCH made during this (live) migration. */
+  retuned?: RetuneRecord;
   /** What the delay line delivered during this migration. */
   emulator: { peakMbps: number; queueMaxMs: number; drops: number };
   /** The controller's per-state durations (ms). */

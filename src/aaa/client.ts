@@ -5,6 +5,7 @@ import { JsonClient } from '../common/http-client.ts';
 import type { LightpathRequest } from './policy.ts';
 import type { AuthorizationResult } from './service.ts';
 import type { AccountingEvent } from './accounting.ts';
+import type { PolicyCheckRequest, PolicyDecision } from '../common/lightpath.ts';
 
 export type { LightpathRequest } from './policy.ts';
 export type { AuthorizationResult } from './service.ts';
@@ -34,6 +35,15 @@ function call<T>(method: 'GET' | 'POST', aaaUrl: string, path: string, key: Key,
  */
 export function requestAuthorization(aaaUrl: string, requesterKey: Key, body: LightpathRequest, opts: ClientOptions = {}): Promise<AuthorizationResult> {
   return call<AuthorizationResult>('POST', aaaUrl, '/v1/authorizations', requesterKey, body, opts);
+}
+
+/**
+ * Ask the AAA whether it would grant this lightpath (docs/aaa.md "Policy check"): its decision,
+ * `{ allowed, rule, domains, consentFrom }` or `{ allowed: false, refusal }`; nothing is recorded.
+ * Throws only when the AAA could not answer, or refuses the caller itself (an unknown key).
+ */
+export function checkPolicy(aaaUrl: string, requesterKey: Key, body: PolicyCheckRequest, opts: ClientOptions = {}): Promise<PolicyDecision> {
+  return call<PolicyDecision>('POST', aaaUrl, '/v1/policy/check', requesterKey, body, opts);
 }
 
 /**

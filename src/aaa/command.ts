@@ -8,6 +8,7 @@ import { commonError } from '../common/errors.ts';
 import { createLogger } from '../common/log.ts';
 import { AAA_DEFAULTS } from './options.ts';
 import { startAaa } from './index.ts';
+import { aaaFlags, withDeploymentConfig } from '../deploy/config-flags.ts';
 
 function positiveInt(v: unknown, field: string): number | undefined {
   if (v === undefined) return undefined;
@@ -16,7 +17,7 @@ function positiveInt(v: unknown, field: string): number | undefined {
   return n;
 }
 
-export const command: Command = {
+const base: Command = {
   name: 'aaa',
   summary: 'run an AAA service: policy, capability tokens, peering, accounting',
   usage: [
@@ -68,3 +69,6 @@ export const command: Command = {
     });
   },
 };
+
+/** `--config FILE` reads the deployment's aaa section (src/deploy/config-flags.ts). */
+export const command = withDeploymentConfig(base, aaaFlags);

@@ -101,7 +101,7 @@ export async function startAaa(opts: AaaOptions): Promise<AaaHandle> {
     const http = app;
     registerAaaRoutes(http, {
       service, keys, accounting, clock, logger, domain: opts.domain, adminToken, tokenLifetimeSec, proofMaxAgeSec,
-      publicUrl: () => publicUrl,
+      publicUrl: () => publicUrl, db,
     });
 
     await http.listen({ host, port: opts.port ?? AAA_DEFAULTS.port });

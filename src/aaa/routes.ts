@@ -15,8 +15,10 @@ import type { Accounting, AccountingParty } from './accounting.ts';
 import type { AaaService } from './service.ts';
 import {
   AccountingEventBody, AccountingEvent, AccountingPage, AccountingQuery, Authorization, AuthorizationBody, Consent, Info, Jwks,
-  RotateBody, Rotated, SignedRequest, Withdrawal,
+  PolicyCheckBody, PolicyDecision, RotateBody, Rotated, SignedRequest, Withdrawal,
 } from './schemas.ts';
+import type { Db } from '../common/db.ts';
+import { peerCheck, registerHealthRoutes, storeCheck } from '../common/health-routes.ts';
 
 export interface AaaRouteDeps {
   service: AaaService;
@@ -31,6 +33,8 @@ export interface AaaRouteDeps {
   proofMaxAgeSec: number;
   /** The URL clients reach this AAA at (AaaOptions.publicUrl or its default), known once listening. */
   publicUrl: () => string;
+  /** The store (aaa.db), for GET /readyz. */
+  db: Db;
 }
 
 const sha = (s: string) => createHash('sha256').update(s).digest();
@@ -138,6 +142,29 @@ export function registerAaaRoutes(fastify: FastifyInstance, d: AaaRouteDeps): vo
     const result = await service.authorize(requester, jkt, body);
     return reply.status(201).send(result);
   });
+
+  // Side-effect free: nothing is accounted, signed or asked of a peer (docs/aaa.md "Policy check").
+  http.post('/v1/policy/check', {
+    onRequest: async (req) => { proofOf(req); },
+    schema: {
+      operationId: 'checkPolicy', tags: ['authorizations'], security: proof,
+      summary: 'would POST /v1/authorizations grant this lightpath? The local policy, sites, window and quotas, without a token, a record or a peer asked (DPoP proof of a requester)',
+      body: PolicyCheckBody,
+      response: { 200: PolicyDecision, ...errorResponses({ body: true }, 401, 403) },
+    },
+  }, async (req) => {
+    const jkt = proofOf(req);
+    const requester = service.requesterByJkt(jkt);
+    if (!requester) throw aaaError('VMTC_AAA_REQUESTER_UNKNOWN', { jkt });
+    return service.check(requester, req.body);
+  });
+
+  // Live: the process runs; ready: its store answers and every peer AAA of the policy in force
+  // (it may be reloaded) answers its /healthz.
+  registerHealthRoutes(http, () => ({
+    store: storeCheck(d.db),
+    ...Object.fromEntries([...service.policy.peers.values()].map((p) => [`aaa:${p.domain}`, peerCheck(p.url)])),
+  }), { clock });
 
   // A peer's consent requests carry their credential in the body (a JWS signed by a pinned key
   // of the peer), so these two routes read a bounded body before they know the caller.

@@ -5,6 +5,7 @@ import type { LightpathRequest } from './policy.ts';
 import type { AccountingEvent as StoredAccountingEvent } from './accounting.ts';
 import type { AuthorizationResult } from './service.ts';
 import type { SigningKey } from './keys.ts';
+import type { PolicyCheckRequest, PolicyDecision as PolicyDecisionT } from '../common/lightpath.ts';
 
 const Name = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._:@\\-]+$' });
 
@@ -26,6 +27,27 @@ export const AuthorizationBody = Type.Object({
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 type Assert<T extends true> = T;
 export type AuthorizationBodyIsTheRequest = Assert<Same<Static<typeof AuthorizationBody>, LightpathRequest>>;
+
+/** POST /v1/policy/check: the same request, before the migration has an id. */
+export const PolicyCheckBody = Type.Object({
+  ...AuthorizationBody.properties,
+  migrationId: Type.Optional(Name),
+}, { additionalProperties: false });
+export type PolicyCheckBodyIsTheRequest = Assert<Same<Static<typeof PolicyCheckBody>, PolicyCheckRequest>>;
+
+export const PolicyDecision = Type.Object({
+  allowed: Type.Boolean({ description: 'whether POST /v1/authorizations would grant it, as far as this AAA can tell without asking its peers' }),
+  rule: Type.Optional(Type.String({ description: 'allowed: the rule that grants it' })),
+  domains: Type.Optional(Type.Array(Type.String(), { description: 'allowed: the domains on the path' })),
+  consentFrom: Type.Optional(Type.Array(Type.String(), { description: 'allowed: the other domains whose consent the token request will ask for' })),
+  refusal: Type.Optional(Type.Object({
+    code: Type.String({ description: 'the code POST /v1/authorizations would refuse with (VMTC_AAA_POLICY_DENIED, VMTC_AAA_QUOTA_EXCEEDED, VMTC_AAA_SITE_UNKNOWN, VMTC_AAA_WINDOW_INVALID, VMTC_AAA_PEER_UNKNOWN)' }),
+    message: Type.String(),
+    status: Type.Integer({ description: 'the HTTP status of that code' }),
+    details: Type.Optional(OpenObject()),
+  }, { additionalProperties: false })),
+}, { additionalProperties: false });
+export type PolicyDecisionIsTheDecision = Assert<Same<Static<typeof PolicyDecision>, PolicyDecisionT>>;
 
 export const Authorization = Type.Object({
   token: Type.String({ description: 'the capability token (JWT, typ vmtc-cap+jwt), bound to the requester\'s key' }),

@@ -13,6 +13,7 @@ import type { KeyStore } from './keys.ts';
 import type { Accounting, AccountingEvent, AccountingParty } from './accounting.ts';
 import { UnknownRefusals, type UnknownRefusalLimits } from './unknown-refusals.ts';
 import { randomBytes } from 'node:crypto';
+import type { PolicyCheckRequest, PolicyDecision } from '../common/lightpath.ts';
 
 export interface AuthorizationResult {
   token: string;
@@ -118,13 +119,10 @@ export class AaaService {
     let domains: string[] | undefined;
     const consents: { domain: string; rule: string }[] = [];
     try {
-      this.checkWindow(req);
-      domains = pathDomains(policy, req);
       // Local policy first: a request this domain refuses must not bother the peers.
-      const first = decide(policy.rules, requester.id, req, this.usageFn(requester.id, 'grant'));
-      if (!first.ok) throw aaaError(first.code, first.details);
-      const others = domains.filter((x) => x !== this.d.domain);
-      for (const dom of others) if (!policy.peers.has(dom)) throw aaaError('VMTC_AAA_PEER_UNKNOWN', { domain: dom });
+      const local = this.decideLocally(policy, requester, req, (d) => { domains = d; });
+      domains = local.domains;
+      const { others } = local;
       // Ask every other domain at once; the whole is refused if any refuses or is unreachable,
       // and the refusal reported is the first in path order.
       const key = this.d.keys.signing();
@@ -189,6 +187,40 @@ export class AaaService {
         throw this.refuse(requester.id, req, e, { jti, ...(domains ? { domains } : {}) });
       }
       throw e;
+    }
+  }
+
+  /**
+   * What this AAA decides alone, in order: the window, the path's domains (`onPath` is told them
+   * as soon as they are known, for the record of a refusal), the grant rules with the quotas
+   * used so far, and a configured peer for every other domain. Throws the refusal.
+   */
+  private decideLocally(policy: Policy, requester: Requester, req: LightpathRequest, onPath?: (domains: string[]) => void): { rule: string; domains: string[]; others: string[] } {
+    this.checkWindow(req);
+    const domains = pathDomains(policy, req);
+    onPath?.(domains);
+    const d = decide(policy.rules, requester.id, req, this.usageFn(requester.id, 'grant'));
+    if (!d.ok) throw aaaError(d.code, d.details);
+    const others = domains.filter((x) => x !== this.d.domain);
+    for (const dom of others) if (!policy.peers.has(dom)) throw aaaError('VMTC_AAA_PEER_UNKNOWN', { domain: dom });
+    return { rule: d.rule, domains, others };
+  }
+
+  /**
+   * Would authorize() grant this, as far as can be known without asking anyone (POST
+   * /v1/policy/check, docs/aaa.md "Policy check")? The same checks in the same order: window,
+   * sites and path, the local rules with the quotas used so far, a peer known for every other
+   * domain. Nothing is recorded, signed or asked: the consent of the other domains, and quota used
+   * in the meantime, are decided when the token is asked for.
+   */
+  check(requester: Requester, req: PolicyCheckRequest): PolicyDecision {
+    try {
+      const l = this.decideLocally(this.d.policy, requester, { ...req, migrationId: req.migrationId ?? '' });
+      return { allowed: true, rule: l.rule, domains: l.domains, consentFrom: l.others };
+    } catch (e) {
+      const ve = toVmtcError(e);
+      if (ve.status >= 500) throw ve;
+      return { allowed: false, refusal: { ...ve.toJSON(), status: ve.status } };
     }
   }
 

@@ -4,8 +4,9 @@ import { commonError } from '../common/errors.ts';
 import { createLogger } from '../common/log.ts';
 import { describeNetworkDrivers, networkDriverNames } from './drivers/registry.ts';
 import { BROKER_DEFAULTS, startBroker } from './index.ts';
+import { brokerFlags, withDeploymentConfig } from '../deploy/config-flags.ts';
 
-export const command: Command = {
+const base: Command = {
   name: 'broker',
   summary: 'run a lightpath broker: topology, calendar, NSI-style reservations',
   usage: 'Formats of the topology and trust files: docs/broker.md. On first start the operator credential that reads reservations (Authorization: Bearer) is written to DIR/operator.token (mode 0600).',
@@ -43,3 +44,6 @@ export const command: Command = {
     return runUntilSignal(() => broker.close());
   },
 };
+
+/** `--config FILE` reads the deployment's broker section (src/deploy/config-flags.ts). */
+export const command = withDeploymentConfig(base, brokerFlags);

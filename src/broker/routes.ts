@@ -15,7 +15,9 @@ import type { VerifiedProof } from '../common/dpop.ts';
 import type { OperatorCredential } from './operator.ts';
 import type { PeerLinks } from './peer.ts';
 import { view, type BrokerEvent, type BrokerService } from './service.ts';
-import type { Owner, Reservation } from './store.ts';
+import type { BrokerStore, Owner, Reservation } from './store.ts';
+import type { IssuerConfig } from './trust.ts';
+import { peerCheck, registerHealthRoutes, storeCheck } from '../common/health-routes.ts';
 import {
   EmptyBody, EmptyQuery, HOLDER_OR_PEER, IdParams, KeyParams, OPERATOR, ReservationList, Reservation as ReservationSchema, ReservationWithHistory, ReserveBody,
   type Reservation as ReservationView,
@@ -33,6 +35,9 @@ export interface RouteDeps {
   streams: Set<{ end(): void }>;
   /** The URL holders reach this broker at (BrokerOptions.publicUrl or its default), known once listening. */
   publicUrl: () => string;
+  /** For GET /readyz: the store, and the issuers whose keys are fetched from a URL. */
+  store: BrokerStore;
+  issuers: IssuerConfig[];
 }
 
 export function registerRoutes(fastify: FastifyInstance, d: RouteDeps): void {
@@ -252,6 +257,14 @@ export function registerRoutes(fastify: FastifyInstance, d: RouteDeps): void {
   }, async () => {
     return { reservations: d.service.list().map(out) };
   });
+
+  // Live: the process runs; ready: its store answers, every issuer's JWKS URL answers (inline
+  // keys need nothing) and every peer broker answers its /healthz.
+  registerHealthRoutes(app, {
+    store: storeCheck(d.store.db),
+    ...Object.fromEntries(d.issuers.filter((i) => i.jwksUrl).map((i) => [i.iss, peerCheck(i.jwksUrl, { path: '', ...(i.ca ? { tls: { ca: i.ca } } : {}) })])),
+    ...Object.fromEntries(d.peers.configs.map((p) => [`broker:${p.domain}`, peerCheck(p.url, { tls: { ca: p.ca } })])),
+  }, { clock: d.clock });
 
   // NSI notifications (reserveTimeout, dataPlaneStateChange, errorEvent) as server-sent events.
   app.get('/v1/events', {

@@ -50,11 +50,20 @@ export interface VmInfo {
   pausedAt?: number;
 }
 
+/** The hypervisor a host runs. `accelerator` is how it runs guests (QEMU's `-accel`: tcg, kvm);
+ *  agents before it was added do not send it. The controller matches type, version and
+ *  accelerator against its known-bad releases (src/common/hypervisor-advisories.ts). */
+export interface HypervisorInfo {
+  type: HypervisorType;
+  version: string;
+  accelerator?: string;
+}
+
 export interface HostInventory {
   hostId: string;
   /** Site (in the lab, a namespace) — informational. */
   site?: string;
-  hypervisor: { type: HypervisorType; version: string };
+  hypervisor: HypervisorInfo;
   cpu: { model: string; features: string[]; vcpus: number };
   memoryMb: number;
   diskGb: number;
@@ -102,6 +111,19 @@ export interface MigrationParams extends Omit<MigrationTuning, 'copyStorage'> {
    *  memory, and sends the last delta during stop-and-copy. */
   storage?: StorageHandoff;
 }
+
+/** The limits of a migration that may change while its copy runs (vm.tuneMigration): bandwidth
+ *  in Mbit/s, and the longest pause the hypervisor may plan for its final stop-and-copy. */
+export interface MigrationLimits {
+  bandwidthMbps?: number;
+  maxDowntimeMs?: number;
+}
+
+/** How vm.forceComplete ends a copy that does not converge (nova's force-complete): 'postcopy'
+ *  switches to post-copy (only when the migration started with post-copy allowed), 'pause'
+ *  pauses the VM so that nothing more is dirtied and the copy ends. The source still pauses
+ *  before its final state and waits for vm.continueMigration (docs/design.md#switchover). */
+export type ForceCompleteMode = 'postcopy' | 'pause';
 
 export interface MigrationProgress {
   migrationId: string;
@@ -188,9 +210,37 @@ export interface ColdProgress {
   totalBytes: number;
 }
 
+/** The cold path's verification as it goes (vm.coldVerify with tcp): one event per attempt. */
+export interface ColdVerifyProgress {
+  migrationId: string;
+  vmId: string;
+  attempts: number;
+  /** Why the last attempt did not connect. */
+  lastError?: string;
+  elapsedMs: number;
+  timeoutMs: number;
+}
+
+/** One TCP attempt's outcome: accepted, refused (the address answers), unreachable (errno), none. */
+export type ReachProbe = 'open' | 'refused' | 'unreachable' | 'no-answer';
+
+/** host.checkReach: whether an address is reachable from where the VMs' network is, and why
+ *  (agents/host/reach.ts has the rule). */
+export interface ReachResult {
+  reachable: boolean;
+  reason: string;
+  /** The kernel's route lookup: 'not-checked' for a name. */
+  route: 'found' | 'none' | 'not-checked';
+  probe: ReachProbe;
+  errno?: string;
+}
+
 /** Requests the controller may send to a host agent: method -> [params, result]. */
 export interface HostMethods {
   'host.inventory': [Record<string, never>, HostInventory];
+  /** Before a cold move powers the source off: is the verify address reachable from this host's
+   *  VM network (a route to it; one TCP attempt of at most timeoutMs, for information)? */
+  'host.checkReach': [{ host: string; port: number; timeoutMs: number }, ReachResult];
   'vm.start': [{ spec: VmSpec }, VmInfo];
   'vm.describe': [{ vmId: string }, VmInfo];
   'vm.stop': [{ vmId: string }, { ok: true }];
@@ -212,6 +262,14 @@ export interface HostMethods {
    *  migration already continued or completed answers ok). */
   'vm.continueMigration': [{ vmId: string; migrationId: string }, { ok: true }];
   'vm.cancelMigration': [{ vmId: string }, { ok: true }];
+  /** Source: change the limits of the running migration `migrationId`; answers with the limits
+   *  now in effect, as the hypervisor reports them. Refused once its switchover was continued. */
+  'vm.tuneMigration': [{ vmId: string; migrationId: string } & MigrationLimits, MigrationLimits];
+  /** Source: make the running migration `migrationId` end (see ForceCompleteMode). Idempotent for
+   *  the same mode; refused once its switchover was continued, or for post-copy when the
+   *  migration did not start with it allowed. A pause is undone if the migration then fails or is
+   *  cancelled: the source runs again. */
+  'vm.forceComplete': [{ vmId: string; migrationId: string; mode: ForceCompleteMode }, { mode: ForceCompleteMode }];
   /** Destination: wait until the incoming VM runs (commit point of the paper's switchover). */
   'vm.waitRunning': [{ vmId: string; timeoutMs: number }, VmInfo];
   /** Cold source: power the VM off (if running), checksum its disks and publish them for
@@ -223,7 +281,7 @@ export interface HostMethods {
    *  own disk store, and boot the VM from the copies. */
   'vm.coldImport': [{ export: ColdExport }, ColdImportResult];
   /** Cold destination: the VM runs and, when asked, a TCP service in it answers. */
-  'vm.coldVerify': [{ vmId: string; timeoutMs: number; tcp?: { host: string; port: number } }, VmInfo];
+  'vm.coldVerify': [{ vmId: string; timeoutMs: number; tcp?: { host: string; port: number }; migrationId?: string }, VmInfo];
 }
 
 /** Events an agent sends to the controller: name -> payload. */
@@ -232,6 +290,7 @@ export interface AgentEvents {
   'migration.progress': MigrationProgress;
   'migration.done': MigrationResult;
   'cold.progress': ColdProgress;
+  'cold.verify': ColdVerifyProgress;
   'tunnel.state': unknown;
 }
 

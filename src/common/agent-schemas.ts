@@ -7,7 +7,7 @@
 // bounds.
 import { Type, type Static, type TSchema } from 'typebox';
 import { Compile } from 'typebox/compile';
-import type { ColdExport, ColdImportResult, ColdProgress, Hello, HostInventory, MigrationProgress, MigrationResult, VmInfo, VmSpec } from './agent-protocol.ts';
+import type { ColdExport, ColdImportResult, ColdProgress, ColdVerifyProgress, ReachResult, ForceCompleteMode, Hello, HostInventory, HostMethods, MigrationLimits, MigrationProgress, MigrationResult, VmInfo, VmSpec } from './agent-protocol.ts';
 import type { TunnelState } from './tunnel-protocol.ts';
 
 const Id = Type.String({ minLength: 1, maxLength: 256 });
@@ -57,7 +57,7 @@ export const VmInfoSchema = Type.Object({
 export const HostInventorySchema = Type.Object({
   hostId: Id,
   site: Type.Optional(Type.String({ maxLength: 256 })),
-  hypervisor: Type.Object({ type: Type.Union([Type.Literal('qemu'), Type.Literal('xen'), Type.Literal('double')]), version: Type.String({ maxLength: 256 }) }),
+  hypervisor: Type.Object({ type: Type.Union([Type.Literal('qemu'), Type.Literal('xen'), Type.Literal('double')]), version: Type.String({ maxLength: 256 }), accelerator: Type.Optional(Type.String({ maxLength: 64 })) }),
   cpu: Type.Object({ model: Type.String({ maxLength: 256 }), features: Type.Array(Type.String({ maxLength: 128 }), { maxItems: 4096 }), vcpus: Count }),
   memoryMb: Count,
   diskGb: Count,
@@ -107,6 +107,24 @@ export const ColdProgressSchema = Type.Object({
   totalBytes: Bytes,
 });
 
+export const ColdVerifyProgressSchema = Type.Object({
+  migrationId: Id,
+  vmId: Id,
+  attempts: Count,
+  lastError: Type.Optional(Type.String({ maxLength: 512 })),
+  elapsedMs: Count,
+  timeoutMs: Count,
+});
+
+const ReachProbeSchema = Type.Union([Type.Literal('open'), Type.Literal('refused'), Type.Literal('unreachable'), Type.Literal('no-answer')]);
+export const ReachResultSchema = Type.Object({
+  reachable: Type.Boolean(),
+  reason: Type.String({ maxLength: 1024 }),
+  route: Type.Union([Type.Literal('found'), Type.Literal('none'), Type.Literal('not-checked')]),
+  probe: ReachProbeSchema,
+  errno: Type.Optional(Type.String({ maxLength: 64 })),
+});
+
 const Serials = Type.Array(Type.String({ maxLength: 128 }), { maxItems: 256 });
 
 export const ColdExportSchema = Type.Object({
@@ -138,6 +156,22 @@ export const TunnelStateSchema = Type.Object({
   })),
 });
 
+// Limits of a running migration (vm.tuneMigration): what the controller asks for (checked by the
+// agent) and what the agent answers (checked by the controller).
+export const MigrationLimitsSchema = Type.Object({
+  bandwidthMbps: Type.Optional(Type.Number({ minimum: 0 })),
+  maxDowntimeMs: Type.Optional(Type.Number({ minimum: 0 })),
+});
+const ForceCompleteModeSchema = Type.Union([Type.Literal('postcopy'), Type.Literal('pause')]);
+export const ForceCompleteResultSchema = Type.Object({ mode: ForceCompleteModeSchema });
+export const TuneMigrationParamsSchema = Type.Object({
+  vmId: Id,
+  migrationId: Id,
+  bandwidthMbps: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1_000_000 })),
+  maxDowntimeMs: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 600_000 })),
+});
+export const ForceCompleteParamsSchema = Type.Object({ vmId: Id, migrationId: Id, mode: ForceCompleteModeSchema });
+
 const SitesResult = Type.Object({ sites: Type.Array(Type.String({ maxLength: 256 })) });
 const Prepared = Type.Object({ uri: Type.String({ minLength: 1, maxLength: 1024 }), storage: Type.Optional(Type.Record(Type.String(), Type.Unknown())) });
 
@@ -148,8 +182,11 @@ const _typesAgree: [
   Assignable<typeof HelloSchema, Hello>, Assignable<typeof HostInventorySchema, HostInventory>, Assignable<typeof VmInfoSchema, VmInfo>,
   Assignable<typeof VmSpecSchema, VmSpec>, Assignable<typeof MigrationProgressSchema, MigrationProgress>, Assignable<typeof MigrationResultSchema, MigrationResult>,
   Assignable<typeof ColdProgressSchema, ColdProgress>, Assignable<typeof ColdExportSchema, ColdExport>, Assignable<typeof ColdImportResultSchema, ColdImportResult>,
-  Assignable<typeof TunnelStateSchema, TunnelState>,
-] = [true, true, true, true, true, true, true, true, true, true];
+  Assignable<typeof TunnelStateSchema, TunnelState>, Assignable<typeof MigrationLimitsSchema, MigrationLimits>,
+  Assignable<typeof ForceCompleteResultSchema, { mode: ForceCompleteMode }>,
+  Assignable<typeof TuneMigrationParamsSchema, HostMethods['vm.tuneMigration'][0]>, Assignable<typeof ForceCompleteParamsSchema, HostMethods['vm.forceComplete'][0]>,
+  Assignable<typeof ColdVerifyProgressSchema, ColdVerifyProgress>, Assignable<typeof ReachResultSchema, ReachResult>,
+] = [true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true];
 void _typesAgree;
 
 export interface Checker {
@@ -180,6 +217,7 @@ export const AGENT_EVENTS: Record<string, Checker> = {
   'migration.progress': checker(MigrationProgressSchema),
   'migration.done': checker(MigrationResultSchema),
   'cold.progress': checker(ColdProgressSchema),
+  'cold.verify': checker(ColdVerifyProgressSchema),
   'tunnel.state': checker(TunnelStateSchema),
 };
 
@@ -195,9 +233,19 @@ export const AGENT_RESULTS: Record<string, Checker> = (() => {
     'vm.migrationStatus': checker(Type.Union([Type.Null(), MigrationProgressSchema, MigrationResultSchema])),
     'vm.coldExport': checker(ColdExportSchema),
     'vm.coldImport': checker(ColdImportResultSchema),
+    'host.checkReach': checker(ReachResultSchema),
+    'vm.tuneMigration': checker(MigrationLimitsSchema),
+    'vm.forceComplete': checker(ForceCompleteResultSchema),
     'tunnel.bicast': sites, 'tunnel.prune': sites, 'tunnel.state': AGENT_EVENTS['tunnel.state']!,
   };
 })();
+
+/** Parameters of the requests an agent checks against a schema before it acts on them (the
+ *  older methods are checked field by field in agents/host/index.ts): method -> schema. */
+export const AGENT_PARAMS: Record<string, Checker> = {
+  'vm.tuneMigration': checker(TuneMigrationParamsSchema),
+  'vm.forceComplete': checker(ForceCompleteParamsSchema),
+};
 
 const num = (v: unknown, d = 0): number => (typeof v === 'number' && Number.isFinite(v) ? v : d);
 const str = (v: unknown, d: string): string => (typeof v === 'string' ? v : d);
@@ -230,7 +278,7 @@ export function inventoryFromStore(raw: unknown, hostId: string): HostInventory 
   }
   const inv: HostInventory = {
     hostId,
-    hypervisor: { type: str(hv.type, 'unknown') as HostInventory['hypervisor']['type'], version: str(hv.version, 'unknown') },
+    hypervisor: { type: str(hv.type, 'unknown') as HostInventory['hypervisor']['type'], version: str(hv.version, 'unknown'), ...(typeof hv.accelerator === 'string' ? { accelerator: hv.accelerator } : {}) },
     cpu: { model: str(cpu.model, 'unknown'), features: Array.isArray(cpu.features) ? cpu.features.filter((f): f is string => typeof f === 'string') : [], vcpus: num(cpu.vcpus) },
     memoryMb: num(r.memoryMb), diskGb: num(r.diskGb), sharedStorage: r.sharedStorage === true, vms, agentVersion: str(r.agentVersion, 'unknown'),
   };

@@ -70,6 +70,7 @@ export const COMMON_ERRORS = {
   VMTC_PEER_BAD_REPLY: { status: 502, message: 'a peer answered with something unexpected' },
   VMTC_RPC_SEND_FAILED: { status: 502, message: 'a request could not be sent over the link (it cannot be serialised, or the link failed)' },
   VMTC_SHUTTING_DOWN: { status: 503, message: 'the service is shutting down' },
+  VMTC_NOT_READY: { status: 503, message: 'the service is alive but not ready: a dependency it needs is not ok (GET /readyz: details.failing, checks)' },
   VMTC_COMMAND_FAILED: { status: 500, message: 'a program this process runs failed or did not finish in time' },
 } as const satisfies Catalogue;
 

@@ -1,13 +1,14 @@
 // One way to build a fastify server for every vmtc service: JSON Schema on every route with
 // unknown fields refused (the schemas are TypeBox, src/common/schemas.ts), errors always
 // { code, message, details? } from a catalogue (fastify's own errors too: routing, parsing,
-// malformed HTTP), a body size and nesting limit, rate limits per client address, and the
-// OpenAPI document at GET /openapi.json.
+// malformed HTTP), a body size and nesting limit, rate limits per client address, one log line
+// per request, and the OpenAPI document at GET /openapi.json.
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import Fastify, { LogController, type FastifyInstance, type FastifyError, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import swagger from '@fastify/swagger';
 import rateLimit from '@fastify/rate-limit';
+import { AjvCompiler } from '@fastify/ajv-compiler';
 import type { Logger } from './log.ts';
 import { VmtcError, commonError, toVmtcError } from './errors.ts';
 
@@ -79,6 +80,22 @@ export function jsonDeeperThan(text: string, limit: number): boolean {
   return false;
 }
 
+/**
+ * fastify's own validator compilers (@fastify/ajv-compiler), twice: a query string is text, so
+ * its numbers and booleans are coerced as their schema says (`?limit=5` is the integer 5, `?limit=x`
+ * still fails validation); bodies, path parameters and headers get the options above unchanged.
+ */
+function queryCoercingValidators(): BuildValidator {
+  const strict = AjvCompiler() as unknown as BuildValidator;
+  const coercing = AjvCompiler() as unknown as BuildValidator;
+  return (externalSchemas, options) => {
+    const other = strict(externalSchemas, options);
+    const query = coercing(externalSchemas, { ...options, customOptions: { ...options?.customOptions, coerceTypes: true } });
+    return (route) => (route.httpPart === 'querystring' ? query : other)(route);
+  };
+}
+type BuildValidator = (externalSchemas: unknown, options: { customOptions?: Record<string, unknown> } | undefined) => (route: { httpPart?: string }) => unknown;
+
 /** A malformed HTTP request (fastify's clientError): answered with a coded body, then closed. */
 function clientErrorHandler(err: NodeJS.ErrnoException, socket: Duplex): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return;
@@ -111,13 +128,15 @@ export async function buildHttp(opts: HttpOptions): Promise<FastifyInstance> {
     clientErrorHandler,
     ajv: {
       customOptions: {
-        // Unknown fields are an error, not silently dropped; types are not coerced in bodies.
+        // Unknown fields are an error, not silently dropped; types are not coerced in bodies
+        // (query strings are: queryCoercingValidators below).
         removeAdditional: false,
         coerceTypes: false,
         allErrors: false,
         useDefaults: true,
       },
     },
+    schemaController: { compilersFactory: { buildValidator: queryCoercingValidators() as never } },
     ...(opts.fastify ?? {}),
   }) as unknown as FastifyInstance;
 
@@ -142,6 +161,7 @@ export async function buildHttp(opts: HttpOptions): Promise<FastifyInstance> {
     parseJson(request, body as string, done);
   });
 
+  logRequests(app);
   await registerRateLimits(app, limits);
 
   app.setErrorHandler((error: FastifyError | VmtcError | Error, request, reply) => {
@@ -170,6 +190,45 @@ export async function buildHttp(opts: HttpOptions): Promise<FastifyInstance> {
     void reply.status(404).send(commonError('VMTC_NOT_FOUND', { method: request.method, url: request.url.slice(0, 200) }).toJSON());
   });
   return app;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The name of the credential the request was authenticated with, for the request log line
+     *  (never the secret). A service's authentication hook sets it; the controller's
+     *  `principal` (src/controller/api.ts) is read as well. */
+    credentialName?: string;
+  }
+}
+
+/** The credential's name, as the service's authentication hook recorded it. */
+function credentialNameOf(request: FastifyRequest): string | null {
+  if (typeof request.credentialName === 'string') return request.credentialName;
+  const p = (request as { principal?: { name?: unknown } }).principal;
+  return p && typeof p.name === 'string' ? p.name : null;
+}
+
+/**
+ * One log line per request when its answer is over: method, route (the pattern, so ids and query
+ * strings stay out), status, time in ms and the credential's name. Hooked on the raw response's
+ * `close` so answers fastify does not see through (a server-sent event stream, a hijacked reply,
+ * a connection the client dropped) are logged too; headers and bodies never are.
+ */
+function logRequests(app: FastifyInstance): void {
+  app.addHook('onRequest', async (request, reply) => {
+    reply.raw.once('close', () => {
+      const route = request.routeOptions?.url;
+      request.log.info({
+        method: request.method,
+        route: route ?? null,
+        ...(route ? {} : { path: (request.url.split('?')[0] ?? '').slice(0, 200) }),
+        status: reply.raw.statusCode,
+        ms: Math.round(reply.elapsedTime * 10) / 10,
+        cred: credentialNameOf(request),
+        ...(reply.raw.writableFinished ? {} : { aborted: true }),
+      }, 'request');
+    });
+  });
 }
 
 /**

@@ -15,3 +15,20 @@ export interface LightpathRequest {
   /** Epoch seconds. */
   window: { start: number; end: number };
 }
+
+/** What the AAA's policy check (POST /v1/policy/check, docs/aaa.md) asks: a lightpath request
+ *  before the migration exists (no migrationId yet). */
+export type PolicyCheckRequest = Omit<LightpathRequest, 'migrationId'> & { migrationId?: string; via?: string[] };
+
+/** The AAA's answer: would POST /v1/authorizations grant it, as far as can be known now (its own
+ *  policy, sites, window and quotas; the consent of other domains on the path is asked only then). */
+export interface PolicyDecision {
+  allowed: boolean;
+  /** allowed: the rule that grants it, the domains on the path, and those whose consent the
+   *  token request will still need. */
+  rule?: string;
+  domains?: string[];
+  consentFrom?: string[];
+  /** Refused: the AAA's coded error, with the HTTP status it has (docs/aaa.md). */
+  refusal?: { code: string; message: string; status: number; details?: Record<string, unknown> };
+}

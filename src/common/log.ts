@@ -11,11 +11,38 @@ export interface LogOptions {
   destination?: NodeJS.WritableStream;
 }
 
+const { chindingsSym } = pino.symbols;
+
+/**
+ * pino's child() appends its bindings to the parent's as JSON text, so a key bound again lower
+ * down (a module binding `mod` on a logger its caller had already bound it on, a migration's
+ * logger binding `hostId` under an agent's) came out twice in every line, which JSON readers
+ * resolve differently (jq and JSON.parse keep the last, others the first or refuse the line).
+ * Every child of a logger made here drops the earlier occurrence: one key, the innermost value,
+ * at the place the key was first bound.
+ */
+export function dedupeBindings(child: Logger): void {
+  const holder = child as unknown as Record<symbol, string>;
+  const text = holder[chindingsSym];
+  if (typeof text !== 'string' || text.length < 2) return;
+  let parsed: Record<string, unknown>;
+  try {
+    parsed = JSON.parse(`{${text.slice(1)}}`) as Record<string, unknown>;
+  } catch {
+    return; // not plain JSON (a custom stringifier): leave pino's text alone
+  }
+  const canonical = JSON.stringify(parsed);
+  // Same length: no key was dropped by the parse, so there was no duplicate to remove.
+  if (canonical.length - 2 + 1 === text.length) return;
+  holder[chindingsSym] = `,${canonical.slice(1, -1)}`;
+}
+
 export function createLogger(opts: LogOptions): Logger {
   const level = opts.level ?? process.env.VMTC_LOG_LEVEL ?? 'info';
   const base = { svc: opts.svc };
-  if (opts.destination) return pino({ level, base }, opts.destination as pino.DestinationStream);
-  return pino({ level, base });
+  const options = { level, base, onChild: dedupeBindings };
+  if (opts.destination) return pino(options, opts.destination as pino.DestinationStream);
+  return pino(options);
 }
 
 /** A logger that drops everything: for tests and library use that did not pass one. */

@@ -56,7 +56,8 @@ const ERROR_STATUS = {
   409: 'the request conflicts with the current state (a route-specific code)',
   413: 'the request body is too large (VMTC_BODY_TOO_LARGE)',
   415: 'the request body is not application/json (VMTC_UNSUPPORTED_MEDIA_TYPE)',
-  429: 'a limit or quota was reached',
+  422: 'the request is well-formed but can never succeed as asked (a route-specific code)',
+  429: 'a limit or quota was reached (VMTC_RATE_LIMITED: too many requests from this address, with Retry-After; or a route-specific code)',
   500: 'an internal error (VMTC_INTERNAL or a route-specific code)',
   502: 'a peer refused or failed, or answered with something unexpected',
   503: 'a part that is needed is not available now',
@@ -65,12 +66,13 @@ const ERROR_STATUS = {
 export type ErrorStatus = keyof typeof ERROR_STATUS;
 
 /**
- * The error responses of a route: always 400 (validation) and 500, plus 413 and 415 when it takes
- * a body, plus `statuses`. Each a fresh schema so each response gets its own description.
+ * The error responses of a route: always 400 (validation), 429 (the rate limits of
+ * src/common/http.ts apply to every route) and 500, plus 413 and 415 when it takes a body, plus
+ * `statuses`. Each a fresh schema so each response gets its own description.
  */
 export function errorResponses<const S extends ErrorStatus>(opts: { body?: boolean }, ...statuses: S[]) {
-  const all = new Set<ErrorStatus>([400, 500, ...(opts.body ? [413, 415] as const : []), ...statuses]);
-  const out = {} as Record<S | 400 | 500 | 413 | 415, typeof ErrorBody>;
+  const all = new Set<ErrorStatus>([400, 429, 500, ...(opts.body ? [413, 415] as const : []), ...statuses]);
+  const out = {} as Record<S | 400 | 429 | 500 | 413 | 415, typeof ErrorBody>;
   for (const s of [...all].sort((a, b) => a - b)) {
     (out as Record<number, unknown>)[s] = Type.Object(ErrorBody.properties, { description: ERROR_STATUS[s] });
   }

@@ -4,16 +4,20 @@ import type { FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fast
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { createHash } from 'node:crypto';
 import { commonError } from '../common/errors.ts';
-import { errorResponses, EventStream, Type, type Static } from '../common/schemas.ts';
+import { errorResponses, Type, type Static } from '../common/schemas.ts';
 import type { Clock, Ids } from '../common/clock.ts';
 import type { Logger } from '../common/log.ts';
 import type { HostInventory } from '../common/agent-protocol.ts';
+import { advisoriesFor } from '../common/hypervisor-advisories.ts';
 import { err } from './errors.ts';
 import { checkRoomToStart, hostUsage, precheck } from './capacity.ts';
 import { TERMINAL } from './machine.ts';
-import type { ControllerStore, MigrationRow } from './store.ts';
+import { migrationFilter, type ControllerStore, type MigrationRow } from './store.ts';
 import type { MigrationRunner } from './runner.ts';
 import type { HubPort } from './ports.ts';
+import { presentMigrationControl, registerMigrationControl } from './migration-control-routes.ts';
+import { registerEventRoutes } from './events-routes.ts';
+import { checkPolicyUpFront, type PolicyPrecheckDeps } from './policy-precheck.ts';
 import {
   CredentialBody, CredentialList, Host, HostList, IdParams, Identity, Migration, MigrationList, MigrationListQuery,
   MigrationRequestBody, NewCredential, StartedVm, StartVmBody, VmList,
@@ -37,6 +41,8 @@ export interface ApiDeps {
   ids: Ids;
   logger: Logger;
   identity: Static<typeof Identity>;
+  /** The AAA's policy check at admission (policy-precheck.ts); absent: nothing is asked. */
+  admission?: PolicyPrecheckDeps['admission'];
 }
 
 /**
@@ -71,6 +77,7 @@ export function presentMigration(row: MigrationRow, store: ControllerStore, with
     steps: { checks: row.ctx.checks, token: row.ctx.token, lightpath: row.ctx.lightpath, incoming: row.ctx.incoming, tunnel: row.ctx.tunnel, ...(row.ctx.cold ? { cold: row.ctx.cold } : {}) },
     timings: row.ctx.timings ?? {}, result: row.ctx.result ?? {}, warnings: row.ctx.warnings ?? [],
     ...(row.ctx.kept ? { kept: row.ctx.kept } : {}),
+    ...presentMigrationControl(row),
     createdAt: iso(row.createdAt), updatedAt: iso(row.updatedAt),
     ...(withTransitions ? { transitions: store.transitions(row.id).map((t) => ({ ...t, at: iso(t.at) })) } : {}),
   };
@@ -87,7 +94,6 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
   const hostEntries = (): { inventory: HostInventory; connected: boolean; lastSeen: number }[] =>
     store.hosts().map((h) => ({ ...h, inventory: hub.inventory(h.inventory.hostId) ?? h.inventory, connected: hub.isConnected(h.inventory.hostId) }));
 
-  app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
   app.get('/v1/identity', {
     onRequest: reader,
     schema: {
@@ -106,6 +112,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
       response: {
         200: { ...Migration, description: 'a repeated request (same requestId): the first migration' },
         202: { ...Migration, description: 'admitted: the migration runs' },
+        // 400, 403, 429: also the AAA's own refusal at admission (policy-precheck.ts).
         ...errorResponses({ body: true }, 401, 403, 404, 409),
       },
     },
@@ -114,6 +121,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     const body = request.body as MigrationRequest;
     const now = d.clock.now();
     if (body.deadline !== undefined && !(Date.parse(body.deadline) > now)) throw err('VMTC_DEADLINE_INVALID', { deadline: body.deadline });
+    const policyWarnings = await checkPolicyUpFront(d, body, hostEntries());
     const reqHash = hashRequest(body);
     if (body.requestId) {
       const prior = store.migrationByRequestId(body.requestId);
@@ -127,15 +135,16 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     // Everything from here to createMigration is synchronous: no other request can interleave,
     // so the capacity check and the hold are atomic (two requests cannot overcommit a host).
     const inFlight = store.migrations({ vmId: body.vmId, limit: 50 }).find((m) => !TERMINAL.has(m.state));
-    const pc = precheck({ vmId: body.vmId, mode: body.mode, destinationHostId: body.destinationHostId, hosts, holds: store.holds(), inFlight: inFlight?.id });
+    const pc = precheck({ vmId: body.vmId, mode: body.mode, destinationHostId: body.destinationHostId, hosts, holds: store.holds(), inFlight: inFlight?.id, overrideAdvisories: body.overrideAdvisories ?? [] });
     const id = d.ids.next('mig');
     const row: MigrationRow = {
       id, vmId: body.vmId, project: pc.vm.project, sourceHostId: pc.source.hostId, destinationHostId: pc.dest.hostId,
       mode: body.mode, state: 'prechecking', request: body,
-      ctx: { path: pc.path, sourceState: pc.vm.state, checks: pc.checks }, error: null, progress: null, createdAt: now, updatedAt: now,
+      ctx: { path: pc.path, sourceState: pc.vm.state, checks: pc.checks, ...(pc.warnings.length + policyWarnings.length ? { warnings: [...pc.warnings, ...policyWarnings] } : {}) }, error: null, progress: null, createdAt: now, updatedAt: now,
     };
     store.createMigration(row, { migrationId: id, hostId: pc.dest.hostId, project: pc.vm.project, ...pc.hold }, body.requestId ? reqHash : null, { checks: pc.checks, by: request.principal?.name });
     d.logger.info({ migrationId: id, vmId: row.vmId, hostId: row.sourceHostId, destHostId: row.destinationHostId, path: pc.path }, 'migration admitted');
+    for (const w of pc.warnings) d.logger.warn({ migrationId: id, code: w.code, details: w.details }, 'migration admitted with a known-bad hypervisor release');
     runner.start(row);
     return reply.status(202).send(presentMigration(store.migration(id)!, store, true));
   });
@@ -144,11 +153,17 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     onRequest: reader,
     schema: {
       operationId: 'listMigrations', tags: ['migrations'], security,
-      summary: 'Migrations, newest first, without their transitions.',
+      summary: 'Migrations, newest first, without their transitions; filtered by state, VM, host (source or destination) and creation time; a page at a time (nextCursor).',
       querystring: MigrationListQuery,
       response: { 200: MigrationList, ...errorResponses({}, 401, 403) },
     },
-  }, async (request) => ({ migrations: store.migrations(request.query).map((m) => presentMigration(m, store, false)) }));
+  }, async (request) => {
+    // ajv has applied the schema's default: limit is always set here.
+    const page = store.migrationPage(migrationFilter(request.query), request.query.limit ?? 50, request.query.cursor);
+    return { migrations: page.rows.map((m) => presentMigration(m, store, false)), ...(page.nextCursor ? { nextCursor: page.nextCursor } : {}) };
+  });
+
+  registerEventRoutes(app, { ...d, present: (row) => presentMigration(row, store, true), onRequest: reader, security });
 
   app.get('/v1/migrations/:id', {
     onRequest: reader,
@@ -164,69 +179,6 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     return presentMigration(row, store, true);
   });
 
-  // Server-sent events for one migration, so an orchestrator follows it without polling:
-  // `snapshot` (the record as GET returns it) at once, then `transition` on every state change
-  // and `progress` as the copy goes (at most ~4/s), and `end` with the final record when it is
-  // terminal, after which the stream closes. A comment line every 15 s keeps proxies from
-  // dropping a quiet stream.
-  const streams = new Set<() => void>();
-  app.addHook('preClose', (done) => {
-    for (const end of [...streams]) end();
-    done();
-  });
-  app.get('/v1/migrations/:id/events', {
-    onRequest: reader,
-    schema: {
-      operationId: 'followMigration', tags: ['migrations'], security,
-      summary: 'Follow one migration as server-sent events: snapshot, transition, progress, end.',
-      params: IdParams,
-      response: {
-        200: EventStream('events `snapshot` and `end` (data: the migration record), `transition` (data: one transition and migrationId), `progress` (data: the copy progress)'),
-        ...errorResponses({}, 401, 403, 404),
-      },
-    },
-  }, async (request, reply) => {
-    const id = request.params.id;
-    const row = store.migration(id);
-    if (!row) throw err('VMTC_MIGRATION_NOT_FOUND', { migrationId: id });
-    reply.hijack();
-    const res = reply.raw;
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
-    const send = (event: string, data: unknown) => res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-    let lastSeq = store.transitions(id).at(-1)?.seq ?? 0;
-    const end = () => {
-      runner.off('change', onChange);
-      runner.off('progress', onProgress);
-      clearInterval(keepAlive);
-      streams.delete(end);
-      if (!res.writableEnded) res.end();
-    };
-    const finishIfTerminal = () => {
-      const cur = store.migration(id);
-      if (cur && TERMINAL.has(cur.state)) {
-        send('end', presentMigration(cur, store, true));
-        end();
-      }
-    };
-    const onChange = (mid: string) => {
-      if (mid !== id) return;
-      for (const t of store.transitions(id).filter((x) => x.seq > lastSeq)) {
-        lastSeq = t.seq;
-        send('transition', { ...t, at: new Date(t.at).toISOString(), migrationId: id });
-      }
-      finishIfTerminal();
-    };
-    const onProgress = (mid: string, p: unknown) => { if (mid === id) send('progress', p); };
-    const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
-    keepAlive.unref();
-    runner.on('change', onChange);
-    runner.on('progress', onProgress);
-    streams.add(end);
-    request.raw.on('close', end);
-    send('snapshot', presentMigration(row, store, true));
-    finishIfTerminal();
-  });
-
   app.post('/v1/migrations/:id/cancel', {
     onRequest: orchestrator,
     schema: {
@@ -240,9 +192,13 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     return reply.status(202).send(presentMigration(row, store, true));
   });
 
+  registerMigrationControl(app, { ...d, present: (row) => presentMigration(row, store, true), onRequest: orchestrator, security });
+
   const presentHost = (h: { inventory: HostInventory; connected: boolean; lastSeen: number }): HostT => ({
     hostId: h.inventory.hostId, site: h.inventory.site, connected: h.connected, lastSeen: new Date(h.lastSeen).toISOString(),
-    hypervisor: h.inventory.hypervisor, cpu: { model: h.inventory.cpu.model, vcpus: h.inventory.cpu.vcpus, features: h.inventory.cpu.features.length },
+    hypervisor: h.inventory.hypervisor,
+    advisories: advisoriesFor(h.inventory.hypervisor).map((a) => ({ id: a.id, summary: a.summary, accelerator: a.accelerator, affectedBelow: a.affected.below, fixedIn: a.fixedIn, commit: a.commit, live: a.live })),
+    cpu: { model: h.inventory.cpu.model, vcpus: h.inventory.cpu.vcpus, features: h.inventory.cpu.features.length },
     sharedStorage: h.inventory.sharedStorage, migrationAddress: h.inventory.migrationAddress,
     ...hostUsage(h.inventory, store.holds(h.inventory.hostId)),
     vms: h.inventory.vms.map((v) => ({ vmId: v.vmId, project: v.project, state: v.state })),
@@ -292,15 +248,17 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
       operationId: 'startVm', tags: ['vms'], security,
       summary: 'Start a VM on a host (operators and the lab use this to place a VM before migrating it).',
       body: StartVmBody,
-      // 502/503/504: the host agent refused, is not connected, or did not answer in time.
-      response: { 201: StartedVm, ...errorResponses({ body: true }, 401, 403, 404, 409, 502, 503, 504) },
+      // 409: no room on the host now (VMTC_INSUFFICIENT_*, or the agent's own count); 422: the
+      // VM fits on no host (VMTC_VM_TOO_LARGE); 502/503/504: the host agent refused, is not
+      // connected, or did not answer in time.
+      response: { 201: StartedVm, ...errorResponses({ body: true }, 401, 403, 404, 409, 422, 502, 503, 504) },
     },
   }, async (request, reply) => {
     const { hostId, spec } = request.body;
     if (!store.host(hostId)) throw err('VMTC_HOST_NOT_FOUND', { hostId });
     if (!hub.isConnected(hostId)) throw err('VMTC_HOST_NOT_CONNECTED', { hostId });
     const inv = hub.inventory(hostId);
-    if (inv) checkRoomToStart(inv, store.holds(hostId), spec);
+    if (inv) checkRoomToStart(inv, store.holds(hostId), spec, hostEntries().map((h) => h.inventory));
     const vm = await hub.request(hostId, 'vm.start', { spec }, 120_000);
     return reply.status(201).send({ hostId, vmId: vm.vmId, state: vm.state });
   });

@@ -4,6 +4,8 @@
 // tested without servers and run synchronously at admission time (which is what makes two
 // concurrent requests unable to overcommit a host: Node runs the check-and-hold atomically).
 import type { HostInventory, VmInfo } from '../common/agent-protocol.ts';
+import type { ErrorBody } from '../common/errors.ts';
+import { advisoriesFor, HYPERVISOR_ADVISORIES, type HypervisorAdvisory } from '../common/hypervisor-advisories.ts';
 import type { Hold } from './store.ts';
 import { err } from './errors.ts';
 
@@ -92,8 +94,22 @@ function requireRoom(hostId: string, usage: HostUsage, need: Resources, vcpus = 
  * overcommitted by a start, as hypervisors allow. Refused with the pre-checks' 409 codes before
  * the agent is asked.
  */
-export function checkRoomToStart(inv: HostInventory, holds: (Hold & { vmId?: string })[], spec: { vcpus: number; memoryMb: number; diskGb: number }): void {
+export function checkRoomToStart(inv: HostInventory, holds: (Hold & { vmId?: string })[], spec: { vcpus: number; memoryMb: number; diskGb: number }, fleet: HostInventory[] = [inv]): void {
+  requireFits(spec, fleet, inv.sharedStorage);
   requireRoom(inv.hostId, hostUsage(inv, holds), { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: inv.sharedStorage ? 0 : spec.diskGb }, false);
+}
+
+/**
+ * A VM bigger than every host of the fleet in all (memory; disk where storage is not shared)
+ * fits nowhere, whatever else runs: VMTC_VM_TOO_LARGE (422), a fault of the request, apart from
+ * the 409s of a host that has no room now.
+ */
+export function requireFits(spec: { memoryMb: number; diskGb: number }, fleet: HostInventory[], sharedStorage: boolean): void {
+  const largest = (f: (h: HostInventory) => number) => Math.max(0, ...fleet.map(f));
+  const memoryMb = largest((h) => h.memoryMb);
+  if (spec.memoryMb > memoryMb) throw err('VMTC_VM_TOO_LARGE', { resource: 'memoryMb', need: spec.memoryMb, largestHost: memoryMb });
+  const diskGb = largest((h) => (h.sharedStorage ? Infinity : h.diskGb));
+  if (!sharedStorage && spec.diskGb > diskGb) throw err('VMTC_VM_TOO_LARGE', { resource: 'diskGb', need: spec.diskGb, largestHost: diskGb });
 }
 
 export interface PrecheckInput {
@@ -105,6 +121,10 @@ export interface PrecheckInput {
   holds: (Hold & { vmId?: string })[];
   /** True when the VM already has a non-terminal migration. */
   inFlight: string | undefined;
+  /** Advisory ids the request accepts (MigrationRequest.overrideAdvisories). */
+  overrideAdvisories?: readonly string[];
+  /** The known-bad releases (default: src/common/hypervisor-advisories.ts). */
+  advisories?: readonly HypervisorAdvisory[];
 }
 
 export interface PrecheckResult {
@@ -115,6 +135,39 @@ export interface PrecheckResult {
   sharedStorage: boolean;
   hold: Resources;
   checks: string[];
+  /** Known-bad releases the migration goes ahead with (overridden, or warn-only) or that made
+   *  mode=auto take the cold path: the record's first warnings. */
+  warnings: ErrorBody[];
+}
+
+/** One known-bad release on a host of the migration, as refusals and warnings name it. */
+function advisoryDetails(host: HostInventory, role: 'source' | 'destination', a: HypervisorAdvisory): Record<string, unknown> {
+  return {
+    reason: 'known-bad-version', hostId: host.hostId, role,
+    hypervisor: host.hypervisor.type, version: host.hypervisor.version, accelerator: host.hypervisor.accelerator,
+    advisory: a.id, summary: a.summary, affectedBelow: a.affected.below, fixedIn: a.fixedIn, commit: a.commit,
+  };
+}
+
+/**
+ * The known-bad releases (src/common/hypervisor-advisories.ts; docs/qemu.md "Known-bad
+ * versions") on either end of a live migration:
+ * the source's dirty tracking decides what is copied, and the destination is the next move's
+ * source. Pure. Returns what refuses the migration (not accepted by `overrides`) and what it may
+ * go ahead with as warnings; a cold migration never asks (nothing tracks dirty pages).
+ */
+export function knownBadReleases(source: HostInventory, dest: HostInventory, overrides: readonly string[], table: readonly HypervisorAdvisory[] = HYPERVISOR_ADVISORIES): { refusing: Record<string, unknown>[]; accepted: Record<string, unknown>[] } {
+  const refusing: Record<string, unknown>[] = [];
+  const accepted: Record<string, unknown>[] = [];
+  for (const [host, role] of [[source, 'source'], [dest, 'destination']] as const) {
+    for (const a of advisoriesFor(host.hypervisor, table)) {
+      const d = advisoryDetails(host, role, a);
+      if (a.live === 'warn') accepted.push(d);
+      else if (overrides.includes(a.id)) accepted.push({ ...d, overridden: true });
+      else refusing.push(d);
+    }
+  }
+  return { refusing, accepted };
 }
 
 /** Run every pre-check in order; the first failure throws its own coded error. */
@@ -151,7 +204,7 @@ export function precheck(input: PrecheckInput): PrecheckResult {
   checks.push('destination-capacity');
   if (source.hypervisor.type !== dest.hypervisor.type) throw err('VMTC_HYPERVISOR_MISMATCH', { source: source.hypervisor.type, destination: dest.hypervisor.type });
   if (!versionCompatible(source.hypervisor.version, dest.hypervisor.version)) {
-    throw err('VMTC_HYPERVISOR_VERSION_INCOMPATIBLE', { source: source.hypervisor.version, destination: dest.hypervisor.version });
+    throw err('VMTC_HYPERVISOR_VERSION_INCOMPATIBLE', { reason: 'older-destination', source: source.hypervisor.version, destination: dest.hypervisor.version });
   }
   checks.push('hypervisor-compatible');
   let path: 'live' | 'cold' = input.mode === 'cold' ? 'cold' : 'live';
@@ -167,5 +220,21 @@ export function precheck(input: PrecheckInput): PrecheckResult {
       checks.push('cpu-compatible');
     }
   }
-  return { source, dest, vm, path, sharedStorage, hold: need, checks };
+  const warnings: ErrorBody[] = [];
+  if (path === 'live') {
+    const { refusing, accepted } = knownBadReleases(source, dest, input.overrideAdvisories ?? [], input.advisories);
+    if (refusing.length > 0 && input.mode === 'live') {
+      throw err('VMTC_HYPERVISOR_VERSION_INCOMPATIBLE', { ...refusing[0], ...(refusing.length > 1 ? { also: refusing.slice(1).map((d) => ({ hostId: d.hostId, advisory: d.advisory })) } : {}), override: 'overrideAdvisories' });
+    }
+    if (refusing.length > 0) {
+      // mode=auto: as with a CPU mismatch, a cold move (no dirty tracking) instead of a live one.
+      path = 'cold';
+      checks.push('known-bad-hypervisor-cold-chosen');
+      warnings.push(...refusing.map((d) => err('VMTC_HYPERVISOR_VERSION_INCOMPATIBLE', { ...d, step: 'precheck', coldChosen: true }).toJSON()));
+    } else {
+      checks.push(accepted.length > 0 ? 'known-bad-hypervisor-accepted' : 'no-known-bad-hypervisor');
+      warnings.push(...accepted.map((d) => err('VMTC_HYPERVISOR_VERSION_INCOMPATIBLE', { ...d, step: 'precheck' }).toJSON()));
+    }
+  }
+  return { source, dest, vm, path, sharedStorage, hold: need, checks, warnings };
 }

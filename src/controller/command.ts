@@ -6,8 +6,9 @@ import { parseListen } from '../common/http.ts';
 import { createLogger } from '../common/log.ts';
 import { startController } from './index.ts';
 import { commonError } from '../common/errors.ts';
+import { controllerFlags, withDeploymentConfig } from '../deploy/config-flags.ts';
 
-export const command: Command = {
+const base: Command = {
   name: 'controller',
   summary: 'Run the VM Traffic Controller: REST API for orchestrators, migration state machine, agent hub (WebSocket, mutual TLS), SQLite state.',
   usage: 'On first start it creates DIR, a certificate authority in DIR/pki and an admin credential in DIR/admin.token (mode 0600).',
@@ -18,6 +19,8 @@ export const command: Command = {
     aaa: { type: 'string', arg: 'URL', help: 'AAA that grants capability tokens (without it the token step is skipped)' },
     broker: { type: 'string', arg: 'URL', help: "this domain's lightpath broker (without it the lightpath step is skipped)" },
     'broker-ca': { type: 'string', arg: 'FILE', help: "PEM of the CA of an https broker" },
+    'tls-cert': { type: 'string', arg: 'FILE', help: 'serve the REST API over HTTPS with this certificate (PEM; with --tls-key)' },
+    'tls-key': { type: 'string', arg: 'FILE', help: 'private key of --tls-cert (PEM)' },
     'heartbeat-ms': { type: 'string', arg: 'MS', default: '5000', help: 'agent heartbeat interval' },
     'log-level': { type: 'string', arg: 'LEVEL', default: 'info', help: 'pino log level' },
   },
@@ -26,6 +29,9 @@ export const command: Command = {
     const heartbeatMs = Number(o['heartbeat-ms']);
     if (!Number.isInteger(heartbeatMs) || heartbeatMs < 100) {
       throw commonError('VMTC_CONFIG_INVALID', { field: 'heartbeat-ms', value: o['heartbeat-ms'] }, { message: '--heartbeat-ms must be an integer ≥ 100' });
+    }
+    if (Boolean(o['tls-cert']) !== Boolean(o['tls-key'])) {
+      throw commonError('VMTC_CONFIG_INVALID', { field: o['tls-cert'] ? 'tls-key' : 'tls-cert' }, { message: '--tls-cert and --tls-key go together' });
     }
     const c = await startController({
       dataDir: o.data as string,
@@ -36,8 +42,20 @@ export const command: Command = {
       ...(o.aaa ? { aaaUrl: o.aaa as string } : {}),
       ...(o.broker ? { brokerUrl: o.broker as string } : {}),
       ...(o['broker-ca'] ? { brokerCa: readFileSync(o['broker-ca'] as string, 'utf8') } : {}),
+      ...(o['tls-cert'] ? { tls: { cert: readPem(o['tls-cert'] as string, 'tls-cert'), key: readPem(o['tls-key'] as string, 'tls-key') } } : {}),
     });
     process.stdout.write(JSON.stringify({ event: 'ready', url: c.url, agentUrl: c.agentUrl, adminTokenFile: `${o.data}/admin.token`, jkt: c.jkt }) + '\n');
     return runUntilSignal(() => c.close());
   },
 };
+
+/** `--config FILE` reads the deployment's controller section (src/deploy/config-flags.ts). */
+export const command = withDeploymentConfig(base, controllerFlags);
+
+function readPem(file: string, field: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    throw commonError('VMTC_CONFIG_INVALID', { field, file, reason: (e as NodeJS.ErrnoException).code ?? (e as Error).message }, { message: `--${field}: cannot read ${file}` });
+  }
+}

@@ -4,6 +4,8 @@ import { mkdirSync, writeFileSync, existsSync, readFileSync, chmodSync } from 'n
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { buildHttp, baseUrl, RATE_LIMIT_DEFAULTS, type RateLimitOptions } from '../common/http.ts';
+import { peerCheck, registerHealthRoutes, storeCheck } from '../common/health-routes.ts';
+import { POLICY_PRECHECK_DEFAULTS } from './policy-precheck.ts';
 import { createLogger, type Logger } from '../common/log.ts';
 import { systemClock, randomIds, type Clock, type Ids } from '../common/clock.ts';
 import { commonError, mergeCatalogues } from '../common/errors.ts';
@@ -36,6 +38,8 @@ export interface ControllerOptions {
   ids?: Ids;
   heartbeatMs?: number;
   agentRequestTimeoutMs?: number;
+  /** How long admission waits for the AAA's policy check before it goes on without (default 2000). */
+  policyCheckTimeoutMs?: number;
   bodyLimit?: number;
   /** Rate limits of the REST API per client address (README "Rate limits"). */
   rateLimit?: Partial<RateLimitOptions>;
@@ -47,6 +51,8 @@ export interface ControllerOptions {
   brokerUrl?: string;
   /** PEM of the CA of an https broker. */
   brokerCa?: string;
+  /** Serve the REST API over HTTPS with this certificate and key (PEM); docs/deploy.md#tls. */
+  tls?: { cert: string; key: string };
   /** Injected integrations (AAA, broker, tunnel); absent ones are recorded as skipped steps. */
   authorization?: AuthorizationPort;
   lightpath?: LightpathPort;
@@ -60,6 +66,8 @@ export const CONTROLLER_DEFAULTS = {
   agentListen: { host: '127.0.0.1', port: 7701 },
   heartbeatMs: 5000,
   agentRequestTimeoutMs: 15_000,
+  /** How long admission waits for the AAA's policy check (policy-precheck.ts). */
+  policyCheckTimeoutMs: POLICY_PRECHECK_DEFAULTS.timeoutMs,
   bodyLimit: 64 * 1024,
   rateLimit: RATE_LIMIT_DEFAULTS,
   runner: {
@@ -108,7 +116,7 @@ export async function startController(opts: ControllerOptions): Promise<Controll
   try {
     const adminToken = ensureAdmin(store, opts.dataDir, ids, clock);
     const hub = await AgentHub.start({
-      logger: logger.child({ mod: 'hub' }), db: store.db, dataDir: opts.dataDir, clock, ids,
+      logger, db: store.db, dataDir: opts.dataDir, clock, ids,
       listen: opts.agentListen ?? CONTROLLER_DEFAULTS.agentListen,
       heartbeatMs: opts.heartbeatMs ?? CONTROLLER_DEFAULTS.heartbeatMs,
       requestTimeoutMs: opts.agentRequestTimeoutMs ?? CONTROLLER_DEFAULTS.agentRequestTimeoutMs,
@@ -135,13 +143,17 @@ export async function startController(opts: ControllerOptions): Promise<Controll
     });
     cleanups.push(() => runner.close());
 
-    const app = await buildHttp({ logger, title: 'vmtc controller', bodyLimit: opts.bodyLimit ?? CONTROLLER_DEFAULTS.bodyLimit, rateLimit: { ...CONTROLLER_DEFAULTS.rateLimit, ...(opts.rateLimit ?? {}) } });
+    const app = await buildHttp({ logger, title: 'vmtc controller', bodyLimit: opts.bodyLimit ?? CONTROLLER_DEFAULTS.bodyLimit, rateLimit: { ...CONTROLLER_DEFAULTS.rateLimit, ...(opts.rateLimit ?? {}) }, ...(opts.tls ? { fastify: { https: { cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' } } } : {}) });
     cleanups.push(() => app.close());
-    registerApi(app, { store, hub, runner, clock, ids, logger, identity: { jkt, publicJwk: key.publicJwk } });
+    registerApi(app, {
+      store, hub, runner, clock, ids, logger, identity: { jkt, publicJwk: key.publicJwk },
+      admission: { ...(authorization ? { aaa: authorization } : {}), timeoutMs: opts.policyCheckTimeoutMs ?? CONTROLLER_DEFAULTS.policyCheckTimeoutMs, defaultDeadlineMs: opts.runner?.defaultDeadlineMs ?? CONTROLLER_DEFAULTS.runner.defaultDeadlineMs },
+    });
     registerEnrollRoutes(app, hub, { requireAdmin: requireRole(store, 'admin') });
+    registerHealthRoutes(app, { store: storeCheck(store.db), aaa: peerCheck(opts.aaaUrl), broker: peerCheck(opts.brokerUrl, opts.brokerCa ? { tls: { ca: opts.brokerCa } } : {}) }, { clock });
     const listen = opts.listen ?? CONTROLLER_DEFAULTS.listen;
     await app.listen({ host: listen.host, port: listen.port });
-    const url = baseUrl(app);
+    const url = baseUrl(app, opts.tls ? 'https' : 'http');
 
     // Reconcile what a previous run left unfinished: ask the agents, do not guess.
     for (const row of store.activeMigrations(TERMINAL)) runner.reconcile(row);

@@ -7,7 +7,8 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../common/log.ts';
 import { exportRequesterKey, generateRequesterKeySync, importRequesterKey, jwkThumbprint, type RequesterKey } from '../common/dpop.ts';
-import { requestAuthorization, reportAccounting } from '../aaa/client.ts';
+import { checkPolicy, requestAuthorization, reportAccounting } from '../aaa/client.ts';
+import type { PolicyCheckRequest, PolicyDecision } from '../common/lightpath.ts';
 import { BrokerClient } from '../broker/client.ts';
 import type { AuthorizationPort, LightpathPort, LightpathRequest } from './ports.ts';
 
@@ -30,6 +31,11 @@ export class AaaAuthorization implements AuthorizationPort {
     const r = await requestAuthorization(this.aaaUrl, this.key, req);
     this.log.info({ migrationId: req.migrationId, jti: r.jti, domains: r.domains }, 'capability token granted');
     return { token: r.token, jti: r.jti, expiresAt: Date.parse(r.expiresAt), audience: r.audience };
+  }
+
+  /** The AAA's policy check (docs/aaa.md "Policy check"): nothing recorded; throws when it cannot answer. */
+  check(req: PolicyCheckRequest, opts: { timeoutMs: number }): Promise<PolicyDecision> {
+    return checkPolicy(this.aaaUrl, this.key, req, { timeoutMs: opts.timeoutMs });
   }
 
   /** Report that the grant is in use (the lightpath is up); failures are logged, never fatal. */

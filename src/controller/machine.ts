@@ -11,7 +11,8 @@
 // controller does with it), its edges in TABLE, and its effect function in one of
 // migration/effects-*.ts. Nothing else names states.
 import type { ErrorBody } from '../common/errors.ts';
-import type { MigrationCtx } from './migration/record.ts';
+import type { ForceCompleteMode, MigrationLimits } from '../common/agent-protocol.ts';
+import type { MigrationCtx, MigrationRequest } from './migration/record.ts';
 import { err } from './errors.ts';
 
 /** What the machine reads of a migration's record. */
@@ -20,6 +21,8 @@ export interface MigrationRecord {
   mode: 'live' | 'cold' | 'auto';
   ctx: MigrationCtx;
   error: ErrorBody | null;
+  /** The request as admitted (absent in records made up by tests of the table alone). */
+  request?: MigrationRequest;
 }
 
 export interface StateDef {
@@ -33,6 +36,9 @@ export interface StateDef {
   cancellable?: boolean;
   /** Before the commit point: a failed effect rolls back (after it, failures are warnings). */
   failable?: boolean;
+  /** The source's copy runs and nobody has decided at the point of no return yet: an operator
+   *  may change its limits or force it to complete (checkTune, decideForceComplete). */
+  copying?: boolean;
   terminal?: boolean;
   /** Decides the next event as soon as the state is entered: a branch without an effect. */
   next?: (rec: MigrationRecord) => MigrationEvent;
@@ -61,10 +67,10 @@ export const STATE_DEFS = {
   // Stage 2: iterative pre-copy while the VM runs, until the source pauses before its final
   // state and says so (SWITCHOVER_READY). A restarted controller re-attaches to a pre-copy still
   // running (never starts a second stream).
-  precopy: { onEnter: 'startMigration', ...UNDOABLE, reconcile: { action: 'resume', ask: 'source' } },
+  precopy: { onEnter: 'startMigration', ...UNDOABLE, copying: true, reconcile: { action: 'resume', ask: 'source' } },
   // Stage 3: stop-and-copy (VM paused at the source, last dirty pages), for a source that says
   // so before it pauses for the switchover.
-  stopcopy: { continues: 'precopy', ...UNDOABLE, reconcile: { action: 'resume', ask: 'source' } },
+  stopcopy: { continues: 'precopy', ...UNDOABLE, copying: true, reconcile: { action: 'resume', ask: 'source' } },
   // The point of no return (docs/design.md#switchover): the source is paused before its final
   // state (QEMU's pause-before-switchover) and the controller has decided, durably with this
   // transition, to let it go; the state's effect tells the source to continue and follows the
@@ -109,6 +115,8 @@ export const TERMINAL = where((d) => d.terminal === true);
 export const CANCELLABLE = where((d) => d.cancellable === true);
 /** States in which a failure rolls back (up to the commit point). */
 export const FAILABLE = where((d) => d.failable === true);
+/** States in which the copy runs and an operator may tune it or force it to complete. */
+export const COPYING = where((d) => d.copying === true);
 
 export type MigrationEvent =
   | { type: 'PRECHECKS_PASSED' }
@@ -216,4 +224,36 @@ export function edges(): { from: MigrationState; event: EventType; to: Migration
     }
   }
   return out;
+}
+
+// ---- an operator's control of a running copy (force-complete, tune in flight) ------------------
+// Guards only: whether the state allows it, and what it means. The source agent does it
+// (migration/control.ts), and refuses too once told to continue: the controller's state and
+// the agent's agree on the point of no return (docs/design.md#switchover).
+
+/** Whether an operator may force the copy to complete now, and how (nova's force-complete):
+ *  `asked`, else post-copy when the migration started with it allowed, else a pause. `already`:
+ *  that force is in effect; nothing more to do, nothing to record. Throws
+ *  VMTC_MIGRATION_NOT_FORCEABLE (details: state, and why) otherwise. */
+export function decideForceComplete(rec: Pick<MigrationRecord, 'state' | 'ctx' | 'request'>, asked?: ForceCompleteMode): { mode: ForceCompleteMode; already: boolean } {
+  const refuse = (why: Record<string, unknown>, message: string) => err('VMTC_MIGRATION_NOT_FORCEABLE', { state: rec.state, ...why }, { message });
+  if (!COPYING.has(rec.state)) {
+    throw refuse(rec.ctx.path === 'cold' ? { path: 'cold' } : {}, `a migration in state '${rec.state}' has no copy running that could be forced to complete`);
+  }
+  const postcopy = rec.request?.postcopy === true;
+  const mode = asked ?? rec.ctx.forced?.mode ?? (postcopy ? 'postcopy' : 'pause');
+  if (mode === 'postcopy' && !postcopy) throw refuse({ mode, reason: 'postcopy-not-allowed' }, 'post-copy was not allowed when the migration started (request postcopy: true)');
+  const forced = rec.ctx.forced?.mode;
+  if (forced && forced !== mode) throw refuse({ mode, forced, reason: 'already-forced' }, `the migration was already forced to complete with ${forced}`);
+  return { mode, already: forced === mode };
+}
+
+/** Whether an operator may change the copy's limits now. `reservedMbps`: the bandwidth of the
+ *  lightpath the migration runs on, when one was provisioned (no more may be asked for). Throws
+ *  VMTC_MIGRATION_NOT_TUNABLE (details: state, or the field and its bound) otherwise. */
+export function checkTune(rec: Pick<MigrationRecord, 'state'>, limits: MigrationLimits, reservedMbps?: number): void {
+  if (!COPYING.has(rec.state)) throw err('VMTC_MIGRATION_NOT_TUNABLE', { state: rec.state }, { message: `a migration in state '${rec.state}' has no copy running whose limits could change` });
+  if (reservedMbps !== undefined && limits.bandwidthMbps !== undefined && limits.bandwidthMbps > reservedMbps) {
+    throw err('VMTC_MIGRATION_NOT_TUNABLE', { state: rec.state, field: 'bandwidthMbps', bandwidthMbps: limits.bandwidthMbps, reservedMbps }, { message: `the lightpath was reserved for ${reservedMbps} Mbit/s: the migration cannot use more` });
+  }
 }

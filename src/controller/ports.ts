@@ -4,7 +4,7 @@
 // real agents while the AAA/broker steps are simply not configured.
 import type { EventEmitter } from 'node:events';
 import type { HostInventory, HostMethods } from '../common/agent-protocol.ts';
-import type { LightpathRequest } from '../common/lightpath.ts';
+import type { LightpathRequest, PolicyCheckRequest, PolicyDecision } from '../common/lightpath.ts';
 
 export interface HubPort extends EventEmitter {
   isConnected(hostId: string): boolean;
@@ -20,6 +20,9 @@ export type { LightpathRequest };
 export interface AuthorizationPort {
   /** docs/design.md#live-migration, step 3: pre-authorisation. Resolves with a capability token or throws coded. */
   authorize(req: LightpathRequest): Promise<{ token: string; jti: string; expiresAt: number; audience?: string[] }>;
+  /** Whether the AAA would grant it, asked at admission with a short timeout
+   *  (policy-precheck.ts); throws when it cannot answer. Optional: without it nothing is asked. */
+  check?(req: PolicyCheckRequest, opts: { timeoutMs: number }): Promise<PolicyDecision>;
   /** docs/design.md#live-migration, step 7: close the grant's accounting (a `release` record),
    *  by its jti alone (the token is a memory-only secret a restarted controller no longer has).
    *  Throws coded on failure. */

@@ -21,6 +21,10 @@ import type { EffectContext, RunnerOptions } from './migration/context.ts';
 
 export type { RunnerOptions };
 
+/** Retries of releasing the lightpaths of ended migrations: the first delay, doubled each time
+ *  up to the last. */
+const LEFTOVER_RETRY_MS = { first: 1_000, max: 60_000 } as const;
+
 export interface RunnerDeps {
   store: ControllerStore;
   hub: HubPort;
@@ -56,6 +60,10 @@ export class MigrationRunner extends EventEmitter {
   private readonly secrets = new Map<string, string>();
   private readonly exports = new Map<string, ColdExport>();
   private leftoverRetry: { cancel(): void } | undefined;
+  /** A pass over the held lightpaths is running; `leftoverAgain`: another was asked for meanwhile. */
+  private leftoverBusy = false;
+  private leftoverAgain = false;
+  private leftoverDelayMs: number = LEFTOVER_RETRY_MS.first;
 
   constructor(private readonly d: RunnerDeps) {
     super();
@@ -201,8 +209,11 @@ export class MigrationRunner extends EventEmitter {
     });
   }
 
-  /** A terminal state was reached: stop the timers, tell listeners. */
+  /** A terminal state was reached: stop the timers, tell listeners, and keep trying to release a
+   *  lightpath the end could not release (the broker was down then). */
   private forget(id: string, state: MigrationState): void {
+    const lp = this.d.store.migration(id)?.ctx.lightpath;
+    if (lp && !lp.released && (lp.reservationId || lp.key)) this.releaseLeftovers();
     this.lost.get(id)?.cancel();
     this.lost.delete(id);
     this.live.get(id)?.deadline?.cancel();
@@ -222,13 +233,31 @@ export class MigrationRunner extends EventEmitter {
     });
   }
 
-  /** After a restart: release the lightpaths that ended migrations still hold
-   *  (migration/reconcile.ts), again every minute while some stay held. */
+  /** After a restart, and whenever a migration ends with its lightpath held: release the
+   *  lightpaths that ended migrations still hold (migration/reconcile.ts), again after 1 s,
+   *  2 s, 4 s … up to every minute while some stay held (a broker restarting comes back soon). */
   releaseLeftovers(): void {
     if (this.closed || !this.d.lightpath) return;
-    void releaseLeftLightpaths(this.d.store.unreleasedLightpaths(TERMINAL), (row) => this.context(row)).then((held) => {
-      if (held > 0 && !this.closed) this.leftoverRetry = this.d.clock.setTimeout(() => this.releaseLeftovers(), 60_000);
-    }, (e: unknown) => this.d.logger.warn({ err: e }, 'releasing leftover lightpaths failed'));
+    if (this.leftoverBusy) {
+      this.leftoverAgain = true;
+      return;
+    }
+    this.leftoverRetry?.cancel();
+    this.leftoverRetry = undefined;
+    this.leftoverBusy = true;
+    this.leftoverAgain = false;
+    const done = (held: number) => {
+      this.leftoverBusy = false;
+      if (this.closed) return;
+      if (held > 0 || this.leftoverAgain) {
+        this.leftoverRetry = this.d.clock.setTimeout(() => this.releaseLeftovers(), this.leftoverDelayMs);
+        this.leftoverDelayMs = Math.min(this.leftoverDelayMs * 2, LEFTOVER_RETRY_MS.max);
+      } else this.leftoverDelayMs = LEFTOVER_RETRY_MS.first;
+    };
+    void releaseLeftLightpaths(this.d.store.unreleasedLightpaths(TERMINAL), (row) => this.context(row)).then(done, (e: unknown) => {
+      this.d.logger.warn({ err: e }, 'releasing leftover lightpaths failed');
+      done(1);
+    });
   }
 
   close(): void {

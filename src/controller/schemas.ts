@@ -34,9 +34,14 @@ export const MigrationRequestBody = Type.Object({
   verifyTcp: Type.Optional(Type.Object({
     host: Type.String({ minLength: 1, maxLength: 255 }),
     port: Type.Integer({ minimum: 1, maximum: 65535 }),
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 1_000, maximum: 600_000, description: 'how long the VM may take to run and the service to answer at the destination before the move rolls back (default: the controller\'s destinationRunTimeoutMs, 60 s)' })),
   }, {
     additionalProperties: false,
-    description: 'cold path: after booting at the destination, this TCP service of the guest must answer before the source is removed (EGI D4.4 verification)',
+    description: 'cold path: after booting at the destination, this TCP service of the guest must answer before the source is removed (EGI D4.4 verification); before the source is powered off the destination checks it has a route to host (VMTC_VERIFY_TARGET_UNREACHABLE otherwise)',
+  })),
+  overrideAdvisories: Type.Optional(Type.Array(Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' }), {
+    maxItems: 32, uniqueItems: true,
+    description: 'ids of known-bad hypervisor releases (GET /v1/hosts advisories; a VMTC_HYPERVISOR_VERSION_INCOMPATIBLE refusal names them in details.advisory) this live migration goes ahead with anyway; each becomes a warning on the record',
   })),
 }, { additionalProperties: false });
 /** What a client sends to POST /v1/migrations. */
@@ -49,18 +54,41 @@ type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 type Assert<T extends true> = T;
 export type StoredRequestIsTheSchema = Assert<Same<MigrationRequest, StoredMigrationRequest>>;
 
+/** `state=S[,S]`: one state or several, comma-separated. */
+const StateList = Type.String({ pattern: `^(${STATES.join('|')})(,(${STATES.join('|')}))*$`, maxLength: 1024, description: `one state or several, comma-separated: ${STATES.join(', ')}` });
+
+/** What a list and the fleet stream are about (the same filters on both). */
+const MigrationFilterQuery = {
+  state: Type.Optional(StateList),
+  vmId: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  hostId: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'the source or the destination' })),
+  since: Type.Optional(Type.String({ format: 'date-time', description: 'at or after (lists: created; the stream: the event)' })),
+  until: Type.Optional(Type.String({ format: 'date-time', description: 'before (lists: created; the stream: the event)' })),
+};
+
 export const MigrationListQuery = Type.Object({
-  state: Type.Optional(MigrationStateSchema),
-  vmId: Type.Optional(Type.String({ maxLength: 128 })),
-  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+  ...MigrationFilterQuery,
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50, description: 'migrations per page' })),
+  cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'nextCursor of the previous page' })),
 }, { additionalProperties: false });
+export type MigrationListQuery = Static<typeof MigrationListQuery>;
+
+/** `Last-Event-ID` as a query parameter, for clients that cannot set headers (a browser's EventSource sets it itself on reconnecting). */
+const LastEventId = Type.String({ minLength: 1, maxLength: 64, description: 'resume after this event id (as the Last-Event-ID header)' });
+
+/** GET /v1/migrations/:id/events. */
+export const MigrationEventsQuery = Type.Object({ lastEventId: Type.Optional(LastEventId) }, { additionalProperties: false });
+
+/** GET /v1/events: the list's filters, and where to resume. */
+export const FleetEventsQuery = Type.Object({ ...MigrationFilterQuery, lastEventId: Type.Optional(LastEventId) }, { additionalProperties: false });
+export type FleetEventsQuery = Static<typeof FleetEventsQuery>;
 
 /** Copy progress as the host agent last reported it (live: QEMU's figures; cold: the download). */
 export const Progress = Type.Object({
   migrationId: Type.Optional(Type.String()),
   vmId: Type.Optional(Type.String()),
   status: Type.Optional(Type.String({ description: 'setup, active, pre-switchover, postcopy-active, device, completed, failed, cancelled' })),
-  phase: Type.Optional(Type.String({ description: 'live with storage copy: storage, then ram; cold: export, download, boot' })),
+  phase: Type.Optional(Type.String({ description: 'live with storage copy: storage, then ram; cold: export, download, boot, verify' })),
   totalBytes: Type.Optional(Type.Number()),
   transferredBytes: Type.Optional(Type.Number()),
   remainingBytes: Type.Optional(Type.Number()),
@@ -68,6 +96,12 @@ export const Progress = Type.Object({
   pass: Type.Optional(Type.Number()),
   throughputMbps: Type.Optional(Type.Number()),
   expectedDowntimeMs: Type.Optional(Type.Number()),
+  verify: Type.Optional(Type.Object({
+    attempts: Type.Number(),
+    lastError: Type.Optional(Type.String()),
+    elapsedMs: Type.Number(),
+    timeoutMs: Type.Number(),
+  }, { additionalProperties: true, description: 'cold path, phase verify: the TCP attempts so far that did not connect' })),
   at: Type.Optional(Type.Number({ description: 'epoch ms when the controller stored it' })),
 }, { additionalProperties: true });
 export type Progress = Static<typeof Progress>;
@@ -131,6 +165,17 @@ const Warning = Type.Object({
   details: Type.Optional(OpenObject()),
 }, { additionalProperties: true });
 
+/** One change an operator made to a running migration (the record's `changes`). */
+export const MigrationChange = Type.Object({
+  at: Type.String({ format: 'date-time' }),
+  by: Type.String({ description: 'the name of the credential that asked' }),
+  what: StringEnum(['tune', 'force-complete']),
+  mode: Type.Optional(StringEnum(['postcopy', 'pause'])),
+  limits: Type.Optional(OpenObject({ description: 'tune: the limits asked for' })),
+  previous: Type.Optional(OpenObject({ description: 'tune: the limits in effect before' })),
+  reported: Type.Optional(OpenObject({ description: 'tune: the limits in effect after, as the source agent read them back from the hypervisor' })),
+}, { additionalProperties: true });
+
 /** A migration record: POST /v1/migrations, GET /v1/migrations[/:id], cancel, and the events. */
 export const Migration = Type.Object({
   id: Type.String(),
@@ -147,21 +192,52 @@ export const Migration = Type.Object({
   steps: MigrationSteps,
   timings: MapOf(Type.Number(), { description: 'milliseconds spent in each state, by state name' }),
   result: MigrationResult,
-  warnings: Type.Array(Warning, { description: 'problems after the commit point (no way back then)' }),
+  warnings: Type.Array(Warning, { description: 'problems after the commit point (no way back then), and known-bad hypervisor releases accepted or avoided at admission (details.step precheck)' }),
   kept: Type.Optional(Type.Array(Type.String(), { description: 'what the end state deliberately left in place for an operator, and why (everything else was released)' })),
   transitions: Type.Optional(Type.Array(Transition, { description: 'every state change (not in lists)' })),
+  tuning: Type.Optional(OpenObject({ description: 'how the migration runs: the request\'s bandwidthMbps, maxDowntimeMs, postcopy… with the limits operators changed since (PATCH)' })),
+  changes: Type.Optional(Type.Array(MigrationChange, { description: 'what operators changed while the copy ran (PATCH, force-complete), oldest first' })),
   createdAt: Type.String({ format: 'date-time' }),
   updatedAt: Type.String({ format: 'date-time' }),
   terminal: Type.Boolean({ description: 'the state is final' }),
 }, { additionalProperties: true });
 export type Migration = Static<typeof Migration>;
 
-export const MigrationList = Type.Object({ migrations: Type.Array(Migration) });
+// ---- an operator's control of a running migration (migration-control-routes.ts)
+
+export const ForceCompleteBody = Type.Object({
+  mode: Type.Optional(StringEnum(['postcopy', 'pause'], {
+    description: 'postcopy: switch to post-copy (the migration must have started with postcopy: true); pause: pause the VM so that its copy ends. Default: postcopy when allowed, else pause',
+  })),
+}, { additionalProperties: false });
+export type ForceCompleteBody = Static<typeof ForceCompleteBody>;
+
+export const TuneMigrationBody = Type.Object({
+  bandwidthMbps: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000, description: 'the migration stream\'s bandwidth from now on, Mbit/s (not above its lightpath\'s)' })),
+  maxDowntimeMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 600_000, description: 'the longest pause the hypervisor may plan for its stop-and-copy from now on' })),
+}, { additionalProperties: false, minProperties: 1 });
+export type TuneMigrationBody = Static<typeof TuneMigrationBody>;
+
+export const MigrationList = Type.Object({
+  migrations: Type.Array(Migration),
+  nextCursor: Type.Optional(Type.String({ description: 'there may be more: pass it as cursor for the next page' })),
+});
 export type MigrationList = Static<typeof MigrationList>;
 
 // ---- hosts and VMs
 
 const Resources = Type.Object({ vcpus: Type.Number(), memoryMb: Type.Number(), diskGb: Type.Number() });
+
+/** A known-bad hypervisor release (src/common/hypervisor-advisories.ts) a host runs. */
+const HostAdvisory = Type.Object({
+  id: Type.String(),
+  summary: Type.String(),
+  accelerator: Type.String(),
+  affectedBelow: Type.String({ description: 'every version below this one is affected' }),
+  fixedIn: Type.String(),
+  commit: Type.String({ description: 'the upstream commit that fixed it' }),
+  live: StringEnum(['refuse', 'warn'], { description: 'what it does to a live migration (a cold one is never affected)' }),
+});
 
 export const Host = Type.Object({
   hostId: Type.String(),
@@ -172,7 +248,8 @@ export const Host = Type.Object({
   available: Resources,
   site: Type.Optional(Type.String()),
   lastSeen: Type.Optional(Type.String({ format: 'date-time' })),
-  hypervisor: Type.Optional(Type.Object({ type: Type.String(), version: Type.String() })),
+  hypervisor: Type.Optional(Type.Object({ type: Type.String(), version: Type.String(), accelerator: Type.Optional(Type.String({ description: "how it runs guests (QEMU's -accel); absent from older agents" })) })),
+  advisories: Type.Optional(Type.Array(HostAdvisory, { description: 'known-bad releases this host runs: a live migration to or from it is refused (or warned about) unless the request accepts them in overrideAdvisories' })),
   cpu: Type.Optional(Type.Object({ model: Type.String(), vcpus: Type.Number(), features: Type.Number({ description: 'how many CPU features' }) })),
   sharedStorage: Type.Optional(Type.Boolean()),
   migrationAddress: Type.Optional(Type.String()),

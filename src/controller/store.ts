@@ -8,6 +8,7 @@ import { inventoryFromStore } from '../common/agent-schemas.ts';
 import type { MigrationState } from './machine.ts';
 import type { MigrationCtx, MigrationRequest } from './migration/record.ts';
 import type { ErrorBody } from '../common/errors.ts';
+import { err } from './errors.ts';
 
 const MIGRATIONS = [
   `
@@ -34,6 +35,14 @@ const MIGRATIONS = [
   CREATE TABLE holds (
     migration_id TEXT PRIMARY KEY REFERENCES migrations(id), host_id TEXT NOT NULL, project TEXT NOT NULL,
     vcpus INTEGER NOT NULL, memory_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL, created_at INTEGER NOT NULL
+  );
+  `,
+  // Paging the list newest first (created_at, id), and agents' connections and disconnections
+  // as a log the fleet event stream resumes from (events-routes.ts).
+  `
+  CREATE INDEX migrations_created ON migrations(created_at, id);
+  CREATE TABLE host_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, host_id TEXT NOT NULL, kind TEXT NOT NULL, connected INTEGER NOT NULL, at INTEGER NOT NULL
   );
   `,
 ];
@@ -73,6 +82,84 @@ export interface Hold {
 }
 
 export type { MigrationCtx, MigrationRequest };
+
+/** Which migrations a list (GET /v1/migrations) or the fleet event stream (GET /v1/events) is about. */
+export interface MigrationFilter {
+  /** In one of these states (the stream: transitions into one of them). */
+  states?: string[];
+  vmId?: string;
+  /** The source or the destination. */
+  hostId?: string;
+  /** Epoch ms, inclusive (lists: created at; the stream: the transition's time). */
+  since?: number;
+  /** Epoch ms, exclusive. */
+  until?: number;
+}
+
+/** A transition with the migration it belongs to (the fleet event stream). */
+export interface FleetTransitionRow extends TransitionRow {
+  migrationId: string;
+  vmId: string;
+  sourceHostId: string;
+  destinationHostId: string;
+}
+
+/** An agent's link coming up or going down (host_events). */
+export interface HostEventRow {
+  seq: number;
+  hostId: string;
+  kind: string;
+  connected: boolean;
+  at: number;
+}
+
+/** The query of the list and of the fleet stream (schemas.ts MigrationListQuery, EventsQuery)
+ *  as a filter; dates were checked as date-times by the schema. */
+export function migrationFilter(q: { state?: string; vmId?: string; hostId?: string; since?: string; until?: string }): MigrationFilter {
+  return {
+    ...(q.state ? { states: q.state.split(',') } : {}),
+    ...(q.vmId !== undefined ? { vmId: q.vmId } : {}),
+    ...(q.hostId !== undefined ? { hostId: q.hostId } : {}),
+    ...(q.since !== undefined ? { since: Date.parse(q.since) } : {}),
+    ...(q.until !== undefined ? { until: Date.parse(q.until) } : {}),
+  };
+}
+
+/**
+ * The list's cursor: the (created_at, id) of the last migration of a page, opaque to clients.
+ * Keyset paging, so a page never repeats or skips a migration when newer ones are created
+ * meanwhile (they sort before the cursor).
+ */
+export function encodeCursor(row: { createdAt: number; id: string }): string {
+  return Buffer.from(JSON.stringify([row.createdAt, row.id])).toString('base64url');
+}
+
+export function decodeCursor(cursor: string): { createdAt: number; id: string } {
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
+  } catch {
+    v = undefined;
+  }
+  if (!Array.isArray(v) || v.length !== 2 || !Number.isSafeInteger(v[0]) || typeof v[1] !== 'string') {
+    throw err('VMTC_CURSOR_INVALID', { cursor: cursor.slice(0, 64) });
+  }
+  return { createdAt: v[0] as number, id: v[1] as string };
+}
+
+/** SQL conditions of a filter over `migrations` (aliased `m`): a list's states and times are the
+ *  migration's (state, created_at), a stream's are its transitions' (`t`: to_state, at). */
+function filterSql(f: MigrationFilter, of: 'list' | 'stream'): { where: string[]; args: unknown[] } {
+  const [stateColumn, timeColumn] = of === 'list' ? ['m.state', 'm.created_at'] : ['t.to_state', 't.at'];
+  const where: string[] = [];
+  const args: unknown[] = [];
+  if (f.states?.length) { where.push(`${stateColumn} IN (${f.states.map(() => '?').join(',')})`); args.push(...f.states); }
+  if (f.vmId !== undefined) { where.push('m.vm_id = ?'); args.push(f.vmId); }
+  if (f.hostId !== undefined) { where.push('(m.source_host = ? OR m.dest_host = ?)'); args.push(f.hostId, f.hostId); }
+  if (f.since !== undefined) { where.push(`${timeColumn} >= ?`); args.push(f.since); }
+  if (f.until !== undefined) { where.push(`${timeColumn} < ?`); args.push(f.until); }
+  return { where, args };
+}
 
 type Raw = Record<string, unknown>;
 
@@ -200,13 +287,22 @@ export class ControllerStore {
     const r = this.db.prepare('SELECT * FROM migrations WHERE request_id = ?').get(requestId) as Raw | undefined;
     return r && { row: rowToMigration(r), hash: (r.request_hash as string | null) ?? null };
   }
-  migrations(filter: { state?: string; vmId?: string; limit?: number } = {}): MigrationRow[] {
-    const where: string[] = [];
-    const args: unknown[] = [];
-    if (filter.state) { where.push('state = ?'); args.push(filter.state); }
-    if (filter.vmId) { where.push('vm_id = ?'); args.push(filter.vmId); }
-    const sql = `SELECT * FROM migrations ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at DESC, id LIMIT ?`;
+  /** Migrations newest first (created_at descending, then id), after `after` (a page's last). */
+  migrations(filter: MigrationFilter & { limit?: number; after?: { createdAt: number; id: string } } = {}): MigrationRow[] {
+    const { where, args } = filterSql(filter, 'list');
+    if (filter.after) {
+      where.push('(m.created_at < ? OR (m.created_at = ? AND m.id > ?))');
+      args.push(filter.after.createdAt, filter.after.createdAt, filter.after.id);
+    }
+    const sql = `SELECT * FROM migrations m ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY m.created_at DESC, m.id LIMIT ?`;
     return (this.db.prepare(sql).all(...args, filter.limit ?? 100) as Raw[]).map(rowToMigration);
+  }
+  /** One page of the list: `limit` migrations and the cursor of the next page when there is one. */
+  migrationPage(filter: MigrationFilter, limit: number, cursor?: string): { rows: MigrationRow[]; nextCursor?: string } {
+    const rows = this.migrations({ ...filter, limit: limit + 1, ...(cursor !== undefined ? { after: decodeCursor(cursor) } : {}) });
+    if (rows.length <= limit) return { rows };
+    rows.length = limit;
+    return { rows, nextCursor: encodeCursor(rows[limit - 1]!) };
   }
   activeMigrations(terminal: ReadonlySet<string>): MigrationRow[] {
     const states = [...terminal];
@@ -224,6 +320,41 @@ export class ControllerStore {
     return (this.db.prepare('SELECT seq, from_state, to_state, event, at, detail FROM transitions WHERE migration_id = ? ORDER BY seq').all(id) as Raw[]).map((r) => ({
       seq: r.seq as number, from: (r.from_state as MigrationState | null) ?? null, to: r.to_state as MigrationState, event: r.event as string, at: r.at as number,
       ...(r.detail ? { detail: JSON.parse(r.detail as string) } : {}),
+    }));
+  }
+
+  /** Transitions of every migration after `afterSeq`, oldest first, filtered (the fleet stream). */
+  transitionsAfter(afterSeq: number, filter: MigrationFilter, limit: number): FleetTransitionRow[] {
+    const { where, args } = filterSql(filter, 'stream');
+    const sql = `SELECT t.seq, t.migration_id, t.from_state, t.to_state, t.event, t.at, t.detail, m.vm_id, m.source_host, m.dest_host
+      FROM transitions t JOIN migrations m ON m.id = t.migration_id WHERE t.seq > ? ${where.map((w) => 'AND ' + w).join(' ')} ORDER BY t.seq LIMIT ?`;
+    return (this.db.prepare(sql).all(afterSeq, ...args, limit) as Raw[]).map((r) => ({
+      seq: r.seq as number, from: (r.from_state as MigrationState | null) ?? null, to: r.to_state as MigrationState, event: r.event as string, at: r.at as number,
+      ...(r.detail ? { detail: JSON.parse(r.detail as string) } : {}),
+      migrationId: r.migration_id as string, vmId: r.vm_id as string, sourceHostId: r.source_host as string, destinationHostId: r.dest_host as string,
+    }));
+  }
+  /** The newest seq of the transitions and of the host events (0 when there is none), or the
+   *  last ones before `at` (epoch ms): where a stream starts. */
+  eventSeqs(before?: number): { transitions: number; hosts: number } {
+    const q = (table: string) => (before === undefined
+      ? this.db.prepare(`SELECT coalesce(max(seq), 0) AS n FROM ${table}`).get()
+      : this.db.prepare(`SELECT coalesce((SELECT min(seq) FROM ${table} WHERE at >= ?) - 1, (SELECT coalesce(max(seq), 0) FROM ${table})) AS n`).get(before)) as { n: number };
+    return { transitions: q('transitions').n, hosts: q('host_events').n };
+  }
+
+  // ---- agents' connections (the fleet event stream)
+  addHostEvent(hostId: string, kind: string, connected: boolean, at: number): void {
+    this.db.prepare('INSERT INTO host_events (host_id, kind, connected, at) VALUES (?, ?, ?, ?)').run(hostId, kind, connected ? 1 : 0, at);
+  }
+  hostEventsAfter(afterSeq: number, filter: { hostId?: string; since?: number; until?: number }, limit: number): HostEventRow[] {
+    const where: string[] = ['seq > ?'];
+    const args: unknown[] = [afterSeq];
+    if (filter.hostId !== undefined) { where.push('host_id = ?'); args.push(filter.hostId); }
+    if (filter.since !== undefined) { where.push('at >= ?'); args.push(filter.since); }
+    if (filter.until !== undefined) { where.push('at < ?'); args.push(filter.until); }
+    return (this.db.prepare(`SELECT * FROM host_events WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`).all(...args, limit) as Raw[]).map((r) => ({
+      seq: r.seq as number, hostId: r.host_id as string, kind: r.kind as string, connected: r.connected === 1, at: r.at as number,
     }));
   }
 

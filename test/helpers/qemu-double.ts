@@ -25,6 +25,9 @@ export class QmpDouble extends EventEmitter implements QmpLink {
   runState: string;
   /** What query-migrate answers (a test moves it along). */
   migration: QueryMigrate = {};
+  /** The migration parameters, as migrate-set-parameters left them (QEMU's defaults at start:
+   *  128 MiB/s, 300 ms) and query-migrate-parameters reports them. */
+  parameters: Record<string, unknown> = { 'max-bandwidth': 134_217_728, 'downtime-limit': 300 };
   /** Every command the driver sent, in order. */
   readonly log: { command: string; args?: Record<string, unknown> }[] = [];
   /** Per-command overrides of the built-in answers. */
@@ -93,6 +96,11 @@ export class QmpDouble extends EventEmitter implements QmpLink {
       case 'migrate':
         this.migration = { status: 'setup' };
         return {};
+      case 'migrate-set-parameters':
+        this.parameters = { ...this.parameters, ...(args ?? {}) };
+        return {};
+      case 'query-migrate-parameters':
+        return structuredClone(this.parameters);
       case 'migrate_cancel':
         if (this.migration.status && this.migration.status !== 'completed') this.migration = { ...this.migration, status: 'cancelling' };
         return {};
@@ -110,7 +118,7 @@ export class QmpDouble extends EventEmitter implements QmpLink {
         this.close();
         return {};
       default:
-        // migrate-set-capabilities, migrate-set-parameters, migrate-continue,
+        // migrate-set-capabilities, migrate-continue,
         // migrate-start-postcopy, nbd-server-*, block-*: accepted.
         return {};
     }

@@ -3,13 +3,13 @@
 // double) over real mutual-TLS links. One harness for the file; every spawned process is killed
 // after its test and the harness closed after the file, also when a test fails halfway.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { startHarness, vmSpec, type Harness } from '../helpers/controller-harness.ts';
 import { cleanupsAfterEach } from '../helpers/cleanups.ts';
-import { VMTC_BIN, freePort } from '../helpers/proc.ts';
+import { freePort } from '../helpers/proc.ts';
+import { cliEnv, startCli, type CliRun } from '../helpers/cli-run.ts';
 import { migrationBody, parseHostPort } from '../../src/cli/client/commands.ts';
 import { UsageError } from '../../src/cli/client/http.ts';
 import { fmtProgress, formatSummary, type MigrationView } from '../../src/cli/client/format.ts';
@@ -34,31 +34,9 @@ afterAll(async () => {
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
 
-interface Run {
-  child: ReturnType<typeof spawn>;
-  exited: Promise<number | null>;
-  stdout(): string;
-  stderr(): string;
-}
-
 /** `node bin/vmtc.js ARGS` with the harness's controller and admin token in the environment. */
-function cli(args: string[], env: Record<string, string | undefined> = {}): Run {
-  const base: NodeJS.ProcessEnv = { ...process.env, VMTC_CONTROLLER: h!.controller.url, VMTC_TOKEN: h!.controller.adminToken };
-  delete base.VMTC_TOKEN_FILE;
-  for (const [k, v] of Object.entries(env)) { if (v === undefined) delete base[k]; else base[k] = v; }
-  const child = spawn(process.execPath, [VMTC_BIN, ...args], { cwd: resolve(import.meta.dirname, '../..'), env: base, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d) => { out += d; });
-  child.stderr!.on('data', (d) => { err += d; });
-  const exited = new Promise<number | null>((r) => child.once('close', (code) => r(code)));
-  cleanups.push(async () => {
-    if (child.exitCode === null && child.signalCode === null && child.pid) {
-      process.kill(child.pid, 'SIGKILL');
-      await exited;
-    }
-  });
-  return { child, exited, stdout: () => out, stderr: () => err };
+function cli(args: string[], env: Record<string, string | undefined> = {}): CliRun {
+  return startCli(args, cliEnv({ url: h!.controller.url, token: h!.controller.adminToken }, env), cleanups);
 }
 
 async function run(args: string[], env?: Record<string, string | undefined>) {
@@ -123,7 +101,7 @@ describe('vmtc migrate', () => {
   it('Ctrl-C during a slow migration cancels it: cancelled, exit 3, the VM still at the source', async () => {
     const p = cli(['migrate', 'slow', '--to', 'B', '--bandwidth-mbps', '2']);
     // The first progress line (bytes copied of total) shows the copy is under way.
-    await h!.waitFor(() => /precopy\s+[\d.]+\/[\d.]+ MiB\s+\d+%/.test(p.stderr()), () => `a precopy progress line; stderr so far:\n${p.stderr()}`);
+    await h!.waitFor(() => /precopy\s+\d+%\s+[\d.]+\/[\d.]+ [KMG]iB/.test(p.stderr()), () => `a precopy progress line; stderr so far:\n${p.stderr()}`);
     p.child.kill('SIGINT');
     const code = await p.exited;
     expect({ code, stdout: p.stdout(), stderr: p.stderr() }).toMatchObject({ code: 3 });
@@ -146,7 +124,7 @@ describe('waiting for a migration (in process)', () => {
       const signals = new EventEmitter();
       let err = '';
       const client = new ApiClient({ baseUrl: h!.controller.url, token: h!.controller.adminToken });
-      const watching = watchMigration(client, post.body as MigrationView, { err: { write: (s: string) => { err += s; } }, signals: signals as any }, { pollMs: 50 });
+      const watching = watchMigration(client, post.body as MigrationView, { err: { write: (s: string) => { err += s; } }, signals: signals as any });
       await h!.waitFor(() => err.includes('] precopy'), () => `precopy shown; got:\n${err}`);
       signals.emit('SIGINT');
       signals.emit('SIGINT');
@@ -265,7 +243,7 @@ describe('client verbs: pure parts', () => {
   });
 
   it('formats progress and a summary from the API record', () => {
-    expect(fmtProgress('precopy', { totalBytes: 4 * 1048576, transferredBytes: 1048576, pass: 1 })).toBe('precopy  1.0/4.0 MiB  25%  pass 1');
+    expect(fmtProgress('precopy', { totalBytes: 4 * 1048576, transferredBytes: 1048576, pass: 1 })).toBe('precopy  25%  1.0/4.0 MiB  pass 1');
     const s = formatSummary({
       id: 'mig-1', vmId: 'vm1', state: 'rolled_back', mode: 'live', sourceHostId: 'A', destinationHostId: 'B',
       createdAt: '2030-01-01T00:00:00.000Z', updatedAt: '2030-01-01T00:00:01.500Z', timings: { precopy: 1200, prechecking: 3 },

@@ -65,15 +65,11 @@ describe('controller with a real AAA and broker', () => {
 
   it('a refused token means no VM state moved at all', async () => {
     await withServices(['site-A']); // the policy forbids site-B as a destination
+    // The AAA's policy check refuses it at admission, with the AAA's code (policy-precheck.ts;
+    // a refusal only the token request can know is in api-policy-upfront.test.ts).
     const res = await h!.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', bandwidthMbps: 500 });
-    expect(res.status).toBe(202);
-    const done = await h!.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
-    expect(done.state).toBe('rolled_back');
-    expect(done.error.code).toBe('VMTC_AAA_POLICY_DENIED');
-    const order = done.transitions.map((t: any) => t.to);
-    expect(order).not.toContain('provisioning');
-    expect(order).not.toContain('preparing');
-    expect(done.steps.incoming).toBeUndefined();
+    expect(res).toMatchObject({ status: 403, body: { code: 'VMTC_AAA_POLICY_DENIED', details: { step: 'policy-check', field: 'dst' } } });
+    expect((await h!.api('GET', '/v1/migrations')).body.migrations).toEqual([]);
     // B never saw the VM; A still runs it.
     expect(h!.controller.hub.inventory('B')!.vms).toEqual([]);
     expect(h!.controller.hub.inventory('A')!.vms.find((v) => v.vmId === 'vm1')!.state).toBe('running');

@@ -68,6 +68,8 @@ describe('controller: the cold path', () => {
     expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
     expect(done.transitions.map((t: any) => t.to)).toEqual(COLD_STATES);
     expect(done.steps.cold).toMatchObject({ exportRequested: true, importRequested: true, verified: true, priorState: 'running', totalBytes: vm.bytes.length });
+    // The destination was asked about the verify address before A powered the VM off.
+    expect(done.steps.cold.reach).toMatchObject({ checked: true, route: 'found', probe: 'open' });
     expect(done.steps.cold.disks).toEqual([{ index: 0, format: 'raw', sizeBytes: vm.bytes.length, sha256: sha(vm.bytes) }]);
     expect(done.steps.cold.imported.bytes).toBe(vm.bytes.length);
     // No disk URL (a secret) is in the record.
@@ -146,9 +148,70 @@ describe('controller: the cold path', () => {
     expect(done.state).toBe('rolled_back');
     expect(done.error.code).toBe('VMTC_COLD_VERIFICATION_FAILED');
     expect(done.transitions.map((t: any) => t.to)).toContain('cold_verifying');
+    // Without verifyTcp.timeoutMs the controller's destinationRunTimeoutMs bounds it (the harness's).
+    expect(done.error.details.cause.details.timeoutMs).toBe(5000);
     await h.waitFor(async () => (await vmPlaces(h!, 'vm1')).join() === 'A:running', 'vm1 running again only at A');
     expect(agentDisks(h, 'B', 'vm1')).toEqual([]);
     expect((await h.api('GET', '/v1/hosts/B')).body.held.memoryMb).toBe(0);
+  });
+
+  it('a verify address the destination has no route to is refused before the source is powered off', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm1', 1);
+    const a = await h.addHost('A', { vms: [vm.spec] });
+    // The double's model: B's VM network is loopback only (agents/host/double-driver.ts).
+    await h.addHost('B', { networks: ['127.0.0.0/8'] });
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'cold', verifyTcp: { host: '192.0.2.7', port: 7 } });
+    expect(res.status).toBe(202);
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect(done.state).toBe('rolled_back');
+    expect(done.error.code).toBe('VMTC_VERIFY_TARGET_UNREACHABLE');
+    expect(done.error.details).toMatchObject({ host: '192.0.2.7', port: 7, destinationHostId: 'B', route: 'none' });
+    expect(done.error.details.reason).toMatch(/no route/);
+    expect(done.transitions.map((t: any) => t.to)).not.toContain('cold_importing');
+    // Never powered off: the double's record of stops, and the VM still runs at A only.
+    expect(a.stops('vm1')).toBe(0);
+    expect((await h.controller.hub.request('A', 'vm.describe', { vmId: 'vm1' })).state).toBe('running');
+    expect(await vmPlaces(h, 'vm1')).toEqual(['A:running']);
+    expect(done.steps.cold?.exportRequested ?? false).toBe(false);
+  });
+
+  it('a reachable address whose port never answers rolls back at the request\'s timeout, its attempts in the progress meanwhile', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm1', 1);
+    await h.addHost('A', { vms: [vm.spec] });
+    await h.addHost('B', { networks: ['127.0.0.0/8'] });
+    const port = await closedPort();
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'cold', verifyTcp: { host: '127.0.0.1', port, timeoutMs: 2000 } });
+    expect(res.status).toBe(202);
+    let seen: any;
+    await h.waitFor(async () => {
+      const m = (await h!.api('GET', `/v1/migrations/${res.body.id}`)).body;
+      if (m.state === 'cold_verifying' && m.progress?.verify?.attempts >= 1) seen = m.progress;
+      return seen !== undefined || ['rolled_back', 'completed', 'failed'].includes(m.state);
+    }, 'verification attempts in the progress');
+    expect(seen).toMatchObject({ phase: 'verify', verify: { timeoutMs: 2000, lastError: expect.stringMatching(/no connection/) } });
+    expect(seen.verify.attempts).toBeGreaterThanOrEqual(1);
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect(done.state).toBe('rolled_back');
+    expect(done.error.code).toBe('VMTC_COLD_VERIFICATION_FAILED');
+    expect(done.error.details.cause).toMatchObject({ code: 'VMTC_HOST_COLD_TCP_CHECK_FAILED', details: { timeoutMs: 2000, port } });
+    expect(done.error.details.cause.details.attempts).toBeGreaterThanOrEqual(seen.verify.attempts);
+    expect(done.steps.cold.reach).toMatchObject({ checked: true, probe: 'refused' });
+    await h.waitFor(async () => (await vmPlaces(h!, 'vm1')).join() === 'A:running', 'vm1 running again only at A');
+  });
+
+  it('verifyTcp.timeoutMs out of bounds is refused at the API with a coded error', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm1', 1);
+    await h.addHost('A', { vms: [vm.spec] });
+    await h.addHost('B');
+    for (const [timeoutMs, why] of [[999, 'must be >= 1000'], [600_001, 'must be <= 600000'], ['x', 'must be integer']] as const) {
+      const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'cold', verifyTcp: { host: '127.0.0.1', port: 7, timeoutMs } });
+      expect(res.status).toBe(400);
+      expect(res.body.code).toBe('VMTC_VALIDATION');
+      expect(res.body.details.reason).toBe(`body/verifyTcp/timeoutMs ${why}`);
+    }
   });
 
   it('never restarts the source while a booted copy at an unreachable destination may run: failed, for an operator', async () => {

@@ -16,6 +16,11 @@ import { startBroker, type Broker } from '../../src/broker/index.ts';
 import { MemoryDoubleDriver } from '../../src/broker/drivers/memory-double.ts';
 import { startHarness, type Harness } from '../helpers/controller-harness.ts';
 import { lineTopology, makeIssuer } from '../helpers/broker-helpers.ts';
+import { ALL_CONTROLLER_ERRORS } from '../../src/controller/index.ts';
+import { AAA_ERRORS } from '../../src/aaa/errors.ts';
+import { BROKER_ERRORS } from '../../src/broker/errors.ts';
+import { HOST_AGENT_ERRORS } from '../../agents/host/errors.ts';
+import type { Catalogue } from '../../src/common/errors.ts';
 
 type Doc = {
   openapi: string;
@@ -25,6 +30,7 @@ type Doc = {
 type Media = { schema?: unknown };
 type Operation = {
   operationId?: string;
+  security?: Record<string, string[]>[];
   parameters?: { schema?: unknown }[];
   requestBody?: { content?: Record<string, Media> };
   responses?: Record<string, { description?: string; content?: Record<string, Media> }>;
@@ -145,6 +151,109 @@ describe.each(SERVICES)('the OpenAPI document of the %s', (name) => {
         if (!s || !s.required?.includes('code') || !s.required.includes('message') || !s.properties?.details) missing.push(`${where} ${status}: not the error body`);
       }
       if (!Object.keys(rs).some((s) => /^2/.test(s))) missing.push(`${where}: no success response`);
+    }
+    expect(missing).toEqual([]);
+  });
+});
+
+// The codes each operation can answer with, beyond the ones every operation has (400 validation,
+// 429 rate limits, 500; 413 and 415 with a body; 401 when it needs a credential): each code's
+// status must be among the operation's documented responses. The controller passes on the
+// AAA's refusals at admission (policy-precheck.ts) and a host agent's (POST /v1/vms).
+const CODES: Record<(typeof SERVICES)[number], { catalogue: Catalogue; ops: Record<string, string[]> }> = {
+  controller: {
+    catalogue: { ...HOST_AGENT_ERRORS, ...AAA_ERRORS, ...ALL_CONTROLLER_ERRORS },
+    ops: {
+      getIdentity: ['VMTC_FORBIDDEN'],
+      createMigration: [
+        'VMTC_FORBIDDEN', 'VMTC_DEADLINE_INVALID', 'VMTC_VM_NOT_FOUND', 'VMTC_HOST_NOT_FOUND', 'VMTC_VM_NOT_RUNNING', 'VMTC_HOST_NOT_CONNECTED',
+        'VMTC_SAME_HOST', 'VMTC_INSUFFICIENT_MEMORY', 'VMTC_INSUFFICIENT_VCPUS', 'VMTC_INSUFFICIENT_DISK', 'VMTC_HYPERVISOR_MISMATCH',
+        'VMTC_HYPERVISOR_VERSION_INCOMPATIBLE', 'VMTC_CPU_INCOMPATIBLE', 'VMTC_MIGRATION_IN_FLIGHT', 'VMTC_IDEMPOTENCY_CONFLICT',
+        'VMTC_AAA_POLICY_DENIED', 'VMTC_AAA_QUOTA_EXCEEDED', 'VMTC_AAA_SITE_UNKNOWN', 'VMTC_AAA_WINDOW_INVALID', 'VMTC_AAA_PEER_UNKNOWN', 'VMTC_AAA_REQUESTER_UNKNOWN',
+      ],
+      listMigrations: ['VMTC_FORBIDDEN', 'VMTC_CURSOR_INVALID'],
+      getMigration: ['VMTC_FORBIDDEN', 'VMTC_MIGRATION_NOT_FOUND'],
+      followMigration: ['VMTC_FORBIDDEN', 'VMTC_MIGRATION_NOT_FOUND', 'VMTC_EVENT_ID_INVALID'],
+      followFleet: ['VMTC_FORBIDDEN', 'VMTC_EVENT_ID_INVALID'],
+      cancelMigration: ['VMTC_FORBIDDEN', 'VMTC_MIGRATION_NOT_FOUND', 'VMTC_MIGRATION_NOT_CANCELLABLE', 'VMTC_ILLEGAL_TRANSITION'],
+      tuneMigration: ['VMTC_FORBIDDEN', 'VMTC_MIGRATION_NOT_FOUND', 'VMTC_MIGRATION_NOT_TUNABLE', 'VMTC_AGENT_NOT_CONNECTED', 'VMTC_TIMEOUT'],
+      forceCompleteMigration: ['VMTC_FORBIDDEN', 'VMTC_MIGRATION_NOT_FOUND', 'VMTC_MIGRATION_NOT_FORCEABLE', 'VMTC_AGENT_NOT_CONNECTED', 'VMTC_TIMEOUT'],
+      listHosts: ['VMTC_FORBIDDEN'],
+      getHost: ['VMTC_FORBIDDEN', 'VMTC_HOST_NOT_FOUND'],
+      listVms: ['VMTC_FORBIDDEN'],
+      startVm: [
+        'VMTC_FORBIDDEN', 'VMTC_HOST_NOT_FOUND', 'VMTC_HOST_NOT_CONNECTED', 'VMTC_INSUFFICIENT_MEMORY', 'VMTC_INSUFFICIENT_DISK', 'VMTC_VM_TOO_LARGE',
+        'VMTC_HOST_INSUFFICIENT_RESOURCES', 'VMTC_HOST_VM_EXISTS', 'VMTC_HOST_BAD_PARAMS', 'VMTC_AGENT_NOT_CONNECTED', 'VMTC_TIMEOUT', 'VMTC_RPC_SEND_FAILED',
+      ],
+      createCredential: ['VMTC_FORBIDDEN'],
+      listCredentials: ['VMTC_FORBIDDEN'],
+      revokeCredential: ['VMTC_FORBIDDEN', 'VMTC_CREDENTIAL_NOT_FOUND'],
+      enrollAgent: ['VMTC_ENROLL_TOKEN_INVALID', 'VMTC_ENROLL_TOKEN_EXPIRED', 'VMTC_ENROLL_TOKEN_USED', 'VMTC_CSR_INVALID'],
+      createEnrollmentToken: ['VMTC_FORBIDDEN', 'VMTC_HOST_ID_INVALID', 'VMTC_AGENT_KIND_CONFLICT'],
+      listAgents: ['VMTC_FORBIDDEN'],
+      revokeAgent: ['VMTC_FORBIDDEN', 'VMTC_AGENT_UNKNOWN'],
+      getLiveness: [],
+      getReadiness: ['VMTC_NOT_READY'],
+    },
+  },
+  aaa: {
+    catalogue: AAA_ERRORS,
+    ops: {
+      getJwks: [],
+      getInfo: [],
+      requestAuthorization: [
+        'VMTC_AAA_PROOF_INVALID', 'VMTC_AAA_REQUESTER_UNKNOWN', 'VMTC_AAA_POLICY_DENIED', 'VMTC_AAA_QUOTA_EXCEEDED', 'VMTC_AAA_SITE_UNKNOWN',
+        'VMTC_AAA_WINDOW_INVALID', 'VMTC_AAA_PEER_UNKNOWN', 'VMTC_AAA_PEER_REFUSED', 'VMTC_AAA_PEER_UNREACHABLE', 'VMTC_AAA_PEER_BAD_REPLY',
+      ],
+      checkPolicy: ['VMTC_AAA_PROOF_INVALID', 'VMTC_AAA_REQUESTER_UNKNOWN'],
+      requestConsent: ['VMTC_AAA_CONSENT_UNAUTHENTICATED', 'VMTC_AAA_CONSENT_DENIED', 'VMTC_AAA_QUOTA_EXCEEDED'],
+      withdrawConsent: ['VMTC_AAA_CONSENT_UNAUTHENTICATED', 'VMTC_AAA_GRANT_UNKNOWN'],
+      reportAccountingEvent: ['VMTC_FORBIDDEN', 'VMTC_AAA_PROOF_INVALID', 'VMTC_AAA_REQUESTER_UNKNOWN', 'VMTC_AAA_GRANT_UNKNOWN'],
+      listAccounting: ['VMTC_FORBIDDEN', 'VMTC_AAA_PROOF_INVALID', 'VMTC_AAA_REQUESTER_UNKNOWN'],
+      rotateKeys: ['VMTC_FORBIDDEN'],
+      getLiveness: [],
+      getReadiness: ['VMTC_NOT_READY'],
+    },
+  },
+  broker: {
+    catalogue: BROKER_ERRORS,
+    ops: {
+      reserve: [
+        'VMTC_TOKEN_MISSING', 'VMTC_TOKEN_SCOPE', 'VMTC_DPOP_PROOF_INVALID', 'VMTC_PEER_NOT_TRUSTED', 'VMTC_UNKNOWN_ENDPOINT', 'VMTC_BAD_WINDOW',
+        'VMTC_BAD_BANDWIDTH', 'VMTC_NO_PATH', 'VMTC_IDEMPOTENCY_KEY_REUSED', 'VMTC_PEER_SEGMENT_FAILED',
+      ],
+      listReservations: [],
+      commitReservation: ['VMTC_NOT_HOLDER', 'VMTC_RESERVATION_NOT_FOUND', 'VMTC_ILLEGAL_TRANSITION', 'VMTC_COMMIT_FAILED'],
+      abortReservation: ['VMTC_NOT_HOLDER', 'VMTC_RESERVATION_NOT_FOUND', 'VMTC_ILLEGAL_TRANSITION'],
+      provisionReservation: ['VMTC_NOT_HOLDER', 'VMTC_RESERVATION_NOT_FOUND', 'VMTC_ILLEGAL_TRANSITION', 'VMTC_PROVISION_FAILED'],
+      releaseReservation: ['VMTC_NOT_HOLDER', 'VMTC_RESERVATION_NOT_FOUND', 'VMTC_ILLEGAL_TRANSITION'],
+      terminateReservation: ['VMTC_NOT_HOLDER', 'VMTC_RESERVATION_NOT_FOUND', 'VMTC_ILLEGAL_TRANSITION'],
+      getReservationByKey: ['VMTC_DPOP_PROOF_INVALID', 'VMTC_RESERVATION_NOT_FOUND'],
+      getReservation: ['VMTC_NOT_HOLDER', 'VMTC_TOKEN_NOT_BOUND', 'VMTC_RESERVATION_NOT_FOUND'],
+      followEvents: [],
+      getLiveness: [],
+      getReadiness: ['VMTC_NOT_READY'],
+    },
+  },
+};
+
+describe.each(SERVICES)('the responses the %s documents', (name) => {
+  it('cover every code each operation can answer with, 401 where it needs a credential, and 429 everywhere', () => {
+    const { catalogue, ops } = CODES[name];
+    const found = operations(docs.get(name)!);
+    // Every operation is in the table (a new route adds its row), and nothing else is.
+    expect(found.map(({ op }) => op.operationId).sort()).toEqual(Object.keys(ops).sort());
+    const missing: string[] = [];
+    for (const { where, op } of found) {
+      const documented = new Set(Object.keys(op.responses ?? {}));
+      const want = new Set<string>(['400', '429', '500']);
+      if (op.security?.length) want.add('401');
+      for (const code of ops[op.operationId!]!) {
+        const spec = catalogue[code];
+        if (!spec) missing.push(`${where}: ${code} is in no catalogue`);
+        else want.add(String(spec.status));
+      }
+      for (const status of want) if (!documented.has(status)) missing.push(`${where} ${status}`);
     }
     expect(missing).toEqual([]);
   });

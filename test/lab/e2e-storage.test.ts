@@ -1,19 +1,21 @@
 // Live migration without shared storage, end to end in the lab: the guest has a qcow2 data disk
 // that only its site holds; the controller has the destination make an empty copy served over
 // NBD on the lightpath address, the source mirrors into it (bulk, then the blocks written since,
-// the last delta at the pause) and migrates RAM; every service is a real process.
+// the last delta at the pause) and migrates RAM; every service is a real process. The guest runs
+// the dirty load, which verifies its memory; after each move it must be intact
+// (lab/stack.ts assertGuestIntact).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startStack, type Stack } from '../../lab/stack.ts';
+import { assertGuestIntact, markGuestConsoles, startStack, type Stack } from '../../lab/stack.ts';
 import { netnsExec, tunnelSites } from '../../lab/net.ts';
 import { run } from '../../lab/exec.ts';
 
 let s: Stack | undefined;
 
 beforeAll(async () => {
-  s = await startStack({ rttMs: 20, rateMbps: 1000, memoryMb: 128, diskMb: 32 });
+  s = await startStack({ rttMs: 20, rateMbps: 1000, memoryMb: 128, diskMb: 32, guest: { dirtyMb: 16, dirtyPeriodMs: 500 } });
 }, 300_000);
 
 afterAll(async () => {
@@ -29,6 +31,7 @@ describe('live migration with the disk copied (no shared storage)', () => {
     const before = sha(original);
     let from = original;
     for (const to of [b, a]) {
+      const marks = markGuestConsoles(s!);
       const rec = await s!.migrate(to, { bandwidthMbps: 900, maxDowntimeMs: 300 });
       expect({ state: rec.state, error: rec.error }).toEqual({ state: 'completed', error: null });
       // The destination offered its copy over NBD on its lightpath address; the source mirrored it.
@@ -37,6 +40,7 @@ describe('live migration with the disk copied (no shared storage)', () => {
       expect(await s!.vmPlaces()).toEqual([{ hostId: s!.hostOf(to), state: 'running' }]);
       expect(await tunnelSites(s!.lab)).toEqual([to]);
       await netnsExec(s!.lab.client.ns, ['ping', '-c', '2', '-i', '0.2', '-W', '2', s!.lab.vm.ip]);
+      expect((await assertGuestIntact(s!, { marks })).memory).toMatchObject({ verified: true });
       // The VM now runs from a copy under the destination agent's own directory.
       const copies = join(s!.agentDataDir(s!.hostOf(to)), 'qemu', 'disks', s!.vmId);
       const files = readdirSync(copies);

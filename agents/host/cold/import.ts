@@ -287,10 +287,12 @@ export class ColdImporter {
     });
   }
 
-  /** D4.4 "verify": the VM runs and, when asked, a service in it accepts a TCP connection. */
-  async verify(p: { vmId: string; timeoutMs: number; tcp?: { host: string; port: number } }): Promise<VmInfo> {
+  /** D4.4 "verify": the VM runs and, when asked, a service in it accepts a TCP connection.
+   *  `onAttempt` hears of every attempt that did not connect (the controller shows them). */
+  async verify(p: { vmId: string; timeoutMs: number; tcp?: { host: string; port: number } }, onAttempt?: (a: VerifyAttempt) => void): Promise<VmInfo> {
     const { clock, driver } = this.d;
-    const deadline = clock.now() + p.timeoutMs;
+    const start = clock.now();
+    const deadline = start + p.timeoutMs;
     const vm = await driver.waitRunning(p.vmId, p.timeoutMs);
     if (!p.tcp) return vm;
     const { host, port } = p.tcp;
@@ -301,11 +303,16 @@ export class ColdImporter {
       attempts++;
       const ok = driver.checkTcp ? await driver.checkTcp(p.vmId, host, port, slot) : await tcpConnectCheck(host, port, slot, clock);
       if (ok) return driver.describe(p.vmId);
-      if (clock.now() + 200 >= deadline) throw hostError('VMTC_HOST_COLD_TCP_CHECK_FAILED', { vmId: p.vmId, host, port, attempts, timeoutMs: p.timeoutMs });
+      const lastError = `no connection accepted within ${slot} ms (refused, unreachable or no answer)`;
+      onAttempt?.({ attempts, lastError, elapsedMs: clock.now() - start, timeoutMs: p.timeoutMs });
+      if (clock.now() + 200 >= deadline) throw hostError('VMTC_HOST_COLD_TCP_CHECK_FAILED', { vmId: p.vmId, host, port, attempts, timeoutMs: p.timeoutMs, lastError });
       await clockSleep(clock, 200);
     }
   }
 }
+
+/** One verification attempt that did not connect, as vm.coldVerify reports it. */
+export interface VerifyAttempt { attempts: number; lastError: string; elapsedMs: number; timeoutMs: number }
 
 async function removeCopies(dir: string, migrationId: string): Promise<void> {
   const names = await readdir(dir).catch(() => [] as string[]);

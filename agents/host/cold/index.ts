@@ -14,7 +14,7 @@ import { commonError } from '../../../src/common/errors.ts';
 import { parseListen } from '../../../src/common/listen.ts';
 import { silentLogger } from '../../../src/common/log.ts';
 import { ColdExporter } from './export.ts';
-import { ColdImporter } from './import.ts';
+import { ColdImporter, type VerifyAttempt } from './import.ts';
 import { ExportServer } from './server.ts';
 import { COLD_DEFAULTS, loadCredentials, SAFE_NAME, type ColdOptions, type ColdProgressListener, type Credentials, type ExportParams } from './shared.ts';
 
@@ -75,8 +75,8 @@ export class ColdTransfer {
   }
 
   /** Destination: the VM runs and, when asked, a service port answers (vm.coldVerify). */
-  verify(p: { vmId: string; timeoutMs: number; tcp?: { host: string; port: number } }): Promise<VmInfo> {
-    return this.importer.verify(p);
+  verify(p: { vmId: string; timeoutMs: number; tcp?: { host: string; port: number } }, onAttempt?: (a: VerifyAttempt) => void): Promise<VmInfo> {
+    return this.importer.verify(p, onAttempt);
   }
 
   /** After vm.destroy: withdraw the VM's exports and delete the agent-owned copies of its disks. */

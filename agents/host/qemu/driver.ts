@@ -3,6 +3,7 @@
 //
 //   lifecycle.ts    the VMs: launch, stop, destroy, QMP events, run state, re-attach at start
 //   source.ts       migrate, its progress and end, cancel
+//   control.ts      force-complete and tuning of a running migration
 //   destination.ts  prepareIncoming, resume of an incoming VM, waitRunning
 //   storage.ts      disks without shared storage: NBD exports and drive-mirror
 //   proc.ts         the host: processes, /proc, taps (QemuSystem)
@@ -12,9 +13,11 @@
 // lab, KVM in production). Every wait goes through the injected clock.
 import { mkdir, statfs } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
-import type { MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, VmInfo, VmSpec } from '../../../src/common/agent-protocol.ts';
+import type { ForceCompleteMode, MigrationLimits, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, ReachResult, VmInfo, VmSpec } from '../../../src/common/agent-protocol.ts';
 import { tcpConnectCheck, type HostFacts, type HypervisorDriver } from '../driver.ts';
+import { decideReach, isAddress, probeFromBash, routeFromIp, tcpProbe } from '../reach.ts';
 import type { VmPaths } from './cmdline.ts';
+import { forceComplete, readLimits, tuneMigration } from './control.ts';
 import { prepareIncoming, resume, waitRunning } from './destination.ts';
 import { cpuModelFeatures, hostCpuFlags, qemuVersion } from './facts.ts';
 import { QemuVms } from './lifecycle.ts';
@@ -53,7 +56,7 @@ export class QemuDriver implements HypervisorDriver {
         cpuModelFeatures(binary, this.vms.accel, model).catch(async () => hostCpuFlags()),
       ]);
       return {
-        hypervisor: { type: 'qemu' as const, version },
+        hypervisor: { type: 'qemu' as const, version, accelerator: this.vms.accel },
         cpu: { model, features, vcpus: cpus().length },
         sharedStorage: this.opts.sharedStorage ?? QEMU_DEFAULTS.sharedStorage,
       };
@@ -89,6 +92,25 @@ export class QemuDriver implements HypervisorDriver {
     const secs = (Math.max(100, timeoutMs) / 1000).toFixed(3);
     const r = await this.vms.system.exec(['ip', 'netns', 'exec', this.opts.netns, 'timeout', secs, 'bash', '-c', 'exec 3<>"/dev/tcp/$0/$1"', host, String(port)], timeoutMs + 5000);
     return r.code === 0;
+  }
+
+  /** Before a cold move (host.checkReach; the rule is agents/host/reach.ts): the route to host
+   *  from the guests' namespace as the kernel sees it (`ip route get`), and one connection
+   *  attempt from there (bash's /dev/tcp, bounded by `timeout`), for information. */
+  async checkReach(host: string, port: number, timeoutMs: number): Promise<ReachResult> {
+    await this.ready;
+    const ns = this.opts.netns;
+    const system = this.vms.system;
+    if (!/^[0-9A-Za-z.:_-]{1,253}$/.test(host) || !(Number.isInteger(port) && port > 0 && port <= 65535)) {
+      return decideReach({ route: 'none', reason: 'not an address or host name' }, { probe: 'unreachable' });
+    }
+    const route = isAddress(host)
+      ? await system.exec([...(ns ? ['ip', '-n', ns] : ['ip']), 'route', 'get', host], 10_000).then((r) => routeFromIp(r.code, r.stderr))
+      : { route: 'not-checked' as const, reason: 'a name, not an address: no route to look up' };
+    if (!ns) return decideReach(route, await tcpProbe(host, port, timeoutMs, this.vms.clock));
+    const secs = (Math.max(100, timeoutMs) / 1000).toFixed(3);
+    const r = await system.exec(['ip', 'netns', 'exec', ns, 'timeout', secs, 'bash', '-c', 'exec 3<>"/dev/tcp/$0/$1"', host, String(port)], timeoutMs + 5000);
+    return decideReach(route, probeFromBash(r.code, r.stderr));
   }
 
   /** Host-side paths of a VM: console log, QMP socket, serial port sockets (probes read port 1). */
@@ -171,5 +193,22 @@ export class QemuDriver implements HypervisorDriver {
   async cancelMigration(vmId: string): Promise<void> {
     await this.ready;
     return cancelMigration(this.vms, vmId);
+  }
+
+  async tuneMigration(vmId: string, migrationId: string, limits: MigrationLimits): Promise<MigrationLimits> {
+    await this.ready;
+    return tuneMigration(this.vms, vmId, migrationId, limits);
+  }
+
+  async forceComplete(vmId: string, migrationId: string, mode: ForceCompleteMode): Promise<void> {
+    await this.ready;
+    return forceComplete(this.vms, vmId, migrationId, mode);
+  }
+
+  /** The VM's migration limits as QEMU holds them now (`query-migrate-parameters`:
+   *  max-bandwidth, downtime-limit), for diagnostics and the lab tests. */
+  async migrationLimits(vmId: string): Promise<MigrationLimits> {
+    await this.ready;
+    return readLimits(this.vms.qmpOf(this.vms.get(vmId)));
   }
 }

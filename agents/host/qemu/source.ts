@@ -11,6 +11,7 @@ import type { MigrationParams, MigrationProgress, MigrationResult } from '../../
 import { clockSleep } from '../../../src/common/clock.ts';
 import { VmtcError } from '../../../src/common/errors.ts';
 import type { Logger } from '../../../src/common/log.ts';
+import { bytesPerSecond } from './control.ts';
 import { qemuError } from './errors.ts';
 import type { QemuVms } from './lifecycle.ts';
 import { abortMirrors, checkStorage, mirrorBytes, mirrorDisks, syncMirrors } from './storage.ts';
@@ -30,6 +31,8 @@ export async function migrate(vms: QemuVms, vmId: string, uri: string, params: M
   rec.lastMigration = undefined;
   rec.switchover = undefined;
   rec.postcopyRequested = undefined;
+  rec.postcopyAllowed = !!params.postcopy;
+  rec.forced = undefined;
   await vms.persist(rec);
   vms.setState(rec, 'migrating');
   const base = { migrationId, vmId };
@@ -55,7 +58,7 @@ export async function migrate(vms: QemuVms, vmId: string, uri: string, params: M
       });
       const p: Record<string, unknown> = {};
       // QEMU takes bytes per second; the controller speaks Mbit/s.
-      if (params.bandwidthMbps !== undefined) p['max-bandwidth'] = Math.max(1, Math.round((params.bandwidthMbps * 1e6) / 8));
+      if (params.bandwidthMbps !== undefined) p['max-bandwidth'] = bytesPerSecond(params.bandwidthMbps);
       if (params.maxDowntimeMs !== undefined) p['downtime-limit'] = Math.max(1, Math.round(params.maxDowntimeMs));
       if (params.multifd && params.multifdChannels) p['multifd-channels'] = params.multifdChannels;
       if (Object.keys(p).length) await qmp.execute('migrate-set-parameters', p);
@@ -111,6 +114,8 @@ export async function migrate(vms: QemuVms, vmId: string, uri: string, params: M
     }
     rec.switchover = undefined;
     rec.postcopyRequested = undefined;
+    rec.postcopyAllowed = undefined;
+    rec.forced = undefined;
     rec.lastMigration = result!;
     await vms.refresh(rec).catch(() => undefined);
   }
@@ -122,7 +127,6 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
   const { migrationId } = params;
   const base = { migrationId, vmId: rec.spec.vmId };
   const qmp = vms.qmpOf(rec);
-  let postcopyStarted = false;
   for (;;) {
     let q: QueryMigrate;
     try {
@@ -206,12 +210,13 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
       continue;
     }
     // Post-copy as an option: switch once the first full pass has gone (the remaining
-    // pages are then fetched on demand by the destination). From here a failure loses the VM
-    // at both ends, which is why it is off unless asked for.
-    if (params.postcopy && !postcopyStarted && status === 'active' && (ram?.['dirty-sync-count'] ?? 0) >= (vms.opts.postcopyAfterPass ?? QEMU_DEFAULTS.postcopyAfterPass)) {
-      postcopyStarted = true;
+    // pages are then fetched on demand by the destination), or as soon as an operator forced
+    // it before the memory copy started (control.ts). From here a failure loses the VM at both
+    // ends, which is why it is off unless asked for.
+    const passed = (ram?.['dirty-sync-count'] ?? 0) >= (vms.opts.postcopyAfterPass ?? QEMU_DEFAULTS.postcopyAfterPass);
+    if (params.postcopy && !rec.postcopyRequested && status === 'active' && (passed || rec.forced === 'postcopy')) {
       rec.postcopyRequested = true;
-      log.info('switching to post-copy');
+      log.info({ forced: rec.forced === 'postcopy' }, 'switching to post-copy');
       await qmp.execute('migrate-start-postcopy').catch((e: unknown) => log.warn({ err: String(e) }, 'migrate-start-postcopy refused'));
     }
     await vms.pollWait(rec);

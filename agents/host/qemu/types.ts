@@ -1,7 +1,7 @@
 // What the QEMU driver's modules share: its options, what it keeps per VM (in memory and in
 // vm.json), the shapes of the QMP replies it reads, and the two seams a test replaces: the QMP
 // connection (QmpLink) and the host's processes (QemuSystem).
-import type { MigrationProgress, MigrationResult, VmSpec, VmState } from '../../../src/common/agent-protocol.ts';
+import type { ForceCompleteMode, MigrationProgress, MigrationResult, VmSpec, VmState } from '../../../src/common/agent-protocol.ts';
 import type { Clock } from '../../../src/common/clock.ts';
 import type { Logger } from '../../../src/common/log.ts';
 import type { Accel, VmPaths } from './cmdline.ts';
@@ -128,6 +128,10 @@ export interface VmRecord extends VmFile {
   switchover?: 'waiting' | 'continued';
   /** The driver asked QEMU to switch to post-copy: once continued, the destination runs the VM. */
   postcopyRequested?: boolean;
+  /** The running migration may switch to post-copy (params.postcopy: the capability is on). */
+  postcopyAllowed?: boolean;
+  /** How an operator forced the running migration to complete (control.ts). */
+  forced?: ForceCompleteMode;
   stateWaiters: Set<() => void>;
   log: Logger;
   /** An incoming VM's taps are down until its guest runs here (lifecycle.ts tapsUp): traffic

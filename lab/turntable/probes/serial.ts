@@ -1,9 +1,29 @@
 // Serial heartbeat (the paper's external measurement, without an oscilloscope), a probe of the
 // turntable: arrival of each `hb N` line at the host side of the guest's ttyS1 (a unix socket per
 // QEMU; during a migration first the source's, then the destination's), on the host clock
-// (lab/turntable/probes/time.ts).
+// (lab/turntable/probes/time.ts). The guest's memory check (lab/guest/verify.ts) reports on the
+// same port; its lines are kept apart.
 import net from 'node:net';
+import { parseMemoryLine, type GuestMemoryLine } from '../../guest/verify.ts';
 import { hostNow, r2 } from './time.ts';
+
+/** A line of the guest's ttyS1: a heartbeat, a line of the memory check, or neither (null). */
+export type SerialLine = { kind: 'hb'; seq: number } | { kind: 'memory'; memory: GuestMemoryLine; text: string };
+
+export function parseSerialLine(raw: string): SerialLine | null {
+  const line = raw.trim();
+  const hb = /^hb (\d+)$/.exec(line);
+  if (hb) return { kind: 'hb', seq: Number(hb[1]) };
+  const memory = parseMemoryLine(line);
+  return memory ? { kind: 'memory', memory, text: line } : null;
+}
+
+/** A memory-check line as it arrived at the host side of a port. */
+export interface SerialMemoryLine {
+  at: number;
+  label: string;
+  text: string;
+}
 
 export interface SerialSample {
   /** Arrival on the host clock (epoch ms): when the chunk completing the line was read. */
@@ -31,8 +51,8 @@ interface Watch {
 }
 
 /**
- * Reads `hb N` lines from the host side of guest serial ports (QEMU chardev socket,
- * server=on,wait=off: one client at a time). Several sockets at once: during a migration the
+ * Reads `hb N` lines (and the memory check's) from the host side of guest serial ports (QEMU
+ * chardev socket, server=on,wait=off: one client at a time). Several sockets at once: during a migration the
  * source's and the destination's. A socket that does not exist yet or refuses is retried every
  * `retryMs`; one that closes (the source QEMU quits) is retried too, until stop() or the bound.
  * Errors never escape: a vanished socket is the expected end of the source's stream.
@@ -40,6 +60,7 @@ interface Watch {
 export class SerialWatcher {
   private readonly watches: Watch[] = [];
   private readonly out: SerialSample[] = [];
+  private readonly mem: SerialMemoryLine[] = [];
   private stopped = false;
   private readonly maxSamples: number;
 
@@ -72,8 +93,9 @@ export class SerialWatcher {
         while ((i = buf.indexOf('\n')) >= 0) {
           const line = buf.slice(0, i).replace(/\r$/, '');
           buf = buf.slice(i + 1);
-          const m = /^hb (\d+)$/.exec(line.trim());
-          if (m && this.out.length < this.maxSamples) this.out.push({ at: r2(at), seq: Number(m[1]), label });
+          const parsed = parseSerialLine(line);
+          if (parsed?.kind === 'hb' && this.out.length < this.maxSamples) this.out.push({ at: r2(at), seq: parsed.seq, label });
+          if (parsed?.kind === 'memory' && this.mem.length < this.maxSamples) this.mem.push({ at: r2(at), label, text: parsed.text });
         }
         if (buf.length > 4096) buf = ''; // not a heartbeat stream
       });
@@ -90,6 +112,11 @@ export class SerialWatcher {
   /** Samples so far, in arrival order. */
   samples(): SerialSample[] {
     return [...this.out];
+  }
+
+  /** Memory-check lines so far (of one label, or all), in arrival order. */
+  memoryLines(label?: string): SerialMemoryLine[] {
+    return this.mem.filter((m) => label === undefined || m.label === label);
   }
 
   /** How many times each watched socket was connected (for diagnostics and tests). */

@@ -22,6 +22,7 @@ export function header(r: TurntableResult): string {
     ['Rounds', esc(num(cfg?.rounds))],
     ['Probe periods', esc(`ping ${ms(cfg?.pingIntervalMs)}, UDP ${ms(cfg?.udpIntervalMs)}, serial ${ms(cfg?.serialPeriodMs)}, clock ${num(cfg?.clockPeriodUs)} µs`)],
     ['Migration parameters', esc(`bandwidth ${num(cfg?.bandwidthMbps, 0, 'Mbit/s')}, max downtime ${ms(cfg?.maxDowntimeMs)}`)],
+    ...(cfg?.retune ? [['Tuned in flight', esc(`${ms(cfg.retune.afterMs)} into each live copy: ${[cfg.retune.bandwidthMbps !== undefined ? `bandwidth ${num(cfg.retune.bandwidthMbps, 0, 'Mbit/s')}` : '', cfg.retune.maxDowntimeMs !== undefined ? `max downtime ${ms(cfg.retune.maxDowntimeMs)}` : ''].filter(Boolean).join(', ')}`)] as [string, string]] : []),
     ['Host', esc(cfg?.host ? `${cfg.host.kernel}, ${num(cfg.host.cpus)} CPUs, QEMU ${cfg.host.qemu}, accel ${cfg.host.accel}` : '—')],
   ]);
   const emulator = kv([
@@ -92,10 +93,26 @@ ${rows.map(([a, b, p, what, run, v]) => `<tr><td>${esc(a)}</td><td class="n">${e
 // ---------------------------------------------------------------------------------------------
 // Per-migration table
 
+/** The guest's memory check (lab/guest/verify.ts): verified, damaged (with its evidence), or not checked. */
+function memoryCell(mem: TurntableMigration['memory']): string {
+  if (!mem) return '—';
+  if (mem.evidence) return `<span class="bad" title="${esc(mem.evidence)}">damaged</span>`;
+  return mem.verified ? `<span class="ok">verified</span> <span class="muted">(${esc(num(mem.passesAfter))} passes)</span>` : '<span class="muted">not verified</span>';
+}
+
+/** Tuning in flight (lab/turntable/retune.ts): what was asked, when, and the answer. */
+function retuneCell(t: TurntableMigration['retuned']): string {
+  if (!t) return '—';
+  const what = [t.bandwidthMbps !== undefined ? num(t.bandwidthMbps, 0, 'Mbit/s') : '', t.maxDowntimeMs !== undefined ? ms(t.maxDowntimeMs) : ''].filter(Boolean).join(', ');
+  const answer = t.ok ? '<span class="ok">ok</span>' : `<span class="bad">${esc(t.code ?? String(t.status))}</span>`;
+  return `${esc(what)} at ${esc(ms(t.atMs))}: ${answer}${t.state ? ` <span class="muted">(${esc(t.state)})</span>` : ''}`;
+}
+
 export function migrationTable(r: TurntableResult): string {
   const ms_ = migrations(r);
   if (ms_.length === 0) return '<section><h2>Migrations</h2><p class="muted">This run has no migrations.</p></section>';
-  const head = ['Round', 'From → to', 'Mode', 'OK', 'State', 'Hypervisor', 'Internal', 'Serial', 'Ping', 'UDP', 'Lost ping/UDP/serial', 'Total', 'Control plane', 'QEMU total', 'Bytes', 'Throughput', 'TCP session', 'Runs on afterwards', 'Lightpath peak / queue / drops'];
+  const retune = !!r?.config?.retune;
+  const head = ['Round', 'From → to', 'Mode', 'OK', 'State', 'Hypervisor', 'Internal', 'Serial', 'Ping', 'UDP', 'Lost ping/UDP/serial', 'Total', 'Control plane', 'QEMU total', 'Bytes', 'Throughput', 'TCP session', 'Guest memory', ...(retune ? ['Retuned'] : []), 'Runs on afterwards', 'Lightpath peak / queue / drops'];
   const rows = ms_.map((m) => {
     const d = m.downtimeMs ?? ({} as TurntableMigration['downtimeMs']);
     const lost = m.lost ? `${num(m.lost.ping)} / ${num(m.lost.udp)} / ${num(m.lost.serial)}` : '—';
@@ -118,6 +135,8 @@ export function migrationTable(r: TurntableResult): string {
       `<td class="n">${esc(bytes(m.bytes))}</td>`,
       `<td class="n">${esc(num(m.throughputMbps, 0, 'Mbit/s'))}</td>`,
       `<td>${m.tcpSessionSurvived ? '<span class="ok">survived</span>' : '<span class="bad">lost</span>'}</td>`,
+      `<td>${memoryCell(m.memory)}</td>`,
+      ...(retune ? [`<td class="nw">${retuneCell(m.retuned)}</td>`] : []),
       `<td${places.length === 1 ? '' : ' class="bad"'}>${places.length ? places.map(esc).join(', ') : 'nowhere'}</td>`,
       `<td class="n">${esc(m.emulator ? `${num(m.emulator.peakMbps, 0, 'Mbit/s')} / ${ms(m.emulator.queueMaxMs)} / ${num(m.emulator.drops)}` : '—')}</td>`,
     ];

@@ -2,6 +2,7 @@
 // controller's REST schemas, src/controller/schemas.ts), so the wording can be tested without a
 // controller; `--json` bypasses all of this and prints the API's JSON as is.
 import type { Host, Migration, Progress, Transition, Vm } from '../../controller/schemas.ts';
+import { fmtProgressLine } from './progress.ts';
 
 /**
  * A migration record as the formatters read it: the controller's Migration (controller/schemas.ts,
@@ -13,6 +14,15 @@ export type MigrationView = Pick<Migration, 'id' | 'vmId' | 'state' | 'createdAt
   & { transitions?: TransitionView[] };
 
 export type TransitionView = Omit<Transition, 'seq'> & { seq?: number };
+/** An operator's change to a running migration (the record's `changes`, the `forced` and `tuned` events). */
+export type ChangeView = { at: string; by?: string; what: string; mode?: string; limits?: Record<string, unknown>; reported?: Record<string, unknown> };
+
+/** `force-complete (postcopy) by admin`, `tune bandwidthMbps=100 by ops`. */
+export function fmtChange(c: ChangeView): string {
+  const what = c.what === 'force-complete' ? `force-complete${c.mode ? ` (${c.mode})` : ''}` : `${c.what}${c.limits ? ` ${fmtDetails(c.limits)}` : ''}`;
+  const reported = c.reported && Object.keys(c.reported).length ? `; in effect: ${fmtDetails(c.reported)}` : '';
+  return `${what}${c.by ? ` by ${c.by}` : ''}${reported}`;
+}
 export type ProgressView = Progress;
 
 const MiB = 1024 * 1024;
@@ -36,9 +46,12 @@ export function fmtElapsed(ms: number): string {
   return `+${(v / 1000).toFixed(v < 10_000 ? 3 : 1)}s`;
 }
 
-/** Left-aligned columns, two spaces apart; numbers as given (callers format them). */
+/** Left-aligned columns, two spaces apart (kubectl's plain style: `awk` and `column` read it);
+ *  numbers as given (callers format them). */
 export function table(headers: string[], rows: (string | number | boolean | null | undefined)[][]): string {
-  const cells = [headers, ...rows.map((r) => r.map((c) => (c === null || c === undefined ? '-' : String(c))))];
+  // An empty cell shows as '-' (but in the last column), so every row splits into the same fields.
+  const last = headers.length - 1;
+  const cells = [headers, ...rows.map((r) => r.map((c, i) => (c === null || c === undefined || (c === '' && i < last) ? '-' : String(c))))];
   const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));
   return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n');
 }
@@ -56,23 +69,50 @@ export function fmtError(e: { code: string; message: string; details?: Record<st
   return `${e.code}: ${e.message}${d ? ` (${d})` : ''}`;
 }
 
-/** One progress line: transferred/total, percent, and what the hypervisor says about the pass. */
+/** One progress line with every figure (docs/cli.md; progress.ts fits it to a terminal). */
 export function fmtProgress(state: string, p: ProgressView | null | undefined): string | undefined {
-  if (!p || typeof p.totalBytes !== 'number' || typeof p.transferredBytes !== 'number') return undefined;
-  const pct = p.totalBytes > 0 ? Math.min(100, Math.floor((p.transferredBytes / p.totalBytes) * 100)) : 0;
-  const parts = [`${state}${p.phase ? ` (${p.phase})` : ''}`, `${(p.transferredBytes / MiB).toFixed(1)}/${(p.totalBytes / MiB).toFixed(1)} MiB`, `${pct}%`];
-  if (p.pass !== undefined) parts.push(`pass ${p.pass}`);
-  if (p.throughputMbps !== undefined) parts.push(`${p.throughputMbps} Mbit/s`);
-  if (p.expectedDowntimeMs !== undefined) parts.push(`expected downtime ${fmtMs(p.expectedDowntimeMs)}`);
-  return parts.join('  ');
+  return fmtProgressLine(state, p);
+}
+
+/**
+ * Word-wrap one line to `width` columns for a terminal, continuation lines indented two columns
+ * deeper than the line's own indent; a word longer than a line is cut. Lines already narrow
+ * enough are returned as they are.
+ */
+export function wrapText(s: string, width: number): string {
+  const w = Math.max(8, Math.floor(width));
+  return s.split('\n').map((line) => {
+    if (line.length <= w) return line;
+    const indent = ' '.repeat(Math.min(w - 4, (/^ */.exec(line)?.[0].length ?? 0) + 2));
+    const out: string[] = [];
+    let cur = '';
+    for (const word of line.trim().split(/ +/)) {
+      const lead = out.length === 0 && cur === '' ? line.slice(0, line.length - line.trimStart().length) : '';
+      const next = cur === '' ? (out.length ? indent : lead) + word : `${cur} ${word}`;
+      if (next.length <= w) { cur = next; continue; }
+      if (cur !== '') out.push(cur);
+      let rest = (out.length ? indent : lead) + word;
+      while (rest.length > w) { out.push(rest.slice(0, w)); rest = indent + rest.slice(w); }
+      cur = rest;
+    }
+    if (cur !== '') out.push(cur);
+    return out.join('\n');
+  }).join('\n');
 }
 
 function route(m: MigrationView): string {
   return `${m.vmId}: ${m.sourceHostId ?? '?'} -> ${m.destinationHostId ?? '?'}`;
 }
 
-function elapsedTotal(m: MigrationView): number {
-  return Date.parse(m.updatedAt) - Date.parse(m.createdAt);
+const ENDED = new Set(['completed', 'rolled_back', 'cancelled', 'failed']);
+
+function ended(m: MigrationView): boolean {
+  return m.terminal ?? ENDED.has(m.state);
+}
+
+/** How long the migration took (ended) or has been running so far (`now`). */
+export function migrationDuration(m: MigrationView, now: number): number {
+  return (ended(m) ? Date.parse(m.updatedAt) : now) - Date.parse(m.createdAt);
 }
 
 /** Steps in the order the migration went through them (timings are keyed by state name). */
@@ -102,7 +142,7 @@ function resultLine(r: MigrationView['result']): string | undefined {
 
 /** What `vmtc migrate` prints on stdout when the migration has ended. */
 export function formatSummary(m: MigrationView): string {
-  const lines = [`migration ${m.id} ${m.state}  (${route(m)}, ${m.mode ?? '?'}${m.path && m.path !== m.mode ? `, path ${m.path}` : ''}, ${fmtMs(elapsedTotal(m))})`];
+  const lines = [`migration ${m.id} ${m.state}  (${route(m)}, ${m.mode ?? '?'}${m.path && m.path !== m.mode ? `, path ${m.path}` : ''}, ${fmtMs(migrationDuration(m, Date.parse(m.updatedAt)))})`];
   const t = orderedTimings(m);
   if (t.length) {
     lines.push('steps:');
@@ -114,16 +154,16 @@ export function formatSummary(m: MigrationView): string {
 }
 
 /** `vmtc status ID`: everything the record says, transitions with times. */
-export function formatMigrationDetail(m: MigrationView): string {
+export function formatMigrationDetail(m: MigrationView, now: number = Date.now()): string {
   const created = Date.parse(m.createdAt);
   const lines = [
     `migration ${m.id}`,
     `  vm          ${m.vmId}${m.project ? ` (project ${m.project})` : ''}`,
     `  route       ${m.sourceHostId ?? '?'} -> ${m.destinationHostId ?? '?'}`,
     `  mode        ${m.mode ?? '?'}${m.path ? ` (path ${m.path})` : ''}`,
-    `  state       ${m.state}${m.terminal ? ' (ended)' : ''}`,
+    `  state       ${m.state}${ended(m) ? ' (ended)' : ` (running for ${fmtMs(migrationDuration(m, now))})`}`,
     `  created     ${m.createdAt}`,
-    `  updated     ${m.updatedAt}  (${fmtMs(elapsedTotal(m))} after creation)`,
+    `  updated     ${m.updatedAt}  (${fmtMs(Date.parse(m.updatedAt) - Date.parse(m.createdAt))} after creation)`,
   ];
   const req: Record<string, unknown> = { ...(m.request ?? {}) };
   delete req.vmId;
@@ -134,6 +174,11 @@ export function formatMigrationDetail(m: MigrationView): string {
     for (const t of m.transitions) {
       lines.push(`  ${fmtElapsed(Date.parse(t.at) - created).padStart(8)}  ${t.at}  ${(t.from ?? '-').padEnd(14)} -> ${t.to.padEnd(14)} ${t.event}`);
     }
+  }
+  const changes = (m as { changes?: ChangeView[] }).changes ?? [];
+  if (changes.length) {
+    lines.push('changes:');
+    for (const c of changes) lines.push(`  ${fmtElapsed(Date.parse(c.at) - created).padStart(8)}  ${c.at}  ${fmtChange(c)}`);
   }
   const t = orderedTimings(m);
   if (t.length) lines.push(`timings: ${t.map(([s, ms]) => `${s} ${fmtMs(ms)}`).join(', ')}`);
@@ -164,11 +209,18 @@ function compactJson(v: unknown): string {
   return s.length > 400 ? s.slice(0, 397) + '...' : s;
 }
 
-/** `vmtc status`: one line per migration, newest first as the API orders them. */
-export function formatMigrationTable(ms: MigrationView[]): string {
+/** `vmtc status`: one line per migration, newest first as the API orders them. DURATION is the
+ *  time taken (ended) or the time since it started (in flight, at `now`). */
+export function formatMigrationTable(ms: MigrationView[], o: { now?: number; wide?: boolean } = {}): string {
   if (!ms.length) return '(no migrations)';
-  return table(['ID', 'VM', 'FROM', 'TO', 'MODE', 'STATE', 'CREATED', 'DURATION', 'ERROR'],
-    ms.map((m) => [m.id, m.vmId, m.sourceHostId, m.destinationHostId, m.mode, m.state, m.createdAt, fmtMs(elapsedTotal(m)), m.error?.code ?? '']));
+  const now = o.now ?? Date.now();
+  const headers = ['ID', 'VM', 'FROM', 'TO', 'MODE', 'STATE', 'CREATED', 'DURATION', 'ERROR'];
+  if (o.wide) headers.push('PATH', 'PROJECT', 'TRANSFERRED', 'DOWNTIME', 'UPDATED');
+  return table(headers, ms.map((m) => {
+    const row: (string | undefined)[] = [m.id, m.vmId, m.sourceHostId, m.destinationHostId, m.mode, m.state, m.createdAt, fmtMs(migrationDuration(m, now)), m.error?.code ?? ''];
+    if (o.wide) row.push(m.path, m.project, m.result?.transferredBytes !== undefined ? fmtMiB(m.result.transferredBytes) : '', m.result?.downtimeMs !== undefined ? fmtMs(m.result.downtimeMs) : '', m.updatedAt);
+    return row;
+  }));
 }
 
 type Res = Host['totals'];
@@ -176,12 +228,17 @@ export type HostView = Host;
 
 const triple = (h: HostView, k: keyof Res) => `${h.used?.[k] ?? '-'}/${h.held?.[k] ?? '-'}/${h.available?.[k] ?? '-'}`;
 
-export function formatHostTable(hosts: HostView[]): string {
+export function formatHostTable(hosts: HostView[], o: { wide?: boolean } = {}): string {
   if (!hosts.length) return '(no hosts)';
+  const headers = ['HOST', 'SITE', 'CONNECTED', 'HYPERVISOR', 'VCPU U/H/A', 'MEMORY MB U/H/A', 'DISK GB U/H/A', 'VMS'];
+  if (o.wide) headers.push('CPU', 'STORAGE', 'MIGRATION ADDRESS', 'ADVISORIES', 'LAST SEEN');
   return [
-    table(['HOST', 'SITE', 'CONNECTED', 'HYPERVISOR', 'VCPU U/H/A', 'MEMORY MB U/H/A', 'DISK GB U/H/A', 'VMS'],
-      hosts.map((h) => [h.hostId, h.site, h.connected ? 'yes' : 'no', h.hypervisor ? `${h.hypervisor.type} ${h.hypervisor.version}` : '-',
-        triple(h, 'vcpus'), triple(h, 'memoryMb'), triple(h, 'diskGb'), h.vms?.length ?? 0])),
+    table(headers, hosts.map((h) => {
+      const row: (string | number | undefined)[] = [h.hostId, h.site, h.connected ? 'yes' : 'no', h.hypervisor ? `${h.hypervisor.type} ${h.hypervisor.version}` : '-',
+        triple(h, 'vcpus'), triple(h, 'memoryMb'), triple(h, 'diskGb'), h.vms?.length ?? 0];
+      if (o.wide) row.push(h.cpu?.model, h.sharedStorage === undefined ? undefined : h.sharedStorage ? 'shared' : 'local', h.migrationAddress, (h.advisories ?? []).map((a) => a.id).join(',') || '', h.lastSeen);
+      return row;
+    })),
     '(U/H/A = used / held for incoming migrations / available)',
   ].join('\n');
 }
@@ -209,8 +266,13 @@ export function formatHostDetail(h: HostView): string {
 
 export type VmView = Vm;
 
-export function formatVmTable(vms: VmView[]): string {
+export function formatVmTable(vms: VmView[], o: { wide?: boolean } = {}): string {
   if (!vms.length) return '(no VMs)';
-  return table(['VM', 'HOST', 'STATE', 'PROJECT', 'VCPUS', 'MEMORY MB', 'MIGRATION'],
-    vms.map((v) => [v.vmId, `${v.hostId}${v.hostConnected === false ? ' (disconnected)' : ''}`, v.state, v.project, v.vcpus, v.memoryMb, v.migrationId ?? '']));
+  const headers = ['VM', 'HOST', 'STATE', 'PROJECT', 'VCPUS', 'MEMORY MB', 'MIGRATION'];
+  if (o.wide) headers.push('SITE', 'DISK GB');
+  return table(headers, vms.map((v) => {
+    const row: (string | number | undefined)[] = [v.vmId, `${v.hostId}${v.hostConnected === false ? ' (disconnected)' : ''}`, v.state, v.project, v.vcpus, v.memoryMb, v.migrationId ?? ''];
+    if (o.wide) row.push(v.site, v.diskGb);
+    return row;
+  }));
 }

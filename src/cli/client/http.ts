@@ -2,56 +2,19 @@
 // controller is, which credential to present, and one request function whose failures are
 // always VmtcErrors — the API's own { code, message, details } as is, or a transport failure
 // that names the URL (never a stack trace for a controller that is not there).
-import { readFileSync } from 'node:fs';
 import { VmtcError, commonError } from '../../common/errors.ts';
 import { JsonClient, errorFromReply, type JsonResponse } from '../../common/http-client.ts';
+import type { ClientConfig } from './config.ts';
 
-export const DEFAULT_CONTROLLER = 'http://127.0.0.1:7700';
+export { UsageError } from './usage.ts';
+export { DEFAULT_CONTROLLER, resolveClientConfig, type ClientConfig } from './config.ts';
+
 /** Per request; a controller that accepted the connection but hangs is a failure, not a wait. */
 export const REQUEST_TIMEOUT_MS = 30_000;
 
-/** A mistake in the command line or its environment: exit code 2 (usage), not an API error. */
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
-
-export interface ClientConfig {
-  /** Base URL without a trailing slash. */
-  baseUrl: string;
-  /** Bearer credential; undefined sends none (the API then answers VMTC_UNAUTHENTICATED). */
-  token: string | undefined;
-}
-
-/**
- * Where and as whom: `--controller` > $VMTC_CONTROLLER > http://127.0.0.1:7700;
- * `--token-file` > $VMTC_TOKEN_FILE > $VMTC_TOKEN (the token itself).
- */
-export function resolveClientConfig(opts: { controller?: string; tokenFile?: string }, env: NodeJS.ProcessEnv = process.env): ClientConfig {
-  const raw = opts.controller ?? (env.VMTC_CONTROLLER || undefined) ?? DEFAULT_CONTROLLER;
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    throw new UsageError(`--controller: '${raw}' is not a URL (e.g. http://127.0.0.1:7700)`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError(`--controller: '${raw}' must be an http:// or https:// URL`);
-  const baseUrl = url.toString().replace(/\/+$/, '');
-  const file = opts.tokenFile ?? (env.VMTC_TOKEN_FILE || undefined);
-  if (file !== undefined) {
-    let token: string;
-    try {
-      token = readFileSync(file, 'utf8').trim();
-    } catch (e) {
-      throw new UsageError(`--token-file: cannot read '${file}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    }
-    if (!token) throw new UsageError(`--token-file: '${file}' is empty`);
-    return { baseUrl, token };
-  }
-  const token = env.VMTC_TOKEN?.trim() || undefined;
-  return { baseUrl, token };
+/** The request headers every call carries: the bearer credential, when there is one. */
+export function authHeaders(config: Pick<ClientConfig, 'token'>): Record<string, string> {
+  return config.token ? { authorization: `Bearer ${config.token}` } : {};
 }
 
 export class ApiClient {
@@ -61,7 +24,8 @@ export class ApiClient {
     this.http = new JsonClient({
       baseUrl: config.baseUrl,
       timeoutMs,
-      headers: (): Record<string, string> => (config.token ? { authorization: `Bearer ${config.token}` } : {}),
+      headers: () => authHeaders(config),
+      ...(config.ca ? { tls: { ca: config.ca } } : {}),
     });
   }
 
@@ -71,6 +35,10 @@ export class ApiClient {
 
   post<T = any>(path: string, body?: unknown): Promise<T> {
     return this.request<T>('POST', path, body);
+  }
+
+  patch<T = any>(path: string, body: unknown): Promise<T> {
+    return this.request<T>('PATCH', path, body);
   }
 
   /** One request; resolves with the parsed JSON body of a 2xx answer, else throws a VmtcError. */
@@ -96,7 +64,7 @@ export class ApiClient {
 
   /** The common client's transport failures, reworded for a person at a terminal: which
    *  controller, and what to check. */
-  private transportError(e: unknown): unknown {
+  transportError(e: unknown): unknown {
     if (!(e instanceof VmtcError)) return e;
     const base = this.config.baseUrl;
     if (e.code === 'VMTC_TIMEOUT') {

@@ -2,7 +2,7 @@
 // the in-memory secrets, and a way to report. An effect is a function of this context, the
 // migration's row and an AbortSignal that returns the outcome event; a thrown error is a FAIL.
 import type { Logger } from '../../common/log.ts';
-import type { Clock } from '../../common/clock.ts';
+import { clockSleep, type Clock } from '../../common/clock.ts';
 import { toVmtcError, type VmtcError } from '../../common/errors.ts';
 import type { ColdExport } from '../../common/agent-protocol.ts';
 import type { ControllerStore, MigrationCtx, MigrationRow } from '../store.ts';
@@ -83,6 +83,48 @@ export function wrap(e: unknown, code: Parameters<typeof err>[0]): VmtcError {
   const ve = toVmtcError(e);
   if (ve.code !== 'VMTC_INTERNAL' && ve.code !== 'VMTC_PEER_UNREACHABLE' && ve.code !== 'VMTC_TIMEOUT') return ve;
   return err(code, { cause: ve.toJSON() }, { cause: e });
+}
+
+/** Request failures that say the agent's link is down (its agent restarting, or gone), not
+ *  that the agent refused. */
+export const LINK_DOWN = new Set(['VMTC_AGENT_NOT_CONNECTED', 'VMTC_PEER_UNREACHABLE']);
+
+/** Resolves once `hostId` is connected, or after `ms` (whichever comes first). */
+export function whenConnected(cx: Pick<EffectContext, 'hub' | 'clock'>, hostId: string, ms: number): Promise<void> {
+  if (cx.hub.isConnected(hostId) || ms <= 0) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      timer.cancel();
+      cx.hub.off('connected', onConnected);
+      resolve();
+    };
+    const onConnected = (h: string) => { if (h === hostId) done(); };
+    const timer = cx.clock.setTimeout(done, ms);
+    cx.hub.on('connected', onConnected);
+  });
+}
+
+/**
+ * Ask an agent whose answer the migration cannot do without (it holds a copy of the VM). While
+ * its link is down (a restarting agent: docs/design.md#restart) wait for it to connect again and
+ * ask again, for at most `withinMs` (default: agentLostMs); then the last failure is thrown. Its
+ * own refusal is thrown at once.
+ */
+export async function askAgent<T>(cx: EffectContext, hostId: string, ask: () => Promise<T>, withinMs = cx.options.agentLostMs ?? 60_000): Promise<T> {
+  const until = cx.clock.now() + withinMs;
+  for (;;) {
+    try {
+      return await ask();
+    } catch (e) {
+      const code = toVmtcError(e).code;
+      const left = until - cx.clock.now();
+      if (!LINK_DOWN.has(code) || left <= 0) throw e;
+      cx.log.warn({ hostId, code, leftMs: left }, 'the agent cannot be asked now; waiting for it to come back');
+      // A link that is up again (or never went down: a reply lost as it closed) is asked again
+      // after a short pause, so a flapping link is not hammered.
+      await (cx.hub.isConnected(hostId) ? clockSleep(cx.clock, Math.min(left, 200)) : whenConnected(cx, hostId, left));
+    }
+  }
 }
 
 /** Rejects when the signal aborts (the migration was cancelled or failed meanwhile). */

@@ -4,7 +4,7 @@
 // verified there; only then does the source go (cleanup, effects-commit.ts). Until verification
 // the source copy is intact and a rollback restores it.
 import { toVmtcError, type VmtcError } from '../../common/errors.ts';
-import type { ColdExport, ColdProgress } from '../../common/agent-protocol.ts';
+import type { ColdExport, ColdProgress, ColdVerifyProgress, ReachResult } from '../../common/agent-protocol.ts';
 import type { MigrationCtx } from '../store.ts';
 import { err } from '../errors.ts';
 import { aborted, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
@@ -17,8 +17,37 @@ function coldError(code: Parameters<typeof err>[0], e: unknown): VmtcError {
   return err(code, { cause: ve.toJSON() }, { cause: e });
 }
 
+/** How long the destination's one connection attempt to the verify address may take. */
+const REACH_PROBE_MS = 2_000;
+
+/**
+ * Before anything is powered off: is the verify address reachable from the destination's VM
+ * network (docs/design.md#cold-path, "Checking the verify address first")? Unreachable refuses
+ * the move while the source still runs (VMTC_VERIFY_TARGET_UNREACHABLE); an agent too old to
+ * know host.checkReach is not asked (the move goes ahead, as before the check existed).
+ */
+async function checkVerifyTarget(cx: Parameters<EffectFn>[0], row: Parameters<EffectFn>[1], tcp: { host: string; port: number }): Promise<NonNullable<MigrationCtx['cold']>['reach']> {
+  let r: ReachResult;
+  try {
+    r = await cx.hub.request(row.destinationHostId, 'host.checkReach', { host: tcp.host, port: tcp.port, timeoutMs: REACH_PROBE_MS }, REACH_PROBE_MS + 15_000);
+  } catch (e) {
+    const ve = toVmtcError(e);
+    if (ve.code !== 'VMTC_UNKNOWN_METHOD') throw ve;
+    cx.log.warn({ host: tcp.host, port: tcp.port }, 'the destination agent cannot check the verify address (host.checkReach unknown): not checked');
+    return { checked: false, reason: 'the destination agent does not know host.checkReach' };
+  }
+  cx.log.info({ ...r, host: tcp.host, port: tcp.port }, 'verify address checked from the destination');
+  if (!r.reachable) {
+    throw err('VMTC_VERIFY_TARGET_UNREACHABLE', { host: tcp.host, port: tcp.port, destinationHostId: row.destinationHostId, reason: r.reason, route: r.route, probe: r.probe, ...(r.errno ? { errno: r.errno } : {}) },
+      { message: `the verify address ${tcp.host}:${tcp.port} is not reachable from ${row.destinationHostId}: ${r.reason}; the source was not powered off` });
+  }
+  return { checked: true, reason: r.reason, route: r.route, probe: r.probe };
+}
+
 const coldExport: EffectFn = async (cx, row) => {
-  saveCtx(cx, row.id, { cold: { exportRequested: true } });
+  const tcp = row.request.verifyTcp;
+  const reach = tcp ? await checkVerifyTarget(cx, row, tcp) : undefined;
+  saveCtx(cx, row.id, { cold: { exportRequested: true, ...(reach ? { reach } : {}) } });
   const ttlMs = Math.max(60_000, deadlineAt(row.request, row.createdAt, cx.options.defaultDeadlineMs) - cx.clock.now());
   let exp: ColdExport;
   try {
@@ -40,7 +69,7 @@ const coldExport: EffectFn = async (cx, row) => {
   cx.log.info({ disks: disks.length, totalBytes, priorState: exp.priorState }, 'cold export ready');
   return {
     event: { type: 'COLD_EXPORTED' }, detail: { disks: disks.length, totalBytes },
-    ctxPatch: { cold: { exportRequested: true, priorState: exp.priorState, disks, totalBytes, expiresAt: exp.expiresAt } },
+    ctxPatch: { cold: { exportRequested: true, ...(reach ? { reach } : {}), priorState: exp.priorState, disks, totalBytes, expiresAt: exp.expiresAt } },
   };
 };
 
@@ -95,10 +124,26 @@ const coldImport: EffectFn = async (cx, row, signal) => {
 };
 
 const coldVerify: EffectFn = async (cx, row) => {
-  const timeoutMs = cx.options.destinationRunTimeoutMs;
-  const tcp = row.request.verifyTcp;
+  const verify = row.request.verifyTcp;
+  // The request's own bound, else the controller's (60 s by default).
+  const timeoutMs = verify?.timeoutMs ?? cx.options.destinationRunTimeoutMs;
+  const tcp = verify ? { host: verify.host, port: verify.port } : undefined;
+  // Each attempt that did not connect becomes the migration's progress (`vmtc status`, events).
+  const onEvent = (hostId: string, name: string, data: unknown) => {
+    if (hostId !== row.destinationHostId || name !== 'cold.verify') return;
+    const v = data as ColdVerifyProgress;
+    if (v?.migrationId !== row.id) return;
+    const now = cx.clock.now();
+    const progress = {
+      migrationId: row.id, vmId: row.vmId, status: 'active' as const, phase: 'verify',
+      verify: { attempts: v.attempts, elapsedMs: v.elapsedMs, timeoutMs: v.timeoutMs, ...(v.lastError !== undefined ? { lastError: v.lastError } : {}) },
+    };
+    cx.store.saveProgress(row.id, { ...progress, at: now }, now);
+    cx.progress(row.id, progress);
+  };
+  if (tcp) cx.hub.on('event', onEvent);
   try {
-    const vm = await cx.hub.request(row.destinationHostId, 'vm.coldVerify', { vmId: row.vmId, timeoutMs, ...(tcp ? { tcp } : {}) }, timeoutMs + 5_000);
+    const vm = await cx.hub.request(row.destinationHostId, 'vm.coldVerify', { vmId: row.vmId, timeoutMs, ...(tcp ? { tcp, migrationId: row.id } : {}) }, timeoutMs + 5_000);
     const ctx = currentCtx(cx, row.id);
     const cold: MigrationCtx['cold'] = { ...(ctx.cold ?? { exportRequested: true }), verified: true };
     return {
@@ -107,6 +152,8 @@ const coldVerify: EffectFn = async (cx, row) => {
     };
   } catch (e) {
     throw coldError('VMTC_COLD_VERIFICATION_FAILED', e);
+  } finally {
+    if (tcp) cx.hub.off('event', onEvent);
   }
 };
 

@@ -3,7 +3,7 @@
 // warnings, never a rollback: the VM must not end up nowhere.
 import { toVmtcError, type ErrorBody } from '../../common/errors.ts';
 import { closeAccounting, releaseLightpath } from './effects-rollback.ts';
-import { NOT_FOUND, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
+import { NOT_FOUND, askAgent, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
 
 const activate: EffectFn = async (cx, row) => {
   let warnings = row.ctx.warnings ?? [];
@@ -29,7 +29,9 @@ const activate: EffectFn = async (cx, row) => {
 const cleanupSource: EffectFn = async (cx, row) => {
   const warnings = [...(row.ctx.warnings ?? [])];
   try {
-    await cx.hub.request(row.sourceHostId, 'vm.destroy', { vmId: row.vmId });
+    // A source agent restarting now is waited for (bounded): otherwise its stale copy, paused,
+    // would outlive the migration (docs/design.md#commit).
+    await askAgent(cx, row.sourceHostId, () => cx.hub.request(row.sourceHostId, 'vm.destroy', { vmId: row.vmId }));
   } catch (e) {
     if (!NOT_FOUND.test(toVmtcError(e).code)) warnings.push(toVmtcError(e).toJSON());
   }

@@ -7,17 +7,15 @@ import type { MigrationProgress, MigrationResult } from '../../common/agent-prot
 import type { MigrationCtx, MigrationRow } from '../store.ts';
 import type { LightpathRequest } from '../ports.ts';
 import { err } from '../errors.ts';
-import { saveCtx, currentCtx, site, wrap, type EffectContext, type EffectFn } from './context.ts';
-import { deadlineAt, migrationTuning, mustCopyStorage, sourceParams } from './request.ts';
+import { askAgent, saveCtx, currentCtx, site, wrap, type EffectContext, type EffectFn } from './context.ts';
+import { lightpathMbps, lightpathWindow, migrationTuning, mustCopyStorage, sourceParams } from './request.ts';
 import { settleSourceLost } from './source-lost.ts';
 
 function lightpathRequest(cx: EffectContext, row: MigrationRow): LightpathRequest {
-  const start = Math.floor(cx.clock.now() / 1000);
-  const deadline = deadlineAt(row.request, row.createdAt, cx.options.defaultDeadlineMs);
   return {
     migrationId: row.id, vmId: row.vmId, project: row.project, src: site(cx, row.sourceHostId), dst: site(cx, row.destinationHostId),
-    bandwidthMbps: row.request.bandwidthMbps ?? 1000,
-    window: { start, end: Math.max(start + 60, Math.ceil(deadline / 1000)) },
+    bandwidthMbps: lightpathMbps(row.request),
+    window: lightpathWindow(row.request, row.createdAt, cx.clock.now(), cx.options.defaultDeadlineMs),
   };
 }
 
@@ -102,9 +100,13 @@ const awaitDestinationRunning: EffectFn = async (cx, row) => {
   const hub = cx.hub;
   const timeoutMs = cx.options.destinationRunTimeoutMs;
   try {
-    // Non-live: the copy was made of a paused VM, so the destination stays paused until told.
-    if (row.request.suspend) await hub.request(row.destinationHostId, 'vm.resume', { vmId: row.vmId });
-    const vm = await hub.request(row.destinationHostId, 'vm.waitRunning', { vmId: row.vmId, timeoutMs }, timeoutMs + 5_000);
+    // Past the switchover the destination may hold the only up-to-date copy: an agent
+    // restarting there is waited for (bounded) and asked again, never taken for a failure.
+    const dest = <T>(ask: () => Promise<T>) => askAgent(cx, row.destinationHostId, ask);
+    // Non-live, or an operator's forced pause (migration/control.ts): the copy was made of a
+    // paused VM, so the destination stays paused until told.
+    if (row.request.suspend || row.ctx.forced?.mode === 'pause') await dest(() => hub.request(row.destinationHostId, 'vm.resume', { vmId: row.vmId }));
+    const vm = await dest(() => hub.request(row.destinationHostId, 'vm.waitRunning', { vmId: row.vmId, timeoutMs }, timeoutMs + 5_000));
     const resumedAt = vm.resumedAt;
     return {
       event: { type: 'DESTINATION_RUNNING' }, detail: { state: vm.state, ...(resumedAt !== undefined ? { resumedAt } : {}) },

@@ -7,11 +7,14 @@ import type { VmInfo } from '../../common/agent-protocol.ts';
 import { clockSleep } from '../../common/clock.ts';
 import type { MigrationCtx, MigrationRow } from '../store.ts';
 import { decideRollbackOutcome, finalStateMayHaveLeft, sourceMayBeRestored, type RollbackFacts, type SourceReport } from './reducer.ts';
-import { NOT_FOUND, currentCtx, site, type EffectContext, type EffectFn } from './context.ts';
+import { NOT_FOUND, askAgent, currentCtx, site, whenConnected, type EffectContext, type EffectFn } from './context.ts';
 
 /** How long the rollback waits for the source's migration to end after cancelling it, before it
  *  counts it as still running (and the destination as possibly holding the VM). */
 const SOURCE_SETTLE_MS = 10_000;
+/** How long the rollback waits for a destination agent that is not connected (restarting) to
+ *  remove its copy. */
+const DESTINATION_WAIT_MS = 15_000;
 
 const rollback: EffectFn = async (cx, row) => {
   const { hub, log } = cx;
@@ -41,6 +44,13 @@ const rollback: EffectFn = async (cx, row) => {
     return { event: out.event, ...(out.detail !== undefined ? { detail: out.detail } : {}), ...(out.ctxPatch ? { ctxPatch: out.ctxPatch } : {}) };
   };
 
+  // The source holds the primary copy: an agent restarting there is waited for (bounded), so
+  // that the rollback can ask it and confirm it runs rather than end failed for want of an
+  // answer (docs/design.md#restart).
+  if (!hub.isConnected(row.sourceHostId)) {
+    log.warn({ hostId: row.sourceHostId }, 'rollback: waiting for the source agent to come back');
+    await whenConnected(cx, row.sourceHostId, cx.options.agentLostMs ?? 60_000);
+  }
   if (ctx.migrationStarted) {
     const cancel = () => hub.request(row.sourceHostId, 'vm.cancelMigration', { vmId: row.vmId });
     // Past the switchover grant the source refuses once its final state is on its way; what it
@@ -60,7 +70,10 @@ const rollback: EffectFn = async (cx, row) => {
     destinationGone = false;
     await soft('destroy-destination', async () => {
       try {
-        await hub.request(row.destinationHostId, 'vm.destroy', { vmId: row.vmId });
+        // A destination agent restarting now is waited for, briefly, so that its copy (an
+        // incoming VM holding memory there) does not outlive the migration; one that stays away
+        // longer is left as a warning (its copy cannot run: the final state never left).
+        await askAgent(cx, row.destinationHostId, () => hub.request(row.destinationHostId, 'vm.destroy', { vmId: row.vmId }), Math.min(cx.options.agentLostMs ?? 60_000, DESTINATION_WAIT_MS));
       } catch (e) {
         if (!NOT_FOUND.test(toVmtcError(e).code)) throw e;
       }

@@ -1,7 +1,7 @@
 // A migration's request and what the controller learns while running it (its ctx), as stored
 // with the record (store.ts). Types only, and free of the machine's, so that the machine
 // (machine.ts) can read a record without the store.
-import type { MigrationParams } from '../../common/agent-protocol.ts';
+import type { ForceCompleteMode, MigrationLimits, MigrationParams } from '../../common/agent-protocol.ts';
 import type { ErrorBody } from '../../common/errors.ts';
 
 export interface MigrationRequest {
@@ -17,8 +17,12 @@ export interface MigrationRequest {
   multifd?: boolean;
   /** Non-live (suspend, copy, resume), for comparison runs. */
   suspend?: boolean;
-  /** Cold path: a TCP service of the guest that must answer at the destination before commit. */
-  verifyTcp?: { host: string; port: number };
+  /** Cold path: a TCP service of the guest that must answer at the destination before commit,
+   *  within timeoutMs (default: the controller's destinationRunTimeoutMs, 60 s). */
+  verifyTcp?: { host: string; port: number; timeoutMs?: number };
+  /** Known-bad hypervisor releases (src/common/hypervisor-advisories.ts) this live migration may
+   *  go ahead with, by advisory id; each becomes a warning on the record. */
+  overrideAdvisories?: string[];
 }
 
 /** What the runner learns along the way; persisted as JSON with the record. */
@@ -50,10 +54,21 @@ export interface MigrationCtx {
    *  it held is released). */
   kept?: string[];
   fallbackCold?: boolean;
+  /** An operator forced the copy to complete (recorded before the source is asked, so that a
+   *  destination that lands paused is resumed; removed if the source refuses). */
+  forced?: { mode: ForceCompleteMode; at: number; by: string };
+  /** The limits an operator asked for while the copy ran, in effect over the request's (each
+   *  change in `changes` has what the source reported). */
+  limits?: MigrationLimits;
+  /** What operators changed while the copy ran, oldest first. */
+  changes?: MigrationChange[];
   /** The cold path's steps (EGI D4.4). The disk URLs are secrets and never stored. */
   cold?: {
     /** Set before the source is asked to export, so a rollback always asks it to undo. */
     exportRequested: boolean;
+    /** The verify address as the destination saw it before the source was powered off
+     *  (host.checkReach); `checked: false` for an agent that cannot say. */
+    reach?: { checked: boolean; reason: string; route?: string; probe?: string };
     priorState?: string;
     disks?: { index: number; format: string; sizeBytes: number; sha256: string }[];
     totalBytes?: number;
@@ -64,3 +79,8 @@ export interface MigrationCtx {
     verified?: boolean;
   };
 }
+
+/** One change an operator made to a running migration: when, who (the credential's name), what. */
+export type MigrationChange =
+  | { at: number; by: string; what: 'tune'; limits: MigrationLimits; previous: MigrationLimits; reported: MigrationLimits }
+  | { at: number; by: string; what: 'force-complete'; mode: ForceCompleteMode };

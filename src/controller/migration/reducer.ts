@@ -3,6 +3,8 @@
 import type { ErrorBody } from '../../common/errors.ts';
 import { STATE_DEFS, transition, type MigrationEvent, type MigrationRecord, type StateDef, type Transition } from '../machine.ts';
 import type { MigrationCtx } from '../store.ts';
+import type { MigrationChange } from './record.ts';
+import { err } from '../errors.ts';
 
 /** An event as effects and the runner report it. */
 export interface EventInput {
@@ -37,6 +39,11 @@ export function reduce(rec: MigrationRecord, input: EventInput, now: number, ent
   if (input.event.type === 'CANCEL') ctx.cancelRequested = true;
   // The decision at the point of no return is made here, so it is written with the transition.
   if (input.event.type === 'SWITCHOVER_READY') ctx.switchover = { grantedAt: now };
+  // The copy is done and its downtime measured: over the limit asked for, the record says so.
+  if (input.event.type === 'MIGRATION_COMPLETED') {
+    const w = downtimeWarning(ctx, rec.request?.maxDowntimeMs, now);
+    if (w) ctx.warnings = [...(ctx.warnings ?? []), w];
+  }
   if (input.event.type === 'FALLBACK_COLD') {
     // mode=auto falling back to cold: the live attempt's error becomes a warning, so a cold move
     // that then completes does not carry an error.
@@ -52,6 +59,35 @@ export function reduce(rec: MigrationRecord, input: EventInput, now: number, ent
     abortRunning: input.event.type === 'CANCEL' || input.event.type === 'FAIL',
     ...(next ? { next } : {}),
   };
+}
+
+/**
+ * The warning of a copy whose downtime went over the limit asked for (an operator's later one,
+ * else the request's; none asked, none warned about): the hypervisor's own figure, or after a
+ * forced pause at least the time from the pause to the end of the copy (the guest was paused all
+ * along; a hypervisor counts only its last stop-and-copy).
+ */
+export function downtimeWarning(ctx: Pick<MigrationCtx, 'result' | 'limits' | 'forced'>, requestedMs: number | undefined, now: number): ErrorBody | undefined {
+  const limit = ctx.limits?.maxDowntimeMs ?? requestedMs;
+  if (limit === undefined) return undefined;
+  const hypervisor = ctx.result?.downtimeMs;
+  const forcedPause = ctx.forced?.mode === 'pause' ? Math.max(0, now - ctx.forced.at) : undefined;
+  const measured = Math.max(hypervisor ?? -1, forcedPause ?? -1);
+  if (measured <= limit) return undefined;
+  return err('VMTC_DOWNTIME_ABOVE_LIMIT', {
+    downtimeMs: measured, maxDowntimeMs: limit,
+    ...(hypervisor !== undefined ? { hypervisorDowntimeMs: hypervisor } : {}),
+    ...(forcedPause !== undefined ? { forcedPauseMs: forcedPause } : {}),
+  }, { message: `the downtime (${measured} ms) was above the limit asked for (${limit} ms)` }).toJSON();
+}
+
+/** An operator's change to a running migration, applied to its ctx: the history gets it, and a
+ *  tune's limits become the ones in effect. */
+export function applyChange(ctx: MigrationCtx, change: MigrationChange): MigrationCtx {
+  const next: MigrationCtx = { ...ctx, changes: [...(ctx.changes ?? []), change] };
+  if (change.what === 'tune') next.limits = { ...(ctx.limits ?? {}), ...change.limits };
+  else next.forced = { mode: change.mode, at: ctx.forced?.mode === change.mode ? ctx.forced.at : change.at, by: change.by };
+  return next;
 }
 
 /** What the rollback found out; the decision is decideRollbackOutcome's. */

@@ -10,6 +10,18 @@ export function deadlineAt(request: Pick<MigrationRequest, 'deadline'>, createdA
   return request.deadline ? Date.parse(request.deadline) : createdAt + defaultDeadlineMs;
 }
 
+/** The lightpath's (and the token's) window in epoch seconds: from now to the migration's
+ *  deadline, at least a minute. The token request and the admission's policy check ask the same. */
+export function lightpathWindow(request: Pick<MigrationRequest, 'deadline'>, createdAt: number, nowMs: number, defaultDeadlineMs: number): { start: number; end: number } {
+  const start = Math.floor(nowMs / 1000);
+  return { start, end: Math.max(start + 60, Math.ceil(deadlineAt(request, createdAt, defaultDeadlineMs) / 1000)) };
+}
+
+/** The bandwidth the lightpath is reserved for (Mbit/s): the migration's, else 1000. */
+export function lightpathMbps(request: Pick<MigrationRequest, 'bandwidthMbps'>): number {
+  return request.bandwidthMbps ?? 1000;
+}
+
 const TUNING_KEYS = ['bandwidthMbps', 'maxDowntimeMs', 'autoConverge', 'multifd', 'postcopy', 'suspend'] as const satisfies readonly (keyof MigrationTuning & keyof MigrationRequest)[];
 
 /** The one tuning of a migration, from its request. `copyStorage`: the destination must make

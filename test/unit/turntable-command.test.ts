@@ -1,0 +1,146 @@
+// The turntable's tuning in flight (lab/turntable/retune.ts, `--retune-after-ms` in
+// lab/turntable/command.ts): the options' validation, the record made of the controller's answer,
+// the PATCH sent against a stand-in for the controller's API, and how the summary table and the
+// report show it. The lab run itself is test/lab/turntable.test.ts.
+import { describe, expect, it } from 'vitest';
+import { command, retuneOptions, summaryTable, turntableOptions } from '../../lab/turntable/command.ts';
+import { retuneAfter, retuneRecord } from '../../lab/turntable/retune.ts';
+import { migrationTable } from '../../lab/turntable/report/tables.ts';
+import type { TurntableMigration, TurntableResult } from '../../lab/turntable/types.ts';
+
+function thrown(f: () => unknown): { code?: string; field?: unknown; message?: string } {
+  try {
+    f();
+  } catch (e) {
+    const x = e as { code?: string; details?: { field?: unknown }; message?: string };
+    return { code: x.code, field: x.details?.field, message: x.message };
+  }
+  return {};
+}
+
+describe('retuneOptions', () => {
+  it('is off without --retune-after-ms', () => {
+    expect(retuneOptions({}, 500)).toBeUndefined();
+  });
+
+  it('takes the time and either or both limits, as integers', () => {
+    expect(retuneOptions({ 'retune-after-ms': '1500', 'retune-bandwidth-mbps': '200', 'retune-max-downtime-ms': '100' }, 500))
+      .toEqual({ afterMs: 1500, bandwidthMbps: 200, maxDowntimeMs: 100 });
+    expect(retuneOptions({ 'retune-after-ms': '0', 'retune-max-downtime-ms': '5' }, 500)).toEqual({ afterMs: 0, maxDowntimeMs: 5 });
+    expect(retuneOptions({ 'retune-after-ms': '10', 'retune-bandwidth-mbps': '500' }, 500)).toEqual({ afterMs: 10, bandwidthMbps: 500 });
+  });
+
+  it('refuses a limit without a time, a time without a limit, and bad numbers, naming the field', () => {
+    expect(thrown(() => retuneOptions({ 'retune-bandwidth-mbps': '200' }, 500))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-bandwidth-mbps' });
+    expect(thrown(() => retuneOptions({ 'retune-max-downtime-ms': '100' }, 500))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-max-downtime-ms' });
+    expect(thrown(() => retuneOptions({ 'retune-after-ms': '1500' }, 500))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-after-ms' });
+    expect(thrown(() => retuneOptions({ 'retune-after-ms': '-1', 'retune-bandwidth-mbps': '200' }, 500))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-after-ms' });
+    expect(thrown(() => retuneOptions({ 'retune-after-ms': 'soon', 'retune-bandwidth-mbps': '200' }, 500))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-after-ms' });
+    expect(thrown(() => retuneOptions({ 'retune-after-ms': '10', 'retune-bandwidth-mbps': '2.5' }, 500))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-bandwidth-mbps' });
+    expect(thrown(() => retuneOptions({ 'retune-after-ms': '10', 'retune-max-downtime-ms': '0' }, 500))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-max-downtime-ms' });
+  });
+
+  it("refuses more bandwidth than the migration's own (its lightpath's reservation)", () => {
+    const e = thrown(() => retuneOptions({ 'retune-after-ms': '10', 'retune-bandwidth-mbps': '501' }, 500));
+    expect(e).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-bandwidth-mbps' });
+    expect(e.message).toContain('500 Mbit/s');
+  });
+
+  it("is part of the command's options (pure: nothing starts), against the default bandwidth of half the line rate", () => {
+    const base = { 'rtt-ms': '198', 'rate-mbps': '1000', 'memory-mb': '256', load: 'dirty', converge: 'auto-converge', rounds: '5', 'max-downtime-ms': '30', 'serial-period-ms': '5', 'clock-period-us': '200' };
+    expect(turntableOptions({ ...base, 'retune-after-ms': '1500', 'retune-bandwidth-mbps': '200', 'retune-max-downtime-ms': '100' }))
+      .toMatchObject({ rounds: 5, load: 'dirty', maxDowntimeMs: 30, retune: { afterMs: 1500, bandwidthMbps: 200, maxDowntimeMs: 100 } });
+    expect(turntableOptions(base)).not.toHaveProperty('retune');
+    expect(thrown(() => turntableOptions({ ...base, 'retune-after-ms': '100', 'retune-bandwidth-mbps': '501' }))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-bandwidth-mbps' });
+    expect(turntableOptions({ ...base, 'bandwidth-mbps': '800', 'retune-after-ms': '100', 'retune-bandwidth-mbps': '700' }).retune).toEqual({ afterMs: 100, bandwidthMbps: 700 });
+    expect(thrown(() => turntableOptions({ ...base, 'retune-max-downtime-ms': '100' }))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-max-downtime-ms' });
+    expect(Object.keys(command.options)).toEqual(expect.arrayContaining(['retune-after-ms', 'retune-bandwidth-mbps', 'retune-max-downtime-ms']));
+  });
+});
+
+describe('retuneRecord', () => {
+  const plan = { afterMs: 1500, bandwidthMbps: 200, maxDowntimeMs: 100 };
+
+  it("keeps a 200's state and what the source read back from QEMU (the last tune change)", () => {
+    const body = { state: 'precopy', changes: [
+      { what: 'tune', limits: { bandwidthMbps: 300 }, reported: { bandwidthMbps: 300 } },
+      { what: 'force-complete', mode: 'pause' },
+      { what: 'tune', limits: { bandwidthMbps: 200, maxDowntimeMs: 100 }, reported: { bandwidthMbps: 200, maxDowntimeMs: 100 } },
+    ] };
+    expect(retuneRecord(plan, 1503.4, { status: 200, body })).toEqual({
+      atMs: 1503, bandwidthMbps: 200, maxDowntimeMs: 100, ok: true, status: 200, state: 'precopy', reported: { bandwidthMbps: 200, maxDowntimeMs: 100 },
+    });
+  });
+
+  it("records a 409 (the copy had ended) with its code and the migration's state", () => {
+    const body = { code: 'VMTC_MIGRATION_NOT_TUNABLE', message: 'not in the copy', details: { state: 'completed' } };
+    expect(retuneRecord({ afterMs: 1500, bandwidthMbps: 200 }, 1510, { status: 409, body })).toEqual({
+      atMs: 1510, bandwidthMbps: 200, ok: false, status: 409, code: 'VMTC_MIGRATION_NOT_TUNABLE', state: 'completed',
+    });
+  });
+
+  it('records a PATCH that could not be sent', () => {
+    expect(retuneRecord({ afterMs: 0, maxDowntimeMs: 7 }, 2, { error: 'socket hang up' })).toEqual({ atMs: 2, maxDowntimeMs: 7, ok: false, status: 0, code: 'NOT_SENT' });
+  });
+});
+
+describe('retuneAfter', () => {
+  it('PATCHes the migration once with only the limits asked for', async () => {
+    const calls: unknown[][] = [];
+    const api = async (...a: [string, string, unknown?]) => { calls.push(a); return { status: 200, body: { state: 'precopy', changes: [] } }; };
+    const rec = await retuneAfter(api, 'mig_1', { afterMs: 0, maxDowntimeMs: 100 }, Date.now());
+    expect(calls).toEqual([['PATCH', '/v1/migrations/mig_1', { maxDowntimeMs: 100 }]]);
+    expect(rec).toMatchObject({ ok: true, status: 200, maxDowntimeMs: 100, state: 'precopy' });
+    expect(rec.atMs).toBeGreaterThanOrEqual(0);
+  });
+
+  it('sends nothing once aborted, and records it', async () => {
+    const calls: unknown[] = [];
+    const ctl = new AbortController();
+    ctl.abort();
+    const rec = await retuneAfter(async (...a) => { calls.push(a); return { status: 200, body: {} }; }, 'mig_1', { afterMs: 60_000, bandwidthMbps: 1 }, Date.now(), ctl.signal);
+    expect(calls).toEqual([]);
+    expect(rec).toMatchObject({ ok: false, code: 'NOT_SENT' });
+  });
+
+  it('records a request that throws instead of throwing', async () => {
+    const rec = await retuneAfter(async () => { throw new Error('connection refused'); }, 'mig_1', { afterMs: 0, bandwidthMbps: 1 }, Date.now());
+    expect(rec).toMatchObject({ ok: false, status: 0, code: 'NOT_SENT' });
+  });
+});
+
+describe('the summary table and the report', () => {
+  const mig = (round: number, retuned?: TurntableMigration['retuned']): TurntableMigration => ({
+    round, from: 'siteA', to: 'siteB', mode: 'live', ok: true, migrationId: `mig_${round}`, state: 'completed',
+    downtimeMs: { hypervisor: 20, internal: null, serial: 200, ping: 250, udp: 230 }, lost: { ping: 1, udp: 10, serial: 5 }, answeredTwice: { udp: 0 },
+    totalMs: 9000, controlPlaneMs: 700, hypervisorTotalMs: 8000, bytes: 70e6, throughputMbps: 200, tcpSessionSurvived: true,
+    memory: { verified: true, passesAfter: 3 }, ...(retuned ? { retuned } : {}), emulator: { peakMbps: 300, queueMaxMs: 10, drops: 0 }, timings: {}, placesAfter: ['host-siteB'],
+    timeline: { t0: 0, fromMs: -1000, toMs: 2000, ping: [], udp: [], serialSource: [], serialDestination: [], marks: [] },
+  });
+  const pct = { p50: 1, p95: 1, max: 1, n: 1 };
+  const result = (retune: boolean): TurntableResult => ({
+    version: 1,
+    config: {
+      rttMs: 198, rateMbps: 1000, memoryMb: 256, load: 'dirty', dirtyMb: 64, dirtyPeriodMs: 1000, rounds: 2, pingIntervalMs: 50, udpIntervalMs: 2, serialPeriodMs: 5, clockPeriodUs: 200,
+      bandwidthMbps: 500, maxDowntimeMs: 30, ...(retune ? { retune: { afterMs: 1500, bandwidthMbps: 200, maxDowntimeMs: 100 } } : {}), out: '/tmp/x', startedAt: '', host: { kernel: 'k', cpus: 2, qemu: 'QEMU 10.0.2', accel: 'tcg' },
+    },
+    emulator: { nominalMbps: 1000, deliveredMbps: 300, rttMs: 198, queueMaxMs: 10, drops: 0 },
+    migrations: retune
+      ? [mig(1, { atMs: 1502, bandwidthMbps: 200, maxDowntimeMs: 100, ok: true, status: 200, state: 'precopy' }), mig(2, { atMs: 1550, bandwidthMbps: 200, maxDowntimeMs: 100, ok: false, status: 409, code: 'VMTC_MIGRATION_NOT_TUNABLE', state: 'completed' })]
+      : [mig(1)],
+    summary: { ping: pct, udp: pct, serial: pct, hypervisor: pct, nonLiveElapsedMs: null, liveClientMedianMs: 230, liveNonLiveRatio: null, liveOk: 2, liveTotal: 2 },
+    findings: [], finishedAt: '', durationMs: 1,
+  });
+
+  it('show each retune and its answer when the run retuned, and nothing of it otherwise', () => {
+    const table = summaryTable(result(true));
+    expect(table.split('\n')[0]).toMatch(/memory\s+retuned$/);
+    expect(table).toContain('retuned live 1 (mig_1): 200 Mbit/s, 100 ms at 1502 ms: ok (precopy)');
+    expect(table).toContain('retuned live 2 (mig_2): 200 Mbit/s, 100 ms at 1550 ms: VMTC_MIGRATION_NOT_TUNABLE (completed)');
+    const html = migrationTable(result(true));
+    expect(html).toContain('<th>Retuned</th>');
+    expect(html).toContain('VMTC_MIGRATION_NOT_TUNABLE');
+    expect(summaryTable(result(false))).not.toContain('retuned');
+    expect(migrationTable(result(false))).not.toContain('Retuned');
+  });
+});
