@@ -9,7 +9,8 @@
 # controller's pre-check names the bug.
 # VMTC_LAB_QEMU=stable keeps Debian's stable QEMU on purpose.
 set -euo pipefail
-PKGS=(qemu-system-x86 qemu-utils busybox-static cpio ethtool iputils-ping iproute2 gcc libc6-dev xz-utils chromium tmux)
+# prometheus: /usr/bin/promtool and /usr/bin/prometheus for the metrics tests (README "Metrics").
+PKGS=(qemu-system-x86 qemu-utils busybox-static cpio ethtool iputils-ping iproute2 gcc libc6-dev xz-utils chromium tmux prometheus)
 export DEBIAN_FRONTEND=noninteractive
 missing=()
 for p in "${PKGS[@]}"; do
@@ -23,6 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The package enables a Prometheus server on :9090 where systemd runs; the tests start their own
+# (loopback, a free port, storage in a temp dir), so none is left listening here.
+if [ -d /run/systemd/system ] && systemctl is-enabled --quiet prometheus 2>/dev/null; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 # ---- QEMU without the TCG dirty-tracking bug ------------------------------------------------

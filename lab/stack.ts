@@ -201,7 +201,9 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     }
     const ttok = (await api('POST', '/v1/enrollment-tokens', { kind: 'tunnel', hostId: 'tunnel-client' })).body;
     const tun = await startProc(['tunnel', '--controller', url, '--enroll', ttok.token, '--data', join(dir, 'tunnel'), '--driver', 'vxlan', '--netns', lab.client.ns, '--device', lab.client.tunnelDev,
-      ...lab.sites.flatMap((s) => ['--site', `${s.name}=${s.publicIp}`]), '--initial-site', lab.sites[0]!.name], join(dir, 'tunnel.log'), { env });
+      ...lab.sites.flatMap((s) => ['--site', `${s.name}=${s.publicIp}`]), '--initial-site', lab.sites[0]!.name,
+      // The tunnel agent measures the guest's client-seen downtime (docs/tunnel.md): vm1 is the guest started below.
+      '--watch', `vm1=${lab.vm.ip}`, '--capture-dev', lab.client.wanDev], join(dir, 'tunnel.log'), { env });
     procs.push(tun.child);
     for (let i = 0; ; i++) {
       const hosts = (await api('GET', '/v1/hosts')).body.hosts ?? [];

@@ -9,6 +9,8 @@ import { linkArgs, linkOptions, LOG_LEVEL_OPTION, serveAgent } from '../common/a
 import type { HypervisorDriver } from './driver.ts';
 import { DoubleDriver, type DoubleDriverConfig } from './double-driver.ts';
 import { startHostAgent } from './index.ts';
+import { hostAgentRegistry } from './metrics.ts';
+import { METRICS_LISTEN_OPTION, servingMetrics } from '../../src/common/metrics.ts';
 import { HOST_SETTING_FLAGS, HOST_SETTINGS_FILE, mergeHostSettings, readHostSettings, settingsDiffer, writeHostSettings, type HostSettings } from './host-settings.ts';
 import { agentFlags, deferDefaults, given } from '../../src/deploy/config-flags.ts';
 import { loadDeployment } from '../../src/deploy/schema.ts';
@@ -25,6 +27,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   site: { type: 'string', arg: 'NAME', help: 'site name reported in the inventory' },
   'migration-address': { type: 'string', arg: 'IP', help: "this host's lightpath address, reported in the inventory" },
   'export-listen': { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:0', help: 'HTTPS (mutual TLS) server that publishes disks to the destination of a cold migration' },
+  ...METRICS_LISTEN_OPTION,
   ...LOG_LEVEL_OPTION,
 };
 
@@ -69,7 +72,7 @@ export const command: Command = {
     // The one clock of the process: the agent, its link, the cold path and the driver wait on it.
     const clock = keepAliveClock;
     const driver = await makeDriver(o, dataDir, logger, clock);
-    return serveAgent(driver, async () => {
+    return serveAgent(driver, servingMetrics(o['metrics-listen'], (agent) => hostAgentRegistry(driver, agent.link), async () => {
       const agent = await startHostAgent({
         controllerUrl: (o.controller as string | undefined) ?? '',
         dataDir,
@@ -87,7 +90,7 @@ export const command: Command = {
         logger.info({ settings: effective, file: HOST_SETTINGS_FILE }, 'agent settings stored');
       }
       return agent;
-    });
+    }));
   },
 };
 

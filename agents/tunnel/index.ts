@@ -24,6 +24,7 @@ import type { Handler } from '../../src/common/rpc.ts';
 import { AgentLink, type BackoffOptions } from '../common/agent-link.ts';
 import { tunnelError, type TunnelChange, type TunnelMethods, type TunnelState } from '../../src/common/tunnel-protocol.ts';
 import type { TunnelDriver } from './driver.ts';
+import type { DowntimeMeter } from './meter.ts';
 
 export type { BicastParams, PruneParams, TunnelChange, TunnelMethods, TunnelState } from '../../src/common/tunnel-protocol.ts';
 
@@ -46,6 +47,9 @@ export interface TunnelAgentOptions {
   agentVersion?: string;
   /** Changes kept in `history`. */
   historyLimit?: number;
+  /** Measures the client-seen downtime of the VMs it watches from bicast to prune; the prune
+   *  returns the figures as `downtime` (meter.ts; docs/tunnel.md "Client-seen downtime"). */
+  meter?: DowntimeMeter;
 }
 
 export const TUNNEL_AGENT_DEFAULTS = { historyLimit: 200 } as const;
@@ -150,6 +154,8 @@ export async function startTunnelAgent(opts: TunnelAgentOptions): Promise<Tunnel
       changed = (await ensure(oldSite, 'bicast', vmId)) || changed;
       vmSites.set(vmId, [...new Set([oldSite, newSite])]);
       log.child({ vmId }).info({ oldSite, newSite, changed }, 'bicast');
+      // A measurement that cannot start never fails the switch: the prune then says why.
+      if (opts.meter?.watches(vmId)) await opts.meter.start(vmId, oldSite, newSite).catch((e: unknown) => log.child({ vmId }).warn({ err: e }, 'cannot measure the client-seen downtime'));
       publish();
       return { sites: await driver.sites() };
     });
@@ -180,9 +186,10 @@ export async function startTunnelAgent(opts: TunnelAgentOptions): Promise<Tunnel
           removed = true;
         }
       }
-      vlog.info({ keepSite, dropSite, removed }, 'prune');
+      const downtime = await opts.meter?.stop(vmId, keepSite).catch((e: unknown) => { vlog.warn({ err: e }, 'cannot read the client-seen downtime'); return undefined; });
+      vlog.info({ keepSite, dropSite, removed, ...(downtime ? { downtime } : {}) }, 'prune');
       publish();
-      return { sites: await driver.sites(), removed, ...(keptFor ? { keptFor } : {}) };
+      return { sites: await driver.sites(), removed, ...(keptFor ? { keptFor } : {}), ...(downtime ? { downtime } : {}) };
     });
   };
 
@@ -228,6 +235,7 @@ export async function startTunnelAgent(opts: TunnelAgentOptions): Promise<Tunnel
       closed = true;
       await l.close();
       await chain.catch(() => undefined);
+      await opts.meter?.close();
       log.info('tunnel agent stopped');
     },
   };

@@ -80,8 +80,8 @@ function stamp(d = new Date()): string {
 export function summaryTable(r: TurntableResult): string {
   const f = (v: number | null | undefined) => (v === null || v === undefined ? '–' : String(Math.round(v)));
   const rows = [
-    ['#', 'move', 'mode', 'ok', 'ping', 'udp', 'serial', 'internal', 'QEMU', 'total', 'control', 'MB', 'Mbit/s', 'TCP', 'memory', ...(r.config.retune ? ['retuned'] : [])],
-    ...r.migrations.map((m) => [String(m.round), `${m.from}→${m.to}`, m.mode, m.ok ? 'yes' : 'NO', f(m.downtimeMs.ping), f(m.downtimeMs.udp), f(m.downtimeMs.serial), f(m.downtimeMs.internal), f(m.downtimeMs.hypervisor), f(m.totalMs), f(m.controlPlaneMs), (m.bytes / 1e6).toFixed(1), f(m.throughputMbps), m.tcpSessionSurvived ? 'kept' : 'LOST',
+    ['#', 'move', 'mode', 'ok', 'ping', 'udp', 'serial', 'internal', 'QEMU', 'tun-pas', 'tun-prb', 'total', 'control', 'MB', 'Mbit/s', 'TCP', 'memory', ...(r.config.retune ? ['retuned'] : [])],
+    ...r.migrations.map((m) => [String(m.round), `${m.from}→${m.to}`, m.mode, m.ok ? 'yes' : 'NO', f(m.downtimeMs.ping), f(m.downtimeMs.udp), f(m.downtimeMs.serial), f(m.downtimeMs.internal), f(m.downtimeMs.hypervisor), f(m.downtimeMs.tunnelPassive), f(m.downtimeMs.tunnelProbe), f(m.totalMs), f(m.controlPlaneMs), (m.bytes / 1e6).toFixed(1), f(m.throughputMbps), m.tcpSessionSurvived ? 'kept' : 'LOST',
       !m.memory ? '–' : m.memory.evidence ? 'DAMAGED' : m.memory.verified ? 'verified' : '–',
       ...(r.config.retune ? [!m.retuned ? '–' : m.retuned.ok ? `at ${m.retuned.atMs}` : m.retuned.code ?? 'NO'] : [])]),
   ];
@@ -92,6 +92,10 @@ export function summaryTable(r: TurntableResult): string {
   const p = (x: { p50: number | null; p95: number | null; max: number | null }) => `p50 ${f(x.p50)}  p95 ${f(x.p95)}  max ${f(x.max)}`;
   lines.push('', `downtime over ${s.liveOk}/${s.liveTotal} live migrations (ms):`,
     `  ping (50 ms)  ${p(s.ping)}`, `  udp (2 ms)    ${p(s.udp)}`, `  serial        ${p(s.serial)}`, `  QEMU's own    ${p(s.hypervisor)}`,
+    ...(s.tunnelPassive && s.agreement ? [
+      `  tunnel agent  passive ${p(s.tunnelPassive)}; probe (20 ms) ${p(s.tunnelProbe ?? s.tunnelPassive)}`,
+      `  agreement |tunnel − udp|: passive median ${f(s.agreement.passiveVsUdp.p50)} worst ${f(s.agreement.passiveVsUdp.max)}; probe median ${f(s.agreement.probeVsUdp.p50)} worst ${f(s.agreement.probeVsUdp.max)}`,
+    ] : []),
     `non-live ${f(s.nonLiveElapsedMs)} ms ÷ live median ${f(s.liveClientMedianMs)} ms = ${s.liveNonLiveRatio ?? '–'} (paper §6.4)`,
     `emulator: nominal ${r.emulator.nominalMbps} Mbit/s, delivered up to ${Math.round(r.emulator.deliveredMbps)} Mbit/s, RTT ${r.emulator.rttMs} ms, queue max ${r.emulator.queueMaxMs} ms, ${r.emulator.drops} drops`);
   if (r.config.load === 'dirty') {

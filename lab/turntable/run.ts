@@ -200,7 +200,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       const places = m.placesAfter;
       if (places.length !== 1) findings.push(`after ${step.mode} migration ${m.migrationId} the VM was reported in ${places.length} places (${places.join(', ') || 'none'})`);
       if (places.length === 1) here = s.siteOf(places[0]!);
-      say(`  ${m.ok ? 'ok' : `FAILED (${m.state}${m.error ? `: ${m.error.code}` : ''})`}: ping ${fmt(m.downtimeMs.ping)}, udp ${fmt(m.downtimeMs.udp)}, serial ${fmt(m.downtimeMs.serial)}, QEMU ${fmt(m.downtimeMs.hypervisor)}; total ${m.totalMs} ms, ${(m.bytes / 1e6).toFixed(1)} MB at ${m.throughputMbps ?? '–'} Mbit/s; TCP session ${m.tcpSessionSurvived ? 'survived' : 'LOST'}; memory ${memoryWord(m)}${m.retuned ? `; retuned ${retuneWord(m.retuned)}` : ''}`);
+      say(`  ${m.ok ? 'ok' : `FAILED (${m.state}${m.error ? `: ${m.error.code}` : ''})`}: ping ${fmt(m.downtimeMs.ping)}, udp ${fmt(m.downtimeMs.udp)}, serial ${fmt(m.downtimeMs.serial)}, QEMU ${fmt(m.downtimeMs.hypervisor)}, tunnel agent passive ${fmt(m.downtimeMs.tunnelPassive ?? null)} / probe ${fmt(m.downtimeMs.tunnelProbe ?? null)}; total ${m.totalMs} ms, ${(m.bytes / 1e6).toFixed(1)} MB at ${m.throughputMbps ?? '–'} Mbit/s; TCP session ${m.tcpSessionSurvived ? 'survived' : 'LOST'}; memory ${memoryWord(m)}${m.retuned ? `; retuned ${retuneWord(m.retuned)}` : ''}`);
     }
   } finally {
     say('tearing the lab down');
@@ -255,6 +255,21 @@ function fmt(v: number | null): string {
   return v === null ? '–' : `${Math.round(v)} ms`;
 }
 
+/** The tunnel agent's figures as the migration record has them (null: not measured). */
+function tunnelFigures(rec: MigrationOutcome | undefined): { tunnelPassive: number | null; tunnelProbe: number | null } {
+  const d = (rec as { downtime?: { tunnelPassive?: { gapMs?: number | null }; tunnelProbe?: { gapMs?: number | null } } } | undefined)?.downtime;
+  return { tunnelPassive: d?.tunnelPassive?.gapMs ?? null, tunnelProbe: d?.tunnelProbe?.gapMs ?? null };
+}
+
+/** |a - udp| per live migration where both were measured. */
+function agreement(live: TurntableMigration[], k: 'tunnelPassive' | 'tunnelProbe'): number[] {
+  return live.flatMap((m) => {
+    const a = m.downtimeMs[k];
+    const u = m.downtimeMs.udp;
+    return typeof a === 'number' && typeof u === 'number' ? [round1(Math.abs(a - u))] : [];
+  });
+}
+
 /** Client-seen downtime of one migration: the finer UDP probe, else the ping. */
 export function clientSeen(m: TurntableMigration): number | null {
   return m.downtimeMs.udp ?? m.downtimeMs.ping;
@@ -268,6 +283,8 @@ export function summarize(ms: TurntableMigration[]): TurntableSummary {
   const liveClientMedianMs = percentiles(live.map(clientSeen).filter((v): v is number => v !== null)).p50;
   return {
     ping: percentiles(pick('ping')), udp: percentiles(pick('udp')), serial: percentiles(pick('serial')), hypervisor: percentiles(pick('hypervisor')),
+    tunnelPassive: percentiles(pick('tunnelPassive')), tunnelProbe: percentiles(pick('tunnelProbe')),
+    agreement: { passiveVsUdp: percentiles(agreement(live, 'tunnelPassive')), probeVsUdp: percentiles(agreement(live, 'tunnelProbe')) },
     nonLiveElapsedMs, liveClientMedianMs,
     liveNonLiveRatio: nonLiveElapsedMs !== null && liveClientMedianMs ? Math.round((nonLiveElapsedMs / liveClientMedianMs) * 10) / 10 : null,
     liveOk: live.length, liveTotal: ms.filter((m) => m.mode === 'live').length,
@@ -419,6 +436,7 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
       serial: serialMs,
       ping: pingGap ? round1(pingGap.gapMs) : null,
       udp: udpGap ? round1(udpGap.gapMs) : null,
+      ...tunnelFigures(rec),
     },
     lost: { ping: lostPing, udp: lostUdp, serial: lostSerial },
     answeredTwice: { udp: countAnsweredTwice(udpRes.replies.map((r) => [r[0], r[2]] as const), from, to) },

@@ -80,6 +80,11 @@ export interface DowntimeFigures {
   ping: number | null;
   /** Longest gap between replies of the 2 ms UDP echo probe. */
   udp: number | null;
+  /** The tunnel agent's own figures from the migration record (docs/tunnel.md "Client-seen
+   *  downtime"): longest gap between the VM's frames coming back through the tunnel, and between
+   *  replies of its 20 ms ICMP echo, from bicast to prune. Absent in older results. */
+  tunnelPassive?: number | null;
+  tunnelProbe?: number | null;
 }
 
 /** Probe samples around the switchover, as offsets in ms from `t0`. */
@@ -146,6 +151,11 @@ export interface TurntableSummary {
   udp: Percentiles;
   serial: Percentiles;
   hypervisor: Percentiles;
+  /** The tunnel agent's figures over the live migrations, and their agreement with the UDP probe:
+   *  |tunnel figure - udp| per migration (absent in older results). */
+  tunnelPassive?: Percentiles;
+  tunnelProbe?: Percentiles;
+  agreement?: { passiveVsUdp: Percentiles; probeVsUdp: Percentiles };
   /** The non-live migration's client-seen downtime (its UDP gap, else its ping gap). */
   nonLiveElapsedMs: number | null;
   /** Median over live migrations of the client-seen downtime (UDP gap, else ping gap). */

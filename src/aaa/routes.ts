@@ -19,6 +19,7 @@ import {
 } from './schemas.ts';
 import type { Db } from '../common/db.ts';
 import { peerCheck, registerHealthRoutes, storeCheck } from '../common/health-routes.ts';
+import { registerAaaMetrics } from './metrics.ts';
 
 export interface AaaRouteDeps {
   service: AaaService;
@@ -100,6 +101,7 @@ export function registerAaaRoutes(fastify: FastifyInstance, d: AaaRouteDeps): vo
   const proof: Security = [{ dpopProof: [] }];
   const adminOrProof: Security = [{ bearer: [] }, { dpopProof: [] }];
   const admin: Security = [{ bearer: [] }];
+  registerAaaMetrics(fastify, { onRequest: async (req) => requireAdmin(req), security: admin });
 
   http.get('/.well-known/jwks.json', {
     schema: {

@@ -22,6 +22,7 @@ import {
   EmptyBody, EmptyQuery, HOLDER_OR_PEER, IdParams, KeyParams, OPERATOR, ReservationList, Reservation as ReservationSchema, ReservationWithHistory, ReserveBody,
   type Reservation as ReservationView,
 } from './schemas.ts';
+import { registerBrokerMetrics } from './metrics.ts';
 
 export interface RouteDeps {
   domain: string;
@@ -60,6 +61,7 @@ export function registerRoutes(fastify: FastifyInstance, d: RouteDeps): void {
   };
   // view() builds exactly what ReservationSchema lists.
   const out = (r: Reservation) => view(r, d.domain) as ReservationView;
+  registerBrokerMetrics(fastify, { service: d.service, store: d.store, clock: d.clock, onRequest: async (req) => requireOperator(req), security: OPERATOR });
 
   /**
    * What a route's onRequest hook established about the caller, for its handler: a proof is

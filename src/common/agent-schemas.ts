@@ -173,6 +173,15 @@ export const TuneMigrationParamsSchema = Type.Object({
 export const ForceCompleteParamsSchema = Type.Object({ vmId: Id, migrationId: Id, mode: ForceCompleteModeSchema });
 
 const SitesResult = Type.Object({ sites: Type.Array(Type.String({ maxLength: 256 })) });
+const NumOrNull = Type.Union([Type.Number(), Type.Null()]);
+/** tunnel.prune's client-seen downtime (src/common/tunnel-protocol.ts TunnelDowntime). */
+export const TunnelDowntimeSchema = Type.Object({
+  vmId: Type.String({ maxLength: 256 }), from: Type.Number(), to: Type.Number(),
+  tunnelPassive: Type.Object({ gapMs: NumOrNull, gapFromAt: Type.Optional(Type.Number()), gapToAt: Type.Optional(Type.Number()), lastFromSourceAt: NumOrNull, firstFromDestinationAt: NumOrNull, switchMs: NumOrNull, samples: Type.Integer({ minimum: 0 }), method: Type.String({ maxLength: 256 }) }),
+  tunnelProbe: Type.Optional(Type.Object({ gapMs: NumOrNull, sent: Type.Integer({ minimum: 0 }), received: Type.Integer({ minimum: 0 }), periodMs: Type.Number({ minimum: 0 }), method: Type.String({ maxLength: 256 }) })),
+  error: Type.Optional(Type.Object({ code: Type.String({ maxLength: 256 }), message: Type.String({ maxLength: 4096 }) }, { additionalProperties: true })),
+});
+const PruneResult = Type.Object({ sites: Type.Array(Type.String({ maxLength: 256 })), downtime: Type.Optional(TunnelDowntimeSchema) });
 const Prepared = Type.Object({ uri: Type.String({ minLength: 1, maxLength: 1024 }), storage: Type.Optional(Type.Record(Type.String(), Type.Unknown())) });
 
 // The schemas and the types say the same: a checked value is the type the code reads, and
@@ -236,7 +245,7 @@ export const AGENT_RESULTS: Record<string, Checker> = (() => {
     'host.checkReach': checker(ReachResultSchema),
     'vm.tuneMigration': checker(MigrationLimitsSchema),
     'vm.forceComplete': checker(ForceCompleteResultSchema),
-    'tunnel.bicast': sites, 'tunnel.prune': sites, 'tunnel.state': AGENT_EVENTS['tunnel.state']!,
+    'tunnel.bicast': sites, 'tunnel.prune': checker(PruneResult), 'tunnel.state': AGENT_EVENTS['tunnel.state']!,
   };
 })();
 

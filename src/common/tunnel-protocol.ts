@@ -17,6 +17,7 @@ export const TUNNEL_ERRORS = {
   VMTC_TUNNEL_LAST_SITE: { status: 409, message: 'refusing to remove the last site the tunnel sends to: the VM would become unreachable' },
   VMTC_TUNNEL_COMMAND_FAILED: { status: 502, message: 'changing the tunnel (iproute2) failed' },
   VMTC_TUNNEL_SWITCH_FAILED: { status: 502, message: 'a tunnel agent failed to switch the tunnel' },
+  VMTC_TUNNEL_MEASURE_FAILED: { status: 502, message: 'the tunnel agent could not measure the client-seen downtime' },
 } as const satisfies Catalogue;
 
 export const tunnelError = errorFactory(TUNNEL_ERRORS);
@@ -47,10 +48,48 @@ export interface BicastParams { vmId: string; oldSite: string; newSite: string }
  *  stop sending to the other unless another VM still needs it. */
 export interface PruneParams { vmId: string; keepSite: string; dropSite: string }
 
+/** Client-seen silence from the VM's own frames coming back through the tunnel, between bicast
+ *  and prune (agents/tunnel/downtime.ts). Instants are ms since the epoch; null: not seen. */
+export interface TunnelPassiveDowntime {
+  /** The longest gap between two consecutive frames of the VM (either site) in the window. */
+  gapMs: number | null;
+  /** Where that silence starts and ends (epoch ms). */
+  gapFromAt?: number;
+  gapToAt?: number;
+  lastFromSourceAt: number | null;
+  firstFromDestinationAt: number | null;
+  /** firstFromDestinationAt - lastFromSourceAt (negative: the sites overlapped). */
+  switchMs: number | null;
+  /** Frames of the VM seen in the window. */
+  samples: number;
+  method: string;
+}
+
+/** Client-seen silence from an active echo probe to the VM's address (only between bicast and
+ *  prune): the longest time between two consecutive replies. */
+export interface TunnelProbeDowntime {
+  gapMs: number | null;
+  sent: number;
+  received: number;
+  periodMs: number;
+  method: string;
+}
+
+/** What the tunnel agent measured for one migration, returned by tunnel.prune. */
+export interface TunnelDowntime {
+  vmId: string;
+  from: number;
+  to: number;
+  tunnelPassive: TunnelPassiveDowntime;
+  tunnelProbe?: TunnelProbeDowntime;
+  /** The measurement could not run or was cut short (a coded error). */
+  error?: { code: string; message: string };
+}
+
 /** The requests a tunnel agent serves: [params, result]. */
 export interface TunnelMethods {
   'tunnel.bicast': [BicastParams, { sites: string[] }];
-  'tunnel.prune': [PruneParams, { sites: string[]; removed: boolean; keptFor?: string[] }];
+  'tunnel.prune': [PruneParams, { sites: string[]; removed: boolean; keptFor?: string[]; downtime?: TunnelDowntime }];
   'tunnel.state': [Record<string, never>, TunnelState];
 }
 

@@ -17,6 +17,7 @@ import type { MigrationRunner } from './runner.ts';
 import type { HubPort } from './ports.ts';
 import { presentMigrationControl, registerMigrationControl } from './migration-control-routes.ts';
 import { registerEventRoutes } from './events-routes.ts';
+import { registerControllerMetrics } from './metrics.ts';
 import { checkPolicyUpFront, type PolicyPrecheckDeps } from './policy-precheck.ts';
 import {
   CredentialBody, CredentialList, Host, HostList, IdParams, Identity, Migration, MigrationList, MigrationListQuery,
@@ -76,6 +77,7 @@ export function presentMigration(row: MigrationRow, store: ControllerStore, with
     progress: row.progress as Progress | null, error: row.error,
     steps: { checks: row.ctx.checks, token: row.ctx.token, lightpath: row.ctx.lightpath, incoming: row.ctx.incoming, tunnel: row.ctx.tunnel, ...(row.ctx.cold ? { cold: row.ctx.cold } : {}) },
     timings: row.ctx.timings ?? {}, result: row.ctx.result ?? {}, warnings: row.ctx.warnings ?? [],
+    ...(row.ctx.downtime ? { downtime: { ...row.ctx.downtime } } : {}),
     ...(row.ctx.kept ? { kept: row.ctx.kept } : {}),
     ...presentMigrationControl(row),
     createdAt: iso(row.createdAt), updatedAt: iso(row.updatedAt),
@@ -163,6 +165,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     return { migrations: page.rows.map((m) => presentMigration(m, store, false)), ...(page.nextCursor ? { nextCursor: page.nextCursor } : {}) };
   });
 
+  registerControllerMetrics(fastify, { store, hub, runner, onRequest: reader, security });
   registerEventRoutes(app, { ...d, present: (row) => presentMigration(row, store, true), onRequest: reader, security });
 
   app.get('/v1/migrations/:id', {

@@ -2,6 +2,7 @@
 // (hub.ts) provides HubPort; the AAA and broker clients and the tunnel agents provide the others
 // through adapters in integrations.ts. Keeping them narrow lets the runner be tested against
 // real agents while the AAA/broker steps are simply not configured.
+import type { TunnelDowntime } from '../common/tunnel-protocol.ts';
 import type { EventEmitter } from 'node:events';
 import type { HostInventory, HostMethods } from '../common/agent-protocol.ts';
 import type { LightpathRequest, PolicyCheckRequest, PolicyDecision } from '../common/lightpath.ts';
@@ -44,6 +45,7 @@ export interface LightpathPort {
 export interface TunnelPort {
   /** docs/design.md#live-migration, step 6: send toward both the old and the new site. */
   bicast(vmId: string, oldSite: string, newSite: string): Promise<void>;
-  /** Keep only `keepSite` (after commit: the new site; after rollback: the old one). */
-  prune(vmId: string, keepSite: string, dropSite: string): Promise<void>;
+  /** Keep only `keepSite` (after commit: the new site; after rollback: the old one). Returns what
+   *  a tunnel agent measured of the client-seen downtime since the bicast, if one did. */
+  prune(vmId: string, keepSite: string, dropSite: string): Promise<TunnelDowntime | void>;
 }

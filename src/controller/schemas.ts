@@ -192,6 +192,7 @@ export const Migration = Type.Object({
   steps: MigrationSteps,
   timings: MapOf(Type.Number(), { description: 'milliseconds spent in each state, by state name' }),
   result: MigrationResult,
+  downtime: Type.Optional(OpenObject({ description: "client-seen downtime: hypervisor (the hypervisor's figure, ms), tunnelPassive { gapMs, lastFromSourceAt, firstFromDestinationAt, switchMs, samples, method } and tunnelProbe { gapMs, sent, received, periodMs, method } measured by the tunnel agent between bicast and prune, tunnel { agent, from, to, error? } (docs/tunnel.md)" })),
   warnings: Type.Array(Warning, { description: 'problems after the commit point (no way back then), and known-bad hypervisor releases accepted or avoided at admission (details.step precheck)' }),
   kept: Type.Optional(Type.Array(Type.String(), { description: 'what the end state deliberately left in place for an operator, and why (everything else was released)' })),
   transitions: Type.Optional(Type.Array(Transition, { description: 'every state change (not in lists)' })),

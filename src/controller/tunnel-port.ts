@@ -9,7 +9,7 @@
 import type { Logger } from '../common/log.ts';
 import { silentLogger } from '../common/log.ts';
 import { toVmtcError, type ErrorBody } from '../common/errors.ts';
-import { tunnelError, type BicastParams, type PruneParams, type TunnelMethods } from '../common/tunnel-protocol.ts';
+import { tunnelError, type BicastParams, type PruneParams, type TunnelDowntime, type TunnelMethods } from '../common/tunnel-protocol.ts';
 import type { AgentHub } from './hub.ts';
 import type { TunnelPort } from './ports.ts';
 
@@ -47,17 +47,24 @@ export class HubTunnelPort implements TunnelPort {
     await this.all('tunnel.bicast', vmId, params);
   }
 
-  async prune(vmId: string, keepSite: string, dropSite: string): Promise<void> {
+  /** Returns the client-seen downtime measured by the first tunnel agent (in id order) that
+   *  measured it, with its id as `agent` (docs/tunnel.md "Client-seen downtime"). */
+  async prune(vmId: string, keepSite: string, dropSite: string): Promise<(TunnelDowntime & { agent: string }) | undefined> {
     const params: PruneParams = { vmId, keepSite, dropSite };
-    await this.all('tunnel.prune', vmId, params);
+    const results = await this.all('tunnel.prune', vmId, params);
+    for (const [agent, r] of results) {
+      const d = (r as TunnelMethods['tunnel.prune'][1] | undefined)?.downtime;
+      if (d) return { ...d, agent };
+    }
+    return undefined;
   }
 
-  private async all<M extends 'tunnel.bicast' | 'tunnel.prune'>(method: M, vmId: string, params: TunnelMethods[M][0]): Promise<void> {
+  private async all<M extends 'tunnel.bicast' | 'tunnel.prune'>(method: M, vmId: string, params: TunnelMethods[M][0]): Promise<[string, unknown][]> {
     const log = this.log.child({ vmId });
     const ids = this.targets();
     if (ids.length === 0) {
       log.warn({ method, params }, 'no tunnel agent connected: tunnel switch skipped');
-      return;
+      return [];
     }
     const settled = await Promise.allSettled(ids.map((id) => this.hub.requestRaw(id, method, params, this.timeoutMs)));
     const failed: { hostId: string; error: ErrorBody }[] = [];
@@ -76,5 +83,6 @@ export class HubTunnelPort implements TunnelPort {
       });
     }
     log.info({ method, params, agents: ids }, 'tunnel switched');
+    return settled.map((r, i) => [ids[i]!, r.status === 'fulfilled' ? r.value : undefined]);
   }
 }

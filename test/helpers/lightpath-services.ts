@@ -13,6 +13,8 @@ import { silentLogger } from '../../src/common/log.ts';
 
 export interface LightpathServices {
   aaaUrl: string;
+  /** The AAA's admin bearer credential. */
+  aaaAdminToken: string;
   broker: Broker;
   /** Every reservation, as the operator reads them. */
   reservations(): Promise<{ id: string; migrationId?: string; lifecycleState: string; provisionState: string; committed: boolean; dataPlane: { active: boolean } }[]>;
@@ -47,6 +49,7 @@ export async function startLightpathServices(controllerDir: string, o: { sites?:
   }
   return {
     aaaUrl: aaa.url,
+    aaaAdminToken: aaa.adminToken,
     broker,
     async reservations() {
       const r = await fetch(`${broker.url}/v1/reservations`, { headers: { authorization: `Bearer ${broker.operatorToken}` } });

@@ -194,6 +194,7 @@ const CODES: Record<(typeof SERVICES)[number], { catalogue: Catalogue; ops: Reco
       revokeAgent: ['VMTC_FORBIDDEN', 'VMTC_AGENT_UNKNOWN'],
       getLiveness: [],
       getReadiness: ['VMTC_NOT_READY'],
+      getMetrics: ['VMTC_FORBIDDEN'],
     },
   },
   aaa: {
@@ -213,6 +214,7 @@ const CODES: Record<(typeof SERVICES)[number], { catalogue: Catalogue; ops: Reco
       rotateKeys: ['VMTC_FORBIDDEN'],
       getLiveness: [],
       getReadiness: ['VMTC_NOT_READY'],
+      getMetrics: ['VMTC_FORBIDDEN'],
     },
   },
   broker: {
@@ -233,6 +235,7 @@ const CODES: Record<(typeof SERVICES)[number], { catalogue: Catalogue; ops: Reco
       followEvents: [],
       getLiveness: [],
       getReadiness: ['VMTC_NOT_READY'],
+      getMetrics: [],
     },
   },
 };

@@ -41,6 +41,13 @@ const TOL = {
   // The serial heartbeat stops with the source and restarts when the guest runs at the destination;
   // clients see it a little later (replies cross the WAN, the bridge at the new site learns).
   serialVsUdp: 200,
+  // The tunnel agent's figures (docs/tunnel.md "Client-seen downtime": the VM's frames captured on
+  // the client's underlay, and its 20 ms ICMP echo) see the guest's kernel answer, as ping does:
+  // below UDP by up to the same userland lag as ping (udpVsPing; measured at 198 ms RTT over 5
+  // rounds: 80-190 ms below), and above it by at most the probe's period + 2 UDP periods + a
+  // margin for the two clocks' reading (20 + 2 × 2 + 36 ms).
+  tunnelBelowUdp: 200,
+  tunnelAboveUdp: 60,
 };
 
 function listNetns(): string[] {
@@ -111,6 +118,20 @@ describe('vmtc turntable (1 round, small guest)', () => {
     expect(live.downtimeMs.hypervisor).toBeGreaterThanOrEqual(0);
     expect(nonlive.downtimeMs.hypervisor).toBeNull();
     if (r.migrations.some((m) => m.downtimeMs.internal === null)) expect(r.findings.join('\n')).toMatch(/internal probe unavailable/);
+  });
+
+  it('has the tunnel agent measure every migration, in agreement with the UDP probe within the tolerance', () => {
+    expect(r).toBeDefined();
+    for (const m of r.migrations) {
+      const { tunnelPassive: passive, tunnelProbe: probe, udp } = m.downtimeMs;
+      for (const [k, v] of [['passive', passive], ['probe', probe]] as const) {
+        expect(v, `${m.mode} tunnel ${k}`).toBeGreaterThan(0);
+        expect(udp! - v!, `${m.mode}: udp ${udp} vs tunnel ${k} ${v}`).toBeLessThanOrEqual(TOL.tunnelBelowUdp);
+        expect(v! - udp!, `${m.mode}: tunnel ${k} ${v} vs udp ${udp}`).toBeLessThanOrEqual(TOL.tunnelAboveUdp);
+      }
+    }
+    expect(r.summary.agreement?.passiveVsUdp.n).toBe(1);
+    expect(stdout).toMatch(/agreement \|tunnel − udp\|: passive median \d+/);
   });
 
   it('retuned the live migration once through the controller and recorded the answer', () => {

@@ -108,11 +108,18 @@ function retuneCell(t: TurntableMigration['retuned']): string {
   return `${esc(what)} at ${esc(ms(t.atMs))}: ${answer}${t.state ? ` <span class="muted">(${esc(t.state)})</span>` : ''}`;
 }
 
+function agreementLine(r: TurntableResult): string {
+  const a = r?.summary?.agreement;
+  if (!a || (!a.passiveVsUdp?.n && !a.probeVsUdp?.n)) return '';
+  const one = (name: string, p: { p50: number | null; max: number | null; n: number }) => `${name} vs UDP: median ${ms(p.p50)}, worst ${ms(p.max)} (n=${p.n})`;
+  return ` Agreement |tunnel − UDP|: ${esc(one('passive', a.passiveVsUdp))}; ${esc(one('probe', a.probeVsUdp))}.`;
+}
+
 export function migrationTable(r: TurntableResult): string {
   const ms_ = migrations(r);
   if (ms_.length === 0) return '<section><h2>Migrations</h2><p class="muted">This run has no migrations.</p></section>';
   const retune = !!r?.config?.retune;
-  const head = ['Round', 'From → to', 'Mode', 'OK', 'State', 'Hypervisor', 'Internal', 'Serial', 'Ping', 'UDP', 'Lost ping/UDP/serial', 'Total', 'Control plane', 'QEMU total', 'Bytes', 'Throughput', 'TCP session', 'Guest memory', ...(retune ? ['Retuned'] : []), 'Runs on afterwards', 'Lightpath peak / queue / drops'];
+  const head = ['Round', 'From → to', 'Mode', 'OK', 'State', 'Hypervisor', 'Internal', 'Serial', 'Ping', 'UDP', 'Tunnel passive', 'Tunnel probe', 'Lost ping/UDP/serial', 'Total', 'Control plane', 'QEMU total', 'Bytes', 'Throughput', 'TCP session', 'Guest memory', ...(retune ? ['Retuned'] : []), 'Runs on afterwards', 'Lightpath peak / queue / drops'];
   const rows = ms_.map((m) => {
     const d = m.downtimeMs ?? ({} as TurntableMigration['downtimeMs']);
     const lost = m.lost ? `${num(m.lost.ping)} / ${num(m.lost.udp)} / ${num(m.lost.serial)}` : '—';
@@ -128,6 +135,8 @@ export function migrationTable(r: TurntableResult): string {
       `<td class="n">${esc(ms(d.serial))}</td>`,
       `<td class="n">${esc(ms(d.ping))}</td>`,
       `<td class="n">${esc(ms(d.udp))}</td>`,
+      `<td class="n">${esc(ms(d.tunnelPassive))}</td>`,
+      `<td class="n">${esc(ms(d.tunnelProbe))}</td>`,
       `<td class="n">${esc(lost)}</td>`,
       `<td class="n">${esc(ms(m.totalMs))}</td>`,
       `<td class="n">${esc(ms(m.controlPlaneMs))}</td>`,
@@ -150,7 +159,7 @@ export function migrationTable(r: TurntableResult): string {
     ? `<h3>Controller time per state</h3><div class="scroll"><table><tr><th>Round</th><th>Migration</th>${timingKeys.map((k) => `<th>${esc(k)}</th>`).join('')}</tr>${timings.map((m) => `<tr><td class="n">${esc(num(m.round))}</td><td>${esc(m.migrationId)}</td>${timingKeys.map((k) => `<td class="n">${esc(ms(m.timings[k]))}</td>`).join('')}</tr>`).join('')}</table></div>`
     : '';
   return `<section><h2>Migrations</h2>
-<p class="sub">Downtime figures in ms: hypervisor = QEMU’s own (none for non-live); internal = in-guest clock; serial = silence between the last heartbeat at the source and the first at the destination; ping and UDP = longest gap between replies.</p>
+<p class="sub">Downtime figures in ms: hypervisor = QEMU’s own (none for non-live); internal = in-guest clock; serial = silence between the last heartbeat at the source and the first at the destination; ping and UDP = longest gap between replies; tunnel passive / probe = the tunnel agent’s own figures from the migration record (longest gap between the VM’s frames coming back through the tunnel / between replies of its 20 ms ICMP echo, from bicast to prune).${agreementLine(r)}</p>
 <div class="scroll"><table class="migs">
 <tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr>
 ${rows.join('\n')}

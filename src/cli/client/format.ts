@@ -129,6 +129,18 @@ function orderedTimings(m: MigrationView): [string, number][] {
   return out;
 }
 
+/** The tunnel agent's figures (docs/tunnel.md "Client-seen downtime"), beside the hypervisor's. */
+export function downtimeLine(d: Record<string, unknown> | undefined): string | undefined {
+  if (!d) return undefined;
+  const parts: string[] = [];
+  const p = d.tunnelPassive as { gapMs?: number | null; samples?: number } | undefined;
+  const q = d.tunnelProbe as { gapMs?: number | null; sent?: number; received?: number; periodMs?: number } | undefined;
+  if (p) parts.push(`passive ${typeof p.gapMs === 'number' ? fmtMs(p.gapMs) : 'not seen'} (${p.samples ?? 0} frames)`);
+  if (q) parts.push(`probe ${typeof q.gapMs === 'number' ? fmtMs(q.gapMs) : 'no replies'} (${q.received ?? 0}/${q.sent ?? 0} echoes every ${q.periodMs ?? '?'} ms)`);
+  if (typeof d.hypervisor === 'number') parts.push(`hypervisor ${fmtMs(d.hypervisor)}`);
+  return parts.length ? parts.join(', ') : undefined;
+}
+
 function resultLine(r: MigrationView['result']): string | undefined {
   if (!r || Object.keys(r).length === 0) return undefined;
   const parts: string[] = [];
@@ -198,6 +210,8 @@ function outcomeLines(m: MigrationView): string[] {
   const lines: string[] = [];
   const r = resultLine(m.result);
   if (r) lines.push(`result: ${r}`);
+  const d = downtimeLine(m.downtime);
+  if (d) lines.push(`client-seen downtime: ${d}`);
   if (m.error) lines.push(`error: ${fmtError(m.error)}`);
   for (const w of m.warnings ?? []) lines.push(`warning: ${fmtError({ code: w.code ?? 'warning', message: w.message ?? '', ...(w.details ? { details: w.details } : {}) })}`);
   for (const k of m.kept ?? []) lines.push(`kept: ${k}`);

@@ -4,6 +4,8 @@
 import { toVmtcError, type ErrorBody } from '../../common/errors.ts';
 import { closeAccounting, releaseLightpath } from './effects-rollback.ts';
 import { NOT_FOUND, askAgent, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
+import type { TunnelDowntime } from '../../common/tunnel-protocol.ts';
+import type { MigrationDowntime } from './record.ts';
 
 const activate: EffectFn = async (cx, row) => {
   let warnings = row.ctx.warnings ?? [];
@@ -17,14 +19,26 @@ const activate: EffectFn = async (cx, row) => {
   }
   if (cx.tunnel && row.ctx.tunnel?.bicast) {
     try {
-      await cx.tunnel.prune(row.vmId, site(cx, row.destinationHostId), site(cx, row.sourceHostId));
-      return { event: { type: 'ACTIVATED' }, ctxPatch: { tunnel: { bicast: true, pruned: true } } };
+      const d = await cx.tunnel.prune(row.vmId, site(cx, row.destinationHostId), site(cx, row.sourceHostId));
+      const downtime = d ? tunnelDowntime(d, row.ctx.result?.downtimeMs) : undefined;
+      // On the event stream with the transition (its detail), and in the record.
+      return { event: { type: 'ACTIVATED' }, ctxPatch: { tunnel: { bicast: true, pruned: true }, ...(downtime ? { downtime } : {}) }, ...(downtime ? { detail: { downtime } } : {}) };
     } catch (e) {
       return { event: { type: 'ACTIVATED' }, ctxPatch: { warnings: [...warnings, toVmtcError(e).toJSON()] } };
     }
   }
   return { event: { type: 'ACTIVATED' } };
 };
+
+/** The record's downtime from what a tunnel agent returned with the prune. */
+export function tunnelDowntime(d: TunnelDowntime & { agent?: string }, hypervisor: number | undefined): MigrationDowntime {
+  return {
+    ...(hypervisor !== undefined ? { hypervisor } : {}),
+    tunnelPassive: d.tunnelPassive,
+    ...(d.tunnelProbe ? { tunnelProbe: d.tunnelProbe } : {}),
+    tunnel: { agent: d.agent ?? '', from: d.from, to: d.to, ...(d.error ? { error: d.error } : {}) },
+  };
+}
 
 const cleanupSource: EffectFn = async (cx, row) => {
   const warnings = [...(row.ctx.warnings ?? [])];

@@ -3,6 +3,7 @@
 // (machine.ts) can read a record without the store.
 import type { ForceCompleteMode, MigrationLimits, MigrationParams } from '../../common/agent-protocol.ts';
 import type { ErrorBody } from '../../common/errors.ts';
+import type { TunnelPassiveDowntime, TunnelProbeDowntime } from '../../common/tunnel-protocol.ts';
 
 export interface MigrationRequest {
   vmId: string;
@@ -46,6 +47,9 @@ export interface MigrationCtx {
   /** The controller let the source send its final state (entering 'switchover', recorded with
    *  that transition): from here the destination may have received it (docs/design.md#switchover). */
   switchover?: { grantedAt: number };
+  /** Client-seen downtime: the hypervisor's figure beside what the tunnel agent measured where
+   *  clients' traffic enters (docs/tunnel.md "Client-seen downtime"). */
+  downtime?: MigrationDowntime;
   result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number; pausedAt?: number; resumedAt?: number; storageBytes?: number };
   /** Milliseconds spent in each step, by state name. */
   timings?: Record<string, number>;
@@ -78,6 +82,15 @@ export interface MigrationCtx {
     imported?: { bytes: number; resumedBytes: number; ms: number; mbps: number | null };
     verified?: boolean;
   };
+}
+
+/** The record's `downtime`: each figure with how it was measured. */
+export interface MigrationDowntime {
+  hypervisor?: number;
+  tunnelPassive?: TunnelPassiveDowntime;
+  tunnelProbe?: TunnelProbeDowntime;
+  /** The tunnel agent that measured, and its window (epoch ms). */
+  tunnel?: { agent: string; from: number; to: number; error?: { code: string; message: string } };
 }
 
 /** One change an operator made to a running migration: when, who (the credential's name), what. */
