@@ -53,6 +53,27 @@ describe('QEMU driver, source side (QMP double, manual clock)', () => {
     expect(await t.driver.migrationStatus('vm-1')).toMatchObject({ status: 'completed' });
   });
 
+  it('completed while QEMU still says finish-migrate: migrate() returns only once the source is postmigrate (never reported as migrating)', async () => {
+    // QEMU sets the migration `completed` before it moves the source's run state from
+    // finish-migrate to postmigrate; a CI run once read the source as 'migrating' after a
+    // completed result.
+    const t = driverUnderTest(cleanups, { pollMs: 200 });
+    const q = await running(t, 'vm-fm');
+    const o = watch(t.driver.migrate('vm-fm', URI, { migrationId: 'mig-fm' }, () => undefined), t.clock);
+    await idle(t.clock, () => o.settled);
+    q.runState = 'finish-migrate';
+    q.migration = { status: 'completed', ram: ram(1000, 2), downtime: 20, 'total-time': 900 };
+    t.clock.advance(200);
+    await idle(t.clock, () => o.settled);
+    t.clock.advance(50);
+    await idle(t.clock, () => o.settled);
+    expect(o.settled).toBe(false);
+    q.runState = 'postmigrate';
+    await runUntilSettled(t.clock, o, 1000);
+    expect(o.value).toMatchObject({ status: 'completed', downtimeMs: 20 });
+    expect((await t.driver.describe('vm-fm')).state).toBe('postmigrate');
+  });
+
   it('a MIGRATION event wakes the poll at once instead of waiting for the next one', async () => {
     const t = driverUnderTest(cleanups, { pollMs: 10_000 });
     const q = await running(t, 'vm-2');

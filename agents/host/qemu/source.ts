@@ -167,6 +167,14 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
         await clockSleep(vms.clock, 10);
         q = await qmp.execute<QueryMigrate>('query-migrate').catch(() => q);
       }
+      // It also sets `completed` before it moves the source from `finish-migrate` to
+      // `postmigrate` (migration_iteration_finish, under its own lock): wait for that, so a
+      // completed result always finds the source paused in postmigrate, never "migrating".
+      for (let i = 0; i < 200; i++) {
+        const st = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
+        if (!st || st.status !== 'finish-migrate') break;
+        await clockSleep(vms.clock, 10);
+      }
       const r: MigrationResult = { ...base, status: 'completed', transferredBytes: ram?.transferred ?? 0 };
       if (q.downtime !== undefined) r.downtimeMs = q.downtime;
       if (q['total-time'] !== undefined) r.totalTimeMs = q['total-time'];
