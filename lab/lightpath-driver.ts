@@ -10,13 +10,13 @@
 // rateMbps, queueMs, loss (the delay line's parameters; taken from the first end), delayLineImpl
 // ('node' | 'c': which delay line program; absent: env VMTC_DELAY_LINE, else c).
 // Records live in `<stateDir>/lightpaths/` (default /run/vmtc-lab), so `lab down` finds them.
-import type { ProvisionedSegment } from '../src/broker/driver.ts';
+import type { DataPlaneStats, ProvisionedSegment } from '../src/broker/driver.ts';
 import { driverError } from '../src/broker/drivers/errors.ts';
 import {
   IPV4, LINUX_DRIVER_DEFAULTS, LinuxVxlanDriver, NS_NAME, initialWindowPackets, settingsReader,
   type LinuxDriverOptions, type LinuxEnd, type LinuxLightpathRecord, type UnderlayTarget,
 } from '../src/broker/drivers/linux.ts';
-import { isOurDelayLine, requestDelayLineReport, startDelayLine, stopDelayLine, type DelayLineHandle, type DelayLineImpl, type DelayLineSpec } from './delay-line-process.ts';
+import { isOurDelayLine, lastDelayLineReport, requestDelayLineReport, startDelayLine, stopDelayLine, type DelayLineHandle, type DelayLineImpl, type DelayLineSpec } from './delay-line-process.ts';
 import { DELAY_LINE_DEFAULTS, type DelayLineReport } from './delay-line.ts';
 
 export { lightpathHash, initialWindowPackets } from '../src/broker/drivers/linux.ts';
@@ -180,6 +180,23 @@ export class LabLightpathDriver extends LinuxVxlanDriver<LabEnd, LightpathRecord
         relay: r.delayLine ? { namespace: r.wanNamespace, ip: r.relayIp, port: r.delayLine.port, pid: r.delayLine.pid, statsFile: r.delayLine.statsFile } : null,
       },
     };
+  }
+
+  /** Each live delay line's last periodic report, per direction (the broker's /metrics). Read
+   *  from the stats files; no signal is sent, so a scrape never disturbs the line. */
+  async dataPlaneStats(): Promise<DataPlaneStats[]> {
+    const out: DataPlaneStats[] = [];
+    for (const rec of await this.records()) {
+      if (!rec.delayLine || !this.dl.isOurs(rec.delayLine.pid, rec.delayLine.tag)) continue;
+      const r = await lastDelayLineReport(rec.delayLine.statsFile);
+      if (!r) continue;
+      for (const direction of ['ab', 'ba'] as const) {
+        const i = r.interval[direction];
+        const t = r.total[direction];
+        out.push({ connectionId: rec.connectionId, direction, deliveredMbps: i.mbps, queueP50Ms: i.queueP50Ms, queueMaxMs: i.queueMaxMs, packets: t.packets, bytes: t.bytes, drops: t.drops });
+      }
+    }
+    return out;
   }
 
   /** What the delay line of a provisioned connection has delivered so far (null if unknown). */

@@ -20,6 +20,23 @@ export interface ProvisionedSegment {
   details: Record<string, unknown>;
 }
 
+/** What one direction of a provisioned segment's data plane carries, where the driver can see it
+ *  (the lab's delay line reports it; real switches would through their counters). */
+export interface DataPlaneStats {
+  connectionId: string;
+  /** 'ab' = first end to last end of the path, 'ba' the other way. */
+  direction: 'ab' | 'ba';
+  /** Delivered rate over the driver's last reporting interval, Mbit/s. */
+  deliveredMbps: number;
+  /** Queueing delay of that interval: median and worst, ms. */
+  queueP50Ms: number;
+  queueMaxMs: number;
+  /** Since the segment was provisioned. */
+  packets: number;
+  bytes: number;
+  drops: number;
+}
+
 export interface NetworkElementDriver {
   readonly name: string;
   /** Make the data plane real. Must be idempotent for the same connectionId, and leave nothing
@@ -28,4 +45,6 @@ export interface NetworkElementDriver {
   /** Tear the data plane down; releasing an unknown or already-released id is not an error. */
   release(connectionId: string): Promise<void>;
   close(): Promise<void>;
+  /** Optional: what each provisioned segment's data plane carries now (for /metrics). */
+  dataPlaneStats?(): Promise<DataPlaneStats[]>;
 }

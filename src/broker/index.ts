@@ -126,7 +126,7 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
         }
       : undefined;
     app = await buildHttp({ logger, title: `vmtc broker (${opts.domain})`, securitySchemes: BROKER_SECURITY_SCHEMES, bodyLimit: opts.bodyLimit ?? BROKER_DEFAULTS.bodyLimit, rateLimit: { ...BROKER_DEFAULTS.rateLimit, ...(opts.rateLimit ?? {}) }, ...(https ? { fastify: { https } } : {}) });
-    registerRoutes(app, { domain: opts.domain, service, gate, peers, clock, streams, operator, publicUrl: () => publicUrl, store, issuers: trust.issuers });
+    registerRoutes(app, { domain: opts.domain, service, gate, peers, clock, streams, operator, publicUrl: () => publicUrl, store, issuers: trust.issuers, driver });
     await app.listen({ host, port });
     publicUrl = resolvePublicUrl(opts.publicUrl, { scheme: trust.tls ? 'https' : 'http', host, port: (app.server.address() as { port: number }).port });
   } catch (e) {

@@ -23,6 +23,7 @@ import {
   type Reservation as ReservationView,
 } from './schemas.ts';
 import { registerBrokerMetrics } from './metrics.ts';
+import type { NetworkElementDriver } from './driver.ts';
 
 export interface RouteDeps {
   domain: string;
@@ -39,6 +40,8 @@ export interface RouteDeps {
   /** For GET /readyz: the store, and the issuers whose keys are fetched from a URL. */
   store: BrokerStore;
   issuers: IssuerConfig[];
+  /** For /metrics: what the data plane carries, where the driver reports it. */
+  driver: Pick<NetworkElementDriver, 'dataPlaneStats'>;
 }
 
 export function registerRoutes(fastify: FastifyInstance, d: RouteDeps): void {
@@ -61,7 +64,7 @@ export function registerRoutes(fastify: FastifyInstance, d: RouteDeps): void {
   };
   // view() builds exactly what ReservationSchema lists.
   const out = (r: Reservation) => view(r, d.domain) as ReservationView;
-  registerBrokerMetrics(fastify, { service: d.service, store: d.store, clock: d.clock, onRequest: async (req) => requireOperator(req), security: OPERATOR });
+  registerBrokerMetrics(fastify, { service: d.service, store: d.store, driver: d.driver, clock: d.clock, onRequest: async (req) => requireOperator(req), security: OPERATOR });
 
   /**
    * What a route's onRequest hook established about the caller, for its handler: a proof is

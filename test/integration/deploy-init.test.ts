@@ -88,13 +88,15 @@ describe('a domain from vmtc init', () => {
     const doubleCfg = join(dir, 'double.json');
     writeFileSync(doubleCfg, JSON.stringify({ bytesPerMb: 1024 }));
     const agents = new Map<string, CliProcess>();
+    // ams-1 serves its metrics; the address is a setting like the others (kept across restarts).
+    const metricsPort = await freePort();
     for (const [host, site] of [['ams-1', 'amsterdam'], ['sd-1', 'san-diego']] as const) {
       const t = await vmtc(['enroll-token', '--config', config, '--host', host]);
       expect(t.code, t.err).toBe(0);
       const token = t.out.trim();
       expect(token).toMatch(/^vmtc-enroll-/);
       agents.set(host, spawnVmtcCli(['agent', '--config', config, '--enroll', token, '--data', join(dir, host), '--driver', 'double', '--double-config', doubleCfg,
-        '--site', site, '--migration-address', '127.0.0.1', '--log-level', 'warn'], cleanups));
+        '--site', site, '--migration-address', '127.0.0.1', '--log-level', 'warn', ...(host === 'ams-1' ? ['--metrics-listen', `127.0.0.1:${metricsPort}`] : [])], cleanups));
     }
     const connected = async (host: string) => (await call('GET', '/v1/hosts')).body.hosts.some((h: any) => h.hostId === host && h.connected);
     await until(async () => (await connected('ams-1')) && (await connected('sd-1')), 20_000, 'both agents connected');
@@ -128,7 +130,10 @@ describe('a domain from vmtc init', () => {
     expect(back.state, JSON.stringify(back.error)).toBe('completed');
     const host = (await call('GET', '/v1/hosts/ams-1')).body;
     expect(host).toMatchObject({ site: 'amsterdam', migrationAddress: '127.0.0.1', hypervisor: { type: 'double' } });
-    expect(JSON.parse(readFileSync(join(dir, 'ams-1', 'host.json'), 'utf8')).settings).toMatchObject({ site: 'amsterdam', driver: 'double', 'double-config': doubleCfg });
+    expect(JSON.parse(readFileSync(join(dir, 'ams-1', 'host.json'), 'utf8')).settings).toMatchObject({ site: 'amsterdam', driver: 'double', 'double-config': doubleCfg, 'metrics-listen': `127.0.0.1:${metricsPort}` });
+    const scraped = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
+    expect(scraped.status).toBe(200);
+    expect(await scraped.text()).toMatch(/^vmtc_agent_/m);
 
     // Restart sd-1 (now empty) naming its driver but not its site: the issue's case, where the
     // site used to be dropped and the AAA refused the next lightpath (VMTC_AAA_SITE_UNKNOWN).

@@ -14,6 +14,10 @@ import { LabLightpathDriver, lightpathHash } from '../../lab/lightpath-driver.ts
 import { VmtcError } from '../../src/common/errors.ts';
 import type { SegmentRequest } from '../../src/broker/driver.ts';
 import { parseTopology } from '../../src/broker/topology.ts';
+import Fastify from 'fastify';
+import { registerBrokerMetrics } from '../../src/broker/metrics.ts';
+import { systemClock } from '../../src/common/clock.ts';
+import { havePromtool, promtoolCheck, sample } from '../helpers/metrics-text.ts';
 
 let stateDir: string;
 let lab: Lab;
@@ -116,6 +120,42 @@ describe('Linux lightpath driver', () => {
     // Another driver instance (the broker restarted) finds and releases it from the record.
     await new LabLightpathDriver({ stateDir }).release('c-ac');
     await expectNothingLeft('c-ac');
+  });
+
+  it('reports each delay line\'s rate, queueing delay and drops per direction, and the broker serves them on /metrics', async () => {
+    const [A, B] = lab.sites as [Lab['sites'][0], Lab['sites'][0]];
+    await driver.provision(req('c-metrics'));
+    const app = Fastify();
+    try {
+      registerBrokerMetrics(app, { service: { calendar: { peak: () => 0 } } as never, store: { live: () => [] }, driver, clock: systemClock, onRequest: async () => undefined, security: [] });
+      const ping = await netnsExec(A.ns, ['ping', '-n', '-c', '20', '-i', '0.05', '-W', '1', B.lightpathIp]);
+      expect(ping.stdout).toMatch(/20 received/);
+      // The line writes a report every second; wait (bounded) for one that counts the pings.
+      let stats = await driver.dataPlaneStats();
+      const counted = () => stats.filter((s) => s.connectionId === 'c-metrics' && s.packets >= 20).length === 2;
+      for (let i = 0; i < 40 && !counted(); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        stats = await driver.dataPlaneStats();
+      }
+      const mine = stats.filter((s) => s.connectionId === 'c-metrics');
+      expect(mine.map((s) => s.direction).sort()).toEqual(['ab', 'ba']);
+      for (const s of mine) {
+        expect(s.packets).toBeGreaterThanOrEqual(20);
+        expect(s.drops).toBe(0);
+        expect(s.queueMaxMs).toBeGreaterThanOrEqual(s.queueP50Ms);
+      }
+      const text = (await app.inject({ method: 'GET', url: '/metrics' })).body;
+      expect(sample(text, 'vmtc_broker_dataplane_delivered_packets', { connection: 'c-metrics', direction: 'ab' })).toBeGreaterThanOrEqual(20);
+      expect(sample(text, 'vmtc_broker_dataplane_dropped_packets', { connection: 'c-metrics', direction: 'ba' })).toBe(0);
+      expect(sample(text, 'vmtc_broker_dataplane_delivered_rate_bytes', { connection: 'c-metrics', direction: 'ab' })).toBeGreaterThanOrEqual(0);
+      expect(sample(text, 'vmtc_broker_dataplane_queue_delay_max_seconds', { connection: 'c-metrics', direction: 'ab' })).toBeGreaterThanOrEqual(0);
+      if (havePromtool) expect(promtoolCheck(text)).toMatchObject({ code: 0 });
+    } finally {
+      await app.close();
+      await driver.release('c-metrics');
+    }
+    // Released: its series are gone with it.
+    expect((await driver.dataPlaneStats()).filter((s) => s.connectionId === 'c-metrics')).toEqual([]);
   });
 
   it('emits a topology file the broker accepts', () => {
