@@ -14,7 +14,11 @@ import { next, transition, type Effect, type Machine, type MachineTypes } from '
 import { computePath } from './path.ts';
 import type { PeerLinks } from './peer.ts';
 import type { BrokerStore, Owner, Reservation, TransitionRow } from './store.ts';
-import { stpsToward, type Topology } from './topology.ts';
+import type { Topology } from './topology.ts';
+import { checkReserve, type AdmissionPlan, type ReserveAuth, type ReserveInput } from './admission.ts';
+
+export type { ReserveAuth, ReserveInput } from './admission.ts';
+export { view } from './view.ts';
 
 export interface FaultInjection {
   /** Test hook: every commit in this broker fails (to prove all-or-nothing commit). */
@@ -32,30 +36,6 @@ export interface BrokerServiceOptions {
   logger: Logger;
   holdTimeoutMs: number;
   faults?: FaultInjection;
-}
-
-export interface ReserveInput {
-  src: string;
-  dst: string;
-  bandwidthMbps: number;
-  /** Epoch seconds, [start, end). */
-  start: number;
-  end: number;
-  migrationId?: string;
-  /** The caller's name for the reservation, unique per owner (docs/broker.md "Idempotency key"). */
-  idempotencyKey?: string;
-}
-
-export interface ReserveAuth {
-  owner: Owner;
-  /** The raw capability token, forwarded to peer domains. */
-  token: string;
-  jti: string;
-  iss: string;
-  exp: number;
-  /** The ordered domains of the token's scope (to find the next domain). */
-  domains: string[];
-  upstream?: { domain: string; reservationId: string };
 }
 
 export type BrokerEvent =
@@ -256,39 +236,9 @@ export class BrokerService {
     return live;
   }
 
-  // ---------------------------------------------------------------- validation
-
-  /** Checks that need no state: window, bandwidth, endpoints. Throws before anything is created. */
-  validate(input: ReserveInput, auth: Pick<ReserveAuth, 'domains' | 'upstream'>): { targets: Set<string>; nextDomain?: string; stpPeer?: Map<string, string> } {
-    const topo = this.o.topology;
-    if (!Number.isFinite(input.start) || !Number.isFinite(input.end) || input.end <= input.start) {
-      throw brokerError('VMTC_BAD_WINDOW', { field: 'window', start: input.start, end: input.end, reason: 'end must be after start' });
-    }
-    if (input.end <= this.nowS()) throw brokerError('VMTC_BAD_WINDOW', { field: 'window.end', end: input.end, now: this.nowS(), reason: 'the window is already over' });
-    if (!(input.bandwidthMbps > 0) || !Number.isFinite(input.bandwidthMbps)) {
-      throw brokerError('VMTC_BAD_BANDWIDTH', { field: 'bandwidthMbps', bandwidthMbps: input.bandwidthMbps, reason: 'must be positive' });
-    }
-    if (input.bandwidthMbps > topo.maxCapacityMbps) {
-      throw brokerError('VMTC_BAD_BANDWIDTH', { field: 'bandwidthMbps', bandwidthMbps: input.bandwidthMbps, maxLinkMbps: topo.maxCapacityMbps, reason: 'larger than any link' });
-    }
-    const src = topo.nodes.get(input.src);
-    if (!src) throw brokerError('VMTC_UNKNOWN_ENDPOINT', { field: 'src', node: input.src, domain: this.o.domain });
-    if (auth.upstream && src.stp?.peerDomain !== auth.upstream.domain) {
-      throw brokerError('VMTC_UNKNOWN_ENDPOINT', { field: 'src', node: input.src, reason: `not an inter-domain point toward ${auth.upstream.domain}` });
-    }
-    if (topo.nodes.has(input.dst)) {
-      if (input.dst === input.src) throw brokerError('VMTC_UNKNOWN_ENDPOINT', { field: 'dst', node: input.dst, reason: 'src and dst are the same node' });
-      return { targets: new Set([input.dst]) };
-    }
-    // The destination is in another domain: leave through an inter-domain point toward the next
-    // domain of the token's (ordered) domain list.
-    const i = auth.domains.indexOf(this.o.domain);
-    const nextDomain = i >= 0 ? auth.domains[i + 1] : undefined;
-    if (!nextDomain) throw brokerError('VMTC_UNKNOWN_ENDPOINT', { field: 'dst', node: input.dst, domain: this.o.domain, reason: 'not in this domain and no next domain in the token' });
-    const stps = stpsToward(topo, nextDomain);
-    if (stps.length === 0) throw brokerError('VMTC_NO_ROUTE_TO_DOMAIN', { nextDomain, reason: 'no inter-domain point in the topology' });
-    if (!this.o.peers.has(nextDomain)) throw brokerError('VMTC_NO_ROUTE_TO_DOMAIN', { nextDomain, reason: 'no peer broker for that domain in the trust file' });
-    return { targets: new Set(stps.map((s) => s.id)), nextDomain, stpPeer: new Map(stps.map((s) => [s.id, s.stp!.peerNode])) };
+  /** Checks that need no state (admission.ts); throws before anything is created. */
+  validate(input: ReserveInput, auth: Pick<ReserveAuth, 'domains' | 'upstream'>): AdmissionPlan {
+    return checkReserve({ topology: this.o.topology, domain: this.o.domain, peers: this.o.peers, nowS: this.nowS() }, input, auth);
   }
 
   // ---------------------------------------------------------------- NSI operations
@@ -592,32 +542,4 @@ export class BrokerService {
   static allowed<M extends Machine>(machine: M, state: MachineTypes[M]['state'], event: MachineTypes[M]['event']): boolean {
     return next(machine, state, event) !== undefined;
   }
-}
-
-/** The public view of a reservation (GET /v1/reservations/:id). */
-export function view(r: Reservation, domain: string): Record<string, unknown> {
-  const v: Record<string, unknown> = {
-    id: r.id,
-    domain,
-    src: r.src,
-    dst: r.dst,
-    bandwidthMbps: r.bandwidthMbps,
-    window: { start: r.start, end: r.end },
-    path: r.path,
-    reservationState: r.reservationState,
-    provisionState: r.provisionState,
-    lifecycleState: r.lifecycleState,
-    committed: r.committed,
-    booked: r.booked,
-    dataPlane: r.dataPlane,
-    owner: r.owner,
-    createdAt: r.createdAt,
-    updatedAt: r.updatedAt,
-  };
-  if (r.migrationId) v.migrationId = r.migrationId;
-  if (r.idempotencyKey !== undefined) v.idempotencyKey = r.idempotencyKey;
-  if (r.heldAt !== undefined) v.heldAt = r.heldAt;
-  if (r.downstream) v.downstream = r.downstream;
-  if (r.upstream) v.upstream = r.upstream;
-  return v;
 }
