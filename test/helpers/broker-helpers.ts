@@ -3,9 +3,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import { SignJWT, exportJWK, generateKeyPair, calculateJwkThumbprint } from 'jose';
-import type { CapabilityScope } from '../../src/aaa/tokens.ts';
+import { signCapabilityToken, type CapabilityScope } from '../../src/aaa/tokens.ts';
 import { generateRequesterKeySync, accessTokenHash, type RequesterKey } from '../../src/common/dpop.ts';
 
 export interface Issuer {
@@ -64,6 +64,24 @@ export async function joseProof(key: RequesterKey, htm: string, htu: string, tok
 }
 
 export const holderKey = (): RequesterKey => generateRequesterKeySync();
+
+/** An AAA signing key of domain `a` (node:crypto Ed25519), the broker trust that accepts it, and
+ *  tokens signed by the AAA's own code (src/aaa/tokens.ts), for tests that restart brokers. */
+export interface AaaSigner {
+  jwk: Record<string, unknown>;
+  trust: { issuers: { iss: string; jwks: { keys: Record<string, unknown>[] } }[] };
+  sign(o: { jkt: string; now: number; scope: CapabilityScope }): string;
+}
+
+export function aaaSigner(kid = 'aaa-k1', iss = 'aaa:a'): AaaSigner {
+  const { privateKey, publicKey }: { privateKey: KeyObject; publicKey: KeyObject } = generateKeyPairSync('ed25519');
+  const jwk = { ...(publicKey.export({ format: 'jwk' }) as Record<string, unknown>), kid };
+  return {
+    jwk,
+    trust: { issuers: [{ iss, jwks: { keys: [jwk] } }] },
+    sign: (o) => signCapabilityToken({ kid, privateKey }, { issuer: iss, subject: 'controller', jkt: o.jkt, now: o.now, lifetimeSec: 600, scope: o.scope }).token,
+  };
+}
 
 export function tempDir(prefix = 'vmtc-broker-'): { dir: string; cleanup(): void } {
   const dir = mkdtempSync(join(tmpdir(), prefix));

@@ -2,21 +2,18 @@
 // holder already used answers with that reservation (nothing new booked, no token consumed);
 // the holder finds it by the key with a proof alone, also after a broker restart, and can then
 // release it without the token — what a controller killed mid set-up needs.
-import { generateKeyPairSync } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/common/clock.ts';
-import { signCapabilityToken } from '../../src/aaa/tokens.ts';
 import { BrokerClient } from '../../src/broker/client.ts';
 import { MemoryDoubleDriver } from '../../src/broker/drivers/memory-double.ts';
 import { startBroker, type Broker } from '../../src/broker/index.ts';
 import type { RequesterKey } from '../../src/common/dpop.ts';
-import { holderKey, lineTopology, tempDir } from '../helpers/broker-helpers.ts';
+import { aaaSigner, holderKey, lineTopology, tempDir } from '../helpers/broker-helpers.ts';
 
 const clock = new ManualClock(1_800_000_000_000);
 const nowS = () => Math.floor(clock.now() / 1000);
 const tmp = tempDir();
-const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-const jwk = { ...(publicKey.export({ format: 'jwk' }) as Record<string, unknown>), kid: 'aaa-k1' };
+const aaa = aaaSigner();
 let broker: Broker | undefined;
 
 afterAll(async () => {
@@ -25,13 +22,10 @@ afterAll(async () => {
 });
 
 function aaaToken(holder: RequesterKey & { jkt: string }, bw = 300): string {
-  return signCapabilityToken({ kid: 'aaa-k1', privateKey }, {
-    issuer: 'aaa:a', subject: 'controller', jkt: holder.jkt, now: clock.now(), lifetimeSec: 600,
-    scope: { migrationId: 'mig_k', vmId: 'vm', project: 'p', src: 'a1', dst: 'a3', bandwidthMbps: bw, window: { start: nowS(), end: nowS() + 3600 }, domains: ['a'] },
-  }).token;
+  return aaa.sign({ jkt: holder.jkt, now: clock.now(), scope: { migrationId: 'mig_k', vmId: 'vm', project: 'p', src: 'a1', dst: 'a3', bandwidthMbps: bw, window: { start: nowS(), end: nowS() + 3600 }, domains: ['a'] } });
 }
 
-const start = (driver: MemoryDoubleDriver) => startBroker({ dataDir: tmp.dir, domain: 'a', topology: lineTopology(), driver, clock, trust: { issuers: [{ iss: 'aaa:a', jwks: { keys: [jwk] } }] } });
+const start = (driver: MemoryDoubleDriver) => startBroker({ dataDir: tmp.dir, domain: 'a', topology: lineTopology(), driver, clock, trust: aaa.trust });
 
 describe('broker idempotency key', () => {
   it('answers a reused key with its reservation, finds it by key with a proof alone, across a restart', async () => {

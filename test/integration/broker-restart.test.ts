@@ -1,21 +1,18 @@
 // A broker restarted on the same data directory rebuilds its calendar and timers from SQLite and
 // re-applies active data planes (drivers are idempotent); and a token signed by the AAA's own
 // code (src/aaa/tokens.ts) passes the broker's gate.
-import { generateKeyPairSync } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/common/clock.ts';
-import { signCapabilityToken } from '../../src/aaa/tokens.ts';
 import { BrokerClient } from '../../src/broker/client.ts';
 import { MemoryDoubleDriver } from '../../src/broker/drivers/memory-double.ts';
 import { startBroker, type Broker } from '../../src/broker/index.ts';
-import { holderKey, lineTopology, tempDir } from '../helpers/broker-helpers.ts';
+import { aaaSigner, holderKey, lineTopology, tempDir } from '../helpers/broker-helpers.ts';
 
 const clock = new ManualClock(1_800_000_000_000);
 const nowS = () => Math.floor(clock.now() / 1000);
 const tmp = tempDir();
 const holder = holderKey();
-const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-const jwk = { ...(publicKey.export({ format: 'jwk' }) as Record<string, unknown>), kid: 'aaa-k1' };
+const aaa = aaaSigner();
 let broker: Broker | undefined;
 
 afterAll(async () => {
@@ -24,14 +21,11 @@ afterAll(async () => {
 });
 
 function aaaToken(start: number, end: number, bw = 300): string {
-  return signCapabilityToken({ kid: 'aaa-k1', privateKey }, {
-    issuer: 'aaa:a', subject: 'controller', jkt: holder.jkt, now: clock.now(), lifetimeSec: 600,
-    scope: { migrationId: 'mig_r', vmId: 'vm', project: 'p', src: 'a1', dst: 'a3', bandwidthMbps: bw, window: { start, end }, domains: ['a'] },
-  }).token;
+  return aaa.sign({ jkt: holder.jkt, now: clock.now(), scope: { migrationId: 'mig_r', vmId: 'vm', project: 'p', src: 'a1', dst: 'a3', bandwidthMbps: bw, window: { start, end }, domains: ['a'] } });
 }
 
 async function start(driver: MemoryDoubleDriver): Promise<Broker> {
-  return startBroker({ dataDir: tmp.dir, domain: 'a', topology: lineTopology(), driver, clock, trust: { issuers: [{ iss: 'aaa:a', jwks: { keys: [jwk] } }] } });
+  return startBroker({ dataDir: tmp.dir, domain: 'a', topology: lineTopology(), driver, clock, trust: aaa.trust });
 }
 
 describe('broker restart', () => {
