@@ -24,6 +24,16 @@ export const HOST_ERRORS = {
   VMTC_HOST_COLD_TRANSFER_FAILED: { status: 502, message: 'fetching a disk from the source host failed; a retry resumes it' }, // DataTransferError
   VMTC_HOST_COLD_CHECKSUM: { status: 502, message: 'a fetched disk does not match the checksum the source published' }, // DataTransferError
   VMTC_HOST_COLD_TCP_CHECK_FAILED: { status: 502, message: 'the service port of the VM did not accept a connection in time' }, // VerificationFailed
+  // Disk state as checkpoints and deltas (agents/host/disks/; docs/disks.md).
+  VMTC_HOST_DISK_NOT_FOUND: { status: 404, message: 'the disk, image, logical volume or destination store named does not exist' },
+  VMTC_HOST_DISK_CHECKPOINT_MISSING: { status: 409, message: 'the checkpoint a delta should start from is gone (its snapshot or bitmap was removed): seed the replica again' },
+  VMTC_HOST_DISK_CHECKPOINT_EXISTS: { status: 409, message: 'a checkpoint with this id already exists for the disk' },
+  VMTC_HOST_DISK_POOL_FULL: { status: 507, message: 'the thin pool has no room for the snapshot or the copy' },
+  VMTC_HOST_DISK_COPY_FAILED: { status: 502, message: 'copying the disk or a delta to the destination failed; the source checkpoint is kept and a retry starts from it' },
+  VMTC_HOST_DISK_DELTA_REJECTED: { status: 409, message: 'the destination does not hold the checkpoint this delta starts from, or the delta does not match its checksum' },
+  VMTC_HOST_DISK_DIGEST_MISMATCH: { status: 409, message: 'the destination disk differs from the source disk' },
+  VMTC_HOST_DISK_UNREADABLE: { status: 500, message: 'a disk could not be read while computing its digest or a delta' },
+  VMTC_HOST_DISK_TOOL_FAILED: { status: 502, message: 'a storage tool (lvm, thin_delta, dmsetup, qemu-img, qemu-storage-daemon) failed or answered something unexpected' },
 } as const satisfies Catalogue;
 
 export const HOST_AGENT_ERRORS = mergeCatalogues(COMMON_ERRORS, HOST_ERRORS);

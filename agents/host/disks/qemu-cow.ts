@@ -1,0 +1,279 @@
+// The QEMU copy-on-write backend (docs/disks.md#qemu-cow), with QEMU's own incremental backup
+// machinery (QEMU's dirty-bitmap documentation, "Incremental Backups - Push Model"):
+//   checkpoint  a persistent dirty bitmap `vmtc-cp.ID` on the disk's qcow2 node, added in the
+//               same QMP `transaction` that starts the backup job, so the copy is the disk as of
+//               that instant (the job copies a block out before the guest overwrites it) and the
+//               bitmap records exactly the writes after it. The previous checkpoint's bitmap is
+//               disabled in that transaction: it then holds exactly the blocks between the two.
+//   full        `blockdev-backup sync=full` into the destination's NBD export (a block node
+//               `blockdev-add`ed with the nbd driver)
+//   delta       `blockdev-backup sync=bitmap` with the previous checkpoint's bitmap and
+//               bitmap-mode never (sync=incremental would clear it on success; it is kept for
+//               a retry until removeCheckpoint)
+//   failure     the new bitmap is merged back into the previous one, which records again, and
+//               removed: nothing written meanwhile is lost, the retry starts from `from`
+//   remove      `block-dirty-bitmap-remove`
+// A disk no VM runs (the cold path) is opened by a qemu-storage-daemon for the transfer, with
+// the persistent bitmaps the VM left in the image; the same jobs run there.
+// The destination store (qemu-store.ts) is a qcow2 image exported over NBD by a
+// qemu-storage-daemon; what it holds is recorded beside it.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { clockSleep, systemClock, type Clock } from '../../../src/common/clock.ts';
+import type { Logger } from '../../../src/common/log.ts';
+import { hostError } from '../errors.ts';
+import { QmpClient } from '../qemu/qmp.ts';
+import { CHECKPOINT_ID, type ChangedBlocks, type Checkpoint, type DigestOptions, type DiskDigest, type DiskStateBackend, type SourceDisk, type TransferReport } from './backend.ts';
+import { systemRunner, type CommandRunner } from './io.ts';
+import { digestImage, startStorageDaemon } from './qemu-images.ts';
+import { QemuStore, type NbdDestination } from './qemu-store.ts';
+
+/** What the backend needs of a QMP connection (the QEMU driver's, or one of its own). */
+export interface QmpPort {
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, opts?: { timeoutMs?: number }): Promise<T>;
+}
+
+export interface QemuCowOptions {
+  /** The QMP connection of a running VM. */
+  qmpFor(vmId: string): Promise<QmpPort>;
+  logger: Logger;
+  runner?: CommandRunner;
+  clock?: Clock;
+  /** Scratch space (digests, storage daemon sockets). Default the OS temp dir. */
+  tmpDir?: string;
+  /** Bitmap granularity in bytes (default: QEMU's, the image's cluster size, 64 KiB). */
+  granularity?: number;
+  /** Longest a backup job may run (default 1 h). */
+  jobTimeoutMs?: number;
+  pollMs?: number;
+  /** Copy rate limit, bytes/s (the job's `speed`). */
+  speed?: number;
+}
+
+interface NodeInfo {
+  'node-name': string;
+  drv: string;
+  'dirty-bitmaps'?: { name: string; count: number; granularity: number; recording: boolean; persistent: boolean; busy: boolean }[];
+}
+
+interface JobInfo {
+  id: string;
+  status: string;
+  'current-progress': number;
+  'total-progress': number;
+  error?: string;
+}
+
+const bitmapOf = (id: string) => `vmtc-cp.${id}`;
+
+export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
+  readonly kind = 'qemu-cow' as const;
+  private readonly run: CommandRunner;
+  private readonly clock: Clock;
+  private readonly tmp: string;
+  private readonly jobTimeoutMs: number;
+  private readonly pollMs: number;
+
+  constructor(private readonly opts: QemuCowOptions) {
+    this.run = opts.runner ?? systemRunner;
+    this.clock = opts.clock ?? systemClock;
+    this.tmp = opts.tmpDir ?? tmpdir();
+    this.jobTimeoutMs = opts.jobTimeoutMs ?? 3_600_000;
+    this.pollMs = opts.pollMs ?? 50;
+  }
+
+  // ---- source ------------------------------------------------------------------------------
+
+  async seed(disk: SourceDisk, id: string, dest: NbdDestination): Promise<TransferReport> {
+    checkId(id);
+    return this.withNode(disk, async (qmp, node, size) => {
+      const t0 = this.clock.now();
+      const bm = bitmapOf(id);
+      if ((await this.bitmaps(qmp, node)).some((b) => b.name === bm)) throw hostError('VMTC_HOST_DISK_CHECKPOINT_EXISTS', { checkpoint: id });
+      const add: Record<string, unknown> = { node, name: bm, persistent: true };
+      if (this.opts.granularity) add.granularity = this.opts.granularity;
+      const cp: Checkpoint = { id, seq: 0, takenAt: this.clock.now(), ref: bm };
+      const bytes = await this.backup(qmp, node, dest, id, [{ type: 'block-dirty-bitmap-add', data: add }], { sync: 'full' }, async () => {
+        await qmp.execute('block-dirty-bitmap-remove', { node, name: bm }).catch(() => undefined);
+      });
+      return { kind: 'full', checkpoint: cp, diskBytes: size, bytes, ms: this.clock.now() - t0 };
+    });
+  }
+
+  async changedSince(disk: SourceDisk, from: Checkpoint): Promise<ChangedBlocks> {
+    return this.withNode(disk, async (qmp, node) => {
+      const b = (await this.bitmaps(qmp, node)).find((x) => x.name === from.ref);
+      if (!b) throw hostError('VMTC_HOST_DISK_CHECKPOINT_MISSING', { checkpoint: from.id, bitmap: from.ref });
+      // A recording bitmap: since `from` until now; a disabled one: until the next checkpoint.
+      return { bytes: b.count, granularity: b.granularity };
+    });
+  }
+
+  async sendDelta(disk: SourceDisk, from: Checkpoint, id: string, dest: NbdDestination): Promise<TransferReport> {
+    checkId(id);
+    return this.withNode(disk, async (qmp, node, size) => {
+      const t0 = this.clock.now();
+      const have = await this.bitmaps(qmp, node);
+      const prev = have.find((b) => b.name === from.ref);
+      if (!prev) throw hostError('VMTC_HOST_DISK_CHECKPOINT_MISSING', { checkpoint: from.id, bitmap: from.ref });
+      const bm = bitmapOf(id);
+      if (have.some((b) => b.name === bm)) throw hostError('VMTC_HOST_DISK_CHECKPOINT_EXISTS', { checkpoint: id });
+      const add: Record<string, unknown> = { node, name: bm, persistent: true, granularity: prev.granularity };
+      const actions = [
+        { type: 'block-dirty-bitmap-add', data: add },
+        ...(prev.recording ? [{ type: 'block-dirty-bitmap-disable', data: { node, name: from.ref } }] : []),
+      ];
+      const cp: Checkpoint = { id, seq: from.seq + 1, takenAt: this.clock.now(), ref: bm };
+      const bytes = await this.backup(qmp, node, dest, id, actions, { sync: 'bitmap', bitmap: from.ref, 'bitmap-mode': 'never' }, async () => {
+        // Writes since the failed attempt began are in the new bitmap: give them back to `from`.
+        await qmp.execute('transaction', {
+          actions: [
+            { type: 'block-dirty-bitmap-merge', data: { node, target: from.ref, bitmaps: [bm] } },
+            { type: 'block-dirty-bitmap-enable', data: { node, name: from.ref } },
+            { type: 'block-dirty-bitmap-remove', data: { node, name: bm } },
+          ],
+        }).catch((e: unknown) => this.opts.logger.warn({ err: String(e), bitmap: bm }, 'could not fold the failed checkpoint back'));
+      });
+      return { kind: 'delta', from, checkpoint: cp, diskBytes: size, bytes, ms: this.clock.now() - t0 };
+    });
+  }
+
+  async removeCheckpoint(disk: SourceDisk, cp: Checkpoint): Promise<void> {
+    await this.withNode(disk, async (qmp, node) => {
+      if (!(await this.bitmaps(qmp, node)).some((b) => b.name === cp.ref)) return;
+      await qmp.execute('block-dirty-bitmap-remove', { node, name: cp.ref });
+    });
+  }
+
+  /** Reads the image file from outside QEMU: for a running VM, take it paused (the commit
+   *  point), after QEMU has written its cached qcow2 metadata out (a flush, done here). */
+  async digestSource(disk: SourceDisk, opts: DigestOptions = {}): Promise<DiskDigest> {
+    if (disk.kind !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.kind', reason: 'qcow2' });
+    if (disk.vmId !== undefined) await this.flush(disk);
+    return digestImage(this.run, disk.image, 'qcow2', this.tmp, opts);
+  }
+
+  /** QEMU keeps qcow2 metadata (L2 tables, refcounts) in memory until a flush: before anything
+   *  reads a running VM's image file, flush it (HMP `qemu-io DEVICE flush`, the block layer's
+   *  flush without a guest request; QMP has no per-drive flush). */
+  async flush(disk: SourceDisk): Promise<void> {
+    await this.withNode(disk, async (qmp) => {
+      if (disk.kind !== 'qcow2' || disk.vmId === undefined) return;
+      const out = await qmp.execute<string>('human-monitor-command', { 'command-line': `qemu-io ${disk.device} "flush"` });
+      if (out.trim()) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-io flush', output: out.slice(0, 300) });
+    });
+  }
+
+  // ---- destination ---------------------------------------------------------------------------
+
+  async applyDelta(dest: NbdDestination, report: TransferReport): Promise<void> {
+    await new QemuStore(dest.image, { runner: this.run, clock: this.clock }).record(report);
+  }
+
+  async digestDestination(dest: NbdDestination, opts: DigestOptions = {}): Promise<DiskDigest> {
+    return digestImage(this.run, dest.image, 'qcow2', this.tmp, opts);
+  }
+
+  // ---- steps ---------------------------------------------------------------------------------
+
+  /** QMP and the qcow2 node of the disk: the running VM's, or a storage daemon's (cold). */
+  private async withNode<T>(disk: SourceDisk, fn: (qmp: QmpPort, node: string, size: number) => Promise<T>): Promise<T> {
+    if (disk.kind !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.kind', reason: 'the QEMU backend takes { kind: qcow2, image, vmId?, device? }' });
+    if (disk.vmId !== undefined) {
+      if (!disk.device || !/^[A-Za-z0-9_.-]{1,64}$/.test(disk.device)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.device', reason: 'the drive id, e.g. disk0' });
+      const qmp = await this.opts.qmpFor(disk.vmId);
+      const blocks = await qmp.execute<{ device: string; qdev?: string; inserted?: { 'node-name': string; image: { 'virtual-size': number; format: string } } }[]>('query-block');
+      const b = blocks.find((x) => x.device === disk.device || x.qdev === disk.device);
+      if (!b?.inserted) throw hostError('VMTC_HOST_DISK_NOT_FOUND', { vmId: disk.vmId, device: disk.device });
+      if (b.inserted.image.format !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk', reason: `persistent bitmaps need qcow2, the drive is ${b.inserted.image.format}` });
+      return fn(qmp, b.inserted['node-name'], b.inserted.image['virtual-size']);
+    }
+    // Cold: nobody runs the image; a storage daemon opens it for the transfer and, stopping,
+    // stores the bitmaps back into it.
+    const dir = await mkdtemp(join(this.tmp, 'vmtc-qsd-'));
+    const qsd = await startStorageDaemon({ image: disk.image, format: 'qcow2', dir, clock: this.clock }).catch(async (e: unknown) => {
+      await rm(dir, { recursive: true, force: true });
+      throw e;
+    });
+    let qmp: QmpClient | undefined;
+    try {
+      qmp = await QmpClient.connect(qsd.qmpSocket, { logger: this.opts.logger, clock: this.clock, commandTimeoutMs: 60_000 });
+      const nodes = await qmp.execute<(NodeInfo & { image: { 'virtual-size': number } })[]>('query-named-block-nodes', { flat: true });
+      const n = nodes.find((x) => x['node-name'] === 'disk');
+      if (!n) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-storage-daemon', reason: 'no node "disk"' });
+      return await fn(qmp, 'disk', n.image['virtual-size']);
+    } finally {
+      qmp?.close();
+      await qsd.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  private async bitmaps(qmp: QmpPort, node: string): Promise<NonNullable<NodeInfo['dirty-bitmaps']>> {
+    const nodes = await qmp.execute<NodeInfo[]>('query-named-block-nodes', { flat: true });
+    const n = nodes.find((x) => x['node-name'] === node);
+    if (!n) throw hostError('VMTC_HOST_DISK_NOT_FOUND', { node });
+    return n['dirty-bitmaps'] ?? [];
+  }
+
+  /** One backup job into the destination's NBD export, started in one transaction with the
+   *  checkpoint's bitmap actions; waits for it to conclude. Returns the bytes it copied. */
+  private async backup(qmp: QmpPort, node: string, dest: NbdDestination, id: string, actions: { type: string; data: Record<string, unknown> }[], job: Record<string, unknown>, undo: () => Promise<void>): Promise<number> {
+    const target = `vmtc-tgt.${id}`;
+    const jobId = `vmtc-backup.${id}`;
+    const server = dest.nbd.type === 'unix' ? { type: 'unix', path: dest.nbd.path } : { type: 'inet', host: dest.nbd.host, port: String(dest.nbd.port) };
+    try {
+      await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': target, server, export: dest.exportName }, { timeoutMs: 30_000 });
+    } catch (e) {
+      throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'connect to the destination export', nbd: dest.nbd, reason: String((e as Error).message ?? e) }, { cause: e });
+    }
+    let started = false;
+    try {
+      const backup: Record<string, unknown> = { 'job-id': jobId, device: node, target, 'auto-dismiss': false, ...job };
+      if (this.opts.speed) backup.speed = this.opts.speed;
+      try {
+        await qmp.execute('transaction', { actions: [...actions, { type: 'blockdev-backup', data: backup }] });
+        started = true;
+      } catch (e) {
+        throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'start the backup job', reason: String((e as Error).message ?? e) }, { cause: e });
+      }
+      const deadline = this.clock.now() + this.jobTimeoutMs;
+      for (;;) {
+        const j = (await qmp.execute<JobInfo[]>('query-jobs')).find((x) => x.id === jobId);
+        if (!j) throw hostError('VMTC_HOST_DISK_COPY_FAILED', { job: jobId, reason: 'the job vanished' });
+        if (j.status === 'concluded') {
+          await qmp.execute('job-dismiss', { id: jobId });
+          if (j.error) throw hostError('VMTC_HOST_DISK_COPY_FAILED', { job: jobId, reason: j.error });
+          return j['total-progress'];
+        }
+        if (this.clock.now() > deadline) {
+          await qmp.execute('job-cancel', { id: jobId, force: true }).catch(() => undefined);
+          throw hostError('VMTC_HOST_DISK_COPY_FAILED', { job: jobId, reason: 'timed out', done: j['current-progress'], total: j['total-progress'] });
+        }
+        await clockSleep(this.clock, this.pollMs);
+      }
+    } catch (e) {
+      if (started) await this.settle(qmp, jobId);
+      await undo();
+      throw e;
+    } finally {
+      await qmp.execute('blockdev-del', { 'node-name': target }).catch((e: unknown) => this.opts.logger.warn({ err: String(e), target }, 'blockdev-del of the NBD target refused'));
+    }
+  }
+
+  /** After a failure: make sure the job is gone before its target node is deleted. */
+  private async settle(qmp: QmpPort, jobId: string): Promise<void> {
+    for (let i = 0; i < 200; i++) {
+      const j = (await qmp.execute<JobInfo[]>('query-jobs').catch(() => [] as JobInfo[])).find((x) => x.id === jobId);
+      if (!j) return;
+      if (j.status === 'concluded' || j.status === 'aborting' || j.status === 'null') await qmp.execute('job-dismiss', { id: jobId }).catch(() => undefined);
+      else await qmp.execute('job-cancel', { id: jobId, force: true }).catch(() => undefined);
+      await clockSleep(this.clock, this.pollMs);
+    }
+  }
+}
+
+function checkId(id: string): void {
+  if (typeof id !== 'string' || !CHECKPOINT_ID.test(id)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'id', reason: 'letters, digits, _ . - (1..48)' });
+}

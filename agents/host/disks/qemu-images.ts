@@ -1,0 +1,123 @@
+// qemu-img and qemu-storage-daemon as the QEMU backend uses them (docs/disks.md#qemu-cow):
+// backing chains, digests of an image's guest-visible bytes, and a storage daemon that holds an
+// image no VM runs, with a QMP socket and (at the destination) an NBD export.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { clockSleep, type Clock } from '../../../src/common/clock.ts';
+import { hostError } from '../errors.ts';
+import type { DigestOptions, DiskDigest } from './backend.ts';
+import { digestDisk } from './digest.ts';
+import { runOk, systemBlockIo, type CommandRunner } from './io.ts';
+
+export interface ImageInfo {
+  filename: string;
+  format: string;
+  virtualSize: number;
+  backingFilename?: string;
+  /** Persistent dirty bitmaps stored in a qcow2 image. */
+  bitmaps: { name: string; granularity: number; flags: string[] }[];
+}
+
+/** `qemu-img info --backing-chain --output=json`: the image first, then each backing file. The
+ *  guest sees the chain as one disk; a copy of it must carry every layer (or be flattened). */
+export async function backingChain(run: CommandRunner, image: string): Promise<ImageInfo[]> {
+  const r = await runOk(run, ['qemu-img', 'info', '-U', '--backing-chain', '--output=json', image], { image });
+  let doc: unknown;
+  try {
+    doc = JSON.parse(r.stdout);
+  } catch {
+    throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-img info', reason: 'not JSON', output: r.stdout.slice(0, 300) });
+  }
+  const list = Array.isArray(doc) ? doc : [doc];
+  return list.map((i: Record<string, unknown>) => {
+    const data = ((i['format-specific'] as { data?: { bitmaps?: unknown } } | undefined)?.data?.bitmaps ?? []) as { name: string; granularity: number; flags: string[] }[];
+    const info: ImageInfo = { filename: String(i.filename), format: String(i.format), virtualSize: Number(i['virtual-size']), bitmaps: data.map((b) => ({ name: b.name, granularity: b.granularity, flags: b.flags ?? [] })) };
+    if (typeof i['backing-filename'] === 'string') info.backingFilename = i['backing-filename'] as string;
+    return info;
+  });
+}
+
+/** Digest of an image's guest-visible bytes (backing chain included): `qemu-img convert` to a
+ *  sparse raw file in `tmpDir` (local I/O only), read by chunks, then removed. `-U` reads an
+ *  image a paused QEMU still holds. */
+export async function digestImage(run: CommandRunner, image: string, format: string, tmpDir: string, opts: DigestOptions = {}): Promise<DiskDigest> {
+  if (!existsSync(image)) throw hostError('VMTC_HOST_DISK_NOT_FOUND', { image });
+  const dir = await mkdtemp(join(tmpDir, 'vmtc-digest-'));
+  try {
+    const raw = join(dir, 'disk.raw');
+    await runOk(run, ['qemu-img', 'convert', '-U', '-f', format, '-O', 'raw', image, raw], { image }, 30 * 60_000);
+    const size = (await stat(raw)).size;
+    return await digestDisk((offset, length) => systemBlockIo.read(raw, offset, length), size, opts);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+export interface StorageDaemon {
+  pid: number;
+  qmpSocket: string;
+  /** The NBD server's unix socket, when one was asked for. */
+  nbdSocket?: string;
+  stop(): Promise<void>;
+}
+
+/** qemu-storage-daemon holding one image as node `disk` (qcow2 over file), with a QMP socket
+ *  and optionally a writable NBD export `exportName` (on a unix socket or an inet address). */
+export async function startStorageDaemon(opts: {
+  image: string;
+  format: string;
+  dir: string;
+  clock: Clock;
+  exportName?: string;
+  nbd?: { type: 'unix' } | { type: 'inet'; host: string; port: number };
+  binary?: string;
+  startTimeoutMs?: number;
+}): Promise<StorageDaemon> {
+  const qmpSocket = join(opts.dir, 'qsd-qmp.sock');
+  const nbdSocket = opts.nbd?.type === 'unix' ? join(opts.dir, 'qsd-nbd.sock') : undefined;
+  const args = [
+    '--blockdev', `driver=file,node-name=file0,filename=${opts.image.replace(/,/g, ',,')}`,
+    '--blockdev', `driver=${opts.format},node-name=disk,file=file0`,
+  ];
+  if (opts.nbd && opts.exportName) {
+    args.push('--nbd-server', opts.nbd.type === 'unix' ? `addr.type=unix,addr.path=${nbdSocket}` : `addr.type=inet,addr.host=${opts.nbd.host},addr.port=${opts.nbd.port}`);
+    args.push('--export', `type=nbd,id=exp0,node-name=disk,name=${opts.exportName},writable=on`);
+  }
+  // The daemon takes its options in order: the QMP socket appearing means the export is up.
+  args.push('--chardev', `socket,id=qmp0,path=${qmpSocket},server=on,wait=off`, '--monitor', 'chardev=qmp0');
+  const child: ChildProcess = spawn(opts.binary ?? 'qemu-storage-daemon', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d) => {
+    stderr = (stderr + String(d)).slice(-2000);
+  });
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  let gone = false;
+  void exited.then(() => {
+    gone = true;
+  });
+  child.once('error', () => undefined);
+  const stop = async () => {
+    if (gone || !child.pid) return;
+    child.kill('SIGTERM'); // a clean exit stores persistent bitmaps and flushes the image
+    let t = 0;
+    while (!gone && t < 100) {
+      await clockSleep(opts.clock, 100);
+      t++;
+    }
+    if (!gone) child.kill('SIGKILL');
+    await exited;
+  };
+  const deadline = opts.clock.now() + (opts.startTimeoutMs ?? 10_000);
+  for (;;) {
+    if (gone) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-storage-daemon', image: opts.image, stderr: stderr.trim() });
+    if (existsSync(qmpSocket) && (!nbdSocket || existsSync(nbdSocket))) break;
+    if (opts.clock.now() > deadline) {
+      await stop();
+      throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-storage-daemon', image: opts.image, reason: 'did not start in time', stderr: stderr.trim() });
+    }
+    await clockSleep(opts.clock, 20);
+  }
+  return { pid: child.pid!, qmpSocket, ...(nbdSocket ? { nbdSocket } : {}), stop };
+}
