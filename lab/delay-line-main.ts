@@ -9,6 +9,7 @@
 import dgram from 'node:dgram';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
+import { readProcSched } from './delay-line-sched.ts';
 import { DelayLine, DELAY_LINE_DEFAULTS, queueBytesToMs, type DelayLineOptions, type Endpoint } from './delay-line.ts';
 
 function num(v: string | undefined, def: number, name: string): number {
@@ -93,7 +94,9 @@ sock.bind(Number(values['listen-port']), values['listen-host'], () => {
     random: Math.random,
   });
   sock.on('message', (buf, rinfo) => line.receive(buf, rinfo));
-  emit({ event: 'listening', address: addr.address, port: addr.port, pid: process.pid, a, b, config: opts, tag: values.tag ?? null });
+  // How the kernel schedules it (the starter may have put it under chrt/taskset: lab/delay-line-sched.ts).
+  const sched = readProcSched('self');
+  emit({ event: 'listening', address: addr.address, port: addr.port, pid: process.pid, a, b, config: opts, tag: values.tag ?? null, ...(sched ? { sched } : {}) });
   const reportMs = Number(values['report-ms']);
   // Periodic lines leave out the (unchanging) config to keep the stats file small.
   if (reportMs > 0) setInterval(() => emit({ ...line.report('stats', Date.now()), config: undefined }), reportMs).unref();

@@ -12,6 +12,7 @@ import { sleep } from '../src/common/clock.ts';
 import { pidAlive } from '../src/common/proc.ts';
 import type { DelayLineReport } from './delay-line.ts';
 import { DELAY_LINE_BINARY_NAME, ensureDelayLineBinary } from './delay-line/build.ts';
+import { DELAY_LINE_RT_PRIORITY, defaultDelayLineCpu, nodeSchedPrefix, type DelayLineSched } from './delay-line-sched.ts';
 import { labError } from './errors.ts';
 
 const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -51,6 +52,10 @@ export interface DelayLineSpec {
   reportMs?: number;
   /** Default: env VMTC_DELAY_LINE, else 'c' (resolveDelayLineImpl). */
   impl?: DelayLineImpl;
+  /** SCHED_FIFO priority (0: normal scheduling). Default DELAY_LINE_RT_PRIORITY (lab/delay-line-sched.ts). */
+  rtPriority?: number;
+  /** CPU to pin to (null: any). Default defaultDelayLineCpu(): the last CPU when there are two or more. */
+  cpu?: number | null;
 }
 
 export interface DelayLineHandle {
@@ -65,9 +70,13 @@ export interface DelayLineHandle {
 export async function startDelayLine(spec: DelayLineSpec, timeoutMs = 15_000): Promise<DelayLineHandle> {
   // Build (or find) the C binary before opening the stats file, so a build failure leaves no
   // half-started process behind.
+  // Real-time priority and pinning (lab/delay-line-sched.ts): the C relay sets them itself and
+  // warns when refused; the Node.js one is started under chrt/taskset where they work.
+  const rt = spec.rtPriority ?? DELAY_LINE_RT_PRIORITY;
+  const cpu = spec.cpu === undefined ? defaultDelayLineCpu() : spec.cpu;
   const program = resolveDelayLineImpl(spec.impl) === 'c'
-    ? [await ensureDelayLineBinary()]
-    : [process.execPath, '--import', 'tsx', MAIN];
+    ? [await ensureDelayLineBinary(), '--rt-priority', String(rt), '--cpu', String(cpu ?? -1)]
+    : [...nodeSchedPrefix(rt, cpu).argv, process.execPath, '--import', 'tsx', MAIN];
   const out = openSync(spec.statsFile, 'w');
   const err = openSync(spec.errFile, 'w');
   let exited: number | null = null;
@@ -206,6 +215,47 @@ export function delayLineStatsBetween(statsFile: string | undefined, fromMs = -I
     out.bytes = Math.max(0, last.bytes - first.bytes);
   }
   return out;
+}
+
+/** One report's interval, as the instrument judges it (lab/turntable/instrument.ts). */
+export interface DelayLineInterval {
+  at: number;
+  intervalMs: number;
+  ab: { bytes: number; mbps: number; drops: number; queueP50Ms: number; queueMaxMs: number };
+  ba: { bytes: number; mbps: number; drops: number; queueP50Ms: number; queueMaxMs: number };
+}
+
+/** The reports (stats or final) whose `at` lies in [fromMs, toMs], one interval each, in order.
+ *  No file: none. */
+export function delayLineIntervals(statsFile: string | undefined, fromMs = -Infinity, toMs = Infinity): DelayLineInterval[] {
+  let text: string;
+  try {
+    text = statsFile ? readFileSync(statsFile, 'utf8') : '';
+  } catch {
+    return [];
+  }
+  const out: DelayLineInterval[] = [];
+  const pick = (d: DelayLineReport['interval']['ab']) => ({ bytes: d.bytes, mbps: d.mbps, drops: d.drops, queueP50Ms: d.queueP50Ms, queueMaxMs: d.queueMaxMs });
+  for (const line of text.split('\n')) {
+    let r: DelayLineReport;
+    try { r = JSON.parse(line) as DelayLineReport; } catch { continue; }
+    if ((r.event !== 'stats' && r.event !== 'final') || !r.interval?.ab || !r.interval.ba || !Number.isFinite(r.at)) continue;
+    if (r.at < fromMs || r.at > toMs) continue;
+    out.push({ at: r.at, intervalMs: r.intervalMs, ab: pick(r.interval.ab), ba: pick(r.interval.ba) });
+  }
+  return out;
+}
+
+/** How the delay line was scheduled, from its listening line (null: no file, or an older relay
+ *  that did not say). */
+export function delayLineSched(statsFile: string | undefined): DelayLineSched | null {
+  try {
+    const first = statsFile ? readFileSync(statsFile, 'utf8').split('\n')[0] : '';
+    const m = first ? (JSON.parse(first) as { event?: string; sched?: DelayLineSched }) : null;
+    return m?.event === 'listening' && m.sched ? m.sched : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Ask a running delay line for a report now (SIGUSR2) and return it. */

@@ -14,6 +14,8 @@ export const LAB_ERRORS = mergeCatalogues(COMMON_ERRORS, {
   VMTC_LAB_GUEST_SILENT: { status: 502, message: "the migration committed but the guest's heartbeat at the destination stopped or never came" },
   VMTC_LAB_GUEST_CORRUPTED: { status: 502, message: 'after the migration the guest reported damage: a page of its memory check changed, its kernel panicked or reported a BUG, oops or corruption, or it booted again' },
   VMTC_LAB_GUEST_UNVERIFIED: { status: 502, message: "the guest's dirty load reported no whole verifying pass after the migration" },
+  // The turntable's `--accel kvm` (lab/turntable/instrument.ts).
+  VMTC_LAB_KVM_UNAVAILABLE: { status: 400, message: 'KVM was asked for but does not work on this host (/dev/kvm missing or not usable, or a guest kernel under -accel kvm prints nothing in time)' },
 });
 
 export const labError = errorFactory(LAB_ERRORS);

@@ -28,6 +28,8 @@ export interface StackOptions {
   rateMbps?: number;
   queueMs?: number;
   memoryMb?: number;
+  /** QEMU's accelerator on every host agent (`vmtc agent --accel`; default tcg). */
+  accel?: 'tcg' | 'kvm';
   /** Guest command-line options (probes, load). */
   guest?: GuestAppendOptions;
   /** Give the guest a qcow2 data disk of this many MiB (its first 8 MiB hold the byte 0x5a), on
@@ -41,6 +43,8 @@ export interface StackOptions {
   logLevel?: string;
   /** More lab settings (TCP buffer tuning, loss, …). */
   lab?: LabConfig;
+  /** The controller's fleet options (`vmtc controller --fleet`, docs/fleet.md): links, booking. */
+  fleet?: Record<string, unknown>;
   onProgress?: (msg: string) => void;
 }
 
@@ -176,7 +180,8 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     const broker = await startProc(['broker', '--listen', '127.0.0.1:0', '--data', join(dir, 'broker'), '--domain', domain, '--topology', join(dir, 'topology.json'), '--trust', join(dir, 'trust.json'), '--driver', 'lab-lightpath'], join(dir, 'broker.log'), { env });
     procs.push(broker.child);
     const brokerToken = readFileSync(broker.ready.operatorTokenFile as string, 'utf8').trim();
-    const ctl = await startProc(['controller', '--listen', '127.0.0.1:0', '--agent-listen', '127.0.0.1:0', '--data', ctlDir, '--aaa', aaa.ready.url, '--broker', broker.ready.url, '--heartbeat-ms', '2000'], join(dir, 'controller.log'), { env });
+    if (o.fleet) writeFileSync(join(dir, 'fleet.json'), JSON.stringify(o.fleet));
+    const ctl = await startProc(['controller', '--listen', '127.0.0.1:0', '--agent-listen', '127.0.0.1:0', '--data', ctlDir, '--aaa', aaa.ready.url, '--broker', broker.ready.url, '--heartbeat-ms', '2000', ...(o.fleet ? ['--fleet', join(dir, 'fleet.json')] : [])], join(dir, 'controller.log'), { env });
     procs.push(ctl.child);
     const url = ctl.ready.url as string;
     const adminToken = readFileSync(join(ctlDir, 'admin.token'), 'utf8').trim();
@@ -196,7 +201,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     say('enrolling a QEMU host agent per site and the tunnel agent');
     for (const s of lab.sites) {
       const tok = (await api('POST', '/v1/enrollment-tokens', { kind: 'host', hostId: hostOf(s.name) })).body;
-      const a = await startProc(['agent', '--controller', url, '--enroll', tok.token, '--data', join(dir, `agent-${s.name}`), '--driver', 'qemu', '--netns', s.ns, '--site', s.name, '--migration-address', s.lightpathIp], join(dir, `agent-${s.name}.log`), { waitReady: false, env });
+      const a = await startProc(['agent', '--controller', url, '--enroll', tok.token, '--data', join(dir, `agent-${s.name}`), '--driver', 'qemu', '--netns', s.ns, '--site', s.name, '--migration-address', s.lightpathIp, ...(o.accel ? ['--accel', o.accel] : [])], join(dir, `agent-${s.name}.log`), { waitReady: false, env });
       procs.push(a.child);
     }
     const ttok = (await api('POST', '/v1/enrollment-tokens', { kind: 'tunnel', hostId: 'tunnel-client' })).body;

@@ -27,6 +27,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   site: { type: 'string', arg: 'NAME', help: 'site name reported in the inventory' },
   'migration-address': { type: 'string', arg: 'IP', help: "this host's lightpath address, reported in the inventory" },
   'export-listen': { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:0', help: 'HTTPS (mutual TLS) server that publishes disks to the destination of a cold migration' },
+  'stats-interval': { type: 'string', arg: 'SECONDS', default: '10', help: 'how often host and VM use is reported to the controller (docs/monitoring.md); 0: never' },
   ...METRICS_LISTEN_OPTION,
   ...LOG_LEVEL_OPTION,
 };
@@ -71,6 +72,8 @@ export const command: Command = {
     const logger = createLogger({ svc: 'agent', level: o['log-level'] as string });
     // The one clock of the process: the agent, its link, the cold path and the driver wait on it.
     const clock = keepAliveClock;
+    const statsSecs = Number(o['stats-interval']);
+    if (!(Number.isFinite(statsSecs) && statsSecs >= 0 && statsSecs <= 86_400)) throw commonError('VMTC_CONFIG_INVALID', { field: 'stats-interval', value: o['stats-interval'] ?? null }, { message: '--stats-interval must be a number of seconds between 0 and 86400' });
     const driver = await makeDriver(o, dataDir, logger, clock);
     return serveAgent(driver, servingMetrics(o['metrics-listen'], (agent) => hostAgentRegistry(driver, agent.link), async () => {
       const agent = await startHostAgent({
@@ -83,6 +86,7 @@ export const command: Command = {
         ...(o.site ? { site: o.site as string } : {}),
         ...(o['migration-address'] ? { migrationAddress: o['migration-address'] as string } : {}),
         exportListen: o['export-listen'] as string,
+        statsIntervalMs: statsSecs * 1000,
       });
       if (settingsDiffer(stored, effective)) {
         writeHostSettings(dataDir, effective, isoTime(clock.now()));

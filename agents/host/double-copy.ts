@@ -12,6 +12,9 @@
 //                          goes to stop-and-copy once that fits in the downtime limit at the
 //                          current bandwidth (QEMU's test). A dirty rate at or above the
 //                          bandwidth never converges by itself.
+// With auto-converge (params.autoConverge) the dirty model throttles the guest as QEMU does by
+// default: 20 % after the first pass that did not converge, 10 points more after each further
+// one, at most 99 %; the guest dirties that much less (autoConvergeStep).
 // In both, a forced pause makes the next pass the last (nothing more is dirtied), and a forced
 // post-copy ends pre-copy at once: after the switchover the rest is sent unpaced (QEMU's
 // post-copy bandwidth is unlimited by default) and the destination runs the VM.
@@ -28,6 +31,9 @@ export interface CopyControl {
   limits: { bandwidthMbps: number; maxDowntimeMs: number };
   /** Post-copy was allowed when the migration started (params.postcopy). */
   postcopyAllowed: boolean;
+  /** Auto-converge was on when the migration started, and how much it throttles the guest now. */
+  autoConverge?: boolean;
+  throttlePercent?: number;
   forced?: ForceCompleteMode;
   /** When the forced pause began (the driver's clock): the guest is paused from here. */
   pausedAt?: number;
@@ -52,14 +58,24 @@ export interface PassPlan {
   last: boolean;
 }
 
-export function copyControl(params: Pick<MigrationParams, 'bandwidthMbps' | 'maxDowntimeMs' | 'postcopy'>, defaultBandwidthMbps: number): CopyControl {
+export function copyControl(params: Pick<MigrationParams, 'bandwidthMbps' | 'maxDowntimeMs' | 'postcopy' | 'autoConverge'>, defaultBandwidthMbps: number): CopyControl {
   return {
     limits: {
       bandwidthMbps: params.bandwidthMbps && params.bandwidthMbps > 0 ? params.bandwidthMbps : defaultBandwidthMbps,
       maxDowntimeMs: params.maxDowntimeMs && params.maxDowntimeMs > 0 ? params.maxDowntimeMs : DEFAULT_MAX_DOWNTIME_MS,
     },
     postcopyAllowed: !!params.postcopy,
+    ...(params.autoConverge ? { autoConverge: true } : {}),
   };
+}
+
+/** QEMU's auto-converge defaults (cpu-throttle-initial, -increment; its maximum). */
+export const THROTTLE = { initial: 20, increment: 10, max: 99 } as const;
+
+/** After a pass that did not converge: auto-converge throttles the guest more (a no-op without it). */
+export function autoConvergeStep(c: CopyControl): void {
+  if (!c.autoConverge) return;
+  c.throttlePercent = c.throttlePercent ? Math.min(THROTTLE.max, c.throttlePercent + THROTTLE.increment) : THROTTLE.initial;
 }
 
 export const mbpsToBytesPerMs = (mbps: number): number => (mbps * 1e6) / 8 / 1000;
@@ -76,7 +92,7 @@ export function firstPass(m: CopyModel): PassPlan {
 export function nextPass(m: CopyModel, c: CopyControl, prev: PassPlan, prevPass: number, runningMs: number): PassPlan {
   const paused = c.pausedAt !== undefined;
   if (m.dirtyBytesPerMs === 0) return { size: Math.ceil(prev.size / 4), last: paused || prevPass + 1 >= m.passes };
-  const size = Math.min(m.mem, Math.round(m.dirtyBytesPerMs * Math.max(0, runningMs)));
+  const size = Math.min(m.mem, Math.round(m.dirtyBytesPerMs * (1 - (c.throttlePercent ?? 0) / 100) * Math.max(0, runningMs)));
   return { size, last: paused || size / bytesPerMs(c) <= c.limits.maxDowntimeMs };
 }
 

@@ -46,6 +46,11 @@
 //                                   what a refused cold move left alone).
 //   landed(migrationId)          -> whether that incoming migration received its final state
 //                                   here (for tests of the point of no return).
+//   load, loadFile               -> stats(): the VMs' scripted use (agents/host/stats-double.ts),
+//                                   so tests create hotspots; loadFile (TEST ONLY) is re-read
+//                                   at every reading.
+//   replicas                     -> ReplicaDouble (agents/host/replicas-double.ts): real bytes of
+//                                   the spec's disk files over real TCP, checkpoints as block hashes.
 //   stateFile, holdFile          -> TEST ONLY, for tests that kill its agent process: the VM
 //                                   table kept across processes, and hold points that keep a
 //                                   migration in one phase (agents/host/double-knobs.ts).
@@ -59,6 +64,9 @@ import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
 import { commonError } from '../../src/common/errors.ts';
 import { hostError } from './errors.ts';
 import { holdAt, loadVmTable, saveVmTable, type DoubleTestKnobs } from './double-knobs.ts';
+import { checkLoad, DoubleStats, type DoubleLoadScript } from './stats-double.ts';
+import type { StatsSample } from './driver.ts';
+import { ReplicaDouble } from './replicas-double.ts';
 
 export interface DoubleDriverConfig {
   /** Reported as hypervisor.version (default '1.0.0': no known-bad release). */
@@ -89,6 +97,11 @@ export interface DoubleDriverConfig {
    *  copy converges after `passes` passes). At or above the migration's bandwidth the copy never
    *  converges by itself (agents/host/double-copy.ts). */
   dirtyMbps?: number;
+  /** Scripted use of its VMs, as stats() reports it (agents/host/stats-double.ts). */
+  load?: DoubleLoadScript;
+  /** Replicas (agents/host/replicas-double.ts): where stores go (default a temp dir) and the
+   *  pace of seeds and deltas in Mbit/s (default unpaced). */
+  replicas?: { dir?: string; bandwidthMbps?: number };
   /** Injected faults, for tests. */
   failures?: {
     /** Source: drop the stream after sending this many bytes (migration fails, VM back to running). */
@@ -117,7 +130,7 @@ export class DoubleDriver implements HypervisorDriver {
   readonly type = 'double' as const;
   private readonly vms = new Map<string, DoubleVm>();
   private readonly listeners: (() => void)[] = [];
-  private readonly cfg: Required<Omit<DoubleDriverConfig, 'vms' | 'failures' | 'accelerator' | 'networks'>> & Pick<DoubleDriverConfig, 'accelerator'> & { failures: NonNullable<DoubleDriverConfig['failures']> };
+  private readonly cfg: Required<Omit<DoubleDriverConfig, 'vms' | 'failures' | 'accelerator' | 'networks' | 'load' | 'replicas'>> & Pick<DoubleDriverConfig, 'accelerator'> & { failures: NonNullable<DoubleDriverConfig['failures']> };
   private readonly clock: Clock;
   private readonly stream: StreamHost;
   /** The tuning of each VM's last prepareIncoming, as it arrived (kept after the VM is gone). */
@@ -130,6 +143,9 @@ export class DoubleDriver implements HypervisorDriver {
   private readonly stopCounts = new Map<string, number>();
   /** TEST ONLY (agents/host/double-knobs.ts): state file and hold points. */
   private readonly knobs: DoubleTestKnobs;
+  private readonly statsOf: DoubleStats;
+  /** Disk-state operations: the replica double (agents/host/replicas-double.ts). */
+  readonly replicas: ReplicaDouble;
 
   /** `config` is JSON (--double-config), with the test-only knobs of double-knobs.ts; `deps`
    *  are what a process injects: its clock (the pacing of the stream, progress intervals,
@@ -172,6 +188,12 @@ export class DoubleDriver implements HypervisorDriver {
       persist: () => this.persist(),
     };
     this.knobs = { ...(config.stateFile ? { stateFile: config.stateFile } : {}), ...(config.holdFile ? { holdFile: config.holdFile } : {}) };
+    this.statsOf = new DoubleStats({
+      ...(config.load !== undefined ? { load: checkLoad(config.load, 'double.load') } : {}),
+      ...(config.loadFile ? { loadFile: config.loadFile } : {}),
+      host: { vcpus: c.cpu.vcpus, memoryMb: c.memoryMb },
+    });
+    this.replicas = new ReplicaDouble({ clock: this.clock, disksOf: (vmId) => this.get(vmId).info.spec.disks ?? [], ...(config.replicas ?? {}) });
     const kept = this.knobs.stateFile ? loadVmTable(this.knobs.stateFile) : undefined;
     for (const info of kept ?? []) this.vms.set(info.vmId, { info });
     for (const spec of kept ? [] : config.vms ?? []) {
@@ -189,6 +211,12 @@ export class DoubleDriver implements HypervisorDriver {
       diskGb: this.cfg.diskGb,
       sharedStorage: this.cfg.sharedStorage,
     };
+  }
+
+  /** Counters grown at the scripted load (agents/host/stats-double.ts); no dirty-rate
+   *  measurement to start: the scripted rate is reported as measured. */
+  async stats(): Promise<StatsSample> {
+    return this.statsOf.sample(this.clock.now(), [...this.vms.values()].map((v) => v.info));
   }
 
   async list(): Promise<VmInfo[]> {
@@ -384,6 +412,7 @@ export class DoubleDriver implements HypervisorDriver {
       this.abortOutgoing(vm);
       closeIncoming(vm);
     }
+    await this.replicas.close();
   }
 
   // ---- internals ---------------------------------------------------------------------------

@@ -36,6 +36,8 @@ export interface DoubleTestKnobs {
   stateFile?: string;
   /** TEST ONLY: hold points, read from this file (see above). */
   holdFile?: string;
+  /** TEST ONLY: the VMs' scripted load, read at every stats reading (agents/host/stats-double.ts). */
+  loadFile?: string;
 }
 
 interface SavedVm {

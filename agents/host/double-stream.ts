@@ -8,7 +8,7 @@ import type { MigrationParams, MigrationProgress, MigrationResult, VmInfo } from
 import { randomBytes } from 'node:crypto';
 import { clockSleep, type Clock } from '../../src/common/clock.ts';
 import { hostError } from './errors.ts';
-import { bytesPerMs, copyControl, dirtiedDuring, estimatedTotal, expectedDowntimeMs, firstPass, MAX_PASSES, mbpsToBytesPerMs, nextPass, runningMs, type CopyControl, type CopyModel } from './double-copy.ts';
+import { autoConvergeStep, bytesPerMs, copyControl, dirtiedDuring, estimatedTotal, expectedDowntimeMs, firstPass, MAX_PASSES, mbpsToBytesPerMs, nextPass, runningMs, type CopyControl, type CopyModel } from './double-copy.ts';
 
 export const CHUNK = 256 * 1024;
 const PROGRESS_EVERY_MS = 100;
@@ -103,6 +103,7 @@ export async function sendMigration(h: StreamHost, vm: DoubleVm, uri: string, pa
       onProgress({
         migrationId, vmId, totalBytes: total, status, transferredBytes: sent, remainingBytes: Math.max(0, total - sent), ...(pass !== undefined ? { pass } : {}),
         throughputMbps: Math.round((sent * 8) / elapsed / 1000), expectedDowntimeMs: expectedDowntimeMs(model, c, plan),
+        ...(c.throttlePercent !== undefined ? { cpuThrottlePercent: c.throttlePercent } : {}),
       });
     } catch {
       /* a listener's failure must not break the stream */
@@ -213,6 +214,7 @@ export async function sendMigration(h: StreamHost, vm: DoubleVm, uri: string, pa
       break;
     }
     plan = nextPass(model, c, plan, pass, ran);
+    if (!plan.last && model.dirtyBytesPerMs > 0) autoConvergeStep(c);
     left = plan.size;
   }
   if (!okReceived && (out.cancelled || socket.destroyed)) return broken();

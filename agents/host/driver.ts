@@ -6,6 +6,7 @@
 // docs/contributing.md#a-hypervisor-driver.
 import { keepAliveClock, type Clock } from '../../src/common/clock.ts';
 import { tcpProbe } from './reach.ts';
+import type { ReplicaOps } from './replicas.ts';
 import type { ForceCompleteMode, HypervisorInfo, HypervisorType, MigrationLimits, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, ReachResult, StorageHandoff, VmInfo, VmSpec } from '../../src/common/agent-protocol.ts';
 
 export interface HostFacts {
@@ -15,6 +16,39 @@ export interface HostFacts {
   memoryMb: number;
   diskGb: number;
   sharedStorage: boolean;
+}
+
+/** One reading of a driver's counters (agents/host/stats.ts turns two readings into the rates
+ *  of a StatsReport). Counters only grow while a VM lives; gauges are as of `at`. */
+export interface StatsSample {
+  /** Epoch ms of the reading (the driver's clock). */
+  at: number;
+  host: {
+    vcpus: number;
+    memoryMb: number;
+    memoryUsedMb: number;
+    swapUsedMb?: number;
+    /** CPU time busy and in all since boot (ms, /proc/stat), when the driver reads the host's. */
+    cpuBusyMs?: number;
+    cpuTotalMs?: number;
+  };
+  vms: {
+    vmId: string;
+    vcpus: number;
+    memoryMb: number;
+    /** CPU time the VM used (ms, counter). */
+    cpuMs: number;
+    memoryUsedMb?: number;
+    swapMb?: number;
+    balloonMb?: number;
+    /** Bytes, counters, as the guest sees them (rx: received by the guest). */
+    netRxBytes: number;
+    netTxBytes: number;
+    diskReadBytes: number;
+    diskWriteBytes: number;
+    /** The last dirty-page rate measured (MB/s), when there is one. */
+    dirtyRateMBps?: number;
+  }[];
 }
 
 export interface HypervisorDriver {
@@ -67,6 +101,14 @@ export interface HypervisorDriver {
    *  it; one TCP attempt of at most timeoutMs)? The rule is agents/host/reach.ts; without it the
    *  agent decides from its own namespace. */
   checkReach?(host: string, port: number, timeoutMs: number): Promise<ReachResult>;
+  /** Counters of the host and its running VMs (docs/monitoring.md). With `dirtyRate` the driver
+   *  may also start a measurement of each VM's dirty-page rate whose result a later reading
+   *  reports (it must not wait for it). Without it the agent sends no stats. */
+  stats?(opts: { dirtyRate: boolean }): Promise<StatsSample>;
+  /** Disk-state operations for replicas (docs/disks.md#replicas): pre-seeded copies of a VM's
+   *  disks at another host, kept warm with deltas. Without them the agent refuses replica.*
+   *  requests (VMTC_HOST_DISK_UNSUPPORTED). */
+  readonly replicas?: ReplicaOps;
   /** Called whenever a VM's state changes, so the agent can re-send its inventory. */
   onChange(listener: () => void): void;
   close(): Promise<void>;

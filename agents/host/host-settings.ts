@@ -11,7 +11,7 @@ import { commonError } from '../../src/common/errors.ts';
 import { writeAtomic } from '../../src/common/pki.ts';
 
 /** The settings, each under the name of the `vmtc agent` flag that sets it. */
-export const HOST_SETTING_FLAGS = ['site', 'migration-address', 'driver', 'double-config', 'accel', 'netns', 'export-listen', 'metrics-listen'] as const;
+export const HOST_SETTING_FLAGS = ['site', 'migration-address', 'driver', 'double-config', 'accel', 'netns', 'export-listen', 'metrics-listen', 'stats-interval'] as const;
 export type HostSettingFlag = (typeof HOST_SETTING_FLAGS)[number];
 export type HostSettings = Partial<Record<HostSettingFlag, string>>;
 

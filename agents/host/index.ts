@@ -18,6 +18,8 @@ import { reachByProbe } from './reach.ts';
 import type { HypervisorDriver } from './driver.ts';
 import { hostError } from './errors.ts';
 import { inheritedOutcome, MigrationJournal } from './migration-journal.ts';
+import { StatsReporter } from './stats.ts';
+import { replicaHandlers } from './replicas.ts';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -44,6 +46,10 @@ export interface HostAgentOptions {
   exportListen?: string;
   /** Tuning of the cold path (tests: clock, free space, stall timeout). */
   cold?: Pick<ColdOptions, 'clock' | 'ids' | 'freeSpace' | 'stallMs' | 'progressEveryMs' | 'exportHost'>;
+  /** How often the 'stats' event goes out (docs/monitoring.md; default STATS_DEFAULTS, 0: never),
+   *  and every how many reports a dirty-rate measurement starts. */
+  statsIntervalMs?: number;
+  dirtyRateEvery?: number;
   /** Timers of the agent and its link; the cold path's too unless `cold.clock` says otherwise.
    *  Default keepAliveClock (the command passes it; the driver gets its own). */
   clock?: Clock;
@@ -328,6 +334,8 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       const onAttempt = migrationId ? (a: VerifyAttempt) => link.send('cold.verify', { migrationId, vmId, ...a }) : undefined;
       return cold.verify({ vmId, timeoutMs: t, tcp: { host: str(tcp.host, 'tcp.host'), port: port as number } }, onAttempt);
     },
+    // Replicas (agents/host/replicas.ts; docs/disks.md#replicas).
+    ...replicaHandlers(driver.replicas, log),
   };
 
   const link = await AgentLink.open({
@@ -390,6 +398,14 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
   driver.onChange(() => { if (!closed) settleAllInherited(); });
   link.on('connected', () => void sendInventory());
   settleAllInherited();
+  // Monitoring (agents/host/stats.ts): reports are dropped, not queued, while the link is down.
+  const stats = new StatsReporter({
+    driver, clock, logger: log,
+    ...(opts.statsIntervalMs !== undefined ? { intervalMs: opts.statsIntervalMs } : {}),
+    ...(opts.dirtyRateEvery !== undefined ? { dirtyRateEvery: opts.dirtyRateEvery } : {}),
+    send: (r) => { if (link.connected && !closed) link.send('stats', r, { queue: false }); },
+  });
+  stats.start();
   log.info({ hostId, driver: driver.type }, 'host agent started');
 
   return {
@@ -399,6 +415,7 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       if (closed) return;
       closed = true;
       timer?.cancel();
+      stats.stop();
       await cold.close();
       await link.close();
       await journal.close();

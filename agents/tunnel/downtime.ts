@@ -1,7 +1,7 @@
 // The pure half of the tunnel agent's client-seen downtime (docs/tunnel.md "Client-seen
 // downtime"): what the capture helper (capture/vmtc-capture.c, run by meter.ts) saw between
 // bicast and prune, reduced to the figures the prune returns. No I/O, no clock.
-import type { TunnelPassiveDowntime, TunnelProbeDowntime } from '../../src/common/tunnel-protocol.ts';
+import { PROBE_STREAM, type ProbeSample, type TunnelPassiveDowntime, type TunnelProbeDowntime } from '../../src/common/tunnel-protocol.ts';
 
 /** Frames of the VM from one site within one millisecond (a capture line "F …"). Times: µs. */
 export interface FrameBatch { src: string; firstUs: number; lastUs: number; count: number }
@@ -126,4 +126,49 @@ export function probeDowntime(sent: Map<number, number>, replies: Map<number, nu
   const times = [...replies].filter(([seq]) => sent.has(seq)).map(([, at]) => at).sort((a, b) => a - b);
   const gapUs = longestOutageUs(times.map((t) => ({ firstUs: t, lastUs: t, count: 1 })), 2 * periodMs * 1000);
   return { gapMs: gapUs === null ? null : ms1(gapUs), sent: sent.size, received: times.length, periodMs, method: PROBE_METHOD };
+}
+
+/** Where the probe stream stands in a capture log: the send time (µs) of the last probe
+ *  reported, and the probes reported without a reply (seq → send time, µs), oldest first. */
+export interface ProbeCursor { lastSentUs: number; unanswered: Map<number, number> }
+
+export function newProbeCursor(): ProbeCursor {
+  return { lastSentUs: -1, unanswered: new Map() };
+}
+
+/**
+ * The next batch of the probe stream (docs/dashboard.md "Probe stream"): probes sent since the
+ * cursor, each with its round trip or null, then earlier probes reported unanswered whose reply
+ * has come since. Advances `cur`. At most `max` samples; the rest wait for the next batch. A
+ * probe still unanswered when more than PROBE_STREAM.maxUnanswered are watched is forgotten
+ * (it stays dark on the radar).
+ */
+export function nextProbeBatch(log: CaptureLog, cur: ProbeCursor, max: number = PROBE_STREAM.maxSamplesPerBatch): ProbeSample[] {
+  const out: ProbeSample[] = [];
+  const sample = (seq: number, sentUs: number): ProbeSample => {
+    const r = log.replies.get(seq);
+    return [seq, sentUs / 1000, r !== undefined && r >= sentUs ? ms1(r - sentUs) : null];
+  };
+  for (const [seq, sentUs] of cur.unanswered) {
+    if (out.length >= max) return out;
+    const r = log.replies.get(seq);
+    if (r === undefined || r < sentUs) continue;
+    cur.unanswered.delete(seq);
+    out.push(sample(seq, sentUs));
+  }
+  for (const [seq, sentUs] of log.sent) {
+    if (sentUs <= cur.lastSentUs) continue;
+    if (out.length >= max) break;
+    const s = sample(seq, sentUs);
+    cur.lastSentUs = sentUs;
+    if (s[2] === null) {
+      cur.unanswered.set(seq, sentUs);
+      for (const k of cur.unanswered.keys()) {
+        if (cur.unanswered.size <= PROBE_STREAM.maxUnanswered) break;
+        cur.unanswered.delete(k);
+      }
+    }
+    out.push(s);
+  }
+  return out;
 }

@@ -25,6 +25,7 @@ import { AgentLink, type BackoffOptions } from '../common/agent-link.ts';
 import { tunnelError, type TunnelChange, type TunnelMethods, type TunnelState } from '../../src/common/tunnel-protocol.ts';
 import type { TunnelDriver } from './driver.ts';
 import type { DowntimeMeter } from './meter.ts';
+import { probeStreams } from './probe-stream.ts';
 
 export type { BicastParams, PruneParams, TunnelChange, TunnelMethods, TunnelState } from '../../src/common/tunnel-protocol.ts';
 
@@ -93,6 +94,11 @@ export async function startTunnelAgent(opts: TunnelAgentOptions): Promise<Tunnel
   });
 
   let link: AgentLink | undefined;
+  // The meter's echo probe, live to the controller for the dashboard's radar (probe-stream.ts).
+  const probes = probeStreams(clock, (batch) => {
+    if (!link || closed) return;
+    try { link.send('tunnel.probe', batch, { queue: false }); } catch (e) { log.warn({ err: e }, 'cannot send the probe stream'); }
+  });
   // Queued behind the change in progress, so events leave in the order the changes happened.
   const publish = (): void => {
     void serial(async () => {
@@ -156,6 +162,8 @@ export async function startTunnelAgent(opts: TunnelAgentOptions): Promise<Tunnel
       log.child({ vmId }).info({ oldSite, newSite, changed }, 'bicast');
       // A measurement that cannot start never fails the switch: the prune then says why.
       if (opts.meter?.watches(vmId)) await opts.meter.start(vmId, oldSite, newSite).catch((e: unknown) => log.child({ vmId }).warn({ err: e }, 'cannot measure the client-seen downtime'));
+      const probeLog = opts.meter?.probeLog?.(vmId);
+      if (probeLog) probes.start(vmId, probeLog);
       publish();
       return { sites: await driver.sites() };
     });
@@ -187,6 +195,8 @@ export async function startTunnelAgent(opts: TunnelAgentOptions): Promise<Tunnel
         }
       }
       const downtime = await opts.meter?.stop(vmId, keepSite).catch((e: unknown) => { vlog.warn({ err: e }, 'cannot read the client-seen downtime'); return undefined; });
+      // After the meter's tail, so the stream's last batch has the replies the figures count.
+      probes.stop(vmId);
       vlog.info({ keepSite, dropSite, removed, ...(downtime ? { downtime } : {}) }, 'prune');
       publish();
       return { sites: await driver.sites(), removed, ...(keptFor ? { keptFor } : {}), ...(downtime ? { downtime } : {}) };
@@ -233,6 +243,7 @@ export async function startTunnelAgent(opts: TunnelAgentOptions): Promise<Tunnel
     async close() {
       if (closed) return;
       closed = true;
+      probes.close();
       await l.close();
       await chain.catch(() => undefined);
       await opts.meter?.close();

@@ -27,6 +27,9 @@ export interface DowntimeMeter {
    *  heard from there, since the prune may come before its silence ends. */
   stop(vmId: string, keepSite?: string): Promise<TunnelDowntime | undefined>;
   close(): Promise<void>;
+  /** What the probe of a VM being measured has sent and heard so far, and its period (the
+   *  agent's probe stream reads it; docs/dashboard.md "Probe stream"). Absent: no probe stream. */
+  probeLog?(vmId: string): { log: CaptureLog; periodMs: number } | undefined;
 }
 
 export interface CaptureMeterOptions {
@@ -104,6 +107,11 @@ export class CaptureDowntimeMeter implements DowntimeMeter {
     r.from = this.o.clock.now();
     if (proc.exitCode !== null || r.error) this.log.warn({ vmId, argv: full, error: r.error ?? stderr }, 'capture helper did not start');
     else this.log.info({ vmId, device: this.o.device, periodMs: this.periodMs }, 'measuring client-seen downtime');
+  }
+
+  probeLog(vmId: string): { log: CaptureLog; periodMs: number } | undefined {
+    const r = this.running.get(vmId);
+    return r && this.periodMs > 0 ? { log: r.log, periodMs: this.periodMs } : undefined;
   }
 
   async stop(vmId: string, keepSite?: string): Promise<TunnelDowntime | undefined> {

@@ -11,6 +11,10 @@
  * earlier head is due or a datagram/signal arrives, then sends everything due with sendmmsg.
  * Unlike the JS (timers of ms granularity, 0.5 ms slack) nothing is sent before it is due.
  *
+ * Scheduling (docs/lab.md "The instrument"): --rt-priority P runs it under SCHED_FIFO P (0: the
+ * normal scheduler) and --cpu N pins it to CPU N (-1: anywhere); a refusal (no CAP_SYS_NICE, a
+ * CPU not allowed) is a warning on stderr and in the listening line's "sched", never fatal.
+ *
  * Build: gcc -O2 -Wall -o vmtc-delay-line delay-line.c -lm   (lab/delay-line/build.ts does it)
  * Output: {"event":"listening",...} once bound; {"event":"stats",...} every --report-ms (without
  * config) and on SIGUSR2 (with config); {"event":"final",...} on SIGTERM/SIGINT, then exit 0.
@@ -21,6 +25,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -359,12 +364,12 @@ static void parse_addr(const char *s, struct sockaddr_in *sa, int port, const ch
 int main(int argc, char **argv) {
   const char *listen_host = "0.0.0.0", *listen_port = "0", *a_s = NULL, *b_s = NULL, *dst_port_s = NULL;
   const char *one_way_s = NULL, *rate_s = NULL, *queue_ms_s = NULL, *queue_bytes_s = NULL, *loss_s = NULL;
-  const char *report_s = "1000", *tag = NULL;
+  const char *report_s = "1000", *tag = NULL, *rt_s = "0", *cpu_s = "-1";
   struct { const char *name; const char **val; } opts[] = {
     {"listen-host", &listen_host}, {"listen-port", &listen_port}, {"a", &a_s}, {"b", &b_s},
     {"dst-port", &dst_port_s}, {"one-way-ms", &one_way_s}, {"rate-mbps", &rate_s},
     {"queue-ms", &queue_ms_s}, {"queue-bytes", &queue_bytes_s}, {"loss", &loss_s},
-    {"report-ms", &report_s}, {"tag", &tag},
+    {"report-ms", &report_s}, {"tag", &tag}, {"rt-priority", &rt_s}, {"cpu", &cpu_s},
   };
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i];
@@ -389,6 +394,31 @@ int main(int argc, char **argv) {
   if (loss >= 1) usage_exit("--loss must be below 1");
   double report_ms = num_opt(report_s, "report-ms");
   double lport = num_opt(listen_port, "listen-port");
+  double rt_prio = num_opt(rt_s, "rt-priority");
+  if (rt_prio != floor(rt_prio) || rt_prio > 99) usage_exit("--rt-priority must be an integer from 0 to 99");
+  char *cpu_end;
+  long cpu = strtol(cpu_s, &cpu_end, 10);
+  if (*cpu_s == 0 || *cpu_end != 0 || cpu < -1 || cpu > 1023) usage_exit("--cpu must be a CPU number or -1");
+
+  /* Real-time priority and pinning, before the socket exists: a warning on refusal, not an error. */
+  char sched_warning[256] = "";
+  if (cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET((int)cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) {
+      snprintf(sched_warning, sizeof sched_warning, "pinning to CPU %ld refused: %s", cpu, strerror(errno));
+      fprintf(stderr, "delay-line: warning: %s; running on any CPU\n", sched_warning);
+    }
+  }
+  if (rt_prio > 0) {
+    struct sched_param sp = { .sched_priority = (int)rt_prio };
+    if (sched_setscheduler(0, SCHED_FIFO, &sp) != 0) {
+      size_t used = strlen(sched_warning);
+      snprintf(sched_warning + used, sizeof sched_warning - used, "%sSCHED_FIFO %d refused: %s", used ? "; " : "", (int)rt_prio, strerror(errno));
+      fprintf(stderr, "delay-line: warning: SCHED_FIFO %d refused (%s); running at normal priority\n", (int)rt_prio, strerror(errno));
+    }
+  }
   if (lport > 65535 || lport != floor(lport)) usage_exit("--listen-port must be a port number");
 
   /* Signals arrive through a signalfd, so they are handled between batches, never mid-update.
@@ -457,6 +487,24 @@ int main(int argc, char **argv) {
   put_config();
   put(",\"tag\":");
   if (tag) put_str(tag); else put("null");
+  /* What the kernel says now, whatever was asked. */
+  {
+    int policy = sched_getscheduler(0);
+    struct sched_param sp;
+    if (sched_getparam(0, &sp) != 0) sp.sched_priority = 0;
+    cpu_set_t set;
+    char cpus[128] = "";
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+      for (int c = 0; c < CPU_SETSIZE && strlen(cpus) < sizeof cpus - 8; c++)
+        if (CPU_ISSET(c, &set)) snprintf(cpus + strlen(cpus), sizeof cpus - strlen(cpus), "%s%d", cpus[0] ? "," : "", c);
+    }
+    put(",\"sched\":{\"policy\":");
+    put_str(policy == SCHED_FIFO ? "fifo" : policy == SCHED_RR ? "rr" : "other");
+    put(",\"priority\":%d,\"cpus\":", sp.sched_priority);
+    put_str(cpus);
+    if (sched_warning[0]) { put(",\"warning\":"); put_str(sched_warning); }
+    put("}");
+  }
   put("}");
   emit();
 

@@ -67,6 +67,8 @@ export interface GuestAppendOptions {
   /** Memory-dirtying load: MB rewritten every dirtyPeriodMs (0/undefined = off). */
   dirtyMb?: number;
   dirtyPeriodMs?: number;
+  /** Populated guest: MiB of non-zero data written once at boot, before the ready line (0/undefined = idle). */
+  fillMb?: number;
 }
 
 /** The kernel command line for the lab guest; /init reads the vmtc.* settings (see init.sh). */
@@ -79,6 +81,7 @@ export function guestAppend(o: GuestAppendOptions = {}): string {
   if (o.clockGapMs) parts.push(`vmtc.clock=${o.clockGapMs}`, `vmtc.clockus=${o.clockPeriodUs ?? 200}`);
   if (o.heartbeatMs) parts.push(`vmtc.hb=${o.heartbeatMs}`);
   if (o.dirtyMb) parts.push(`vmtc.dirty=${o.dirtyMb}:${o.dirtyPeriodMs ?? 100}`);
+  if (o.fillMb) parts.push(`vmtc.fill=${Math.floor(o.fillMb)}`);
   return parts.join(' ');
 }
 

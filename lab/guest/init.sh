@@ -7,6 +7,8 @@
 #   vmtc.clockus=200                       its sampling period in microseconds (paper: 0.2 ms)
 #   vmtc.hb=10                             serial heartbeat on /dev/ttyS1 every 10 ms (0 = off)
 #   vmtc.dirty=MB[:PERIOD_MS]              memory-dirtying load that verifies its memory (0 = off)
+#   vmtc.fill=MB                           populated guest: MB MiB of non-zero data written once,
+#                                          before the ready line (0 = off: the idle guest)
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -15,7 +17,7 @@ mount -t devtmpfs devtmpfs /dev
 # The initramfs has no /dev/console node; now that devtmpfs is mounted, point stdio at it.
 exec 0</dev/console 1>/dev/console 2>&1
 
-IP=10.1.1.2/24; GW=10.1.1.1; TCP=7; UDP=7; CLOCK=0; CLOCKUS=200; HB=0; DIRTY=0
+IP=10.1.1.2/24; GW=10.1.1.1; TCP=7; UDP=7; CLOCK=0; CLOCKUS=200; HB=0; DIRTY=0; FILL=0
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vmtc.ip=*) IP="${arg#vmtc.ip=}" ;;
@@ -26,6 +28,7 @@ for arg in $(cat /proc/cmdline); do
     vmtc.clockus=*) CLOCKUS="${arg#vmtc.clockus=}" ;;
     vmtc.hb=*) HB="${arg#vmtc.hb=}" ;;
     vmtc.dirty=*) DIRTY="${arg#vmtc.dirty=}" ;;
+    vmtc.fill=*) FILL="${arg#vmtc.fill=}" ;;
   esac
 done
 
@@ -62,6 +65,14 @@ if [ "$DIRTY" != 0 ]; then
     [ -n "$REPORT" ] && echo "VMTC-MEM-BAD dirty load exited" > "$REPORT" ) &
 fi
 
-echo "VMTC-GUEST-READY ip=$IP mac=$MAC tcp=$TCP udp=$UDP clock=$CLOCK hb=$HB dirty=$DIRTY"
+# The populated guest's memory is written before the guest says it is ready (bounded: 600 s).
+if [ "$FILL" != 0 ]; then
+  vmtc-probe fill "$FILL" /tmp/vmtc-fill.done &
+  n=0
+  while [ ! -e /tmp/vmtc-fill.done ] && [ $n -lt 60000 ] && kill -0 $! 2>/dev/null; do usleep 10000; n=$((n + 1)); done
+  [ -e /tmp/vmtc-fill.done ] || { echo "VMTC-WARN fill of $FILL MiB did not finish"; FILL=failed; }
+fi
+
+echo "VMTC-GUEST-READY ip=$IP mac=$MAC tcp=$TCP udp=$UDP clock=$CLOCK hb=$HB dirty=$DIRTY fill=$FILL"
 # PID 1 must never exit (the kernel would panic); reap orphans while waiting.
 while true; do wait; sleep 3600; done

@@ -17,6 +17,10 @@
  *                                     (stands in for the paper's image-processing workload),
  *                                     with known patterns it verifies before each rewrite;
  *                                     VMTC-MEM lines also go to REPORT_DEV (/dev/ttyS1)
+ *   vmtc-probe fill MB DONE_FILE      a populated guest (the paper's VMs had their memory in
+ *                                     use): writes MB MiB of non-zero data once, prints
+ *                                     VMTC-FILL, creates DONE_FILE, then holds the memory
+ *                                     without touching it again (init.sh waits for DONE_FILE)
  *
  * Output lines are prefixed "VMTC-" so a reader of the console can pick them out.
  *
@@ -313,6 +317,26 @@ static void probe_priority(void) {
   if (sched_setscheduler(0, SCHED_FIFO, &sp) != 0) (void)setpriority(PRIO_PROCESS, 0, -15);
 }
 
+/* The populated guest: MB MiB written once with non-zero data (a different 64-bit word at every
+ * offset, so neither QEMU's zero-page detection nor any page-sharing skips it), then left alone:
+ * unlike the dirty load it adds pages to copy but no dirtying. */
+static int fill(long mb, const char *done_file) {
+  size_t len = (size_t)mb << 20;
+  double t0 = now_ms(CLOCK_MONOTONIC);
+  uint64_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mb <= 0 || p == MAP_FAILED) { printf("VMTC-FILL-FAILED mb=%ld %s\n", mb, mb <= 0 ? "bad size" : strerror(errno)); fflush(stdout); return 1; }
+  uint64_t x = 0x9e3779b97f4a7c15ULL;
+  for (size_t i = 0; i < len / 8; i++) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17; /* xorshift64: never 0 from a non-zero seed */
+    p[i] = x;
+  }
+  printf("VMTC-FILL mb=%ld ms=%.0f\n", mb, now_ms(CLOCK_MONOTONIC) - t0);
+  fflush(stdout);
+  int fd = open(done_file, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd >= 0) close(fd);
+  for (;;) pause();
+}
+
 int main(int argc, char **argv) {
   const char *cmd = argc > 1 ? argv[1] : "";
   if (!strcmp(cmd, "tcp-echo") || !strcmp(cmd, "udp-echo") || !strcmp(cmd, "heartbeat")) probe_priority();
@@ -321,6 +345,7 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "clock") && argc > 3) return clock_probe(atof(argv[2]), atol(argv[3]));
   if (!strcmp(cmd, "heartbeat") && argc > 3) return heartbeat(argv[2], atol(argv[3]));
   if (!strcmp(cmd, "dirty") && argc > 3) return dirty(atol(argv[2]), atol(argv[3]), argc > 4 ? argv[4] : NULL);
-  fprintf(stderr, "usage: vmtc-probe tcp-echo PORT | udp-echo PORT | clock GAP_MS PERIOD_US | heartbeat DEV PERIOD_MS | dirty MB PERIOD_MS [REPORT_DEV]\n");
+  if (!strcmp(cmd, "fill") && argc > 3) return fill(atol(argv[2]), argv[3]);
+  fprintf(stderr, "usage: vmtc-probe tcp-echo PORT | udp-echo PORT | clock GAP_MS PERIOD_US | heartbeat DEV PERIOD_MS | dirty MB PERIOD_MS [REPORT_DEV] | fill MB DONE_FILE\n");
   return 2;
 }

@@ -53,12 +53,23 @@ export function turntableOptions(o: Record<string, unknown>): Omit<TurntableOpti
   if (converge !== 'auto-converge' && converge !== 'postcopy') throw commonError('VMTC_CONFIG_INVALID', { field: 'converge', value: converge }, { message: '--converge must be auto-converge or postcopy' });
   const delayLine = o['delay-line'] as string | undefined;
   if (delayLine !== undefined && delayLine !== 'node' && delayLine !== 'c') throw commonError('VMTC_CONFIG_INVALID', { field: 'delay-line', value: delayLine }, { message: '--delay-line must be node or c' });
+  const accel = (o.accel as string | undefined) ?? 'tcg';
+  if (accel !== 'tcg' && accel !== 'kvm') invalid('accel', accel, '--accel must be tcg or kvm');
+  const guest = o.guest as string | undefined;
+  if (guest !== undefined && guest !== 'idle' && guest !== 'populated') invalid('guest', guest, '--guest must be idle or populated');
+  const fillMb = o['fill-mb'] !== undefined ? num(o['fill-mb'], 'fill-mb', 1, 16_384, true) : undefined;
+  if (fillMb !== undefined && guest === 'idle') invalid('fill-mb', o['fill-mb'], '--fill-mb populates the guest: not with --guest idle');
   const rateMbps = num(o['rate-mbps'], 'rate-mbps', 1, 100_000);
   const bandwidthMbps = o['bandwidth-mbps'] !== undefined ? num(o['bandwidth-mbps'], 'bandwidth-mbps', 1, 100_000) : undefined;
   const retune = retuneOptions(o, bandwidthMbps ?? defaultBandwidthMbps(rateMbps));
+  const memoryMb = num(o['memory-mb'], 'memory-mb', 64, 16_384, true);
+  if (fillMb !== undefined && fillMb > memoryMb * 0.9) invalid('fill-mb', o['fill-mb'], `--fill-mb must leave the guest's kernel room: at most 90 % of --memory-mb (${Math.floor(memoryMb * 0.9)})`);
   return {
     rttMs: num(o['rtt-ms'], 'rtt-ms', 0, 2000), rateMbps,
-    memoryMb: num(o['memory-mb'], 'memory-mb', 64, 16_384, true), load, converge,
+    memoryMb, load, converge, accel,
+    ...(guest === 'populated' || fillMb !== undefined ? { guest: 'populated' as const } : {}),
+    ...(fillMb !== undefined ? { fillMb } : {}),
+    ...(o['queue-ms'] !== undefined ? { queueMs: num(o['queue-ms'], 'queue-ms', 0, 10_000) } : {}),
     ...(delayLine !== undefined ? { delayLine } : {}),
     ...(o['dirty-mb'] !== undefined ? { dirtyMb: num(o['dirty-mb'], 'dirty-mb', 1, 16_384, true) } : {}),
     ...(o['dirty-period-ms'] !== undefined ? { dirtyPeriodMs: num(o['dirty-period-ms'], 'dirty-period-ms', 1, 60_000, true) } : {}),
@@ -72,6 +83,28 @@ export function turntableOptions(o: Record<string, unknown>): Omit<TurntableOpti
   };
 }
 
+/** The guest in words: idle, or populated with how much. */
+export function guestWord(r: TurntableResult): string {
+  return r.config.guest === 'populated' ? `populated guest, ${r.config.fillMb ?? '?'} MiB filled` : 'idle guest';
+}
+
+/** The per-migration breakdown (lab/turntable/breakdown.ts) as a small table, and its medians. */
+export function breakdownLines(r: TurntableResult): string[] {
+  const f = (v: number | null | undefined) => (v === null || v === undefined ? '–' : String(Math.round(v)));
+  const head = ['#', 'mode', 'pause→last page', 'last page→RESUME', 'RESUME→heartbeat', 'heartbeat→reply', 'sum', 'udp', 'lead', 'adds up'];
+  const rows = r.migrations.filter((m) => m.breakdown).map((m) => {
+    const b = m.breakdown!;
+    return [String(m.round), m.mode, f(b.stepsMs.pauseToLastPage), f(b.stepsMs.lastPageToResume), f(b.stepsMs.resumeToHeartbeat), f(b.stepsMs.heartbeatToReply), f(b.totalMs), f(b.clientSeenMs), f(b.leadMs), b.consistent ? 'yes' : 'NO'];
+  });
+  if (!rows.length) return [];
+  const all = [head, ...rows];
+  const w = head.map((_, i) => Math.max(...all.map((row) => row[i]!.length)));
+  const out = [`breakdown (ms, ${r.migrations.find((m) => m.breakdown)!.breakdown!.clock}): source pause (QEMU STOP) → last page (+ QEMU downtime) → RESUME (destination) → first heartbeat (ttyS1, host side) → first client reply (UDP)`,
+    ...all.map((row) => row.map((c, i) => (i < 2 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  '))];
+  for (const m of r.migrations.filter((x) => x.breakdown && !x.breakdown.consistent)) out.push(`  ${m.mode} ${m.round} does not add up: ${m.breakdown!.problems.join('; ')}`);
+  return out;
+}
+
 function stamp(d = new Date()): string {
   return d.toISOString().replace(/[:.]/g, '-').replace(/Z$/, '');
 }
@@ -80,8 +113,8 @@ function stamp(d = new Date()): string {
 export function summaryTable(r: TurntableResult): string {
   const f = (v: number | null | undefined) => (v === null || v === undefined ? '–' : String(Math.round(v)));
   const rows = [
-    ['#', 'move', 'mode', 'ok', 'ping', 'udp', 'serial', 'internal', 'QEMU', 'tun-pas', 'tun-prb', 'total', 'control', 'MB', 'Mbit/s', 'TCP', 'memory', ...(r.config.retune ? ['retuned'] : [])],
-    ...r.migrations.map((m) => [String(m.round), `${m.from}→${m.to}`, m.mode, m.ok ? 'yes' : 'NO', f(m.downtimeMs.ping), f(m.downtimeMs.udp), f(m.downtimeMs.serial), f(m.downtimeMs.internal), f(m.downtimeMs.hypervisor), f(m.downtimeMs.tunnelPassive), f(m.downtimeMs.tunnelProbe), f(m.totalMs), f(m.controlPlaneMs), (m.bytes / 1e6).toFixed(1), f(m.throughputMbps), m.tcpSessionSurvived ? 'kept' : 'LOST',
+    ['#', 'move', 'mode', 'ok', 'line', 'ping', 'udp', 'serial', 'internal', 'QEMU', 'tun-pas', 'tun-prb', 'total', 'control', 'MB', 'Mbit/s', 'TCP', 'memory', ...(r.config.retune ? ['retuned'] : [])],
+    ...r.migrations.map((m) => [String(m.round), `${m.from}→${m.to}`, m.mode, m.ok ? 'yes' : 'NO', m.reliable === false ? 'UNRELIABLE' : 'ok', f(m.downtimeMs.ping), f(m.downtimeMs.udp), f(m.downtimeMs.serial), f(m.downtimeMs.internal), f(m.downtimeMs.hypervisor), f(m.downtimeMs.tunnelPassive), f(m.downtimeMs.tunnelProbe), f(m.totalMs), f(m.controlPlaneMs), (m.bytes / 1e6).toFixed(1), f(m.throughputMbps), m.tcpSessionSurvived ? 'kept' : 'LOST',
       !m.memory ? '–' : m.memory.evidence ? 'DAMAGED' : m.memory.verified ? 'verified' : '–',
       ...(r.config.retune ? [!m.retuned ? '–' : m.retuned.ok ? `at ${m.retuned.atMs}` : m.retuned.code ?? 'NO'] : [])]),
   ];
@@ -90,14 +123,18 @@ export function summaryTable(r: TurntableResult): string {
   lines.splice(1, 0, w.map((n) => '-'.repeat(n)).join('  '));
   const s = r.summary;
   const p = (x: { p50: number | null; p95: number | null; max: number | null }) => `p50 ${f(x.p50)}  p95 ${f(x.p95)}  max ${f(x.max)}`;
-  lines.push('', `downtime over ${s.liveOk}/${s.liveTotal} live migrations (ms):`,
+  lines.push('', ...breakdownLines(r));
+  const accel = r.config.accel ?? 'tcg';
+  const counted = s.liveCounted ?? s.liveOk;
+  if (s.unreliable?.length) lines.push('', `UNRELIABLE (the delay line dropped or fell short; left out below): ${s.unreliable.join(', ')}`);
+  lines.push('', `downtime over ${counted}/${s.liveTotal} live migrations (ms; ${accel.toUpperCase()}${accel === 'tcg' ? ': includes TCG retranslation after resume' : ''}${s.liveOk > counted ? `; ${s.liveOk - counted} unreliable left out` : ''}):`,
     `  ping (50 ms)  ${p(s.ping)}`, `  udp (2 ms)    ${p(s.udp)}`, `  serial        ${p(s.serial)}`, `  QEMU's own    ${p(s.hypervisor)}`,
     ...(s.tunnelPassive && s.agreement ? [
       `  tunnel agent  passive ${p(s.tunnelPassive)}; probe (20 ms) ${p(s.tunnelProbe ?? s.tunnelPassive)}`,
       `  agreement |tunnel − udp|: passive median ${f(s.agreement.passiveVsUdp.p50)} worst ${f(s.agreement.passiveVsUdp.max)}; probe median ${f(s.agreement.probeVsUdp.p50)} worst ${f(s.agreement.probeVsUdp.max)}`,
     ] : []),
-    `non-live ${f(s.nonLiveElapsedMs)} ms ÷ live median ${f(s.liveClientMedianMs)} ms = ${s.liveNonLiveRatio ?? '–'} (paper §6.4)`,
-    `emulator: nominal ${r.emulator.nominalMbps} Mbit/s, delivered up to ${Math.round(r.emulator.deliveredMbps)} Mbit/s, RTT ${r.emulator.rttMs} ms, queue max ${r.emulator.queueMaxMs} ms, ${r.emulator.drops} drops`);
+    `non-live ${f(s.nonLiveElapsedMs)} ms ÷ live median ${f(s.liveClientMedianMs)} ms = ${s.liveNonLiveRatio ?? '–'} (paper §6.4; ${guestWord(r)}, ${accel.toUpperCase()})`,
+    `emulator: nominal ${r.emulator.nominalMbps} Mbit/s, delivered up to ${Math.round(r.emulator.deliveredMbps)} Mbit/s, RTT ${r.emulator.rttMs} ms, queue max ${r.emulator.queueMaxMs} ms${r.config.queueMs !== undefined ? ` of ${r.config.queueMs} (${r.config.queueSizing === 'given' ? '--queue-ms' : 'bandwidth-delay product'})` : ''}, ${r.emulator.drops} drops${r.config.delayLineSched ? `; relay ${r.config.delayLineSched.policy === 'other' ? 'normal priority' : `SCHED_${r.config.delayLineSched.policy.toUpperCase()} ${r.config.delayLineSched.priority}`} on CPU ${r.config.delayLineSched.cpus}` : ''}`);
   if (r.config.load === 'dirty') {
     const verified = r.migrations.filter((m) => m.memory?.verified).length;
     lines.push(`guest memory verified after ${verified}/${r.migrations.length} migrations (a whole pass over ${r.config.dirtyMb} MB after each)`);
@@ -121,6 +158,10 @@ export const command: Command = {
     'rate-mbps': { type: 'string', arg: 'MBPS', default: String(TURNTABLE_DEFAULTS.rateMbps), help: 'line rate of the emulated lightpath' },
     'delay-line': { type: 'string', arg: 'node|c', help: 'which delay line relays the lightpath: the Node.js one or the faster C one (default: env VMTC_DELAY_LINE, else c)' },
     'memory-mb': { type: 'string', arg: 'MB', default: String(TURNTABLE_DEFAULTS.memoryMb), help: 'guest memory' },
+    'queue-ms': { type: 'string', arg: 'MS', help: "the delay line's queue bound in ms at the line rate (default: one bandwidth-delay product of the reserved rate, RTT × bandwidth ÷ line rate, 20–1000 ms)" },
+    accel: { type: 'string', arg: 'tcg|kvm', default: 'tcg', help: "QEMU's accelerator: kvm only where /dev/kvm works (else VMTC_LAB_KVM_UNAVAILABLE); TCG figures are labelled as such" },
+    guest: { type: 'string', arg: 'idle|populated', help: 'idle guest (default), or one whose memory is populated once at boot (see --fill-mb)' },
+    'fill-mb': { type: 'string', arg: 'MB', help: 'populated guest: MiB of non-zero data written once at boot before it is ready (default with --guest populated: three quarters of --memory-mb less the dirty load)' },
     load: { type: 'string', arg: 'none|dirty', default: 'none', help: 'guest workload: dirty keeps rewriting memory' },
     'dirty-mb': { type: 'string', arg: 'MB', help: 'with --load dirty: memory rewritten per period (default: a quarter of the guest memory)' },
     converge: { type: 'string', arg: 'auto-converge|postcopy', default: 'auto-converge', help: 'with --load dirty: throttle the guest until pre-copy converges, or switch to post-copy after the first full pass' },

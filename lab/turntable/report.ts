@@ -11,7 +11,8 @@
 //
 // The page is assembled here from its parts under lab/turntable/report/: format.ts (text and
 // number helpers), data.ts (what is picked out of the run), styles.ts (inline CSS, colours),
-// tables.ts (header, the paper beside this run, per-migration table), distribution.ts,
+// tables.ts (header, the paper beside this run, per-migration table), breakdown.ts (where the
+// downtime goes, step by step), distribution.ts,
 // timeline.ts and radar.ts (the SVG figures), streams.ts (gaps and pixel runs of a sample stream).
 import type { TurntableResult } from './types.ts';
 import { esc, num } from './report/format.ts';
@@ -20,6 +21,7 @@ import { header, migrationTable, paperSection } from './report/tables.ts';
 import { distributionSection } from './report/distribution.ts';
 import { radarSection } from './report/radar.ts';
 import { timelineSection } from './report/timeline.ts';
+import { breakdownSection } from './report/breakdown.ts';
 
 export function renderReport(r: TurntableResult): string {
   const cfg = r?.config;
@@ -29,6 +31,7 @@ export function renderReport(r: TurntableResult): string {
     header(r),
     paperSection(r),
     migrationTable(r),
+    breakdownSection(r),
     distributionSection(r),
     radarSection(r),
     timelineSection(r),

@@ -5,24 +5,32 @@
 // destination, a client pinging every 50 ms (paper Table 3) and a UDP echo every 2 ms — plus
 // QEMU's own figure, the controller's timings and what the delay line delivered. The result is
 // `turntable.json` (types.ts) and `report.html` (report.ts).
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { sleep } from '../../src/common/clock.ts';
 import { checkGuest, markGuestConsoles, relayStatsFile, startStack, type MigrationOutcome, type Stack } from '../stack.ts';
 import { guestVerdictError } from '../guest/verify.ts';
-import { netnsExec } from '../net.ts';
-import { delayLineStatsBetween, resolveDelayLineImpl, type DelayLineImpl } from '../delay-line-process.ts';
+import type { DelayLineSched } from '../delay-line-sched.ts';
+import { delayLineIntervals, delayLineSched, delayLineStatsBetween, resolveDelayLineImpl, type DelayLineImpl } from '../delay-line-process.ts';
 import { qemuVmPaths } from '../../agents/host/qemu/cmdline.ts';
-import { countAnsweredTwice, countLost, longestGap, longestOutage, lostInGap, percentiles, serialDowntime, serialLost, window as offsets } from './probes/analysis.ts';
+import { countAnsweredTwice, countLost, longestGap, longestOutage, lostInGap, serialDowntime, serialLost, window as offsets } from './probes/analysis.ts';
+import { computeBreakdown } from './breakdown.ts';
+import { bdpQueueMs, defaultFillMb, judgeEmulator, kvmWorks, resolveAccel, type Accel } from './instrument.ts';
+import { buildGuestImage } from '../guest/build.ts';
+import { summarize } from './summary.ts';
+import { awaitGuestFill } from './fill.ts';
 import { readInternalGaps } from './probes/clock.ts';
 import { pingReplyTimes, startPing } from './probes/ping.ts';
 import { SerialWatcher } from './probes/serial.ts';
 import { startUdpProbe, udpReplyTimes } from './probes/udp.ts';
+import { lightpathRtt, startTcpSession } from './probes/session.ts';
 import { renderReport } from './report.ts';
 import { retuneAfter, retuneWord } from './retune.ts';
-import type { DowntimeFigures, RetunePlan, RetuneRecord, TurntableConfig, TurntableMigration, TurntableResult, TurntableSummary } from './types.ts';
+import type { RetunePlan, RetuneRecord, TurntableConfig, TurntableMigration, TurntableResult } from './types.ts';
+
+export { clientSeen, summarize } from './summary.ts';
 
 export interface TurntableOptions {
   rttMs: number;
@@ -41,6 +49,15 @@ export interface TurntableOptions {
   delayLine?: DelayLineImpl;
   /** Skip the non-live comparison migration. */
   noNonLive?: boolean;
+  /** QEMU's accelerator (default tcg; kvm only where it works: VMTC_LAB_KVM_UNAVAILABLE). */
+  accel?: Accel;
+  /** The delay line's queue bound in ms at the line rate (default: one bandwidth-delay product
+   *  of the reserved rate, lab/turntable/instrument.ts bdpQueueMs). */
+  queueMs?: number;
+  /** The guest: idle (default), or populated with `fillMb` MiB written once at boot (default
+   *  defaultFillMb: three quarters of its memory less the dirty load). */
+  guest?: 'idle' | 'populated';
+  fillMb?: number;
   /** Tuning in flight: change every live migration's limits once, `afterMs` into its copy (retune.ts). */
   retune?: RetunePlan;
   serialPeriodMs?: number;
@@ -84,52 +101,11 @@ function qemuVersion(): string {
   }
 }
 
-/** A client TCP session to the guest's echo server for the length of one migration. */
-function startTcpSession(s: Stack) {
-  const child = spawn('ip', ['netns', 'exec', s.lab.client.ns, process.execPath, new URL('../probes/tcp-session.mjs', import.meta.url).pathname,
-    `--host=${s.lab.vm.ip}`, '--interval=50', '--max-seconds=900'], { stdio: ['ignore', 'pipe', 'ignore'] });
-  let out = '';
-  child.stdout!.on('data', (d) => { out += d; });
-  const ready = new Promise<void>((res, rej) => {
-    const t = setTimeout(() => rej(new Error('TCP session probe did not connect in 10 s')), 10_000);
-    child.stdout!.on('data', () => { if (out.includes('"ready"')) { clearTimeout(t); res(); } });
-    child.once('exit', () => { clearTimeout(t); rej(new Error('TCP session probe exited before connecting')); });
-  });
-  return {
-    ready,
-    async stop(): Promise<{ survived: boolean; summary: any }> {
-      if (child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((r) => child.once('exit', r));
-        child.kill('SIGTERM');
-        const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-        await exited;
-        clearTimeout(t);
-      }
-      const line = out.split('\n').reverse().find((l) => l.includes('"probe":"tcp-session"') && l.includes('"sent"'));
-      const summary = line ? JSON.parse(line) : null;
-      return { survived: !!summary && summary.open === true && summary.mismatches === 0 && summary.echoed > 0, summary };
-    },
-  };
-}
-
 /** Delay-line stats between two instants: peak rate, worst queueing, drops. */
 function emulatorBetween(statsFile: string | undefined, from: number, to: number) {
   // Reports come every second and cover the second before them: the one after `to` still counts.
   const st = delayLineStatsBetween(statsFile, from, to + 1000);
   return { peakMbps: round1(st.peakMbps), queueMaxMs: st.queueMaxMs, drops: st.drops };
-}
-
-/** Smallest RTT of a few pings across the lightpath (the propagation delay the path really has). */
-async function lightpathRtt(s: Stack, fromSite: string, toSite: string): Promise<number | null> {
-  const a = s.lab.sites.find((x) => x.name === fromSite)!;
-  const b = s.lab.sites.find((x) => x.name === toSite)!;
-  try {
-    const { stdout: text } = await netnsExec(a.ns, ['ping', '-c', '4', '-i', '0.2', '-W', '2', b.lightpathIp], { timeoutMs: 10_000 });
-    const times = [...text.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
-    return times.length ? Math.min(...times) : null;
-  } catch {
-    return null;
-  }
 }
 
 export async function runTurntable(opts: TurntableOptions): Promise<TurntableResult> {
@@ -145,25 +121,34 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   // at the switchover: measured pause→resume 121–135 ms without drops, ~290 ms with).
   const bandwidthMbps = o.bandwidthMbps ?? defaultBandwidthMbps(o.rateMbps);
   const delayLine = resolveDelayLineImpl(o.delayLine);
+  // KVM must boot the lab's guest kernel, not only open (instrument.ts kvmWorks).
+  const accel = await resolveAccel(o.accel ?? 'tcg', async () => kvmWorks((await buildGuestImage()).kernel));
+  const queueMs = o.queueMs ?? bdpQueueMs(o.rttMs, bandwidthMbps, o.rateMbps);
+  const fillMb = o.guest === 'populated' || o.fillMb !== undefined ? (o.fillMb ?? defaultFillMb(o.memoryMb, dirtyMb)) : 0;
+  const guestKind = fillMb > 0 ? 'populated' as const : 'idle' as const;
   const config: TurntableConfig = {
     rttMs: o.rttMs, rateMbps: o.rateMbps, delayLine, memoryMb: o.memoryMb, load: o.load, dirtyMb, dirtyPeriodMs, rounds: o.rounds,
     pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, serialPeriodMs: o.serialPeriodMs, clockPeriodUs: o.clockPeriodUs,
     bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, ...(o.load === 'dirty' ? { converge: o.converge ?? 'auto-converge' } : {}),
     ...(o.retune ? { retune: o.retune } : {}), out, startedAt: startedAt.toISOString(),
-    host: { kernel: release(), cpus: cpus().length, qemu: qemuVersion(), accel: existsSync('/dev/kvm') ? 'kvm available (the lab uses TCG)' : 'tcg' },
+    host: { kernel: release(), cpus: cpus().length, qemu: qemuVersion(), accel: accel === 'kvm' ? 'kvm' : existsSync('/dev/kvm') ? 'tcg (/dev/kvm present; --accel kvm to use it)' : 'tcg (no /dev/kvm)' },
+    accel, queueMs, queueSizing: o.queueMs !== undefined ? 'given' : 'bdp', guest: guestKind, fillMb,
   };
   const findings: string[] = [];
   const migrations: TurntableMigration[] = [];
   /** Per migration, in the same order: the internal probe's raw figure and the host-side pause. */
   const notes: InternalNote[] = [];
+  /** How each migration's delay line ran (its listening line). */
+  const scheds: DelayLineSched[] = [];
   let measuredRtt: number | null = null;
 
   const s = await startStack({
-    rttMs: o.rttMs, rateMbps: o.rateMbps, memoryMb: o.memoryMb, dir: join(out, 'stack'), keepDir: true,
+    rttMs: o.rttMs, rateMbps: o.rateMbps, memoryMb: o.memoryMb, dir: join(out, 'stack'), keepDir: true, queueMs, accel,
     lab: { delayLineImpl: delayLine },
     guest: {
       clockGapMs: o.clockGapMs, clockPeriodUs: o.clockPeriodUs, heartbeatMs: o.serialPeriodMs,
       ...(dirtyMb ? { dirtyMb, dirtyPeriodMs } : {}),
+      ...(fillMb ? { fillMb } : {}),
     },
     onProgress: (m) => say(m),
   });
@@ -171,6 +156,11 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
     for (const a of s.knownBadHypervisor) findings.push(`${a.hostId}'s hypervisor has a known live-migration bug (${a.id}, fixed in ${a.fixedIn}); the migrations accepted it and their figures may come from a corrupted guest: ${a.summary}`);
     const sites = s.lab.sites.map((x) => x.name).slice(0, 2);
     let here = sites[0]!;
+    if (fillMb) {
+      const consolePath = qemuVmPaths(join(s.agentDataDir(s.hostOf(here)), 'qemu'), s.vmId, 1).console;
+      config.fill = await awaitGuestFill(consolePath, fillMb, { ...(o.signal ? { signal: o.signal } : {}) });
+      say(`guest populated: ${config.fill.mb} MiB written in ${config.fill.ms} ms`);
+    }
     const plan: { mode: 'live' | 'nonlive'; round: number }[] = [];
     for (let r = 1; r <= o.rounds; r++) plan.push({ mode: 'live', round: r });
     if (!o.noNonLive) plan.push({ mode: 'nonlive', round: o.rounds + 1 });
@@ -181,14 +171,16 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       let m: TurntableMigration;
       try {
         let note: InternalNote;
-        ({ migration: m, internal: note } = await measureOne(s, { ...step, from: here, to }, {
-          settleMs: o.settleMs, bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, dirty: o.load === 'dirty', converge: o.converge ?? 'auto-converge',
+        let sched: DelayLineSched | null;
+        ({ migration: m, internal: note, sched } = await measureOne(s, { ...step, from: here, to }, {
+          settleMs: o.settleMs, bandwidthMbps, rateMbps: o.rateMbps, serialPeriodMs: o.serialPeriodMs, maxDowntimeMs: o.maxDowntimeMs, dirty: o.load === 'dirty', converge: o.converge ?? 'auto-converge',
           ...(o.retune ? { retune: o.retune } : {}),
           pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, say,
           onLightpathUp: measuredRtt === null ? async () => { measuredRtt = await lightpathRtt(s, here, to); } : undefined,
           ...(o.signal ? { signal: o.signal } : {}),
         }));
         notes.push(note);
+        if (sched) scheds.push(sched);
       } catch (e) {
         // A probe that cannot even start means the VM is not reachable: record it and stop here,
         // keeping what was measured so far.
@@ -200,6 +192,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       const places = m.placesAfter;
       if (places.length !== 1) findings.push(`after ${step.mode} migration ${m.migrationId} the VM was reported in ${places.length} places (${places.join(', ') || 'none'})`);
       if (places.length === 1) here = s.siteOf(places[0]!);
+      if (m.reliable === false) say(`  UNRELIABLE: ${m.emulator.reasons!.join('; ')}`);
       say(`  ${m.ok ? 'ok' : `FAILED (${m.state}${m.error ? `: ${m.error.code}` : ''})`}: ping ${fmt(m.downtimeMs.ping)}, udp ${fmt(m.downtimeMs.udp)}, serial ${fmt(m.downtimeMs.serial)}, QEMU ${fmt(m.downtimeMs.hypervisor)}, tunnel agent passive ${fmt(m.downtimeMs.tunnelPassive ?? null)} / probe ${fmt(m.downtimeMs.tunnelProbe ?? null)}; total ${m.totalMs} ms, ${(m.bytes / 1e6).toFixed(1)} MB at ${m.throughputMbps ?? '–'} Mbit/s; TCP session ${m.tcpSessionSurvived ? 'survived' : 'LOST'}; memory ${memoryWord(m)}${m.retuned ? `; retuned ${retuneWord(m.retuned)}` : ''}`);
     }
   } finally {
@@ -225,6 +218,19 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       unavailable.map((n) => `${f(n.raw)} where QEMU's events bracket a ${f(n.hostPause)} pause (${n.migration})`).join('; ') +
       `. Under TCG the guest's clocks stop while the VM is paused; what the guest sees is only the stall after resuming while the new QEMU retranslates its code. So the figure is null rather than a wrong number.`);
   }
+  // The instrument (docs/lab.md "The instrument"): how the delay line ran, and which migrations
+  // it may have moved. Said loudly: these are left out of the summary.
+  config.delayLineSched = scheds.find((x) => x.policy === 'other' || x.warning) ?? scheds[0] ?? null;
+  const sched = config.delayLineSched;
+  if (!sched) findings.push('the delay line did not say how it was scheduled (no listening line with "sched")');
+  else if (sched.policy === 'other' || sched.warning) findings.push(`the delay line ran ${sched.policy === 'other' ? 'at normal priority' : `under SCHED_${sched.policy.toUpperCase()} ${sched.priority}`} on CPUs ${sched.cpus}${sched.warning ? ` (${sched.warning})` : ''}: on a busy machine its figures may be late or dropped`);
+  for (const m of migrations.filter((x) => x.reliable === false)) {
+    findings.push(`UNRELIABLE ${m.mode} ${m.round} (${m.migrationId}): ${m.emulator.reasons!.join('; ')}; left out of the percentiles and the ratio`);
+  }
+  for (const m of migrations.filter((x) => x.breakdown && !x.breakdown.consistent && x.ok)) {
+    findings.push(`the breakdown of ${m.mode} ${m.round} (${m.migrationId}) does not add up: ${m.breakdown!.problems.join('; ')}`);
+  }
+  if (accel === 'tcg') findings.push('TCG: the guest runs under QEMU\'s TCG (no KVM): its figures include TCG\'s own costs, e.g. retranslating the guest\'s code after a resume');
   const result: TurntableResult = {
     version: 1, config,
     emulator: {
@@ -234,7 +240,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       queueMaxMs: Math.max(0, ...migrations.map((m) => m.emulator.queueMaxMs)),
       drops: migrations.reduce((a, m) => a + m.emulator.drops, 0),
     },
-    migrations, summary: summarize(migrations), findings,
+    migrations, summary: summarize(migrations, guestKind), findings,
     finishedAt: new Date().toISOString(), durationMs: Date.now() - startedAt.getTime(),
   };
   if (measuredRtt === null) findings.push(`the lightpath RTT could not be measured; emulator.rttMs is the configured ${o.rttMs} ms`);
@@ -261,39 +267,11 @@ function tunnelFigures(rec: MigrationOutcome | undefined): { tunnelPassive: numb
   return { tunnelPassive: d?.tunnelPassive?.gapMs ?? null, tunnelProbe: d?.tunnelProbe?.gapMs ?? null };
 }
 
-/** |a - udp| per live migration where both were measured. */
-function agreement(live: TurntableMigration[], k: 'tunnelPassive' | 'tunnelProbe'): number[] {
-  return live.flatMap((m) => {
-    const a = m.downtimeMs[k];
-    const u = m.downtimeMs.udp;
-    return typeof a === 'number' && typeof u === 'number' ? [round1(Math.abs(a - u))] : [];
-  });
-}
-
-/** Client-seen downtime of one migration: the finer UDP probe, else the ping. */
-export function clientSeen(m: TurntableMigration): number | null {
-  return m.downtimeMs.udp ?? m.downtimeMs.ping;
-}
-
-export function summarize(ms: TurntableMigration[]): TurntableSummary {
-  const live = ms.filter((m) => m.mode === 'live' && m.ok);
-  const pick = (k: keyof DowntimeFigures) => live.map((m) => m.downtimeMs[k]).filter((v): v is number => v !== null);
-  const nonlive = ms.find((m) => m.mode === 'nonlive' && m.ok);
-  const nonLiveElapsedMs = nonlive ? clientSeen(nonlive) : null;
-  const liveClientMedianMs = percentiles(live.map(clientSeen).filter((v): v is number => v !== null)).p50;
-  return {
-    ping: percentiles(pick('ping')), udp: percentiles(pick('udp')), serial: percentiles(pick('serial')), hypervisor: percentiles(pick('hypervisor')),
-    tunnelPassive: percentiles(pick('tunnelPassive')), tunnelProbe: percentiles(pick('tunnelProbe')),
-    agreement: { passiveVsUdp: percentiles(agreement(live, 'tunnelPassive')), probeVsUdp: percentiles(agreement(live, 'tunnelProbe')) },
-    nonLiveElapsedMs, liveClientMedianMs,
-    liveNonLiveRatio: nonLiveElapsedMs !== null && liveClientMedianMs ? Math.round((nonLiveElapsedMs / liveClientMedianMs) * 10) / 10 : null,
-    liveOk: live.length, liveTotal: ms.filter((m) => m.mode === 'live').length,
-  };
-}
-
 interface MeasureOpts {
   settleMs: number;
   bandwidthMbps: number;
+  rateMbps: number;
+  serialPeriodMs: number;
   maxDowntimeMs: number;
   dirty: boolean;
   converge: 'auto-converge' | 'postcopy';
@@ -307,7 +285,7 @@ interface MeasureOpts {
 
 interface InternalNote { migration: string; raw: number | null; hostPause: number | null }
 
-async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: number; from: string; to: string }, o: MeasureOpts): Promise<{ migration: TurntableMigration; internal: InternalNote }> {
+async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: number; from: string; to: string }, o: MeasureOpts): Promise<{ migration: TurntableMigration; internal: InternalNote; sched: DelayLineSched | null }> {
   const srcHost = s.hostOf(step.from);
   const dstHost = s.hostOf(step.to);
   const srcPaths = qemuVmPaths(join(s.agentDataDir(srcHost), 'qemu'), s.vmId, 1);
@@ -426,6 +404,21 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
   const copyMs = hvTotal ?? ((timings.precopy ?? 0) + (timings.stopcopy ?? 0) + (timings.switchover ?? 0));
   const bytes = result.transferredBytes ?? 0;
   const statsFile = relayStatsFile(rec);
+  // The instrument: did the delay line keep up while this migration's copy ran (from the first
+  // copy state the controller showed to the source's pause; non-live: to the resume)?
+  const copyFrom = marks.find((k) => k.label === 'precopy' || k.label === 'stopcopy')?.at;
+  const copyTo = step.mode === 'live' ? result.pausedAt : result.resumedAt;
+  const reservedMbps = Math.min(o.bandwidthMbps, o.rateMbps, retuned?.ok && retuned.bandwidthMbps ? retuned.bandwidthMbps : Infinity);
+  const verdict = judgeEmulator(delayLineIntervals(statsFile, started, ended + 1000), { from: started, to: ended },
+    copyFrom !== undefined && copyTo ? { from: copyFrom, to: copyTo } : null, reservedMbps);
+  const breakdown = computeBreakdown({
+    mode: step.mode, pausedAt: result.pausedAt ?? null, hypervisorDowntimeMs: typeof result.downtimeMs === 'number' ? result.downtimeMs : null,
+    resumedAt: result.resumedAt ?? null, destinationHeartbeats: dstSerial, sourceHeartbeats: srcSerial, udpReplies: udpTimes,
+    // The figure as recorded (downtimeMs.udp), so the two read the same.
+    udpOutage: udpGap ? { ...udpGap, gapMs: round1(udpGap.gapMs) } : null,
+    udpIntervalMs: o.udpIntervalMs, serialPeriodMs: o.serialPeriodMs,
+  });
+  const emulator = emulatorBetween(statsFile, started, ended);
   const migration: TurntableMigration = {
     round: step.round, from: step.from, to: step.to, mode: step.mode, ok,
     migrationId: rec?.id ?? '', state: rec?.state ?? 'not started',
@@ -448,7 +441,9 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
     tcpSessionSurvived: tcpResult.survived,
     memory: guest.memory,
     ...(retuned ? { retuned } : {}),
-    emulator: emulatorBetween(statsFile, started, ended),
+    emulator: { ...emulator, drops: Math.max(emulator.drops, verdict.drops), reliable: verdict.reliable, reasons: verdict.reasons, intervalsJudged: verdict.intervalsJudged },
+    reliable: verdict.reliable,
+    breakdown,
     timings,
     placesAfter: places,
     timeline: {
@@ -460,7 +455,8 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
       marks: marks.map((k) => ({ label: k.label, at: Math.round(k.at - t0) })).filter((k) => k.at >= TIMELINE_FROM && k.at <= TIMELINE_TO),
     },
   };
-  return { migration, internal: internalNote };
+  // Read now: the stats file goes with the lab when it is torn down.
+  return { migration, internal: internalNote, sched: delayLineSched(statsFile) };
 }
 
 function round1(v: number): number {

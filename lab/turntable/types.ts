@@ -2,6 +2,10 @@
 // what the emulated lightpath really did, one entry per migration with every probe's downtime,
 // and a summary over the live migrations. All times are milliseconds; absolute times are epoch
 // milliseconds on the lab machine's single clock (host and client namespaces share it).
+import type { MigrationBreakdown } from './breakdown.ts';
+import type { DelayLineSched } from '../delay-line-sched.ts';
+
+export type { MigrationBreakdown } from './breakdown.ts';
 
 export interface TurntableConfig {
   rttMs: number;
@@ -32,7 +36,25 @@ export interface TurntableConfig {
   retune?: RetunePlan;
   out: string;
   startedAt: string;
+  /** `host.accel`: what the run used and what the host offers (text). */
   host: { kernel: string; cpus: number; qemu: string; accel: string };
+  /** QEMU's accelerator for the guest (`--accel`): a TCG run's figures include TCG's own costs
+   *  (retranslation after a resume). Absent in older files: tcg. */
+  accel?: 'tcg' | 'kvm';
+  /** The delay line's queue bound (ms at the line rate) and how it was chosen: `bdp` = one
+   *  bandwidth-delay product of the reserved rate (lab/turntable/instrument.ts bdpQueueMs),
+   *  `given` = `--queue-ms`. Absent in older files: 20 ms. */
+  queueMs?: number;
+  queueSizing?: 'bdp' | 'given';
+  /** How the kernel scheduled the delay line (its listening line; lab/delay-line-sched.ts). */
+  delayLineSched?: DelayLineSched | null;
+  /** The guest: idle, or populated with `fillMb` MiB of non-zero data written once at boot before
+   *  it reported ready (`--guest populated`, `--fill-mb`). Absent in older files: idle. */
+  guest?: 'idle' | 'populated';
+  fillMb?: number;
+  /** What the populated guest reported on its console before the first move (VMTC-FILL): MiB
+   *  written and how long it took (guest clock, ms). */
+  fill?: { mb: number; ms: number };
 }
 
 /** A change of a running migration's limits (PATCH /v1/migrations/:id), at least one of the two. */
@@ -135,8 +157,18 @@ export interface TurntableMigration {
   memory?: { verified: boolean; passesAfter: number; evidence?: string };
   /** With `config.retune`: the PATCH made during this (live) migration. */
   retuned?: RetuneRecord;
-  /** What the delay line delivered during this migration. */
-  emulator: { peakMbps: number; queueMaxMs: number; drops: number };
+  /** What the delay line delivered during this migration; `reliable` false (with `reasons`) when
+   *  it dropped datagrams or fell short of the reserved rate while the copy wanted it
+   *  (lab/turntable/instrument.ts judgeEmulator); `intervalsJudged`: its per-second reports
+   *  wholly inside the copy. The three are absent in older files. */
+  emulator: { peakMbps: number; queueMaxMs: number; drops: number; reliable?: boolean; reasons?: string[]; intervalsJudged?: number };
+  /** False when the delay line may have moved this migration's figures (emulator.reasons): it is
+   *  left out of the summary's percentiles and ratio and listed in the findings. Absent in older
+   *  files: true. */
+  reliable?: boolean;
+  /** Where the client-seen downtime went, step by step (lab/turntable/breakdown.ts). Absent in
+   *  older files. */
+  breakdown?: MigrationBreakdown;
   /** The controller's per-state durations (ms). */
   timings: Record<string, number>;
   /** Where the VM ran afterwards, by the agents' account (must be exactly one place). */
@@ -164,6 +196,14 @@ export interface TurntableSummary {
   liveNonLiveRatio: number | null;
   liveOk: number;
   liveTotal: number;
+  /** Live migrations the percentiles and the ratio are over: ok and reliable. Absent in older files. */
+  liveCounted?: number;
+  /** Migrations (any mode) marked unreliable, as "mode round (id)". Absent in older files. */
+  unreliable?: string[];
+  /** The breakdown's steps over the counted live migrations (absent in older files). */
+  breakdown?: Record<'pauseToLastPage' | 'lastPageToResume' | 'resumeToHeartbeat' | 'heartbeatToReply' | 'total', Percentiles>;
+  /** Which guest the ratio is for (config.guest). */
+  guest?: 'idle' | 'populated';
 }
 
 export interface TurntableResult {

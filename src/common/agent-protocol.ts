@@ -140,6 +140,9 @@ export interface MigrationProgress {
   pass?: number;
   expectedDowntimeMs?: number;
   throughputMbps?: number;
+  /** How much the hypervisor throttles the guest's CPU to make the copy converge (auto-converge;
+   *  QEMU's cpu-throttle-percentage), 0..100. */
+  cpuThrottlePercent?: number;
   /** With storage copy: 'storage' while the disks are mirrored (bytes are disk bytes), then 'ram'. */
   phase?: 'storage' | 'ram';
 }
@@ -191,6 +194,10 @@ export interface ColdExport {
   disks: ColdDisk[];
   /** Epoch ms after which the URLs no longer answer. */
   expiresAt: number;
+  /** Set by the controller, not the source: the destination boots from this replica's store
+   *  (its last delta sent after the power-off and its digests equal to the source's) instead of
+   *  fetching the disks (docs/disks.md#replicas). */
+  replica?: { replicaId: string };
 }
 
 export interface ColdImportResult {
@@ -233,6 +240,88 @@ export interface ReachResult {
   route: 'found' | 'none' | 'not-checked';
   probe: ReachProbe;
   errno?: string;
+}
+
+// ---- monitoring (docs/monitoring.md) ---------------------------------------------------------
+
+/** One VM's use over the last stats interval, as the host agent measured it
+ *  (agents/host/stats.ts turns the driver's counters into these rates). */
+export interface VmStats {
+  vmId: string;
+  /** Share of its own vCPUs it used (0..1). */
+  cpu: number;
+  /** Memory it was given. */
+  memoryMb: number;
+  /** What the hypervisor sees it use (QEMU: the process's resident set), when known. */
+  memoryUsedMb?: number;
+  swapMb?: number;
+  balloonMb?: number;
+  /** Network (as the guest sees it: rx received by the guest) and disk rates. */
+  netRxMbps: number;
+  netTxMbps: number;
+  diskReadMBps: number;
+  diskWriteMBps: number;
+  /** Guest memory dirtied per second (QEMU calc-dirty-rate), when it was measured lately. */
+  dirtyRateMBps?: number;
+}
+
+/** The host's own use over the same interval. */
+export interface HostStats {
+  /** Share of the host's CPUs busy (0..1). */
+  cpu: number;
+  vcpus: number;
+  memoryMb: number;
+  memoryUsedMb: number;
+  swapUsedMb?: number;
+  netRxMbps: number;
+  netTxMbps: number;
+  diskReadMBps: number;
+  diskWriteMBps: number;
+}
+
+/** The 'stats' event: sent every stats interval (vmtc agent --stats-interval). */
+export interface StatsReport {
+  /** Epoch ms of the sample (the agent's clock). */
+  at: number;
+  /** Length of the interval the rates are over. */
+  intervalMs: number;
+  host: HostStats;
+  vms: VmStats[];
+}
+
+// ---- replicas: disks pre-seeded at a destination and kept warm (docs/disks.md#replicas) -----
+
+/** A point-in-time view of a VM's disks that the source keeps (agents/host/disks/backend.ts
+ *  Checkpoint): the last one the destination's store holds is the base of the next delta. */
+export interface ReplicaCheckpoint {
+  id: string;
+  seq: number;
+  /** Agent clock ms when the view was taken. */
+  takenAt: number;
+  ref: string;
+}
+
+/** What one seed (full copy) or delta of every writable disk of a VM moved. */
+export interface ReplicaTransfer {
+  kind: 'full' | 'delta';
+  /** What the store holds once this transfer is recorded there. */
+  checkpoint: ReplicaCheckpoint;
+  from?: ReplicaCheckpoint;
+  /** Guest-visible size of the disks, and the bytes of disk data sent. */
+  diskBytes: number;
+  bytes: number;
+  ms: number;
+  disks: number;
+}
+
+/** Where a destination exports its replica store for one transfer: the driver's business (the
+ *  QEMU driver's: NBD exports on the migration address), passed from the destination's
+ *  replica.openStore to the source's replica.send untouched by the controller. */
+export type ReplicaStoreHandoff = Record<string, unknown>;
+
+/** A digest of each of a VM's writable disks (agents/host/disks/digest.ts), in disk order. */
+export interface ReplicaDigest {
+  disks: { index: number; size: number; chunkBytes: number; root: string; leaves: string[] }[];
 }
 
 /** Requests the controller may send to a host agent: method -> [params, result]. */
@@ -282,6 +371,21 @@ export interface HostMethods {
   'vm.coldImport': [{ export: ColdExport }, ColdImportResult];
   /** Cold destination: the VM runs and, when asked, a TCP service in it answers. */
   'vm.coldVerify': [{ vmId: string; timeoutMs: number; tcp?: { host: string; port: number }; migrationId?: string }, VmInfo];
+  // Replicas (docs/disks.md#replicas). Destination: create the VM's store on a seed (expect
+  // null; a half-seeded one is replaced) and export it writable on listenHost for one transfer,
+  // refused unless it holds `expect`; closeStore ends the export and, with `transfer`, records
+  // what it now holds; removeStore deletes it. Source: send a seed (from null) or the delta since
+  // `from` under checkpoint `checkpointId`; lag: bytes written since `from`; dropCheckpoints:
+  // every checkpoint of the replica but `keep`.
+  'replica.openStore': [{ replicaId: string; spec: VmSpec; listenHost: string; expect: ReplicaCheckpoint | null }, { store: ReplicaStoreHandoff }];
+  'replica.closeStore': [{ replicaId: string; transfer?: ReplicaTransfer }, { holds: ReplicaCheckpoint | null }];
+  'replica.removeStore': [{ replicaId: string }, { ok: true }];
+  'replica.send': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff; from: ReplicaCheckpoint | null; checkpointId: string }, ReplicaTransfer];
+  'replica.lag': [{ replicaId: string; vmId: string; from: ReplicaCheckpoint }, { bytes: number }];
+  'replica.dropCheckpoints': [{ replicaId: string; vmId: string; keep?: ReplicaCheckpoint }, { ok: true }];
+  /** A digest of the source VM's disks (side source, take it with the VM paused or off) or of the
+   *  replica's store (side store). */
+  'replica.digest': [{ replicaId: string; side: 'source' | 'store'; vmId?: string }, ReplicaDigest];
 }
 
 /** Events an agent sends to the controller: name -> payload. */
@@ -292,6 +396,7 @@ export interface AgentEvents {
   'cold.progress': ColdProgress;
   'cold.verify': ColdVerifyProgress;
   'tunnel.state': unknown;
+  stats: StatsReport;
 }
 
 /** First frame an agent sends after the TLS handshake. */

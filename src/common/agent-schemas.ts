@@ -7,7 +7,7 @@
 // bounds.
 import { Type, type Static, type TSchema } from 'typebox';
 import { Compile } from 'typebox/compile';
-import type { ColdExport, ColdImportResult, ColdProgress, ColdVerifyProgress, ReachResult, ForceCompleteMode, Hello, HostInventory, HostMethods, MigrationLimits, MigrationProgress, MigrationResult, VmInfo, VmSpec } from './agent-protocol.ts';
+import type { ColdExport, ColdImportResult, ColdProgress, ColdVerifyProgress, ReachResult, ForceCompleteMode, Hello, ReplicaCheckpoint, ReplicaDigest, ReplicaTransfer, HostInventory, HostMethods, MigrationLimits, MigrationProgress, MigrationResult, StatsReport, VmInfo, VmSpec } from './agent-protocol.ts';
 import type { TunnelState } from './tunnel-protocol.ts';
 
 const Id = Type.String({ minLength: 1, maxLength: 256 });
@@ -83,6 +83,7 @@ export const MigrationProgressSchema = Type.Object({
   pass: Type.Optional(Type.Number()),
   expectedDowntimeMs: Type.Optional(Type.Number()),
   throughputMbps: Type.Optional(Type.Number()),
+  cpuThrottlePercent: Type.Optional(Type.Number({ minimum: 0, maximum: 100 })),
   phase: Type.Optional(Type.Union([Type.Literal('storage'), Type.Literal('ram')])),
 });
 
@@ -138,6 +139,7 @@ export const ColdExportSchema = Type.Object({
   priorState: VmStateSchema,
   disks: Type.Array(Type.Object({ index: Count, url: Text, format: Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]), sizeBytes: Bytes, sha256: Type.String({ maxLength: 128 }) }), { maxItems: 64 }),
   expiresAt: Epoch,
+  replica: Type.Optional(Type.Object({ replicaId: Type.String({ pattern: '^[A-Za-z0-9_-]{1,40}$' }) })),
 });
 
 export const ColdImportResultSchema = Type.Object({ vm: VmInfoSchema, bytes: Bytes, resumedBytes: Bytes, ms: Count });
@@ -172,8 +174,35 @@ export const TuneMigrationParamsSchema = Type.Object({
 });
 export const ForceCompleteParamsSchema = Type.Object({ vmId: Id, migrationId: Id, mode: ForceCompleteModeSchema });
 
+// The 'stats' event (docs/monitoring.md): shares within 0..1, rates and sizes finite and >= 0.
+const Share = Type.Number({ minimum: 0, maximum: 1 });
+const Rate = Type.Number({ minimum: 0, maximum: 1e9 });
+export const VmStatsSchema = Type.Object({
+  vmId: Id, cpu: Share, memoryMb: Rate,
+  memoryUsedMb: Type.Optional(Rate), swapMb: Type.Optional(Rate), balloonMb: Type.Optional(Rate),
+  netRxMbps: Rate, netTxMbps: Rate, diskReadMBps: Rate, diskWriteMBps: Rate, dirtyRateMBps: Type.Optional(Rate),
+});
+export const StatsReportSchema = Type.Object({
+  at: Epoch,
+  intervalMs: Type.Number({ exclusiveMinimum: 0, maximum: 86_400_000 }),
+  host: Type.Object({
+    cpu: Share, vcpus: Count, memoryMb: Rate, memoryUsedMb: Rate, swapUsedMb: Type.Optional(Rate),
+    netRxMbps: Rate, netTxMbps: Rate, diskReadMBps: Rate, diskWriteMBps: Rate,
+  }),
+  vms: Type.Array(VmStatsSchema, { maxItems: 4096 }),
+});
+
 const SitesResult = Type.Object({ sites: Type.Array(Type.String({ maxLength: 256 })) });
 const NumOrNull = Type.Union([Type.Number(), Type.Null()]);
+/** The tunnel agent's probe stream (tunnel-protocol.ts TunnelProbeBatch): bounded, so a broken
+ *  agent cannot make the controller hold more than PROBE_STREAM allows. */
+export const TunnelProbeBatchSchema = Type.Object({
+  vmId: Id,
+  periodMs: Type.Number({ minimum: 0, maximum: 10_000 }),
+  samples: Type.Array(Type.Tuple([Type.Integer({ minimum: 0 }), Epoch, Type.Union([Type.Number({ minimum: 0, maximum: 3_600_000 }), Type.Null()])]), { maxItems: 500 }),
+  final: Type.Optional(Type.Boolean()),
+}, { additionalProperties: false });
+
 /** tunnel.prune's client-seen downtime (src/common/tunnel-protocol.ts TunnelDowntime). */
 export const TunnelDowntimeSchema = Type.Object({
   vmId: Type.String({ maxLength: 256 }), from: Type.Number(), to: Type.Number(),
@@ -183,6 +212,31 @@ export const TunnelDowntimeSchema = Type.Object({
 });
 const PruneResult = Type.Object({ sites: Type.Array(Type.String({ maxLength: 256 })), downtime: Type.Optional(TunnelDowntimeSchema) });
 const Prepared = Type.Object({ uri: Type.String({ minLength: 1, maxLength: 1024 }), storage: Type.Optional(Type.Record(Type.String(), Type.Unknown())) });
+
+// Replicas (docs/disks.md#replicas): checkpoints, transfers, digests and the params an agent
+// checks before it acts on them.
+const CheckpointIdText = Type.String({ pattern: '^[A-Za-z0-9_.-]{1,48}$' });
+export const ReplicaCheckpointSchema = Type.Object({ id: CheckpointIdText, seq: Type.Integer({ minimum: 0 }), takenAt: Epoch, ref: Type.String({ maxLength: 256 }) });
+export const ReplicaTransferSchema = Type.Object({
+  kind: Type.Union([Type.Literal('full'), Type.Literal('delta')]),
+  checkpoint: ReplicaCheckpointSchema, from: Type.Optional(ReplicaCheckpointSchema),
+  diskBytes: Bytes, bytes: Bytes, ms: Count, disks: Type.Integer({ minimum: 0, maximum: 64 }),
+});
+const ReplicaId = Type.String({ pattern: '^[A-Za-z0-9_-]{1,40}$' });
+const Handoff = Type.Record(Type.String(), Type.Unknown());
+export const ReplicaDigestSchema = Type.Object({
+  disks: Type.Array(Type.Object({ index: Count, size: Bytes, chunkBytes: Type.Number({ exclusiveMinimum: 0 }), root: Type.String({ maxLength: 128 }), leaves: Type.Array(Type.String({ maxLength: 128 }), { maxItems: 1 << 22 }) }), { maxItems: 64 }),
+});
+const ReplicaParams = {
+  'replica.openStore': Type.Object({ replicaId: ReplicaId, spec: VmSpecSchema, listenHost: Type.String({ minLength: 1, maxLength: 256 }), expect: Type.Union([Type.Null(), ReplicaCheckpointSchema]) }),
+  'replica.closeStore': Type.Object({ replicaId: ReplicaId, transfer: Type.Optional(ReplicaTransferSchema) }),
+  'replica.removeStore': Type.Object({ replicaId: ReplicaId }),
+  'replica.send': Type.Object({ replicaId: ReplicaId, vmId: Id, store: Handoff, from: Type.Union([Type.Null(), ReplicaCheckpointSchema]), checkpointId: CheckpointIdText }),
+  'replica.lag': Type.Object({ replicaId: ReplicaId, vmId: Id, from: ReplicaCheckpointSchema }),
+  'replica.dropCheckpoints': Type.Object({ replicaId: ReplicaId, vmId: Id, keep: Type.Optional(ReplicaCheckpointSchema) }),
+  'replica.digest': Type.Object({ replicaId: ReplicaId, side: Type.Union([Type.Literal('source'), Type.Literal('store')]), vmId: Type.Optional(Id) }),
+};
+export type ReplicaMethod = keyof typeof ReplicaParams;
 
 // The schemas and the types say the same: a checked value is the type the code reads, and
 // anything of the type passes (a field added to a type must be added here too).
@@ -195,7 +249,9 @@ const _typesAgree: [
   Assignable<typeof ForceCompleteResultSchema, { mode: ForceCompleteMode }>,
   Assignable<typeof TuneMigrationParamsSchema, HostMethods['vm.tuneMigration'][0]>, Assignable<typeof ForceCompleteParamsSchema, HostMethods['vm.forceComplete'][0]>,
   Assignable<typeof ColdVerifyProgressSchema, ColdVerifyProgress>, Assignable<typeof ReachResultSchema, ReachResult>,
-] = [true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true];
+  Assignable<typeof StatsReportSchema, StatsReport>,
+  Assignable<typeof ReplicaCheckpointSchema, ReplicaCheckpoint>, Assignable<typeof ReplicaTransferSchema, ReplicaTransfer>, Assignable<typeof ReplicaDigestSchema, ReplicaDigest>,
+] = [true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true];
 void _typesAgree;
 
 export interface Checker {
@@ -228,6 +284,8 @@ export const AGENT_EVENTS: Record<string, Checker> = {
   'cold.progress': checker(ColdProgressSchema),
   'cold.verify': checker(ColdVerifyProgressSchema),
   'tunnel.state': checker(TunnelStateSchema),
+  'tunnel.probe': checker(TunnelProbeBatchSchema),
+  stats: checker(StatsReportSchema),
 };
 
 /** Results of the requests the controller reads: method -> schema. Others are not checked
@@ -245,6 +303,11 @@ export const AGENT_RESULTS: Record<string, Checker> = (() => {
     'host.checkReach': checker(ReachResultSchema),
     'vm.tuneMigration': checker(MigrationLimitsSchema),
     'vm.forceComplete': checker(ForceCompleteResultSchema),
+    'replica.openStore': checker(Type.Object({ store: Handoff })),
+    'replica.closeStore': checker(Type.Object({ holds: Type.Union([Type.Null(), ReplicaCheckpointSchema]) })),
+    'replica.send': checker(ReplicaTransferSchema),
+    'replica.lag': checker(Type.Object({ bytes: Bytes })),
+    'replica.digest': checker(ReplicaDigestSchema),
     'tunnel.bicast': sites, 'tunnel.prune': checker(PruneResult), 'tunnel.state': AGENT_EVENTS['tunnel.state']!,
   };
 })();
@@ -254,6 +317,7 @@ export const AGENT_RESULTS: Record<string, Checker> = (() => {
 export const AGENT_PARAMS: Record<string, Checker> = {
   'vm.tuneMigration': checker(TuneMigrationParamsSchema),
   'vm.forceComplete': checker(ForceCompleteParamsSchema),
+  ...Object.fromEntries(Object.entries(ReplicaParams).map(([k, v]) => [k, checker(v)])),
 };
 
 const num = (v: unknown, d = 0): number => (typeof v === 'number' && Number.isFinite(v) ? v : d);

@@ -93,7 +93,28 @@ export interface TunnelMethods {
   'tunnel.state': [Record<string, never>, TunnelState];
 }
 
+/** One probe of the active echo as the probe stream reports it: [seq, sentAt (epoch ms, the
+ *  capture's clock), rttMs, or null while no reply has come]. A probe reported unanswered is
+ *  reported again if its reply comes later (the receiver keeps the last report of a seq). */
+export type ProbeSample = [number, number, number | null];
+
+/** The probe stream (docs/dashboard.md "Probe stream"): while a migration's echo probe runs (bicast to
+ *  prune), the tunnel agent sends what it sent and heard every `batchMs`, for the dashboard's
+ *  radar. Not persisted; the controller keeps a bounded tail per migration. */
+export interface TunnelProbeBatch {
+  vmId: string;
+  periodMs: number;
+  samples: ProbeSample[];
+  /** The last batch of the window (sent just before the prune's answer). */
+  final?: boolean;
+}
+
+/** Bounds of the probe stream: how often a batch leaves, how many samples one carries at most,
+ *  how many unanswered probes are watched for a late reply, and how long a stream may run. */
+export const PROBE_STREAM = { batchMs: 150, maxSamplesPerBatch: 500, maxUnanswered: 1000, maxMs: 600_000 } as const;
+
 /** The events a tunnel agent sends: [name, body]. */
 export interface TunnelEvents {
   'tunnel.state': TunnelState;
+  'tunnel.probe': TunnelProbeBatch;
 }

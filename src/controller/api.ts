@@ -10,7 +10,8 @@ import type { Logger } from '../common/log.ts';
 import type { HostInventory } from '../common/agent-protocol.ts';
 import { advisoriesFor } from '../common/hypervisor-advisories.ts';
 import { err } from './errors.ts';
-import { checkRoomToStart, hostUsage, precheck } from './capacity.ts';
+import { checkRoomToStart, hostUsage, locateVm, precheck } from './capacity.ts';
+import { decisionRecord, placeVm, type PlacementDecision, type SiteLink } from './fleet/placement.ts';
 import { TERMINAL } from './machine.ts';
 import { migrationFilter, type ControllerStore, type MigrationRow } from './store.ts';
 import type { MigrationRunner } from './runner.ts';
@@ -19,6 +20,8 @@ import { presentMigrationControl, registerMigrationControl } from './migration-c
 import { registerEventRoutes } from './events-routes.ts';
 import { registerControllerMetrics } from './metrics.ts';
 import { checkPolicyUpFront, type PolicyPrecheckDeps } from './policy-precheck.ts';
+import { checkPolicy } from './migration/policy.ts';
+import { registerPolicyRoutes } from './policy-routes.ts';
 import {
   CredentialBody, CredentialList, Host, HostList, IdParams, Identity, Migration, MigrationList, MigrationListQuery,
   MigrationRequestBody, NewCredential, StartedVm, StartVmBody, VmList,
@@ -44,6 +47,8 @@ export interface ApiDeps {
   identity: Static<typeof Identity>;
   /** The AAA's policy check at admission (policy-precheck.ts); absent: nothing is asked. */
   admission?: PolicyPrecheckDeps['admission'];
+  /** Maintenance and links for placement (fleet/); absent: no host is in maintenance. */
+  fleet?: FleetPlacementDeps;
 }
 
 /**
@@ -63,7 +68,7 @@ export function requireRole(store: ControllerStore, role: Role): onRequestHookHa
   };
 }
 
-function hashRequest(r: MigrationRequest): string {
+function hashRequest(r: MigrationRequestIn): string {
   const { requestId: _ignored, ...rest } = r;
   return createHash('sha256').update(JSON.stringify(Object.keys(rest).sort().map((k) => [k, (rest as Record<string, unknown>)[k]]))).digest('hex');
 }
@@ -79,13 +84,41 @@ export function presentMigration(row: MigrationRow, store: ControllerStore, with
     timings: row.ctx.timings ?? {}, result: row.ctx.result ?? {}, warnings: row.ctx.warnings ?? [],
     ...(row.ctx.downtime ? { downtime: { ...row.ctx.downtime } } : {}),
     ...(row.ctx.kept ? { kept: row.ctx.kept } : {}),
+    ...(row.ctx.placement ? { placement: row.ctx.placement } : {}), ...(row.ctx.evacuationId ? { evacuationId: row.ctx.evacuationId } : {}),
     ...presentMigrationControl(row),
     createdAt: iso(row.createdAt), updatedAt: iso(row.updatedAt),
     ...(withTransitions ? { transitions: store.transitions(row.id).map((t) => ({ ...t, at: iso(t.at) })) } : {}),
   };
 }
 
-export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
+/** A migration request as admission takes it: the body, `mode` defaulted, the destination
+ *  optional (placement chooses). */
+export type MigrationRequestIn = Omit<MigrationRequest, 'destinationHostId'> & { destinationHostId?: string };
+export type Admit = (sent: MigrationRequestIn, opts: { by?: string; evacuationId?: string }) => Promise<{ status: 200 | 202; row: MigrationRow }>;
+
+/** What placement needs from the fleet (fleet/): hosts in maintenance, the links between sites. */
+export interface FleetPlacementDeps {
+  maintenance(): ReadonlySet<string>;
+  links: readonly SiteLink[];
+  /** A VM's measured dirty rate (Mbit/s), when monitoring has one (over its label's). */
+  dirtyMbps?(vmId: string): number | undefined;
+}
+
+/** Choose a destination for a request that names none; throws VMTC_NO_FEASIBLE_HOST with why
+ *  each host was refused, VMTC_VM_NOT_FOUND when no host reports the VM. */
+function chooseDestination(sent: MigrationRequestIn, hosts: { inventory: HostInventory; connected: boolean }[], holds: ReturnType<ControllerStore['holds']>, fleet: FleetPlacementDeps | undefined): PlacementDecision {
+  const loc = locateVm(hosts.filter((h) => h.connected).map((h) => h.inventory), sent.vmId) ?? locateVm(hosts.map((h) => h.inventory), sent.vmId);
+  if (!loc) throw err('VMTC_VM_NOT_FOUND', { vmId: sent.vmId });
+  const decision = placeVm({
+    vm: loc.vm, source: loc.host, mode: sent.mode, hosts, holds, maintenance: fleet?.maintenance() ?? new Set(),
+    ...(sent.toSites ? { toSites: sent.toSites } : {}), links: fleet?.links ?? [],
+    ...(fleet?.dirtyMbps?.(sent.vmId) !== undefined ? { dirtyMbps: fleet.dirtyMbps(sent.vmId)! } : {}),
+  });
+  if (decision.chosen === undefined) throw err('VMTC_NO_FEASIBLE_HOST', { vmId: sent.vmId, refused: decision.refused.slice(0, 100), hosts: decision.refused.length });
+  return decision;
+}
+
+export function registerApi(fastify: FastifyInstance, d: ApiDeps): { admit: Admit } {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>();
   const { store, hub, runner } = d;
   const reader = requireRole(store, 'reader');
@@ -105,6 +138,50 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     },
   }, async () => d.identity);
 
+  /** Admission (POST /v1/migrations, and the evacuations' migrations): pre-checks, placement
+   *  when no destination is named, the capacity hold and the record, then the runner starts it.
+   *  A repeated requestId answers 200 with the first migration. */
+  const admit: Admit = async (sent, opts) => {
+    const now = d.clock.now();
+    if (sent.deadline !== undefined && !(Date.parse(sent.deadline) > now)) throw err('VMTC_DEADLINE_INVALID', { deadline: sent.deadline });
+    if (sent.policy) checkPolicy(sent.policy, 'request');
+    const reqHash = hashRequest(sent);
+    const repeated = () => {
+      const prior = sent.requestId ? store.migrationByRequestId(sent.requestId) : undefined;
+      if (prior && prior.hash !== reqHash) throw err('VMTC_IDEMPOTENCY_CONFLICT', { requestId: sent.requestId, migrationId: prior.row.id });
+      return prior?.row;
+    };
+    const first = repeated();
+    if (first) return { status: 200, row: first };
+    // No destination named: the controller chooses (fleet/placement.ts), again below where the
+    // choice and the hold are made in one synchronous step; this first choice is for the AAA.
+    const place = (hosts: ReturnType<typeof hostEntries>) => (sent.destinationHostId !== undefined ? undefined : chooseDestination(sent, hosts, store.holds(), d.fleet));
+    if (sent.destinationHostId !== undefined && d.fleet?.maintenance().has(sent.destinationHostId)) throw err('VMTC_HOST_IN_MAINTENANCE', { hostId: sent.destinationHostId });
+    const tentative = place(hostEntries());
+    const policyWarnings = await checkPolicyUpFront(d, { ...sent, destinationHostId: tentative?.chosen ?? sent.destinationHostId! }, hostEntries());
+    const again = repeated();
+    if (again) return { status: 200, row: again };
+    // Refresh the VM's view at its source before deciding (the cached inventory may lag).
+    const hosts = hostEntries();
+    // Everything from here to createMigration is synchronous: no other request can interleave,
+    // so the capacity check and the hold are atomic (two requests cannot overcommit a host).
+    const placement = place(hosts);
+    const body: MigrationRequest = { ...sent, destinationHostId: placement ? placement.chosen! : sent.destinationHostId! };
+    const inFlight = store.migrations({ vmId: body.vmId, limit: 50 }).find((m) => !TERMINAL.has(m.state));
+    const pc = precheck({ vmId: body.vmId, mode: body.mode, destinationHostId: body.destinationHostId, hosts, holds: store.holds(), inFlight: inFlight?.id, overrideAdvisories: body.overrideAdvisories ?? [] });
+    const id = d.ids.next('mig');
+    const row: MigrationRow = {
+      id, vmId: body.vmId, project: pc.vm.project, sourceHostId: pc.source.hostId, destinationHostId: pc.dest.hostId,
+      mode: body.mode, state: 'prechecking', request: body,
+      ctx: { path: pc.path, sourceState: pc.vm.state, checks: pc.checks, ...(pc.warnings.length + policyWarnings.length ? { warnings: [...pc.warnings, ...policyWarnings] } : {}), ...(placement ? { placement: decisionRecord(placement) } : {}), ...(opts.evacuationId ? { evacuationId: opts.evacuationId } : {}) }, error: null, progress: null, createdAt: now, updatedAt: now,
+    };
+    store.createMigration(row, { migrationId: id, hostId: pc.dest.hostId, project: pc.vm.project, ...pc.hold }, body.requestId ? reqHash : null, { checks: pc.checks, by: opts.by, ...(placement ? { placedOn: placement.chosen } : {}) });
+    d.logger.info({ migrationId: id, vmId: row.vmId, hostId: row.sourceHostId, destHostId: row.destinationHostId, path: pc.path }, 'migration admitted');
+    for (const w of pc.warnings) d.logger.warn({ migrationId: id, code: w.code, details: w.details }, 'migration admitted with a known-bad hypervisor release');
+    runner.start(row);
+    return { status: 202, row: store.migration(id)! };
+  };
+
   app.post('/v1/migrations', {
     onRequest: orchestrator,
     schema: {
@@ -120,35 +197,8 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     },
   }, async (request, reply) => {
     // ajv has applied the schema's defaults: mode is always set here.
-    const body = request.body as MigrationRequest;
-    const now = d.clock.now();
-    if (body.deadline !== undefined && !(Date.parse(body.deadline) > now)) throw err('VMTC_DEADLINE_INVALID', { deadline: body.deadline });
-    const policyWarnings = await checkPolicyUpFront(d, body, hostEntries());
-    const reqHash = hashRequest(body);
-    if (body.requestId) {
-      const prior = store.migrationByRequestId(body.requestId);
-      if (prior) {
-        if (prior.hash !== reqHash) throw err('VMTC_IDEMPOTENCY_CONFLICT', { requestId: body.requestId, migrationId: prior.row.id });
-        return reply.status(200).send(presentMigration(prior.row, store, true));
-      }
-    }
-    // Refresh the VM's view at its source before deciding (the cached inventory may lag).
-    const hosts = hostEntries();
-    // Everything from here to createMigration is synchronous: no other request can interleave,
-    // so the capacity check and the hold are atomic (two requests cannot overcommit a host).
-    const inFlight = store.migrations({ vmId: body.vmId, limit: 50 }).find((m) => !TERMINAL.has(m.state));
-    const pc = precheck({ vmId: body.vmId, mode: body.mode, destinationHostId: body.destinationHostId, hosts, holds: store.holds(), inFlight: inFlight?.id, overrideAdvisories: body.overrideAdvisories ?? [] });
-    const id = d.ids.next('mig');
-    const row: MigrationRow = {
-      id, vmId: body.vmId, project: pc.vm.project, sourceHostId: pc.source.hostId, destinationHostId: pc.dest.hostId,
-      mode: body.mode, state: 'prechecking', request: body,
-      ctx: { path: pc.path, sourceState: pc.vm.state, checks: pc.checks, ...(pc.warnings.length + policyWarnings.length ? { warnings: [...pc.warnings, ...policyWarnings] } : {}) }, error: null, progress: null, createdAt: now, updatedAt: now,
-    };
-    store.createMigration(row, { migrationId: id, hostId: pc.dest.hostId, project: pc.vm.project, ...pc.hold }, body.requestId ? reqHash : null, { checks: pc.checks, by: request.principal?.name });
-    d.logger.info({ migrationId: id, vmId: row.vmId, hostId: row.sourceHostId, destHostId: row.destinationHostId, path: pc.path }, 'migration admitted');
-    for (const w of pc.warnings) d.logger.warn({ migrationId: id, code: w.code, details: w.details }, 'migration admitted with a known-bad hypervisor release');
-    runner.start(row);
-    return reply.status(202).send(presentMigration(store.migration(id)!, store, true));
+    const { status, row } = await admit(request.body as MigrationRequestIn, { ...(request.principal?.name ? { by: request.principal.name } : {}) });
+    return reply.status(status).send(presentMigration(row, store, true));
   });
 
   app.get('/v1/migrations', {
@@ -196,6 +246,7 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
   });
 
   registerMigrationControl(app, { ...d, present: (row) => presentMigration(row, store, true), onRequest: orchestrator, security });
+  registerPolicyRoutes(app, { ...d, ...(runner.configuredPolicy() ? { controllerPolicy: runner.configuredPolicy()! } : {}), reader, admin, security });
 
   const presentHost = (h: { inventory: HostInventory; connected: boolean; lastSeen: number }): HostT => ({
     hostId: h.inventory.hostId, site: h.inventory.site, connected: h.connected, lastSeen: new Date(h.lastSeen).toISOString(),
@@ -304,4 +355,5 @@ export function registerApi(fastify: FastifyInstance, d: ApiDeps): void {
     if (!store.revokeCredential(request.params.id, d.clock.now())) throw err('VMTC_CREDENTIAL_NOT_FOUND', { id: request.params.id });
     return reply.status(204).send();
   });
+  return { admit };
 }

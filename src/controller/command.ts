@@ -5,6 +5,7 @@ import { runUntilSignal } from '../common/command.ts';
 import { parseListen } from '../common/http.ts';
 import { createLogger } from '../common/log.ts';
 import { startController } from './index.ts';
+import { parseFleetOptions } from './fleet/options.ts';
 import { commonError } from '../common/errors.ts';
 import { controllerFlags, withDeploymentConfig } from '../deploy/config-flags.ts';
 
@@ -23,6 +24,8 @@ const base: Command = {
     'tls-key': { type: 'string', arg: 'FILE', help: 'private key of --tls-cert (PEM)' },
     'heartbeat-ms': { type: 'string', arg: 'MS', default: '5000', help: 'agent heartbeat interval' },
     'log-level': { type: 'string', arg: 'LEVEL', default: 'info', help: 'pino log level' },
+    monitoring: { type: 'string', arg: 'FILE', help: 'JSON of the monitoring options (docs/monitoring.md): thresholds, sustain, autoMitigate, followTheMoon, siteUtcOffsetMinutes, …' },
+    fleet: { type: 'string', arg: 'FILE', help: 'JSON of the fleet options (docs/fleet.md): links (the lightpaths between sites: { id?, a, b, mbps, available?, distance? }), booking { stretch, slackS }' },
   },
   async run(o) {
     const logger = createLogger({ svc: 'controller', level: o['log-level'] as string });
@@ -33,6 +36,8 @@ const base: Command = {
     if (Boolean(o['tls-cert']) !== Boolean(o['tls-key'])) {
       throw commonError('VMTC_CONFIG_INVALID', { field: o['tls-cert'] ? 'tls-key' : 'tls-cert' }, { message: '--tls-cert and --tls-key go together' });
     }
+    const monitoring = o.monitoring ? readJson(o.monitoring as string, 'monitoring') : undefined;
+    const fleet = o.fleet ? parseFleetOptions(readJson(o.fleet as string, 'fleet'), 'fleet') : undefined;
     const c = await startController({
       dataDir: o.data as string,
       listen: parseListen(o.listen as string, 'listen'),
@@ -42,6 +47,8 @@ const base: Command = {
       ...(o.aaa ? { aaaUrl: o.aaa as string } : {}),
       ...(o.broker ? { brokerUrl: o.broker as string } : {}),
       ...(o['broker-ca'] ? { brokerCa: readFileSync(o['broker-ca'] as string, 'utf8') } : {}),
+      ...(monitoring ? { monitoring } : {}),
+      ...(fleet ? { fleet } : {}),
       ...(o['tls-cert'] ? { tls: { cert: readPem(o['tls-cert'] as string, 'tls-cert'), key: readPem(o['tls-key'] as string, 'tls-key') } } : {}),
     });
     process.stdout.write(JSON.stringify({ event: 'ready', url: c.url, agentUrl: c.agentUrl, adminTokenFile: `${o.data}/admin.token`, jkt: c.jkt }) + '\n');
@@ -57,5 +64,15 @@ function readPem(file: string, field: string): string {
     return readFileSync(file, 'utf8');
   } catch (e) {
     throw commonError('VMTC_CONFIG_INVALID', { field, file, reason: (e as NodeJS.ErrnoException).code ?? (e as Error).message }, { message: `--${field}: cannot read ${file}` });
+  }
+}
+
+function readJson(file: string, field: string): Record<string, never> {
+  try {
+    const v = JSON.parse(readFileSync(file, 'utf8')) as unknown;
+    if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('not a JSON object');
+    return v as Record<string, never>;
+  } catch (e) {
+    throw commonError('VMTC_CONFIG_INVALID', { field, file, reason: (e as NodeJS.ErrnoException).code ?? (e as Error).message }, { message: `--${field}: cannot read ${file} as a JSON object` });
   }
 }

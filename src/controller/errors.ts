@@ -32,6 +32,12 @@ export const MIGRATION_ERRORS = {
   // An operator's control of a running copy (migration-control-routes.ts).
   VMTC_MIGRATION_NOT_FORCEABLE: { status: 409, message: 'the migration cannot be forced to complete: no copy runs (details.state), or not the way asked (details.reason: post-copy not allowed, already forced another way)' },
   VMTC_MIGRATION_NOT_TUNABLE: { status: 409, message: 'the limits of the migration cannot change: no copy runs (details.state), or more bandwidth than its lightpath reserved (details.reservedMbps)' },
+  // Migration policies (migration/policy.ts, policy-routes.ts; docs/policy.md).
+  VMTC_POLICY_INVALID: { status: 400, message: 'the migration policy is not valid (details.where, details.field, details.reason)' },
+  VMTC_POLICY_GROUP_NOT_FOUND: { status: 404, message: 'no such policy group' },
+  VMTC_MIGRATION_POLICY_TIMEOUT: { status: 504, message: "the migration's policy cancelled it: its copy made no progress, or did not complete, in the time the policy allows (details.trigger, details.timeoutS)" },
+  VMTC_MIGRATION_NOT_CONVERGING: { status: 200, message: "a warning on a migration whose copy hit a policy timeout with no action left to take (details.trigger, details.waitedMs); never an error response" },
+  VMTC_MIGRATION_THROTTLED: { status: 200, message: "a warning on a migration whose guest the hypervisor throttled at or above the policy's throttleWarnPercent (auto-converge; details.cpuThrottlePercent); never an error response" },
   VMTC_DOWNTIME_ABOVE_LIMIT: { status: 200, message: 'a warning on a migration whose measured downtime was above the maxDowntimeMs asked for (details.downtimeMs, details.maxDowntimeMs); never an error response' },
   // The cold path's failures, after EGI-Engage D4.4's taxonomy (details.cause has the agent's code).
   VMTC_COLD_EXPORT_FAILED: { status: 502, message: 'the source could not power the VM off and publish its disks (D4.4 UnableToMeetRequirements)' },
@@ -48,8 +54,22 @@ export const MIGRATION_ERRORS = {
   VMTC_ROLLBACK_FAILED: { status: 500, message: 'rolling back did not complete; an operator must look' },
   VMTC_AUTHORIZATION_FAILED: { status: 403, message: 'the AAA refused or failed to authorise the lightpath' },
   VMTC_LIGHTPATH_FAILED: { status: 502, message: 'the broker could not reserve or provision the lightpath' },
+  // Placement and evacuation (src/controller/fleet/, docs/fleet.md).
+  VMTC_NO_FEASIBLE_HOST: { status: 409, message: 'no host can take the VM: details.refused says why each host was refused (details.refused[].reason)' },
+  VMTC_HOST_IN_MAINTENANCE: { status: 409, message: 'the destination host is in maintenance: nothing new is placed there (DELETE /v1/hosts/:id/maintenance ends it)' },
+  VMTC_EVACUATION_NOT_FOUND: { status: 404, message: 'no such evacuation' },
+  VMTC_EVACUATION_CONFLICT: { status: 409, message: 'a host of this evacuation is already being evacuated by another one (details.evacuationId)' },
+  VMTC_EVACUATION_NOT_CANCELLABLE: { status: 409, message: 'the evacuation has ended (details.state)' },
+  VMTC_EVACUATION_TARGET_INVALID: { status: 400, message: 'give exactly one of host or site, naming a known host or a site some host is at (details.field)' },
+  // Replicas: disks pre-seeded at a destination (src/controller/replicas/, docs/disks.md#replicas).
+  VMTC_REPLICA_NOT_FOUND: { status: 404, message: 'no such replica of this VM' },
+  VMTC_REPLICA_STATE: { status: 409, message: 'the replica is not in a state that allows this (details.state)' },
+  VMTC_REPLICA_INTERRUPTED: { status: 503, message: "the controller restarted while the replica was seeding; remove it and replicate again (the source's checkpoints are dropped on removal)" },
   // Credentials.
   VMTC_CREDENTIAL_NOT_FOUND: { status: 404, message: 'no such credential' },
+  // The web dashboard (src/controller/dashboard/; docs/dashboard.md).
+  VMTC_CSRF_REFUSED: { status: 403, message: "a request that changes something with the dashboard's session cookie must come from the dashboard's own page: the X-VMTC-Dashboard header and, when sent, the same Origin (details.reason)" },
+  VMTC_DASHBOARD_UNAVAILABLE: { status: 503, message: "the dashboard's bundle could not be read or built (details.reason); the API is unaffected" },
 } as const satisfies Catalogue;
 
 export const CONTROLLER_ERRORS = mergeCatalogues(COMMON_ERRORS, MIGRATION_ERRORS);

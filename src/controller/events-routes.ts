@@ -4,7 +4,9 @@
 //    `tuned`, and `end` with the final record, after which the stream closes;
 //  - GET /v1/events follows the fleet, for dashboards and orchestrators: `transition` of every
 //    migration (filtered by the list's query), `progress` (at most one a second a migration) and
-//    `host` (an agent's link came up or went down).
+//    `host` (an agent's link came up or went down);
+//  - both also send `probe`: the tunnel agent's probe stream of a migration in flight
+//    (probe-stream.ts), what the dashboard's radar draws; on a new stream, first what was kept.
 // Every event has an id. Transitions and agents' connections are rows of the store, numbered by
 // their own logs (transitions.seq, host_events.seq), and an id is the position in those logs of
 // what was sent so far: a client that reconnects with `Last-Event-ID` (or `?lastEventId=`) is
@@ -24,6 +26,8 @@ import { migrationFilter, type ControllerStore, type FleetTransitionRow, type Ho
 import type { MigrationRunner } from './runner.ts';
 import type { HubPort } from './ports.ts';
 import { CONTROL_EVENT, controlEventData } from './migration-control-routes.ts';
+import { ProbeTails, type ProbeEvent } from './probe-stream.ts';
+import type { TunnelProbeBatch } from '../common/tunnel-protocol.ts';
 import { FleetEventsQuery, IdParams, MigrationEventsQuery, type Migration as MigrationT } from './schemas.ts';
 
 export interface EventRouteDeps {
@@ -144,6 +148,11 @@ export function registerEventRoutes(fastify: FastifyInstance, d: EventRouteDeps)
   };
   d.hub.on('connected', hostLink(true));
   d.hub.on('disconnected', hostLink(false));
+  // The tunnel agents' probe streams (the hub checked each batch against its schema).
+  const probes = new ProbeTails(store);
+  d.hub.on('event', (hostId: string, name: string, data: unknown) => {
+    if (name === 'tunnel.probe') probes.add(hostId, data as TunnelProbeBatch);
+  });
 
   app.get('/v1/migrations/:id/events', {
     onRequest: d.onRequest,
@@ -153,7 +162,7 @@ export function registerEventRoutes(fastify: FastifyInstance, d: EventRouteDeps)
       params: IdParams,
       querystring: MigrationEventsQuery,
       response: {
-        200: EventStream('events `snapshot` and `end` (data: the migration record), `transition` (data: one transition and migrationId), `progress` (data: the copy progress), `forced` and `tuned` (data: an operator\'s change, as in the record\'s changes, and migrationId); each with an id'),
+        200: EventStream('events `snapshot` and `end` (data: the migration record), `transition` (data: one transition and migrationId), `progress` (data: the copy progress), `forced` and `tuned` (data: an operator\'s change, as in the record\'s changes, and migrationId), `probe` (data: { migrationId, vmId, agent, periodMs, samples: [seq, sentAt, rttMs|null][], final? }: the tunnel agent\'s probe stream, not resumed); each with an id'),
         ...errorResponses({}, 401, 403, 404),
       },
     },
@@ -177,10 +186,12 @@ export function registerEventRoutes(fastify: FastifyInstance, d: EventRouteDeps)
     const onControl = (mid: string, event: string, change: Parameters<typeof controlEventData>[1]) => {
       if (mid === id) sse.send(event, `${last}.c${++after}`, controlEventData(id, change));
     };
+    const onProbe = (p: ProbeEvent) => { if (p.migrationId === id) sse.send('probe', `${last}.q${++after}`, p); };
     const sse = openSse(request, reply, clock, streams, () => {
       runner.off('change', onChange);
       runner.off('progress', onProgress);
       runner.off(CONTROL_EVENT, onControl);
+      probes.off('probe', onProbe);
     });
     const pump = () => {
       for (const t of store.transitions(id)) {
@@ -198,7 +209,12 @@ export function registerEventRoutes(fastify: FastifyInstance, d: EventRouteDeps)
     runner.on('change', onChange);
     runner.on('progress', onProgress);
     runner.on(CONTROL_EVENT, onControl);
-    if (resume === undefined) sse.send('snapshot', String(last), d.present(row));
+    probes.on('probe', onProbe);
+    if (resume === undefined) {
+      sse.send('snapshot', String(last), d.present(row));
+      const kept = probes.tail(id);
+      if (kept) sse.send('probe', `${last}.q${++after}`, kept);
+    }
     pump();
   });
 
@@ -209,7 +225,7 @@ export function registerEventRoutes(fastify: FastifyInstance, d: EventRouteDeps)
       summary: 'Follow every migration and agent as server-sent events: transition, progress, host. Filtered as the list is; every event has an id, and reconnecting with Last-Event-ID resumes after it; without one the stream starts now, or at since.',
       querystring: FleetEventsQuery,
       response: {
-        200: EventStream('events `transition` (data: one transition with migrationId, vmId, sourceHostId, destinationHostId), `progress` (data: the copy progress with migrationId and vmId; at most one a second a migration, not resumed), `host` (data: { hostId, kind, connected, at }: an agent connected or disconnected; not with state or vmId filters); each with an id'),
+        200: EventStream('events `transition` (data: one transition with migrationId, vmId, sourceHostId, destinationHostId), `progress` (data: the copy progress with migrationId and vmId; at most one a second a migration, not resumed), `host` (data: { hostId, kind, connected, at }: an agent connected or disconnected; not with state or vmId filters), `probe` (data: the tunnel agent\'s probe stream of a migration, as on a migration\'s stream; not resumed); each with an id'),
         ...errorResponses({}, 401, 403),
       },
     },
@@ -240,6 +256,10 @@ export function registerEventRoutes(fastify: FastifyInstance, d: EventRouteDeps)
       if (lastProgress.size >= 10_000) lastProgress.clear();
       lastProgress.set(mid, now);
       sse.send('progress', `${idNow()}.p${++progressN}`, { ...(p as object), migrationId: mid, vmId: row.vmId });
+    };
+    const onProbe = (p: ProbeEvent) => {
+      const row = store.migration(p.migrationId);
+      if (row && matches(row, filter, clock.now())) sse.send('probe', `${idNow()}.p${++progressN}`, p);
     };
     let waiting = false;
     const pump = () => {
@@ -274,11 +294,20 @@ export function registerEventRoutes(fastify: FastifyInstance, d: EventRouteDeps)
       runner.off('change', pump);
       runner.off('progress', onProgress);
       fleet.off('host', pump);
+      probes.off('probe', onProbe);
     });
     runner.on('change', pump);
     runner.on('progress', onProgress);
     fleet.on('host', pump);
+    probes.on('probe', onProbe);
     sse.mark(idNow());
+    // What was kept of the probe streams of migrations in flight, so a radar opened now is whole.
+    if (resume === undefined) {
+      for (const row of store.activeMigrations(TERMINAL)) {
+        const kept = probes.tail(row.id);
+        if (kept && matches(row, filter, clock.now())) sse.send('probe', `${idNow()}.p${++progressN}`, kept);
+      }
+    }
     pump();
   });
 }

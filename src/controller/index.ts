@@ -14,6 +14,16 @@ import { MigrationRunner, type RunnerOptions } from './runner.ts';
 import { registerApi, requireRole } from './api.ts';
 import { AgentHub } from './hub.ts';
 import { registerEnrollRoutes } from './enroll-routes.ts';
+import { FleetStore } from './fleet/store.ts';
+import { Evacuations } from './fleet/evacuation.ts';
+import { BOOKING_TIMING, Bookings } from './fleet/bookings.ts';
+import type { FleetOptions } from './fleet/options.ts';
+import { registerEvacuationRoutes } from './evacuation-routes.ts';
+import { Monitoring, type MonitoringOptions } from './monitoring/index.ts';
+import { registerPlanRoutes } from './plan-routes.ts';
+import { ReplicaService } from './replicas/service.ts';
+import { registerReplicaRoutes } from './replica-routes.ts';
+import { registerDashboard } from './dashboard/routes.ts';
 import { HUB_ERRORS } from './hub-errors.ts';
 import { CONTROLLER_ERRORS } from './errors.ts';
 import { TERMINAL } from './machine.ts';
@@ -21,6 +31,7 @@ import { HubTunnelPort } from './tunnel-port.ts';
 import { TUNNEL_ERRORS } from '../common/tunnel-protocol.ts';
 import { AaaAuthorization, BrokerLightpath, loadControllerKey } from './integrations.ts';
 import type { AuthorizationPort, LightpathPort, TunnelPort } from './ports.ts';
+import type { StatsReport } from '../common/agent-protocol.ts';
 
 /** Every code the controller can answer with (its own, the hub's and the common ones). */
 export const ALL_CONTROLLER_ERRORS = mergeCatalogues(mergeCatalogues(CONTROLLER_ERRORS, HUB_ERRORS), TUNNEL_ERRORS);
@@ -57,6 +68,12 @@ export interface ControllerOptions {
   authorization?: AuthorizationPort;
   lightpath?: LightpathPort;
   tunnel?: TunnelPort;
+  /** Monitoring, hotspot mitigation and consolidation (docs/monitoring.md; defaults in
+   *  MONITORING_DEFAULTS, src/controller/monitoring/options.ts; autoMitigate is off). */
+  monitoring?: Partial<MonitoringOptions>;
+  /** Placement and evacuation (docs/fleet.md): the lightpaths between sites, for the network
+   *  weigher and the evacuation plan (without them every pair of sites counts 1 Gbit/s). */
+  fleet?: FleetOptions;
   /** Called with the hub once it exists, to build integrations that need it (tunnel agents). */
   integrations?: (hub: AgentHub) => { authorization?: AuthorizationPort; lightpath?: LightpathPort; tunnel?: TunnelPort };
 }
@@ -133,7 +150,11 @@ export async function startController(opts: ControllerOptions): Promise<Controll
       ? new BrokerLightpath(opts.brokerUrl, key, logger.child({ mod: 'broker-client' }), aaaPort, opts.brokerCa ? { ca: opts.brokerCa } : {})
       : undefined;
     const authorization = opts.authorization ?? integ.authorization ?? aaaPort;
-    const lightpath = opts.lightpath ?? integ.lightpath ?? brokerPort;
+    const fleet = new FleetStore(store.db);
+    const baseLightpath = opts.lightpath ?? integ.lightpath ?? brokerPort;
+    // An evacuation books its moves' lightpaths ahead and its migrations take them over (docs/fleet.md "Bookings").
+    const bookings = baseLightpath && authorization ? new Bookings(baseLightpath, { fleet, store, aaa: authorization, clock, logger: logger.child({ mod: 'bookings' }), ...(opts.fleet?.booking ? { timing: { ...BOOKING_TIMING, ...opts.fleet.booking } } : {}) }) : undefined;
+    const lightpath = bookings ?? baseLightpath;
     // Tunnel agents are found through the hub; with none connected, bicast/prune are no-ops.
     const tunnel = opts.tunnel ?? integ.tunnel ?? new HubTunnelPort(hub, { logger });
     const runner = new MigrationRunner({
@@ -145,11 +166,36 @@ export async function startController(opts: ControllerOptions): Promise<Controll
 
     const app = await buildHttp({ logger, title: 'vmtc controller', bodyLimit: opts.bodyLimit ?? CONTROLLER_DEFAULTS.bodyLimit, rateLimit: { ...CONTROLLER_DEFAULTS.rateLimit, ...(opts.rateLimit ?? {}) }, ...(opts.tls ? { fastify: { https: { cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' } } } : {}) });
     cleanups.push(() => app.close());
-    registerApi(app, {
+    // The web dashboard first: its hook lets a session cookie stand for a credential (docs/dashboard.md).
+    registerDashboard(app, { store, clock, ids, logger, tls: !!opts.tls });
+    const links = opts.fleet?.links ?? [];
+    // Placement weighs a VM's measured dirty rate (docs/monitoring.md profiles: p95, MB/s) over its label's.
+    const dirtyMbps = (vmId: string): number | undefined => {
+      try {
+        const p = monitoring.profile(vmId).dirtyRateMBps;
+        return p.samples > 0 ? p.p95 * 8 : undefined;
+      } catch {
+        return undefined;
+      }
+    };
+    const { admit } = registerApi(app, {
       store, hub, runner, clock, ids, logger, identity: { jkt, publicJwk: key.publicJwk },
+      fleet: { maintenance: () => new Set(fleet.maintenance().keys()), links, dirtyMbps },
       admission: { ...(authorization ? { aaa: authorization } : {}), timeoutMs: opts.policyCheckTimeoutMs ?? CONTROLLER_DEFAULTS.policyCheckTimeoutMs, defaultDeadlineMs: opts.runner?.defaultDeadlineMs ?? CONTROLLER_DEFAULTS.runner.defaultDeadlineMs },
     });
     registerEnrollRoutes(app, hub, { requireAdmin: requireRole(store, 'admin') });
+    const evacuations = new Evacuations({ fleet, store, hub, admit, runner, clock, ids, logger: logger.child({ mod: 'evacuation' }), links, dirtyMbps, ...(bookings ? { bookings } : {}) });
+    cleanups.push(() => evacuations.close());
+    registerEvacuationRoutes(app, { store, fleet, evacuations, clock, reader: requireRole(store, 'reader'), orchestrator: requireRole(store, 'orchestrator'), security: [{ bearer: [] }] });
+    // Monitoring (docs/monitoring.md): the agents' stats events, profiles and fleet plans.
+    const monitoring = new Monitoring({ store, hub, clock, logger: logger.child({ mod: 'monitoring' }), ...(opts.monitoring ? { options: opts.monitoring } : {}) });
+    cleanups.push(() => monitoring.close());
+    hub.on('event', (hostId: string, name: string, data: unknown) => { if (name === 'stats') monitoring.ingest(hostId, data as StatsReport); });
+    registerPlanRoutes(app, { monitoring, store, hub, reader: requireRole(store, 'reader'), orchestrator: requireRole(store, 'orchestrator'), security: [{ bearer: [] }], autoAuthorization: `Bearer ${adminToken}` });
+    // Replicas (docs/disks.md#replicas): disks pre-seeded at a destination and kept warm.
+    const replicas = new ReplicaService({ store, hub, clock, ids, logger: logger.child({ mod: 'replicas' }) });
+    cleanups.push(() => replicas.close());
+    registerReplicaRoutes(app, { replicas, clock, reader: requireRole(store, 'reader'), orchestrator: requireRole(store, 'orchestrator'), security: [{ bearer: [] }] });
     registerHealthRoutes(app, { store: storeCheck(store.db), aaa: peerCheck(opts.aaaUrl), broker: peerCheck(opts.brokerUrl, opts.brokerCa ? { tls: { ca: opts.brokerCa } } : {}) }, { clock });
     const listen = opts.listen ?? CONTROLLER_DEFAULTS.listen;
     await app.listen({ host: listen.host, port: listen.port });
@@ -158,6 +204,8 @@ export async function startController(opts: ControllerOptions): Promise<Controll
     // Reconcile what a previous run left unfinished: ask the agents, do not guess.
     for (const row of store.activeMigrations(TERMINAL)) runner.reconcile(row);
     runner.releaseLeftovers();
+    evacuations.resume();
+    replicas.resume();
 
     logger.info({ url, agentUrl: hub.url, dataDir: opts.dataDir, jkt }, 'controller started');
     let closed = false;

@@ -67,6 +67,27 @@ export class BrokerLightpath implements LightpathPort {
     return { reservationId: v.id, details: { path: v.path, dataPlane: v.dataPlane } };
   }
 
+  /** An advance reservation: reserve and commit now; provision() at the move's start. */
+  async book(req: LightpathRequest, token: string, opts: { idempotencyKey: string }) {
+    const body = { src: req.src, dst: req.dst, bandwidthMbps: req.bandwidthMbps, window: req.window, migrationId: req.migrationId, idempotencyKey: opts.idempotencyKey };
+    const r = await this.client.reserve(body, token, this.key);
+    try {
+      if (!r.committed) await this.client.commit(r.id, token, this.key);
+    } catch (e) {
+      await this.client.teardown(r.id, token, this.key).catch(() => undefined);
+      throw e;
+    }
+    this.log.info({ booking: req.migrationId, reservationId: r.id, window: req.window, bandwidthMbps: req.bandwidthMbps }, 'lightpath booked');
+    return { reservationId: r.id };
+  }
+
+  async provision(reservationId: string, token: string) {
+    const v = await this.client.provision(reservationId, token, this.key);
+    const jti = jtiOf(token);
+    if (this.aaa && jti) await this.aaa.account('use', jti, { reservationId, bandwidthMbps: v.bandwidthMbps });
+    return { details: { path: v.path, dataPlane: v.dataPlane } };
+  }
+
   async find(idempotencyKey: string) {
     const v = await this.client.findByKey(idempotencyKey, this.key);
     return v ? { reservationId: v.id } : undefined;

@@ -118,6 +118,10 @@ export function createControllerMetrics(d: ControllerMetricsDeps): Registry {
   // Result labels are present from the start so that rate() and absent() work before the first end.
   for (const result of Object.values(RESULT)) for (const mode of ['live', 'cold', 'auto']) total.inc({ result, mode }, 0);
 
+  // Migration policies (migration/policy-watch.ts): each firing, by what fired, the action and how it went.
+  const policyFirings = new Counter({ name: 'vmtc_migration_policy_actions_total', help: 'Migration policy firings, by trigger (progress, completion, throttle), action (raise-downtime, auto-converge, postcopy, cancel, none, warn) and outcome (done, failed).', labelNames: ['trigger', 'action', 'outcome'], registers });
+  d.runner.on('policy', (_id: string, f: { trigger: string; action: string; outcome: string }) => { policyFirings.inc({ trigger: f.trigger, action: f.action, outcome: f.outcome }); });
+
   d.runner.on('finished', (id: string, state: MigrationState) => {
     const row = store.migration(id);
     const result = RESULT[state];

@@ -40,7 +40,18 @@ export interface LightpathPort {
   /** The reservation made under an idempotency key, without the token (a restarted controller
    *  no longer has it); undefined when there is none. */
   find?(idempotencyKey: string): Promise<{ reservationId: string } | undefined>;
+  /** An advance reservation (docs/fleet.md "Bookings"): reserve and commit for the request's
+   *  window, which may start later; provision() brings it up. Nothing is held if it throws. */
+  book?(req: LightpathRequest, token: string, opts: { idempotencyKey: string }): Promise<{ reservationId: string }>;
+  /** Provision a booked reservation with the token that made it. */
+  provision?(reservationId: string, token: string): Promise<{ details?: Record<string, unknown> }>;
+  /** The lightpath booked ahead for a migration (an evacuation's move, src/controller/fleet/bookings.ts),
+   *  provisioned now, with the grant it was made with; undefined when there is none to use. */
+  claim?(m: BookingClaim): Promise<ClaimedLightpath | undefined>;
 }
+
+export interface BookingClaim { migrationId: string; vmId: string; evacuationId?: string; requestId?: string; src: string; dst: string; bandwidthMbps: number }
+export interface ClaimedLightpath { key: string; reservationId: string; token: string; jti: string; expiresAt: number; details?: Record<string, unknown> }
 
 export interface TunnelPort {
   /** docs/design.md#live-migration, step 6: send toward both the old and the new site. */

@@ -18,6 +18,10 @@ import { EFFECTS } from './migration/effects.ts';
 import { reconcile, releaseLeftLightpaths } from './migration/reconcile.ts';
 import { deadlineAt } from './migration/request.ts';
 import type { EffectContext, RunnerOptions } from './migration/context.ts';
+import { MigrationControl } from './migration/control.ts';
+import { checkPolicy } from './migration/policy.ts';
+import { PolicyStore } from './migration/policy-store.ts';
+import { POLICY_EVENT, PolicyWatch } from './migration/policy-watch.ts';
 
 export type { RunnerOptions };
 
@@ -64,9 +68,24 @@ export class MigrationRunner extends EventEmitter {
   private leftoverBusy = false;
   private leftoverAgain = false;
   private leftoverDelayMs: number = LEFTOVER_RETRY_MS.first;
+  /** The migration policies' timers (migration/policy-watch.ts), one per copy running. */
+  private readonly policy: PolicyWatch;
 
   constructor(private readonly d: RunnerDeps) {
     super();
+    if (d.options.policy) checkPolicy(d.options.policy, 'controller');
+    this.policy = new PolicyWatch({
+      store: d.store, hub: d.hub, clock: d.clock, log: d.logger, policies: new PolicyStore(d.store.db),
+      ...(d.options.policy ? { controllerPolicy: d.options.policy } : {}),
+      // The operator's controls, with their changes told on the migration's stream (as
+      // migration-control-routes.ts's CONTROL_EVENT, 'control').
+      control: new MigrationControl({ store: d.store, hub: d.hub, clock: d.clock, log: d.logger, notify: (id, event, change) => { this.emit('control', id, event, change); } }),
+      cancel: (id, error, detail) => this.cancel(id, { error, detail }),
+      fired: (id, firing) => {
+        this.emit('control', id, 'policy', firing);
+        this.emit(POLICY_EVENT, id, firing);
+      },
+    });
     d.hub.on('disconnected', this.onDisconnected);
     d.hub.on('connected', this.onConnected);
   }
@@ -100,19 +119,25 @@ export class MigrationRunner extends EventEmitter {
     return this.d.logger.child({ migrationId: row.id, vmId: row.vmId, hostId: row.sourceHostId, destHostId: row.destinationHostId });
   }
 
+  /** The controller's configured migration policy (runner.policy), if any. */
+  configuredPolicy(): RunnerOptions['policy'] {
+    return this.d.options.policy;
+  }
+
   /** Start driving a newly created migration (state 'prechecking'); the machine picks the path. */
   start(row: MigrationRow): void {
     this.arm(row);
     void this.dispatch(row.id, { type: 'PRECHECKS_PASSED' }, { checks: row.ctx.checks });
   }
 
-  /** Operator cancel (REST). Throws a coded error if the state does not allow it. */
-  async cancel(id: string): Promise<MigrationRow> {
+  /** Operator cancel (REST), or a policy's (`why`: its error and the transition's detail).
+   *  Throws a coded error if the state does not allow it. */
+  async cancel(id: string, why?: { error: ErrorBody; detail: unknown }): Promise<MigrationRow> {
     const row = this.d.store.migration(id);
     if (!row) throw err('VMTC_MIGRATION_NOT_FOUND', { migrationId: id });
     // Validate synchronously so the caller gets the coded error.
     transition(row.state, { type: 'CANCEL' });
-    await this.dispatch(id, { type: 'CANCEL' }, undefined, { error: err('VMTC_CANCELLED', { migrationId: id }).toJSON() });
+    await this.dispatch(id, { type: 'CANCEL' }, why?.detail, { error: why?.error ?? err('VMTC_CANCELLED', { migrationId: id }).toJSON() });
     return this.d.store.migration(id)!;
   }
 
@@ -145,6 +170,8 @@ export class MigrationRunner extends EventEmitter {
     this.d.store.recordTransition(id, t.from, t.to, t.event, now, { ctx: step.ctx, ...(step.error !== undefined ? { error: step.error } : {}) }, detail);
     this.log(row).info({ from: t.from, to: t.to, event: t.event, ...(step.error ? { code: step.error.code } : {}) }, 'migration transition');
     this.emit('change', id);
+    if (t.to === 'precopy') this.policy.watch(this.d.store.migration(id)!);
+    else this.policy.unwatch(id);
     if (step.abortRunning) this.live.get(id)?.abort.abort();
     const fresh = this.d.store.migration(id)!;
     for (const effect of t.effects) this.launch(fresh, effect);
@@ -231,6 +258,7 @@ export class MigrationRunner extends EventEmitter {
       launch: (r, effect) => this.launch(r, effect),
       closed: () => this.closed,
     });
+    if (row.state === 'precopy') this.policy.watch(row);
   }
 
   /** After a restart, and whenever a migration ends with its lightpath held: release the
@@ -262,6 +290,7 @@ export class MigrationRunner extends EventEmitter {
 
   close(): void {
     this.closed = true;
+    this.policy.close();
     this.leftoverRetry?.cancel();
     this.d.hub.off('disconnected', this.onDisconnected);
     this.d.hub.off('connected', this.onConnected);

@@ -7,6 +7,7 @@ import { Type, type Static, StringEnum, Nullable, OpenObject, MapOf, ErrorBody }
 import { STATES } from './machine.ts';
 import type { MigrationRequest as StoredMigrationRequest } from './store.ts';
 import type { PublicJwk } from '../common/dpop.ts';
+import { POLICY_ACTIONS } from './migration/policy.ts';
 
 export const Role = StringEnum(['admin', 'orchestrator', 'reader']);
 export type Role = Static<typeof Role>;
@@ -19,9 +20,21 @@ export const IdParams = Type.Object({ id: Type.String({ maxLength: 128 }) });
 
 // ---- migrations
 
+/** A migration policy (migration/policy.ts; docs/policy.md): per request, per VM group, or the
+ *  controller's; absent fields come from the next layer. */
+export const MigrationPolicySchema = Type.Object({
+  progressTimeoutS: Type.Optional(Type.Number({ minimum: 0, maximum: 86_400, description: 'no progress (the remaining bytes not falling, no smaller pass) for this long fires the next action; 0: never' })),
+  completionTimeoutPerGiBS: Type.Optional(Type.Number({ minimum: 0, maximum: 86_400, description: "the copy may take this long per GiB of guest memory, then the next action fires (KubeVirt's completionTimeoutPerGiB); 0: no limit" })),
+  onTimeout: Type.Optional(Type.Array(StringEnum(POLICY_ACTIONS), { maxItems: POLICY_ACTIONS.length, uniqueItems: true, description: 'the actions, in order: each firing takes the next that applies; raise-downtime repeats until maxDowntimeMs; cancel only last; none: a warning only' })),
+  downtimeStepMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 600_000, description: 'raise-downtime: by this much each firing' })),
+  maxDowntimeMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 600_000, description: 'raise-downtime: up to this limit' })),
+  throttleWarnPercent: Type.Optional(Type.Number({ minimum: 0, maximum: 100, description: 'a warning once the hypervisor throttles the guest CPU this much (auto-converge); 0: never' })),
+}, { additionalProperties: false });
+
 export const MigrationRequestBody = Type.Object({
   vmId: Type.String({ minLength: 1, maxLength: 128 }),
-  destinationHostId: Type.String({ minLength: 1, maxLength: 128 }),
+  destinationHostId: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'absent: the controller chooses (docs/fleet.md "Placement"); the choice and why are in the record\'s placement' })),
+  toSites: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 128 }), { minItems: 1, maxItems: 32, uniqueItems: true, description: 'without destinationHostId: choose only among hosts at these sites' })),
   mode: Type.Optional(StringEnum(['live', 'cold', 'auto'], { default: 'live' })),
   maxDowntimeMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 600_000 })),
   bandwidthMbps: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1_000_000 })),
@@ -43,11 +56,13 @@ export const MigrationRequestBody = Type.Object({
     maxItems: 32, uniqueItems: true,
     description: 'ids of known-bad hypervisor releases (GET /v1/hosts advisories; a VMTC_HYPERVISOR_VERSION_INCOMPATIBLE refusal names them in details.advisory) this live migration goes ahead with anyway; each becomes a warning on the record',
   })),
+  policy: Type.Optional(MigrationPolicySchema),
 }, { additionalProperties: false });
 /** What a client sends to POST /v1/migrations. */
 export type MigrationRequestBody = Static<typeof MigrationRequestBody>;
-/** The request as the handler sees it and the store keeps it: validated, `mode` defaulted. */
-export type MigrationRequest = MigrationRequestBody & { mode: NonNullable<MigrationRequestBody['mode']> };
+/** The request as the handler sees it and the store keeps it: validated, `mode` defaulted, and
+ *  the destination the controller chose when the body named none (fleet/placement.ts). */
+export type MigrationRequest = Omit<MigrationRequestBody, 'destinationHostId'> & { destinationHostId: string; mode: NonNullable<MigrationRequestBody['mode']> };
 
 // The store keeps the request as it was accepted: tsc fails here if its declaration drifts.
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
@@ -195,14 +210,37 @@ export const Migration = Type.Object({
   downtime: Type.Optional(OpenObject({ description: "client-seen downtime: hypervisor (the hypervisor's figure, ms), tunnelPassive { gapMs, lastFromSourceAt, firstFromDestinationAt, switchMs, samples, method } and tunnelProbe { gapMs, sent, received, periodMs, method } measured by the tunnel agent between bicast and prune, tunnel { agent, from, to, error? } (docs/tunnel.md)" })),
   warnings: Type.Array(Warning, { description: 'problems after the commit point (no way back then), and known-bad hypervisor releases accepted or avoided at admission (details.step precheck)' }),
   kept: Type.Optional(Type.Array(Type.String(), { description: 'what the end state deliberately left in place for an operator, and why (everything else was released)' })),
+  placement: Type.Optional(OpenObject({ description: 'the request named no destination: how the controller chose it (chosen, candidates with their scores, refused hosts with why; docs/fleet.md "Placement")' })),
+  evacuationId: Type.Optional(Type.String({ description: 'the evacuation that started this migration' })),
   transitions: Type.Optional(Type.Array(Transition, { description: 'every state change (not in lists)' })),
   tuning: Type.Optional(OpenObject({ description: 'how the migration runs: the request\'s bandwidthMbps, maxDowntimeMs, postcopy… with the limits operators changed since (PATCH)' })),
   changes: Type.Optional(Type.Array(MigrationChange, { description: 'what operators changed while the copy ran (PATCH, force-complete), oldest first' })),
+  policy: Type.Optional(OpenObject({ description: 'the migration policy in effect once the copy started (policy, and from: the layer each field came from) and what it fired: fired [{ at, trigger, action, outcome, skipped?, maxDowntimeMs?, error? }], firings (docs/policy.md)' })),
   createdAt: Type.String({ format: 'date-time' }),
   updatedAt: Type.String({ format: 'date-time' }),
   terminal: Type.Boolean({ description: 'the state is final' }),
 }, { additionalProperties: true });
 export type Migration = Static<typeof Migration>;
+
+// ---- VM groups' migration policies (policy-routes.ts)
+
+export const PolicyGroupParams = Type.Object({ group: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$', description: 'the group; `default` applies to every VM in no group' }) });
+export const PolicyGroupBody = Type.Object({
+  policy: MigrationPolicySchema,
+  vmIds: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 128 }), { maxItems: 10_000, uniqueItems: true, description: "the group's VMs (a VM listed leaves its former group)" })),
+}, { additionalProperties: false });
+export type PolicyGroupBody = Static<typeof PolicyGroupBody>;
+export const PolicyGroup = Type.Object({
+  group: Type.String(),
+  policy: MigrationPolicySchema,
+  vmIds: Type.Array(Type.String()),
+  updatedAt: Type.String({ format: 'date-time' }),
+}, { additionalProperties: false });
+export const PolicyGroupList = Type.Object({
+  groups: Type.Array(PolicyGroup),
+  controller: Type.Object({}, { additionalProperties: true, description: "the controller's configured policy (runner.policy), over the built-in defaults" }),
+  defaults: Type.Object({}, { additionalProperties: true, description: 'the built-in defaults (docs/policy.md)' }),
+});
 
 // ---- an operator's control of a running migration (migration-control-routes.ts)
 

@@ -45,6 +45,20 @@ const MIGRATIONS = [
     seq INTEGER PRIMARY KEY AUTOINCREMENT, host_id TEXT NOT NULL, kind TEXT NOT NULL, connected INTEGER NOT NULL, at INTEGER NOT NULL
   );
   `,
+  // VM groups' default migration policies and their VMs (migration/policy-store.ts).
+  `
+  CREATE TABLE policy_groups (name TEXT PRIMARY KEY, policy TEXT NOT NULL, updated_at INTEGER NOT NULL);
+  CREATE TABLE policy_group_vms (vm_id TEXT PRIMARY KEY, name TEXT NOT NULL REFERENCES policy_groups(name));
+  `,
+  // Monitoring: the hosts' and VMs' stats reports, kept with retention (monitoring/store.ts).
+  `
+  CREATE TABLE host_stats (seq INTEGER PRIMARY KEY AUTOINCREMENT, host_id TEXT NOT NULL, at INTEGER NOT NULL, stats TEXT NOT NULL);
+  CREATE INDEX host_stats_host ON host_stats(host_id, seq);
+  CREATE INDEX host_stats_at ON host_stats(at);
+  CREATE TABLE vm_stats (seq INTEGER PRIMARY KEY AUTOINCREMENT, vm_id TEXT NOT NULL, host_id TEXT NOT NULL, at INTEGER NOT NULL, stats TEXT NOT NULL);
+  CREATE INDEX vm_stats_vm ON vm_stats(vm_id, seq);
+  CREATE INDEX vm_stats_at ON vm_stats(at);
+  `,
 ];
 
 export interface MigrationRow {

@@ -211,9 +211,9 @@ describe('vmtc client errors', () => {
   });
 
   it('usage errors exit 2 with a hint to --help; --help lists the verbs', async () => {
-    const r = await run(['migrate', 'vm1']);
+    const r = await run(['migrate', 'vm1', '--to', 'B', '--to-site', 'site-B']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('--to HOST_ID is required');
+    expect(r.stderr).toContain('--to-site chooses among the hosts at a site: not with --to HOST_ID');
     expect(r.stderr).toContain("see 'vmtc migrate --help'");
     const bad = await run(['migrate', 'vm1', '--to', 'B', '--bandwidth-mbps', 'fast']);
     expect(bad.code).toBe(2);
@@ -237,7 +237,10 @@ describe('client verbs: pure parts', () => {
       postcopy: true, multifd: true, autoConverge: true, verifyTcp: { host: '10.1.1.5', port: 7 },
     });
     expect(parseHostPort('[::1]:22', 'x')).toEqual({ host: '::1', port: 22 });
-    for (const o of [{}, { to: 'B', mode: 'warp' }, { to: 'B', 'max-downtime-ms': '0' }, { to: 'B', deadline: 'tomorrow' }, { to: 'B', 'verify-tcp': 'host' }]) {
+    // Without --to the controller chooses (docs/fleet.md "Placement"), among --to-site's hosts if given.
+    expect(migrationBody({}, 'vm1')).toEqual({ vmId: 'vm1' });
+    expect(migrationBody({ 'to-site': ['s1', 's2'] }, 'vm1')).toEqual({ vmId: 'vm1', toSites: ['s1', 's2'] });
+    for (const o of [{ to: 'B', 'to-site': ['s1'] }, { 'to-site': ['s1', 's1'] }, { to: 'B', mode: 'warp' }, { to: 'B', 'max-downtime-ms': '0' }, { to: 'B', deadline: 'tomorrow' }, { to: 'B', 'verify-tcp': 'host' }]) {
       expect(() => migrationBody(o, 'vm1')).toThrow(UsageError);
     }
   });

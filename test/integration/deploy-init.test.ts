@@ -96,7 +96,7 @@ describe('a domain from vmtc init', () => {
       const token = t.out.trim();
       expect(token).toMatch(/^vmtc-enroll-/);
       agents.set(host, spawnVmtcCli(['agent', '--config', config, '--enroll', token, '--data', join(dir, host), '--driver', 'double', '--double-config', doubleCfg,
-        '--site', site, '--migration-address', '127.0.0.1', '--log-level', 'warn', ...(host === 'ams-1' ? ['--metrics-listen', `127.0.0.1:${metricsPort}`] : [])], cleanups));
+        '--site', site, '--migration-address', '127.0.0.1', '--log-level', 'warn', ...(host === 'ams-1' ? ['--metrics-listen', `127.0.0.1:${metricsPort}`, '--stats-interval', '5'] : [])], cleanups));
     }
     const connected = async (host: string) => (await call('GET', '/v1/hosts')).body.hosts.some((h: any) => h.hostId === host && h.connected);
     await until(async () => (await connected('ams-1')) && (await connected('sd-1')), 20_000, 'both agents connected');
@@ -130,7 +130,7 @@ describe('a domain from vmtc init', () => {
     expect(back.state, JSON.stringify(back.error)).toBe('completed');
     const host = (await call('GET', '/v1/hosts/ams-1')).body;
     expect(host).toMatchObject({ site: 'amsterdam', migrationAddress: '127.0.0.1', hypervisor: { type: 'double' } });
-    expect(JSON.parse(readFileSync(join(dir, 'ams-1', 'host.json'), 'utf8')).settings).toMatchObject({ site: 'amsterdam', driver: 'double', 'double-config': doubleCfg, 'metrics-listen': `127.0.0.1:${metricsPort}` });
+    expect(JSON.parse(readFileSync(join(dir, 'ams-1', 'host.json'), 'utf8')).settings).toMatchObject({ site: 'amsterdam', driver: 'double', 'double-config': doubleCfg, 'metrics-listen': `127.0.0.1:${metricsPort}`, 'stats-interval': '5' });
     const scraped = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
     expect(scraped.status).toBe(200);
     expect(await scraped.text()).toMatch(/^vmtc_agent_/m);

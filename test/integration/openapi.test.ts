@@ -166,7 +166,7 @@ const CODES: Record<(typeof SERVICES)[number], { catalogue: Catalogue; ops: Reco
     ops: {
       getIdentity: ['VMTC_FORBIDDEN'],
       createMigration: [
-        'VMTC_FORBIDDEN', 'VMTC_DEADLINE_INVALID', 'VMTC_VM_NOT_FOUND', 'VMTC_HOST_NOT_FOUND', 'VMTC_VM_NOT_RUNNING', 'VMTC_HOST_NOT_CONNECTED',
+        'VMTC_FORBIDDEN', 'VMTC_NO_FEASIBLE_HOST', 'VMTC_HOST_IN_MAINTENANCE', 'VMTC_DEADLINE_INVALID', 'VMTC_VM_NOT_FOUND', 'VMTC_HOST_NOT_FOUND', 'VMTC_VM_NOT_RUNNING', 'VMTC_HOST_NOT_CONNECTED',
         'VMTC_SAME_HOST', 'VMTC_INSUFFICIENT_MEMORY', 'VMTC_INSUFFICIENT_VCPUS', 'VMTC_INSUFFICIENT_DISK', 'VMTC_HYPERVISOR_MISMATCH',
         'VMTC_HYPERVISOR_VERSION_INCOMPATIBLE', 'VMTC_CPU_INCOMPATIBLE', 'VMTC_MIGRATION_IN_FLIGHT', 'VMTC_IDEMPOTENCY_CONFLICT',
         'VMTC_AAA_POLICY_DENIED', 'VMTC_AAA_QUOTA_EXCEEDED', 'VMTC_AAA_SITE_UNKNOWN', 'VMTC_AAA_WINDOW_INVALID', 'VMTC_AAA_PEER_UNKNOWN', 'VMTC_AAA_REQUESTER_UNKNOWN',
@@ -195,6 +195,29 @@ const CODES: Record<(typeof SERVICES)[number], { catalogue: Catalogue; ops: Reco
       getLiveness: [],
       getReadiness: ['VMTC_NOT_READY'],
       getMetrics: ['VMTC_FORBIDDEN'],
+      // Monitoring and fleet plans (plan-routes.ts).
+      getHostStats: ['VMTC_FORBIDDEN', 'VMTC_HOST_NOT_FOUND'],
+      getVmProfile: ['VMTC_FORBIDDEN', 'VMTC_VM_NOT_FOUND'],
+      getPlan: ['VMTC_FORBIDDEN'],
+      runPlan: ['VMTC_FORBIDDEN'],
+      // VM groups' migration policies (policy-routes.ts).
+      listPolicies: ['VMTC_FORBIDDEN'],
+      getPolicy: ['VMTC_FORBIDDEN', 'VMTC_POLICY_GROUP_NOT_FOUND'],
+      putPolicy: ['VMTC_FORBIDDEN', 'VMTC_POLICY_INVALID'],
+      deletePolicy: ['VMTC_FORBIDDEN', 'VMTC_POLICY_GROUP_NOT_FOUND'],
+      // Evacuations and maintenance (evacuation-routes.ts).
+      createEvacuation: ['VMTC_FORBIDDEN', 'VMTC_EVACUATION_TARGET_INVALID', 'VMTC_EVACUATION_CONFLICT'],
+      listEvacuations: ['VMTC_FORBIDDEN'],
+      getEvacuation: ['VMTC_FORBIDDEN', 'VMTC_EVACUATION_NOT_FOUND'],
+      cancelEvacuation: ['VMTC_FORBIDDEN', 'VMTC_EVACUATION_NOT_FOUND', 'VMTC_EVACUATION_NOT_CANCELLABLE'],
+      listMaintenance: ['VMTC_FORBIDDEN'],
+      setHostMaintenance: ['VMTC_FORBIDDEN', 'VMTC_HOST_NOT_FOUND'],
+      clearHostMaintenance: ['VMTC_FORBIDDEN', 'VMTC_HOST_NOT_FOUND', 'VMTC_EVACUATION_CONFLICT'],
+      // Replicas (replica-routes.ts).
+      createReplica: ['VMTC_FORBIDDEN', 'VMTC_VM_NOT_FOUND', 'VMTC_HOST_NOT_FOUND', 'VMTC_SAME_HOST', 'VMTC_HOST_NOT_CONNECTED'],
+      listReplicas: ['VMTC_FORBIDDEN'],
+      getReplica: ['VMTC_FORBIDDEN', 'VMTC_REPLICA_NOT_FOUND'],
+      deleteReplica: ['VMTC_FORBIDDEN', 'VMTC_REPLICA_NOT_FOUND'],
     },
   },
   aaa: {

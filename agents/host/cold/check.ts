@@ -22,6 +22,10 @@ export function checkExport(exp: unknown): asserts exp is ColdExport {
     const v = e[k];
     if (v !== undefined && !(Array.isArray(v) && v.every((x) => typeof x === 'string'))) bad(k, 'an array of hex serials');
   }
+  if (e.replica !== undefined) {
+    const r = e.replica as { replicaId?: unknown } | null;
+    if (!r || typeof r !== 'object' || typeof r.replicaId !== 'string' || !/^[A-Za-z0-9_-]{1,40}$/.test(r.replicaId)) bad('replica.replicaId', 'a replica id');
+  }
   if (!Array.isArray(e.disks)) bad('disks');
   const disks = e.disks as ColdDisk[];
   const specDisks = spec!.disks ?? [];

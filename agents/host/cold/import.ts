@@ -6,7 +6,7 @@
 import https from 'node:https';
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, readdir, rename, rm, rmdir, stat, statfs } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, rename, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -106,6 +106,14 @@ export class ColdImporter {
     }
 
     await mkdir(dir, { recursive: true });
+    const totalBytes = exp.disks.reduce((a, d) => a + d.sizeBytes, 0);
+    let bytes = 0;
+    let resumedBytes = 0;
+    // With a replica (docs/disks.md#replicas) the disks are already here, in its store, checked
+    // by the controller against the source's digests: they become the VM's copies, nothing is
+    // fetched.
+    if (exp.replica) await this.adoptReplica(exp, finals, log);
+    else {
     // What is already here: whole copies (checked again below) and parts of interrupted fetches.
     const have: { final: number; part: number }[] = [];
     for (const [i, d] of exp.disks.entries()) {
@@ -113,7 +121,6 @@ export class ColdImporter {
       const pt = await stat(`${finals[i]!}.part`).catch(() => undefined);
       have.push({ final: f?.isFile() && f.size === d.sizeBytes ? d.sizeBytes : 0, part: pt?.isFile() && pt.size <= d.sizeBytes ? pt.size : 0 });
     }
-    const totalBytes = exp.disks.reduce((a, d) => a + d.sizeBytes, 0);
     const needBytes = exp.disks.reduce((a, d, i) => a + (have[i]!.final ? 0 : d.sizeBytes - have[i]!.part), 0);
     const freeBytes = await (this.d.freeSpace ?? statfsFree)(dir);
     if (freeBytes < needBytes) {
@@ -123,8 +130,6 @@ export class ColdImporter {
 
     log.info({ disks: exp.disks.length, totalBytes, sourceHostId: exp.sourceHostId }, 'cold import: fetching disks');
     const progress = progressReporter(clock, this.d.progressEveryMs, onProgress, { migrationId: exp.migrationId, vmId: exp.vmId, phase: 'download', totalBytes });
-    let bytes = 0;
-    let resumedBytes = 0;
     let done = 0;
     try {
       for (const [i, d] of exp.disks.entries()) {
@@ -150,6 +155,7 @@ export class ColdImporter {
       log.warn({ err: toVmtcError(e).toJSON() }, 'cold import: fetching the disks failed');
       throw e;
     }
+    }
 
     const withdrawn = async () => {
       await removeCopies(dir, exp.migrationId);
@@ -174,6 +180,25 @@ export class ColdImporter {
     const ms = clock.now() - t0;
     log.info({ bytes, resumedBytes, ms }, 'cold import: VM started from the fetched disks');
     return { vm, bytes, resumedBytes, ms };
+  }
+
+  /** The replica's store becomes the VM's disk copies: each writable disk's store image is moved
+   *  to the disk's place in this VM's store (the replica is consumed). */
+  private async adoptReplica(exp: ColdExport, finals: string[], log: Logger): Promise<void> {
+    const ops = this.d.driver.replicas;
+    if (!ops) throw hostError('VMTC_HOST_DISK_UNSUPPORTED', { vmId: exp.vmId, reason: "this host's driver keeps no replicas" });
+    const specDisks = exp.spec.disks ?? [];
+    if (specDisks.some((d) => d.readonly)) throw hostError('VMTC_HOST_DISK_UNSUPPORTED', { vmId: exp.vmId, reason: 'a VM with read-only disks moves with a full copy' });
+    const paths = await ops.storePaths(exp.replica!.replicaId);
+    if (paths.length !== specDisks.length) throw hostError('VMTC_HOST_DISK_DELTA_REJECTED', { vmId: exp.vmId, replicaId: exp.replica!.replicaId, disks: specDisks.length, stored: paths.length });
+    for (const [i, from] of paths.entries()) {
+      await rename(from, finals[i]!).catch(async (e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EXDEV') throw e;
+        await copyFile(from, finals[i]!);
+        await rm(from, { force: true });
+      });
+    }
+    log.info({ replicaId: exp.replica!.replicaId, disks: paths.length }, 'cold import: booting from the replica');
   }
 
   /** Fetch one disk into `part`, resuming what is there; verify size and sha256. */

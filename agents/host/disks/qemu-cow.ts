@@ -17,6 +17,7 @@
 // the persistent bitmaps the VM left in the image; the same jobs run there.
 // The destination store (qemu-store.ts) is a qcow2 image exported over NBD by a
 // qemu-storage-daemon; what it holds is recorded beside it.
+import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -65,7 +66,7 @@ interface JobInfo {
   error?: string;
 }
 
-const bitmapOf = (id: string) => `vmtc-cp.${id}`;
+export const bitmapOf = (id: string) => `vmtc-cp.${id}`;
 
 export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
   readonly kind = 'qemu-cow' as const;
@@ -146,6 +147,29 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
     });
   }
 
+  /** The checkpoints (bitmap names) the disk carries, with whether each records and its count. */
+  async checkpointBitmaps(disk: SourceDisk): Promise<{ name: string; recording: boolean; count: number }[]> {
+    return this.withNode(disk, async (qmp, node) => (await this.bitmaps(qmp, node)).map((b) => ({ name: b.name, recording: b.recording, count: b.count })));
+  }
+
+  /** Drop checkpoint `newer`, a view taken after `into` by a transfer the destination never
+   *  recorded: the writes it recorded go back into `into`, which records again, in one
+   *  transaction (as a failed delta's are), so nothing written since `into` is lost. */
+  async foldBack(disk: SourceDisk, into: Checkpoint, newer: Checkpoint): Promise<void> {
+    await this.withNode(disk, async (qmp, node) => {
+      const have = await this.bitmaps(qmp, node);
+      if (!have.some((b) => b.name === newer.ref)) return;
+      if (!have.some((b) => b.name === into.ref)) throw hostError('VMTC_HOST_DISK_CHECKPOINT_MISSING', { checkpoint: into.id, bitmap: into.ref });
+      await qmp.execute('transaction', {
+        actions: [
+          { type: 'block-dirty-bitmap-merge', data: { node, target: into.ref, bitmaps: [newer.ref] } },
+          { type: 'block-dirty-bitmap-enable', data: { node, name: into.ref } },
+          { type: 'block-dirty-bitmap-remove', data: { node, name: newer.ref } },
+        ],
+      });
+    });
+  }
+
   /** Reads the image file from outside QEMU: for a running VM, take it paused (the commit
    *  point), after QEMU has written its cached qcow2 metadata out (a flush, done here). */
   async digestSource(disk: SourceDisk, opts: DigestOptions = {}): Promise<DiskDigest> {
@@ -220,7 +244,8 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
   /** One backup job into the destination's NBD export, started in one transaction with the
    *  checkpoint's bitmap actions; waits for it to conclude. Returns the bytes it copied. */
   private async backup(qmp: QmpPort, node: string, dest: NbdDestination, id: string, actions: { type: string; data: Record<string, unknown> }[], job: Record<string, unknown>, undo: () => Promise<void>): Promise<number> {
-    const target = `vmtc-tgt.${id}`;
+    // QEMU node names are at most 31 characters: the target is named by a hash of the id.
+    const target = `vt${createHash('sha256').update(id).digest('hex').slice(0, 24)}`;
     const jobId = `vmtc-backup.${id}`;
     const server = dest.nbd.type === 'unix' ? { type: 'unix', path: dest.nbd.path } : { type: 'inet', host: dest.nbd.host, port: String(dest.nbd.port) };
     try {

@@ -7,6 +7,7 @@
 //   destination.ts  prepareIncoming, resume of an incoming VM, waitRunning
 //   storage.ts      disks without shared storage: NBD exports and drive-mirror
 //   proc.ts         the host: processes, /proc, taps (QemuSystem)
+//   stats.ts        monitoring counters: /proc, taps, query-blockstats, calc-dirty-rate
 //   qmp.ts, cmdline.ts, facts.ts, errors.ts, types.ts
 //
 // Acceleration is a host setting: `accel` only changes `-accel` (docs/design.md#lab: TCG in the
@@ -14,7 +15,8 @@
 import { mkdir, statfs } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import type { ForceCompleteMode, MigrationLimits, MigrationParams, MigrationProgress, MigrationResult, MigrationTuning, ReachResult, VmInfo, VmSpec } from '../../../src/common/agent-protocol.ts';
-import { tcpConnectCheck, type HostFacts, type HypervisorDriver } from '../driver.ts';
+import { tcpConnectCheck, type HostFacts, type HypervisorDriver, type StatsSample } from '../driver.ts';
+import { readHostCounters, readText, readVmCounters, type DirtyRates, type ReadText } from './stats.ts';
 import { decideReach, isAddress, probeFromBash, routeFromIp, tcpProbe } from '../reach.ts';
 import type { VmPaths } from './cmdline.ts';
 import { forceComplete, readLimits, tuneMigration } from './control.ts';
@@ -23,6 +25,7 @@ import { cpuModelFeatures, hostCpuFlags, qemuVersion } from './facts.ts';
 import { QemuVms } from './lifecycle.ts';
 import { cancelMigration, continueMigration, migrate } from './source.ts';
 import { finishIncoming } from './storage.ts';
+import { QemuReplicas } from '../disks/qemu-replica.ts';
 import { QEMU_DEFAULTS, type NbdStorage, type QemuDriverOptions } from './types.ts';
 
 export { qemuVmPaths } from './cmdline.ts';
@@ -33,6 +36,11 @@ export class QemuDriver implements HypervisorDriver {
   private readonly vms: QemuVms;
   private readonly ready: Promise<void>;
   private factsCache?: Promise<Omit<HostFacts, 'memoryMb' | 'diskGb'>>;
+  private readonly dirtyRates: DirtyRates = new Map();
+  /** Disk-state operations for replicas (docs/disks.md#replicas). */
+  readonly replicas: QemuReplicas;
+  /** How stats() reads /proc (tests give their own). */
+  statsRead: ReadText = readText;
 
   constructor(private readonly opts: QemuDriverOptions) {
     this.vms = new QemuVms(opts);
@@ -42,6 +50,13 @@ export class QemuDriver implements HypervisorDriver {
     this.ready = this.vms.reattachAll();
     // Never an unhandled rejection: every public method awaits `ready` and sees the error.
     this.ready.catch(() => undefined);
+    // Replicas (agents/host/disks/qemu-replica.ts): the backend reaches a VM's QEMU through the
+    // driver's own QMP connection; a VM without a QEMU process (stopped) through a storage daemon.
+    this.replicas = new QemuReplicas({
+      dataDir: opts.dataDir, logger: this.vms.log, clock: this.vms.clock,
+      qmpFor: async (vmId) => { await this.ready; return this.vms.qmpOf(this.vms.get(vmId)); },
+      vmOf: (vmId) => { const r = this.vms.get(vmId); return { spec: r.spec, running: !!r.qmp && !r.qmp.closed }; },
+    });
   }
 
   // ---- inventory -------------------------------------------------------------------------
@@ -75,6 +90,19 @@ export class QemuDriver implements HypervisorDriver {
   async describe(vmId: string): Promise<VmInfo> {
     await this.ready;
     return this.vms.info(this.vms.get(vmId));
+  }
+
+  /** Counters of the host and of every VM that runs here (agents/host/qemu/stats.ts). */
+  async stats(opts: { dirtyRate: boolean }): Promise<StatsSample> {
+    await this.ready;
+    const at = this.vms.clock.now();
+    const vms: StatsSample['vms'] = [];
+    for (const r of this.vms.vms.values()) {
+      if ((r.state !== 'running' && r.state !== 'migrating') || r.pid === undefined || !r.qmp || r.qmp.closed) continue;
+      vms.push(await readVmCounters({ vmId: r.spec.vmId, vcpus: r.spec.vcpus, memoryMb: r.spec.memoryMb, pid: r.pid, taps: r.taps, qmp: r.qmp }, { read: this.statsRead, dirtyRate: opts.dirtyRate, dirtyRates: this.dirtyRates }));
+    }
+    for (const id of [...this.dirtyRates.keys()]) if (!this.vms.vms.has(id)) this.dirtyRates.delete(id);
+    return { at, host: await readHostCounters(this.statsRead, cpus().length), vms };
   }
 
   onChange(listener: () => void): void {
@@ -158,6 +186,7 @@ export class QemuDriver implements HypervisorDriver {
   /** Disconnect from every QEMU; the VMs keep running (a new driver re-attaches to them). */
   async close(): Promise<void> {
     await this.ready.catch(() => undefined);
+    await this.replicas.close();
     this.vms.closed = true;
     for (const r of this.vms.vms.values()) r.qmp?.close();
     this.vms.clearListeners();

@@ -151,6 +151,7 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
     if (ram?.['dirty-sync-count'] !== undefined) progress.pass = ram['dirty-sync-count'];
     if (q['expected-downtime'] !== undefined) progress.expectedDowntimeMs = q['expected-downtime'];
     if (ram?.mbps !== undefined) progress.throughputMbps = ram.mbps;
+    if (q['cpu-throttle-percentage'] !== undefined) progress.cpuThrottlePercent = q['cpu-throttle-percentage'];
     // 'pre-switchover' is reported only once the source is ready for the decision (below).
     if ((ACTIVE_MIGRATION.has(status) && (status !== 'pre-switchover' || rec.switchover !== undefined)) || status === 'completed') {
       rec.lastMigration = progress;

@@ -171,6 +171,8 @@ export interface QueryMigrate {
   'setup-time'?: number;
   downtime?: number;
   'expected-downtime'?: number;
+  /** Auto-converge's throttle of the guest CPU (present while it throttles). */
+  'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
   ram?: { total: number; transferred: number; remaining: number; 'dirty-pages-rate'?: number; 'dirty-sync-count'?: number; mbps?: number };
   'socket-address'?: { host: string; port: string }[];

@@ -24,13 +24,17 @@ export function header(r: TurntableResult): string {
     ['Migration parameters', esc(`bandwidth ${num(cfg?.bandwidthMbps, 0, 'Mbit/s')}, max downtime ${ms(cfg?.maxDowntimeMs)}`)],
     ...(cfg?.retune ? [['Tuned in flight', esc(`${ms(cfg.retune.afterMs)} into each live copy: ${[cfg.retune.bandwidthMbps !== undefined ? `bandwidth ${num(cfg.retune.bandwidthMbps, 0, 'Mbit/s')}` : '', cfg.retune.maxDowntimeMs !== undefined ? `max downtime ${ms(cfg.retune.maxDowntimeMs)}` : ''].filter(Boolean).join(', ')}`)] as [string, string]] : []),
     ['Host', esc(cfg?.host ? `${cfg.host.kernel}, ${num(cfg.host.cpus)} CPUs, QEMU ${cfg.host.qemu}, accel ${cfg.host.accel}` : '—')],
+    ['Accelerator', (cfg?.accel ?? 'tcg') === 'kvm' ? 'KVM' : '<strong>TCG</strong> <span class="muted">(figures include TCG’s own costs, e.g. retranslation after a resume)</span>'],
+    ['Guest', esc(cfg?.guest === 'populated' ? `populated: ${num(cfg.fillMb)} MiB of non-zero data written at boot${cfg.fill ? ` (in ${ms(cfg.fill.ms)}, guest clock)` : ''}` : 'idle')],
   ]);
+  const sched = cfg?.delayLineSched;
   const emulator = kv([
     ['Nominal rate', esc(num(em?.nominalMbps, 0, 'Mbit/s'))],
     ['Delivered (peak per second)', esc(num(em?.deliveredMbps, 0, 'Mbit/s'))],
     ['RTT nominal', esc(ms(cfg?.rttMs))],
     ['RTT measured through the lightpath', esc(ms(em?.rttMs))],
-    ['Deepest queue', esc(ms(em?.queueMaxMs))],
+    ['Deepest queue', esc(`${ms(em?.queueMaxMs)}${cfg?.queueMs !== undefined ? ` of ${ms(cfg.queueMs)} (${cfg.queueSizing === 'given' ? '--queue-ms' : 'bandwidth-delay product'})` : ''}`)],
+    ['Relay scheduling', sched ? `${esc(sched.policy === 'other' ? 'normal priority' : `SCHED_${sched.policy.toUpperCase()} ${sched.priority}`)} on CPU ${esc(sched.cpus)}${sched.warning ? ` <span class="bad">${esc(sched.warning)}</span>` : ''}` : '—'],
     ['Drops', esc(num(em?.drops))],
   ]);
   const run = kv([
@@ -48,9 +52,17 @@ export function header(r: TurntableResult): string {
 <div class="card"><h3>Emulated lightpath</h3>${emulator}</div>
 <div class="card"><h3>Run</h3>${run}</div>
 </div>
+${unreliableBox(r)}
 <h2>Findings</h2>
 ${findings.length ? `<ul class="findings">${findings.map((f) => `<li>${esc(f)}</li>`).join('')}</ul>` : '<p class="muted">No findings were recorded.</p>'}
 </header>`;
+}
+
+/** Migrations whose figures the delay line may have moved: said loudly, at the top. */
+function unreliableBox(r: TurntableResult): string {
+  const bad = migrations(r).filter((m) => m.reliable === false);
+  if (!bad.length) return '';
+  return `<div class="card fail"><h3 class="bad">Unreliable: ${bad.length} migration${bad.length === 1 ? '' : 's'} left out of every percentile and ratio</h3><ul>${bad.map((m) => `<li>${esc(`${m.mode} ${m.round} (${m.migrationId}): ${(m.emulator?.reasons ?? []).join('; ')}`)}</li>`).join('')}</ul></div>`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -80,7 +92,7 @@ export function paperSection(r: TurntableResult): string {
     ['Table 3 — client pinging every 50 ms', `${ms(PAPER.table3.rttMs)} RTT`, esc(ms(PAPER.table3.pingMs)), `longest gap between replies of a ${ms(r?.config?.pingIntervalMs)} ping`, esc(pct(s?.ping)), verdict(s?.ping?.p50 ?? null, PAPER.table3.pingMs, PAPER.table3.pingMs)],
     ['QEMU’s own figure', '—', '—', 'hypervisor-reported downtime', esc(pct(s?.hypervisor)), ''],
     ['UDP echo (2 ms)', '—', '—', 'longest gap between UDP echo replies', esc(pct(s?.udp)), ''],
-    ['§6.4 — non-live vs live', '—', esc(PAPER.ratio.text), 'non-live elapsed / live client-seen median', ratio, ratioVerdict],
+    ['§6.4 — non-live vs live', '—', esc(PAPER.ratio.text), `non-live elapsed / live client-seen median (${r?.config?.guest === 'populated' ? 'populated' : 'idle'} guest, ${(r?.config?.accel ?? 'tcg').toUpperCase()})`, ratio, ratioVerdict],
   ];
   return `<section><h2>The paper’s figures beside this run’s</h2>
 <p class="sub">This run: ${esc(rtt)} RTT. The paper’s Table 1 was measured at iGRID 2005 (Amsterdam–San Diego, 198 ms RTT); Tables 2 and 3 in its lab (175 ms RTT).</p>
@@ -119,7 +131,7 @@ export function migrationTable(r: TurntableResult): string {
   const ms_ = migrations(r);
   if (ms_.length === 0) return '<section><h2>Migrations</h2><p class="muted">This run has no migrations.</p></section>';
   const retune = !!r?.config?.retune;
-  const head = ['Round', 'From → to', 'Mode', 'OK', 'State', 'Hypervisor', 'Internal', 'Serial', 'Ping', 'UDP', 'Tunnel passive', 'Tunnel probe', 'Lost ping/UDP/serial', 'Total', 'Control plane', 'QEMU total', 'Bytes', 'Throughput', 'TCP session', 'Guest memory', ...(retune ? ['Retuned'] : []), 'Runs on afterwards', 'Lightpath peak / queue / drops'];
+  const head = ['Round', 'From → to', 'Mode', 'OK', 'State', 'Hypervisor', 'Internal', 'Serial', 'Ping', 'UDP', 'Tunnel passive', 'Tunnel probe', 'Lost ping/UDP/serial', 'Total', 'Control plane', 'QEMU total', 'Bytes', 'Throughput', 'TCP session', 'Guest memory', ...(retune ? ['Retuned'] : []), 'Runs on afterwards', 'Lightpath peak / queue / drops', 'Figures'];
   const rows = ms_.map((m) => {
     const d = m.downtimeMs ?? ({} as TurntableMigration['downtimeMs']);
     const lost = m.lost ? `${num(m.lost.ping)} / ${num(m.lost.udp)} / ${num(m.lost.serial)}` : '—';
@@ -148,8 +160,10 @@ export function migrationTable(r: TurntableResult): string {
       ...(retune ? [`<td class="nw">${retuneCell(m.retuned)}</td>`] : []),
       `<td${places.length === 1 ? '' : ' class="bad"'}>${places.length ? places.map(esc).join(', ') : 'nowhere'}</td>`,
       `<td class="n">${esc(m.emulator ? `${num(m.emulator.peakMbps, 0, 'Mbit/s')} / ${ms(m.emulator.queueMaxMs)} / ${num(m.emulator.drops)}` : '—')}</td>`,
+      `<td>${m.reliable === false ? '<span class="bad">UNRELIABLE</span>' : '<span class="ok">reliable</span>'}</td>`,
     ];
     let row = `<tr${m.ok ? '' : ' class="fail"'}>${cells.join('')}</tr>`;
+    if (m.reliable === false) row += `<tr class="fail"><td></td><td colspan="${head.length - 1}"><span class="bad">UNRELIABLE</span>: ${esc((m.emulator?.reasons ?? []).join('; '))}; left out of the percentiles and the ratio</td></tr>`;
     if (m.error) row += `<tr class="fail"><td></td><td colspan="${head.length - 1}"><span class="bad">${esc(m.error.code)}</span>: ${esc(m.error.message)} <span class="muted">(${esc(m.migrationId)})</span></td></tr>`;
     return row;
   });

@@ -25,8 +25,12 @@ const FORCE_MODES = ['postcopy', 'pause'] as const;
 /** The POST /v1/migrations body from the command line (validated here so mistakes exit 2). */
 export function migrationBody(o: Opts, vmId: string): MigrationRequestBody {
   const to = str(o, 'to');
-  if (!to) throw new UsageError('--to HOST_ID is required (the destination host)', { field: 'to' });
-  const body: MigrationRequestBody = { vmId, destinationHostId: to };
+  const ts = o['to-site'];
+  const sites = Array.isArray(ts) ? (ts as string[]) : typeof ts === 'string' ? [ts] : [];
+  if (to !== undefined && sites.length) throw new UsageError('--to-site chooses among the hosts at a site: not with --to HOST_ID', { field: 'to-site' });
+  if (new Set(sites).size !== sites.length) throw new UsageError(`--to-site: a site is given twice (${sites.join(', ')})`, { field: 'to-site' });
+  // Without --to the controller chooses the destination (docs/fleet.md "Placement").
+  const body: MigrationRequestBody = { vmId, ...(to !== undefined ? { destinationHostId: to } : {}), ...(sites.length ? { toSites: sites } : {}) };
   const mode = str(o, 'mode');
   if (mode !== undefined) {
     if (!(MODES as readonly string[]).includes(mode)) throw new UsageError(`--mode: '${mode}' must be one of ${MODES.join(', ')}`, { field: 'mode', value: mode });
@@ -97,7 +101,8 @@ export const migrate = verb('migrate', {
   ].join('\n'),
   positionals: 'VM_ID',
   options: {
-    to: { type: 'string', short: 't', arg: 'HOST_ID', help: 'destination host (required)' },
+    to: { type: 'string', short: 't', arg: 'HOST_ID', help: 'destination host (without it the controller chooses one and records why)' },
+    'to-site': { type: 'string', multiple: true, arg: 'SITE', help: 'without --to: choose only among hosts at this site (repeat for several)' },
     mode: { type: 'string', arg: 'live|cold|auto', choices: MODES, help: "live; cold (power off, copy disks, boot there); auto (live, cold if live fails) (the controller's default: live)" },
     'max-downtime-ms': { type: 'string', arg: 'N', help: 'largest acceptable pause at switchover' },
     'bandwidth-mbps': { type: 'string', arg: 'N', help: 'migration bandwidth (and lightpath size) in Mbit/s' },

@@ -10,6 +10,7 @@ import type { MigrationEvent, MigrationState } from '../machine.ts';
 import type { AuthorizationPort, HubPort, LightpathPort, TunnelPort } from '../ports.ts';
 import type { EventInput } from './reducer.ts';
 import { err } from '../errors.ts';
+import type { MigrationPolicy } from './policy.ts';
 
 export interface RunnerOptions {
   /** How long the destination may take to report the VM running after the last page. */
@@ -25,6 +26,9 @@ export interface RunnerOptions {
    *  dead host's migration socket can hang for many minutes. A lost *source* is waited for: it
    *  holds the primary copy, and the controller asks it rather than guess (default 60 s). */
   agentLostMs?: number;
+  /** The controller's migration policy, over the built-in defaults and under a VM group's and
+   *  a request's (migration/policy.ts; docs/policy.md). */
+  policy?: MigrationPolicy;
 }
 
 export interface EffectContext {

@@ -123,10 +123,12 @@ function pick(r: MigrationLimits): MigrationLimits {
 }
 
 /** The record's view of the migration's tuning: the request's, with the limits operators
- *  changed since; and the history of their changes. */
-export function presentControl(ctx: Pick<MigrationCtx, 'limits' | 'changes'>, tuning: Record<string, unknown>): { tuning: Record<string, unknown>; changes: (Omit<MigrationChange, 'at'> & { at: string })[] } {
+ *  changed since; the history of their changes; and the migration policy in effect with what it
+ *  fired (policy-watch.ts; its actions are changes `by: policy` too). */
+export function presentControl(ctx: Pick<MigrationCtx, 'limits' | 'changes' | 'policy'>, tuning: Record<string, unknown>): { tuning: Record<string, unknown>; changes: (Omit<MigrationChange, 'at'> & { at: string })[]; policy?: Record<string, unknown> } {
   return {
     tuning: { ...tuning, ...(ctx.limits ?? {}) },
     changes: (ctx.changes ?? []).map((c) => ({ ...c, at: new Date(c.at).toISOString() })),
+    ...(ctx.policy ? { policy: { ...ctx.policy, fired: ctx.policy.fired.map((f) => ({ ...f, at: new Date(f.at).toISOString() })) } } : {}),
   };
 }

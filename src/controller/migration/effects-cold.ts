@@ -9,6 +9,7 @@ import type { MigrationCtx } from '../store.ts';
 import { err } from '../errors.ts';
 import { aborted, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
 import { deadlineAt } from './request.ts';
+import { lastDeltaAndVerify, replicaConsumed } from '../replicas/migration.ts';
 
 /** A cold step's failure under the controller's D4.4-style code, with the agent's error inside. */
 function coldError(code: Parameters<typeof err>[0], e: unknown): VmtcError {
@@ -101,19 +102,35 @@ const coldImport: EffectFn = async (cx, row, signal) => {
     cx.progress(row.id, progress);
   };
   hub.on('event', onEvent);
+  // A warm replica at the destination (docs/disks.md#replicas): now that the source is off only
+  // its last delta crosses, and the destination boots from it once the digests agree; else the
+  // disks are fetched as below (never a wrong disk).
+  const plan = await lastDeltaAndVerify(hub, cx.clock, cx.log, row);
+  const replica = plan && 'use' in plan ? plan.use : undefined;
+  // A last delta that ran and failed, or digests that differ: the source's image took a
+  // checkpoint after its disks were checksummed for the export, so no full copy can be trusted
+  // either: roll back (the source is still there; the replica is failed, the next move copies).
+  if (plan && 'fallback' in plan && plan.fallback.touched) {
+    const { touched: _t, ...why } = plan.fallback;
+    throw err('VMTC_COLD_TRANSFER_FAILED', { cause: { code: why.code, message: why.message, ...(why.details ? { details: why.details } : {}) }, replica: why.replicaId }, { message: `the replica ${why.replicaId} could not be used (${why.code}) and the source's disks changed since their export: rolled back` });
+  }
   const deadline = deadlineAt(row.request, row.createdAt, cx.options.defaultDeadlineMs);
   try {
     const r = await Promise.race([
-      hub.request(row.destinationHostId, 'vm.coldImport', { export: exp }, Math.max(60_000, deadline - cx.clock.now() + 5_000)),
+      hub.request(row.destinationHostId, 'vm.coldImport', { export: replica ? { ...exp, replica: { replicaId: replica.replicaId } } : exp }, Math.max(60_000, deadline - cx.clock.now() + 5_000)),
       aborted(signal, row.id),
     ]);
     const mbps = r.ms > 0 ? Math.round((r.bytes * 8) / r.ms / 1000 * 10) / 10 : null;
-    cx.log.info({ bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps, total }, 'cold import done; VM booted at the destination');
+    cx.log.info({ bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps, total, replica: replica?.replicaId }, 'cold import done; VM booted at the destination');
+    if (replica) replicaConsumed(hub, replica.replicaId, row.id);
+    const used = plan ? { replica: 'use' in plan ? { used: true, ...plan.use } : { used: false, replicaId: plan.fallback.replicaId, code: plan.fallback.code } } : {};
     return {
-      event: { type: 'COLD_IMPORTED' }, detail: { bytes: r.bytes, ms: r.ms, state: r.vm.state },
-      ctxPatch: { cold: { ...cold, imported: { bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps } }, result: { transferredBytes: r.bytes, totalTimeMs: r.ms } },
+      event: { type: 'COLD_IMPORTED' }, detail: { bytes: r.bytes, ms: r.ms, state: r.vm.state, ...used },
+      ctxPatch: { cold: { ...cold, imported: { bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps }, ...used }, result: { transferredBytes: r.bytes + (replica?.lastDeltaBytes ?? 0), totalTimeMs: r.ms } },
     };
   } catch (e) {
+    // The destination may have taken the store's files already: the replica goes with the move.
+    if (replica) replicaConsumed(hub, replica.replicaId, row.id);
     const ve = toVmtcError(e);
     if (ve.code === 'VMTC_CANCELLED') throw ve;
     // A hypervisor refusing to start the copy is a boot failure; everything else is transfer.

@@ -20,6 +20,13 @@ function lightpathRequest(cx: EffectContext, row: MigrationRow): LightpathReques
 }
 
 const requestToken: EffectFn = async (cx, row) => {
+  // A move of an evacuation takes over the lightpath booked ahead for it, with the grant it was
+  // booked with (docs/fleet.md "Bookings"); none to take: a grant and a reservation of its own.
+  const booked = await claimBooking(cx, row);
+  if (booked) {
+    cx.secrets.set(row.id, booked.token);
+    return { event: { type: 'TOKEN_GRANTED' }, detail: { jti: booked.jti, booked: booked.reservationId }, ctxPatch: { token: { jti: booked.jti, expiresAt: booked.expiresAt }, lightpath: { key: booked.key, reservationId: booked.reservationId, provisioned: false, booked: booked.key } } };
+  }
   if (!cx.aaa) return { event: { type: 'TOKEN_GRANTED' }, ctxPatch: { token: { skipped: 'no AAA configured' } } };
   try {
     const t = await cx.aaa.authorize(lightpathRequest(cx, row));
@@ -30,10 +37,27 @@ const requestToken: EffectFn = async (cx, row) => {
   }
 };
 
+async function claimBooking(cx: EffectContext, row: MigrationRow) {
+  const ev = row.ctx.evacuationId;
+  if (!ev || !cx.lightpath?.claim) return undefined;
+  const req = lightpathRequest(cx, row);
+  return cx.lightpath.claim({ migrationId: row.id, vmId: row.vmId, evacuationId: ev, ...(row.request.requestId ? { requestId: row.request.requestId } : {}), src: req.src, dst: req.dst, bandwidthMbps: req.bandwidthMbps })
+    .catch((e: unknown) => { cx.log.warn({ code: toVmtcError(e).code }, 'booked lightpath not taken over'); return undefined; });
+}
+
 const provisionLightpath: EffectFn = async (cx, row) => {
   const token = cx.secrets.get(row.id);
   if (!cx.lightpath || token === undefined) {
     return { event: { type: 'LIGHTPATH_UP' }, ctxPatch: { lightpath: { skipped: cx.lightpath ? 'no token' : 'no broker configured' } } };
+  }
+  const held = currentCtx(cx, row.id).lightpath;
+  if (held?.booked && held.reservationId && cx.lightpath.provision) {
+    try {
+      const up = await cx.lightpath.provision(held.reservationId, token);
+      return { event: { type: 'LIGHTPATH_UP' }, detail: { reservationId: held.reservationId, booked: held.booked }, ctxPatch: { lightpath: { ...held, provisioned: true, ...(up.details ? { details: up.details } : {}) } } };
+    } catch (e) {
+      throw wrap(e, 'VMTC_LIGHTPATH_FAILED');
+    }
   }
   // Record intent before asking: the broker knows the reservation by this key, so a controller
   // killed before the answer (the circuit committed and up, its id unknown here) finds it and

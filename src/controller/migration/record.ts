@@ -4,6 +4,7 @@
 import type { ForceCompleteMode, MigrationLimits, MigrationParams } from '../../common/agent-protocol.ts';
 import type { ErrorBody } from '../../common/errors.ts';
 import type { TunnelPassiveDowntime, TunnelProbeDowntime } from '../../common/tunnel-protocol.ts';
+import type { MigrationPolicy, PolicyRecord } from './policy.ts';
 
 export interface MigrationRequest {
   vmId: string;
@@ -24,6 +25,12 @@ export interface MigrationRequest {
   /** Known-bad hypervisor releases (src/common/hypervisor-advisories.ts) this live migration may
    *  go ahead with, by advisory id; each becomes a warning on the record. */
   overrideAdvisories?: string[];
+  /** What to do when the copy does not converge (migration/policy.ts; docs/policy.md): over the
+   *  VM group's and the controller's defaults, field by field. */
+  policy?: MigrationPolicy;
+  /** The request named no destination: the controller chose among hosts at these sites
+   *  (src/controller/fleet/placement.ts); destinationHostId is the one it chose. */
+  toSites?: string[];
 }
 
 /** What the runner learns along the way; persisted as JSON with the record. */
@@ -39,8 +46,9 @@ export interface MigrationCtx {
    *  the AAA has the grant's `release` record (every path closes it, docs/design.md#accounting). */
   token?: { jti: string; expiresAt: number; audience?: string[]; accountingClosed?: boolean } | { skipped: string };
   /** `key`: the idempotency key the broker knows the reservation by, saved before it is asked
-   *  (the id may never come back: docs/broker.md "Idempotency key"). */
-  lightpath?: { key?: string; reservationId?: string; provisioned?: boolean; released?: boolean; skipped?: string; details?: Record<string, unknown> };
+   *  (the id may never come back: docs/broker.md "Idempotency key").
+   *  `booked`: the evacuation booking (src/controller/fleet/bookings.ts) the migration took over. */
+  lightpath?: { key?: string; reservationId?: string; provisioned?: boolean; released?: boolean; skipped?: string; booked?: string; details?: Record<string, unknown> };
   incoming?: { uri: string; prepared: boolean; storage?: MigrationParams['storage'] };
   tunnel?: { bicast?: boolean; pruned?: boolean; skipped?: string };
   migrationStarted?: boolean;
@@ -58,6 +66,10 @@ export interface MigrationCtx {
    *  it held is released). */
   kept?: string[];
   fallbackCold?: boolean;
+  /** How the controller chose the destination when the request named none
+   *  (src/controller/fleet/placement.ts decisionRecord), and the evacuation that asked. */
+  placement?: Record<string, unknown>;
+  evacuationId?: string;
   /** An operator forced the copy to complete (recorded before the source is asked, so that a
    *  destination that lands paused is resumed; removed if the source refuses). */
   forced?: { mode: ForceCompleteMode; at: number; by: string };
@@ -66,6 +78,8 @@ export interface MigrationCtx {
   limits?: MigrationLimits;
   /** What operators changed while the copy ran, oldest first. */
   changes?: MigrationChange[];
+  /** The migration policy in effect once the copy started, and what it fired (policy-watch.ts). */
+  policy?: PolicyRecord;
   /** The cold path's steps (EGI D4.4). The disk URLs are secrets and never stored. */
   cold?: {
     /** Set before the source is asked to export, so a rollback always asks it to undo. */

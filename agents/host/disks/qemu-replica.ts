@@ -1,0 +1,244 @@
+// The QEMU driver's disk-state operations for replicas (agents/host/replicas.ts ReplicaOps;
+// docs/disks.md#replicas), over the QEMU copy-on-write backend (qemu-cow.ts) and its stores
+// (qemu-store.ts):
+//   destination  one QemuStore per writable disk of the VM, DATA/replicas/ID/diskN.qcow2 of the
+//                virtual size the source's QEMU reported (spec.extra.diskBytes); each exported
+//                by its own qemu-storage-daemon on the listen host (the lightpath address), port
+//                picked by the kernel and read back from /proc, for one transfer
+//   source       the VM's drives diskN (a running VM through the driver's QMP connection, a
+//                stopped one through a storage daemon, qemu-cow.ts); one checkpoint id for all
+//                of its disks, bitmaps vmtc-cp.ID-SEQ. A transfer that fails on one disk folds
+//                the new checkpoint of the disks before it back (qemu-cow.ts foldBack), so a
+//                retry from the same checkpoint finds no stray one
+import { existsSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { ReplicaCheckpoint, ReplicaDigest, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../../src/common/agent-protocol.ts';
+import { systemClock, type Clock } from '../../../src/common/clock.ts';
+import type { Logger } from '../../../src/common/log.ts';
+import { hostError } from '../errors.ts';
+import { listeningPorts } from '../qemu/proc.ts';
+import { isReplicaCheckpoint, type ReplicaOps } from '../replicas.ts';
+import type { Checkpoint, SourceDisk, TransferReport } from './backend.ts';
+import { bitmapOf, QemuCowBackend, type QmpPort } from './qemu-cow.ts';
+import { QemuStore, type NbdDestination } from './qemu-store.ts';
+
+export interface QemuReplicaOptions {
+  dataDir: string;
+  logger: Logger;
+  clock?: Clock;
+  /** The QMP connection of a running VM of the driver. */
+  qmpFor(vmId: string): Promise<QmpPort>;
+  /** The spec of a VM of the driver and whether its QEMU runs (throws for an unknown VM). */
+  vmOf(vmId: string): { spec: VmSpec; running: boolean };
+  /** Copy rate limit of seeds and deltas, bytes/s. */
+  speed?: number;
+}
+
+type Handoff = { qemu: { exports: { index: number; exportName: string; host: string; port: number }[] } };
+
+/** The writable disks of a spec: their index among spec.disks (the drive is disk<index>). */
+function writable(spec: VmSpec): { index: number; path: string; format: string }[] {
+  return (spec.disks ?? []).flatMap((d, index) => (d.readonly ? [] : [{ index, path: d.path, format: d.format }]));
+}
+
+export class QemuReplicas implements ReplicaOps {
+  private readonly clock: Clock;
+  private backend: QemuCowBackend;
+  private readonly exports = new Map<string, (() => Promise<void>)[]>();
+
+  constructor(private readonly o: QemuReplicaOptions) {
+    this.clock = o.clock ?? systemClock;
+    this.backend = new QemuCowBackend({ qmpFor: o.qmpFor, logger: o.logger, clock: this.clock, tmpDir: join(o.dataDir, 'replicas'), ...(o.speed ? { speed: o.speed } : {}) });
+  }
+
+  /** Limit the copy rate of the seeds and deltas that start from now on (bytes/s; 0: none). */
+  limit(bytesPerSecond: number): void {
+    this.backend = new QemuCowBackend({ qmpFor: this.o.qmpFor, logger: this.o.logger, clock: this.clock, tmpDir: join(this.o.dataDir, 'replicas'), ...(bytesPerSecond > 0 ? { speed: bytesPerSecond } : {}) });
+  }
+
+  /** The checkpoints of the replica that each of the VM's disks carries (bitmap names). */
+  async checkpoints(vmId: string, replicaId: string): Promise<string[][]> {
+    const out: string[][] = [];
+    for (const disk of await this.sourceDisks(vmId)) out.push((await this.backend.checkpointBitmaps(disk)).map((b) => b.name).filter((n) => isReplicaCheckpoint(replicaId, n.slice('vmtc-cp.'.length))));
+    return out;
+  }
+
+  private dir(replicaId: string): string {
+    return join(this.o.dataDir, 'replicas', replicaId);
+  }
+
+  private stores(replicaId: string, n: number): QemuStore[] {
+    return Array.from({ length: n }, (_, i) => new QemuStore(join(this.dir(replicaId), `disk${i}.qcow2`), { clock: this.clock }));
+  }
+
+  private async existing(replicaId: string): Promise<QemuStore[]> {
+    const out: QemuStore[] = [];
+    for (let i = 0; i < 64 && existsSync(join(this.dir(replicaId), `disk${i}.qcow2`)); i++) out.push(this.stores(replicaId, i + 1)[i]!);
+    return out;
+  }
+
+  // ---- destination --------------------------------------------------------------------------
+
+  async openStore(replicaId: string, spec: VmSpec, listenHost: string, expect: ReplicaCheckpoint | null): Promise<ReplicaStoreHandoff> {
+    const disks = writable(spec);
+    if (disks.length === 0 || disks.some((d) => d.format !== 'qcow2')) throw hostError('VMTC_HOST_DISK_UNSUPPORTED', { vmId: spec.vmId, reason: 'replicas need qcow2 disks (persistent dirty bitmaps)' });
+    await this.closeExports(replicaId);
+    const stores = this.stores(replicaId, disks.length);
+    if (expect === null) {
+      for (const s of stores) if (await s.held()) throw hostError('VMTC_HOST_DISK_CHECKPOINT_EXISTS', { replicaId, reason: 'the store is seeded; remove the replica first' });
+      const sizes = (spec.extra as { diskBytes?: number[] } | undefined)?.diskBytes;
+      await rm(this.dir(replicaId), { recursive: true, force: true });
+      await mkdir(this.dir(replicaId), { recursive: true });
+      for (const [i, d] of disks.entries()) {
+        const size = sizes?.[d.index];
+        if (!(typeof size === 'number' && size > 0)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: `spec.extra.diskBytes[${d.index}]`, reason: "the disk's virtual size, as the source's QEMU reports it" });
+        await stores[i]!.create(size);
+      }
+    }
+    const closers: (() => Promise<void>)[] = [];
+    this.exports.set(replicaId, closers);
+    const out: Handoff['qemu']['exports'] = [];
+    try {
+      for (const [i, s] of stores.entries()) {
+        const ex = await s.export({ type: 'inet', host: listenHost, port: 0 }, expect ? this.perDisk(expect) : null, `disk${disks[i]!.index}`);
+        closers.push(ex.close);
+        const ports = await listeningPorts(ex.daemon.pid);
+        if (ports.length !== 1) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-storage-daemon', reason: 'could not tell the NBD server port', ports });
+        out.push({ index: disks[i]!.index, exportName: `disk${disks[i]!.index}`, host: listenHost, port: ports[0]! });
+      }
+    } catch (e) {
+      await this.closeExports(replicaId);
+      throw e;
+    }
+    return { qemu: { exports: out } } satisfies Handoff;
+  }
+
+  private async closeExports(replicaId: string): Promise<void> {
+    const c = this.exports.get(replicaId);
+    this.exports.delete(replicaId);
+    for (const f of c ?? []) await f().catch((e: unknown) => this.o.logger.warn({ replicaId, err: String(e) }, 'closing a replica export failed'));
+  }
+
+  /** The checkpoint as each disk's bitmap names it. */
+  private perDisk(cp: ReplicaCheckpoint): Checkpoint {
+    return { ...cp, ref: bitmapOf(cp.id) };
+  }
+
+  async closeStore(replicaId: string, transfer?: ReplicaTransfer): Promise<ReplicaCheckpoint | null> {
+    await this.closeExports(replicaId);
+    const stores = await this.existing(replicaId);
+    if (transfer) {
+      if (stores.length !== transfer.disks) throw hostError('VMTC_HOST_DISK_DELTA_REJECTED', { replicaId, disks: stores.length, transferDisks: transfer.disks });
+      for (const s of stores) {
+        const report: TransferReport = { kind: transfer.kind, checkpoint: this.perDisk(transfer.checkpoint), ...(transfer.from ? { from: this.perDisk(transfer.from) } : {}), diskBytes: 0, bytes: 0, ms: 0 };
+        await s.record(report);
+      }
+    }
+    const held = stores.length ? await stores[0]!.held() : null;
+    return held?.checkpoint ?? null;
+  }
+
+  async removeStore(replicaId: string): Promise<void> {
+    await this.closeExports(replicaId);
+    await rm(this.dir(replicaId), { recursive: true, force: true });
+  }
+
+  async storePaths(replicaId: string): Promise<string[]> {
+    const stores = await this.existing(replicaId);
+    if (stores.length === 0 || !(await stores[0]!.held())) throw hostError('VMTC_HOST_DISK_NOT_FOUND', { replicaId, reason: 'no seeded store' });
+    return stores.map((s) => s.image);
+  }
+
+  async digestStore(replicaId: string): Promise<ReplicaDigest> {
+    const paths = await this.storePaths(replicaId);
+    await this.scratch();
+    const disks: ReplicaDigest['disks'] = [];
+    for (const [index, image] of paths.entries()) {
+      const d = await this.backend.digestDestination({ image, exportName: 'x', nbd: { type: 'unix', path: '/nonexistent' } });
+      disks.push({ index, size: d.size, chunkBytes: d.chunkBytes, root: d.root, leaves: d.leaves });
+    }
+    return { disks };
+  }
+
+  // ---- source -------------------------------------------------------------------------------
+
+  /** The backend's scratch space (digests, storage daemons' sockets), made on first use. */
+  private async scratch(): Promise<void> {
+    await mkdir(join(this.o.dataDir, 'replicas'), { recursive: true });
+  }
+
+  private async sourceDisks(vmId: string): Promise<SourceDisk[]> {
+    await this.scratch();
+    const { spec, running } = this.o.vmOf(vmId);
+    const disks = writable(spec);
+    if (disks.length === 0 || disks.some((d) => d.format !== 'qcow2')) throw hostError('VMTC_HOST_DISK_UNSUPPORTED', { vmId, reason: 'replicas need qcow2 disks (persistent dirty bitmaps)' });
+    return disks.map((d) => (running ? { kind: 'qcow2', image: d.path, vmId, device: `disk${d.index}` } : { kind: 'qcow2', image: d.path }));
+  }
+
+  async send(vmId: string, replicaId: string, store: ReplicaStoreHandoff, from: ReplicaCheckpoint | null, checkpointId: string): Promise<ReplicaTransfer> {
+    const disks = await this.sourceDisks(vmId);
+    const ex = (store as Partial<Handoff>).qemu?.exports;
+    if (!Array.isArray(ex) || ex.length !== disks.length) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'store', reason: `one export per writable disk (${disks.length})` });
+    const t0 = this.clock.now();
+    const done: { disk: SourceDisk; report: TransferReport }[] = [];
+    try {
+      for (const [i, disk] of disks.entries()) {
+        const e = ex[i]!;
+        if (typeof e.host !== 'string' || !Number.isInteger(e.port) || typeof e.exportName !== 'string') throw hostError('VMTC_HOST_BAD_PARAMS', { field: `store.exports[${i}]` });
+        const dest: NbdDestination = { image: '', exportName: e.exportName, nbd: { type: 'inet', host: e.host, port: e.port } };
+        const report = from ? await this.backend.sendDelta(disk, this.perDisk(from), checkpointId, dest) : await this.backend.seed(disk, checkpointId, dest);
+        done.push({ disk, report });
+      }
+    } catch (e) {
+      // The disks already done took checkpoint `checkpointId`: undo it there too.
+      for (const d of done) {
+        if (from) await this.backend.foldBack(d.disk, this.perDisk(from), d.report.checkpoint).catch(() => undefined);
+        else await this.backend.removeCheckpoint(d.disk, d.report.checkpoint).catch(() => undefined);
+      }
+      throw e;
+    }
+    const cp = done[0]!.report.checkpoint;
+    return {
+      kind: from ? 'delta' : 'full', checkpoint: { id: cp.id, seq: cp.seq, takenAt: cp.takenAt, ref: cp.ref }, ...(from ? { from } : {}),
+      diskBytes: done.reduce((n, d) => n + d.report.diskBytes, 0), bytes: done.reduce((n, d) => n + d.report.bytes, 0), ms: this.clock.now() - t0, disks: done.length,
+    };
+  }
+
+  async lag(vmId: string, _replicaId: string, from: ReplicaCheckpoint): Promise<number> {
+    let n = 0;
+    for (const d of await this.sourceDisks(vmId)) n += (await this.backend.changedSince(d, this.perDisk(from))).bytes;
+    return n;
+  }
+
+  async dropCheckpoints(vmId: string, replicaId: string, keep?: ReplicaCheckpoint): Promise<void> {
+    for (const disk of await this.sourceDisks(vmId)) {
+      const prefix = 'vmtc-cp.';
+      const mine = (await this.backend.checkpointBitmaps(disk))
+        .map((b) => b.name.slice(prefix.length))
+        .filter((id) => isReplicaCheckpoint(replicaId, id))
+        .map((id) => ({ id, seq: Number(id.slice(replicaId.length + 1)), takenAt: 0, ref: bitmapOf(id) }))
+        .sort((a, b) => a.seq - b.seq);
+      for (const cp of mine) {
+        if (keep && cp.id === keep.id) continue;
+        // A newer one than the store holds was taken by a transfer never recorded there: its
+        // writes go back into `keep`. An older one is no longer needed.
+        if (keep && cp.seq > keep.seq) await this.backend.foldBack(disk, this.perDisk(keep), cp);
+        else await this.backend.removeCheckpoint(disk, cp);
+      }
+    }
+  }
+
+  async digestSource(vmId: string): Promise<ReplicaDigest> {
+    const disks: ReplicaDigest['disks'] = [];
+    for (const [index, d] of (await this.sourceDisks(vmId)).entries()) {
+      const g = await this.backend.digestSource(d);
+      disks.push({ index, size: g.size, chunkBytes: g.chunkBytes, root: g.root, leaves: g.leaves });
+    }
+    return { disks };
+  }
+
+  async close(): Promise<void> {
+    for (const id of [...this.exports.keys()]) await this.closeExports(id);
+  }
+}

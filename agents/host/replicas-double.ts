@@ -1,0 +1,340 @@
+// ReplicaDouble: a TEST DOUBLE of a driver's disk-state operations (agents/host/replicas.ts
+// ReplicaOps), for DoubleDriver (docs/contributing.md#real-things-in-tests). It follows the
+// protocol of the QEMU backend (agents/host/disks/qemu-replica.ts) with real bytes over real TCP,
+// so a destination that dies mid-transfer, a store at another checkpoint or a corrupt store
+// behave as they do there:
+//   disks        the VM spec's `disks` paths at the source, read as plain bytes (whatever their
+//                format); the store at the destination is one file per disk in its own dir
+//   checkpoint   the SHA-256 of every 64 KiB block of every disk at that instant, kept in
+//                memory (an agent restart loses them: the next delta is
+//                VMTC_HOST_DISK_CHECKPOINT_MISSING, as a QEMU bitmap of a VM that crashed)
+//   seed/delta   the disks are read at one instant, and the blocks that are not zero (seed) or
+//                whose hash differs from `from` (delta) go over one TCP connection to the
+//                export: a header line, then [u32 disk][u32 length][f64 offset] + data frames,
+//                an end frame, and the destination's "OK\n" once all is written
+//   store        export = a TCP server on listenHost for one transfer; closeStore records the
+//                checkpoint (IMAGE.vmtc.json beside the files, as qemu-store.ts) only if the
+//                export received a complete transfer of it
+//   pacing       `bandwidthMbps` paces the source (tests that kill a destination mid-seed)
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rename, rm, stat, truncate, writeFile, open } from 'node:fs/promises';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ReplicaCheckpoint, ReplicaDigest, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../src/common/agent-protocol.ts';
+import { clockSleep, type Clock } from '../../src/common/clock.ts';
+import { hostError } from './errors.ts';
+import { digestDisk } from './disks/digest.ts';
+import { isReplicaCheckpoint, type ReplicaOps } from './replicas.ts';
+
+const BLOCK = 64 * 1024;
+const END = 0xffffffff;
+
+export interface ReplicaDoubleOptions {
+  clock: Clock;
+  /** The disk files of a VM this host runs (throws VMTC_HOST_VM_NOT_FOUND). */
+  disksOf(vmId: string): { path: string }[];
+  /** Where stores go (default: a temp dir of its own, removed by close()). */
+  dir?: string;
+  /** Pace of the source's sends, Mbit/s (default unpaced). */
+  bandwidthMbps?: number;
+}
+
+interface Held { checkpoint: ReplicaCheckpoint; disks: number; sizes: number[] }
+interface Export { server: Server; sockets: Set<Socket>; received?: { checkpoint: ReplicaCheckpoint; sizes: number[] }; expect: ReplicaCheckpoint | null }
+
+async function readAll(path: string): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (e) {
+    throw hostError('VMTC_HOST_DISK_UNREADABLE', { path, reason: (e as Error).message }, { cause: e });
+  }
+}
+
+function blockHashes(b: Buffer): string[] {
+  const out: string[] = [];
+  for (let o = 0; o < b.length; o += BLOCK) out.push(createHash('sha256').update(b.subarray(o, o + BLOCK)).digest('base64'));
+  return out;
+}
+const isZero = (b: Buffer) => b.every((x) => x === 0);
+
+export class ReplicaDouble implements ReplicaOps {
+  private readonly checkpoints = new Map<string, { cp: ReplicaCheckpoint; hashes: string[][] }[]>();
+  private readonly exports = new Map<string, Export>();
+  private dir: string | undefined;
+  private ownDir = false;
+
+  constructor(private readonly opts: ReplicaDoubleOptions) {
+    this.dir = opts.dir;
+  }
+
+  /** TEST ONLY: the checkpoint ids the source keeps for the VM (all replicas). */
+  checkpointIds(vmId: string): string[] {
+    return [...this.checkpoints.entries()].filter(([k]) => k.startsWith(`${vmId}/`)).flatMap(([, l]) => l.map((c) => c.cp.id));
+  }
+
+  /** TEST ONLY: whether a store exists here for the replica. */
+  hasStore(replicaId: string): boolean {
+    return !!this.dir && existsSync(join(this.dir, replicaId));
+  }
+
+  /** TEST ONLY: the file of disk `index` in the replica's store (seeded or not). */
+  storeFile(replicaId: string, index: number): string | undefined {
+    return this.dir ? join(this.dir, replicaId, `disk${index}.img`) : undefined;
+  }
+
+  // ---- destination ------------------------------------------------------------------------
+
+  private async storeDir(replicaId: string): Promise<string> {
+    if (!this.dir) {
+      this.dir = await mkdtemp(join(tmpdir(), 'vmtc-replica-double-'));
+      this.ownDir = true;
+    }
+    return join(this.dir, replicaId);
+  }
+
+  private async held(replicaId: string): Promise<Held | null> {
+    try {
+      return JSON.parse(await readFile(join(await this.storeDir(replicaId), 'store.vmtc.json'), 'utf8')) as Held;
+    } catch {
+      return null;
+    }
+  }
+
+  async storePaths(replicaId: string): Promise<string[]> {
+    const h = await this.held(replicaId);
+    if (!h) throw hostError('VMTC_HOST_DISK_NOT_FOUND', { replicaId, reason: 'no seeded store' });
+    const d = await this.storeDir(replicaId);
+    return Array.from({ length: h.disks }, (_, i) => join(d, `disk${i}.img`));
+  }
+
+  async openStore(replicaId: string, _spec: VmSpec, listenHost: string, expect: ReplicaCheckpoint | null): Promise<ReplicaStoreHandoff> {
+    const d = await this.storeDir(replicaId);
+    const held = await this.held(replicaId);
+    if (expect === null) {
+      if (held) throw hostError('VMTC_HOST_DISK_CHECKPOINT_EXISTS', { replicaId, reason: 'the store is seeded; remove the replica first' });
+      await rm(d, { recursive: true, force: true });
+      await mkdir(d, { recursive: true });
+    } else if (!held || held.checkpoint.id !== expect.id || held.checkpoint.seq !== expect.seq) {
+      throw hostError('VMTC_HOST_DISK_DELTA_REJECTED', { replicaId, holds: held ? { id: held.checkpoint.id, seq: held.checkpoint.seq } : null, expected: { id: expect.id, seq: expect.seq } });
+    }
+    await this.closeExport(replicaId);
+    const ex: Export = { server: createServer(), sockets: new Set(), expect };
+    ex.server.on('connection', (s) => this.receive(replicaId, d, ex, s));
+    await new Promise<void>((res, rej) => {
+      ex.server.once('error', rej);
+      ex.server.listen(0, listenHost, () => res());
+    });
+    this.exports.set(replicaId, ex);
+    return { double: { host: listenHost, port: (ex.server.address() as { port: number }).port } };
+  }
+
+  private receive(replicaId: string, d: string, ex: Export, s: Socket): void {
+    ex.sockets.add(s);
+    let buf = Buffer.alloc(0);
+    let header: { checkpoint: ReplicaCheckpoint; sizes: number[] } | undefined;
+    let chain = Promise.resolve();
+    const fail = (): void => { s.destroy(); };
+    s.on('error', fail).on('close', () => ex.sockets.delete(s));
+    s.on('data', (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      if (!header) {
+        const nl = buf.indexOf(10);
+        if (nl < 0) return;
+        header = JSON.parse(buf.subarray(0, nl).toString('utf8')) as typeof header;
+        buf = buf.subarray(nl + 1);
+        const sizes = header!.sizes;
+        chain = chain.then(async () => {
+          for (let i = 0; i < sizes.length; i++) {
+            const f = join(d, `disk${i}.img`);
+            if (!existsSync(f)) await writeFile(f, '');
+            await truncate(f, sizes[i]!);
+          }
+        });
+      }
+      while (buf.length >= 16) {
+        const disk = buf.readUInt32BE(0);
+        if (disk === END) {
+          buf = buf.subarray(16);
+          const h = header!;
+          chain = chain.then(() => {
+            ex.received = { checkpoint: h.checkpoint, sizes: h.sizes };
+            s.end('OK\n');
+          }).catch(fail);
+          return;
+        }
+        const len = buf.readUInt32BE(4);
+        const off = buf.readDoubleBE(8);
+        if (buf.length < 16 + len) return;
+        const data = Buffer.from(buf.subarray(16, 16 + len));
+        buf = buf.subarray(16 + len);
+        const f = join(d, `disk${disk}.img`);
+        chain = chain.then(async () => {
+          const fh = await open(f, 'r+');
+          try {
+            await fh.write(data, 0, data.length, off);
+          } finally {
+            await fh.close();
+          }
+        }).catch(fail);
+      }
+    });
+    void replicaId;
+  }
+
+  private async closeExport(replicaId: string): Promise<Export | undefined> {
+    const ex = this.exports.get(replicaId);
+    if (!ex) return undefined;
+    this.exports.delete(replicaId);
+    for (const s of ex.sockets) s.destroy();
+    await new Promise<void>((r) => ex.server.close(() => r()));
+    return ex;
+  }
+
+  async closeStore(replicaId: string, transfer?: ReplicaTransfer): Promise<ReplicaCheckpoint | null> {
+    const ex = await this.closeExport(replicaId);
+    if (transfer) {
+      const got = ex?.received;
+      if (!got || got.checkpoint.id !== transfer.checkpoint.id) throw hostError('VMTC_HOST_DISK_COPY_FAILED', { replicaId, reason: 'the export did not receive this transfer whole', checkpoint: transfer.checkpoint.id });
+      const d = await this.storeDir(replicaId);
+      const rec: Held = { checkpoint: transfer.checkpoint, disks: got.sizes.length, sizes: got.sizes };
+      await writeFile(join(d, 'store.vmtc.json.tmp'), JSON.stringify(rec));
+      await rename(join(d, 'store.vmtc.json.tmp'), join(d, 'store.vmtc.json'));
+    }
+    return (await this.held(replicaId))?.checkpoint ?? null;
+  }
+
+  async removeStore(replicaId: string): Promise<void> {
+    await this.closeExport(replicaId);
+    if (this.dir) await rm(join(this.dir, replicaId), { recursive: true, force: true });
+  }
+
+  async digestStore(replicaId: string): Promise<ReplicaDigest> {
+    return this.digestFiles(await this.storePaths(replicaId));
+  }
+
+  // ---- source -------------------------------------------------------------------------------
+
+  private chain(vmId: string, replicaId: string) {
+    const k = `${vmId}/${replicaId}`;
+    let l = this.checkpoints.get(k);
+    if (!l) this.checkpoints.set(k, (l = []));
+    return l;
+  }
+
+  async send(vmId: string, replicaId: string, store: ReplicaStoreHandoff, from: ReplicaCheckpoint | null, checkpointId: string): Promise<ReplicaTransfer> {
+    const disks = this.opts.disksOf(vmId);
+    if (disks.length === 0) throw hostError('VMTC_HOST_DISK_UNSUPPORTED', { vmId, reason: 'the VM has no disk' });
+    const addr = (store as { double?: { host: string; port: number } }).double;
+    if (!addr || typeof addr.host !== 'string' || !Number.isInteger(addr.port)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'store' });
+    const chain = this.chain(vmId, replicaId);
+    if (chain.some((c) => c.cp.id === checkpointId)) throw hostError('VMTC_HOST_DISK_CHECKPOINT_EXISTS', { vmId, checkpoint: checkpointId });
+    const base = from ? chain.find((c) => c.cp.id === from.id && c.cp.seq === from.seq) : undefined;
+    if (from && !base) throw hostError('VMTC_HOST_DISK_CHECKPOINT_MISSING', { vmId, checkpoint: from.id });
+    // The point-in-time view: every disk read now.
+    const started = this.opts.clock.now();
+    const images = await Promise.all(disks.map((d) => readAll(d.path)));
+    const hashes = images.map(blockHashes);
+    const cp: ReplicaCheckpoint = { id: checkpointId, seq: from ? from.seq + 1 : 0, takenAt: started, ref: `double.${checkpointId}` };
+    const frames: Buffer[] = [];
+    let bytes = 0;
+    images.forEach((img, di) => {
+      hashes[di]!.forEach((h, bi) => {
+        const data = img.subarray(bi * BLOCK, (bi + 1) * BLOCK);
+        const send = base ? base.hashes[di]?.[bi] !== h : !isZero(data);
+        if (!send) return;
+        const hd = Buffer.alloc(16);
+        hd.writeUInt32BE(di, 0);
+        hd.writeUInt32BE(data.length, 4);
+        hd.writeDoubleBE(bi * BLOCK, 8);
+        frames.push(hd, data);
+        bytes += data.length;
+      });
+    });
+    const end = Buffer.alloc(16);
+    end.writeUInt32BE(END, 0);
+    await this.ship(addr, JSON.stringify({ checkpoint: cp, sizes: images.map((b) => b.length) }) + '\n', frames, end, { vmId, replicaId, checkpoint: checkpointId });
+    chain.push({ cp, hashes });
+    return { kind: from ? 'delta' : 'full', checkpoint: cp, ...(from ? { from } : {}), diskBytes: images.reduce((n, b) => n + b.length, 0), bytes, ms: this.opts.clock.now() - started, disks: disks.length };
+  }
+
+  private ship(addr: { host: string; port: number }, header: string, frames: Buffer[], end: Buffer, details: Record<string, unknown>): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const s = connect(addr.port, addr.host);
+      let answer = '';
+      let settled = false;
+      const fail = (reason: string) => {
+        if (settled) return;
+        settled = true;
+        s.destroy();
+        reject(hostError('VMTC_HOST_DISK_COPY_FAILED', { ...details, reason }));
+      };
+      s.on('error', (e) => fail(e.message));
+      s.on('data', (d: Buffer) => {
+        answer += d.toString('utf8');
+      });
+      s.on('close', () => {
+        if (answer === 'OK\n' && !settled) {
+          settled = true;
+          resolve();
+        } else fail('the destination closed the connection before it had all of the transfer');
+      });
+      s.on('connect', () => {
+        void (async () => {
+          s.write(header);
+          const mbps = this.opts.bandwidthMbps;
+          let sinceSleep = 0;
+          for (const f of frames) {
+            if (settled) return;
+            s.write(f);
+            sinceSleep += f.length;
+            if (mbps && sinceSleep >= 256 * 1024) {
+              await clockSleep(this.opts.clock, (sinceSleep * 8) / (mbps * 1000));
+              sinceSleep = 0;
+            }
+          }
+          if (!settled) s.write(end);
+        })();
+      });
+    });
+  }
+
+  async lag(vmId: string, replicaId: string, from: ReplicaCheckpoint): Promise<number> {
+    const base = this.chain(vmId, replicaId).find((c) => c.cp.id === from.id);
+    if (!base) throw hostError('VMTC_HOST_DISK_CHECKPOINT_MISSING', { vmId, checkpoint: from.id });
+    const images = await Promise.all(this.opts.disksOf(vmId).map((d) => readAll(d.path)));
+    let n = 0;
+    images.forEach((img, di) => blockHashes(img).forEach((h, bi) => {
+      if (base.hashes[di]?.[bi] !== h) n += Math.min(BLOCK, img.length - bi * BLOCK);
+    }));
+    return n;
+  }
+
+  async dropCheckpoints(vmId: string, replicaId: string, keep?: ReplicaCheckpoint): Promise<void> {
+    const k = `${vmId}/${replicaId}`;
+    const l = (this.checkpoints.get(k) ?? []).filter((c) => keep && c.cp.id === keep.id && isReplicaCheckpoint(replicaId, c.cp.id));
+    if (l.length) this.checkpoints.set(k, l);
+    else this.checkpoints.delete(k);
+  }
+
+  async digestSource(vmId: string): Promise<ReplicaDigest> {
+    return this.digestFiles(this.opts.disksOf(vmId).map((d) => d.path));
+  }
+
+  private async digestFiles(paths: string[]): Promise<ReplicaDigest> {
+    const disks: ReplicaDigest['disks'] = [];
+    for (const [index, p] of paths.entries()) {
+      const size = (await stat(p)).size;
+      const img = await readAll(p);
+      const d = await digestDisk(async (o, l) => img.subarray(o, o + l), size);
+      disks.push({ index, size, chunkBytes: d.chunkBytes, root: d.root, leaves: d.leaves });
+    }
+    return { disks };
+  }
+
+  async close(): Promise<void> {
+    for (const id of [...this.exports.keys()]) await this.closeExport(id);
+    if (this.ownDir && this.dir) await rm(this.dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,93 @@
+// The host agent's side of replicas (docs/disks.md#replicas): the replica.* requests, checked
+// against their schemas (src/common/agent-schemas.ts AGENT_PARAMS) and handed to the driver's
+// disk-state operations (ReplicaOps). The controller decides when a seed, a delta or a removal
+// happens (src/controller/replicas/); an agent only does one step when asked, so a restarted
+// agent has nothing of its own to resume. A driver without disk-state operations refuses every
+// step with VMTC_HOST_DISK_UNSUPPORTED.
+import type { HostMethods, ReplicaCheckpoint, ReplicaDigest, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../src/common/agent-protocol.ts';
+import { AGENT_PARAMS, type ReplicaMethod } from '../../src/common/agent-schemas.ts';
+import type { Logger } from '../../src/common/log.ts';
+import { hostError } from './errors.ts';
+
+/** The optional disk-state operations of a hypervisor driver (HypervisorDriver.replicas). Every
+ *  method fails with a VMTC_HOST_DISK_* code. The destination's: openStore, closeStore,
+ *  removeStore, digestStore; the source's: send, lag, dropCheckpoints, digestSource. */
+export interface ReplicaOps {
+  /** Create (expect null: a seed; a store that holds nothing is replaced) and export the store of
+   *  replica `replicaId` for the VM `spec` on listenHost, for one transfer. Refused with
+   *  VMTC_HOST_DISK_DELTA_REJECTED when the store does not hold `expect`. */
+  openStore(replicaId: string, spec: VmSpec, listenHost: string, expect: ReplicaCheckpoint | null): Promise<ReplicaStoreHandoff>;
+  /** End the export; with `transfer`, first record the checkpoint the store holds now. */
+  closeStore(replicaId: string, transfer?: ReplicaTransfer): Promise<ReplicaCheckpoint | null>;
+  /** Delete the store (idempotent). */
+  removeStore(replicaId: string): Promise<void>;
+  /** The path of each disk of the store, in disk order (a cold move with a replica boots them). */
+  storePaths(replicaId: string): Promise<string[]>;
+  /** Source: a full copy (from null) or the delta since `from`, under checkpoint `checkpointId`. A
+   *  failed transfer leaves `from` as it was and no new checkpoint. */
+  send(vmId: string, replicaId: string, store: ReplicaStoreHandoff, from: ReplicaCheckpoint | null, checkpointId: string): Promise<ReplicaTransfer>;
+  /** Source: bytes written to the VM's disks since `from`. */
+  lag(vmId: string, replicaId: string, from: ReplicaCheckpoint): Promise<number>;
+  /** Source: remove every checkpoint of the replica except `keep` (idempotent). */
+  dropCheckpoints(vmId: string, replicaId: string, keep?: ReplicaCheckpoint): Promise<void>;
+  digestSource(vmId: string): Promise<ReplicaDigest>;
+  digestStore(replicaId: string): Promise<ReplicaDigest>;
+  close?(): Promise<void>;
+}
+
+type ReplicaHandlers = { [M in ReplicaMethod]: (p: HostMethods[M][0]) => Promise<HostMethods[M][1]> };
+
+/** The replica.* handlers of a host agent over its driver's operations. */
+export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): ReplicaHandlers {
+  const checked = <M extends ReplicaMethod>(method: M, p: unknown): HostMethods[M][0] => {
+    const problems = AGENT_PARAMS[method]!.problems(p);
+    if (problems.length) throw hostError('VMTC_HOST_BAD_PARAMS', { field: problems[0]!.path.replace(/^\//, '') || 'params', problems });
+    return p as HostMethods[M][0];
+  };
+  const need = (): ReplicaOps => {
+    if (!ops) throw hostError('VMTC_HOST_DISK_UNSUPPORTED', { reason: "this host's hypervisor driver has no disk-state operations" });
+    return ops;
+  };
+  return {
+    'replica.openStore': async (p) => {
+      const q = checked('replica.openStore', p);
+      return { store: await need().openStore(q.replicaId, q.spec, q.listenHost, q.expect) };
+    },
+    'replica.closeStore': async (p) => {
+      const q = checked('replica.closeStore', p);
+      return { holds: await need().closeStore(q.replicaId, q.transfer) };
+    },
+    'replica.removeStore': async (p) => {
+      const q = checked('replica.removeStore', p);
+      await need().removeStore(q.replicaId);
+      log.info({ replicaId: q.replicaId }, 'replica store removed');
+      return { ok: true };
+    },
+    'replica.send': async (p) => {
+      const q = checked('replica.send', p);
+      const t = await need().send(q.vmId, q.replicaId, q.store, q.from, q.checkpointId);
+      log.info({ replicaId: q.replicaId, vmId: q.vmId, kind: t.kind, checkpoint: t.checkpoint.id, bytes: t.bytes, ms: t.ms }, 'replica transfer sent');
+      return t;
+    },
+    'replica.lag': async (p) => {
+      const q = checked('replica.lag', p);
+      return { bytes: await need().lag(q.vmId, q.replicaId, q.from) };
+    },
+    'replica.dropCheckpoints': async (p) => {
+      const q = checked('replica.dropCheckpoints', p);
+      await need().dropCheckpoints(q.vmId, q.replicaId, q.keep);
+      return { ok: true };
+    },
+    'replica.digest': async (p) => {
+      const q = checked('replica.digest', p);
+      if (q.side === 'store') return need().digestStore(q.replicaId);
+      if (!q.vmId) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'vmId' });
+      return need().digestSource(q.vmId);
+    },
+  };
+}
+
+/** Checkpoint ids of a replica: `<replicaId>-<seq>` (agents/host/disks/backend.ts CHECKPOINT_ID). */
+export const checkpointIdOf = (replicaId: string, seq: number): string => `${replicaId}-${seq}`;
+/** Whether a checkpoint id belongs to the replica. */
+export const isReplicaCheckpoint = (replicaId: string, id: string): boolean => id.startsWith(`${replicaId}-`) && /^\d+$/.test(id.slice(replicaId.length + 1));

@@ -1,0 +1,38 @@
+// REST schemas of replicas (replica-routes.ts; docs/disks.md#replicas), used by the routes and
+// the CLI (src/cli/client/replicas.ts).
+import { Type, type Static, StringEnum, Nullable, ErrorBody } from '../../common/schemas.ts';
+
+export const ReplicaBody = Type.Object({
+  destinationHostId: Type.String({ minLength: 1, maxLength: 128, description: 'the host that keeps the copy' }),
+  intervalS: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400, default: 60, description: 'seconds between deltas' })),
+}, { additionalProperties: false });
+export type ReplicaBody = Static<typeof ReplicaBody>;
+
+export const ReplicaParams = Type.Object({ id: Type.String({ maxLength: 128 }), rid: Type.String({ maxLength: 128 }) });
+
+const Checkpoint = Type.Object({ id: Type.String(), seq: Type.Integer(), takenAt: Type.Number() });
+
+export const Replica = Type.Object({
+  id: Type.String(),
+  vmId: Type.String(),
+  sourceHostId: Type.String(),
+  destinationHostId: Type.String(),
+  intervalS: Type.Integer(),
+  state: StringEnum(['seeding', 'warm', 'failed', 'removing']),
+  checkpoint: Nullable(Checkpoint),
+  diskBytes: Type.Number({ description: 'guest-visible size of the disks' }),
+  seedBytes: Type.Number({ description: 'bytes the full copy sent' }),
+  lastDeltaBytes: Type.Number(),
+  deltas: Type.Integer(),
+  bytesSent: Type.Number({ description: 'every byte of disk data sent for this replica' }),
+  lastSyncAt: Nullable(Type.String({ format: 'date-time' })),
+  lag: Type.Object({
+    bytes: Type.Number({ description: 'written at the source since the last delta (as the source counts it, in its tracking granularity)' }),
+    seconds: Type.Number({ description: 'since the last delta (or the creation, while seeding)' }),
+  }),
+  error: Nullable(ErrorBody),
+  createdAt: Type.String({ format: 'date-time' }),
+  updatedAt: Type.String({ format: 'date-time' }),
+}, { additionalProperties: true });
+export type Replica = Static<typeof Replica>;
+export const ReplicaList = Type.Object({ replicas: Type.Array(Replica) });

@@ -1,0 +1,272 @@
+// Replicas (docs/disks.md#replicas): a VM's disks copied to another host while the VM runs and
+// kept warm with a delta every interval, so that a migration there has only the last delta to
+// move. The controller drives the protocol, one step at a time per replica, and the agents each
+// do one step when asked (agents/host/replicas.ts):
+//   seed    destination replica.openStore (expect null: a new store) -> source replica.send
+//           (from null: a full copy) -> destination replica.closeStore with the transfer (the
+//           store records the checkpoint it holds)
+//   delta   source replica.dropCheckpoints (keep the one the store holds: a step that broke off
+//           leaves no stray one) -> destination openStore (expect it) -> source send (from it)
+//           -> destination closeStore with the transfer -> source dropCheckpoints (keep the new one)
+//   remove  destination replica.removeStore, source replica.dropCheckpoints (none kept)
+// A step that fails closes the destination's export without recording anything, so the store
+// still holds the last checkpoint and the source still has it: the next interval retries from it.
+// The state machine is machine.ts; the records are durable (store.ts).
+import type { ReplicaCheckpoint, ReplicaTransfer } from '../../common/agent-protocol.ts';
+import type { Clock, Ids } from '../../common/clock.ts';
+import { VmtcError, toVmtcError } from '../../common/errors.ts';
+import type { Logger } from '../../common/log.ts';
+import { locateVm } from '../capacity.ts';
+import { err } from '../errors.ts';
+import type { AgentHub } from '../hub.ts';
+import type { ControllerStore } from '../store.ts';
+import { replicaNext, replicaStep, type ReplicaError, type ReplicaEvent, type ReplicaRow } from './machine.ts';
+import { ReplicaStore } from './store.ts';
+import { TERMINAL } from '../machine.ts';
+
+/** The replica service of a controller, by its hub: how the migration effects find it
+ *  (replicas/migration.ts) without a new field in the runner's effect context. */
+const SERVICES = new WeakMap<object, ReplicaService>();
+export const replicaServiceOf = (hub: object): ReplicaService | undefined => SERVICES.get(hub);
+
+export const REPLICA_DEFAULTS = {
+  intervalS: 60,
+  /** Longest a seed or a delta may take (the agent's request timeout). */
+  transferTimeoutMs: 3_600_000,
+  /** Longest a GET waits for the source's count of bytes written since the last delta. */
+  lagTimeoutMs: 2_000,
+  /** Retry period of a removal a host did not answer (and of steps while a host is away). */
+  retryMs: 5_000,
+  /** Where a destination without a migrationAddress exports its store. */
+  listenHost: '127.0.0.1',
+} as const;
+
+export interface ReplicaServiceOptions {
+  store: ControllerStore;
+  hub: AgentHub;
+  clock: Clock;
+  ids: Ids;
+  logger: Logger;
+  options?: Partial<typeof REPLICA_DEFAULTS>;
+}
+
+const checkpointId = (replicaId: string, seq: number) => `${replicaId}-${seq}`;
+
+function errorOf(e: unknown): ReplicaError {
+  const v = e instanceof VmtcError ? e : toVmtcError(e);
+  return { code: v.code, message: v.message, ...(v.details ? { details: v.details as Record<string, unknown> } : {}) };
+}
+
+export class ReplicaService {
+  readonly records: ReplicaStore;
+  private readonly o: typeof REPLICA_DEFAULTS;
+  private readonly log: Logger;
+  /** One step at a time per replica: the chain of its steps, and its next timer. */
+  private readonly running = new Map<string, Promise<void>>();
+  private readonly timers = new Map<string, { cancel(): void }>();
+  /** Replicas a migration is using: no periodic step until it lets go (release or an event). */
+  private readonly held = new Set<string>();
+  private closed = false;
+
+  constructor(private readonly d: ReplicaServiceOptions) {
+    this.records = new ReplicaStore(d.store.db);
+    this.o = { ...REPLICA_DEFAULTS, ...(d.options ?? {}) };
+    this.log = d.logger;
+    SERVICES.set(d.hub, this);
+  }
+
+  /** Feed an event of a migration's use of the replica (replicas/migration.ts). */
+  event(replicaId: string, ev: ReplicaEvent): ReplicaRow | null {
+    const r = this.records.get(replicaId);
+    if (!r) throw err('VMTC_REPLICA_NOT_FOUND', { replicaId });
+    const next = this.apply(r, ev);
+    this.held.delete(replicaId);
+    if (next?.state === 'removing') this.schedule(replicaId, 0);
+    return next;
+  }
+
+  /** After a start: a seed the previous process did not see end failed (its store and
+   *  checkpoints go on removal); warm replicas continue; removals are retried. */
+  resume(): void {
+    for (const r of this.records.all()) {
+      if (r.state === 'seeding') this.apply(r, { type: 'SEED_FAILED', error: errorOf(err('VMTC_REPLICA_INTERRUPTED', { replicaId: r.id })) });
+      else if (r.state !== 'failed') this.schedule(r.id, 0);
+    }
+  }
+
+  /** A replica of `vmId` at `destinationHostId`; an existing one (not being removed) is returned
+   *  as it is (created false). */
+  create(vmId: string, destinationHostId: string, intervalS: number = this.o.intervalS): { created: boolean; row: ReplicaRow } {
+    const hosts = this.d.store.hosts();
+    const loc = locateVm(hosts.filter((h) => h.connected).map((h) => h.inventory), vmId) ?? locateVm(hosts.map((h) => h.inventory), vmId);
+    if (!loc) throw err('VMTC_VM_NOT_FOUND', { vmId });
+    const dest = hosts.find((h) => h.inventory.hostId === destinationHostId);
+    if (!dest) throw err('VMTC_HOST_NOT_FOUND', { hostId: destinationHostId, field: 'destinationHostId' });
+    if (loc.host.hostId === destinationHostId) throw err('VMTC_SAME_HOST', { hostId: destinationHostId });
+    for (const [role, hostId] of [['source', loc.host.hostId], ['destination', destinationHostId]] as const) {
+      if (!this.d.hub.isConnected(hostId)) throw err('VMTC_HOST_NOT_CONNECTED', { hostId, role });
+    }
+    const now = this.d.clock.now();
+    const row: ReplicaRow = {
+      id: this.d.ids.next('rep'), vmId, sourceHostId: loc.host.hostId, destinationHostId, intervalS, state: 'seeding', checkpoint: null,
+      diskBytes: 0, seedBytes: 0, lastDeltaBytes: 0, deltas: 0, bytesSent: 0, lastSyncAt: null, lagBytes: 0, migrationId: null, error: null, createdAt: now, updatedAt: now,
+    };
+    const out = this.records.create(row);
+    if (out.created) {
+      this.log.info({ replicaId: row.id, vmId, sourceHostId: row.sourceHostId, destinationHostId, intervalS }, 'replica created: seeding');
+      this.schedule(row.id, 0);
+    }
+    return out;
+  }
+
+  /** Start removing (idempotent); the record goes once both hosts did their part. */
+  remove(vmId: string, replicaId: string): ReplicaRow {
+    const r = this.records.get(replicaId);
+    if (!r || r.vmId !== vmId) throw err('VMTC_REPLICA_NOT_FOUND', { vmId, replicaId });
+    const next = this.apply(r, { type: 'REMOVE' })!;
+    this.schedule(replicaId, 0);
+    return next;
+  }
+
+  get(vmId: string, replicaId: string): ReplicaRow {
+    const r = this.records.get(replicaId);
+    if (!r || r.vmId !== vmId) throw err('VMTC_REPLICA_NOT_FOUND', { vmId, replicaId });
+    return r;
+  }
+
+  /** The VM's replicas, with the lag of warm ones asked of the source now (the last known when it
+   *  does not answer in time). */
+  async list(vmId: string): Promise<ReplicaRow[]> {
+    const rows = this.records.forVm(vmId);
+    return Promise.all(rows.map((r) => this.withLag(r)));
+  }
+
+  async withLag(r: ReplicaRow): Promise<ReplicaRow> {
+    if (r.state !== 'warm' || !r.checkpoint || !this.d.hub.isConnected(r.sourceHostId)) return r;
+    try {
+      const { bytes } = await this.d.hub.request(r.sourceHostId, 'replica.lag', { replicaId: r.id, vmId: r.vmId, from: r.checkpoint }, this.o.lagTimeoutMs);
+      return { ...r, lagBytes: bytes };
+    } catch {
+      return r;
+    }
+  }
+
+  /** The warm replica of `vmId` at `hostId`, if there is one. */
+  warmAt(vmId: string, hostId: string): ReplicaRow | undefined {
+    return this.records.forVm(vmId).find((r) => r.destinationHostId === hostId && r.state === 'warm' && r.checkpoint);
+  }
+
+  /** Run `fn` as this replica's next step once the one running ends (steps never overlap: a
+   *  migration's last delta waits for a periodic one). */
+  exclusive<T>(replicaId: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.running.get(replicaId) ?? Promise.resolve();
+    const p = prev.then(fn, fn);
+    const tail = p.then(() => undefined, () => undefined);
+    this.running.set(replicaId, tail);
+    void tail.then(() => { if (this.running.get(replicaId) === tail) this.running.delete(replicaId); });
+    return p;
+  }
+
+  close(): void {
+    this.closed = true;
+    if (SERVICES.get(this.d.hub) === this) SERVICES.delete(this.d.hub);
+    for (const t of this.timers.values()) t.cancel();
+    this.timers.clear();
+  }
+
+  // ---- the steps ------------------------------------------------------------------------------
+
+  private apply(r: ReplicaRow, ev: ReplicaEvent): ReplicaRow | null {
+    const next = replicaNext(r, ev, this.d.clock.now());
+    if (next === null) this.records.delete(r.id);
+    else this.records.save(next);
+    const lvl = ev.type.endsWith('FAILED') ? 'warn' : 'info';
+    this.log[lvl]({ replicaId: r.id, vmId: r.vmId, from: r.state, to: next?.state ?? 'removed', event: ev.type, ...('error' in ev ? { code: ev.error.code } : {}) }, 'replica transition');
+    return next;
+  }
+
+  /** A migration uses the replica: its periodic steps stop until release() or event(). */
+  hold(replicaId: string): void {
+    this.held.add(replicaId);
+    this.timers.get(replicaId)?.cancel();
+    this.timers.delete(replicaId);
+  }
+
+  /** The migration let go of the replica without consuming it: deltas go on. */
+  release(replicaId: string): void {
+    if (!this.held.delete(replicaId)) return;
+    const r = this.records.get(replicaId);
+    if (r && replicaStep(r.state) !== 'none') this.schedule(replicaId, r.state === 'warm' ? r.intervalS * 1000 : 0);
+  }
+
+  private schedule(replicaId: string, ms: number): void {
+    if (this.closed || this.held.has(replicaId)) return;
+    this.timers.get(replicaId)?.cancel();
+    this.timers.set(replicaId, this.d.clock.setTimeout(() => {
+      this.timers.delete(replicaId);
+      void this.exclusive(replicaId, () => this.tick(replicaId)).catch((e: unknown) => this.log.error({ replicaId, err: e }, 'replica step failed unexpectedly'));
+    }, ms));
+  }
+
+  private async tick(replicaId: string): Promise<void> {
+    const r = this.records.get(replicaId);
+    if (!r || this.closed) return;
+    const step = replicaStep(r.state);
+    if (step === 'none') return;
+    if (step === 'remove') {
+      const next = await this.removeStep(r);
+      if (next) this.schedule(replicaId, this.o.retryMs);
+      return;
+    }
+    const next = await this.transferStep(r);
+    if (next && replicaStep(next.state) === 'delta') this.schedule(replicaId, next.intervalS * 1000);
+  }
+
+  /** One seed or delta (the protocol above). Also what a migration runs for its last delta. */
+  async transferStep(r: ReplicaRow): Promise<ReplicaRow | null> {
+    const seed = r.state === 'seeding';
+    const from: ReplicaCheckpoint | null = seed ? null : r.checkpoint;
+    const seq = from ? from.seq + 1 : 0;
+    const ask = { replicaId: r.id };
+    let transfer: ReplicaTransfer | undefined;
+    try {
+      const vm = locateVm([this.d.hub.inventory(r.sourceHostId)].filter((x) => !!x), r.vmId)?.vm;
+      if (!vm) throw err('VMTC_VM_NOT_FOUND', { vmId: r.vmId, hostId: r.sourceHostId, reason: 'the VM is no longer at the replica\'s source' });
+      if (from) await this.d.hub.request(r.sourceHostId, 'replica.dropCheckpoints', { ...ask, vmId: r.vmId, keep: from });
+      const listenHost = this.d.hub.inventory(r.destinationHostId)?.migrationAddress ?? this.o.listenHost;
+      const { store } = await this.d.hub.request(r.destinationHostId, 'replica.openStore', { ...ask, spec: vm.spec, listenHost, expect: from });
+      transfer = await this.d.hub.request(r.sourceHostId, 'replica.send', { ...ask, vmId: r.vmId, store, from, checkpointId: checkpointId(r.id, seq) }, this.o.transferTimeoutMs);
+      await this.d.hub.request(r.destinationHostId, 'replica.closeStore', { ...ask, transfer });
+      if (from) await this.d.hub.request(r.sourceHostId, 'replica.dropCheckpoints', { ...ask, vmId: r.vmId, keep: transfer.checkpoint }).catch(() => undefined);
+    } catch (e) {
+      const error = errorOf(e);
+      // Nothing is recorded at the destination: its store still holds `from`.
+      if (this.d.hub.isConnected(r.destinationHostId)) await this.d.hub.request(r.destinationHostId, 'replica.closeStore', ask).catch(() => undefined);
+      // A seed that failed leaves the source without checkpoints of this replica.
+      if (seed && this.d.hub.isConnected(r.sourceHostId)) await this.d.hub.request(r.sourceHostId, 'replica.dropCheckpoints', { ...ask, vmId: r.vmId }).catch(() => undefined);
+      const now = this.records.get(r.id);
+      if (!now || now.state === 'removing') return now ?? null;
+      return this.apply(now, seed ? { type: 'SEED_FAILED', error } : { type: 'DELTA_FAILED', error });
+    }
+    const now = this.records.get(r.id);
+    if (!now || now.state === 'removing') return now ?? null;
+    return this.apply(now, seed ? { type: 'SEEDED', transfer } : { type: 'DELTA_SENT', transfer });
+  }
+
+  private async removeStep(r: ReplicaRow): Promise<ReplicaRow | null> {
+    // A store a migration booted from: the source's checkpoints go once that migration ended (a
+    // rollback starts the source VM again, which must not find its image held for them).
+    const m = r.migrationId ? this.d.store.migration(r.migrationId) : undefined;
+    if (m && !TERMINAL.has(m.state)) return r;
+    try {
+      await this.d.hub.request(r.destinationHostId, 'replica.removeStore', { replicaId: r.id });
+      // A VM no longer at the source (it moved, and its source copy went) has no checkpoints left.
+      await this.d.hub.request(r.sourceHostId, 'replica.dropCheckpoints', { replicaId: r.id, vmId: r.vmId }).catch((e: unknown) => {
+        if (!(e instanceof VmtcError && /_VM_NOT_FOUND$/.test(e.code))) throw e;
+      });
+    } catch (e) {
+      return this.apply(r, { type: 'REMOVE_FAILED', error: errorOf(e) });
+    }
+    return this.apply(r, { type: 'REMOVED' });
+  }
+}

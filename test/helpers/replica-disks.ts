@@ -1,0 +1,27 @@
+// Disks of VMs for the replica tests with DoubleDriver (its replica double reads the spec's disk
+// files as bytes): a real file of random data then zeros, and writes into it as a guest's would
+// land. Not a test file.
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { vmSpec, type Harness } from './controller-harness.ts';
+
+const MiB = 1024 * 1024;
+
+/** A VM whose one disk is a real file: `dataMb` MiB of random bytes, then zeros up to `sizeMb`. */
+export function diskVm(harness: Harness, vmId: string, dataMb: number, sizeMb: number) {
+  const dir = join(harness.dir, 'images');
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, `${vmId}.img`);
+  writeFileSync(path, Buffer.concat([randomBytes(dataMb * MiB), Buffer.alloc((sizeMb - dataMb) * MiB)]));
+  return { spec: { ...vmSpec(vmId), disks: [{ path, format: 'raw' as const }] }, path };
+}
+
+export function writeAt(path: string, offset: number, data: Buffer): void {
+  const fd = openSync(path, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, offset);
+  } finally {
+    closeSync(fd);
+  }
+}

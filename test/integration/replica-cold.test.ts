@@ -1,0 +1,88 @@
+// A cold move with a warm replica, through the controller and real host agents (DoubleDriver and
+// its replica double: real disk bytes over real TCP): after the power-off only the last delta
+// crosses and the destination boots from the replica's store once the digests agree; a corrupt
+// store is caught by the digests and the move rolls back. Without a replica
+// the cold path is unchanged (test/integration/controller-cold.test.ts).
+import { afterEach, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { startHarness, type Harness } from '../helpers/controller-harness.ts';
+import { diskVm, writeAt } from '../helpers/replica-disks.ts';
+
+let h: Harness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+
+
+async function warmReplica(harness: Harness, vmId: string): Promise<string> {
+  const res = await harness.api('POST', `/v1/vms/${vmId}/replicas`, { destinationHostId: 'B', intervalS: 3600 });
+  expect(res.status).toBe(202);
+  await harness.waitFor(async () => (await harness.api('GET', `/v1/vms/${vmId}/replicas/${res.body.id}`)).body.state === 'warm', 'replica warm');
+  return res.body.id as string;
+}
+
+/** The disk file B's VM runs from. */
+async function destinationDisk(harness: Harness, vmId: string): Promise<Buffer> {
+  const info = await harness.agents.get('B')!.driver.describe(vmId);
+  return readFileSync(info.spec.disks![0]!.path);
+}
+
+describe('cold migration with a warm replica (DoubleDriver, replica double)', () => {
+  it('only the last delta crosses after the power-off; B boots from the replica, byte-identical to the source; the replica goes', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm1', 2, 4);
+    const a = await h.addHost('A', { vms: [vm.spec] });
+    const b = await h.addHost('B');
+    const rid = await warmReplica(h, 'vm1');
+    // Written after the seed (interval 1 h: no periodic delta takes it): the last delta's bytes.
+    writeAt(vm.path, 3 * MiB, randomBytes(256 * KiB));
+    const final = readFileSync(vm.path);
+
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'cold' });
+    expect(res.status).toBe(202);
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
+    expect(done.steps.cold.replica).toMatchObject({ used: true, replicaId: rid, lastDeltaBytes: 256 * KiB, preSeededBytes: 2 * MiB, disks: 1 });
+    // Nothing was fetched: the disk came from the replica's store.
+    expect(done.steps.cold.imported.bytes).toBe(0);
+    expect((await destinationDisk(h, 'vm1')).equals(final)).toBe(true);
+    // The replica is gone once the migration ended: the store became the VM's disk.
+    await h.waitFor(async () => (await h!.api('GET', `/v1/vms/vm1/replicas/${rid}`)).status === 404, 'replica removed', 20_000);
+    expect(b.replicas.hasStore(rid)).toBe(false);
+    expect(a.replicas.checkpointIds('vm1')).toEqual([]);
+  });
+
+  it('a corrupt replica (a byte flipped in its store) is caught by the digests: the move rolls back, the replica is failed, the next move copies the disk whole', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm2', 2, 4);
+    const a = await h.addHost('A', { vms: [vm.spec] });
+    const b = await h.addHost('B');
+    const rid = await warmReplica(h, 'vm2');
+    const [store] = await b.replicas.storePaths(rid);
+    const bad = readFileSync(store!);
+    bad[12345] ^= 0xff;
+    writeFileSync(store!, bad);
+
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm2', destinationHostId: 'B', mode: 'cold' });
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect(done.state).toBe('rolled_back');
+    expect(done.error).toMatchObject({ code: 'VMTC_COLD_TRANSFER_FAILED', details: { replica: rid, cause: { code: 'VMTC_HOST_DISK_DIGEST_MISMATCH', details: { disks: [{ index: 0, chunks: [0] }] } } } });
+    // The source runs again, B has nothing: the corrupt store never became a VM's disk.
+    expect((await a.describe('vm2')).state).toBe('running');
+    await expect(b.describe('vm2')).rejects.toMatchObject({ code: 'VMTC_HOST_VM_NOT_FOUND' });
+    expect((await h.api('GET', `/v1/vms/vm2/replicas/${rid}`)).body).toMatchObject({ state: 'failed', error: { code: 'VMTC_HOST_DISK_DIGEST_MISMATCH' } });
+    // A failed replica is not used: the next move fetches the whole disk and B runs the source's bytes.
+    const again = await h.api('POST', '/v1/migrations', { vmId: 'vm2', destinationHostId: 'B', mode: 'cold' });
+    const ok = await h.waitState(again.body.id, ['completed', 'rolled_back', 'failed']);
+    expect({ state: ok.state, error: ok.error }).toEqual({ state: 'completed', error: null });
+    expect(ok.steps.cold.replica).toBeUndefined();
+    expect(ok.steps.cold.imported.bytes).toBe(4 * MiB);
+    expect((await destinationDisk(h, 'vm2')).equals(readFileSync(vm.path))).toBe(true);
+  });
+});
