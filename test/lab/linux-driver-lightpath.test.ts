@@ -158,6 +158,25 @@ describe('Linux lightpath driver', () => {
     expect((await driver.dataPlaneStats()).filter((s) => s.connectionId === 'c-metrics')).toEqual([]);
   });
 
+  it('two lightpaths asked for at once between the same two sites: one is built whole, the other refused as a conflict (never torn down half-built)', async () => {
+    const [A, B] = lab.sites as [Lab['sites'][0], Lab['sites'][0]];
+    const results = await Promise.allSettled([driver.provision(req('c-race-1')), driver.provision(req('c-race-2'))]);
+    try {
+      const won = results.findIndex((r) => r.status === 'fulfilled');
+      expect(won, JSON.stringify(results.map((r) => (r.status === 'rejected' ? (r.reason as VmtcError).code : 'ok')))).toBeGreaterThanOrEqual(0);
+      const lost = results[1 - won]!;
+      expect(lost.status).toBe('rejected');
+      expect(((lost as PromiseRejectedResult).reason as VmtcError).code).toBe('VMTC_LIGHTPATH_CONFLICT');
+      const ping = await netnsExec(A.ns, ['ping', '-n', '-c', '2', '-i', '0.1', '-W', '1', B.lightpathIp]);
+      expect(ping.stdout).toMatch(/2 received/);
+    } finally {
+      await driver.release('c-race-1');
+      await driver.release('c-race-2');
+    }
+    await expectNothingLeft('c-race-1');
+    await expectNothingLeft('c-race-2');
+  });
+
   it('emits a topology file the broker accepts', () => {
     const topo = parseTopology(brokerTopologyFor(lab), `lab-${lab.prefix}`);
     expect([...topo.nodes.keys()].sort()).toEqual(['siteA', 'siteB', 'siteC', 'wan']);

@@ -79,6 +79,9 @@ export const NS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 // one string (our own arguments are addresses, names and numbers, all checked).
 const VIA_ARG = /^[A-Za-z0-9_.,:=@/+-]{1,200}$/;
 
+/** The key of the one queue provisions and releases wait in (see provision()). */
+const ALL_CONNECTIONS = '*';
+
 export function lightpathHash(connectionId: string): string {
   return sha256Hex(connectionId).slice(0, 12);
 }
@@ -187,12 +190,17 @@ export class LinuxVxlanDriver<E extends LinuxEnd = LinuxEnd, R extends LinuxLigh
 
   // ---- the contract ----------------------------------------------------------------------------
 
+  // Provisions and releases run one at a time across all connections, not only per connection:
+  // a provision reads the other records to find conflicts and debris, and a record written by a
+  // provision still building its devices would look like debris (devices missing) and be torn
+  // down under it. An evacuation's concurrent moves between the same two sites did exactly that
+  // (`tc: Cannot find device`).
   provision(req: SegmentRequest): Promise<ProvisionedSegment> {
-    return this.serial(req.connectionId, () => this.doProvision(req));
+    return this.serial(ALL_CONNECTIONS, () => this.doProvision(req));
   }
 
   release(connectionId: string): Promise<void> {
-    return this.serial(connectionId, async () => {
+    return this.serial(ALL_CONNECTIONS, async () => {
       const rec = await this.readRecord(connectionId);
       if (!rec) return;
       await this.teardown(rec);
