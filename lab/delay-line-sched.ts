@@ -1,7 +1,7 @@
 // How the lab's delay line is scheduled (docs/lab.md "The instrument"): under SCHED_FIFO at the
 // probes' priority and pinned to one CPU, so that other processes competing for the cores do not
 // make it read or send late (on a busy 2-core machine the Node.js relay dropped 468 datagrams at
-// a switchover and clients saw the downtime double: issue 15). The C relay (lab/delay-line/
+// a switchover and clients saw the downtime double). The C relay (lab/delay-line/
 // delay-line.c) sets both itself (--rt-priority, --cpu) and warns when refused; the Node.js one is
 // started under chrt/taskset when those work. Either reports what the kernel granted in its
 // listening line ("sched"), which the turntable records.

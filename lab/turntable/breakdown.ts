@@ -1,4 +1,4 @@
-// Where a migration's client-seen downtime goes (issue 15, docs/lab.md "The switchover, step by
+// Where a migration's client-seen downtime goes (docs/lab.md "The switchover, step by
 // step"): five instants on the lab machine's one clock, the four steps between them, and whether
 // they add up to what the client saw. Pure: run.ts gathers the instants, this judges them.
 //

@@ -1,4 +1,4 @@
-// The turntable's instrument (issue 15, docs/lab.md "The instrument"): the decisions that keep the
+// The turntable's instrument (docs/lab.md "The instrument"): the decisions that keep the
 // lab's own machinery from moving the figures, pure so they are tested directly — the delay
 // line's queue sized from the bandwidth-delay product, the rule that marks a migration's figures
 // unreliable from the delay line's per-second reports, the populated guest's default fill, and

@@ -54,13 +54,19 @@ export function hostUsage(inv: HostInventory, holds: (Hold & { vmId?: string })[
   };
 }
 
-/** Where a VM is the primary copy: the host that reports it in a non-incoming state. */
+/** Where a VM is the primary copy: the host that reports it in a non-incoming state, preferring
+ *  one where it is not stopped. A host's inventory may still list a VM it no longer runs for a
+ *  moment after a move (a cold move's source reports it stopped until its next inventory), while
+ *  the destination already reports it running. */
 export function locateVm(inventories: HostInventory[], vmId: string): { host: HostInventory; vm: VmInfo } | undefined {
+  let stopped: { host: HostInventory; vm: VmInfo } | undefined;
   for (const host of inventories) {
     const vm = host.vms.find((v) => v.vmId === vmId && v.state !== 'incoming');
-    if (vm) return { host, vm };
+    if (!vm) continue;
+    if (vm.state !== 'stopped') return { host, vm };
+    stopped ??= { host, vm };
   }
-  return undefined;
+  return stopped;
 }
 
 function versionTuple(v: string): number[] {
