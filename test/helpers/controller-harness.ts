@@ -106,3 +106,35 @@ export async function startHarness(opts: Partial<ControllerOptions> = {}, prepar
   }
   return h;
 }
+
+/** A migration's server-sent events as they come (name and data). The stream's AbortController
+ *  is pushed onto `streams`, for the test's afterEach to abort. */
+export function followMigrationEvents(hh: Harness, id: string, streams: AbortController[]): { events: { event: string; data: any }[] } {
+  const ac = new AbortController();
+  streams.push(ac);
+  const out = { events: [] as { event: string; data: any }[] };
+  void (async () => {
+    const res = await fetch(`${hh.controller.url}/v1/migrations/${id}/events`, { headers: { authorization: `Bearer ${hh.controller.adminToken}` }, signal: ac.signal });
+    const dec = new TextDecoder();
+    let buf = '';
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buf += dec.decode(chunk, { stream: true });
+      for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const event = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (event && data) out.events.push({ event, data: JSON.parse(data) });
+      }
+    }
+  })().catch(() => undefined);
+  return out;
+}
+
+/** Wait until `vmId` runs at `hostId` and nowhere else, as the controller's GET /v1/vms says. */
+export async function runningOnlyAt(hh: Harness, hostId: string, vmId = 'vm1'): Promise<void> {
+  await hh.waitFor(async () => {
+    const list = (await hh.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === vmId);
+    return list.length === 1 && list[0].hostId === hostId && list[0].state === 'running';
+  }, `${vmId} running only at ${hostId}`);
+}

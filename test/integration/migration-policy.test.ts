@@ -6,7 +6,7 @@
 // migration's event stream (`policy`), in its transitions (the cancel) and in the metrics.
 import { afterEach, describe, expect, it } from 'vitest';
 import type { DoubleDriverConfig } from '../../agents/host/double-driver.ts';
-import { startHarness, vmSpec, type Harness } from '../helpers/controller-harness.ts';
+import { followMigrationEvents, runningOnlyAt, startHarness, vmSpec, type Harness } from '../helpers/controller-harness.ts';
 
 let h: Harness | undefined;
 const streams: AbortController[] = [];
@@ -21,35 +21,9 @@ afterEach(async () => {
 const DIRTY: DoubleDriverConfig = { vms: [vmSpec('vm1')], dirtyMbps: 32 };
 const SLOW = { vmId: 'vm1', destinationHostId: 'B', mode: 'live', bandwidthMbps: 8, maxDowntimeMs: 50 };
 
-/** The migration's server-sent events as they come (name and data). */
-function follow(hh: Harness, id: string): { events: { event: string; data: any }[] } {
-  const ac = new AbortController();
-  streams.push(ac);
-  const out = { events: [] as { event: string; data: any }[] };
-  void (async () => {
-    const res = await fetch(`${hh.controller.url}/v1/migrations/${id}/events`, { headers: { authorization: `Bearer ${hh.controller.adminToken}` }, signal: ac.signal });
-    const dec = new TextDecoder();
-    let buf = '';
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buf += dec.decode(chunk, { stream: true });
-      for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
-        const block = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        const event = /^event: (.*)$/m.exec(block)?.[1];
-        const data = /^data: (.*)$/m.exec(block)?.[1];
-        if (event && data) out.events.push({ event, data: JSON.parse(data) });
-      }
-    }
-  })().catch(() => undefined);
-  return out;
-}
+const follow = (hh: Harness, id: string) => followMigrationEvents(hh, id, streams);
 
-async function onlyAt(hh: Harness, hostId: string): Promise<void> {
-  await hh.waitFor(async () => {
-    const list = (await hh.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === 'vm1');
-    return list.length === 1 && list[0].hostId === hostId && list[0].state === 'running';
-  }, `vm1 running only at ${hostId}`);
-}
+const onlyAt = (hh: Harness, hostId: string) => runningOnlyAt(hh, hostId);
 
 describe('migration policy: a copy that does not converge is handled as its policy says', () => {
   it("a group's progress timeout raises the downtime limit step by step, then cancels: recorded, streamed, counted; the VM stays at its source", { timeout: 60_000 }, async () => {
