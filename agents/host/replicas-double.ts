@@ -205,9 +205,16 @@ export class ReplicaDouble implements ReplicaOps {
     return (await this.held(replicaId))?.checkpoint ?? null;
   }
 
-  async removeStore(replicaId: string): Promise<void> {
+  async removeStore(replicaId: string, opts: { keepImages?: boolean } = {}): Promise<void> {
     await this.closeExport(replicaId);
-    if (this.dir) await rm(join(this.dir, replicaId), { recursive: true, force: true });
+    if (!this.dir) return;
+    const d = join(this.dir, replicaId);
+    if (opts.keepImages) {
+      // The images are a VM's disks now: only the store's record goes.
+      await rm(join(d, 'store.vmtc.json'), { force: true });
+      return;
+    }
+    await rm(d, { recursive: true, force: true });
   }
 
   async digestStore(replicaId: string): Promise<ReplicaDigest> {

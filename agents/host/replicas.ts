@@ -19,8 +19,9 @@ export interface ReplicaOps {
   openStore(replicaId: string, spec: VmSpec, listenHost: string, expect: ReplicaCheckpoint | null): Promise<ReplicaStoreHandoff>;
   /** End the export; with `transfer`, first record the checkpoint the store holds now. */
   closeStore(replicaId: string, transfer?: ReplicaTransfer): Promise<ReplicaCheckpoint | null>;
-  /** Delete the store (idempotent). */
-  removeStore(replicaId: string): Promise<void>;
+  /** Delete the store (idempotent). With keepImages only its records and exports go: its images
+   *  became a VM's disks (a committed live move with the replica). */
+  removeStore(replicaId: string, opts?: { keepImages?: boolean }): Promise<void>;
   /** The path of each disk of the store, in disk order (a cold move with a replica boots them). */
   storePaths(replicaId: string): Promise<string[]>;
   /** Source: a full copy (from null) or the delta since `from`, under checkpoint `checkpointId`. A
@@ -59,9 +60,13 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
     },
     'replica.removeStore': async (p) => {
       const q = checked('replica.removeStore', p);
-      await need().removeStore(q.replicaId);
-      log.info({ replicaId: q.replicaId }, 'replica store removed');
+      await need().removeStore(q.replicaId, q.keepImages ? { keepImages: true } : {});
+      log.info({ replicaId: q.replicaId, keepImages: !!q.keepImages }, 'replica store removed');
       return { ok: true };
+    },
+    'replica.storePaths': async (p) => {
+      const q = checked('replica.storePaths', p);
+      return { paths: await need().storePaths(q.replicaId) };
     },
     'replica.send': async (p) => {
       const q = checked('replica.send', p);

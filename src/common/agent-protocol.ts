@@ -379,7 +379,10 @@ export interface HostMethods {
   // every checkpoint of the replica but `keep`.
   'replica.openStore': [{ replicaId: string; spec: VmSpec; listenHost: string; expect: ReplicaCheckpoint | null }, { store: ReplicaStoreHandoff }];
   'replica.closeStore': [{ replicaId: string; transfer?: ReplicaTransfer }, { holds: ReplicaCheckpoint | null }];
-  'replica.removeStore': [{ replicaId: string }, { ok: true }];
+  'replica.removeStore': [{ replicaId: string; keepImages?: boolean }, { ok: true }];
+  /** Destination: the paths of the store's images, in disk order (a live move with the replica
+   *  boots its incoming VM from them; keepImages on removal then leaves them to that VM). */
+  'replica.storePaths': [{ replicaId: string }, { paths: string[] }];
   'replica.send': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff; from: ReplicaCheckpoint | null; checkpointId: string }, ReplicaTransfer];
   'replica.lag': [{ replicaId: string; vmId: string; from: ReplicaCheckpoint }, { bytes: number }];
   'replica.dropCheckpoints': [{ replicaId: string; vmId: string; keep?: ReplicaCheckpoint }, { ok: true }];

@@ -230,7 +230,8 @@ export const ReplicaDigestSchema = Type.Object({
 const ReplicaParams = {
   'replica.openStore': Type.Object({ replicaId: ReplicaId, spec: VmSpecSchema, listenHost: Type.String({ minLength: 1, maxLength: 256 }), expect: Type.Union([Type.Null(), ReplicaCheckpointSchema]) }),
   'replica.closeStore': Type.Object({ replicaId: ReplicaId, transfer: Type.Optional(ReplicaTransferSchema) }),
-  'replica.removeStore': Type.Object({ replicaId: ReplicaId }),
+  'replica.removeStore': Type.Object({ replicaId: ReplicaId, keepImages: Type.Optional(Type.Boolean()) }),
+  'replica.storePaths': Type.Object({ replicaId: ReplicaId }),
   'replica.send': Type.Object({ replicaId: ReplicaId, vmId: Id, store: Handoff, from: Type.Union([Type.Null(), ReplicaCheckpointSchema]), checkpointId: CheckpointIdText }),
   'replica.lag': Type.Object({ replicaId: ReplicaId, vmId: Id, from: ReplicaCheckpointSchema }),
   'replica.dropCheckpoints': Type.Object({ replicaId: ReplicaId, vmId: Id, keep: Type.Optional(ReplicaCheckpointSchema) }),
@@ -308,6 +309,7 @@ export const AGENT_RESULTS: Record<string, Checker> = (() => {
     'replica.send': checker(ReplicaTransferSchema),
     'replica.lag': checker(Type.Object({ bytes: Bytes })),
     'replica.digest': checker(ReplicaDigestSchema),
+    'replica.storePaths': checker(Type.Object({ paths: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { maxItems: 64 }) })),
     'tunnel.bicast': sites, 'tunnel.prune': checker(PruneResult), 'tunnel.state': AGENT_EVENTS['tunnel.state']!,
   };
 })();

@@ -139,8 +139,14 @@ export class QemuReplicas implements ReplicaOps {
     return held?.checkpoint ?? null;
   }
 
-  async removeStore(replicaId: string): Promise<void> {
+  async removeStore(replicaId: string, opts: { keepImages?: boolean } = {}): Promise<void> {
     await this.closeExports(replicaId);
+    if (opts.keepImages) {
+      // The images are a VM's disks now (a live move booted from them): only the records of
+      // what the store held go (IMAGE.vmtc.json beside each image).
+      for (const s of await this.existing(replicaId)) await rm(`${s.image}.vmtc.json`, { force: true });
+      return;
+    }
     await rm(this.dir(replicaId), { recursive: true, force: true });
   }
 

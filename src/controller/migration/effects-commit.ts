@@ -6,6 +6,7 @@ import { closeAccounting, releaseLightpath } from './effects-rollback.ts';
 import { NOT_FOUND, askAgent, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
 import type { TunnelDowntime } from '../../common/tunnel-protocol.ts';
 import type { MigrationDowntime } from './record.ts';
+import { endReplicasAfterCommit, returnLiveReplica } from '../replicas/migration.ts';
 
 const activate: EffectFn = async (cx, row) => {
   let warnings = row.ctx.warnings ?? [];
@@ -52,7 +53,9 @@ const cleanupSource: EffectFn = async (cx, row) => {
   const lightpath = await releaseLightpath(cx, row, warnings);
   const token = await closeAccounting(cx, row, warnings, 'cleanup');
   cx.store.releaseHold(row.id);
-  return { event: { type: 'CLEANED_UP' }, ctxPatch: { warnings, ...(lightpath ? { lightpath } : {}), ...(token ? { token } : {}) } };
+  // The VM left the disks its replicas were taken of: they go (docs/disks.md#replicas).
+  const replicasRemoved = endReplicasAfterCommit(cx.hub, cx.log, row.vmId, row.id);
+  return { event: { type: 'CLEANED_UP' }, ...(replicasRemoved.length ? { detail: { replicasRemoved } } : {}), ctxPatch: { warnings, ...(lightpath ? { lightpath } : {}), ...(token ? { token } : {}) } };
 };
 
 /** A terminal state: free the capacity, forget the secrets, stop the timers. The states before it
@@ -63,6 +66,8 @@ const finish: EffectFn = async (cx, row) => {
   const token = await closeAccounting(cx, row, warnings, 'finish');
   if (token || warnings.length) saveCtx(cx, row.id, { ...(token ? { token } : {}), ...(warnings.length ? { warnings: [...(currentCtx(cx, row.id).warnings ?? []), ...warnings] } : {}) });
   cx.store.releaseHold(row.id);
+  // A replica lent to a live move that did not commit goes back to its deltas.
+  if (row.state !== 'completed') returnLiveReplica(cx.hub, row.vmId, row.id);
   cx.secrets.delete(row.id);
   cx.exports.delete(row.id);
   cx.finished(row.id, row.state);

@@ -10,6 +10,7 @@ import { err } from '../errors.ts';
 import { askAgent, saveCtx, currentCtx, site, wrap, type EffectContext, type EffectFn } from './context.ts';
 import { lightpathMbps, lightpathWindow, migrationTuning, mustCopyStorage, sourceParams } from './request.ts';
 import { settleSourceLost } from './source-lost.ts';
+import { lendForLive, lentReplica, liveReplicaDelta, verifyLiveReplica, type LiveReplicaUse } from '../replicas/migration.ts';
 
 function lightpathRequest(cx: EffectContext, row: MigrationRow): LightpathRequest {
   return {
@@ -87,10 +88,15 @@ const prepareDestination: EffectFn = async (cx, row) => {
   // while the VM runs and sends the last delta at the pause. multifd and post-copy must be
   // enabled on both ends: the destination gets this migration's tuning; the spec goes unchanged.
   const copyStorage = mustCopyStorage(src.spec, hub.inventory(row.sourceHostId)?.sharedStorage, hub.inventory(row.destinationHostId)?.sharedStorage);
-  const tuning = migrationTuning(row.request, copyStorage);
-  const prepared = await hub.request(row.destinationHostId, 'vm.prepareIncoming', { spec: src.spec, migrationId: row.id, listenHost, tuning }, 60_000);
+  // A warm replica at the destination (docs/disks.md#replicas): the destination boots from its
+  // store and only deltas cross (startMigration); none: the mirror, as always. A replica lent
+  // here goes back to its deltas when the migration ends without committing (finish).
+  const lent = copyStorage ? await lendForLive(hub, cx.log, { migrationId: row.id, vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, spec: src.spec }) : null;
+  if (lent) saveCtx(cx, row.id, { incoming: { uri: '', prepared: false, replica: lent.use } });
+  const tuning = migrationTuning(row.request, copyStorage && !lent);
+  const prepared = await hub.request(row.destinationHostId, 'vm.prepareIncoming', { spec: lent ? lent.spec : src.spec, migrationId: row.id, listenHost, tuning }, 60_000);
   const uri = prepared.uri;
-  if (copyStorage && !prepared.storage) {
+  if (copyStorage && !lent && !prepared.storage) {
     // A destination that did not export its copies would boot on empty disks.
     throw err('VMTC_DESTINATION_NOT_RUNNING', { reason: 'the destination did not offer its disk copies (its driver cannot copy storage)', hostId: row.destinationHostId });
   }
@@ -101,15 +107,36 @@ const prepareDestination: EffectFn = async (cx, row) => {
   }
   return {
     event: { type: 'DESTINATION_PREPARED' }, detail: { uri, listenHost, ...(prepared.storage ? { storage: prepared.storage } : {}) },
-    ctxPatch: { incoming: { uri, prepared: true, ...(prepared.storage ? { storage: prepared.storage } : {}) }, tunnel },
+    ctxPatch: { incoming: { uri, prepared: true, ...(prepared.storage ? { storage: prepared.storage } : {}), ...(lent ? { replica: lent.use } : {}) }, tunnel },
   };
 };
 
 /** Pre-copy (and stop-and-copy): run the source's migration until it pauses before its final
  *  state and says so. The decision to let it go is the machine's (SWITCHOVER_READY). */
 const startMigration: EffectFn = async (cx, row, signal) => {
-  const ready = await runMigration(cx, row, signal, 'switchover');
-  return { event: { type: 'SWITCHOVER_READY' }, detail: { transferredBytes: ready.transferredBytes, totalBytes: ready.totalBytes } };
+  const replicaId = lentReplica(cx.hub, row.vmId, row.id);
+  if (!replicaId) {
+    const ready = await runMigration(cx, row, signal, 'switchover');
+    return { event: { type: 'SWITCHOVER_READY' }, detail: { transferredBytes: ready.transferredBytes, totalBytes: ready.totalBytes } };
+  }
+  // With a replica: a delta while memory is pre-copied, the last one once the source paused
+  // before the switchover, then the digests; a failure or a mismatch fails the migration here,
+  // before the point of no return (the rollback cancels it; the source runs on).
+  const copy = runMigration(cx, row, signal, 'switchover');
+  const pre = liveReplicaDelta(cx.hub, cx.clock, replicaId, 'precopy').then((d) => d, (e: unknown) => toVmtcError(e));
+  const ready = await copy.catch(async (e: unknown) => { await pre; throw e; });
+  const preDelta = await pre;
+  if (preDelta instanceof VmtcError) throw preDelta;
+  const last = await liveReplicaDelta(cx.hub, cx.clock, replicaId, 'switchover');
+  const t1 = cx.clock.now();
+  await verifyLiveReplica(cx.hub, cx.log, { vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, replicaId });
+  const cur = currentCtx(cx, row.id).incoming;
+  const use: LiveReplicaUse = { ...(cur?.replica ?? { replicaId, preSeededBytes: 0, disks: 0 }), precopyDeltaBytes: preDelta.bytes, lastDeltaBytes: last.bytes, lastDeltaMs: last.ms, digestMs: cx.clock.now() - t1 };
+  cx.log.info({ ...use }, 'replica verified at the pause: the destination holds the source\'s disks');
+  return {
+    event: { type: 'SWITCHOVER_READY' }, detail: { transferredBytes: ready.transferredBytes, totalBytes: ready.totalBytes, replica: use },
+    ...(cur ? { ctxPatch: { incoming: { ...cur, replica: use } } } : {}),
+  };
 };
 
 /** The point of no return, decided and recorded by entering this state: only now is the source

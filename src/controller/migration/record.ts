@@ -49,7 +49,9 @@ export interface MigrationCtx {
    *  (the id may never come back: docs/broker.md "Idempotency key").
    *  `booked`: the evacuation booking (src/controller/fleet/bookings.ts) the migration took over. */
   lightpath?: { key?: string; reservationId?: string; provisioned?: boolean; released?: boolean; skipped?: string; booked?: string; details?: Record<string, unknown> };
-  incoming?: { uri: string; prepared: boolean; storage?: MigrationParams['storage'] };
+  /** `replica`: the warm replica the destination booted from instead of mirrored copies
+   *  (src/controller/replicas/migration.ts LiveReplicaUse). */
+  incoming?: { uri: string; prepared: boolean; storage?: MigrationParams['storage']; replica?: import('../replicas/migration.ts').LiveReplicaUse };
   tunnel?: { bicast?: boolean; pruned?: boolean; skipped?: string };
   migrationStarted?: boolean;
   /** The controller let the source send its final state (entering 'switchover', recorded with

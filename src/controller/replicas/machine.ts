@@ -12,6 +12,10 @@
 //   warm     --VERIFY_FAILED--> failed  (a migration found its digests differ from the source's)
 //   warm     --CONSUMED-->      removing (a cold move booted from the store: what is left goes
 //                                         once that migration ended)
+//   warm     --LENT-->          warm     (a live move boots its incoming VM from the store:
+//                                         migrationId; no periodic step, the migration runs the
+//                                         deltas)
+//   warm     --RETURNED-->      warm     (that live move ended without committing: deltas go on)
 //   removing --REMOVED-->       (the record is deleted)
 import type { ReplicaCheckpoint, ReplicaTransfer } from '../../common/agent-protocol.ts';
 import { err } from '../errors.ts';
@@ -40,7 +44,8 @@ export interface ReplicaRow {
   lastSyncAt: number | null;
   /** Bytes written at the source since `checkpoint`, as last asked. */
   lagBytes: number;
-  /** The migration that used the store (CONSUMED): the removal waits for it to end. */
+  /** The migration that uses the store (LENT: a live move) or used it (CONSUMED): the removal
+   *  waits for it to end. */
   migrationId: string | null;
   /** Failed: why. Warm or removing: the last step that failed (cleared by the next success). */
   error: ReplicaError | null;
@@ -55,13 +60,15 @@ export type ReplicaEvent =
   | { type: 'DELTA_FAILED'; error: ReplicaError }
   | { type: 'VERIFY_FAILED'; error: ReplicaError }
   | { type: 'CONSUMED'; migrationId: string }
+  | { type: 'LENT'; migrationId: string }
+  | { type: 'RETURNED' }
   | { type: 'REMOVE' }
   | { type: 'REMOVE_FAILED'; error: ReplicaError }
   | { type: 'REMOVED' };
 
 const TABLE: Record<ReplicaState, Partial<Record<ReplicaEvent['type'], ReplicaState | null>>> = {
   seeding: { SEEDED: 'warm', SEED_FAILED: 'failed', REMOVE: 'removing' },
-  warm: { DELTA_SENT: 'warm', DELTA_FAILED: 'warm', VERIFY_FAILED: 'failed', CONSUMED: 'removing', REMOVE: 'removing' },
+  warm: { DELTA_SENT: 'warm', DELTA_FAILED: 'warm', VERIFY_FAILED: 'failed', CONSUMED: 'removing', REMOVE: 'removing', LENT: 'warm', RETURNED: 'warm' },
   failed: { REMOVE: 'removing' },
   removing: { REMOVE: 'removing', REMOVE_FAILED: 'removing', REMOVED: null },
 };
@@ -79,7 +86,10 @@ export function replicaNext(row: ReplicaRow, ev: ReplicaEvent, now: number): Rep
     case 'DELTA_SENT':
       return { ...next, checkpoint: ev.transfer.checkpoint, lastDeltaBytes: ev.transfer.bytes, deltas: row.deltas + 1, bytesSent: row.bytesSent + ev.transfer.bytes, lastSyncAt: now, lagBytes: 0, error: null };
     case 'CONSUMED':
+    case 'LENT':
       return { ...next, migrationId: ev.migrationId };
+    case 'RETURNED':
+      return { ...next, migrationId: null };
     case 'SEED_FAILED':
     case 'VERIFY_FAILED':
     case 'DELTA_FAILED':

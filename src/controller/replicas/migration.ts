@@ -4,7 +4,8 @@
 // disks, only the Merkle trees cross), before the destination boots from it. Without a warm
 // replica the migration takes its usual path (a full copy); a last delta that failed or digests
 // that differ make the cold path roll back (effects-cold.ts): never a wrong disk.
-import type { ReplicaDigest } from '../../common/agent-protocol.ts';
+import type { ReplicaDigest, VmSpec } from '../../common/agent-protocol.ts';
+import { err } from '../errors.ts';
 import type { Clock } from '../../common/clock.ts';
 import { VmtcError, toVmtcError } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
@@ -107,4 +108,141 @@ export function replicaConsumed(hub: HubPort, replicaId: string, migrationId: st
 /** The migration did not use the replica after all: its deltas go on. */
 export function replicaReleased(hub: HubPort, replicaId: string): void {
   replicaServiceOf(hub)?.release(replicaId);
+}
+
+/**
+ * After a committed move of `vmId` (live or cold): every replica of the VM is removed. Their
+ * checkpoints were taken of the source's disks, which are gone with the source VM, so each
+ * delta would fail; re-targeting one to the new host is not trivially correct (the new host's
+ * disks carry no checkpoint the store holds), so none is kept. A replica the migration itself
+ * consumed (a cold move booted from its store) is already being removed and is left to that.
+ * Returns the ids whose removal this started.
+ */
+export function endReplicasAfterCommit(hub: HubPort, log: Logger, vmId: string, migrationId: string): string[] {
+  const svc = replicaServiceOf(hub);
+  if (!svc) return [];
+  const ended: string[] = [];
+  for (const r of svc.records.forVm(vmId)) {
+    if (r.state === 'removing') continue;
+    try {
+      // The live move that booted from this store: the store's images are the VM's disks now.
+      if (r.migrationId === migrationId && r.state === 'warm') svc.event(r.id, { type: 'CONSUMED', migrationId });
+      else svc.remove(vmId, r.id);
+      ended.push(r.id);
+    } catch (e) {
+      log.warn({ replicaId: r.id, code: toVmtcError(e).code }, 'could not start removing a replica of the moved VM');
+    }
+  }
+  if (ended.length) log.info({ vmId, migrationId, replicas: ended }, 'the VM moved: its replicas are removed');
+  return ended;
+}
+
+// ---- live moves with a warm replica ------------------------------------------------------------
+// The controller decides (effects-live.ts asks here): with a warm replica of the VM at the
+// destination, from the same source, and no read-only disks, the destination's incoming VM boots
+// from the replica's store (its disks' paths are the store's images) and nothing is mirrored;
+// the source sends the delta since the store's checkpoint while memory is pre-copied and the last
+// one in the pause before the switchover, then both sides digest their disks and a mismatch
+// cancels the migration (the source runs on, nothing is committed). Without one: the mirror.
+
+/** What the record keeps of a live move's replica (steps.incoming.replica). */
+export interface LiveReplicaUse {
+  replicaId: string;
+  preSeededBytes: number;
+  /** Bytes of the delta sent while memory was pre-copied, and of the last one (source paused). */
+  precopyDeltaBytes?: number;
+  lastDeltaBytes?: number;
+  lastDeltaMs?: number;
+  digestMs?: number;
+  disks: number;
+}
+
+/** Lend the warm replica at the destination to live migration `migrationId`: the spec the
+ *  destination is prepared with (writable disks at the store's images), or null for the mirror. */
+export async function lendForLive(hub: HubPort, log: Logger, m: { migrationId: string; vmId: string; sourceHostId: string; destinationHostId: string; spec: VmSpec }): Promise<{ spec: VmSpec; use: LiveReplicaUse } | null> {
+  const svc = replicaServiceOf(hub);
+  const r = svc?.warmAt(m.vmId, m.destinationHostId);
+  if (!svc || !r || r.sourceHostId !== m.sourceHostId) return null;
+  const disks = m.spec.disks ?? [];
+  if (disks.length === 0 || disks.some((d) => d.readonly)) {
+    log.info({ replicaId: r.id }, 'a VM with read-only disks moves with the mirror, not its replica');
+    return null;
+  }
+  svc.hold(r.id);
+  try {
+    // After a periodic step under way, under the same lock: the store then holds its checkpoint.
+    const out = await svc.exclusive(r.id, async () => {
+      const cur = svc.records.get(r.id);
+      if (!cur || cur.state !== 'warm' || cur.migrationId) return null;
+      const { paths } = await hub.request(m.destinationHostId, 'replica.storePaths', { replicaId: r.id });
+      if (paths.length !== disks.length) return null;
+      svc.lend(r.id, m.migrationId);
+      return { paths, row: cur };
+    });
+    if (!out) {
+      svc.release(r.id);
+      return null;
+    }
+    const spec: VmSpec = { ...m.spec, disks: disks.map((d, i) => ({ ...d, path: out.paths[i]! })) };
+    log.info({ replicaId: r.id, disks: disks.length }, 'live move with the warm replica: the destination boots from its store');
+    return { spec, use: { replicaId: r.id, preSeededBytes: out.row.bytesSent, disks: disks.length } };
+  } catch (e) {
+    log.warn({ replicaId: r.id, code: toVmtcError(e).code }, 'the replica cannot be lent: the disks are mirrored');
+    svc.giveBack(r.id);
+    return null;
+  }
+}
+
+/** The replica lent to this live migration, if any. */
+export function lentReplica(hub: HubPort, vmId: string, migrationId: string): string | undefined {
+  return replicaServiceOf(hub)?.lentTo(vmId, migrationId)?.id;
+}
+
+const liveFailure = (replicaId: string, why: { code: string; message: string; details?: Record<string, unknown> }, phase: string) =>
+  err('VMTC_MIGRATION_FAILED', { phase, replica: replicaId, cause: { code: why.code, message: why.message, ...(why.details ? { details: why.details } : {}) } }, {
+    message: `the replica ${replicaId} failed the live move (${why.code}): cancelled, the VM runs at the source`,
+  });
+
+/** One delta of the lent replica (the source's disks since the store's checkpoint). */
+export async function liveReplicaDelta(hub: HubPort, clock: Clock, replicaId: string, phase: 'precopy' | 'switchover'): Promise<{ bytes: number; ms: number }> {
+  const svc = replicaServiceOf(hub);
+  if (!svc) throw liveFailure(replicaId, { code: 'VMTC_REPLICA_NOT_FOUND', message: 'no replica service' }, phase);
+  const t0 = clock.now();
+  const next = await svc.exclusive(replicaId, async () => {
+    const cur = svc.records.get(replicaId);
+    if (!cur || cur.state !== 'warm') return cur ?? null;
+    return svc.transferStep(cur);
+  });
+  if (!next || next.state !== 'warm' || next.error) {
+    throw liveFailure(replicaId, next?.error ?? { code: 'VMTC_REPLICA_STATE', message: `the replica is ${next?.state ?? 'gone'}` }, phase);
+  }
+  return { bytes: next.lastDeltaBytes, ms: clock.now() - t0 };
+}
+
+/** With the source paused after the last delta: each side digests its own disks and only the
+ *  digests cross. A mismatch fails the replica (VERIFY_FAILED) and the migration. */
+export async function verifyLiveReplica(hub: HubPort, log: Logger, m: { vmId: string; sourceHostId: string; destinationHostId: string; replicaId: string }): Promise<{ disks: number }> {
+  const [src, dst] = await Promise.all([
+    hub.request(m.sourceHostId, 'replica.digest', { replicaId: m.replicaId, side: 'source', vmId: m.vmId }, DIGEST_TIMEOUT_MS),
+    hub.request(m.destinationHostId, 'replica.digest', { replicaId: m.replicaId, side: 'store' }, DIGEST_TIMEOUT_MS),
+  ]).catch((e: unknown) => {
+    const v = toVmtcError(e);
+    throw liveFailure(m.replicaId, { code: v.code, message: v.message }, 'digest');
+  });
+  const differ = digestsDiffer(src, dst);
+  if (differ.length) {
+    const error = { code: 'VMTC_HOST_DISK_DIGEST_MISMATCH', message: "the replica's store differs from the source's disks", details: { disks: differ } };
+    replicaServiceOf(hub)?.event(m.replicaId, { type: 'VERIFY_FAILED', error });
+    log.warn({ replicaId: m.replicaId, disks: differ }, 'the replica differs from the paused source: the live move is cancelled');
+    throw liveFailure(m.replicaId, error, 'digest');
+  }
+  return { disks: src.disks.length };
+}
+
+/** A live migration ended: a replica still lent to it (it did not commit) goes back to its
+ *  deltas. A committed one was consumed by endReplicasAfterCommit. */
+export function returnLiveReplica(hub: HubPort, vmId: string, migrationId: string): void {
+  const svc = replicaServiceOf(hub);
+  const r = svc?.lentTo(vmId, migrationId);
+  if (svc && r) svc.giveBack(r.id);
 }

@@ -89,7 +89,15 @@ export class ReplicaService {
    *  checkpoints go on removal); warm replicas continue; removals are retried. */
   resume(): void {
     for (const r of this.records.all()) {
-      if (r.state === 'seeding') this.apply(r, { type: 'SEED_FAILED', error: errorOf(err('VMTC_REPLICA_INTERRUPTED', { replicaId: r.id })) });
+      // Lent to a live move (LENT): held while that migration runs; returned if it ended without
+      // committing (a commit consumed it), so deltas go on.
+      const lentTo = r.state === 'warm' && r.migrationId ? this.d.store.migration(r.migrationId) : undefined;
+      if (lentTo && !TERMINAL.has(lentTo.state)) this.held.add(r.id);
+      else if (lentTo && lentTo.state === 'completed') this.event(r.id, { type: 'CONSUMED', migrationId: lentTo.id });
+      else if (r.state === 'warm' && r.migrationId) {
+        this.apply(r, { type: 'RETURNED' });
+        this.schedule(r.id, 0);
+      } else if (r.state === 'seeding') this.apply(r, { type: 'SEED_FAILED', error: errorOf(err('VMTC_REPLICA_INTERRUPTED', { replicaId: r.id })) });
       else if (r.state !== 'failed') this.schedule(r.id, 0);
     }
   }
@@ -153,7 +161,29 @@ export class ReplicaService {
 
   /** The warm replica of `vmId` at `hostId`, if there is one. */
   warmAt(vmId: string, hostId: string): ReplicaRow | undefined {
-    return this.records.forVm(vmId).find((r) => r.destinationHostId === hostId && r.state === 'warm' && r.checkpoint);
+    return this.records.forVm(vmId).find((r) => r.destinationHostId === hostId && r.state === 'warm' && r.checkpoint && !r.migrationId);
+  }
+
+  /** The replica lent to live migration `migrationId`, if any. */
+  lentTo(vmId: string, migrationId: string): ReplicaRow | undefined {
+    return this.records.forVm(vmId).find((r) => r.migrationId === migrationId && r.state !== 'removing');
+  }
+
+  /** A live move boots from the replica's store: recorded (LENT), no periodic step until it is
+   *  given back or consumed. Call with the replica held. */
+  lend(replicaId: string, migrationId: string): ReplicaRow {
+    const r = this.records.get(replicaId);
+    if (!r) throw err('VMTC_REPLICA_NOT_FOUND', { replicaId });
+    this.held.add(replicaId);
+    return this.apply(r, { type: 'LENT', migrationId })!;
+  }
+
+  /** The live move that borrowed it ended without committing: deltas go on (a failed replica
+   *  stays failed). */
+  giveBack(replicaId: string): void {
+    const r = this.records.get(replicaId);
+    if (r?.state === 'warm' && r.migrationId) this.apply(r, { type: 'RETURNED' });
+    this.release(replicaId);
   }
 
   /** Run `fn` as this replica's next step once the one running ends (steps never overlap: a
@@ -258,8 +288,10 @@ export class ReplicaService {
     // rollback starts the source VM again, which must not find its image held for them).
     const m = r.migrationId ? this.d.store.migration(r.migrationId) : undefined;
     if (m && !TERMINAL.has(m.state)) return r;
+    // A committed live move runs its VM from the store's images: only the store's records go.
+    const keepImages = !!m && m.state === 'completed' && m.ctx.path === 'live';
     try {
-      await this.d.hub.request(r.destinationHostId, 'replica.removeStore', { replicaId: r.id });
+      await this.d.hub.request(r.destinationHostId, 'replica.removeStore', { replicaId: r.id, ...(keepImages ? { keepImages } : {}) });
       // A VM no longer at the source (it moved, and its source copy went) has no checkpoints left.
       await this.d.hub.request(r.sourceHostId, 'replica.dropCheckpoints', { replicaId: r.id, vmId: r.vmId }).catch((e: unknown) => {
         if (!(e instanceof VmtcError && /_VM_NOT_FOUND$/.test(e.code))) throw e;

@@ -1,0 +1,56 @@
+// A committed move ends the VM's replicas (docs/disks.md#replicas): their checkpoints were taken
+// of the source's disks, which go with the source VM, so a replica kept after the move would
+// fail every delta. Through the controller and real host agents (DoubleDriver and its replica
+// double).
+import { afterEach, describe, expect, it } from 'vitest';
+import { startHarness, type Harness } from '../helpers/controller-harness.ts';
+import { diskVm } from '../helpers/replica-disks.ts';
+
+let h: Harness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+async function warmReplica(harness: Harness, vmId: string, to: string): Promise<string> {
+  const res = await harness.api('POST', `/v1/vms/${vmId}/replicas`, { destinationHostId: to, intervalS: 3600 });
+  expect(res.status).toBe(202);
+  await harness.waitFor(async () => (await harness.api('GET', `/v1/vms/${vmId}/replicas/${res.body.id}`)).body.state === 'warm', 'replica warm');
+  return res.body.id as string;
+}
+
+describe('a committed move removes the VM\'s replicas', () => {
+  it('live move to the replica\'s host: the replica (not used by the live path) is removed, store and checkpoints gone', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm1', 1, 2);
+    const a = await h.addHost('A', { vms: [vm.spec] });
+    const b = await h.addHost('B');
+    const rid = await warmReplica(h, 'vm1', 'B');
+    expect(b.replicas.hasStore(rid)).toBe(true);
+    expect(a.replicas.checkpointIds('vm1')).not.toEqual([]);
+
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'live' });
+    expect(res.status).toBe(202);
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
+    await h.waitFor(async () => (await h!.api('GET', `/v1/vms/vm1/replicas/${rid}`)).status === 404, 'replica removed', 20_000);
+    expect(b.replicas.hasStore(rid)).toBe(false);
+    expect((await h.api('GET', '/v1/vms/vm1/replicas')).body).toMatchObject({ replicas: [] });
+  });
+
+  it('cold move to another host: the replica at B (not the destination) is removed too', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm2', 1, 2);
+    await h.addHost('A', { vms: [vm.spec] });
+    const b = await h.addHost('B');
+    await h.addHost('C');
+    const rid = await warmReplica(h, 'vm2', 'B');
+
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm2', destinationHostId: 'C', mode: 'cold' });
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
+    expect(done.steps.cold.replica).toBeUndefined();
+    await h.waitFor(async () => (await h!.api('GET', `/v1/vms/vm2/replicas/${rid}`)).status === 404, 'replica removed', 20_000);
+    expect(b.replicas.hasStore(rid)).toBe(false);
+  });
+});

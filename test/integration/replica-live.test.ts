@@ -1,0 +1,106 @@
+// A live move with a warm replica at the destination, through the controller and real host
+// agents (DoubleDriver and its replica double: real disk bytes over real TCP; hosts without
+// shared storage, so without a replica the disks would be mirrored): the destination's incoming
+// VM boots from the replica's store, only the delta since its checkpoint crosses (during the
+// pre-copy and in the pause before the switchover), and the digests of both sides are compared
+// at that pause; a corrupt store cancels the move with the VM running at the source.
+import { afterEach, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { startHarness, type Harness } from '../helpers/controller-harness.ts';
+import { diskVm, writeAt } from '../helpers/replica-disks.ts';
+import { replicaServiceOf } from '../../src/controller/replicas/service.ts';
+
+let h: Harness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+async function warmReplica(harness: Harness, vmId: string): Promise<string> {
+  const res = await harness.api('POST', `/v1/vms/${vmId}/replicas`, { destinationHostId: 'B', intervalS: 3600 });
+  expect(res.status).toBe(202);
+  await harness.waitFor(async () => (await harness.api('GET', `/v1/vms/${vmId}/replicas/${res.body.id}`)).body.state === 'warm', 'replica warm');
+  return res.body.id as string;
+}
+
+describe('live migration with a warm replica (DoubleDriver, replica double, no shared storage)', () => {
+  it('only the delta since the replica\'s checkpoint crosses; digests equal; B runs from the store, byte-identical to the source', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm1', 2, 4);
+    const a = await h.addHost('A', { vms: [vm.spec], sharedStorage: false });
+    const b = await h.addHost('B', { sharedStorage: false });
+    const rid = await warmReplica(h, 'vm1');
+    const storeImage = b.replicas.storeFile(rid, 0)!;
+    // Written after the seed (interval 1 h: no periodic delta takes it): the migration's delta.
+    writeAt(vm.path, 3 * MiB, randomBytes(256 * KiB));
+    const final = readFileSync(vm.path);
+
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'live' });
+    expect(res.status).toBe(202);
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
+    const used = done.steps.incoming.replica;
+    expect(used).toMatchObject({ replicaId: rid, preSeededBytes: 2 * MiB, disks: 1 });
+    // Only the delta crossed at migration time: the 256 KiB written since the seed, in the
+    // pre-copy delta or the last one, and nothing was mirrored.
+    expect(used.precopyDeltaBytes + used.lastDeltaBytes).toBe(256 * KiB);
+    expect(done.steps.incoming.storage).toBeUndefined();
+    expect(b.lastIncomingTuning('vm1')?.copyStorage).toBeFalsy();
+    // B's VM runs from the store's image, which holds the source's final bytes.
+    const info = await b.describe('vm1');
+    expect(info.state).toBe('running');
+    expect(info.spec.disks![0]!.path).toBe(storeImage);
+    expect(readFileSync(storeImage).equals(final)).toBe(true);
+    // The replica is consumed: its record goes, the image stays as the VM's disk.
+    await h.waitFor(async () => (await h!.api('GET', `/v1/vms/vm1/replicas/${rid}`)).status === 404, 'replica removed', 20_000);
+    expect(existsSync(storeImage)).toBe(true);
+    expect(readFileSync(storeImage).equals(final)).toBe(true);
+    await expect(a.describe('vm1')).rejects.toMatchObject({ code: 'VMTC_HOST_VM_NOT_FOUND' });
+  });
+
+  it('a corrupt replica (a byte flipped in its store) fails the digests at the pause: the move rolls back, the VM runs at the source, B has nothing', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm2', 2, 4);
+    const a = await h.addHost('A', { vms: [vm.spec], sharedStorage: false });
+    const b = await h.addHost('B', { sharedStorage: false });
+    const rid = await warmReplica(h, 'vm2');
+    const [store] = await b.replicas.storePaths(rid);
+    const bad = readFileSync(store!);
+    bad[12345] ^= 0xff;
+    writeFileSync(store!, bad);
+    const before = readFileSync(vm.path);
+
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm2', destinationHostId: 'B', mode: 'live' });
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect(done.state).toBe('rolled_back');
+    expect(done.error).toMatchObject({ code: 'VMTC_MIGRATION_FAILED', details: { phase: 'digest', replica: rid, cause: { code: 'VMTC_HOST_DISK_DIGEST_MISMATCH', details: { disks: [{ index: 0, chunks: [0] }] } } } });
+    expect((await a.describe('vm2')).state).toBe('running');
+    await expect(b.describe('vm2')).rejects.toMatchObject({ code: 'VMTC_HOST_VM_NOT_FOUND' });
+    expect(readFileSync(vm.path).equals(before)).toBe(true);
+    // The replica failed and is not lent to anyone: not used again.
+    expect((await h.api('GET', `/v1/vms/vm2/replicas/${rid}`)).body).toMatchObject({ state: 'failed', error: { code: 'VMTC_HOST_DISK_DIGEST_MISMATCH' } });
+  });
+
+  it('a live move that fails for another reason (the destination refuses to prepare) gives the replica back: warm, not lent, its deltas go on', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm3', 1, 2);
+    await h.addHost('A', { vms: [vm.spec], sharedStorage: false });
+    await h.addHost('B', { sharedStorage: false, failures: { failPrepareIncoming: true } });
+    const rid = await warmReplica(h, 'vm3');
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm3', destinationHostId: 'B', mode: 'live' });
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect(done.state).toBe('rolled_back');
+    expect(done.steps.incoming.replica).toMatchObject({ replicaId: rid });
+    // The terminal state's effect gives it back (the record: migrationId, not in the API's view).
+    const row = await h.waitFor(() => { const r = replicaServiceOf(h!.controller.hub)!.records.get(rid); return r && !r.migrationId ? r : undefined; }, 'replica given back');
+    expect(row.state).toBe('warm');
+    // Lent no more: the next live move may borrow it again (it fails the same way, lending first).
+    const again = await h.api('POST', '/v1/migrations', { vmId: 'vm3', destinationHostId: 'B', mode: 'live' });
+    const second = await h.waitState(again.body.id, ['completed', 'rolled_back', 'failed']);
+    expect(second.steps.incoming.replica).toMatchObject({ replicaId: rid });
+  });
+});
