@@ -50,8 +50,8 @@ export interface MigrationCtx {
    *  `booked`: the evacuation booking (src/controller/fleet/bookings.ts) the migration took over. */
   lightpath?: { key?: string; reservationId?: string; provisioned?: boolean; released?: boolean; skipped?: string; booked?: string; details?: Record<string, unknown> };
   /** `replica`: the warm replica the destination booted from instead of mirrored copies
-   *  (src/controller/replicas/migration.ts LiveReplicaUse). */
-  incoming?: { uri: string; prepared: boolean; storage?: MigrationParams['storage']; replica?: import('../replicas/migration.ts').LiveReplicaUse };
+   *  (src/controller/replicas/migration.ts). */
+  incoming?: { uri: string; prepared: boolean; storage?: MigrationParams['storage']; replica?: LiveReplicaUse };
   tunnel?: { bicast?: boolean; pruned?: boolean; skipped?: string };
   migrationStarted?: boolean;
   /** The controller let the source send its final state (entering 'switchover', recorded with
@@ -113,3 +113,15 @@ export interface MigrationDowntime {
 export type MigrationChange =
   | { at: number; by: string; what: 'tune'; limits: MigrationLimits; previous: MigrationLimits; reported: MigrationLimits }
   | { at: number; by: string; what: 'force-complete'; mode: ForceCompleteMode };
+
+/** A live migration's use of a warm replica at its destination (src/controller/replicas/migration.ts). */
+export interface LiveReplicaUse {
+  replicaId: string;
+  preSeededBytes: number;
+  /** Bytes of the delta sent while memory was pre-copied, and of the last one (source paused). */
+  precopyDeltaBytes?: number;
+  lastDeltaBytes?: number;
+  lastDeltaMs?: number;
+  digestMs?: number;
+  disks: number;
+}

@@ -11,6 +11,7 @@ import { VmtcError, toVmtcError } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
 import type { HubPort } from '../ports.ts';
 import { replicaServiceOf } from './service.ts';
+import type { LiveReplicaUse } from '../migration/record.ts';
 
 /** What the migration record keeps of it. */
 export interface ReplicaUse {
@@ -146,16 +147,7 @@ export function endReplicasAfterCommit(hub: HubPort, log: Logger, vmId: string, 
 // cancels the migration (the source runs on, nothing is committed). Without one: the mirror.
 
 /** What the record keeps of a live move's replica (steps.incoming.replica). */
-export interface LiveReplicaUse {
-  replicaId: string;
-  preSeededBytes: number;
-  /** Bytes of the delta sent while memory was pre-copied, and of the last one (source paused). */
-  precopyDeltaBytes?: number;
-  lastDeltaBytes?: number;
-  lastDeltaMs?: number;
-  digestMs?: number;
-  disks: number;
-}
+export type { LiveReplicaUse } from '../migration/record.ts';
 
 /** Lend the warm replica at the destination to live migration `migrationId`: the spec the
  *  destination is prepared with (writable disks at the store's images), or null for the mirror. */
