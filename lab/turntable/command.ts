@@ -161,7 +161,7 @@ export const command: Command = {
     'queue-ms': { type: 'string', arg: 'MS', help: "the delay line's queue bound in ms at the line rate (default: one bandwidth-delay product of the reserved rate, RTT × bandwidth ÷ line rate, 20–1000 ms)" },
     accel: { type: 'string', arg: 'tcg|kvm', default: 'tcg', help: "QEMU's accelerator: kvm only where /dev/kvm works (else VMTC_LAB_KVM_UNAVAILABLE); TCG figures are labelled as such" },
     guest: { type: 'string', arg: 'idle|populated', help: 'idle guest (default), or one whose memory is populated once at boot (see --fill-mb)' },
-    'fill-mb': { type: 'string', arg: 'MB', help: 'populated guest: MiB of non-zero data written once at boot before it is ready (default with --guest populated: three quarters of --memory-mb less the dirty load)' },
+    'fill-mb': { type: 'string', arg: 'MB', help: 'populated guest: MiB of non-zero data written once at boot before it is ready (default with --guest populated: half of --memory-mb less the dirty load)' },
     load: { type: 'string', arg: 'none|dirty', default: 'none', help: 'guest workload: dirty keeps rewriting memory' },
     'dirty-mb': { type: 'string', arg: 'MB', help: 'with --load dirty: memory rewritten per period (default: a quarter of the guest memory)' },
     converge: { type: 'string', arg: 'auto-converge|postcopy', default: 'auto-converge', help: 'with --load dirty: throttle the guest until pre-copy converges, or switch to post-copy after the first full pass' },

@@ -80,10 +80,11 @@ export function judgeEmulator(reports: readonly EmulatorInterval[], window: { fr
   return { reliable: reasons.length === 0, reasons, drops, intervalsJudged, shortIntervals };
 }
 
-/** The populated guest's default fill: three quarters of its memory, less the dirty load's share
- *  (the kernel, the initramfs and the probes live in the rest). */
+/** The populated guest's default fill: half of its memory, less the dirty load's share (the
+ *  kernel, the initramfs, which lives in RAM, and the probes need the rest: three quarters of a
+ *  256 MB guest made its kernel kill the fill for lack of memory). */
 export function defaultFillMb(memoryMb: number, dirtyMb: number): number {
-  return Math.max(0, Math.floor(memoryMb * 0.75) - dirtyMb);
+  return Math.max(0, Math.floor(memoryMb * 0.5) - dirtyMb);
 }
 
 export type Accel = 'tcg' | 'kvm';

@@ -55,7 +55,7 @@ export interface TurntableOptions {
    *  of the reserved rate, lab/turntable/instrument.ts bdpQueueMs). */
   queueMs?: number;
   /** The guest: idle (default), or populated with `fillMb` MiB written once at boot (default
-   *  defaultFillMb: three quarters of its memory less the dirty load). */
+   *  defaultFillMb: half of its memory less the dirty load). */
   guest?: 'idle' | 'populated';
   fillMb?: number;
   /** Tuning in flight: change every live migration's limits once, `afterMs` into its copy (retune.ts). */

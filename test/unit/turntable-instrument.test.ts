@@ -135,9 +135,9 @@ describe("the delay line's scheduling", () => {
 });
 
 describe('the populated guest and the accelerator', () => {
-  it('fills three quarters of the memory less the dirty load by default, and says so on the command line', () => {
-    expect(defaultFillMb(256, 0)).toBe(192);
-    expect(defaultFillMb(256, 64)).toBe(128);
+  it('fills half of the memory less the dirty load by default, and says so on the command line', () => {
+    expect(defaultFillMb(256, 0)).toBe(128);
+    expect(defaultFillMb(256, 64)).toBe(64);
     expect(defaultFillMb(64, 100)).toBe(0);
     expect(guestAppend({ fillMb: 192 })).toContain('vmtc.fill=192');
     expect(guestAppend({})).not.toContain('vmtc.fill');
