@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { expect } from 'vitest';
 import { vmSpec, type Harness } from './controller-harness.ts';
 
 const MiB = 1024 * 1024;
@@ -24,4 +25,13 @@ export function writeAt(path: string, offset: number, data: Buffer): void {
   } finally {
     closeSync(fd);
   }
+}
+
+/** Ask for a replica of `vmId` at `to` (no periodic delta for an hour) and wait until it is warm;
+ *  its id. */
+export async function warmReplica(harness: Harness, vmId: string, to = 'B'): Promise<string> {
+  const res = await harness.api('POST', `/v1/vms/${vmId}/replicas`, { destinationHostId: to, intervalS: 3600 });
+  expect(res.status).toBe(202);
+  await harness.waitFor(async () => (await harness.api('GET', `/v1/vms/${vmId}/replicas/${res.body.id}`)).body.state === 'warm', 'replica warm');
+  return res.body.id as string;
 }

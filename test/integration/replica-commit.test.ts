@@ -4,20 +4,13 @@
 // double).
 import { afterEach, describe, expect, it } from 'vitest';
 import { startHarness, type Harness } from '../helpers/controller-harness.ts';
-import { diskVm } from '../helpers/replica-disks.ts';
+import { diskVm, warmReplica } from '../helpers/replica-disks.ts';
 
 let h: Harness | undefined;
 afterEach(async () => {
   await h?.close();
   h = undefined;
 });
-
-async function warmReplica(harness: Harness, vmId: string, to: string): Promise<string> {
-  const res = await harness.api('POST', `/v1/vms/${vmId}/replicas`, { destinationHostId: to, intervalS: 3600 });
-  expect(res.status).toBe(202);
-  await harness.waitFor(async () => (await harness.api('GET', `/v1/vms/${vmId}/replicas/${res.body.id}`)).body.state === 'warm', 'replica warm');
-  return res.body.id as string;
-}
 
 describe('a committed move removes the VM\'s replicas', () => {
   it('live move to the replica\'s host: the replica (not used by the live path) is removed, store and checkpoints gone', async () => {

@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { startHarness, type Harness } from '../helpers/controller-harness.ts';
-import { diskVm, writeAt } from '../helpers/replica-disks.ts';
+import { diskVm, warmReplica, writeAt } from '../helpers/replica-disks.ts';
 import { replicaServiceOf } from '../../src/controller/replicas/service.ts';
 
 let h: Harness | undefined;
@@ -19,13 +19,6 @@ afterEach(async () => {
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-async function warmReplica(harness: Harness, vmId: string): Promise<string> {
-  const res = await harness.api('POST', `/v1/vms/${vmId}/replicas`, { destinationHostId: 'B', intervalS: 3600 });
-  expect(res.status).toBe(202);
-  await harness.waitFor(async () => (await harness.api('GET', `/v1/vms/${vmId}/replicas/${res.body.id}`)).body.state === 'warm', 'replica warm');
-  return res.body.id as string;
-}
 
 describe('live migration with a warm replica (DoubleDriver, replica double, no shared storage)', () => {
   it('only the delta since the replica\'s checkpoint crosses; digests equal; B runs from the store, byte-identical to the source', async () => {
