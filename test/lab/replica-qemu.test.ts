@@ -9,46 +9,21 @@
 // the digests and the move rolls back; a destination that dies mid-seed fails the replica and
 // leaves the source running without checkpoints of it.
 import { readFileSync } from 'node:fs';
-import { mkdtemp, open, readdir, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startController, type Controller } from '../../src/controller/index.ts';
-import { startHostAgent, type HostAgent } from '../../agents/host/index.ts';
-import { QemuDriver } from '../../agents/host/qemu/driver.ts';
-import { silentLogger } from '../../src/common/log.ts';
-import { buildGuestImage, guestAppend, type GuestImage } from '../../lab/guest/build.ts';
-import { exec, guestSpec, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
+import { exec } from './qemu-helpers.ts';
+import { ReplicaLab } from './replica-lab.ts';
 
 const MiB = 1024 * 1024;
 
 describe('replicas with real QEMU: seed, deltas, cold move with the replica (loopback)', () => {
-  let img: GuestImage;
-  let tmp: string;
-  let ctl: Controller | undefined;
-  const drivers = new Map<string, QemuDriver>();
-  const agents: HostAgent[] = [];
-  const pids = new Set<number>();
-  const vmId = `rq-${shortId()}`;
-  let data: string;
+  const lab = new ReplicaLab('rq');
+  const { drivers, agents, pids, vmId } = lab;
+  const api = lab.api.bind(lab);
+  const waitFor = lab.waitFor.bind(lab);
+  const diskOf = lab.diskOf.bind(lab);
 
-  async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-    const res = await fetch(ctl!.url + path, {
-      method, headers: { authorization: `Bearer ${ctl!.adminToken}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  }
-  async function waitFor<T>(fn: () => Promise<T | undefined | false>, what: string, ms = 120_000): Promise<T> {
-    const until = Date.now() + ms;
-    for (;;) {
-      const v = await fn();
-      if (v) return v;
-      if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
   async function migrateCold(to: string): Promise<any> {
     const res = await api('POST', '/v1/migrations', { vmId, destinationHostId: to, mode: 'cold' });
     expect(res.status, JSON.stringify(res.body)).toBe(202);
@@ -64,39 +39,9 @@ describe('replicas with real QEMU: seed, deltas, cold move with the replica (loo
     const at = (to: string) => Date.parse(rec.transitions.find((x: any) => x.to === to).at);
     return at('cold_verifying') - at('cold_exporting');
   }
-  async function diskOf(host: string): Promise<string> {
-    return (await drivers.get(host)!.describe(vmId)).spec.disks![0]!.path;
-  }
-  async function addHost(hostId: string): Promise<void> {
-    const drv = new QemuDriver({ dataDir: join(tmp, hostId, 'qemu'), logger: testLogger(), pollMs: 100 });
-    drivers.set(hostId, drv);
-    const tok = ctl!.hub.mintEnrollToken({ kind: 'host', hostId });
-    agents.push(await startHostAgent({ controllerUrl: ctl!.url, enrollToken: tok.token, dataDir: join(tmp, hostId, 'agent'), driver: drv, logger: silentLogger(), migrationAddress: '127.0.0.1', backoff: { initialMs: 50, maxMs: 500, jitter: 0.2 } }));
-    await waitFor(async () => ctl!.hub.inventory(hostId), `inventory of ${hostId}`);
-  }
 
-  beforeAll(async () => {
-    img = await buildGuestImage();
-    tmp = await mkdtemp(join(tmpdir(), 'vmtc-rq-'));
-    ctl = await startController({ dataDir: join(tmp, 'controller'), listen: { host: '127.0.0.1', port: 0 }, agentListen: { host: '127.0.0.1', port: 0 }, logger: silentLogger(), runner: { statusPollMs: 200, destinationRunTimeoutMs: 60_000 } });
-    await addHost('A');
-    await addHost('B');
-    // The guest's data disk: 64 MiB qcow2, 16 MiB of 0x5a.
-    data = join(tmp, 'data.qcow2');
-    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', data, '64M']);
-    await exec('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 16M', data]);
-    const a = drivers.get('A')!;
-    await a.start(guestSpec(vmId, img.kernel, img.initrd, guestAppend({ heartbeatMs: 50 }), { disks: [{ path: data, format: 'qcow2' }] }));
-    pids.add((await a.pid(vmId))!);
-    await waitForLine((await a.paths(vmId)).console, /VMTC-GUEST-READY/, 90_000);
-    await waitFor(async () => ctl!.hub.inventory('A')?.vms.some((v) => v.vmId === vmId && v.state === 'running'), 'the VM in A\'s inventory');
-  }, 300_000);
-
-  afterAll(async () => {
-    for (const ag of agents.splice(0)) await ag.close().catch(() => undefined);
-    await ctl?.close().catch(() => undefined);
-    await teardownDrivers(drivers.values(), pids, tmp);
-  }, 120_000);
+  beforeAll(() => lab.start('vmtc-rq-'), 300_000);
+  afterAll(() => lab.close(), 120_000);
 
   it('seeds, keeps warm, and a cold move sends only the last delta and boots B from the replica: qemu-img compare equal; back without one for comparison', async () => {
     const res = await api('POST', `/v1/vms/${vmId}/replicas`, { destinationHostId: 'B', intervalS: 2 });
@@ -128,8 +73,8 @@ describe('replicas with real QEMU: seed, deltas, cold move with the replica (loo
     expect(lastDelta).toBeLessThanOrEqual(1 * MiB + 64 * 1024);
     // B runs from the replica's store; its content is the source's final state.
     const bDisk = await diskOf('B');
-    expect(bDisk).toContain(join(tmp, 'B', 'agent', 'disks', vmId));
-    await exec('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', data, bDisk]);
+    expect(bDisk).toContain(join(lab.tmp, 'B', 'agent', 'disks', vmId));
+    await exec('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', lab.data, bDisk]);
     pids.add((await drivers.get('B')!.pid(vmId))!);
     await waitFor(async () => (await api('GET', `/v1/vms/${vmId}/replicas/${rid}`)).status === 404, 'the consumed replica removed', 60_000);
     const withReplica = coldDowntimeMs(rec);
@@ -156,7 +101,7 @@ describe('replicas with real QEMU: seed, deltas, cold move with the replica (loo
       return r.state === 'warm' || r.state === 'failed' ? r : undefined;
     }, 'replica warm');
     expect({ state: warm.state, error: warm.error }).toEqual({ state: 'warm', error: null });
-    const store = join(tmp, 'B', 'qemu', 'replicas', rid, 'disk0.qcow2');
+    const store = join(lab.tmp, 'B', 'qemu', 'replicas', rid, 'disk0.qcow2');
     const { stdout } = await exec('qemu-img', ['map', '--output=json', store]);
     const ext = (JSON.parse(stdout) as { start: number; length: number; data: boolean; offset?: number }[]).find((x) => x.data && x.start <= 4 * MiB && x.start + x.length > 4 * MiB)!;
     const fh = await open(store, 'r+');
@@ -186,7 +131,7 @@ describe('replicas with real QEMU: seed, deltas, cold move with the replica (loo
     const res = await api('POST', `/v1/vms/${vmId}/replicas`, { destinationHostId: dst, intervalS: 3600 });
     expect(res.status).toBe(202);
     const rid = res.body.id as string;
-    const store = join(tmp, dst, 'qemu', 'replicas', rid, 'disk0.qcow2');
+    const store = join(lab.tmp, dst, 'qemu', 'replicas', rid, 'disk0.qcow2');
     // The store's file grows as data clusters land (its qcow2 metadata stays in the daemon's
     // cache until it closes, so qemu-img map would not show them yet).
     await waitFor(async () => ((await stat(store).catch(() => undefined))?.size ?? 0) >= 2 * MiB, 'the first 2 MiB at the destination', 60_000);
