@@ -8,6 +8,7 @@ import type { Clock, Ids } from '../common/clock.ts';
 import { VmtcError, toVmtcError } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
 import { Calendar } from './calendar.ts';
+import { ReservationTimers } from './timers.ts';
 import type { NetworkElementDriver } from './driver.ts';
 import { brokerError } from './errors.ts';
 import { next, transition, type Effect, type Machine, type MachineTypes } from './nsi.ts';
@@ -49,22 +50,17 @@ const FIELD: Record<Machine, 'reservationState' | 'provisionState' | 'lifecycleS
   lifecycle: 'lifecycleState',
 };
 
-interface Timers {
-  hold?: { cancel(): void };
-  end?: { cancel(): void };
-  activate?: { cancel(): void };
-}
-
 export class BrokerService {
   readonly events = new EventEmitter();
   readonly calendar: Calendar;
   private readonly live = new Map<string, Reservation>();
-  private readonly timers = new Map<string, Timers>();
+  private readonly timers: ReservationTimers;
   private readonly log: Logger;
   private closed = false;
 
   constructor(private readonly o: BrokerServiceOptions) {
     this.calendar = new Calendar((l) => o.topology.links.get(l)?.capacityMbps ?? 0);
+    this.timers = new ReservationTimers(o.clock);
     this.log = o.logger.child({ mod: 'reservations', domain: o.domain });
     this.events.setMaxListeners(1000);
   }
@@ -90,7 +86,7 @@ export class BrokerService {
     this.log.info({ reservationId: r.id, migrationId: r.migrationId, machine, from, to: rule.to, event }, 'nsi transition');
     this.publish({ type: 'stateChange', reservationId: r.id, machine, from, to: rule.to, event, at });
     if (r.lifecycleState === 'Terminated') {
-      this.clearTimers(r.id);
+      this.timers.clear(r.id);
       this.live.delete(r.id);
     }
   }
@@ -102,7 +98,7 @@ export class BrokerService {
         this.armHold(r, this.o.holdTimeoutMs);
         break;
       case 'cancelHoldTimer':
-        this.cancelTimer(r.id, 'hold');
+        this.timers.cancel(r.id, 'hold');
         break;
       case 'unbook':
         this.calendar.unbook(r.id);
@@ -115,7 +111,7 @@ export class BrokerService {
         this.armEnd(r);
         break;
       case 'cancelTimers':
-        this.clearTimers(r.id);
+        this.timers.clear(r.id);
         break;
       case 'recordDataPlaneError':
         if (ctx.error) {
@@ -154,34 +150,12 @@ export class BrokerService {
 
   // ---------------------------------------------------------------- timers
 
-  private timerSlot(id: string): Timers {
-    let t = this.timers.get(id);
-    if (!t) this.timers.set(id, (t = {}));
-    return t;
-  }
-
-  private cancelTimer(id: string, which: keyof Timers): void {
-    const t = this.timers.get(id);
-    t?.[which]?.cancel();
-    if (t) delete t[which];
-  }
-
-  private clearTimers(id: string): void {
-    const t = this.timers.get(id);
-    t?.hold?.cancel();
-    t?.end?.cancel();
-    t?.activate?.cancel();
-    this.timers.delete(id);
-  }
-
   private armHold(r: Reservation, ms: number): void {
-    this.cancelTimer(r.id, 'hold');
-    this.timerSlot(r.id).hold = this.o.clock.setTimeout(() => this.onHoldTimeout(r.id), Math.max(0, ms));
+    this.timers.arm(r.id, 'hold', ms, () => this.onHoldTimeout(r.id));
   }
 
   private armEnd(r: Reservation): void {
-    this.cancelTimer(r.id, 'end');
-    this.timerSlot(r.id).end = this.o.clock.setTimeout(() => void this.onEndTime(r.id), Math.max(0, r.end * 1000 - this.o.clock.now()));
+    this.timers.arm(r.id, 'end', r.end * 1000 - this.o.clock.now(), () => void this.onEndTime(r.id));
   }
 
   /** GFD.212: a held reservation that is not committed in time times out and frees its capacity. */
@@ -400,8 +374,7 @@ export class BrokerService {
   }
 
   private armActivation(r: Reservation): void {
-    this.cancelTimer(r.id, 'activate');
-    this.timerSlot(r.id).activate = this.o.clock.setTimeout(() => void this.onActivate(r.id), Math.max(0, r.start * 1000 - this.o.clock.now()));
+    this.timers.arm(r.id, 'activate', r.start * 1000 - this.o.clock.now(), () => void this.onActivate(r.id));
   }
 
   /** Start of the window of a provisioned advance reservation: bring the data plane up. */
@@ -421,7 +394,7 @@ export class BrokerService {
   async release(id: string): Promise<Reservation> {
     const r = this.mustBeLive(id, 'release');
     this.apply(r, 'provision', 'release');
-    this.cancelTimer(r.id, 'activate');
+    this.timers.cancel(r.id, 'activate');
     await this.deactivate(r);
     if (r.downstream) await this.bestEffortPeer(r, 'release');
     this.apply(r, 'provision', 'releaseConfirmed');
@@ -437,7 +410,7 @@ export class BrokerService {
     }
     this.apply(r, 'lifecycle', 'terminate');
     await this.releaseDataPlane(r);
-    if (r.reservationState === 'ReserveHeld') this.cancelTimer(r.id, 'hold');
+    if (r.reservationState === 'ReserveHeld') this.timers.cancel(r.id, 'hold');
     if (r.downstream) await this.bestEffortPeer(r, 'terminate');
     this.apply(r, 'lifecycle', 'terminateConfirmed');
     return r;
@@ -445,7 +418,7 @@ export class BrokerService {
 
   /** Take the data plane down and walk the provision machine back to Released. */
   private async releaseDataPlane(r: Reservation): Promise<void> {
-    this.cancelTimer(r.id, 'activate');
+    this.timers.cancel(r.id, 'activate');
     if (r.provisionState === 'Provisioned') this.apply(r, 'provision', 'release');
     await this.deactivate(r);
     if (r.provisionState === 'Releasing') this.apply(r, 'provision', 'releaseConfirmed');
@@ -535,7 +508,7 @@ export class BrokerService {
 
   close(): void {
     this.closed = true;
-    for (const id of [...this.timers.keys()]) this.clearTimers(id);
+    this.timers.clearAll();
   }
 
   /** For tests and the bench: whether an event is allowed (the pure table, no side effects). */
