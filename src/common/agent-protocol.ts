@@ -160,6 +160,11 @@ export interface MigrationResult {
   pausedAt?: number;
   /** Disk bytes the storage mirrors processed (bulk copy plus deltas), with storage copy. */
   storageBytes?: number;
+  /** The copy switched to post-copy (QEMU accepted migrate-start-postcopy): the destination ran
+   *  the VM before all its memory had arrived and fetched the rest on demand. */
+  postcopy?: boolean;
+  /** With post-copy: the pages the destination asked the source for (its page faults). */
+  postcopyRequests?: number;
   error?: { code: string; message: string; details?: Record<string, unknown> };
 }
 
@@ -321,7 +326,20 @@ export type ReplicaStoreHandoff = Record<string, unknown>;
 
 /** A digest of each of a VM's writable disks (agents/host/disks/digest.ts), in disk order. */
 export interface ReplicaDigest {
-  disks: { index: number; size: number; chunkBytes: number; root: string; leaves: string[] }[];
+  /** `changed`: an incremental digest (docs/disks.md#incremental-digests) re-read only these
+   *  chunks, the rest came from the leaves kept at `since`; absent: every chunk was read. */
+  disks: { index: number; size: number; chunkBytes: number; root: string; leaves: string[]; changed?: number[] }[];
+}
+
+/** replica.digest's incremental form (docs/disks.md#incremental-digests): `keepAs` keeps this
+ *  (full) digest's leaves as of that checkpoint; `since` re-reads only the chunks written since
+ *  that checkpoint's leaves were kept (the source finds them in its change tracking; the store is
+ *  told them: `changed`, per disk, from the source's answer). Without leaves kept at `since`, or
+ *  with the store at another checkpoint than the one after `since`, a full digest is taken. */
+export interface ReplicaDigestAsk {
+  keepAs?: ReplicaCheckpoint;
+  since?: ReplicaCheckpoint;
+  changed?: number[][];
 }
 
 /** Requests the controller may send to a host agent: method -> [params, result]. */
@@ -388,7 +406,7 @@ export interface HostMethods {
   'replica.dropCheckpoints': [{ replicaId: string; vmId: string; keep?: ReplicaCheckpoint }, { ok: true }];
   /** A digest of the source VM's disks (side source, take it with the VM paused or off) or of the
    *  replica's store (side store). */
-  'replica.digest': [{ replicaId: string; side: 'source' | 'store'; vmId?: string }, ReplicaDigest];
+  'replica.digest': [{ replicaId: string; side: 'source' | 'store'; vmId?: string } & ReplicaDigestAsk, ReplicaDigest];
 }
 
 /** Events an agent sends to the controller: name -> payload. */

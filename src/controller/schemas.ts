@@ -43,6 +43,7 @@ export const MigrationRequestBody = Type.Object({
   autoConverge: Type.Optional(Type.Boolean()),
   postcopy: Type.Optional(Type.Boolean()),
   multifd: Type.Optional(Type.Boolean()),
+  multifdChannels: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: 'with multifd: its TCP streams (default: enough to fill the lightpath, docs/lab.md "Throughput")' })),
   suspend: Type.Optional(Type.Boolean({ description: 'non-live (suspend, copy, resume): the VM is paused for the whole copy; for comparison with live migration' })),
   verifyTcp: Type.Optional(Type.Object({
     host: Type.String({ minLength: 1, maxLength: 255 }),
@@ -140,6 +141,8 @@ export const MigrationResult = Type.Object({
   pausedAt: Type.Optional(Type.Number()),
   resumedAt: Type.Optional(Type.Number()),
   storageBytes: Type.Optional(Type.Number()),
+  postcopy: Type.Optional(Type.Boolean({ description: 'the copy switched to post-copy: the destination ran before all memory arrived' })),
+  postcopyRequests: Type.Optional(Type.Number({ description: 'with post-copy: pages the destination fetched on demand' })),
 }, { additionalProperties: true });
 
 /** What each step of the sequence did (pre-checks, token, lightpath, incoming, tunnel, cold). */

@@ -147,7 +147,10 @@ describe('QEMU driver: live migration over loopback', () => {
       statuses.add(p.status);
     }));
     expect(r2.status).toBe('completed');
-    expect(statuses.has('postcopy-active')).toBe(true);
+    // The switch itself, as QEMU accepted it (an idle guest's post-copy phase can end between
+    // two progress polls, so the 'postcopy-active' status may or may not be seen).
+    expect(r2.postcopy).toBe(true);
+    expect(r2.postcopyRequests).toEqual(expect.any(Number));
     expect((await b.waitRunning(vmId, 30_000)).state).toBe('running');
     expect(await readSerial((await b.paths(vmId)).serial[0]!, 300)).toMatch(/hb \d+\n/);
     console.log(`[numbers] multifd: total ${r1.totalTimeMs} ms, downtime ${r1.downtimeMs} ms; post-copy: total ${r2.totalTimeMs} ms, downtime ${r2.downtimeMs} ms, passes seen ${Math.max(...passes)}, statuses ${[...statuses].join(',')}`);

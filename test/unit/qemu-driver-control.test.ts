@@ -84,6 +84,38 @@ describe('QEMU driver: tune and force-complete a running migration', () => {
     expect(q.commands()).not.toContain('cont');
   });
 
+  it('a completed migration says whether it went post-copy: only when QEMU accepted the switch', async () => {
+    const t = driverUnderTest(cleanups);
+    const complete = async (q: Awaited<ReturnType<typeof migrating>>['q'], m: Awaited<ReturnType<typeof migrating>>['m'], vmId: string) => {
+      q.migration = { status: 'active', ram: ram(900, 2) };
+      t.clock.advance(200);
+      await idle(t.clock);
+      q.runState = 'finish-migrate';
+      q.migration = { status: 'pre-switchover', ram: ram(900, 2) };
+      t.clock.advance(200);
+      await idle(t.clock);
+      await t.driver.continueMigration(vmId, `mig-${vmId}`);
+      q.runState = 'postmigrate';
+      q.migration = { status: 'completed', ram: { ...ram(1000, 2), 'postcopy-requests': 7 }, downtime: 9, 'total-time': 99 };
+      await runUntilSettled(t.clock, m, 1000);
+      return m.value!;
+    };
+    // Switched at pass 2 (the driver's default), accepted: the result says so, with QEMU's count.
+    const a = await migrating(t, 'vm-7', { postcopy: true });
+    const ra = await complete(a.q, a.m, 'vm-7');
+    expect(a.q.commands().filter((c) => c === 'migrate-start-postcopy')).toHaveLength(1);
+    expect(ra).toMatchObject({ status: 'completed', postcopy: true, postcopyRequests: 7 });
+    // QEMU refused the switch (it had converged first): a plain pre-copy result.
+    const b = await migrating(t, 'vm-8', { postcopy: true });
+    b.q.handlers.set('migrate-start-postcopy', () => {
+      throw new Error('Postcopy must be started after migration has been started');
+    });
+    const rb = await complete(b.q, b.m, 'vm-8');
+    expect(rb.status).toBe('completed');
+    expect(rb.postcopy).toBeUndefined();
+    expect(rb.postcopyRequests).toBeUndefined();
+  });
+
   it('refuses both once the switchover was continued, without a word to QEMU', async () => {
     const t = driverUnderTest(cleanups);
     const { q, m } = await migrating(t, 'vm-5');

@@ -75,6 +75,7 @@ export async function forceComplete(vms: QemuVms, vmId: string, migrationId: str
       rec.postcopyRequested = true;
       try {
         await qmp.execute('migrate-start-postcopy');
+        rec.postcopyStarted = true;
       } catch (e) {
         rec.postcopyRequested = undefined;
         throw e;

@@ -31,6 +31,7 @@ export async function migrate(vms: QemuVms, vmId: string, uri: string, params: M
   rec.lastMigration = undefined;
   rec.switchover = undefined;
   rec.postcopyRequested = undefined;
+  rec.postcopyStarted = undefined;
   rec.postcopyAllowed = !!params.postcopy;
   rec.forced = undefined;
   await vms.persist(rec);
@@ -114,6 +115,7 @@ export async function migrate(vms: QemuVms, vmId: string, uri: string, params: M
     }
     rec.switchover = undefined;
     rec.postcopyRequested = undefined;
+    rec.postcopyStarted = undefined;
     rec.postcopyAllowed = undefined;
     rec.forced = undefined;
     rec.lastMigration = result!;
@@ -178,6 +180,10 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
       }
       const r: MigrationResult = { ...base, status: 'completed', transferredBytes: ram?.transferred ?? 0 };
       if (q.downtime !== undefined) r.downtimeMs = q.downtime;
+      if (rec.postcopyStarted) {
+        r.postcopy = true;
+        if (ram?.['postcopy-requests'] !== undefined) r.postcopyRequests = ram['postcopy-requests'];
+      }
       if (q['total-time'] !== undefined) r.totalTimeMs = q['total-time'];
       if (q['setup-time'] !== undefined) r.setupTimeMs = q['setup-time'];
       if (rec.pausedAt !== undefined) r.pausedAt = rec.pausedAt;
@@ -226,7 +232,10 @@ async function followMigration(vms: QemuVms, rec: VmRecord, params: MigrationPar
     if (params.postcopy && !rec.postcopyRequested && status === 'active' && (passed || rec.forced === 'postcopy')) {
       rec.postcopyRequested = true;
       log.info({ forced: rec.forced === 'postcopy' }, 'switching to post-copy');
-      await qmp.execute('migrate-start-postcopy').catch((e: unknown) => log.warn({ err: String(e) }, 'migrate-start-postcopy refused'));
+      await qmp.execute('migrate-start-postcopy').then(
+        () => { rec.postcopyStarted = true; },
+        (e: unknown) => log.warn({ err: String(e) }, 'migrate-start-postcopy refused'),
+      );
     }
     await vms.pollWait(rec);
   }

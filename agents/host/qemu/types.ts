@@ -128,6 +128,8 @@ export interface VmRecord extends VmFile {
   switchover?: 'waiting' | 'continued';
   /** The driver asked QEMU to switch to post-copy: once continued, the destination runs the VM. */
   postcopyRequested?: boolean;
+  /** QEMU accepted migrate-start-postcopy (postcopyRequested is set before it is asked). */
+  postcopyStarted?: boolean;
   /** The running migration may switch to post-copy (params.postcopy: the capability is on). */
   postcopyAllowed?: boolean;
   /** How an operator forced the running migration to complete (control.ts). */
@@ -174,7 +176,7 @@ export interface QueryMigrate {
   /** Auto-converge's throttle of the guest CPU (present while it throttles). */
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
-  ram?: { total: number; transferred: number; remaining: number; 'dirty-pages-rate'?: number; 'dirty-sync-count'?: number; mbps?: number };
+  ram?: { total: number; transferred: number; remaining: number; 'dirty-pages-rate'?: number; 'dirty-sync-count'?: number; mbps?: number; 'postcopy-requests'?: number };
   'socket-address'?: { host: string; port: string }[];
 }
 

@@ -335,5 +335,7 @@ function pickResult(r: MigrationResult): NonNullable<MigrationCtx['result']> {
   if (r.setupTimeMs !== undefined) out.setupTimeMs = r.setupTimeMs;
   if (r.pausedAt !== undefined) out.pausedAt = r.pausedAt;
   if (r.storageBytes !== undefined) out.storageBytes = r.storageBytes;
+  if (r.postcopy) out.postcopy = true;
+  if (r.postcopyRequests !== undefined) out.postcopyRequests = r.postcopyRequests;
   return out;
 }

@@ -17,6 +17,8 @@ export interface MigrationRequest {
   autoConverge?: boolean;
   postcopy?: boolean;
   multifd?: boolean;
+  /** Streams with multifd (default: chosen from the lightpath, migration/tuning-default.ts). */
+  multifdChannels?: number;
   /** Non-live (suspend, copy, resume), for comparison runs. */
   suspend?: boolean;
   /** Cold path: a TCP service of the guest that must answer at the destination before commit,
@@ -60,7 +62,7 @@ export interface MigrationCtx {
   /** Client-seen downtime: the hypervisor's figure beside what the tunnel agent measured where
    *  clients' traffic enters (docs/tunnel.md "Client-seen downtime"). */
   downtime?: MigrationDowntime;
-  result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number; pausedAt?: number; resumedAt?: number; storageBytes?: number };
+  result?: { downtimeMs?: number; totalTimeMs?: number; transferredBytes?: number; setupTimeMs?: number; pausedAt?: number; resumedAt?: number; storageBytes?: number; postcopy?: boolean; postcopyRequests?: number };
   /** Milliseconds spent in each step, by state name. */
   timings?: Record<string, number>;
   warnings?: ErrorBody[];
