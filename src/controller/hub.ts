@@ -273,6 +273,18 @@ export class AgentHub extends EventEmitter {
     return this.inventories.get(hostId);
   }
 
+  /** Ask a host for its inventory now and keep it as if the host had pushed it. A host pushes
+   *  its inventory coalesced, a moment after a change; a migration asks both its hosts before it
+   *  records its terminal state, so that a client reading that state finds the VM where it is
+   *  (locateVm) and not where the last push left it. */
+  async refreshInventory(hostId: string, timeoutMs?: number): Promise<void> {
+    const inv = await this.request(hostId, 'host.inventory', {}, timeoutMs);
+    if (!this.links.has(hostId) || this.closing) return;
+    const fixed: HostInventory = { ...inv, hostId };
+    this.inventories.set(hostId, fixed);
+    this.emit('inventory', hostId, fixed);
+  }
+
   request<M extends keyof HostMethods>(hostId: string, method: M, params: HostMethods[M][0], timeoutMs?: number): Promise<HostMethods[M][1]> {
     return this.requestRaw(hostId, method, params, timeoutMs) as Promise<HostMethods[M][1]>;
   }

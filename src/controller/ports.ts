@@ -13,6 +13,8 @@ export interface HubPort extends EventEmitter {
   request<M extends keyof HostMethods>(hostId: string, method: M, params: HostMethods[M][0], timeoutMs?: number): Promise<HostMethods[M][1]>;
   /** Serials of the host's certificates that are not revoked. */
   certSerials?(hostId: string): string[];
+  /** Ask the host for its inventory now and keep it as if pushed (hub.ts). */
+  refreshInventory?(hostId: string, timeoutMs?: number): Promise<void>;
 }
 
 /** docs/design.md#live-migration, steps 3-4: the one lightpath shape the AAA and the broker also use. */

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startController, type Controller, type ControllerOptions } from '../../src/controller/index.ts';
-import { startHostAgent, type HostAgent } from '../../agents/host/index.ts';
+import { startHostAgent, type HostAgent, type HostAgentOptions } from '../../agents/host/index.ts';
 import { DoubleDriver, type DoubleDriverConfig } from '../../agents/host/double-driver.ts';
 import { silentLogger } from '../../src/common/log.ts';
 
@@ -13,7 +13,8 @@ export interface Harness {
   dir: string;
   controller: Controller;
   agents: Map<string, { agent: HostAgent; driver: DoubleDriver }>;
-  addHost(hostId: string, cfg?: DoubleDriverConfig, site?: string): Promise<DoubleDriver>;
+  /** `agent`: more of the host agent's options (e.g. inventoryCoalesceMs). */
+  addHost(hostId: string, cfg?: DoubleDriverConfig, site?: string, agent?: Partial<HostAgentOptions>): Promise<DoubleDriver>;
   stopHost(hostId: string): Promise<void>;
   api(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: any }>;
   waitFor<T>(fn: () => T | undefined | false | Promise<T | undefined | false>, what: string | (() => string), timeoutMs?: number): Promise<T>;
@@ -37,7 +38,7 @@ export async function startHarness(opts: Partial<ControllerOptions> = {}, prepar
     dir,
     get controller() { return controller!; },
     agents,
-    async addHost(hostId, cfg = {}, site) {
+    async addHost(hostId, cfg = {}, site, agentOpts = {}) {
       const tok = controller!.hub.mintEnrollToken({ kind: 'host', hostId });
       const driver = new DoubleDriver({ bytesPerMb: 4096, ...cfg });
       try {
@@ -45,6 +46,7 @@ export async function startHarness(opts: Partial<ControllerOptions> = {}, prepar
           controllerUrl: controller!.url, enrollToken: tok.token, dataDir: join(dir, 'agent-' + hostId), driver,
           logger: silentLogger(), site: site ?? `site-${hostId}`, migrationAddress: '127.0.0.1',
           backoff: { initialMs: 50, maxMs: 500, jitter: 0.2 },
+          ...agentOpts,
         });
         agents.set(hostId, { agent, driver });
       } catch (e) {

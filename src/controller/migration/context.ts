@@ -81,6 +81,17 @@ export function site(cx: EffectContext, hostId: string): string {
   return cx.hub.inventory(hostId)?.site ?? hostId;
 }
 
+/** Before a terminal state is recorded: both hosts' inventories fresh (hub.refreshInventory),
+ *  so that where the API locates the VM agrees with how the migration ended. A host that does
+ *  not answer in time keeps its last inventory; its next push corrects it. */
+export async function refreshInventories(cx: EffectContext, row: { sourceHostId: string; destinationHostId: string }): Promise<void> {
+  const refresh = cx.hub.refreshInventory?.bind(cx.hub);
+  if (!refresh) return;
+  await Promise.all([row.sourceHostId, row.destinationHostId].filter((h) => cx.hub.isConnected(h)).map((h) =>
+    refresh(h, INVENTORY_REFRESH_MS).catch((e: unknown) => cx.log.info({ hostId: h, code: toVmtcError(e).code }, 'inventory refresh failed; the host\'s next push corrects it'))));
+}
+const INVENTORY_REFRESH_MS = 5_000;
+
 /** A transport-level failure under the step's own code, with the cause inside; coded errors
  *  from the peer pass through. */
 export function wrap(e: unknown, code: Parameters<typeof err>[0]): VmtcError {

@@ -3,7 +3,7 @@
 // warnings, never a rollback: the VM must not end up nowhere.
 import { toVmtcError, type ErrorBody } from '../../common/errors.ts';
 import { closeAccounting, releaseLightpath } from './effects-rollback.ts';
-import { NOT_FOUND, askAgent, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
+import { NOT_FOUND, askAgent, currentCtx, refreshInventories, saveCtx, site, type EffectFn } from './context.ts';
 import type { TunnelDowntime } from '../../common/tunnel-protocol.ts';
 import type { MigrationDowntime } from './record.ts';
 import { endReplicasAfterCommit, returnLiveReplica } from '../replicas/migration.ts';
@@ -55,6 +55,7 @@ const cleanupSource: EffectFn = async (cx, row) => {
   cx.store.releaseHold(row.id);
   // The VM left the disks its replicas were taken of: they go (docs/disks.md#replicas).
   const replicasRemoved = endReplicasAfterCommit(cx.hub, cx.log, row.vmId, row.id);
+  await refreshInventories(cx, row);
   return { event: { type: 'CLEANED_UP' }, ...(replicasRemoved.length ? { detail: { replicasRemoved } } : {}), ctxPatch: { warnings, ...(lightpath ? { lightpath } : {}), ...(token ? { token } : {}) } };
 };
 

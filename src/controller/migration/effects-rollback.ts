@@ -7,7 +7,7 @@ import type { VmInfo } from '../../common/agent-protocol.ts';
 import { clockSleep } from '../../common/clock.ts';
 import type { MigrationCtx, MigrationRow } from '../store.ts';
 import { decideRollbackOutcome, finalStateMayHaveLeft, sourceMayBeRestored, type RollbackFacts, type SourceReport } from './reducer.ts';
-import { NOT_FOUND, askAgent, currentCtx, site, whenConnected, type EffectContext, type EffectFn } from './context.ts';
+import { NOT_FOUND, askAgent, currentCtx, refreshInventories, site, whenConnected, type EffectContext, type EffectFn } from './context.ts';
 
 /** How long the rollback waits for the source's migration to end after cancelling it, before it
  *  counts it as still running (and the destination as possibly holding the VM). */
@@ -41,6 +41,7 @@ const rollback: EffectFn = async (cx, row) => {
     if (out.releaseHold) cx.store.releaseHold(row.id);
     // The export was withdrawn (or never made): a cold attempt after this one starts afresh.
     cx.exports.delete(row.id);
+    await refreshInventories(cx, row);
     return { event: out.event, ...(out.detail !== undefined ? { detail: out.detail } : {}), ...(out.ctxPatch ? { ctxPatch: out.ctxPatch } : {}) };
   };
 
