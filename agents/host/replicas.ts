@@ -4,7 +4,7 @@
 // happens (src/controller/replicas/); an agent only does one step when asked, so a restarted
 // agent has nothing of its own to resume. A driver without disk-state operations refuses every
 // step with VMTC_HOST_DISK_UNSUPPORTED.
-import type { HostMethods, ReplicaCheckpoint, ReplicaDigest, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../src/common/agent-protocol.ts';
+import type { HostMethods, ReplicaCheckpoint, ReplicaDigest, ReplicaDigestAsk, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../src/common/agent-protocol.ts';
 import { AGENT_PARAMS, type ReplicaMethod } from '../../src/common/agent-schemas.ts';
 import type { Logger } from '../../src/common/log.ts';
 import { hostError } from './errors.ts';
@@ -31,8 +31,10 @@ export interface ReplicaOps {
   lag(vmId: string, replicaId: string, from: ReplicaCheckpoint): Promise<number>;
   /** Source: remove every checkpoint of the replica except `keep` (idempotent). */
   dropCheckpoints(vmId: string, replicaId: string, keep?: ReplicaCheckpoint): Promise<void>;
-  digestSource(vmId: string): Promise<ReplicaDigest>;
-  digestStore(replicaId: string): Promise<ReplicaDigest>;
+  /** Digests of the VM's disks (source) or the store's (destination). `ask`: the incremental
+   *  form (ReplicaDigestAsk); an implementation may ignore it and always read every chunk. */
+  digestSource(vmId: string, ask?: ReplicaDigestAsk & { replicaId: string }): Promise<ReplicaDigest>;
+  digestStore(replicaId: string, ask?: ReplicaDigestAsk): Promise<ReplicaDigest>;
   close?(): Promise<void>;
 }
 
@@ -85,9 +87,11 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
     },
     'replica.digest': async (p) => {
       const q = checked('replica.digest', p);
-      if (q.side === 'store') return need().digestStore(q.replicaId);
+      const ask: ReplicaDigestAsk = { ...(q.keepAs ? { keepAs: q.keepAs } : {}), ...(q.since ? { since: q.since } : {}), ...(q.changed ? { changed: q.changed } : {}) };
+      if (q.side === 'store') return need().digestStore(q.replicaId, ask);
       if (!q.vmId) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'vmId' });
-      return need().digestSource(q.vmId);
+      if (q.changed) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'changed', reason: 'the store is told the changed chunks, the source finds them' });
+      return need().digestSource(q.vmId, { replicaId: q.replicaId, ...ask });
     },
   };
 }

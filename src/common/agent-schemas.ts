@@ -224,8 +224,9 @@ export const ReplicaTransferSchema = Type.Object({
 });
 const ReplicaId = Type.String({ pattern: '^[A-Za-z0-9_-]{1,40}$' });
 const Handoff = Type.Record(Type.String(), Type.Unknown());
+const ChunkList = Type.Array(Type.Integer({ minimum: 0 }), { maxItems: 1 << 22 });
 export const ReplicaDigestSchema = Type.Object({
-  disks: Type.Array(Type.Object({ index: Count, size: Bytes, chunkBytes: Type.Number({ exclusiveMinimum: 0 }), root: Type.String({ maxLength: 128 }), leaves: Type.Array(Type.String({ maxLength: 128 }), { maxItems: 1 << 22 }) }), { maxItems: 64 }),
+  disks: Type.Array(Type.Object({ index: Count, size: Bytes, chunkBytes: Type.Number({ exclusiveMinimum: 0 }), root: Type.String({ maxLength: 128 }), leaves: Type.Array(Type.String({ maxLength: 128 }), { maxItems: 1 << 22 }), changed: Type.Optional(ChunkList) }), { maxItems: 64 }),
 });
 const ReplicaParams = {
   'replica.openStore': Type.Object({ replicaId: ReplicaId, spec: VmSpecSchema, listenHost: Type.String({ minLength: 1, maxLength: 256 }), expect: Type.Union([Type.Null(), ReplicaCheckpointSchema]) }),
@@ -235,7 +236,10 @@ const ReplicaParams = {
   'replica.send': Type.Object({ replicaId: ReplicaId, vmId: Id, store: Handoff, from: Type.Union([Type.Null(), ReplicaCheckpointSchema]), checkpointId: CheckpointIdText }),
   'replica.lag': Type.Object({ replicaId: ReplicaId, vmId: Id, from: ReplicaCheckpointSchema }),
   'replica.dropCheckpoints': Type.Object({ replicaId: ReplicaId, vmId: Id, keep: Type.Optional(ReplicaCheckpointSchema) }),
-  'replica.digest': Type.Object({ replicaId: ReplicaId, side: Type.Union([Type.Literal('source'), Type.Literal('store')]), vmId: Type.Optional(Id) }),
+  'replica.digest': Type.Object({
+    replicaId: ReplicaId, side: Type.Union([Type.Literal('source'), Type.Literal('store')]), vmId: Type.Optional(Id),
+    keepAs: Type.Optional(ReplicaCheckpointSchema), since: Type.Optional(ReplicaCheckpointSchema), changed: Type.Optional(Type.Array(ChunkList, { maxItems: 64 })),
+  }),
 };
 export type ReplicaMethod = keyof typeof ReplicaParams;
 

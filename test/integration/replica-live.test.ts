@@ -55,6 +55,34 @@ describe('live migration with a warm replica (DoubleDriver, replica double, no s
     await expect(a.describe('vm1')).rejects.toMatchObject({ code: 'VMTC_HOST_VM_NOT_FOUND' });
   });
 
+  it('the memory copy starts only once the pre-copy delta and both sides\' kept digests are done: the pause never waits for a whole-disk read', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm4', 2, 4);
+    await h.addHost('A', { vms: [vm.spec], sharedStorage: false });
+    await h.addHost('B', { sharedStorage: false });
+    await warmReplica(h, 'vm4');
+    writeAt(vm.path, 1 * MiB, randomBytes(128 * KiB));
+    // Every request the controller sends a host, in order.
+    const hub = h.controller.hub;
+    const sent: string[] = [];
+    const request = hub.request.bind(hub);
+    hub.request = ((hostId: string, method: string, params: any, timeoutMs?: number) => {
+      sent.push(method === 'replica.digest' ? `replica.digest${params?.keepAs ? ' keep' : params?.since ? ' since' : ''}@${hostId}` : `${method}@${hostId}`);
+      return (request as any)(hostId, method, params, timeoutMs);
+    }) as typeof hub.request;
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm4', destinationHostId: 'B', mode: 'live' });
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
+    const migrate = sent.indexOf('vm.migrate@A');
+    expect(migrate).toBeGreaterThan(-1);
+    for (const keep of ['replica.digest keep@A', 'replica.digest keep@B']) {
+      expect(sent.indexOf(keep), sent.join('\n')).toBeGreaterThan(-1);
+      expect(sent.indexOf(keep), sent.join('\n')).toBeLessThan(migrate);
+    }
+    // The pause's digests come after the memory copy started.
+    expect(sent.indexOf('replica.digest since@A')).toBeGreaterThan(migrate);
+  });
+
   it('a corrupt replica (a byte flipped in its store) fails the digests at the pause: the move rolls back, the VM runs at the source, B has nothing', async () => {
     h = await startHarness();
     const vm = diskVm(h, 'vm2', 2, 4);

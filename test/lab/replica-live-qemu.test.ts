@@ -75,6 +75,12 @@ describe('live migration with a warm replica, real QEMU (loopback)', () => {
     // No drive-mirror: nothing was exported by the destination for one, nothing mirrored.
     expect(rec.steps.incoming.storage).toBeUndefined();
     expect(rec.result?.storageBytes ?? 0).toBe(0);
+    // The digests at the pause were incremental (docs/disks.md#incremental-digests): each side
+    // re-read only the chunk the last delta carried (52M + 512k: chunk 52), the rest came from
+    // the leaves kept after the pre-copy delta.
+    const lastNote = (host: string, side: string) => drivers.get(host)!.replicas.leaves.notes.filter((n) => n.replicaId === rid && n.side === side).at(-1);
+    expect(lastNote('A', 'source')).toMatchObject({ mode: 'incremental', chunks: 1 });
+    expect(lastNote('B', 'store')).toMatchObject({ mode: 'incremental', chunks: 1 });
     const moved = used.precopyDeltaBytes + used.lastDeltaBytes;
     expect(moved).toBeLessThanOrEqual(1.2 * (written + late));
     const bDisk = await diskOf('B');
@@ -109,6 +115,10 @@ describe('live migration with a warm replica, real QEMU (loopback)', () => {
     const rec = await migrate('A');
     expect(rec.state).toBe('rolled_back');
     expect(rec.error).toMatchObject({ code: 'VMTC_MIGRATION_FAILED', details: { phase: 'digest', replica: rid, cause: { code: 'VMTC_HOST_DISK_DIGEST_MISMATCH', details: { disks: [{ index: 0, chunks: [4] }] } } } });
+    // Found with the pause's digests reading only the chunks the last delta carried: the store's
+    // leaves kept after the pre-copy delta were read from its (corrupt) image.
+    const note = drivers.get('B')!.replicas.leaves.notes.filter((n) => n.replicaId === rid && n.side === 'source').at(-1);
+    expect(note?.mode).toBe('incremental');
     expect((await drivers.get('B')!.describe(vmId)).state).toBe('running');
     await expect(drivers.get('A')!.describe(vmId)).rejects.toMatchObject({ code: expect.stringMatching(/VM_NOT_FOUND$/) });
     const r = await drivers.get('B')!.humanMonitor(vmId, 'qemu-io disk0 "read -P 0x55 50M 64k"');

@@ -41,6 +41,10 @@ export function merkleRoot(leaves: readonly string[]): string {
   return level[0]!.toString('hex');
 }
 
+/** The hash of chunk `index`: the index is part of the leaf, so two swapped chunks do not hash
+ *  alike. */
+export const leafHash = (index: number, data: Buffer): string => sha(Buffer.from([0]), String(index), ':', data);
+
 export async function digestDisk(read: ReadAt, size: number, opts: DigestOptions = {}): Promise<DiskDigest> {
   const chunkBytes = opts.chunkBytes ?? DIGEST_DEFAULTS.chunkBytes;
   const mode = opts.mode ?? 'merkle';
@@ -51,8 +55,7 @@ export async function digestDisk(read: ReadAt, size: number, opts: DigestOptions
     const want = Math.min(chunkBytes, size - i * chunkBytes);
     const data = await read(i * chunkBytes, want);
     if (data.length !== want) throw hostError('VMTC_HOST_DISK_UNREADABLE', { offset: i * chunkBytes, wanted: want, got: data.length });
-    // The index is part of the leaf: two swapped chunks do not hash alike.
-    return sha(Buffer.from([0]), String(i), ':', data);
+    return leafHash(i, data);
   };
   if (mode === 'merkle') {
     const leaves: string[] = [];

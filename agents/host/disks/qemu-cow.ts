@@ -26,8 +26,9 @@ import type { Logger } from '../../../src/common/log.ts';
 import { hostError } from '../errors.ts';
 import { QmpClient } from '../qemu/qmp.ts';
 import { CHECKPOINT_ID, type ChangedBlocks, type Checkpoint, type DigestOptions, type DiskDigest, type DiskStateBackend, type SourceDisk, type TransferReport } from './backend.ts';
-import { systemRunner, type CommandRunner } from './io.ts';
-import { digestImage, startStorageDaemon } from './qemu-images.ts';
+import { runOk, systemRunner, type CommandRunner } from './io.ts';
+import { digestImageByMap, openImageReader, parseMap, type ImageReader } from './image-reader.ts';
+import { startStorageDaemon } from './qemu-images.ts';
 import { QemuStore, type NbdDestination } from './qemu-store.ts';
 
 /** What the backend needs of a QMP connection (the QEMU driver's, or one of its own). */
@@ -50,6 +51,8 @@ export interface QemuCowOptions {
   pollMs?: number;
   /** Copy rate limit, bytes/s (the job's `speed`). */
   speed?: number;
+  /** Network namespace for the storage daemons (qemu-images.ts startStorageDaemon). */
+  netns?: string;
 }
 
 interface NodeInfo {
@@ -175,7 +178,48 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
   async digestSource(disk: SourceDisk, opts: DigestOptions = {}): Promise<DiskDigest> {
     if (disk.kind !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.kind', reason: 'qcow2' });
     if (disk.vmId !== undefined) await this.flush(disk);
-    return digestImage(this.run, disk.image, 'qcow2', this.tmp, opts);
+    return digestImageByMap(this.run, disk.image, 'qcow2', this.tmp, opts);
+  }
+
+  /** A reader of the disk's guest-visible bytes as of now, through its image's map (flushed
+   *  first for a running VM, as digestSource). */
+  async reader(disk: SourceDisk): Promise<ImageReader> {
+    if (disk.kind !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.kind', reason: 'qcow2' });
+    if (disk.vmId !== undefined) await this.flush(disk);
+    return openImageReader(this.run, disk.image, 'qcow2');
+  }
+
+  /** The byte ranges checkpoint `cp`'s bitmap marks: written between `cp` and the checkpoint
+   *  after it. QEMU offers a bitmap's contents only over NBD (the `qemu:dirty-bitmap:NAME`
+   *  metadata context of an export): the disk is exported read-only with the bitmap on a unix
+   *  socket of the QEMU (or storage daemon) that holds it, and `qemu-img map` with the nbd
+   *  driver's `x-dirty-bitmap` reports the dirty extents as holes. The bitmap must no longer
+   *  record (QEMU refuses to export a recording one read-only): it is, after the delta that
+   *  took the next checkpoint. The NBD server is started and stopped here. */
+  async dirtyRanges(disk: SourceDisk, cp: Checkpoint): Promise<{ offset: number; length: number }[]> {
+    return this.withNode(disk, async (qmp, node, size) => {
+      const b = (await this.bitmaps(qmp, node)).find((x) => x.name === cp.ref);
+      if (!b) throw hostError('VMTC_HOST_DISK_CHECKPOINT_MISSING', { checkpoint: cp.id, bitmap: cp.ref });
+      if (b.recording) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'checkpoint', reason: 'its bitmap still records: take the next checkpoint first', checkpoint: cp.id });
+      const dir = await mkdtemp(join(this.tmp, 'vmtc-nbd-'));
+      const sock = join(dir, 's');
+      let server = false;
+      let exported = false;
+      try {
+        await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: sock } } });
+        server = true;
+        await qmp.execute('block-export-add', { type: 'nbd', id: 'vmtc-dirty', 'node-name': node, name: 'vmtc-dirty', writable: false, bitmaps: [cp.ref] });
+        exported = true;
+        const opts = `driver=nbd,server.type=unix,server.path=${sock.replace(/,/g, ',,')},export=vmtc-dirty,x-dirty-bitmap=qemu:dirty-bitmap:${cp.ref}`;
+        const map = parseMap((await runOk(this.run, ['qemu-img', 'map', '--output=json', '--image-opts', opts], { checkpoint: cp.id }, 5 * 60_000)).stdout);
+        if (map.reduce((n, e) => n + e.length, 0) !== size) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-img map', reason: 'the bitmap map does not cover the disk' });
+        return map.filter((e) => !e.data).map((e) => ({ offset: e.start, length: e.length }));
+      } finally {
+        if (exported) await qmp.execute('block-export-del', { id: 'vmtc-dirty' }).catch((e: unknown) => this.opts.logger.warn({ err: String(e) }, 'block-export-del refused'));
+        if (server) await qmp.execute('nbd-server-stop').catch((e: unknown) => this.opts.logger.warn({ err: String(e) }, 'nbd-server-stop refused'));
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
   }
 
   /** QEMU keeps qcow2 metadata (L2 tables, refcounts) in memory until a flush: before anything
@@ -192,11 +236,16 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
   // ---- destination ---------------------------------------------------------------------------
 
   async applyDelta(dest: NbdDestination, report: TransferReport): Promise<void> {
-    await new QemuStore(dest.image, { runner: this.run, clock: this.clock }).record(report);
+    await new QemuStore(dest.image, { runner: this.run, clock: this.clock, ...(this.opts.netns ? { netns: this.opts.netns } : {}) }).record(report);
+  }
+
+  /** A reader of the store's guest-visible bytes (take it with no transfer under way). */
+  async destinationReader(dest: NbdDestination): Promise<ImageReader> {
+    return openImageReader(this.run, dest.image, 'qcow2');
   }
 
   async digestDestination(dest: NbdDestination, opts: DigestOptions = {}): Promise<DiskDigest> {
-    return digestImage(this.run, dest.image, 'qcow2', this.tmp, opts);
+    return digestImageByMap(this.run, dest.image, 'qcow2', this.tmp, opts);
   }
 
   // ---- steps ---------------------------------------------------------------------------------
@@ -216,7 +265,7 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
     // Cold: nobody runs the image; a storage daemon opens it for the transfer and, stopping,
     // stores the bitmaps back into it.
     const dir = await mkdtemp(join(this.tmp, 'vmtc-qsd-'));
-    const qsd = await startStorageDaemon({ image: disk.image, format: 'qcow2', dir, clock: this.clock }).catch(async (e: unknown) => {
+    const qsd = await startStorageDaemon({ image: disk.image, format: 'qcow2', dir, clock: this.clock, ...(this.opts.netns ? { netns: this.opts.netns } : {}) }).catch(async (e: unknown) => {
       await rm(dir, { recursive: true, force: true });
       throw e;
     });
@@ -264,6 +313,9 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
         throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'start the backup job', reason: String((e as Error).message ?? e) }, { cause: e });
       }
       const deadline = this.clock.now() + this.jobTimeoutMs;
+      // A small delta (the last one, in a live move's pause) concludes in milliseconds: poll
+      // from 2 ms, doubling up to pollMs, rather than a pollMs step on the pause.
+      let wait = Math.min(2, this.pollMs);
       for (;;) {
         const j = (await qmp.execute<JobInfo[]>('query-jobs')).find((x) => x.id === jobId);
         if (!j) throw hostError('VMTC_HOST_DISK_COPY_FAILED', { job: jobId, reason: 'the job vanished' });
@@ -276,7 +328,8 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
           await qmp.execute('job-cancel', { id: jobId, force: true }).catch(() => undefined);
           throw hostError('VMTC_HOST_DISK_COPY_FAILED', { job: jobId, reason: 'timed out', done: j['current-progress'], total: j['total-progress'] });
         }
-        await clockSleep(this.clock, this.pollMs);
+        await clockSleep(this.clock, wait);
+        wait = Math.min(this.pollMs, wait * 2);
       }
     } catch (e) {
       if (started) await this.settle(qmp, jobId);

@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { clockSleep, type Clock } from '../../../src/common/clock.ts';
 import { hostError } from '../errors.ts';
@@ -55,6 +56,9 @@ export async function digestImage(run: CommandRunner, image: string, format: str
   }
 }
 
+/** sun_path's size less room for the terminating NUL (Linux: 108 bytes). */
+const SUN_PATH_MAX = 107;
+
 export interface StorageDaemon {
   pid: number;
   qmpSocket: string;
@@ -74,9 +78,17 @@ export async function startStorageDaemon(opts: {
   nbd?: { type: 'unix' } | { type: 'inet'; host: string; port: number };
   binary?: string;
   startTimeoutMs?: number;
+  /** The network namespace to run it in (the agent's --netns, where its QEMU guests run): an
+   *  export on the lightpath address, or a backup job writing to one, needs that namespace's
+   *  addresses and routes. `ip netns exec` execs the daemon: its pid is the daemon's. */
+  netns?: string;
 }): Promise<StorageDaemon> {
-  const qmpSocket = join(opts.dir, 'qsd-qmp.sock');
-  const nbdSocket = opts.nbd?.type === 'unix' ? join(opts.dir, 'qsd-nbd.sock') : undefined;
+  // A unix socket's path must fit sun_path (108 bytes): under a deep data directory the sockets
+  // go to a short directory of their own, removed when the daemon stops.
+  const sockDir = Buffer.byteLength(join(opts.dir, 'qsd-nbd.sock')) < SUN_PATH_MAX ? opts.dir : await mkdtemp(join(tmpdir(), 'vmtc-qsd-'));
+  const ownSockDir = sockDir !== opts.dir;
+  const qmpSocket = join(sockDir, 'qsd-qmp.sock');
+  const nbdSocket = opts.nbd?.type === 'unix' ? join(sockDir, 'qsd-nbd.sock') : undefined;
   const args = [
     '--blockdev', `driver=file,node-name=file0,filename=${opts.image.replace(/,/g, ',,')}`,
     '--blockdev', `driver=${opts.format},node-name=disk,file=file0`,
@@ -87,7 +99,9 @@ export async function startStorageDaemon(opts: {
   }
   // The daemon takes its options in order: the QMP socket appearing means the export is up.
   args.push('--chardev', `socket,id=qmp0,path=${qmpSocket},server=on,wait=off`, '--monitor', 'chardev=qmp0');
-  const child: ChildProcess = spawn(opts.binary ?? 'qemu-storage-daemon', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const binary = opts.binary ?? 'qemu-storage-daemon';
+  const argv = opts.netns ? ['ip', 'netns', 'exec', opts.netns, binary, ...args] : [binary, ...args];
+  const child: ChildProcess = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d) => {
     stderr = (stderr + String(d)).slice(-2000);
@@ -99,25 +113,30 @@ export async function startStorageDaemon(opts: {
   });
   child.once('error', () => undefined);
   const stop = async () => {
-    if (gone || !child.pid) return;
+    if (!gone && child.pid) await terminate();
+    if (ownSockDir) await rm(sockDir, { recursive: true, force: true });
+  };
+  const terminate = async () => {
     child.kill('SIGTERM'); // a clean exit stores persistent bitmaps and flushes the image
-    let t = 0;
-    while (!gone && t < 100) {
-      await clockSleep(opts.clock, 100);
-      t++;
-    }
-    if (!gone) child.kill('SIGKILL');
+    // Wait for the exit itself (not a polling step: this is on a live move's pause), 10 s at most.
+    let timer: { cancel(): void } | undefined;
+    const late = await Promise.race([exited.then(() => false), new Promise<boolean>((r) => { timer = opts.clock.setTimeout(() => r(true), 10_000); })]);
+    timer?.cancel();
+    if (late && !gone) child.kill('SIGKILL');
     await exited;
   };
   const deadline = opts.clock.now() + (opts.startTimeoutMs ?? 10_000);
   for (;;) {
-    if (gone) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-storage-daemon', image: opts.image, stderr: stderr.trim() });
+    if (gone) {
+      await stop();
+      throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-storage-daemon', image: opts.image, stderr: stderr.trim() });
+    }
     if (existsSync(qmpSocket) && (!nbdSocket || existsSync(nbdSocket))) break;
     if (opts.clock.now() > deadline) {
       await stop();
       throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-storage-daemon', image: opts.image, reason: 'did not start in time', stderr: stderr.trim() });
     }
-    await clockSleep(opts.clock, 20);
+    await clockSleep(opts.clock, 5);
   }
   return { pid: child.pid!, qmpSocket, ...(nbdSocket ? { nbdSocket } : {}), stop };
 }

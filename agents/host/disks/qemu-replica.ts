@@ -13,7 +13,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ReplicaCheckpoint, ReplicaDigest, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../../src/common/agent-protocol.ts';
+import type { ReplicaCheckpoint, ReplicaDigest, ReplicaDigestAsk, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../../src/common/agent-protocol.ts';
 import { systemClock, type Clock } from '../../../src/common/clock.ts';
 import type { Logger } from '../../../src/common/log.ts';
 import { hostError } from '../errors.ts';
@@ -22,6 +22,9 @@ import { isReplicaCheckpoint, type ReplicaOps } from '../replicas.ts';
 import type { Checkpoint, SourceDisk, TransferReport } from './backend.ts';
 import { bitmapOf, QemuCowBackend, type QmpPort } from './qemu-cow.ts';
 import { QemuStore, type NbdDestination } from './qemu-store.ts';
+import { KeptLeaves } from './kept-leaves.ts';
+import { chunksOfRanges, refreshLeaves, type LeafCache } from './leaf-cache.ts';
+import type { ImageReader } from './image-reader.ts';
 
 export interface QemuReplicaOptions {
   dataDir: string;
@@ -33,6 +36,9 @@ export interface QemuReplicaOptions {
   vmOf(vmId: string): { spec: VmSpec; running: boolean };
   /** Copy rate limit of seeds and deltas, bytes/s. */
   speed?: number;
+  /** The network namespace the driver's guests run in: storage daemons run there too, so that
+   *  a store listens on, and a cold transfer reaches, the lightpath address. */
+  netns?: string;
 }
 
 type Handoff = { qemu: { exports: { index: number; exportName: string; host: string; port: number }[] } };
@@ -46,15 +52,17 @@ export class QemuReplicas implements ReplicaOps {
   private readonly clock: Clock;
   private backend: QemuCowBackend;
   private readonly exports = new Map<string, (() => Promise<void>)[]>();
+  /** Leaves kept for incremental digests (docs/disks.md#incremental-digests). */
+  readonly leaves = new KeptLeaves();
 
   constructor(private readonly o: QemuReplicaOptions) {
     this.clock = o.clock ?? systemClock;
-    this.backend = new QemuCowBackend({ qmpFor: o.qmpFor, logger: o.logger, clock: this.clock, tmpDir: join(o.dataDir, 'replicas'), ...(o.speed ? { speed: o.speed } : {}) });
+    this.backend = new QemuCowBackend({ qmpFor: o.qmpFor, logger: o.logger, clock: this.clock, tmpDir: join(o.dataDir, 'replicas'), ...(o.speed ? { speed: o.speed } : {}), ...(o.netns ? { netns: o.netns } : {}) });
   }
 
   /** Limit the copy rate of the seeds and deltas that start from now on (bytes/s; 0: none). */
   limit(bytesPerSecond: number): void {
-    this.backend = new QemuCowBackend({ qmpFor: this.o.qmpFor, logger: this.o.logger, clock: this.clock, tmpDir: join(this.o.dataDir, 'replicas'), ...(bytesPerSecond > 0 ? { speed: bytesPerSecond } : {}) });
+    this.backend = new QemuCowBackend({ qmpFor: this.o.qmpFor, logger: this.o.logger, clock: this.clock, tmpDir: join(this.o.dataDir, 'replicas'), ...(bytesPerSecond > 0 ? { speed: bytesPerSecond } : {}), ...(this.o.netns ? { netns: this.o.netns } : {}) });
   }
 
   /** The checkpoints of the replica that each of the VM's disks carries (bitmap names). */
@@ -69,7 +77,7 @@ export class QemuReplicas implements ReplicaOps {
   }
 
   private stores(replicaId: string, n: number): QemuStore[] {
-    return Array.from({ length: n }, (_, i) => new QemuStore(join(this.dir(replicaId), `disk${i}.qcow2`), { clock: this.clock }));
+    return Array.from({ length: n }, (_, i) => new QemuStore(join(this.dir(replicaId), `disk${i}.qcow2`), { clock: this.clock, ...(this.o.netns ? { netns: this.o.netns } : {}) }));
   }
 
   private async existing(replicaId: string): Promise<QemuStore[]> {
@@ -141,6 +149,7 @@ export class QemuReplicas implements ReplicaOps {
 
   async removeStore(replicaId: string, opts: { keepImages?: boolean } = {}): Promise<void> {
     await this.closeExports(replicaId);
+    this.leaves.forget(replicaId);
     if (opts.keepImages) {
       // The images are a VM's disks now (a live move booted from them): only the records of
       // what the store held go (IMAGE.vmtc.json beside each image).
@@ -156,15 +165,66 @@ export class QemuReplicas implements ReplicaOps {
     return stores.map((s) => s.image);
   }
 
-  async digestStore(replicaId: string): Promise<ReplicaDigest> {
+  async digestStore(replicaId: string, ask: ReplicaDigestAsk = {}): Promise<ReplicaDigest> {
     const paths = await this.storePaths(replicaId);
     await this.scratch();
-    const disks: ReplicaDigest['disks'] = [];
-    for (const [index, image] of paths.entries()) {
-      const d = await this.backend.digestDestination({ image, exportName: 'x', nbd: { type: 'unix', path: '/nonexistent' } });
-      disks.push({ index, size: d.size, chunkBytes: d.chunkBytes, root: d.root, leaves: d.leaves });
+    const held = (await this.existing(replicaId))[0]!.held().then((h) => h?.checkpoint);
+    const dest = (image: string): NbdDestination => ({ image, exportName: 'x', nbd: { type: 'unix', path: '/nonexistent' } });
+    // Incremental: the leaves kept at `since`, the store one delta further (the last one), and
+    // the chunks that delta's source found written since `since`.
+    const kept = ask.since ? this.leaves.take('store', replicaId, ask.since) : undefined;
+    const now = await held;
+    let out: ReplicaDigest | undefined;
+    if (kept && ask.since && ask.changed && now?.seq === ask.since.seq + 1) {
+      out = await this.incremental('store', replicaId, kept, paths.map((image, i) => ({ chunks: () => Promise.resolve(ask.changed![i]), reader: () => this.backend.destinationReader(dest(image)) })));
     }
-    return { disks };
+    if (!out) {
+      out = { disks: [] };
+      for (const [index, image] of paths.entries()) {
+        const d = await this.backend.digestDestination(dest(image));
+        out.disks.push({ index, size: d.size, chunkBytes: d.chunkBytes, root: d.root, leaves: d.leaves });
+      }
+      this.leaves.note({ side: 'store', replicaId, mode: 'full', chunks: out.disks.reduce((n, d) => n + d.leaves.length, 0) });
+    }
+    if (ask.keepAs && now?.id === ask.keepAs.id && now.seq === ask.keepAs.seq) this.leaves.keep('store', replicaId, ask.keepAs, out);
+    return out;
+  }
+
+  /** A digest from leaves kept earlier and the chunks re-read now; undefined (a full digest is
+   *  taken instead) when the disks do not match what was kept or a step fails. */
+  private async incremental(side: 'source' | 'store', replicaId: string, kept: LeafCache[], disks: { chunks(cache: LeafCache): Promise<number[] | undefined>; reader(): Promise<ImageReader> }[]): Promise<ReplicaDigest | undefined> {
+    if (kept.length !== disks.length) return undefined;
+    try {
+      const out: ReplicaDigest = { disks: [] };
+      const t0 = this.clock.now();
+      const ms = { chunks: 0, reader: 0, read: 0 };
+      for (const [index, d] of disks.entries()) {
+        const cache = kept[index]!;
+        // What was written and a reader of the disk now, at once (each waits on its own tools).
+        let t = this.clock.now();
+        const [c, rd] = await Promise.allSettled([d.chunks(cache).finally(() => { ms.chunks += this.clock.now() - t; }), d.reader().finally(() => { ms.reader += this.clock.now() - t; })]);
+        if (rd.status === 'rejected') throw rd.reason;
+        const r = rd.value;
+        try {
+          if (c.status === 'rejected') throw c.reason;
+          const chunks = c.value;
+          if (!chunks || r.size !== cache.size) return undefined;
+          t = this.clock.now();
+          const g = await refreshLeaves(cache, chunks, r.read);
+          ms.read += this.clock.now() - t;
+          out.disks.push({ index, size: g.size, chunkBytes: g.chunkBytes, root: g.root, leaves: g.leaves, changed: chunks });
+        } finally {
+          await r.close();
+        }
+      }
+      const chunks = out.disks.reduce((n, d) => n + d.changed!.length, 0);
+      this.leaves.note({ side, replicaId, mode: 'incremental', chunks });
+      this.o.logger.info({ replicaId, side, chunks, ms: this.clock.now() - t0, steps: ms }, 'incremental digest');
+      return out;
+    } catch (e) {
+      this.o.logger.warn({ replicaId, side, err: String(e) }, 'incremental digest failed: reading every chunk instead');
+      return undefined;
+    }
   }
 
   // ---- source -------------------------------------------------------------------------------
@@ -235,13 +295,29 @@ export class QemuReplicas implements ReplicaOps {
     }
   }
 
-  async digestSource(vmId: string): Promise<ReplicaDigest> {
-    const disks: ReplicaDigest['disks'] = [];
-    for (const [index, d] of (await this.sourceDisks(vmId)).entries()) {
-      const g = await this.backend.digestSource(d);
-      disks.push({ index, size: g.size, chunkBytes: g.chunkBytes, root: g.root, leaves: g.leaves });
+  async digestSource(vmId: string, ask?: ReplicaDigestAsk & { replicaId: string }): Promise<ReplicaDigest> {
+    const disks = await this.sourceDisks(vmId);
+    // Incremental: the chunks written since `since` are those its bitmap marks (it stopped
+    // recording when the last delta took the next checkpoint; the VM is paused).
+    const since = ask?.since;
+    const kept = since ? this.leaves.take('source', ask.replicaId, since) : undefined;
+    let out: ReplicaDigest | undefined;
+    if (kept && since) {
+      out = await this.incremental('source', ask.replicaId, kept, disks.map((d) => ({
+        chunks: async (cache: LeafCache) => chunksOfRanges(await this.backend.dirtyRanges(d, this.perDisk(since)), cache.chunkBytes, cache.size),
+        reader: () => this.backend.reader(d),
+      })));
     }
-    return { disks };
+    if (!out) {
+      out = { disks: [] };
+      for (const [index, d] of disks.entries()) {
+        const g = await this.backend.digestSource(d);
+        out.disks.push({ index, size: g.size, chunkBytes: g.chunkBytes, root: g.root, leaves: g.leaves });
+      }
+      if (ask) this.leaves.note({ side: 'source', replicaId: ask.replicaId, mode: 'full', chunks: out.disks.reduce((n, d) => n + d.leaves.length, 0) });
+    }
+    if (ask?.keepAs) this.leaves.keep('source', ask.replicaId, ask.keepAs, out);
+    return out;
   }
 
   async close(): Promise<void> {

@@ -28,9 +28,12 @@ export interface StoreRecord {
 export class QemuStore {
   private readonly run: CommandRunner;
   private readonly clock: Clock;
-  constructor(readonly image: string, opts: { runner?: CommandRunner; clock?: Clock } = {}) {
+  private readonly netns: string | undefined;
+  /** `netns`: the namespace the export's storage daemon runs in (the lightpath address is there). */
+  constructor(readonly image: string, opts: { runner?: CommandRunner; clock?: Clock; netns?: string } = {}) {
     this.run = opts.runner ?? systemRunner;
     this.clock = opts.clock ?? systemClock;
+    this.netns = opts.netns;
   }
 
   get recordPath(): string {
@@ -61,7 +64,7 @@ export class QemuStore {
     const dir = await mkdtemp(join(dirname(this.image), '.vmtc-export-'));
     let daemon: StorageDaemon;
     try {
-      daemon = await startStorageDaemon({ image: this.image, format: 'qcow2', dir, clock: this.clock, exportName, nbd });
+      daemon = await startStorageDaemon({ image: this.image, format: 'qcow2', dir, clock: this.clock, exportName, nbd, ...(this.netns ? { netns: this.netns } : {}) });
     } catch (e) {
       await rm(dir, { recursive: true, force: true });
       throw e;

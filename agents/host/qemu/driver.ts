@@ -53,7 +53,7 @@ export class QemuDriver implements HypervisorDriver {
     // Replicas (agents/host/disks/qemu-replica.ts): the backend reaches a VM's QEMU through the
     // driver's own QMP connection; a VM without a QEMU process (stopped) through a storage daemon.
     this.replicas = new QemuReplicas({
-      dataDir: opts.dataDir, logger: this.vms.log, clock: this.vms.clock,
+      dataDir: opts.dataDir, logger: this.vms.log, clock: this.vms.clock, ...(opts.netns ? { netns: opts.netns } : {}),
       qmpFor: async (vmId) => { await this.ready; return this.vms.qmpOf(this.vms.get(vmId)); },
       vmOf: (vmId) => { const r = this.vms.get(vmId); return { spec: r.spec, running: !!r.qmp && !r.qmp.closed }; },
     });

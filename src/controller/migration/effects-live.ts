@@ -119,17 +119,16 @@ const startMigration: EffectFn = async (cx, row, signal) => {
     const ready = await runMigration(cx, row, signal, 'switchover');
     return { event: { type: 'SWITCHOVER_READY' }, detail: { transferredBytes: ready.transferredBytes, totalBytes: ready.totalBytes } };
   }
-  // With a replica: a delta while memory is pre-copied, the last one once the source paused
-  // before the switchover, then the digests; a failure or a mismatch fails the migration here,
-  // before the point of no return (the rollback cancels it; the source runs on).
-  const copy = runMigration(cx, row, signal, 'switchover');
-  const pre = liveReplicaDelta(cx.hub, cx.clock, replicaId, 'precopy').then((d) => d, (e: unknown) => toVmtcError(e));
-  const ready = await copy.catch(async (e: unknown) => { await pre; throw e; });
-  const preDelta = await pre;
-  if (preDelta instanceof VmtcError) throw preDelta;
-  const last = await liveReplicaDelta(cx.hub, cx.clock, replicaId, 'switchover');
+  // With a replica: a delta and the digests' kept leaves (each side reads its whole disk: seconds
+  // for a large one) while the VM runs, and only then the memory copy, whose source pauses as
+  // soon as memory converges: the pause must not wait for them. Then the last delta once the
+  // source paused before the switchover, and the digests; a failure or a mismatch fails the
+  // migration here, before the point of no return (the rollback cancels it; the source runs on).
+  const preDelta = await liveReplicaDelta(cx.hub, cx.clock, cx.log, replicaId, 'precopy');
+  const ready = await runMigration(cx, row, signal, 'switchover');
+  const last = await liveReplicaDelta(cx.hub, cx.clock, cx.log, replicaId, 'switchover');
   const t1 = cx.clock.now();
-  await verifyLiveReplica(cx.hub, cx.log, { vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, replicaId });
+  await verifyLiveReplica(cx.hub, cx.log, { vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, replicaId, since: last.from });
   const cur = currentCtx(cx, row.id).incoming;
   const use: LiveReplicaUse = { ...(cur?.replica ?? { replicaId, preSeededBytes: 0, disks: 0 }), precopyDeltaBytes: preDelta.bytes, lastDeltaBytes: last.bytes, lastDeltaMs: last.ms, digestMs: cx.clock.now() - t1 };
   cx.log.info({ ...use }, 'replica verified at the pause: the destination holds the source\'s disks');

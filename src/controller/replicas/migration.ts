@@ -4,7 +4,7 @@
 // disks, only the Merkle trees cross), before the destination boots from it. Without a warm
 // replica the migration takes its usual path (a full copy); a last delta that failed or digests
 // that differ make the cold path roll back (effects-cold.ts): never a wrong disk.
-import type { ReplicaDigest, VmSpec } from '../../common/agent-protocol.ts';
+import type { ReplicaCheckpoint, ReplicaDigest, VmSpec } from '../../common/agent-protocol.ts';
 import { err } from '../errors.ts';
 import type { Clock } from '../../common/clock.ts';
 import { VmtcError, toVmtcError } from '../../common/errors.ts';
@@ -195,29 +195,61 @@ const liveFailure = (replicaId: string, why: { code: string; message: string; de
     message: `the replica ${replicaId} failed the live move (${why.code}): cancelled, the VM runs at the source`,
   });
 
-/** One delta of the lent replica (the source's disks since the store's checkpoint). */
-export async function liveReplicaDelta(hub: HubPort, clock: Clock, replicaId: string, phase: 'precopy' | 'switchover'): Promise<{ bytes: number; ms: number }> {
+/** One delta of the lent replica (the source's disks since the store's checkpoint). `from`: the
+ *  checkpoint it started from. After the pre-copy delta both sides take a full digest and keep
+ *  its leaves (docs/disks.md#incremental-digests), off the pause: the digests at the pause then
+ *  read only the chunks the last delta carried. A side that cannot keep them reads every chunk
+ *  at the pause instead. */
+export async function liveReplicaDelta(hub: HubPort, clock: Clock, log: Logger, replicaId: string, phase: 'precopy' | 'switchover'): Promise<{ bytes: number; ms: number; from: ReplicaCheckpoint | null }> {
   const svc = replicaServiceOf(hub);
   if (!svc) throw liveFailure(replicaId, { code: 'VMTC_REPLICA_NOT_FOUND', message: 'no replica service' }, phase);
   const t0 = clock.now();
+  let from: ReplicaCheckpoint | null = null;
   const next = await svc.exclusive(replicaId, async () => {
     const cur = svc.records.get(replicaId);
     if (!cur || cur.state !== 'warm') return cur ?? null;
-    return svc.transferStep(cur);
+    from = cur.checkpoint;
+    return svc.transferStep(cur, { keepFrom: phase === 'switchover' });
   });
   if (!next || next.state !== 'warm' || next.error) {
     throw liveFailure(replicaId, next?.error ?? { code: 'VMTC_REPLICA_STATE', message: `the replica is ${next?.state ?? 'gone'}` }, phase);
   }
-  return { bytes: next.lastDeltaBytes, ms: clock.now() - t0 };
+  const out = { bytes: next.lastDeltaBytes, ms: clock.now() - t0, from };
+  if (phase === 'precopy' && next.checkpoint) {
+    const keepAs = next.checkpoint;
+    const t1 = clock.now();
+    await Promise.all([
+      hub.request(next.sourceHostId, 'replica.digest', { replicaId, side: 'source', vmId: next.vmId, keepAs }, DIGEST_TIMEOUT_MS),
+      hub.request(next.destinationHostId, 'replica.digest', { replicaId, side: 'store', keepAs }, DIGEST_TIMEOUT_MS),
+    ]).then(
+      () => log.info({ replicaId, checkpoint: keepAs.id, ms: clock.now() - t1 }, 'digest leaves kept for the pause'),
+      (e: unknown) => log.warn({ replicaId, code: toVmtcError(e).code }, 'digest leaves not kept: the pause reads every chunk'),
+    );
+    // The last delta's store export, opened now rather than in the pause.
+    await svc.exclusive(replicaId, async () => {
+      const cur = svc.records.get(replicaId);
+      if (cur) await svc.openAhead(cur);
+    }).catch((e: unknown) => log.warn({ replicaId, code: toVmtcError(e).code }, 'the store could not be opened ahead: the last delta opens it'));
+  }
+  return out;
 }
 
 /** With the source paused after the last delta: each side digests its own disks and only the
- *  digests cross. A mismatch fails the replica (VERIFY_FAILED) and the migration. */
-export async function verifyLiveReplica(hub: HubPort, log: Logger, m: { vmId: string; sourceHostId: string; destinationHostId: string; replicaId: string }): Promise<{ disks: number }> {
-  const [src, dst] = await Promise.all([
-    hub.request(m.sourceHostId, 'replica.digest', { replicaId: m.replicaId, side: 'source', vmId: m.vmId }, DIGEST_TIMEOUT_MS),
-    hub.request(m.destinationHostId, 'replica.digest', { replicaId: m.replicaId, side: 'store' }, DIGEST_TIMEOUT_MS),
-  ]).catch((e: unknown) => {
+ *  digests cross. `since`: the checkpoint the last delta started from (the leaves kept there
+ *  serve an incremental digest: the source finds the chunks written since in its change
+ *  tracking and the store is told them). A mismatch fails the replica (VERIFY_FAILED) and the
+ *  migration. */
+export async function verifyLiveReplica(hub: HubPort, log: Logger, m: { vmId: string; sourceHostId: string; destinationHostId: string; replicaId: string; since?: ReplicaCheckpoint | null }): Promise<{ disks: number; readChunks?: number }> {
+  const source = () => hub.request(m.sourceHostId, 'replica.digest', { replicaId: m.replicaId, side: 'source', vmId: m.vmId, ...(m.since ? { since: m.since } : {}) }, DIGEST_TIMEOUT_MS);
+  const store = (changed?: number[][]) => hub.request(m.destinationHostId, 'replica.digest', { replicaId: m.replicaId, side: 'store', ...(m.since && changed ? { since: m.since, changed } : {}) }, DIGEST_TIMEOUT_MS);
+  const [src, dst] = await (m.since
+    ? source().then(async (s) => {
+      // Only with every disk's written chunks can the store's digest be incremental.
+      const changed = s.disks.every((d) => d.changed) ? s.disks.map((d) => d.changed!) : undefined;
+      return [s, await store(changed)] as const;
+    })
+    : Promise.all([source(), store()])
+  ).catch((e: unknown) => {
     const v = toVmtcError(e);
     throw liveFailure(m.replicaId, { code: v.code, message: v.message }, 'digest');
   });
@@ -228,7 +260,8 @@ export async function verifyLiveReplica(hub: HubPort, log: Logger, m: { vmId: st
     log.warn({ replicaId: m.replicaId, disks: differ }, 'the replica differs from the paused source: the live move is cancelled');
     throw liveFailure(m.replicaId, error, 'digest');
   }
-  return { disks: src.disks.length };
+  const incremental = src.disks.every((d) => d.changed) && dst.disks.every((d) => d.changed);
+  return { disks: src.disks.length, ...(incremental ? { readChunks: src.disks.reduce((n, d) => n + d.changed!.length, 0) } : {}) };
 }
 
 /** A live migration ended: a replica still lent to it (it did not commit) goes back to its

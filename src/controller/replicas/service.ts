@@ -12,7 +12,7 @@
 // A step that fails closes the destination's export without recording anything, so the store
 // still holds the last checkpoint and the source still has it: the next interval retries from it.
 // The state machine is machine.ts; the records are durable (store.ts).
-import type { ReplicaCheckpoint, ReplicaTransfer } from '../../common/agent-protocol.ts';
+import type { ReplicaCheckpoint, ReplicaStoreHandoff, ReplicaTransfer } from '../../common/agent-protocol.ts';
 import type { Clock, Ids } from '../../common/clock.ts';
 import { VmtcError, toVmtcError } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
@@ -66,6 +66,8 @@ export class ReplicaService {
   private readonly timers = new Map<string, { cancel(): void }>();
   /** Replicas a migration is using: no periodic step until it lets go (release or an event). */
   private readonly held = new Set<string>();
+  /** A store export opened ahead of the delta that will use it (openAhead). */
+  private readonly ahead = new Map<string, { expect: ReplicaCheckpoint; store: ReplicaStoreHandoff }>();
   private closed = false;
 
   constructor(private readonly d: ReplicaServiceOptions) {
@@ -182,6 +184,10 @@ export class ReplicaService {
    *  stays failed). */
   giveBack(replicaId: string): void {
     const r = this.records.get(replicaId);
+    // A store opened ahead for a last delta that never ran: closed (the next step opens its own).
+    if (this.ahead.delete(replicaId) && r && this.d.hub.isConnected(r.destinationHostId)) {
+      void this.d.hub.request(r.destinationHostId, 'replica.closeStore', { replicaId }).catch((e: unknown) => this.log.warn({ replicaId, code: toVmtcError(e).code }, 'closing a store opened ahead failed'));
+    }
     if (r?.state === 'warm' && r.migrationId) this.apply(r, { type: 'RETURNED' });
     this.release(replicaId);
   }
@@ -252,8 +258,25 @@ export class ReplicaService {
     if (next && replicaStep(next.state) === 'delta') this.schedule(replicaId, next.intervalS * 1000);
   }
 
-  /** One seed or delta (the protocol above). Also what a migration runs for its last delta. */
-  async transferStep(r: ReplicaRow): Promise<ReplicaRow | null> {
+  /** Open the destination's store now for the next delta from the checkpoint it holds, so that
+   *  the delta does not wait for it: a live move opens it during the pre-copy for the last delta,
+   *  which runs in the pause (docs/disks.md#replicas). The next transferStep from that checkpoint
+   *  uses it; any other step's openStore replaces it, removeStore closes it. Call under
+   *  exclusive(). */
+  async openAhead(r: ReplicaRow): Promise<void> {
+    if (r.state !== 'warm' || !r.checkpoint) return;
+    const vm = locateVm([this.d.hub.inventory(r.sourceHostId)].filter((x) => !!x), r.vmId)?.vm;
+    if (!vm) return;
+    const listenHost = this.d.hub.inventory(r.destinationHostId)?.migrationAddress ?? this.o.listenHost;
+    const { store } = await this.d.hub.request(r.destinationHostId, 'replica.openStore', { replicaId: r.id, spec: vm.spec, listenHost, expect: r.checkpoint });
+    this.ahead.set(r.id, { expect: r.checkpoint, store });
+  }
+
+  /** One seed or delta (the protocol above). Also what a migration runs for its last delta:
+   *  `keepFrom` leaves the checkpoint the delta started from at the source (its bitmap names
+   *  what the delta carried, which the digests at a live move's pause read,
+   *  docs/disks.md#incremental-digests); the next step's first dropCheckpoints removes it. */
+  async transferStep(r: ReplicaRow, opts: { keepFrom?: boolean } = {}): Promise<ReplicaRow | null> {
     const seed = r.state === 'seeding';
     const from: ReplicaCheckpoint | null = seed ? null : r.checkpoint;
     const seq = from ? from.seq + 1 : 0;
@@ -262,12 +285,18 @@ export class ReplicaService {
     try {
       const vm = locateVm([this.d.hub.inventory(r.sourceHostId)].filter((x) => !!x), r.vmId)?.vm;
       if (!vm) throw err('VMTC_VM_NOT_FOUND', { vmId: r.vmId, hostId: r.sourceHostId, reason: 'the VM is no longer at the replica\'s source' });
-      if (from) await this.d.hub.request(r.sourceHostId, 'replica.dropCheckpoints', { ...ask, vmId: r.vmId, keep: from });
-      const listenHost = this.d.hub.inventory(r.destinationHostId)?.migrationAddress ?? this.o.listenHost;
-      const { store } = await this.d.hub.request(r.destinationHostId, 'replica.openStore', { ...ask, spec: vm.spec, listenHost, expect: from });
+      const ahead = this.ahead.get(r.id);
+      this.ahead.delete(r.id);
+      let store: ReplicaStoreHandoff;
+      if (ahead && from && ahead.expect.id === from.id && ahead.expect.seq === from.seq) store = ahead.store;
+      else {
+        if (from) await this.d.hub.request(r.sourceHostId, 'replica.dropCheckpoints', { ...ask, vmId: r.vmId, keep: from });
+        const listenHost = this.d.hub.inventory(r.destinationHostId)?.migrationAddress ?? this.o.listenHost;
+        store = (await this.d.hub.request(r.destinationHostId, 'replica.openStore', { ...ask, spec: vm.spec, listenHost, expect: from })).store;
+      }
       transfer = await this.d.hub.request(r.sourceHostId, 'replica.send', { ...ask, vmId: r.vmId, store, from, checkpointId: checkpointId(r.id, seq) }, this.o.transferTimeoutMs);
       await this.d.hub.request(r.destinationHostId, 'replica.closeStore', { ...ask, transfer });
-      if (from) await this.d.hub.request(r.sourceHostId, 'replica.dropCheckpoints', { ...ask, vmId: r.vmId, keep: transfer.checkpoint }).catch(() => undefined);
+      if (from && !opts.keepFrom) await this.d.hub.request(r.sourceHostId, 'replica.dropCheckpoints', { ...ask, vmId: r.vmId, keep: transfer.checkpoint }).catch(() => undefined);
     } catch (e) {
       const error = errorOf(e);
       // Nothing is recorded at the destination: its store still holds `from`.
