@@ -283,12 +283,15 @@ describe('migration request: deadline and tuning', () => {
 
   it('builds one tuning from the request, for the destination and the source alike', () => {
     const r = req({ bandwidthMbps: 500, maxDowntimeMs: 30, autoConverge: false, multifd: true, postcopy: true, suspend: true, requestId: 'x', verifyTcp: { host: 'h', port: 1 } });
-    expect(migrationTuning(r)).toEqual({ bandwidthMbps: 500, maxDowntimeMs: 30, autoConverge: false, multifd: true, postcopy: true, suspend: true });
-    expect(migrationTuning(r, true)).toEqual({ bandwidthMbps: 500, maxDowntimeMs: 30, autoConverge: false, multifd: true, postcopy: true, suspend: true, copyStorage: true });
-    expect(migrationTuning(req())).toEqual({});
+    // multifd asked without channels: as many as fill 500 Mbit/s (tuning-default.ts: 6 at the defaults).
+    expect(migrationTuning(r)).toEqual({ bandwidthMbps: 500, maxDowntimeMs: 30, autoConverge: false, multifd: true, multifdChannels: 6, postcopy: true, suspend: true });
+    expect(migrationTuning(r, true)).toEqual({ bandwidthMbps: 500, maxDowntimeMs: 30, autoConverge: false, multifd: true, multifdChannels: 6, postcopy: true, suspend: true, copyStorage: true });
+    // Nothing asked: the controller's streams for the default 1000 Mbit/s lightpath.
+    expect(migrationTuning(req())).toEqual({ multifd: true, multifdChannels: 12 });
+    expect(migrationTuning(req({ multifd: false }))).toEqual({});
     const storage = { disks: [{ index: 0, uri: 'nbd://d:1/x', device: 'virtio0' }] } as never;
-    expect(sourceParams('mig1', migrationTuning(r, true), storage)).toEqual({ migrationId: 'mig1', bandwidthMbps: 500, maxDowntimeMs: 30, autoConverge: false, multifd: true, postcopy: true, suspend: true, storage });
-    expect(sourceParams('mig1', migrationTuning(req({ multifd: true })))).toEqual({ migrationId: 'mig1', multifd: true });
+    expect(sourceParams('mig1', migrationTuning(r, true), storage)).toEqual({ migrationId: 'mig1', bandwidthMbps: 500, maxDowntimeMs: 30, autoConverge: false, multifd: true, multifdChannels: 6, postcopy: true, suspend: true, storage });
+    expect(sourceParams('mig1', migrationTuning(req({ multifd: true, multifdChannels: 3 })))).toEqual({ migrationId: 'mig1', multifd: true, multifdChannels: 3 });
   });
 
   it('copies storage only for writable disks not shared by both hosts', () => {

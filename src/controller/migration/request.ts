@@ -3,6 +3,7 @@
 // flag of one migration leaks into the next).
 import type { MigrationParams, MigrationTuning, VmSpec } from '../../common/agent-protocol.ts';
 import type { MigrationRequest } from '../store.ts';
+import { defaultMultifd, TUNING_DEFAULTS, type TuningDefaults } from './tuning-default.ts';
 
 /** When the migration must be done or rolled back (epoch ms): the request's deadline, else the
  *  default after its creation. */
@@ -22,13 +23,17 @@ export function lightpathMbps(request: Pick<MigrationRequest, 'bandwidthMbps'>):
   return request.bandwidthMbps ?? 1000;
 }
 
-const TUNING_KEYS = ['bandwidthMbps', 'maxDowntimeMs', 'autoConverge', 'multifd', 'postcopy', 'suspend'] as const satisfies readonly (keyof MigrationTuning & keyof MigrationRequest)[];
+const TUNING_KEYS = ['bandwidthMbps', 'maxDowntimeMs', 'autoConverge', 'multifd', 'multifdChannels', 'postcopy', 'suspend'] as const satisfies readonly (keyof MigrationTuning & keyof MigrationRequest)[];
 
-/** The one tuning of a migration, from its request. `copyStorage`: the destination must make
- *  and export copies of the disks (see mustCopyStorage). */
-export function migrationTuning(request: MigrationRequest, copyStorage = false): MigrationTuning {
+/** The one tuning of a migration, from its request, with the streams the controller picks to
+ *  fill the lightpath when the request does not say (tuning-default.ts). `copyStorage`: the
+ *  destination must make and export copies of the disks (see mustCopyStorage). */
+export function migrationTuning(request: MigrationRequest, copyStorage = false, defaults: TuningDefaults = TUNING_DEFAULTS): MigrationTuning {
   const t: MigrationTuning = {};
   for (const k of TUNING_KEYS) if (request[k] !== undefined) (t as Record<string, unknown>)[k] = request[k];
+  delete t.multifd;
+  delete t.multifdChannels;
+  Object.assign(t, defaultMultifd(request, lightpathMbps(request), defaults));
   if (copyStorage) t.copyStorage = true;
   return t;
 }
