@@ -35,6 +35,8 @@ export interface StackOptions {
   /** Give the guest a qcow2 data disk of this many MiB (its first 8 MiB hold the byte 0x5a), on
    *  storage the sites do not share: live migrations then copy it (NBD mirror). Default none. */
   diskMb?: number;
+  /** MiB of the data disk written with 0x5a before the guest starts (default 8, at most diskMb). */
+  diskFillMb?: number;
   /** Where logs and state go (default: a temp dir, removed on close unless keepDir). */
   dir?: string;
   keepDir?: boolean;
@@ -226,7 +228,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     if (o.diskMb) {
       const path = join(dir, `${vmId}-data.qcow2`);
       await run(['qemu-img', 'create', '-q', '-f', 'qcow2', path, `${o.diskMb}M`]);
-      await run(['qemu-io', '-f', 'qcow2', '-c', `write -P 0x5a 0 ${Math.min(8, o.diskMb)}M`, path]);
+      await run(['qemu-io', '-f', 'qcow2', '-c', `write -P 0x5a 0 ${Math.min(o.diskFillMb ?? 8, o.diskMb)}M`, path]);
       disks = [{ path, format: 'qcow2' }];
     }
     const started = await api('POST', '/v1/vms', {

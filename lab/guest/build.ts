@@ -69,6 +69,9 @@ export interface GuestAppendOptions {
   dirtyPeriodMs?: number;
   /** Populated guest: MiB of non-zero data written once at boot, before the ready line (0/undefined = idle). */
   fillMb?: number;
+  /** Disk-writing load on /dev/vda (the first data disk): KiB/s of random data in 64 KiB blocks,
+   *  cycling over `windowMb` MiB from `offsetMb` MiB, synced every second (undefined = off). */
+  diskLoad?: { kibPerS: number; windowMb: number; offsetMb: number };
 }
 
 /** The kernel command line for the lab guest; /init reads the vmtc.* settings (see init.sh). */
@@ -82,6 +85,7 @@ export function guestAppend(o: GuestAppendOptions = {}): string {
   if (o.heartbeatMs) parts.push(`vmtc.hb=${o.heartbeatMs}`);
   if (o.dirtyMb) parts.push(`vmtc.dirty=${o.dirtyMb}:${o.dirtyPeriodMs ?? 100}`);
   if (o.fillMb) parts.push(`vmtc.fill=${Math.floor(o.fillMb)}`);
+  if (o.diskLoad) parts.push(`vmtc.disk=${Math.floor(o.diskLoad.kibPerS)}:${Math.floor(o.diskLoad.windowMb)}:${Math.floor(o.diskLoad.offsetMb)}`);
   return parts.join(' ');
 }
 

@@ -9,6 +9,9 @@
 #   vmtc.dirty=MB[:PERIOD_MS]              memory-dirtying load that verifies its memory (0 = off)
 #   vmtc.fill=MB                           populated guest: MB MiB of non-zero data written once,
 #                                          before the ready line (0 = off: the idle guest)
+#   vmtc.disk=KIBPS:WIN:OFF                disk-writing load: KIBPS KiB/s of random data to
+#                                          /dev/vda in 64 KiB blocks, cycling over WIN MiB from
+#                                          OFF MiB, synced every second (0 = off)
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -17,7 +20,7 @@ mount -t devtmpfs devtmpfs /dev
 # The initramfs has no /dev/console node; now that devtmpfs is mounted, point stdio at it.
 exec 0</dev/console 1>/dev/console 2>&1
 
-IP=10.1.1.2/24; GW=10.1.1.1; TCP=7; UDP=7; CLOCK=0; CLOCKUS=200; HB=0; DIRTY=0; FILL=0
+IP=10.1.1.2/24; GW=10.1.1.1; TCP=7; UDP=7; CLOCK=0; CLOCKUS=200; HB=0; DIRTY=0; FILL=0; DISK=0
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vmtc.ip=*) IP="${arg#vmtc.ip=}" ;;
@@ -29,6 +32,7 @@ for arg in $(cat /proc/cmdline); do
     vmtc.hb=*) HB="${arg#vmtc.hb=}" ;;
     vmtc.dirty=*) DIRTY="${arg#vmtc.dirty=}" ;;
     vmtc.fill=*) FILL="${arg#vmtc.fill=}" ;;
+    vmtc.disk=*) DISK="${arg#vmtc.disk=}" ;;
   esac
 done
 
@@ -65,6 +69,25 @@ if [ "$DIRTY" != 0 ]; then
     [ -n "$REPORT" ] && echo "VMTC-MEM-BAD dirty load exited" > "$REPORT" ) &
 fi
 
+# The disk-writing load: a steady rate over a bounded window of the data disk, so the blocks
+# dirtied between two syncs never exceed the window (lab/turntable/disk.ts reads it that way).
+if [ "$DISK" != 0 ]; then
+  if [ -b /dev/vda ]; then
+    DKIB="${DISK%%:*}"; DREST="${DISK#*:}"; DWIN="${DREST%%:*}"; DOFF="${DREST#*:}"
+    DBLK=$((DKIB / 64)); [ "$DBLK" -lt 1 ] && DBLK=1
+    DWINB=$((DWIN * 16)); [ "$DBLK" -gt "$DWINB" ] && DBLK=$DWINB
+    ( i=0
+      while true; do
+        dd if=/dev/urandom of=/dev/vda bs=64k count=$DBLK seek=$((DOFF * 16 + i)) conv=notrunc,fsync 2>/dev/null || echo "VMTC-WARN disk load write failed"
+        i=$(( (i + DBLK) % DWINB )); [ $((i + DBLK)) -gt "$DWINB" ] && i=0
+        sleep 1
+      done ) &
+    echo "VMTC-DISK-LOAD kib_per_s=$((DBLK * 64)) window_mib=$DWIN offset_mib=$DOFF"
+  else
+    echo "VMTC-WARN disk load asked but no /dev/vda"; DISK=nodisk
+  fi
+fi
+
 # The populated guest's memory is written before the guest says it is ready (bounded: 600 s).
 if [ "$FILL" != 0 ]; then
   vmtc-probe fill "$FILL" /tmp/vmtc-fill.done &
@@ -73,6 +96,6 @@ if [ "$FILL" != 0 ]; then
   [ -e /tmp/vmtc-fill.done ] || { echo "VMTC-WARN fill of $FILL MiB did not finish"; FILL=failed; }
 fi
 
-echo "VMTC-GUEST-READY ip=$IP mac=$MAC tcp=$TCP udp=$UDP clock=$CLOCK hb=$HB dirty=$DIRTY fill=$FILL"
+echo "VMTC-GUEST-READY ip=$IP mac=$MAC tcp=$TCP udp=$UDP clock=$CLOCK hb=$HB dirty=$DIRTY fill=$FILL disk=$DISK"
 # PID 1 must never exit (the kernel would panic); reap orphans while waiting.
 while true; do wait; sleep 3600; done

@@ -48,7 +48,15 @@ export function retuneOptions(o: Record<string, unknown>, bandwidthMbps: number)
  *  VMTC_CONFIG_INVALID naming its option). `out`, the signal and progress are run()'s. */
 export function turntableOptions(o: Record<string, unknown>): Omit<TurntableOptions, 'out' | 'signal' | 'onProgress'> {
   const load = o.load as string;
-  if (load !== 'none' && load !== 'dirty') throw commonError('VMTC_CONFIG_INVALID', { field: 'load', value: load }, { message: '--load must be none or dirty' });
+  if (load !== 'none' && load !== 'dirty' && load !== 'disk' && load !== 'both') throw commonError('VMTC_CONFIG_INVALID', { field: 'load', value: load }, { message: '--load must be none, dirty, disk or both' });
+  const diskMb = num(o['disk-mb'] ?? TURNTABLE_DISK_MB, 'disk-mb', 0, 65_536, true);
+  if (diskMb > 0 && diskMb < 16) invalid('disk-mb', o['disk-mb'], '--disk-mb must be 0 (no disk) or at least 16');
+  if ((load === 'disk' || load === 'both') && diskMb === 0) invalid('load', load, `--load ${load} writes the guest's data disk: not with --disk-mb 0`);
+  const replica = (o.replica as string | undefined) ?? 'off';
+  if (replica !== 'off' && replica !== 'on' && replica !== 'both') invalid('replica', replica, '--replica must be off, on or both');
+  if (replica !== 'off' && diskMb === 0) invalid('replica', replica, '--replica pre-seeds the guest\'s data disk: not with --disk-mb 0');
+  const replicaIntervalS = o['replica-interval-s'] !== undefined ? num(o['replica-interval-s'], 'replica-interval-s', 5, 3600, true) : undefined;
+  if (replicaIntervalS !== undefined && replica === 'off') invalid('replica-interval-s', o['replica-interval-s'], '--replica-interval-s needs --replica on or both');
   const converge = o.converge as string;
   if (converge !== 'auto-converge' && converge !== 'postcopy') throw commonError('VMTC_CONFIG_INVALID', { field: 'converge', value: converge }, { message: '--converge must be auto-converge or postcopy' });
   const delayLine = o['delay-line'] as string | undefined;
@@ -67,6 +75,7 @@ export function turntableOptions(o: Record<string, unknown>): Omit<TurntableOpti
   return {
     rttMs: num(o['rtt-ms'], 'rtt-ms', 0, 2000), rateMbps,
     memoryMb, load, converge, accel,
+    diskMb, ...(diskMb ? { replica } : {}), ...(replicaIntervalS !== undefined ? { replicaIntervalS } : {}),
     ...(guest === 'populated' || fillMb !== undefined ? { guest: 'populated' as const } : {}),
     ...(fillMb !== undefined ? { fillMb } : {}),
     ...(o['queue-ms'] !== undefined ? { queueMs: num(o['queue-ms'], 'queue-ms', 0, 10_000) } : {}),
@@ -81,6 +90,33 @@ export function turntableOptions(o: Record<string, unknown>): Omit<TurntableOpti
     clockPeriodUs: num(o['clock-period-us'], 'clock-period-us', 50, 1_000_000, true),
     noNonLive: o['no-nonlive'] === true,
   };
+}
+
+/** The guest's data disk when the live move leaves it where it is: the default `--disk-mb`. A
+ *  GiB makes the disk matter (a mirror of it takes ~20 s at 500 Mbit/s) and fits this machine's
+ *  free space and a run's time (docs/lab.md "The turntable's disk"). */
+export const TURNTABLE_DISK_MB = 1024;
+
+/** The disk's lines of the summary: per migration what crossed, and with vs without a replica. */
+export function diskLines(r: TurntableResult): string[] {
+  const ms = r.migrations.filter((m) => m.disk);
+  if (!ms.length) return [];
+  const mb = (v: number | null | undefined) => (v === null || v === undefined ? '–' : (v / 1e6).toFixed(2));
+  const f = (v: number | null | undefined) => (v === null || v === undefined ? '–' : String(Math.round(v)));
+  const load = r.config.diskLoad;
+  const out = [`disk ${r.config.diskMb} MiB (${r.config.diskFillMb} MiB written before the start${load ? `; the guest writes ${load.kibPerS} KiB/s over ${load.windowMb} MiB` : '; no disk load'}), replica ${r.config.replica ?? 'off'} (MB = 10^6 bytes):`];
+  const head = ['#', 'mode', 'replica', 'at migration', 'pre-copy delta', 'pause delta', 'seed', 'deltas before', 'last delta', 'seed line', 'migration line', 'udp ms'];
+  const rows = ms.map((m) => { const d = m.disk!; return [String(m.round), m.mode, d.replicaUsed ? 'used' : d.replica ? 'UNUSED' : 'no', mb(d.bytesAtMigration), mb(d.precopyDeltaBytes), mb(d.lastDeltaAtPauseBytes), mb(d.seedBytes), mb(d.replicaDeltaBytes), mb(d.replicaLastDeltaBytes), mb(d.seedDelayLineBytes), mb(d.delayLineBytes), f(m.downtimeMs.udp)]; });
+  const all = [head, ...rows];
+  const w = head.map((_, i) => Math.max(...all.map((row) => row[i]!.length)));
+  out.push(...all.map((row) => row.map((c, i) => (i < 3 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ')));
+  const c = r.summary.disk;
+  if (c) {
+    const p = (x: { p50: number | null; max: number | null }, k: (v: number | null) => string) => `median ${k(x.p50)} max ${k(x.max)}`;
+    out.push(`  with a replica (${c.with.n}): disk at migration ${p(c.with.bytesAtMigration, mb)} MB, udp downtime ${p(c.with.udp, f)} ms, seed ${p(c.with.seedBytes, mb)} MB before`,
+      `  without (${c.without.n}): disk at migration ${p(c.without.bytesAtMigration, mb)} MB, udp downtime ${p(c.without.udp, f)} ms`);
+  }
+  return out;
 }
 
 /** The guest in words: idle, or populated with how much. */
@@ -135,7 +171,8 @@ export function summaryTable(r: TurntableResult): string {
     ] : []),
     `non-live ${f(s.nonLiveElapsedMs)} ms ÷ live median ${f(s.liveClientMedianMs)} ms = ${s.liveNonLiveRatio ?? '–'} (paper §6.4; ${guestWord(r)}, ${accel.toUpperCase()})`,
     `emulator: nominal ${r.emulator.nominalMbps} Mbit/s, delivered up to ${Math.round(r.emulator.deliveredMbps)} Mbit/s, RTT ${r.emulator.rttMs} ms, queue max ${r.emulator.queueMaxMs} ms${r.config.queueMs !== undefined ? ` of ${r.config.queueMs} (${r.config.queueSizing === 'given' ? '--queue-ms' : 'bandwidth-delay product'})` : ''}, ${r.emulator.drops} drops${r.config.delayLineSched ? `; relay ${r.config.delayLineSched.policy === 'other' ? 'normal priority' : `SCHED_${r.config.delayLineSched.policy.toUpperCase()} ${r.config.delayLineSched.priority}`} on CPU ${r.config.delayLineSched.cpus}` : ''}`);
-  if (r.config.load === 'dirty') {
+  lines.push(...diskLines(r));
+  if (r.config.load === 'dirty' || r.config.load === 'both') {
     const verified = r.migrations.filter((m) => m.memory?.verified).length;
     lines.push(`guest memory verified after ${verified}/${r.migrations.length} migrations (a whole pass over ${r.config.dirtyMb} MB after each)`);
   }
@@ -162,7 +199,10 @@ export const command: Command = {
     accel: { type: 'string', arg: 'tcg|kvm', default: 'tcg', help: "QEMU's accelerator: kvm only where /dev/kvm works (else VMTC_LAB_KVM_UNAVAILABLE); TCG figures are labelled as such" },
     guest: { type: 'string', arg: 'idle|populated', help: 'idle guest (default), or one whose memory is populated once at boot (see --fill-mb)' },
     'fill-mb': { type: 'string', arg: 'MB', help: 'populated guest: MiB of non-zero data written once at boot before it is ready (default with --guest populated: half of --memory-mb less the dirty load)' },
-    load: { type: 'string', arg: 'none|dirty', default: 'none', help: 'guest workload: dirty keeps rewriting memory' },
+    load: { type: 'string', arg: 'none|dirty|disk|both', default: 'none', help: 'guest workload: dirty keeps rewriting memory, disk writes the data disk (1 MiB/s over a 16 MiB window), both does both' },
+    'disk-mb': { type: 'string', arg: 'MB', default: String(TURNTABLE_DISK_MB), help: "the guest's qcow2 data disk, written whole before the start; live moves copy it (0: no disk)" },
+    replica: { type: 'string', arg: 'off|on|both', default: 'off', help: 'on: pre-seed a replica of the disk at the destination before each live move (the move sends deltas); off: the move mirrors the whole disk; both: odd rounds on, even off' },
+    'replica-interval-s': { type: 'string', arg: 'S', help: "with --replica: seconds between the replica's deltas (default 20; one is waited for before the move)" },
     'dirty-mb': { type: 'string', arg: 'MB', help: 'with --load dirty: memory rewritten per period (default: a quarter of the guest memory)' },
     converge: { type: 'string', arg: 'auto-converge|postcopy', default: 'auto-converge', help: 'with --load dirty: throttle the guest until pre-copy converges, or switch to post-copy after the first full pass' },
     'dirty-period-ms': { type: 'string', arg: 'MS', help: 'with --load dirty: one pass over the dirty memory per period (default 1000)' },

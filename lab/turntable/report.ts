@@ -22,6 +22,7 @@ import { distributionSection } from './report/distribution.ts';
 import { radarSection } from './report/radar.ts';
 import { timelineSection } from './report/timeline.ts';
 import { breakdownSection } from './report/breakdown.ts';
+import { diskSection } from './report/disk.ts';
 
 export function renderReport(r: TurntableResult): string {
   const cfg = r?.config;
@@ -31,6 +32,7 @@ export function renderReport(r: TurntableResult): string {
     header(r),
     paperSection(r),
     migrationTable(r),
+    diskSection(r),
     breakdownSection(r),
     distributionSection(r),
     radarSection(r),

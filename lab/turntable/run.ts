@@ -19,7 +19,8 @@ import { countAnsweredTwice, countLost, longestGap, longestOutage, lostInGap, se
 import { computeBreakdown } from './breakdown.ts';
 import { bdpQueueMs, defaultFillMb, judgeEmulator, kvmWorks, resolveAccel, type Accel } from './instrument.ts';
 import { buildGuestImage } from '../guest/build.ts';
-import { summarize } from './summary.ts';
+import { counts, summarize } from './summary.ts';
+import { copyVsBulk, measureBulkTcp } from './bulk.ts';
 import { awaitGuestFill } from './fill.ts';
 import { readInternalGaps } from './probes/clock.ts';
 import { pingReplyTimes, startPing } from './probes/ping.ts';
@@ -29,6 +30,7 @@ import { lightpathRtt, startTcpSession } from './probes/session.ts';
 import { renderReport } from './report.ts';
 import { retuneAfter, retuneWord } from './retune.ts';
 import type { RetunePlan, RetuneRecord, TurntableConfig, TurntableMigration, TurntableResult } from './types.ts';
+import { delayLineBytes, diskFigures, diskLoadFor, dirtiesMemory, dropReplicas, prepareReplica, replicaForRound, writesDisk, type ReplicaPlan, type ReplicaPrep } from './disk.ts';
 
 export { clientSeen, summarize } from './summary.ts';
 
@@ -36,7 +38,15 @@ export interface TurntableOptions {
   rttMs: number;
   rateMbps: number;
   memoryMb: number;
-  load: 'none' | 'dirty';
+  load: 'none' | 'dirty' | 'disk' | 'both';
+  /** The guest's qcow2 data disk in MiB (0/absent: none), written whole with 0x5a before the
+   *  guest starts (`diskFillMb`: less), and which rounds pre-seed a replica at their destination
+   *  (lab/turntable/disk.ts; default off: the live move mirrors the disk). */
+  diskMb?: number;
+  diskFillMb?: number;
+  replica?: ReplicaPlan;
+  /** Seconds between the replica's periodic deltas (default 20). */
+  replicaIntervalS?: number;
   dirtyMb?: number;
   dirtyPeriodMs?: number;
   rounds: number;
@@ -49,6 +59,9 @@ export interface TurntableOptions {
   delayLine?: DelayLineImpl;
   /** Skip the non-live comparison migration. */
   noNonLive?: boolean;
+  /** Seconds of one bulk TCP flow across the lightpath before the rounds, the reference rate of
+   *  summary.copyVsBulk (lab/turntable/bulk.ts; default 5, 0: none). */
+  bulkSeconds?: number;
   /** QEMU's accelerator (default tcg; kvm only where it works: VMTC_LAB_KVM_UNAVAILABLE). */
   accel?: Accel;
   /** The delay line's queue bound in ms at the line rate (default: one bandwidth-delay product
@@ -114,8 +127,14 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   const startedAt = new Date();
   const out = resolve(o.out);
   mkdirSync(out, { recursive: true });
-  const dirtyMb = o.load === 'dirty' ? (o.dirtyMb ?? Math.max(8, Math.round(o.memoryMb / 4))) : 0;
-  const dirtyPeriodMs = o.load === 'dirty' ? (o.dirtyPeriodMs ?? 1000) : 0;
+  const dirty = dirtiesMemory(o.load);
+  const dirtyMb = dirty ? (o.dirtyMb ?? Math.max(8, Math.round(o.memoryMb / 4))) : 0;
+  const dirtyPeriodMs = dirty ? (o.dirtyPeriodMs ?? 1000) : 0;
+  const diskMb = o.diskMb ?? 0;
+  const diskFillMb = diskMb ? Math.min(diskMb, o.diskFillMb ?? diskMb) : 0;
+  const diskLoad = diskMb && writesDisk(o.load) ? diskLoadFor(diskMb) : null;
+  const replicaPlan: ReplicaPlan = diskMb ? (o.replica ?? 'off') : 'off';
+  const replicaIntervalS = o.replicaIntervalS ?? 20;
   // Half the line rate by default: on this machine the user-space delay line delivers 450–630
   // Mbit/s, and asking for the full line rate lets TCP overrun its queue (drops cost a round trip
   // at the switchover: measured pause→resume 121–135 ms without drops, ~290 ms with).
@@ -129,7 +148,8 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   const config: TurntableConfig = {
     rttMs: o.rttMs, rateMbps: o.rateMbps, delayLine, memoryMb: o.memoryMb, load: o.load, dirtyMb, dirtyPeriodMs, rounds: o.rounds,
     pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, serialPeriodMs: o.serialPeriodMs, clockPeriodUs: o.clockPeriodUs,
-    bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, ...(o.load === 'dirty' ? { converge: o.converge ?? 'auto-converge' } : {}),
+    bandwidthMbps, maxDowntimeMs: o.maxDowntimeMs, ...(dirty ? { converge: o.converge ?? 'auto-converge' } : {}),
+    ...(diskMb ? { diskMb, diskFillMb, diskLoad, replica: replicaPlan, replicaIntervalS } : {}),
     ...(o.retune ? { retune: o.retune } : {}), out, startedAt: startedAt.toISOString(),
     host: { kernel: release(), cpus: cpus().length, qemu: qemuVersion(), accel: accel === 'kvm' ? 'kvm' : existsSync('/dev/kvm') ? 'tcg (/dev/kvm present; --accel kvm to use it)' : 'tcg (no /dev/kvm)' },
     accel, queueMs, queueSizing: o.queueMs !== undefined ? 'given' : 'bdp', guest: guestKind, fillMb,
@@ -142,13 +162,16 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   const scheds: DelayLineSched[] = [];
   let measuredRtt: number | null = null;
 
+  const stackDir = join(out, 'stack');
   const s = await startStack({
-    rttMs: o.rttMs, rateMbps: o.rateMbps, memoryMb: o.memoryMb, dir: join(out, 'stack'), keepDir: true, queueMs, accel,
+    rttMs: o.rttMs, rateMbps: o.rateMbps, memoryMb: o.memoryMb, dir: stackDir, keepDir: true, queueMs, accel,
+    ...(diskMb ? { diskMb, diskFillMb } : {}),
     lab: { delayLineImpl: delayLine },
     guest: {
       clockGapMs: o.clockGapMs, clockPeriodUs: o.clockPeriodUs, heartbeatMs: o.serialPeriodMs,
       ...(dirtyMb ? { dirtyMb, dirtyPeriodMs } : {}),
       ...(fillMb ? { fillMb } : {}),
+      ...(diskLoad ? { diskLoad } : {}),
     },
     onProgress: (m) => say(m),
   });
@@ -161,6 +184,15 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       config.fill = await awaitGuestFill(consolePath, fillMb, { ...(o.signal ? { signal: o.signal } : {}) });
       say(`guest populated: ${config.fill.mb} MiB written in ${config.fill.ms} ms`);
     }
+    if ((o.bulkSeconds ?? 5) > 0) {
+      try {
+        const { buckets: _, ...bulk } = await measureBulkTcp(s.lab, sites[0]!, sites[1]!, { bandwidthMbps, seconds: o.bulkSeconds ?? 5 });
+        config.bulkTcp = bulk;
+        say(`bulk TCP ${sites[0]} → ${sites[1]}: ${bulk.mbps} Mbit/s (second half ${bulk.steadyMbps ?? '–'}), ${bulk.drops} drops`);
+      } catch (e) {
+        findings.push(`the bulk-TCP reference flow could not be measured: ${(e as Error).message}`);
+      }
+    }
     const plan: { mode: 'live' | 'nonlive'; round: number }[] = [];
     for (let r = 1; r <= o.rounds; r++) plan.push({ mode: 'live', round: r });
     if (!o.noNonLive) plan.push({ mode: 'nonlive', round: o.rounds + 1 });
@@ -169,11 +201,23 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       const to = sites.find((x) => x !== here)!;
       say(`${step.mode === 'live' ? `round ${step.round}/${o.rounds}` : 'non-live comparison'}: ${here} → ${to}`);
       let m: TurntableMigration;
+      let prep: ReplicaPrep | null = null;
+      if (diskMb && replicaForRound(replicaPlan, step.mode, step.round)) {
+        try {
+          prep = await prepareReplica(s, here, to, { bandwidthMbps, intervalS: replicaIntervalS, seedTimeoutMs: 900_000, say, ...(o.signal ? { signal: o.signal } : {}) });
+          say(`  replica ${prep.replicaId}: seed ${(prep.seedBytes / 1e6).toFixed(1)} MB, ${prep.deltas} delta(s) after it (last ${(prep.lastDeltaBytes / 1e6).toFixed(2)} MB); the seeding lightpath's delay line carried ${(prep.delayLineBytes / 1e6).toFixed(1)} MB`);
+        } catch (e) {
+          findings.push(`${step.mode} ${step.round} (${here} → ${to}): no replica could be pre-seeded, the move mirrors the disk: ${(e as Error).message}`);
+          say(`  no replica: ${(e as Error).message}`);
+        }
+      }
       try {
         let note: InternalNote;
         let sched: DelayLineSched | null;
-        ({ migration: m, internal: note, sched } = await measureOne(s, { ...step, from: here, to }, {
-          settleMs: o.settleMs, bandwidthMbps, rateMbps: o.rateMbps, serialPeriodMs: o.serialPeriodMs, maxDowntimeMs: o.maxDowntimeMs, dirty: o.load === 'dirty', converge: o.converge ?? 'auto-converge',
+        let rec: MigrationOutcome | undefined;
+        let lineBytes: number;
+        ({ migration: m, internal: note, sched, rec, lineBytes } = await measureOne(s, { ...step, from: here, to }, {
+          settleMs: o.settleMs, bandwidthMbps, rateMbps: o.rateMbps, serialPeriodMs: o.serialPeriodMs, maxDowntimeMs: o.maxDowntimeMs, dirty, converge: o.converge ?? 'auto-converge',
           ...(o.retune ? { retune: o.retune } : {}),
           pingIntervalMs: o.pingIntervalMs, udpIntervalMs: o.udpIntervalMs, say,
           onLightpathUp: measuredRtt === null ? async () => { measuredRtt = await lightpathRtt(s, here, to); } : undefined,
@@ -181,7 +225,14 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
         }));
         notes.push(note);
         if (sched) scheds.push(sched);
+        if (diskMb) {
+          m.disk = diskFigures(rec, prep, diskMb, lineBytes, (diskLoad?.windowMb ?? 0) * 1024 * 1024);
+          if (prep && !m.disk.replicaUsed) findings.push(`${step.mode} ${step.round} (${m.migrationId}) had a warm replica at ${to} but did not use it`);
+          say(`  disk: ${(m.disk.bytesAtMigration / 1e6).toFixed(2)} MB at migration time (${m.disk.replicaUsed ? `deltas: pre-copy ${((m.disk.precopyDeltaBytes ?? 0) / 1e6).toFixed(2)} MB, at the pause ${((m.disk.lastDeltaAtPauseBytes ?? 0) / 1e6).toFixed(2)} MB in ${m.disk.lastDeltaAtPauseMs ?? '–'} ms` : 'mirror'}); the migration's delay line carried ${(lineBytes / 1e6).toFixed(1)} MB`);
+        }
+        if (prep) await dropReplicas(s).catch(() => undefined);
       } catch (e) {
+        if (prep) await dropReplicas(s).catch(() => undefined);
         // A probe that cannot even start means the VM is not reachable: record it and stop here,
         // keeping what was measured so far.
         findings.push(`${step.mode} ${step.round} (${here} → ${to}) could not be measured: ${(e as Error).message}`);
@@ -240,7 +291,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       queueMaxMs: Math.max(0, ...migrations.map((m) => m.emulator.queueMaxMs)),
       drops: migrations.reduce((a, m) => a + m.emulator.drops, 0),
     },
-    migrations, summary: summarize(migrations, guestKind), findings,
+    migrations, summary: { ...summarize(migrations, guestKind), ...(config.bulkTcp ? { copyVsBulk: copyVsBulk(migrations.filter((m) => m.mode === 'live' && counts(m)), config.bulkTcp) } : {}) }, findings,
     finishedAt: new Date().toISOString(), durationMs: Date.now() - startedAt.getTime(),
   };
   if (measuredRtt === null) findings.push(`the lightpath RTT could not be measured; emulator.rttMs is the configured ${o.rttMs} ms`);
@@ -285,7 +336,7 @@ interface MeasureOpts {
 
 interface InternalNote { migration: string; raw: number | null; hostPause: number | null }
 
-async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: number; from: string; to: string }, o: MeasureOpts): Promise<{ migration: TurntableMigration; internal: InternalNote; sched: DelayLineSched | null }> {
+async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: number; from: string; to: string }, o: MeasureOpts): Promise<{ migration: TurntableMigration; internal: InternalNote; sched: DelayLineSched | null; rec: MigrationOutcome | undefined; lineBytes: number }> {
   const srcHost = s.hostOf(step.from);
   const dstHost = s.hostOf(step.to);
   const srcPaths = qemuVmPaths(join(s.agentDataDir(srcHost), 'qemu'), s.vmId, 1);
@@ -456,7 +507,7 @@ async function measureOne(s: Stack, step: { mode: 'live' | 'nonlive'; round: num
     },
   };
   // Read now: the stats file goes with the lab when it is torn down.
-  return { migration, internal: internalNote, sched: delayLineSched(statsFile) };
+  return { migration, internal: internalNote, sched: delayLineSched(statsFile), rec, lineBytes: delayLineBytes(statsFile) };
 }
 
 function round1(v: number): number {

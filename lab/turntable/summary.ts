@@ -3,7 +3,7 @@
 // lab/turntable/instrument.ts) — the breakdown's steps over the same, and the paper's §6.4 ratio.
 // Unreliable migrations are named, never averaged in silently.
 import { percentiles } from './probes/analysis.ts';
-import type { DowntimeFigures, TurntableMigration, TurntableSummary } from './types.ts';
+import type { DiskComparison, DowntimeFigures, TurntableMigration, TurntableSummary } from './types.ts';
 
 const round1 = (v: number): number => Math.round(v * 10) / 10;
 
@@ -50,5 +50,17 @@ export function summarize(ms: TurntableMigration[], guest?: 'idle' | 'populated'
       total: step((m) => m.breakdown!.totalMs),
     },
     ...(guest ? { guest } : {}),
+    ...(live.some((m) => m.disk) ? { disk: diskComparison(live) } : {}),
+  };
+}
+
+/** Disk bytes at migration time and client-seen downtime, with and without a replica. */
+export function diskComparison(live: TurntableMigration[]): DiskComparison {
+  const w = live.filter((m) => m.disk?.replicaUsed);
+  const wo = live.filter((m) => m.disk && !m.disk.replica);
+  const p = (xs: TurntableMigration[], f: (m: TurntableMigration) => number | null | undefined) => percentiles(xs.map(f).filter((v): v is number => typeof v === 'number'));
+  return {
+    with: { n: w.length, bytesAtMigration: p(w, (m) => m.disk!.bytesAtMigration), udp: p(w, clientSeen), seedBytes: p(w, (m) => m.disk!.seedBytes) },
+    without: { n: wo.length, bytesAtMigration: p(wo, (m) => m.disk!.bytesAtMigration), udp: p(wo, clientSeen) },
   };
 }

@@ -14,7 +14,17 @@ export interface TurntableConfig {
    *  older runs: node). */
   delayLine?: 'node' | 'c';
   memoryMb: number;
-  load: 'none' | 'dirty';
+  /** Guest workload: dirty rewrites memory, disk writes the data disk, both does both. */
+  load: 'none' | 'dirty' | 'disk' | 'both';
+  /** The guest's qcow2 data disk (`--disk-mb`; 0 or absent: none), how much of it was written
+   *  before the guest started (0x5a), the disk load (lab/turntable/disk.ts diskLoadFor) and which
+   *  rounds pre-seed a replica (`--replica`). Absent in older files. */
+  diskMb?: number;
+  diskFillMb?: number;
+  diskLoad?: { kibPerS: number; windowMb: number; offsetMb: number } | null;
+  replica?: 'off' | 'on' | 'both';
+  /** Seconds between the replica's periodic deltas (one is waited for before each move). */
+  replicaIntervalS?: number;
   /** Share of guest memory rewritten by the dirty load (MB) and its period; 0 when load is none. */
   dirtyMb: number;
   dirtyPeriodMs: number;
@@ -55,6 +65,25 @@ export interface TurntableConfig {
   /** What the populated guest reported on its console before the first move (VMTC-FILL): MiB
    *  written and how long it took (guest clock, ms). */
   fill?: { mb: number; ms: number };
+  /** One bulk TCP flow across the same lightpath and delay line before the rounds (lab/turntable/
+   *  bulk.ts): the reference for summary.copyVsBulk. Absent in older files or with --bulk-seconds 0. */
+  bulkTcp?: BulkTcpFigure;
+}
+
+/** One bulk TCP flow across the lab's lightpath (lab/turntable/bulk.ts measures it). */
+export interface BulkTcpFigure {
+  /** Delivered over the whole flow (first byte → last byte at the receiver), Mbit/s. */
+  mbps: number;
+  /** The second half of the flow (after slow start), Mbit/s; null when too short to say. */
+  steadyMbps: number | null;
+  bytes: number;
+  ms: number;
+  /** The namespaces' congestion control (sysctl). */
+  congestionControl: string;
+  /** Datagrams the delay line dropped (queue full) during the flow, both directions. */
+  drops: number;
+  /** The lightpath's reserved rate the flow ran at (htb). */
+  bandwidthMbps: number;
 }
 
 /** A change of a running migration's limits (PATCH /v1/migrations/:id), at least one of the two. */
@@ -157,6 +186,8 @@ export interface TurntableMigration {
   memory?: { verified: boolean; passesAfter: number; evidence?: string };
   /** With `config.retune`: the PATCH made during this (live) migration. */
   retuned?: RetuneRecord;
+  /** The data disk's figures (with --disk-mb; lab/turntable/disk.ts diskFigures). */
+  disk?: TurntableDisk;
   /** What the delay line delivered during this migration; `reliable` false (with `reasons`) when
    *  it dropped datagrams or fell short of the reserved rate while the copy wanted it
    *  (lab/turntable/instrument.ts judgeEmulator); `intervalsJudged`: its per-second reports
@@ -177,6 +208,43 @@ export interface TurntableMigration {
 }
 
 export interface Percentiles { p50: number | null; p95: number | null; max: number | null; n: number }
+
+/** One migration's disk: what crossed at migration time and, with a replica, before it. Bytes
+ *  of disk data as the agents count them, except the delay-line figures (UDP payload, VXLAN
+ *  framing included, both directions: memory too for the migration's own lightpath). */
+export interface TurntableDisk {
+  diskMb: number;
+  /** A replica was pre-seeded at the destination for this move, and the move used it. */
+  replica: boolean;
+  replicaUsed: boolean;
+  replicaId?: string;
+  /** Disk bytes moved by the migration: deltas (pre-copy + at the pause) with a replica, the
+   *  mirror's copy without. */
+  bytesAtMigration: number;
+  mirrorBytes: number;
+  precopyDeltaBytes: number | null;
+  lastDeltaAtPauseBytes: number | null;
+  lastDeltaAtPauseMs: number | null;
+  digestMs: number | null;
+  /** Before the migration: the seed, the periodic deltas after it and the last of them. */
+  seedBytes: number | null;
+  replicaDeltaBytes: number | null;
+  replicaLastDeltaBytes: number | null;
+  /** What the seeding lightpath's delay line delivered (seed + deltas crossed it), and how long
+   *  seeding took (lightpath up to warm). */
+  seedDelayLineBytes: number | null;
+  seedMs: number | null;
+  /** What the migration's lightpath's delay line delivered (memory and disk). */
+  delayLineBytes: number;
+  /** The most the disk load can dirty between two syncs: its window (lab/turntable/disk.ts). */
+  writtenBoundBytes: number;
+}
+
+/** With vs without a replica over the counted live migrations that had a disk (absent without). */
+export interface DiskComparison {
+  with: { n: number; bytesAtMigration: Percentiles; udp: Percentiles; seedBytes: Percentiles };
+  without: { n: number; bytesAtMigration: Percentiles; udp: Percentiles };
+}
 
 export interface TurntableSummary {
   ping: Percentiles;
@@ -204,6 +272,10 @@ export interface TurntableSummary {
   breakdown?: Record<'pauseToLastPage' | 'lastPageToResume' | 'resumeToHeartbeat' | 'heartbeatToReply' | 'total', Percentiles>;
   /** Which guest the ratio is for (config.guest). */
   guest?: 'idle' | 'populated';
+  /** Hypervisor total ÷ (bytes ÷ bulk-TCP rate of config.bulkTcp) over the counted live migrations
+   *  (README's goal: ≤ 1.2, plus one RTT). */
+  copyVsBulk?: Percentiles;
+  disk?: DiskComparison;
 }
 
 export interface TurntableResult {

@@ -15,8 +15,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkInChromium } from '../../lab/turntable/chromium.ts';
 import type { TurntableResult } from '../../lab/turntable/types.ts';
-import { ANSWER_JITTER_MS, CLOCK_READ_TOLERANCE_MS } from '../../lab/turntable/breakdown.ts';
+import { ANSWER_JITTER_MS, CLOCK_READ_TOLERANCE_MS, heartbeatLagAllowance } from '../../lab/turntable/breakdown.ts';
 import { bdpQueueMs } from '../../lab/turntable/instrument.ts';
+import { copyVsBulk } from '../../lab/turntable/bulk.ts';
 
 const BIN = join(import.meta.dirname, '../../bin/vmtc.js');
 const RTT = 20;
@@ -69,7 +70,7 @@ beforeAll(async () => {
   out = mkdtempSync(join(tmpdir(), 'vmtc-turntable-'));
   labsBefore = listNetns();
   const child = spawn(process.execPath, [BIN, 'turntable', '--rounds', '1', '--memory-mb', '128', '--rtt-ms', String(RTT), '--load', 'dirty', '--dirty-mb', String(DIRTY_MB),
-    '--retune-after-ms', String(RETUNE.afterMs), '--retune-bandwidth-mbps', String(RETUNE.bandwidthMbps), '--fill-mb', String(FILL_MB), '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--retune-after-ms', String(RETUNE.afterMs), '--retune-bandwidth-mbps', String(RETUNE.bandwidthMbps), '--fill-mb', String(FILL_MB), '--disk-mb', '0', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout.on('data', (d) => { stdout += d; });
   child.stderr.on('data', (d) => { stderr += d; });
   const timer = setTimeout(() => child.kill('SIGINT'), 400_000);
@@ -209,7 +210,7 @@ describe('vmtc turntable (1 round, small guest)', () => {
       // read on the host as evenly as it was before the pause), so the client may hear the guest
       // up to that long before the host reads its heartbeat.
       for (const v of steps.slice(0, -1)) expect(v!, `${m.mode}: ${JSON.stringify(st)}`).toBeGreaterThanOrEqual(-tol);
-      expect(steps.at(-1)!).toBeGreaterThanOrEqual(-(Math.max(r.config.serialPeriodMs, b.beforePauseMs.heartbeatMaxGap ?? 0) + tol));
+      expect(steps.at(-1)!).toBeGreaterThanOrEqual(-(heartbeatLagAllowance(r.config.serialPeriodMs, b.beforePauseMs, b.afterResumeMs) + tol));
       // They add up to source pause → first client reply, which is the UDP figure less the lead
       // (the client's last reply before the pause: within one probe period — or the longest gap
       // the client saw in the second before the pause — and the tolerances).
@@ -247,6 +248,18 @@ describe('vmtc turntable (1 round, small guest)', () => {
     expect(stderr).toMatch(new RegExp(`guest populated: ${FILL_MB} MiB written in \\d+ ms`));
     expect(r.summary.unreliable).toEqual(r.migrations.filter((m) => m.reliable === false).map((m) => `${m.mode} ${m.round} (${m.migrationId})`));
     expect(stdout).toMatch(new RegExp(`paper §6\\.4; populated guest, ${FILL_MB} MiB filled, TCG`));
+  });
+
+  it('measures one bulk TCP flow across the lightpath before the rounds, and the counted copies against it', () => {
+    const bulk = r.config.bulkTcp!;
+    expect(bulk).toMatchObject({ bandwidthMbps: 500, congestionControl: expect.any(String), drops: expect.any(Number) });
+    expect(bulk.bytes).toBeGreaterThan(0);
+    expect(bulk.mbps).toBeGreaterThan(0);
+    expect(bulk).not.toHaveProperty('buckets');
+    expect(stderr).toMatch(/bulk TCP siteA → siteB: \d+ Mbit\/s/);
+    const counted = r.migrations.filter((m) => m.mode === 'live' && m.ok && m.reliable !== false);
+    expect(r.summary.copyVsBulk).toEqual(copyVsBulk(counted, bulk));
+    expect(r.summary.copyVsBulk!.n).toBe(counted.filter((m) => m.hypervisorTotalMs !== null && m.bytes > 0).length);
   });
 
   it('writes a report.html that renders in headless Chromium without console errors', async () => {

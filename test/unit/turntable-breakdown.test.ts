@@ -86,6 +86,19 @@ describe('computeBreakdown', () => {
     expect(ok2.beforePauseMs.heartbeatMaxGap).toBe(25);
     expect(ok2.stepsMs.heartbeatToReply).toBe(-20);
     expect(ok2.consistent).toBe(true);
+    // …or after the resume: the destination's heartbeats read once 45 ms apart in the second
+    // after the first one explain a first one read 44 ms after the client's reply; 30 ms apart do not.
+    const lag44 = { ...live, sourceHeartbeats: beats, destinationHeartbeats: [T + 320, T + 325, T + 370, T + 375] };
+    const ok3 = computeBreakdown(lag44);
+    expect(ok3.stepsMs.heartbeatToReply).toBe(-44);
+    expect(ok3.afterResumeMs.heartbeatMaxGap).toBe(45);
+    expect(ok3.consistent).toBe(true);
+    const bad3 = computeBreakdown({ ...lag44, destinationHeartbeats: [T + 320, T + 325, T + 355, T + 360] });
+    expect(bad3.afterResumeMs.heartbeatMaxGap).toBe(30);
+    expect(bad3.consistent).toBe(false);
+    expect(bad3.problems.join()).toMatch(/heartbeatToReply is -44 ms \(below -32 ms\)/);
+    // Gaps later than a second after the first heartbeat say nothing of it.
+    expect(computeBreakdown({ ...lag44, destinationHeartbeats: [T + 320, T + 1330, T + 1400] }).consistent).toBe(false);
   });
 
   it('measures the longest gap within a window only', () => {

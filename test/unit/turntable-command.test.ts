@@ -3,7 +3,10 @@
 // the PATCH sent against a stand-in for the controller's API, and how the summary table and the
 // report show it. The lab run itself is test/lab/turntable.test.ts.
 import { describe, expect, it } from 'vitest';
-import { command, retuneOptions, summaryTable, turntableOptions } from '../../lab/turntable/command.ts';
+import { command, diskLines, retuneOptions, summaryTable, turntableOptions, TURNTABLE_DISK_MB } from '../../lab/turntable/command.ts';
+import { diskFigures, diskLoadFor, dirtiesMemory, replicaForRound, writesDisk } from '../../lab/turntable/disk.ts';
+import { summarize } from '../../lab/turntable/summary.ts';
+import { diskSection } from '../../lab/turntable/report/disk.ts';
 import { retuneAfter, retuneRecord } from '../../lab/turntable/retune.ts';
 import { migrationTable } from '../../lab/turntable/report/tables.ts';
 import type { TurntableMigration, TurntableResult } from '../../lab/turntable/types.ts';
@@ -142,5 +145,104 @@ describe('the summary table and the report', () => {
     expect(html).toContain('VMTC_MIGRATION_NOT_TUNABLE');
     expect(summaryTable(result(false))).not.toContain('retuned');
     expect(migrationTable(result(false))).not.toContain('Retuned');
+  });
+});
+
+describe('the disk options (--disk-mb, --load disk|both, --replica)', () => {
+  const base = { 'rtt-ms': '198', 'rate-mbps': '1000', 'memory-mb': '256', load: 'none', converge: 'auto-converge', rounds: '2', 'max-downtime-ms': '30', 'serial-period-ms': '5', 'clock-period-us': '200' };
+
+  it('defaults to a 1 GiB disk without a replica; 0 is no disk', () => {
+    expect(TURNTABLE_DISK_MB).toBe(1024);
+    expect(turntableOptions(base)).toMatchObject({ diskMb: 1024, replica: 'off' });
+    expect(command.options['disk-mb']!.default).toBe('1024');
+    const none = turntableOptions({ ...base, 'disk-mb': '0' });
+    expect(none.diskMb).toBe(0);
+    expect(none).not.toHaveProperty('replica');
+  });
+
+  it('takes the loads and replica plans, with the replica interval', () => {
+    expect(turntableOptions({ ...base, 'disk-mb': '64', load: 'disk', replica: 'on', 'replica-interval-s': '5' })).toMatchObject({ diskMb: 64, load: 'disk', replica: 'on', replicaIntervalS: 5 });
+    expect(turntableOptions({ ...base, load: 'both', replica: 'both' })).toMatchObject({ diskMb: 1024, load: 'both', replica: 'both' });
+    expect(turntableOptions({ ...base, 'disk-mb': '0', load: 'dirty' })).toMatchObject({ load: 'dirty', diskMb: 0 });
+  });
+
+  it('refuses bad values and combinations with a coded error naming the option', () => {
+    const bad = (o: Record<string, unknown>, field: string) => expect(thrown(() => turntableOptions({ ...base, ...o }))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field });
+    bad({ load: 'io' }, 'load');
+    bad({ 'disk-mb': '-1' }, 'disk-mb');
+    bad({ 'disk-mb': '1.5' }, 'disk-mb');
+    bad({ 'disk-mb': 'big' }, 'disk-mb');
+    bad({ 'disk-mb': '8' }, 'disk-mb');
+    bad({ 'disk-mb': '100000' }, 'disk-mb');
+    bad({ 'disk-mb': '0', load: 'disk' }, 'load');
+    bad({ 'disk-mb': '0', load: 'both' }, 'load');
+    bad({ replica: 'yes' }, 'replica');
+    bad({ 'disk-mb': '0', replica: 'on' }, 'replica');
+    bad({ replica: 'on', 'replica-interval-s': '1' }, 'replica-interval-s');
+    bad({ 'replica-interval-s': '10' }, 'replica-interval-s');
+  });
+});
+
+describe('the disk: load, rounds and figures (lab/turntable/disk.ts)', () => {
+  it('bounds the disk load by a window inside the disk', () => {
+    expect(diskLoadFor(1024)).toEqual({ kibPerS: 1024, windowMb: 16, offsetMb: 8 });
+    expect(diskLoadFor(64)).toEqual({ kibPerS: 1024, windowMb: 16, offsetMb: 8 });
+    expect(diskLoadFor(16)).toEqual({ kibPerS: 1024, windowMb: 4, offsetMb: 8 });
+    for (const mb of [16, 17, 33, 64, 1024, 65_536]) {
+      const l = diskLoadFor(mb);
+      expect(l.offsetMb + l.windowMb).toBeLessThanOrEqual(mb);
+    }
+    expect(dirtiesMemory('both') && dirtiesMemory('dirty') && !dirtiesMemory('disk') && !dirtiesMemory('none')).toBe(true);
+    expect(writesDisk('both') && writesDisk('disk') && !writesDisk('dirty') && !writesDisk('none')).toBe(true);
+  });
+
+  it('pre-seeds only live rounds: all with on, odd ones with both, none with off', () => {
+    const rounds = (plan: 'on' | 'off' | 'both') => [1, 2, 3, 4].map((r) => replicaForRound(plan, 'live', r));
+    expect(rounds('on')).toEqual([true, true, true, true]);
+    expect(rounds('both')).toEqual([true, false, true, false]);
+    expect(rounds('off')).toEqual([false, false, false, false]);
+    expect(replicaForRound('on', 'nonlive', 3)).toBe(false);
+  });
+
+  const prep = { replicaId: 'rep_1', seedBytes: 64 << 20, deltaBytes: 3 << 20, lastDeltaBytes: 2 << 20, deltas: 2, delayLineBytes: 70 << 20, seedMs: 4000 };
+
+  it('with a replica, the disk at migration time is the deltas the move sent', () => {
+    const rec = { steps: { incoming: { replica: { replicaId: 'rep_1', preSeededBytes: 67 << 20, precopyDeltaBytes: 1 << 20, lastDeltaBytes: 65_536, lastDeltaMs: 40, digestMs: 12, disks: 1 } } }, result: { transferredBytes: 1e8 } } as any;
+    expect(diskFigures(rec, prep, 64, 2e8, 16 << 20)).toEqual({
+      diskMb: 64, replica: true, replicaUsed: true, replicaId: 'rep_1', bytesAtMigration: (1 << 20) + 65_536, mirrorBytes: 0,
+      precopyDeltaBytes: 1 << 20, lastDeltaAtPauseBytes: 65_536, lastDeltaAtPauseMs: 40, digestMs: 12,
+      seedBytes: 64 << 20, replicaDeltaBytes: 3 << 20, replicaLastDeltaBytes: 2 << 20, seedDelayLineBytes: 70 << 20, seedMs: 4000,
+      delayLineBytes: 2e8, writtenBoundBytes: 16 << 20,
+    });
+  });
+
+  it('without one, it is what the mirror copied; a replica the move did not use is told apart', () => {
+    const rec = { steps: { incoming: { storage: {} } }, result: { storageBytes: 1 << 30 } } as any;
+    expect(diskFigures(rec, null, 1024, 3e9, 16 << 20)).toMatchObject({ replica: false, replicaUsed: false, bytesAtMigration: 1 << 30, mirrorBytes: 1 << 30, precopyDeltaBytes: null, seedBytes: null });
+    expect(diskFigures(rec, prep, 1024, 3e9, 16 << 20)).toMatchObject({ replica: true, replicaUsed: false, bytesAtMigration: 1 << 30, seedBytes: 64 << 20 });
+    expect(diskFigures(undefined, null, 64, 0, 0)).toMatchObject({ bytesAtMigration: 0, replicaUsed: false });
+  });
+
+  it('the summary compares with and without a replica, and the table shows it', () => {
+    const mig = (round: number, used: boolean, bytes: number, udp: number): TurntableMigration => ({
+      round, from: 'siteA', to: 'siteB', mode: 'live', ok: true, migrationId: `mig_${round}`, state: 'completed', reliable: true,
+      downtimeMs: { hypervisor: 10, internal: null, serial: 100, ping: 100, udp },
+      disk: diskFigures(used ? { steps: { incoming: { replica: { replicaId: 'r', preSeededBytes: 1, precopyDeltaBytes: bytes, lastDeltaBytes: 0, disks: 1 } } } } as any : { result: { storageBytes: bytes } } as any, used ? prep : null, 1024, bytes, 16 << 20),
+    } as unknown as TurntableMigration);
+    const ms = [mig(1, true, 2e6, 300), mig(2, false, 1e9, 900)];
+    const s = summarize(ms);
+    expect(s.disk).toMatchObject({ with: { n: 1, bytesAtMigration: { p50: 2e6 }, udp: { p50: 300 }, seedBytes: { p50: 64 << 20 } }, without: { n: 1, bytesAtMigration: { p50: 1e9 }, udp: { p50: 900 } } });
+    expect(summarize(ms.map((m) => ({ ...m, disk: undefined })))).not.toHaveProperty('disk');
+    const lines = diskLines({ config: { diskMb: 1024, diskFillMb: 1024, diskLoad: diskLoadFor(1024), replica: 'both' }, migrations: ms, summary: s } as unknown as TurntableResult).join('\n');
+    expect(lines).toContain('replica both');
+    expect(lines).toMatch(/with a replica \(1\): disk at migration median 2\.00 max 2\.00 MB, udp downtime median 300/);
+    expect(lines).toMatch(/without \(1\): disk at migration median 1000\.00/);
+    expect(diskLines({ config: {}, migrations: ms.map((m) => ({ ...m, disk: undefined })), summary: s } as unknown as TurntableResult)).toEqual([]);
+    const html = diskSection({ config: { diskMb: 1024, diskFillMb: 1024, diskLoad: diskLoadFor(1024), replica: 'both' }, migrations: ms, summary: s } as unknown as TurntableResult);
+    expect(html).toContain('<h2>Disk</h2>');
+    expect(html).toContain('<span class="ok">used</span>');
+    expect(html).toContain('none (mirror)');
+    expect(html).toMatch(/With a replica \(1\): disk at migration median/);
+    expect(diskSection({ config: {}, migrations: ms.map((m) => ({ ...m, disk: undefined })), summary: s } as unknown as TurntableResult)).toBe('');
   });
 });

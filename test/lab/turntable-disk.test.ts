@@ -1,0 +1,106 @@
+// The turntable's disk in CI (docs/lab.md "The turntable's disk"): one live round with a small
+// data disk that the guest writes, and a replica pre-seeded at the destination across a lightpath
+// of its own (lab/turntable/disk.ts), run as people run it — `vmtc turntable` as a child process.
+// Checked in turntable.json: the move used the replica, the disk bytes it moved are bounded by
+// what the guest's load can dirty between two syncs, the seed is the disk's data, and the seed and
+// the migration's bytes crossed the delay line (its stats count them). No wall-clock assertions.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TurntableResult } from '../../lab/turntable/types.ts';
+
+const BIN = join(import.meta.dirname, '../../bin/vmtc.js');
+const DISK_MB = 64;
+const MiB = 1024 * 1024;
+let out = '';
+let r: TurntableResult | undefined;
+let stdout = '';
+let stderr = '';
+let code: number | null = null;
+let labsBefore: string[] = [];
+
+function listNetns(): string[] {
+  try {
+    return readdirSync('/run/netns');
+  } catch {
+    return [];
+  }
+}
+
+beforeAll(async () => {
+  out = mkdtempSync(join(tmpdir(), 'vmtc-turntable-disk-'));
+  labsBefore = listNetns();
+  const child = spawn(process.execPath, [BIN, 'turntable', '--rounds', '1', '--no-nonlive', '--memory-mb', '128', '--rtt-ms', '20',
+    '--disk-mb', String(DISK_MB), '--load', 'disk', '--replica', 'on', '--replica-interval-s', '5', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.on('data', (d) => { stdout += d; });
+  child.stderr.on('data', (d) => { stderr += d; });
+  const timer = setTimeout(() => child.kill('SIGINT'), 400_000);
+  code = await new Promise<number | null>((res) => child.once('exit', (c) => res(c)));
+  clearTimeout(timer);
+  if (existsSync(join(out, 'turntable.json'))) r = JSON.parse(readFileSync(join(out, 'turntable.json'), 'utf8'));
+}, 480_000);
+
+afterAll(() => {
+  rmSync(out, { recursive: true, force: true });
+});
+
+describe('vmtc turntable --disk-mb 64 --load disk --replica on (1 round)', () => {
+  it('exits 0 and prints the disk table', () => {
+    expect({ code, tail: stderr.slice(-3000) }).toMatchObject({ code: 0 });
+    expect(stderr).toMatch(/seeding replica rep_\S+ at siteB/);
+    expect(stdout).toMatch(/disk 64 MiB .*replica on/);
+    expect(stdout).toMatch(/with a replica \(1\): disk at migration median/);
+  });
+
+  it('records the disk, the load and the replica plan in the config', () => {
+    expect(r!.config).toMatchObject({ load: 'disk', diskMb: DISK_MB, diskFillMb: DISK_MB, replica: 'on', replicaIntervalS: 5, diskLoad: { kibPerS: 1024, windowMb: 16, offsetMb: 8 } });
+  });
+
+  it('the live move committed using the replica, and moved no more disk than the load can dirty', () => {
+    const m = r!.migrations[0]!;
+    expect({ ok: m.ok, state: m.state, error: m.error }).toMatchObject({ ok: true, state: 'completed' });
+    const d = m.disk!;
+    expect(d).toMatchObject({ diskMb: DISK_MB, replica: true, replicaUsed: true, mirrorBytes: 0 });
+    expect(d.replicaId).toMatch(/^rep_/);
+    const window = 16 * MiB;
+    expect(d.writtenBoundBytes).toBe(window);
+    // Each delta holds at most the window the guest writes in; the two (during the pre-copy and
+    // at the pause) together at most twice it.
+    expect(d.precopyDeltaBytes).toBeLessThanOrEqual(window);
+    expect(d.lastDeltaAtPauseBytes).toBeLessThanOrEqual(window);
+    expect(d.bytesAtMigration).toBe(d.precopyDeltaBytes! + d.lastDeltaAtPauseBytes!);
+    expect(d.bytesAtMigration).toBeLessThanOrEqual(2 * window);
+    expect(d.bytesAtMigration).toBeLessThan(DISK_MB * MiB);
+  });
+
+  it('seeded the whole disk before, then one periodic delta of what the guest wrote, all across the delay line', () => {
+    const d = r!.migrations[0]!.disk!;
+    // The disk is written whole before the guest starts: the seed is its data.
+    expect(d.seedBytes).toBeGreaterThanOrEqual(DISK_MB * MiB);
+    expect(d.seedBytes).toBeLessThanOrEqual(DISK_MB * MiB * 1.05);
+    // The guest's load writes 1 MiB/s: the periodic delta after the seed carried some of it.
+    expect(d.replicaDeltaBytes).toBeGreaterThan(0);
+    expect(d.replicaLastDeltaBytes).toBeGreaterThan(0);
+    expect(d.replicaLastDeltaBytes).toBeLessThanOrEqual(16 * MiB);
+    // The seeding lightpath's delay line carried the seed and the deltas (plus framing and the
+    // TCP acknowledgements the other way).
+    const sent = d.seedBytes! + d.replicaDeltaBytes!;
+    expect(d.seedDelayLineBytes).toBeGreaterThanOrEqual(sent);
+    expect(d.seedDelayLineBytes).toBeLessThan(sent * 1.3 + 4 * MiB);
+    // The migration's delay line carried the memory and the deltas.
+    const m = r!.migrations[0]!;
+    expect(d.delayLineBytes).toBeGreaterThanOrEqual(m.bytes + d.bytesAtMigration);
+  });
+
+  it('summarises with vs without a replica', () => {
+    expect(r!.summary.disk!.with.n).toBe(1);
+    expect(r!.summary.disk!.without.n).toBe(0);
+    expect(r!.summary.disk!.with.bytesAtMigration.p50).toBe(r!.migrations[0]!.disk!.bytesAtMigration);
+  });
+
+  it('leaves no namespace and no seeding lightpath behind', () => {
+    expect(listNetns().filter((n) => !labsBefore.includes(n))).toEqual([]);
+  });
+});
