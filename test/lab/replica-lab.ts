@@ -3,7 +3,7 @@
 // loopback, and a running guest at A with a 64 MiB qcow2 data disk holding 16 MiB of 0x5a. Not a
 // test file. start() in beforeAll, close() in afterAll: close() tears down whatever start() got
 // to, also after it failed halfway.
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startController, type Controller } from '../../src/controller/index.ts';
@@ -12,6 +12,8 @@ import { QemuDriver } from '../../agents/host/qemu/driver.ts';
 import { silentLogger } from '../../src/common/log.ts';
 import { buildGuestImage, guestAppend } from '../../lab/guest/build.ts';
 import { exec, guestSpec, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
+
+const MiB = 1024 * 1024;
 
 export class ReplicaLab {
   tmp = '';
@@ -49,6 +51,26 @@ export class ReplicaLab {
   /** The disk file `host`'s QEMU runs the VM from. */
   async diskOf(host: string): Promise<string> {
     return (await this.drivers.get(host)!.describe(this.vmId)).spec.disks![0]!.path;
+  }
+
+  /** Flip one byte of guest data in `host`'s store image of replica `rid` (guest offset 4 MiB +
+   *  777, in the data the seed wrote: chunk 4 of 1 MiB chunks), found through the image's map.
+   *  Returns the store image's path. */
+  async corruptStore(host: string, rid: string): Promise<string> {
+    const store = join(this.tmp, host, 'qemu', 'replicas', rid, 'disk0.qcow2');
+    const { stdout } = await exec('qemu-img', ['map', '--output=json', store]);
+    const ext = (JSON.parse(stdout) as { start: number; length: number; data: boolean; offset?: number }[]).find((x) => x.data && x.start <= 4 * MiB && x.start + x.length > 4 * MiB)!;
+    const fh = await open(store, 'r+');
+    try {
+      const at = ext.offset! + (4 * MiB - ext.start) + 777;
+      const b = Buffer.alloc(1);
+      await fh.read(b, 0, 1, at);
+      b[0] ^= 0xff;
+      await fh.write(b, 0, 1, at);
+    } finally {
+      await fh.close();
+    }
+    return store;
   }
 
   private async addHost(hostId: string): Promise<void> {

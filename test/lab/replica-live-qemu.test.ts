@@ -7,7 +7,6 @@
 // compared there, and `qemu-img compare` finds B's disk equal to the source's final state. A
 // corrupt store cancels the move and the VM runs on at the source. The mirror path without a
 // replica: test/lab/qemu-storage-migration.test.ts, test/lab/e2e-storage.test.ts.
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exec } from './qemu-helpers.ts';
@@ -101,16 +100,7 @@ describe('live migration with a warm replica, real QEMU (loopback)', () => {
     // The VM is at B now: a replica at A, a byte of guest data flipped in A's store.
     const warm = await warmReplica('A');
     const rid = warm.id as string;
-    const store = join(lab.tmp, 'A', 'qemu', 'replicas', rid, 'disk0.qcow2');
-    const { stdout } = await exec('qemu-img', ['map', '--output=json', store]);
-    const ext = (JSON.parse(stdout) as { start: number; length: number; data: boolean; offset?: number }[]).find((x) => x.data && x.start <= 4 * MiB && x.start + x.length > 4 * MiB)!;
-    const fh = await open(store, 'r+');
-    const at = ext.offset! + (4 * MiB - ext.start) + 777;
-    const b = Buffer.alloc(1);
-    await fh.read(b, 0, 1, at);
-    b[0] ^= 0xff;
-    await fh.write(b, 0, 1, at);
-    await fh.close();
+    await lab.corruptStore('A', rid);
 
     const rec = await migrate('A');
     expect(rec.state).toBe('rolled_back');

@@ -9,7 +9,7 @@
 // the digests and the move rolls back; a destination that dies mid-seed fails the replica and
 // leaves the source running without checkpoints of it.
 import { readFileSync } from 'node:fs';
-import { open, readdir, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exec } from './qemu-helpers.ts';
@@ -101,16 +101,7 @@ describe('replicas with real QEMU: seed, deltas, cold move with the replica (loo
       return r.state === 'warm' || r.state === 'failed' ? r : undefined;
     }, 'replica warm');
     expect({ state: warm.state, error: warm.error }).toEqual({ state: 'warm', error: null });
-    const store = join(lab.tmp, 'B', 'qemu', 'replicas', rid, 'disk0.qcow2');
-    const { stdout } = await exec('qemu-img', ['map', '--output=json', store]);
-    const ext = (JSON.parse(stdout) as { start: number; length: number; data: boolean; offset?: number }[]).find((x) => x.data && x.start <= 4 * MiB && x.start + x.length > 4 * MiB)!;
-    const fh = await open(store, 'r+');
-    const at = ext.offset! + (4 * MiB - ext.start) + 777;
-    const b = Buffer.alloc(1);
-    await fh.read(b, 0, 1, at);
-    b[0] ^= 0xff;
-    await fh.write(b, 0, 1, at);
-    await fh.close();
+    await lab.corruptStore('B', rid);
 
     const rec = await migrateCold('B');
     expect(rec.state).toBe('rolled_back');

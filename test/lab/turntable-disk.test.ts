@@ -5,46 +5,27 @@
 // what the guest's load can dirty between two syncs, the seed is the disk's data, and the seed and
 // the migration's bytes crossed the delay line (its stats count them). No wall-clock assertions.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { TurntableResult } from '../../lab/turntable/types.ts';
+import { listNetns, runTurntableCli, type TurntableRun } from './turntable-cli.ts';
 
-const BIN = join(import.meta.dirname, '../../bin/vmtc.js');
 const DISK_MB = 64;
 const MiB = 1024 * 1024;
-let out = '';
 let r: TurntableResult | undefined;
 let stdout = '';
 let stderr = '';
 let code: number | null = null;
 let labsBefore: string[] = [];
 
-function listNetns(): string[] {
-  try {
-    return readdirSync('/run/netns');
-  } catch {
-    return [];
-  }
-}
 
+let run: TurntableRun | undefined;
 beforeAll(async () => {
-  out = mkdtempSync(join(tmpdir(), 'vmtc-turntable-disk-'));
-  labsBefore = listNetns();
-  const child = spawn(process.execPath, [BIN, 'turntable', '--rounds', '1', '--no-nonlive', '--memory-mb', '128', '--rtt-ms', '20',
-    '--disk-mb', String(DISK_MB), '--load', 'disk', '--replica', 'on', '--replica-interval-s', '5', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout.on('data', (d) => { stdout += d; });
-  child.stderr.on('data', (d) => { stderr += d; });
-  const timer = setTimeout(() => child.kill('SIGINT'), 400_000);
-  code = await new Promise<number | null>((res) => child.once('exit', (c) => res(c)));
-  clearTimeout(timer);
-  if (existsSync(join(out, 'turntable.json'))) r = JSON.parse(readFileSync(join(out, 'turntable.json'), 'utf8'));
+  run = await runTurntableCli(['--rounds', '1', '--no-nonlive', '--memory-mb', '128', '--rtt-ms', '20',
+    '--disk-mb', String(DISK_MB), '--load', 'disk', '--replica', 'on', '--replica-interval-s', '5'], 'vmtc-turntable-disk-');
+  ({ code, stdout, stderr, netnsBefore: labsBefore } = run);
+  r = run.result!;
 }, 480_000);
 
-afterAll(() => {
-  rmSync(out, { recursive: true, force: true });
-});
+afterAll(() => run?.remove());
 
 describe('vmtc turntable --disk-mb 64 --load disk --replica on (1 round)', () => {
   it('exits 0 and prints the disk table', () => {

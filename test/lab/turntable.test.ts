@@ -9,17 +9,15 @@
 // lab/turntable/breakdown.ts), each move's line judged (lab/turntable/instrument.ts), and nothing
 // left behind.
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { checkInChromium } from '../../lab/turntable/chromium.ts';
 import type { TurntableResult } from '../../lab/turntable/types.ts';
+import { listNetns, runTurntableCli, type TurntableRun } from './turntable-cli.ts';
 import { ANSWER_JITTER_MS, CLOCK_READ_TOLERANCE_MS, heartbeatLagAllowance } from '../../lab/turntable/breakdown.ts';
 import { bdpQueueMs } from '../../lab/turntable/instrument.ts';
 import { copyVsBulk } from '../../lab/turntable/bulk.ts';
 
-const BIN = join(import.meta.dirname, '../../bin/vmtc.js');
 const RTT = 20;
 // Small enough to leave the guest nearly idle (the probes' tolerances below are an idle guest's), big
 // enough that every move carries pages the guest then checks.
@@ -58,30 +56,16 @@ const TOL = {
   tunnelAboveUdp: 60,
 };
 
-function listNetns(): string[] {
-  try {
-    return readdirSync('/run/netns');
-  } catch {
-    return [];
-  }
-}
 
+let run: TurntableRun | undefined;
 beforeAll(async () => {
-  out = mkdtempSync(join(tmpdir(), 'vmtc-turntable-'));
-  labsBefore = listNetns();
-  const child = spawn(process.execPath, [BIN, 'turntable', '--rounds', '1', '--memory-mb', '128', '--rtt-ms', String(RTT), '--load', 'dirty', '--dirty-mb', String(DIRTY_MB),
-    '--retune-after-ms', String(RETUNE.afterMs), '--retune-bandwidth-mbps', String(RETUNE.bandwidthMbps), '--fill-mb', String(FILL_MB), '--disk-mb', '0', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout.on('data', (d) => { stdout += d; });
-  child.stderr.on('data', (d) => { stderr += d; });
-  const timer = setTimeout(() => child.kill('SIGINT'), 400_000);
-  code = await new Promise<number | null>((res) => child.once('exit', (c) => res(c)));
-  clearTimeout(timer);
-  if (existsSync(join(out, 'turntable.json'))) r = JSON.parse(readFileSync(join(out, 'turntable.json'), 'utf8'));
+  run = await runTurntableCli(['--rounds', '1', '--memory-mb', '128', '--rtt-ms', String(RTT), '--load', 'dirty', '--dirty-mb', String(DIRTY_MB),
+    '--retune-after-ms', String(RETUNE.afterMs), '--retune-bandwidth-mbps', String(RETUNE.bandwidthMbps), '--fill-mb', String(FILL_MB), '--disk-mb', '0'], 'vmtc-turntable-');
+  ({ out, code, stdout, stderr, netnsBefore: labsBefore } = run);
+  r = run.result!;
 }, 480_000);
 
-afterAll(() => {
-  rmSync(out, { recursive: true, force: true });
-});
+afterAll(() => run?.remove());
 
 describe('vmtc turntable (1 round, small guest)', () => {
   it('exits 0, shows progress and prints the summary table', () => {
