@@ -32,7 +32,7 @@ const { values } = parseArgs({
     'tcp-max-mb': { type: 'string', default: '64' },
     'max-downtime-ms': { type: 'string', default: '30' },
     cc: { type: 'string' },
-    configs: { type: 'string', default: 'default,bw1000,unset,mfd2,mfd4,mfd8,mfd4-unset' },
+    configs: { type: 'string', default: 'default,mfd,bw1000,unset,mfd2,mfd4,mfd8,mfd4-unset' },
   },
   strict: true,
 });
@@ -52,7 +52,9 @@ function body(name: string): Record<string, unknown> {
     return b;
   }
   if (name === 'nomfd') return { maxDowntimeMs, multifd: false };
-  throw new Error(`unknown config ${name}: default, unset, bwN, mfdN, mfdN-unset, mfdN-bwM, nomfd`);
+  // multifd asked without a count: the controller sizes the streams (tuning-default.ts).
+  if (name === 'mfd') return { maxDowntimeMs, multifd: true };
+  throw new Error(`unknown config ${name}: default, unset, bwN, mfd, mfdN, mfdN-unset, mfdN-bwM, nomfd`);
 }
 
 const rtt = Number(values['rtt-ms']);

@@ -107,14 +107,13 @@ describe('controller: live migration through the state machine', () => {
       expect(first.prepare.params.spec.extra?.migration).toBeUndefined();
       expect(first.atDestination.spec.extra?.migration).toBeUndefined();
       // The next migration carries none of the first one's flags, in its tuning or in the spec.
-      // (50 Mbit/s: one TCP stream fills it, so the controller adds no multifd of its own:
-      // src/controller/migration/tuning-default.ts.)
       const second = await move('B', 'A', { bandwidthMbps: 50 });
       expect(second.prepare).toMatchObject({ hostId: 'A', params: { tuning: { bandwidthMbps: 50 } } });
       expect(second.prepare.params.tuning).toEqual({ bandwidthMbps: 50 });
       expect(second.migrate.params.params).toEqual({ migrationId: second.id, bandwidthMbps: 50 });
-      // Without multifd asked, the controller picks streams for the lightpath, the same at both ends.
-      const third = await move('A', 'B', { bandwidthMbps: 500 });
+      // multifd asked without a count: the controller sizes the streams to the lightpath, the
+      // same at both ends (src/controller/migration/tuning-default.ts).
+      const third = await move('A', 'B', { bandwidthMbps: 500, multifd: true });
       expect(third.prepare.params.tuning).toEqual({ bandwidthMbps: 500, multifd: true, multifdChannels: 6 });
       expect(third.migrate.params.params).toEqual({ migrationId: third.id, bandwidthMbps: 500, multifd: true, multifdChannels: 6 });
       expect(second.prepare.params.spec.extra?.migration).toBeUndefined();

@@ -17,6 +17,7 @@ import { listNetns, runTurntableCli, type TurntableRun } from './turntable-cli.t
 import { ANSWER_JITTER_MS, CLOCK_READ_TOLERANCE_MS, heartbeatLagAllowance } from '../../lab/turntable/breakdown.ts';
 import { bdpQueueMs } from '../../lab/turntable/instrument.ts';
 import { copyVsBulk } from '../../lab/turntable/bulk.ts';
+import { copyVsBulkCell } from '../../lab/turntable/report/tables.ts';
 
 const RTT = 20;
 // Small enough to leave the guest nearly idle (the probes' tolerances below are an idle guest's), big
@@ -244,6 +245,8 @@ describe('vmtc turntable (1 round, small guest)', () => {
     const counted = r.migrations.filter((m) => m.mode === 'live' && m.ok && m.reliable !== false);
     expect(r.summary.copyVsBulk).toEqual(copyVsBulk(counted, bulk));
     expect(r.summary.copyVsBulk!.n).toBe(counted.filter((m) => m.hypervisorTotalMs !== null && m.bytes > 0).length);
+    // …and the report shows it beside the paper's figures.
+    expect(readFileSync(join(out, 'report.html'), 'utf8')).toContain(copyVsBulkCell(r.summary.copyVsBulk));
   });
 
   it('writes a report.html that renders in headless Chromium without console errors', async () => {

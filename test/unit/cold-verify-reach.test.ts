@@ -76,6 +76,18 @@ describe('the verification in the progress line', () => {
   });
 });
 
+describe('vmtc migrate --multifd-channels / --no-multifd', () => {
+  it('sets the streams or turns them off; neither leaves the controller\'s default; both together are refused', () => {
+    expect(migrationBody({ to: 'B' }, 'vm1')).not.toHaveProperty('multifd');
+    expect(migrationBody({ to: 'B' }, 'vm1')).not.toHaveProperty('multifdChannels');
+    expect(migrationBody({ to: 'B', 'multifd-channels': '4' }, 'vm1')).toMatchObject({ multifd: true, multifdChannels: 4 });
+    expect(migrationBody({ to: 'B', 'no-multifd': true }, 'vm1')).toMatchObject({ multifd: false });
+    for (const v of ['0', '65', 'x', '2.5']) expect(() => migrationBody({ to: 'B', 'multifd-channels': v }, 'vm1')).toThrow(UsageError);
+    expect(() => migrationBody({ to: 'B', 'no-multifd': true, 'multifd-channels': '4' }, 'vm1')).toThrow(/--no-multifd/);
+    expect(() => migrationBody({ to: 'B', 'no-multifd': true, multifd: true }, 'vm1')).toThrow(/--no-multifd/);
+  });
+});
+
 describe('vmtc migrate --verify-timeout-ms', () => {
   it('goes into verifyTcp.timeoutMs, bounded, and only with --verify-tcp', () => {
     expect(migrationBody({ to: 'B', mode: 'cold', 'verify-tcp': '10.1.1.5:7', 'verify-timeout-ms': '2000' }, 'vm1').verifyTcp).toEqual({ host: '10.1.1.5', port: 7, timeoutMs: 2000 });

@@ -286,8 +286,8 @@ describe('migration request: deadline and tuning', () => {
     // multifd asked without channels: as many as fill 500 Mbit/s (tuning-default.ts: 6 at the defaults).
     expect(migrationTuning(r)).toEqual({ bandwidthMbps: 500, maxDowntimeMs: 30, autoConverge: false, multifd: true, multifdChannels: 6, postcopy: true, suspend: true });
     expect(migrationTuning(r, true)).toEqual({ bandwidthMbps: 500, maxDowntimeMs: 30, autoConverge: false, multifd: true, multifdChannels: 6, postcopy: true, suspend: true, copyStorage: true });
-    // Nothing asked: the controller's streams for the default 1000 Mbit/s lightpath.
-    expect(migrationTuning(req())).toEqual({ multifd: true, multifdChannels: 12 });
+    // Nothing asked: one stream.
+    expect(migrationTuning(req())).toEqual({});
     expect(migrationTuning(req({ multifd: false }))).toEqual({});
     const storage = { disks: [{ index: 0, uri: 'nbd://d:1/x', device: 'virtio0' }] } as never;
     expect(sourceParams('mig1', migrationTuning(r, true), storage)).toEqual({ migrationId: 'mig1', bandwidthMbps: 500, maxDowntimeMs: 30, autoConverge: false, multifd: true, multifdChannels: 6, postcopy: true, suspend: true, storage });

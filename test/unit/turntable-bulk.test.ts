@@ -3,6 +3,7 @@
 // itself runs in the lab (bench/migration-throughput.ts, the turntable).
 import { describe, it, expect } from 'vitest';
 import { bulkMsFor, bulkRateMbps, copyVsBulk, copyVsBulkRatio, mbpsOf, steadyMbps } from '../../lab/turntable/bulk.ts';
+import { copyVsBulkCell } from '../../lab/turntable/report/tables.ts';
 
 describe('bulk TCP figures', () => {
   it('computes Mbit/s, and the second half of a flow without its last partial bucket', () => {
@@ -32,5 +33,14 @@ describe('bulk TCP figures', () => {
     expect(copyVsBulkRatio({ hypervisorTotalMs: 1500, bytes: 100e6 }, 0)).toBeNull();
     const p = copyVsBulk([{ hypervisorTotalMs: 1000, bytes: 100e6 }, { hypervisorTotalMs: 2000, bytes: 100e6 }, { hypervisorTotalMs: null, bytes: 1 }], { mbps: 500, steadyMbps: 800 });
     expect(p).toMatchObject({ p50: 1, max: 2, n: 2 });
+  });
+});
+
+describe('the report\'s copy-vs-bulk row', () => {
+  it('shows the ratios, or says the run has no bulk figure', () => {
+    expect(copyVsBulkCell({ p50: 1.256, p95: 1.3, max: 1.31, n: 3 })).toBe('p50 1.26×, p95 1.30×, max 1.31× (n = 3)');
+    expect(copyVsBulkCell({ p50: null, p95: null, max: null, n: 1 })).toBe('p50 —, p95 —, max — (n = 1)');
+    expect(copyVsBulkCell(undefined)).toMatch(/no bulk TCP figure/);
+    expect(copyVsBulkCell({ p50: null, p95: null, max: null, n: 0 })).toMatch(/no bulk TCP figure/);
   });
 });

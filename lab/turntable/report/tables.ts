@@ -1,7 +1,7 @@
 // The turntable report's HTML sections (lab/turntable/report.ts): the header (configuration,
 // emulated lightpath, run, findings), the paper's figures beside this run's, and the
 // per-migration table.
-import { PAPER, type TurntableMigration, type TurntableResult } from '../types.ts';
+import { PAPER, type Percentiles, type TurntableMigration, type TurntableResult } from '../types.ts';
 import { bytes, esc, finite, group, median, ms, num } from './format.ts';
 import { clientSeen, liveOk, migrations, pct, verdict } from './data.ts';
 
@@ -68,6 +68,13 @@ function unreliableBox(r: TurntableResult): string {
 // ---------------------------------------------------------------------------------------------
 // The paper beside this run
 
+/** summary.copyVsBulk as ratios (lab/turntable/bulk.ts), or why there is none. */
+export function copyVsBulkCell(p: Percentiles | undefined): string {
+  if (!p || !p.n) return '<span class="muted">no bulk TCP figure in this run</span>';
+  const x = (v: number | null) => (finite(v) ? `${v.toFixed(2)}×` : '—');
+  return esc(`p50 ${x(p.p50)}, p95 ${x(p.p95)}, max ${x(p.max)} (n = ${p.n})`);
+}
+
 export function paperSection(r: TurntableResult): string {
   const s = r?.summary;
   const live = liveOk(r);
@@ -92,6 +99,7 @@ export function paperSection(r: TurntableResult): string {
     ['Table 3 — client pinging every 50 ms', `${ms(PAPER.table3.rttMs)} RTT`, esc(ms(PAPER.table3.pingMs)), `longest gap between replies of a ${ms(r?.config?.pingIntervalMs)} ping`, esc(pct(s?.ping)), verdict(s?.ping?.p50 ?? null, PAPER.table3.pingMs, PAPER.table3.pingMs)],
     ['QEMU’s own figure', '—', '—', 'hypervisor-reported downtime', esc(pct(s?.hypervisor)), ''],
     ['UDP echo (2 ms)', '—', '—', 'longest gap between UDP echo replies', esc(pct(s?.udp)), ''],
+    ['Copy vs bulk TCP (goal ≤ 1.2 + 1 RTT)', '—', '—', `QEMU’s total ÷ (bytes ÷ the same path’s bulk TCP rate${r?.config?.bulkTcp ? `, ${r.config.bulkTcp.steadyMbps ?? r.config.bulkTcp.mbps} Mbit/s` : ''})`, copyVsBulkCell(s?.copyVsBulk), ''],
     ['§6.4 — non-live vs live', '—', esc(PAPER.ratio.text), `non-live elapsed / live client-seen median (${r?.config?.guest === 'populated' ? 'populated' : 'idle'} guest, ${(r?.config?.accel ?? 'tcg').toUpperCase()})`, ratio, ratioVerdict],
   ];
   return `<section><h2>The paper’s figures beside this run’s</h2>

@@ -45,7 +45,16 @@ export function migrationBody(o: Opts, vmId: string): MigrationRequestBody {
   const requestId = str(o, 'request-id');
   if (requestId !== undefined) body.requestId = requestId;
   if (o.postcopy === true) body.postcopy = true;
+  // Streams: one unless asked; --multifd alone lets the controller size them to the lightpath
+  // (src/controller/migration/tuning-default.ts).
+  const channels = intOpt(o, 'multifd-channels', 1, 64);
+  if (o['no-multifd'] === true && (o.multifd === true || channels !== undefined)) throw new UsageError('--no-multifd: not with --multifd or --multifd-channels', { field: 'no-multifd' });
   if (o.multifd === true) body.multifd = true;
+  if (o['no-multifd'] === true) body.multifd = false;
+  if (channels !== undefined) {
+    body.multifd = true;
+    body.multifdChannels = channels;
+  }
   if (o['auto-converge'] === true) body.autoConverge = true;
   if (o.suspend === true) body.suspend = true;
   const verify = str(o, 'verify-tcp');
@@ -109,7 +118,9 @@ export const migrate = verb('migrate', {
     deadline: { type: 'string', arg: 'ISO', help: 'give up (and roll back) after this date-time, e.g. 2030-01-01T12:00:00Z' },
     'request-id': { type: 'string', arg: 'ID', help: 'idempotency key: repeating the same request returns the first migration' },
     postcopy: { type: 'boolean', help: 'allow post-copy if pre-copy does not converge' },
-    multifd: { type: 'boolean', help: 'several parallel migration streams' },
+    multifd: { type: 'boolean', help: 'several parallel migration streams, as many as fill the lightpath (costs switchover downtime; default: one stream)' },
+    'multifd-channels': { type: 'string', arg: 'N', help: 'this many parallel migration streams (1-64)' },
+    'no-multifd': { type: 'boolean', help: 'one migration stream (the default), said explicitly in the request' },
     'auto-converge': { type: 'boolean', help: 'throttle the guest\'s CPU so pre-copy converges' },
     suspend: { type: 'boolean', help: 'non-live: paused for the whole copy (for comparison with live)' },
     'verify-tcp': { type: 'string', arg: 'HOST:PORT', help: 'cold path: this guest TCP service must answer at the destination before the source is removed' },

@@ -1,4 +1,4 @@
-// The migration tuning the controller picks when the request does not say (docs/lab.md
+// The streams of a migration that asks for multifd without saying how many (docs/lab.md
 // "Throughput"): enough parallel TCP streams (QEMU multifd) to fill the reserved lightpath. One
 // TCP flow carries at most one window per round trip; a host at Linux's default buffers
 // (net.ipv4.tcp_wmem max 4 MiB) reaches ~2 MB of window, i.e. 78–81 Mbit/s at 198 ms RTT
@@ -35,12 +35,14 @@ export function multifdChannelsFor(bandwidthMbps: number, rttMs: number, flowWin
 
 /**
  * The multifd part of a migration's tuning, the request's winning:
- * - `multifd: false` asked: nothing (one stream);
+ * - `multifd: false` asked, or nothing asked: nothing (one stream);
  * - `multifdChannels` asked: multifd with those (unless `multifd: false`);
- * - `multifd: true` asked without channels: multifd with the computed count;
- * - nothing asked: multifd with the computed count when it is more than one, unless the request
- *   asks for post-copy (QEMU refuses the two together where it does not support them; asking for
- *   both explicitly is the caller's choice).
+ * - `multifd: true` asked without channels: multifd with the computed count.
+ * Not on unless asked: measured at 198 ms (docs/lab.md "Throughput"), multifd's final sync of its
+ * streams costs downtime (QEMU's own figure 16 ms with one stream; 35–75 ms with 6 streams,
+ * 41–157 ms with 12), and on hosts whose TCP buffers let one flow fill the path (the lab's) it
+ * shortens only the copy's slow start. Where hosts keep Linux's default buffers one flow carries
+ * ~80 Mbit/s at 198 ms and multifd is what fills the lightpath: ask for it there.
  * Deterministic in the request, so the destination (vm.prepareIncoming) and the source (vm.migrate)
  * always get the same choice, which QEMU needs (the destination waits for that many streams).
  */
@@ -51,8 +53,6 @@ export function defaultMultifd(
 ): Pick<MigrationTuning, 'multifd' | 'multifdChannels'> {
   if (request.multifd === false) return {};
   if (request.multifdChannels !== undefined) return { multifd: true, multifdChannels: request.multifdChannels };
-  const n = multifdChannelsFor(bandwidthMbps, d.rttMs, d.flowWindowBytes, d.maxChannels);
-  if (request.multifd === true) return { multifd: true, multifdChannels: n };
-  if (request.postcopy || n <= 1) return {};
-  return { multifd: true, multifdChannels: n };
+  if (request.multifd !== true) return {};
+  return { multifd: true, multifdChannels: multifdChannelsFor(bandwidthMbps, d.rttMs, d.flowWindowBytes, d.maxChannels) };
 }
