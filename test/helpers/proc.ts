@@ -1,6 +1,6 @@
 // Spawning vmtc as a real process for tests: wait for its JSON "ready" line, stop it by pid.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { resolve } from 'node:path';
 
 export const VMTC_BIN = resolve(import.meta.dirname, '../../bin/vmtc.js');
@@ -41,6 +41,21 @@ export function startVmtc(args: string[], opts: { timeoutMs?: number; env?: Node
     });
     child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`vmtc ${args[0]} exited with ${code}:\n${out}\n${err}`)); });
   });
+}
+
+/** A loopback port where a connection is refused, for as long as the test runs: 1 (tcpmux), below
+ *  the ephemeral range, which nothing in the suite listens on. A port taken free and closed again
+ *  is not one: another test's server may be given it meanwhile (a run saw a 404 there). Throws if
+ *  a connection to it is not refused. */
+export async function refusedPort(): Promise<number> {
+  const port = 1;
+  const outcome = await new Promise<string>((res) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => { s.destroy(); res('accepted'); });
+    s.once('error', (e: NodeJS.ErrnoException) => res(e.code ?? String(e)));
+  });
+  if (outcome !== 'ECONNREFUSED') throw new Error(`127.0.0.1:${port} is not refused (${outcome}): something listens there`);
+  return port;
 }
 
 /** A TCP port that was free a moment ago (for services that must keep their port across restarts). */

@@ -17,6 +17,7 @@ import { generateRequesterKeySync } from '../../src/common/dpop.ts';
 import { silentLogger } from '../../src/common/log.ts';
 import { cleanupsAfterEach } from '../helpers/cleanups.ts';
 import { refusal } from '../helpers/aaa-fixture.ts';
+import { refusedPort } from '../helpers/proc.ts';
 
 let h: Harness;
 let aaa: AaaHandle;
@@ -112,7 +113,7 @@ describe('an AAA that cannot answer at admission', () => {
   }
 
   it('nothing listening: the migration is admitted with a warning, and the token request decides', async () => {
-    const port = await closedPort();
+    const port = await refusedPort();
     const c = await controllerWith(`http://127.0.0.1:${port}`);
     const r = await c.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B' });
     expect(r.status).toBe(202);
@@ -148,14 +149,6 @@ describe('POST /v1/policy/check at the AAA', () => {
   });
 });
 
-/** A loopback port nothing listens on. */
-async function closedPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 /** A loopback server that accepts connections and never answers. */
 async function silentServer(): Promise<{ url: string; close(): Promise<void> }> {

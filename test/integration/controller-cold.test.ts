@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { startHarness, vmSpec, type Harness } from '../helpers/controller-harness.ts';
+import { refusedPort } from '../helpers/proc.ts';
 
 let h: Harness | undefined;
 const servers: Server[] = [];
@@ -38,14 +39,6 @@ async function vmPlaces(harness: Harness, vmId: string) {
   return (await harness.api('GET', '/v1/vms')).body.vms.filter((v: any) => v.vmId === vmId).map((v: any) => `${v.hostId}:${v.state}`);
 }
 
-/** A loopback port nobody listens on: take one and close it. */
-async function closedPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 const COLD_STATES = ['prechecking', 'reserved', 'cold_exporting', 'cold_importing', 'cold_verifying', 'activating', 'cleanup', 'completed'];
 
@@ -142,7 +135,7 @@ describe('controller: the cold path', () => {
     const vm = diskVm(h, 'vm1', 1);
     await h.addHost('A', { vms: [vm.spec] });
     await h.addHost('B');
-    const port = await closedPort();
+    const port = await refusedPort();
     const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'cold', verifyTcp: { host: '127.0.0.1', port } });
     const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed'], 30_000);
     expect(done.state).toBe('rolled_back');
@@ -181,7 +174,7 @@ describe('controller: the cold path', () => {
     const vm = diskVm(h, 'vm1', 1);
     await h.addHost('A', { vms: [vm.spec] });
     await h.addHost('B', { networks: ['127.0.0.0/8'] });
-    const port = await closedPort();
+    const port = await refusedPort();
     const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'cold', verifyTcp: { host: '127.0.0.1', port, timeoutMs: 2000 } });
     expect(res.status).toBe(202);
     let seen: any;
@@ -219,7 +212,7 @@ describe('controller: the cold path', () => {
     const vm = diskVm(h, 'vm1', 1);
     await h.addHost('A', { vms: [vm.spec] });
     await h.addHost('B');
-    const port = await closedPort();
+    const port = await refusedPort();
     const res = await h.api('POST', '/v1/migrations', { vmId: 'vm1', destinationHostId: 'B', mode: 'cold', verifyTcp: { host: '127.0.0.1', port } });
     await h.waitState(res.body.id, ['cold_verifying']);
     // B's agent goes while its hypervisor runs the booted copy.
