@@ -25,9 +25,10 @@ export function lightpathMbps(request: Pick<MigrationRequest, 'bandwidthMbps'>):
 
 const TUNING_KEYS = ['bandwidthMbps', 'maxDowntimeMs', 'autoConverge', 'multifd', 'multifdChannels', 'postcopy', 'suspend'] as const satisfies readonly (keyof MigrationTuning & keyof MigrationRequest)[];
 
-/** The one tuning of a migration, from its request, with the streams the controller picks to
- *  fill the lightpath when the request does not say (tuning-default.ts). `copyStorage`: the
- *  destination must make and export copies of the disks (see mustCopyStorage). */
+/** The one tuning of a migration, from its request; a request that asks for multifd without a
+ *  count gets the streams that fill its lightpath (tuning-default.ts), one without multifd one
+ *  stream. `copyStorage`: the destination must make and export copies of the disks (see
+ *  mustCopyStorage). */
 export function migrationTuning(request: MigrationRequest, copyStorage = false, defaults: TuningDefaults = TUNING_DEFAULTS): MigrationTuning {
   const t: MigrationTuning = {};
   for (const k of TUNING_KEYS) if (request[k] !== undefined) (t as Record<string, unknown>)[k] = request[k];
