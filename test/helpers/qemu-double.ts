@@ -128,12 +128,17 @@ export class QmpDouble extends EventEmitter implements QmpLink {
 /** The host: QEMU "starts" (pidfile, QMP double), lives until `quit` or crash(), `qemu-img`
  *  succeeds without doing anything, and `ip` keeps the taps' state as Linux would: `tuntap add`
  *  makes a tap that is down, `link set … master BR [up]` joins it to a bridge (up only when
- *  asked), `link set … up` brings it up, `link del` removes it (an absent tap is an error). */
+ *  asked), `link set … up` brings it up, `link del` removes it (an absent tap is an error) with
+ *  its bridge's entries. `bridge fdb replace MAC dev TAP master dynamic` points the bridge's entry
+ *  for MAC at TAP, refused (as the kernel does) for a device that does not exist or is in no
+ *  bridge; entries on a port that goes down are flushed, as the bridge does. */
 export class QemuHostDouble implements QemuSystem {
   readonly qmps = new Map<string, QmpDouble>();
   readonly argvs: string[][] = [];
   /** Tap devices by name, as `ip` left them. */
   readonly links = new Map<string, { master?: string; up: boolean }>();
+  /** Bridge forwarding entries, `bridge/MAC` → port, as `bridge fdb` left them. */
+  readonly fdb = new Map<string, string>();
   /** The virtual size QEMU reports for every disk. */
   diskBytes = 1024 * 1024;
   private readonly alive = new Set<number>();
@@ -143,6 +148,7 @@ export class QemuHostDouble implements QemuSystem {
   async exec(argv: string[]): Promise<{ code: number | null; stderr: string }> {
     this.argvs.push(argv);
     if (argv[0] === 'ip') return this.ip(argv[1] === '-n' ? argv.slice(3) : argv.slice(1));
+    if (argv[0] === 'bridge') return this.bridge(argv[1] === '-n' ? argv.slice(3) : argv.slice(1));
     const at = argv.indexOf('-pidfile');
     if (at < 0) return { code: 0, stderr: '' };
     const pid = this.nextPid++;
@@ -170,15 +176,33 @@ export class QemuHostDouble implements QemuSystem {
       this.links.set(a[3]!, { up: false });
     } else if (a[0] === 'link' && a[1] === 'del') {
       if (!this.links.delete(a[2]!)) return fail(`Cannot find device "${a[2]}"`);
+      this.flushPort(a[2]!);
     } else if (a[0] === 'link' && a[1] === 'set') {
       const l = this.links.get(a[2]!);
       if (!l) return fail(`Cannot find device "${a[2]}"`);
       const m = a.indexOf('master');
       if (m >= 0) l.master = a[m + 1]!;
       if (a.includes('up')) l.up = true;
-      if (a.includes('down')) l.up = false;
+      if (a.includes('down')) {
+        l.up = false;
+        this.flushPort(a[2]!);
+      }
     }
     return { code: 0, stderr: '' };
+  }
+
+  private bridge(a: string[]): { code: number | null; stderr: string } {
+    if (a[0] !== 'fdb' || a[1] !== 'replace' || a[3] !== 'dev' || !a.includes('master')) return { code: 1, stderr: `double: unsupported bridge ${a.join(' ')}` };
+    const port = a[4]!;
+    const l = this.links.get(port);
+    if (!l) return { code: 1, stderr: `Cannot find device "${port}"` };
+    if (!l.master) return { code: 1, stderr: 'RTNETLINK answers: Operation not supported' };
+    this.fdb.set(`${l.master}/${a[2]!.toLowerCase()}`, port);
+    return { code: 0, stderr: '' };
+  }
+
+  private flushPort(port: string): void {
+    for (const [k, p] of this.fdb) if (p === port) this.fdb.delete(k);
   }
 
   pidAlive(pid: number): boolean {

@@ -45,9 +45,15 @@ const TOL = {
   // userspace program, which runs again later after a resume (measured: up to 131 ms later, in
   // live and non-live moves, with the UDP figure taken as the longest outage).
   udpVsPing: 200,
-  // The serial heartbeat stops with the source and restarts when the guest runs at the destination;
-  // clients see it a little later (replies cross the WAN, the bridge at the new site learns).
-  serialVsUdp: 200,
+  // The serial heartbeat and the UDP echo stop together at the pause and restart at the
+  // destination, the echo later: a capture at the destination (docs/lab.md "The switchover, step by
+  // step") shows the probes reaching the VM's tap 10-17 ms after RESUME, the guest's first
+  // heartbeat at ~70 ms, its kernel's first ICMP answer at ~124 ms and its UDP echo's at ~162 ms,
+  // then the backlog answered in a burst: a TCG guest running its network path for the first time
+  // in the new QEMU. So |udp − serial| is that warm-up, the breakdown's heartbeat → reply step,
+  // give or take the two probes' positions before the pause; the warm-up itself (51-155 ms quiet,
+  // ~190 ms seen under CI load) is bounded as a sanity check, not a goal.
+  guestNetWarmup: 500,
   // The tunnel agent's figures (docs/tunnel.md "Client-seen downtime": the VM's frames captured on
   // the client's underlay, and its 20 ms ICMP echo) see the guest's kernel answer, as ping does:
   // below UDP by up to the same userland lag as ping (udpVsPing; measured at 198 ms RTT over 5
@@ -147,7 +153,11 @@ describe('vmtc turntable (1 round, small guest)', () => {
       const { ping, udp, serial } = m.downtimeMs as { ping: number; udp: number; serial: number };
       expect(ping - udp, `${m.mode}: ping ${ping} vs udp ${udp}`).toBeLessThanOrEqual(TOL.pingVsUdp);
       expect(udp - ping, `${m.mode}: udp ${udp} vs ping ${ping}`).toBeLessThanOrEqual(TOL.udpVsPing);
-      expect(Math.abs(serial - udp), `${m.mode}: serial ${serial} vs udp ${udp}`).toBeLessThanOrEqual(TOL.serialVsUdp);
+      const b = m.breakdown!;
+      const h2r = b.stepsMs.heartbeatToReply!;
+      const leadSpread = Math.max(r.config.serialPeriodMs, r.config.udpIntervalMs, b.beforePauseMs.udpMaxGap ?? 0, b.beforePauseMs.heartbeatMaxGap ?? 0) + 2 * CLOCK_READ_TOLERANCE_MS + ANSWER_JITTER_MS;
+      expect(Math.abs(udp - serial - h2r), `${m.mode}: serial ${serial} vs udp ${udp}, heartbeat → reply ${h2r}`).toBeLessThanOrEqual(leadSpread);
+      expect(h2r, `${m.mode}: the guest's network warm-up after its first heartbeat`).toBeLessThanOrEqual(TOL.guestNetWarmup);
       // Clients always see a silence. lost.udp counts every unanswered probe during the migration
       // (not only in the longest gap, which is all `udp` measures): no more than were sent
       // meanwhile. It may be 0: with the tunnel bicasting, probes sent during the pause can wait

@@ -165,6 +165,29 @@ describe('QEMU driver, destination side (QMP double, manual clock)', () => {
       await runUntilSettled(clock, o, 30_000);
       expect(o.value?.state).toBe('running');
       expect(host.links.get(tap)).toEqual({ master: 'br-site', up: true });
+      // …and the bridge sends the VM's MAC to the tap now, not where it learned it while the VM
+      // ran at the other site (QEMU's first announce was lost while the tap was down).
+      expect(host.fdb.get('br-site/52:54:00:00:00:11')).toBe(tap);
+      const ups = host.argvs.findIndex((a) => a.includes('up') && a.includes(tap));
+      const fdb = host.argvs.findIndex((a) => a[0] === 'bridge' && a.includes('replace'));
+      expect(ups).toBeGreaterThanOrEqual(0);
+      expect(fdb).toBeGreaterThan(ups);
+    });
+
+    it("a bridge that refuses the VM's MAC entry does not keep the guest from running here", async () => {
+      const { driver, clock, qmp, host } = driverUnderTest(cleanups);
+      await driver.prepareIncoming(vmSpec('vm-t4', { nics }), 'mig-t4', '127.0.0.1', {});
+      const [tap] = tapOf(host);
+      host.links.get(tap)!.master = undefined; // out of its bridge: the kernel refuses the entry
+      const q = await qmp('vm-t4');
+      const o = watch(driver.waitRunning('vm-t4', 30_000), clock);
+      q.runState = 'running';
+      q.migration = { status: 'completed' };
+      q.event('RESUME');
+      await runUntilSettled(clock, o, 30_000);
+      expect(o.value?.state).toBe('running');
+      expect(host.links.get(tap)?.up).toBe(true);
+      expect(host.fdb.size).toBe(0);
     });
 
     it('a non-live destination brings its taps up before the cont that starts the guest', async () => {

@@ -89,10 +89,11 @@ export class QemuVms {
    *  found running. Idempotent; a failure is logged and left for the next caller to retry. */
   tapsUp(rec: VmRecord): Promise<void> {
     if (!rec.tapsDown) return Promise.resolve();
-    rec.tapsGoingUp ??= setTapsUp(this.system, this.opts.netns, rec.spec.vmId, rec.taps).then(
-      () => {
+    rec.tapsGoingUp ??= setTapsUp(this.system, this.opts.netns, rec.spec.vmId, rec.taps, (rec.spec.nics ?? []).map((n) => n.mac)).then(
+      (refused) => {
         rec.tapsDown = false;
         rec.log.info({ taps: rec.taps }, 'taps up: the guest runs here');
+        if (refused.length) rec.log.warn({ refused }, "the bridge did not take the VM's MAC behind its tap; it learns it from the VM's next frame");
       },
       (e: unknown) => {
         rec.log.error({ err: String(e) }, 'bringing the taps up failed');

@@ -106,12 +106,29 @@ export async function createTaps(system: QemuSystem, netns: string | undefined, 
   }
 }
 
-/** Bring taps up (idempotent); the first failure is thrown as VMTC_QEMU_TAP_FAILED. */
-export async function setTapsUp(system: QemuSystem, netns: string | undefined, vmId: string, taps: string[]): Promise<void> {
+/** Bring taps up (idempotent); the first failure is thrown as VMTC_QEMU_TAP_FAILED. With the
+ *  NICs' MACs, each bridge is then told at once that the VM's MAC is behind its tap (`bridge fdb
+ *  replace … master dynamic`, an ordinary learned entry that ages and moves as usual). Without
+ *  that the bridge keeps what it learned while the VM ran elsewhere (its MAC behind the lightpath
+ *  port) and sends the VM's traffic back there until the VM's own first frame, QEMU's announce
+ *  or the guest's first answer, is seen here: the announce QEMU sends as the incoming stream
+ *  ends comes before the RESUME that brings the tap up, so it is lost, and the next is 50 ms
+ *  later (`announce-initial`). The entry is best effort: a bridge that refuses it learns the MAC
+ *  from the VM's next frame, so its failures are returned, not thrown. */
+export async function setTapsUp(system: QemuSystem, netns: string | undefined, vmId: string, taps: string[], macs: (string | undefined)[] = []): Promise<string[]> {
   for (const tap of taps) {
     const r = await ip(system, netns, ['link', 'set', tap, 'up']);
     if (r.code !== 0) throw qemuError('VMTC_QEMU_TAP_FAILED', { vmId, tap, netns: netns ?? null, argv: `link set ${tap} up`, stderr: r.stderr.trim().slice(0, 500) });
   }
+  const refused: string[] = [];
+  for (const [i, tap] of taps.entries()) {
+    const mac = macs[i];
+    if (!mac) continue;
+    const args = ['fdb', 'replace', mac.toLowerCase(), 'dev', tap, 'master', 'dynamic'];
+    const r = await system.exec(netns ? ['bridge', '-n', netns, ...args] : ['bridge', ...args]);
+    if (r.code !== 0) refused.push(`bridge ${args.join(' ')}: ${r.stderr.trim().slice(0, 200)}`);
+  }
+  return refused;
 }
 
 export async function removeTaps(system: QemuSystem, netns: string | undefined, taps: string[]): Promise<void> {
