@@ -4,6 +4,7 @@ import type { Command } from '../src/common/command.ts';
 import { commonError } from '../src/common/errors.ts';
 import { labDown, labDownAll, labStatus, labUp, listLabs, loadLab, provisionLightpath, type LabStatus } from './net.ts';
 import { brokerTopologyFor, LAB_DEFAULTS } from './topology.ts';
+import { bdpQueueMs } from './delay-line.ts';
 
 function numOpt(v: unknown, field: string): number | undefined {
   if (v === undefined) return undefined;
@@ -44,7 +45,7 @@ export const command: Command = {
     sites: { type: 'string', arg: 'N', default: String(LAB_DEFAULTS.sites), help: 'number of sites' },
     'rtt-ms': { type: 'string', arg: 'MS', default: String(LAB_DEFAULTS.rttMs), help: 'lightpath round-trip time' },
     'rate-mbps': { type: 'string', arg: 'MBPS', default: String(LAB_DEFAULTS.rateMbps), help: 'lightpath line rate' },
-    'queue-ms': { type: 'string', arg: 'MS', default: String(LAB_DEFAULTS.queueMs), help: 'delay line queue bound (ms at line rate)' },
+    'queue-ms': { type: 'string', arg: 'MS', help: "delay line queue bound (ms at line rate; default: one bandwidth-delay product of --bandwidth-mbps, else of the line rate: RTT × bandwidth ÷ rate, 20-1000 ms, as the turntable sizes it)" },
     'queue-bytes': { type: 'string', arg: 'BYTES', help: 'delay line queue bound in bytes (instead of --queue-ms)' },
     loss: { type: 'string', arg: 'P', default: '0', help: 'random loss probability on the lightpath' },
     'tcp-max-mb': { type: 'string', arg: 'MB', default: String(LAB_DEFAULTS.tcpMaxBytes / (1024 * 1024)), help: 'tcp_rmem/tcp_wmem maximum in every namespace' },
@@ -62,18 +63,22 @@ export const command: Command = {
     switch (verb) {
       case 'up': {
         const rateMbps = numOpt(opts['rate-mbps'], 'rate-mbps')!;
+        const rttMs = numOpt(opts['rtt-ms'], 'rtt-ms')!;
+        const bandwidthMbps = numOpt(opts['bandwidth-mbps'], 'bandwidth-mbps');
         const lab = await labUp({
           ...(prefix ? { prefix } : {}),
           sites: numOpt(opts.sites, 'sites')!,
-          rttMs: numOpt(opts['rtt-ms'], 'rtt-ms')!,
+          rttMs,
           rateMbps,
-          queueMs: numOpt(opts['queue-ms'], 'queue-ms')!,
+          // A queue of one bandwidth-delay product absorbs a late relay's burst where 20 ms dropped
+          // it (docs/lab.md "The instrument"); --queue-ms or --queue-bytes overrides it.
+          queueMs: numOpt(opts['queue-ms'], 'queue-ms') ?? bdpQueueMs(rttMs, bandwidthMbps ?? rateMbps, rateMbps),
           ...(opts['queue-bytes'] !== undefined ? { queueBytes: numOpt(opts['queue-bytes'], 'queue-bytes')! } : {}),
           loss: numOpt(opts.loss, 'loss')!,
           tcpMaxBytes: numOpt(opts['tcp-max-mb'], 'tcp-max-mb')! * 1024 * 1024,
           stateDir,
         });
-        if (opts.lightpath) await provisionLightpath(lab, lab.sites[0]!.name, lab.sites[1]!.name, numOpt(opts['bandwidth-mbps'], 'bandwidth-mbps') ?? rateMbps);
+        if (opts.lightpath) await provisionLightpath(lab, lab.sites[0]!.name, lab.sites[1]!.name, bandwidthMbps ?? rateMbps);
         const st = await labStatus(lab.prefix, stateDir);
         out(st, table(st) + `\n\nremove with: vmtc lab down --prefix ${lab.prefix}`);
         return 0;

@@ -7,25 +7,8 @@ import { accessSync, constants } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { labError } from '../errors.ts';
 
-/** Bounds of the default queue: never below the lab's former fixed 20 ms (a switch port's buffer
- *  at short RTTs), never above 1 s (125 MB at 1 Gbit/s). */
-export const QUEUE_MS_MIN = 20;
-export const QUEUE_MS_MAX = 1000;
-
-/**
- * The delay line's queue bound (ms at the line rate) by default: one bandwidth-delay product of
- * the reserved rate. BDP bytes = min(bandwidth, rate) × RTT / 8; a queue of Q ms at the line rate
- * holds rate × Q / 8 bytes; so Q = RTT × min(bandwidth, rate) / rate, clamped to
- * [QUEUE_MS_MIN, QUEUE_MS_MAX]. At 198 ms, 500 of 1000 Mbit/s: 99 ms (12.4 MB). The htb at the
- * reserved rate paces the sender below the line rate, so a healthy relay keeps this queue near
- * empty; it fills only when the relay reads late (a busy machine) and then absorbs the burst
- * instead of dropping it (a drop costs TCP a round trip at the switchover).
- */
-export function bdpQueueMs(rttMs: number, bandwidthMbps: number, rateMbps: number): number {
-  if (!(rttMs >= 0) || !(bandwidthMbps > 0) || !(rateMbps > 0)) return QUEUE_MS_MIN;
-  const q = Math.ceil((rttMs * Math.min(bandwidthMbps, rateMbps)) / rateMbps);
-  return Math.min(QUEUE_MS_MAX, Math.max(QUEUE_MS_MIN, q));
-}
+// The queue's default sizing lives with the delay line (lab/delay-line.ts), shared with `vmtc lab up`.
+export { bdpQueueMs, QUEUE_MS_MAX, QUEUE_MS_MIN } from '../delay-line.ts';
 
 /** One direction of one delay-line report interval (lab/delay-line.ts DirectionStats). */
 export interface IntervalDirection { bytes: number; mbps: number; drops: number; queueP50Ms: number; queueMaxMs: number }

@@ -27,8 +27,11 @@ afterAll(async () => {
 describe('vmtc lab', () => {
   it('brings a lab up with a standing lightpath, shows it, emits the broker topology, and removes it', async () => {
     stateDir = await mkdtemp(join(tmpdir(), 'vmtc-lab-cli-'));
-    const up = JSON.parse((await vmtc('up', '--prefix', prefix, '--rtt-ms', '10', '--lightpath', '--bandwidth-mbps', '250', '--json')).stdout);
+    const up = JSON.parse((await vmtc('up', '--prefix', prefix, '--rtt-ms', '100', '--lightpath', '--bandwidth-mbps', '250', '--json')).stdout);
     expect(up.prefix).toBe(prefix);
+    // No --queue-ms: the delay line's queue is one bandwidth-delay product of the reserved rate
+    // (100 ms × 250 ÷ 1000 Mbit/s = 25 ms), as the turntable sizes it, not the library's 20 ms.
+    expect(up.lab.lightpath.queueMs).toBe(25);
     expect(up.tunnelSites).toEqual(['siteA']);
     expect(up.lightpaths).toHaveLength(1);
     expect(up.lightpaths[0].ends).toEqual(['siteA', 'siteB']);
@@ -38,7 +41,7 @@ describe('vmtc lab', () => {
     expect(status).toContain('lightpath lab-');
 
     const topo = JSON.parse((await vmtc('topology', '--prefix', prefix)).stdout);
-    expect(topo.nodes.find((n: { id: string }) => n.id === 'siteB').driver).toMatchObject({ namespace: `${prefix}-siteB`, overlayIp: '192.0.2.2', oneWayMs: 5 });
+    expect(topo.nodes.find((n: { id: string }) => n.id === 'siteB').driver).toMatchObject({ namespace: `${prefix}-siteB`, overlayIp: '192.0.2.2', oneWayMs: 50 });
 
     await vmtc('down', '--prefix', prefix);
     expect((await listNetns()).filter((n) => n.startsWith(`${prefix}-`))).toEqual([]);
