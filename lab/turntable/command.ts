@@ -89,6 +89,7 @@ export function turntableOptions(o: Record<string, unknown>): Omit<TurntableOpti
     serialPeriodMs: num(o['serial-period-ms'], 'serial-period-ms', 1, 1000, true),
     clockPeriodUs: num(o['clock-period-us'], 'clock-period-us', 50, 1_000_000, true),
     noNonLive: o['no-nonlive'] === true,
+    ...(o['bulk-seconds'] !== undefined ? { bulkSeconds: num(o['bulk-seconds'], 'bulk-seconds', 0, 60) } : {}),
   };
 }
 
@@ -213,6 +214,7 @@ export const command: Command = {
     'serial-period-ms': { type: 'string', arg: 'MS', default: String(TURNTABLE_DEFAULTS.serialPeriodMs), help: 'period of the guest heartbeat on its second serial port' },
     'clock-period-us': { type: 'string', arg: 'US', default: String(TURNTABLE_DEFAULTS.clockPeriodUs), help: "period of the guest's internal clock probe (the paper used 200 µs)" },
     'no-nonlive': { type: 'boolean', help: 'skip the non-live (suspend, copy, resume) comparison migration' },
+    'bulk-seconds': { type: 'string', arg: 'S', help: 'seconds of the bulk TCP flow across the lightpath before the rounds, the reference rate of copyVsBulk (0: none) (default: 5)' },
     'retune-after-ms': { type: 'string', arg: 'MS', help: "tune in flight: this long after each live migration's copy starts, change its limits once (PATCH /v1/migrations/:id)" },
     'retune-bandwidth-mbps': { type: 'string', arg: 'MBPS', help: 'with --retune-after-ms: the new bandwidth (not above --bandwidth-mbps)' },
     'retune-max-downtime-ms': { type: 'string', arg: 'MS', help: 'with --retune-after-ms: the new downtime limit' },

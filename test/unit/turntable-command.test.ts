@@ -59,6 +59,15 @@ describe('retuneOptions', () => {
     expect(thrown(() => turntableOptions({ ...base, 'retune-max-downtime-ms': '100' }))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'retune-max-downtime-ms' });
     expect(Object.keys(command.options)).toEqual(expect.arrayContaining(['retune-after-ms', 'retune-bandwidth-mbps', 'retune-max-downtime-ms']));
   });
+
+  it('takes the bulk reference flow\'s seconds (0: none), absent by default, and refuses what is not a number in 0-60', () => {
+    const base = { 'rtt-ms': '198', 'rate-mbps': '1000', 'memory-mb': '256', load: 'none', converge: 'auto-converge', rounds: '5', 'max-downtime-ms': '30', 'serial-period-ms': '5', 'clock-period-us': '200' };
+    expect(turntableOptions(base)).not.toHaveProperty('bulkSeconds');
+    expect(turntableOptions({ ...base, 'bulk-seconds': '0' }).bulkSeconds).toBe(0);
+    expect(turntableOptions({ ...base, 'bulk-seconds': '12' }).bulkSeconds).toBe(12);
+    for (const bad of ['-1', '61', 'x']) expect(thrown(() => turntableOptions({ ...base, 'bulk-seconds': bad }))).toMatchObject({ code: 'VMTC_CONFIG_INVALID', field: 'bulk-seconds' });
+    expect(Object.keys(command.options)).toContain('bulk-seconds');
+  });
 });
 
 describe('retuneRecord', () => {
