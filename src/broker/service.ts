@@ -1,48 +1,30 @@
-// The reservation runner: performs what the NSI state machines (nsi.ts) decide. Every transition
-// goes through apply(), which checks it against the table, runs its bookkeeping effects,
-// persists the reservation and the transition row in one SQLite transaction, logs it and
-// publishes it on the event feed. Network elements are touched only through the driver, and
-// peers only through PeerLinks, always after the token gate has accepted the request.
+// The reservation service: the public NSI operations and queries, and the runner that performs
+// what the NSI state machines (nsi.ts) decide. Every transition goes through apply(), which checks
+// it against the table, runs its bookkeeping effects, persists the reservation and the transition
+// row in one SQLite transaction, logs it and publishes it on the event feed. Network elements are
+// touched only through the driver (data-plane.ts), peers only through PeerLinks (downstream.ts),
+// always after the token gate has accepted the request. The parts share one context (runner.ts);
+// deadlines.ts holds the hold and end timers, restore.ts restart recovery, record.ts new records.
 import { EventEmitter } from 'node:events';
-import type { Clock, Ids } from '../common/clock.ts';
 import { VmtcError, toVmtcError } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
 import { Calendar } from './calendar.ts';
 import { ReservationTimers } from './timers.ts';
-import type { NetworkElementDriver } from './driver.ts';
 import { brokerError } from './errors.ts';
 import { next, transition, type Effect, type Machine, type MachineTypes } from './nsi.ts';
 import { computePath } from './path.ts';
-import type { PeerLinks } from './peer.ts';
 import type { BrokerStore, Owner, Reservation, TransitionRow } from './store.ts';
-import type { Topology } from './topology.ts';
 import { checkReserve, type AdmissionPlan, type ReserveAuth, type ReserveInput } from './admission.ts';
+import { activate, armActivation, deactivate, releaseDataPlane } from './data-plane.ts';
+import { armEnd, armHold } from './deadlines.ts';
+import { bestEffortPeer, callSegment, holdNextSegment } from './downstream.ts';
+import { restore } from './restore.ts';
+import { newReservation, notCommitted, notLive } from './record.ts';
+import { endUncommitted, failReserve, publishError, type Apply, type BrokerEvent, type BrokerServiceOptions, type Runner } from './runner.ts';
 
 export type { ReserveAuth, ReserveInput } from './admission.ts';
+export type { BrokerEvent, BrokerServiceOptions, FaultInjection } from './runner.ts';
 export { view } from './view.ts';
-
-export interface FaultInjection {
-  /** Test hook: every commit in this broker fails (to prove all-or-nothing commit). */
-  failCommit?: boolean;
-}
-
-export interface BrokerServiceOptions {
-  domain: string;
-  topology: Topology;
-  store: BrokerStore;
-  driver: NetworkElementDriver;
-  peers: PeerLinks;
-  clock: Clock;
-  ids: Ids;
-  logger: Logger;
-  holdTimeoutMs: number;
-  faults?: FaultInjection;
-}
-
-export type BrokerEvent =
-  | { type: 'stateChange'; reservationId: string; machine: Machine; from: string; to: string; event: string; at: number }
-  | { type: 'dataPlaneStateChange'; reservationId: string; active: boolean; version: number; at: number; details?: Record<string, unknown> }
-  | { type: 'error'; reservationId: string; code: string; message: string; at: number; details?: Record<string, unknown> };
 
 const FIELD: Record<Machine, 'reservationState' | 'provisionState' | 'lifecycleState'> = {
   reservation: 'reservationState',
@@ -56,13 +38,18 @@ export class BrokerService {
   private readonly live = new Map<string, Reservation>();
   private readonly timers: ReservationTimers;
   private readonly log: Logger;
-  private closed = false;
+  /** What the runner's parts (data-plane.ts, deadlines.ts, downstream.ts, restore.ts) act on. */
+  private readonly rn: Runner;
 
   constructor(private readonly o: BrokerServiceOptions) {
     this.calendar = new Calendar((l) => o.topology.links.get(l)?.capacityMbps ?? 0);
     this.timers = new ReservationTimers(o.clock);
     this.log = o.logger.child({ mod: 'reservations', domain: o.domain });
     this.events.setMaxListeners(1000);
+    const { domain, topology, store, driver, peers, clock, holdTimeoutMs } = o;
+    const apply: Apply = (r, machine, event, ctx) => this.apply(r, machine, event, ctx);
+    const publish = (e: BrokerEvent): void => void this.events.emit('event', e);
+    this.rn = { domain, topology, store, driver, peers, clock, holdTimeoutMs, log: this.log, calendar: this.calendar, timers: this.timers, live: this.live, closed: false, apply, publish };
   }
 
   private nowS(): number {
@@ -84,7 +71,7 @@ export class BrokerService {
     if (ctx.error) row.details = { code: ctx.error.code, message: ctx.error.message };
     this.o.store.save(r, [row]);
     this.log.info({ reservationId: r.id, migrationId: r.migrationId, machine, from, to: rule.to, event }, 'nsi transition');
-    this.publish({ type: 'stateChange', reservationId: r.id, machine, from, to: rule.to, event, at });
+    this.rn.publish({ type: 'stateChange', reservationId: r.id, machine, from, to: rule.to, event, at });
     if (r.lifecycleState === 'Terminated') {
       this.timers.clear(r.id);
       this.live.delete(r.id);
@@ -95,7 +82,7 @@ export class BrokerService {
     switch (eff) {
       case 'armHoldTimer':
         r.heldAt = this.o.clock.now();
-        this.armHold(r, this.o.holdTimeoutMs);
+        armHold(this.rn, r, this.o.holdTimeoutMs);
         break;
       case 'cancelHoldTimer':
         this.timers.cancel(r.id, 'hold');
@@ -108,7 +95,7 @@ export class BrokerService {
         r.committed = true;
         break;
       case 'armEndTimer':
-        this.armEnd(r);
+        armEnd(this.rn, r);
         break;
       case 'cancelTimers':
         this.timers.clear(r.id);
@@ -120,58 +107,6 @@ export class BrokerService {
         }
         break;
     }
-  }
-
-  private publish(e: BrokerEvent): void {
-    this.events.emit('event', e);
-  }
-
-  private setDataPlane(r: Reservation, active: boolean, details?: Record<string, unknown>): void {
-    const before = r.dataPlane.active;
-    r.dataPlane = { ...r.dataPlane, active, version: r.dataPlane.version + 1 };
-    if (active) {
-      delete r.dataPlane.error;
-      if (details) r.dataPlane.details = details;
-    } else delete r.dataPlane.details;
-    const at = this.o.clock.now();
-    r.updatedAt = at;
-    this.o.store.save(r, [{ reservationId: r.id, machine: 'dataPlane', from: before ? 'active' : 'inactive', to: active ? 'active' : 'inactive', event: active ? 'activated' : 'deactivated', at }]);
-    const evt: BrokerEvent = { type: 'dataPlaneStateChange', reservationId: r.id, active, version: r.dataPlane.version, at };
-    if (details) evt.details = details;
-    this.publish(evt);
-  }
-
-  private publishError(r: Reservation, e: VmtcError): void {
-    const evt: BrokerEvent = { type: 'error', reservationId: r.id, code: e.code, message: e.message, at: this.o.clock.now() };
-    if (e.details) evt.details = e.details;
-    this.log.warn({ reservationId: r.id, migrationId: r.migrationId, code: e.code, details: e.details }, 'reservation error');
-    this.publish(evt);
-  }
-
-  // ---------------------------------------------------------------- timers
-
-  private armHold(r: Reservation, ms: number): void {
-    this.timers.arm(r.id, 'hold', ms, () => this.onHoldTimeout(r.id));
-  }
-
-  private armEnd(r: Reservation): void {
-    this.timers.arm(r.id, 'end', r.end * 1000 - this.o.clock.now(), () => void this.onEndTime(r.id));
-  }
-
-  /** GFD.212: a held reservation that is not committed in time times out and frees its capacity. */
-  private onHoldTimeout(id: string): void {
-    const r = this.live.get(id);
-    if (this.closed || !r || r.reservationState !== 'ReserveHeld') return;
-    this.apply(r, 'reservation', 'timeout');
-    if (r.downstream) void this.bestEffortPeer(r, 'abort');
-  }
-
-  /** End of the window: life cycle PassedEndTime, calendar freed, data plane down. */
-  private async onEndTime(id: string): Promise<void> {
-    const r = this.live.get(id);
-    if (this.closed || !r || r.lifecycleState !== 'Created') return;
-    this.apply(r, 'lifecycle', 'endTime');
-    await this.releaseDataPlane(r);
   }
 
   // ---------------------------------------------------------------- queries
@@ -204,9 +139,7 @@ export class BrokerService {
   private mustBeLive(id: string, event: string): Reservation {
     const r = this.mustGet(id);
     const live = this.live.get(id);
-    if (!live || r.lifecycleState !== 'Created') {
-      throw brokerError('VMTC_ILLEGAL_TRANSITION', { machine: 'lifecycle', state: r.lifecycleState, event, reservationId: id }, { message: `${event} is not allowed: the lifecycle state is ${r.lifecycleState}` });
-    }
+    if (!live || r.lifecycleState !== 'Created') throw notLive(id, r.lifecycleState, event);
     return live;
   }
 
@@ -224,35 +157,13 @@ export class BrokerService {
    */
   async reserve(input: ReserveInput, auth: ReserveAuth): Promise<Reservation> {
     const plan = this.validate(input, auth);
-    const now = this.o.clock.now();
-    const r: Reservation = {
-      id: this.o.ids.next('rsv'),
-      src: input.src,
-      dst: input.dst,
-      bandwidthMbps: input.bandwidthMbps,
-      start: input.start,
-      end: input.end,
-      path: { nodes: [], links: [], cost: 0, alternative: false },
-      reservationState: 'ReserveStart',
-      provisionState: 'Released',
-      lifecycleState: 'Created',
-      committed: false,
-      booked: false,
-      owner: auth.owner,
-      tokenJti: auth.jti,
-      dataPlane: { active: false, version: 0 },
-      createdAt: now,
-      updatedAt: now,
-    };
-    if (input.migrationId) r.migrationId = input.migrationId;
+    const r = newReservation(this.o.ids.next('rsv'), this.o.clock.now(), input, auth);
     if (input.idempotencyKey !== undefined) {
       // The route answers a reused key with its reservation before it gets here; this holds the
       // rule for any other caller (one reservation per owner and key).
       const used = this.o.store.byKey(auth.owner, input.idempotencyKey);
       if (used) throw brokerError('VMTC_IDEMPOTENCY_KEY_REUSED', { idempotencyKey: input.idempotencyKey, reservationId: used.id });
-      r.idempotencyKey = input.idempotencyKey;
     }
-    if (auth.upstream) r.upstream = auth.upstream;
     // The jti is consumed in the same SQLite transaction that creates the reservation: of two
     // concurrent requests with one token, exactly one gets past this line.
     if (!this.o.store.create(r, { jti: auth.jti, iss: auth.iss, exp: auth.exp })) throw brokerError('VMTC_TOKEN_REPLAYED', { jti: auth.jti });
@@ -262,50 +173,17 @@ export class BrokerService {
     const found = computePath(this.o.topology, input.src, plan.targets, (l) => this.calendar.free(l, input.start, input.end) + 1e-9 >= input.bandwidthMbps);
     if (!found.path || !this.calendar.book({ id: r.id, links: found.path.links, start: input.start, end: input.end, mbps: input.bandwidthMbps })) {
       const e = brokerError('VMTC_NO_PATH', { reservationId: r.id, src: input.src, dst: input.dst, bandwidthMbps: input.bandwidthMbps, window: { start: input.start, end: input.end }, domain: this.o.domain });
-      this.failReserve(r, e);
+      failReserve(this.rn, r, e);
       throw e;
     }
     r.booked = true;
     r.path = { ...found.path, alternative: found.alternative };
     this.o.store.save(r);
 
-    if (plan.nextDomain) {
-      const egress = r.path.nodes[r.path.nodes.length - 1]!;
-      try {
-        const body: Record<string, unknown> = {
-          src: plan.stpPeer!.get(egress)!,
-          dst: input.dst,
-          bandwidthMbps: input.bandwidthMbps,
-          window: { start: input.start, end: input.end },
-          upstream: { domain: this.o.domain, reservationId: r.id },
-        };
-        if (input.migrationId) body.migrationId = input.migrationId;
-        const seg = await this.o.peers.call<{ id: string }>(plan.nextDomain, 'POST', '/v1/reservations', body, auth.token);
-        r.downstream = { domain: plan.nextDomain, reservationId: seg.id };
-        this.o.store.save(r);
-      } catch (err) {
-        const cause = toVmtcError(err);
-        const e = brokerError('VMTC_PEER_SEGMENT_FAILED', { reservationId: r.id, domain: (cause.details?.domain as string | undefined) ?? plan.nextDomain, peerCode: cause.code, peerMessage: cause.message, peerDetails: cause.details }, { cause: err });
-        this.failReserve(r, e);
-        throw e;
-      }
-    }
-    if (this.closed) throw brokerError('VMTC_SHUTTING_DOWN');
+    if (plan.nextDomain) await holdNextSegment(this.rn, r, input, plan.nextDomain, plan.stpPeer!, auth.token);
+    if (this.rn.closed) throw brokerError('VMTC_SHUTTING_DOWN');
     this.apply(r, 'reservation', 'reserveConfirmed');
     return r;
-  }
-
-  /** ReserveChecking -> ReserveFailed; a never-committed reservation then ends (Terminated). */
-  private failReserve(r: Reservation, e: VmtcError): void {
-    this.apply(r, 'reservation', 'reserveFailed', { error: e });
-    this.publishError(r, e);
-    this.endUncommitted(r);
-  }
-
-  private endUncommitted(r: Reservation): void {
-    if (r.committed || r.lifecycleState !== 'Created') return;
-    this.apply(r, 'lifecycle', 'terminate');
-    this.apply(r, 'lifecycle', 'terminateConfirmed');
   }
 
   /**
@@ -318,16 +196,16 @@ export class BrokerService {
     this.apply(r, 'reservation', 'commit');
     try {
       if (this.o.faults?.failCommit) throw brokerError('VMTC_COMMIT_FAILED', { domain: this.o.domain, reason: 'injected fault' });
-      if (r.downstream) await this.o.peers.call(r.downstream.domain, 'POST', `/v1/reservations/${encodeURIComponent(r.downstream.reservationId)}/commit`);
+      await callSegment(this.rn, r, 'commit');
     } catch (err) {
       const cause = toVmtcError(err);
       const e = cause.code === 'VMTC_COMMIT_FAILED' ? cause : brokerError('VMTC_COMMIT_FAILED', { reservationId: r.id, domain: (cause.details?.domain as string | undefined) ?? r.downstream?.domain, peerCode: cause.code, peerMessage: cause.message }, { cause: err });
       this.apply(r, 'reservation', 'commitFailed', { error: e });
-      this.publishError(r, e);
+      publishError(this.rn, r, e);
       // The next domain cleans up after its own failure; if it could not even answer, tell it to
       // let go of whatever it holds.
-      if (r.downstream && cause.details?.domain === undefined) void this.bestEffortPeer(r, 'terminate');
-      this.endUncommitted(r);
+      if (r.downstream && cause.details?.domain === undefined) void bestEffortPeer(this.rn, r, 'terminate');
+      endUncommitted(this.rn, r);
       throw new VmtcError(e.code, e.status, e.message, { ...(e.details ?? {}), reservationId: r.id }, err);
     }
     this.apply(r, 'reservation', 'commitConfirmed');
@@ -338,9 +216,9 @@ export class BrokerService {
   async abort(id: string): Promise<Reservation> {
     const r = this.mustBeLive(id, 'abort');
     this.apply(r, 'reservation', 'abort');
-    if (r.downstream) await this.bestEffortPeer(r, 'abort');
+    if (r.downstream) await bestEffortPeer(this.rn, r, 'abort');
     this.apply(r, 'reservation', 'abortConfirmed');
-    this.endUncommitted(r);
+    endUncommitted(this.rn, r);
     return r;
   }
 
@@ -351,43 +229,25 @@ export class BrokerService {
    */
   async provision(id: string): Promise<Reservation> {
     const r = this.mustBeLive(id, 'provision');
-    if (!r.committed || r.reservationState !== 'ReserveStart') {
-      throw brokerError('VMTC_ILLEGAL_TRANSITION', { machine: 'provision', state: r.provisionState, event: 'provision', reservationState: r.reservationState, committed: r.committed, reservationId: r.id, reason: 'the reservation is not committed' }, { message: `provision is not allowed: the reservation state is ${r.reservationState} and it has not been committed` });
-    }
+    const refused = notCommitted(r);
+    if (refused) throw refused;
     this.apply(r, 'provision', 'provision');
     try {
-      if (this.nowS() >= r.start) await this.activate(r);
-      if (r.downstream) await this.o.peers.call(r.downstream.domain, 'POST', `/v1/reservations/${encodeURIComponent(r.downstream.reservationId)}/provision`);
+      if (this.nowS() >= r.start) await activate(this.rn, r);
+      await callSegment(this.rn, r, 'provision');
       // Terminated (or ended) while we waited for the driver: do not leave a circuit up.
       if (r.lifecycleState !== 'Created') throw brokerError('VMTC_PROVISION_FAILED', { reason: `the reservation ended (${r.lifecycleState}) while provisioning` });
     } catch (err) {
       const cause = toVmtcError(err);
       const e = cause.code === 'VMTC_PROVISION_FAILED' ? cause : brokerError('VMTC_PROVISION_FAILED', { reservationId: r.id, domain: (cause.details?.domain as string | undefined) ?? this.o.domain, peerCode: cause.code, reason: cause.message }, { cause: err });
-      await this.deactivate(r);
+      await deactivate(this.rn, r);
       if (r.provisionState === 'Provisioning') this.apply(r, 'provision', 'provisionFailed', { error: e });
-      this.publishError(r, e);
+      publishError(this.rn, r, e);
       throw new VmtcError(e.code, e.status, e.message, { ...(e.details ?? {}), reservationId: r.id, provisionState: r.provisionState }, err);
     }
     this.apply(r, 'provision', 'provisionConfirmed');
-    if (!r.dataPlane.active) this.armActivation(r);
+    if (!r.dataPlane.active) armActivation(this.rn, r);
     return r;
-  }
-
-  private armActivation(r: Reservation): void {
-    this.timers.arm(r.id, 'activate', r.start * 1000 - this.o.clock.now(), () => void this.onActivate(r.id));
-  }
-
-  /** Start of the window of a provisioned advance reservation: bring the data plane up. */
-  private async onActivate(id: string): Promise<void> {
-    const r = this.live.get(id);
-    if (this.closed || !r || r.provisionState !== 'Provisioned' || r.dataPlane.active || r.lifecycleState !== 'Created') return;
-    try {
-      await this.activate(r);
-    } catch (err) {
-      const e = brokerError('VMTC_PROVISION_FAILED', { reservationId: r.id, domain: this.o.domain, reason: toVmtcError(err).message }, { cause: err });
-      if (r.provisionState === 'Provisioned') this.apply(r, 'provision', 'activationFailed', { error: e });
-      this.publishError(r, e);
-    }
   }
 
   /** NSI release: Provisioned -> Releasing -> Released; the data plane goes down in every domain. */
@@ -395,8 +255,8 @@ export class BrokerService {
     const r = this.mustBeLive(id, 'release');
     this.apply(r, 'provision', 'release');
     this.timers.cancel(r.id, 'activate');
-    await this.deactivate(r);
-    if (r.downstream) await this.bestEffortPeer(r, 'release');
+    await deactivate(this.rn, r);
+    if (r.downstream) await bestEffortPeer(this.rn, r, 'release');
     this.apply(r, 'provision', 'releaseConfirmed');
     return r;
   }
@@ -404,110 +264,24 @@ export class BrokerService {
   /** NSI terminate: Created / PassedEndTime / Failed -> Terminating -> Terminated, everywhere. */
   async terminate(id: string): Promise<Reservation> {
     const r = this.live.get(id);
-    if (!r) {
-      const old = this.mustGet(id);
-      throw brokerError('VMTC_ILLEGAL_TRANSITION', { machine: 'lifecycle', state: old.lifecycleState, event: 'terminate', reservationId: id }, { message: `terminate is not allowed: the lifecycle state is ${old.lifecycleState}` });
-    }
+    if (!r) throw notLive(id, this.mustGet(id).lifecycleState, 'terminate');
     this.apply(r, 'lifecycle', 'terminate');
-    await this.releaseDataPlane(r);
+    await releaseDataPlane(this.rn, r);
     if (r.reservationState === 'ReserveHeld') this.timers.cancel(r.id, 'hold');
-    if (r.downstream) await this.bestEffortPeer(r, 'terminate');
+    if (r.downstream) await bestEffortPeer(this.rn, r, 'terminate');
     this.apply(r, 'lifecycle', 'terminateConfirmed');
     return r;
   }
 
-  /** Take the data plane down and walk the provision machine back to Released. */
-  private async releaseDataPlane(r: Reservation): Promise<void> {
-    this.timers.cancel(r.id, 'activate');
-    if (r.provisionState === 'Provisioned') this.apply(r, 'provision', 'release');
-    await this.deactivate(r);
-    if (r.provisionState === 'Releasing') this.apply(r, 'provision', 'releaseConfirmed');
-  }
-
-  private async activate(r: Reservation): Promise<void> {
-    const nodes: Record<string, Record<string, unknown>> = {};
-    for (const n of r.path.nodes) nodes[n] = { ...(this.o.topology.nodes.get(n)?.driver ?? {}) };
-    const seg = await this.o.driver.provision({ connectionId: r.id, path: [...r.path.nodes], nodes, bandwidthMbps: r.bandwidthMbps });
-    this.setDataPlane(r, true, seg.details);
-  }
-
-  private async deactivate(r: Reservation): Promise<void> {
-    if (!r.dataPlane.active) return;
-    try {
-      await this.o.driver.release(r.id);
-    } catch (err) {
-      // The driver contract says release must not fail for a known id; if it does, say so loudly
-      // but still consider the data plane gone from the broker's point of view.
-      this.publishError(r, toVmtcError(err));
-    }
-    this.setDataPlane(r, false);
-  }
-
-  private async bestEffortPeer(r: Reservation, op: 'abort' | 'release' | 'terminate'): Promise<void> {
-    if (!r.downstream) return;
-    try {
-      await this.o.peers.call(r.downstream.domain, 'POST', `/v1/reservations/${encodeURIComponent(r.downstream.reservationId)}/${op}`);
-    } catch (err) {
-      const e = toVmtcError(err);
-      // An illegal transition means the peer already is where we want it (e.g. it timed out).
-      if (e.code !== 'VMTC_ILLEGAL_TRANSITION') this.log.warn({ reservationId: r.id, domain: r.downstream.domain, op, code: e.code }, 'peer segment did not answer');
-    }
-  }
-
   // ---------------------------------------------------------------- restart
 
-  /**
-   * Rebuild the calendar and the timers from the store after a (re)start, and settle operations a
-   * crash interrupted half-way (the driver is idempotent, so an active data plane is re-applied).
-   */
-  async restore(): Promise<void> {
-    for (const r of this.o.store.live()) {
-      this.live.set(r.id, r);
-      if (r.booked) this.calendar.force({ id: r.id, links: r.path.links, start: r.start, end: r.end, mbps: r.bandwidthMbps });
-    }
-    for (const r of [...this.live.values()]) {
-      try {
-        switch (r.reservationState) {
-          case 'ReserveChecking':
-            this.failReserve(r, brokerError('VMTC_SHUTTING_DOWN', { reason: 'the broker restarted while checking' }));
-            continue;
-          case 'ReserveCommitting':
-            this.apply(r, 'reservation', 'commitFailed', { error: brokerError('VMTC_SHUTTING_DOWN', { reason: 'the broker restarted while committing' }) });
-            this.endUncommitted(r);
-            continue;
-          case 'ReserveAborting':
-            this.apply(r, 'reservation', 'abortConfirmed');
-            this.endUncommitted(r);
-            continue;
-          case 'ReserveHeld':
-            this.armHold(r, (r.heldAt ?? 0) + this.o.holdTimeoutMs - this.o.clock.now());
-            break;
-        }
-        if (r.lifecycleState === 'Terminating') {
-          await this.releaseDataPlane(r);
-          this.apply(r, 'lifecycle', 'terminateConfirmed');
-          continue;
-        }
-        if (r.provisionState === 'Provisioning') this.apply(r, 'provision', 'provisionFailed', { error: brokerError('VMTC_SHUTTING_DOWN', { reason: 'the broker restarted while provisioning' }) });
-        if (r.provisionState === 'Releasing') {
-          await this.deactivate(r);
-          this.apply(r, 'provision', 'releaseConfirmed');
-        }
-        if (r.lifecycleState === 'Created' && r.committed) this.armEnd(r);
-        if (r.provisionState === 'Provisioned' && r.lifecycleState === 'Created') {
-          if (r.dataPlane.active) {
-            r.dataPlane.active = false; // re-apply: the driver is idempotent
-            await this.onActivate(r.id);
-          } else this.armActivation(r);
-        }
-      } catch (err) {
-        this.log.error({ err, reservationId: r.id }, 'could not restore reservation');
-      }
-    }
+  /** Rebuild calendar and timers from the store after a (re)start; settle what a crash cut short. */
+  restore(): Promise<void> {
+    return restore(this.rn);
   }
 
   close(): void {
-    this.closed = true;
+    this.rn.closed = true;
     this.timers.clearAll();
   }
 
