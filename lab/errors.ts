@@ -10,7 +10,7 @@ export const LAB_ERRORS = mergeCatalogues(COMMON_ERRORS, {
   VMTC_LAB_NOT_FOUND: { status: 404, message: 'no lab with this prefix is recorded' },
   VMTC_LAB_NO_SUCH_SITE: { status: 404, message: 'the lab has no site of this name' },
   VMTC_LAB_DELAY_LINE_FAILED: { status: 500, message: 'the delay line process did not start' },
-  // The guest after a migration (lab/guest/verify.ts, lab/turntable/run.ts).
+  // The guest after a migration (lab/guest/verify.ts, lab/turntable/measure.ts).
   VMTC_LAB_GUEST_SILENT: { status: 502, message: "the migration committed but the guest's heartbeat at the destination stopped or never came" },
   VMTC_LAB_GUEST_CORRUPTED: { status: 502, message: 'after the migration the guest reported damage: a page of its memory check changed, its kernel panicked or reported a BUG, oops or corruption, or it booted again' },
   VMTC_LAB_GUEST_UNVERIFIED: { status: 502, message: "the guest's dirty load reported no whole verifying pass after the migration" },

@@ -293,7 +293,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
 
 // ---------------------------------------------------------------------------------------------
 // Is the guest intact after a move? (docs/lab.md, "The guest's memory check") Every lab
-// migration path asks: the turntable (lab/turntable/run.ts) and the lab tests.
+// migration path asks: the turntable (lab/turntable/measure.ts) and the lab tests.
 
 /** The guest's console at a host (the console.log its QEMU writes there). */
 export function guestConsolePath(s: Stack, hostId: string): string {

@@ -1,6 +1,6 @@
 // Where a migration's client-seen downtime goes (docs/lab.md "The switchover, step by
 // step"): five instants on the lab machine's one clock, the four steps between them, and whether
-// they add up to what the client saw. Pure: run.ts gathers the instants, this judges them.
+// they add up to what the client saw. Pure: measure.ts gathers the instants, this judges them.
 //
 // The instants and where each comes from (every one is epoch ms on the host's CLOCK_REALTIME; the
 // probes read it through lab/turntable/probes/time.ts, kept within 1 ms of it):
