@@ -19,7 +19,7 @@ import type { HypervisorDriver } from './driver.ts';
 import { hostError } from './errors.ts';
 import { inheritedOutcome, MigrationJournal } from './migration-journal.ts';
 import { StatsReporter } from './stats.ts';
-import { replicaHandlers } from './replicas.ts';
+import { dropLeftCheckpoints, replicaHandlers } from './replicas.ts';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -180,7 +180,10 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       return { ok: true as const };
     },
     'vm.destroy': async (p) => {
-      const vmId = str(obj(p, 'params').vmId, 'vmId');
+      const q = obj(p, 'params');
+      const vmId = str(q.vmId, 'vmId');
+      // After a committed move: the disks it leaves keep no replica checkpoint (agents/host/replicas.ts).
+      const leaving = q.dropCheckpoints === true ? await driver.describe(vmId).then((i) => i.spec, () => undefined) : undefined;
       try {
         await driver.destroy(vmId);
       } catch (e) {
@@ -194,7 +197,8 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       await cold.forgetVm(vmId);
       // Nobody asks about the migration of a VM that is gone from here.
       await journal.forget(vmId);
-      return { ok: true as const };
+      const checkpoints = leaving ? await dropLeftCheckpoints(driver.replicas, leaving, log) : undefined;
+      return { ok: true as const, ...(checkpoints ? { checkpoints } : {}) };
     },
     'vm.resume': async (p) => {
       const vmId = str(obj(p, 'params').vmId, 'vmId');

@@ -7,7 +7,10 @@
 //                format); the store at the destination is one file per disk in its own dir
 //   checkpoint   the SHA-256 of every 64 KiB block of every disk at that instant, kept in
 //                memory (an agent restart loses them: the next delta is
-//                VMTC_HOST_DISK_CHECKPOINT_MISSING, as a QEMU bitmap of a VM that crashed)
+//                VMTC_HOST_DISK_CHECKPOINT_MISSING, as a QEMU bitmap of a VM that crashed);
+//                they belong to the disks, as bitmaps in a qcow2 image do: dropCheckpoints
+//                needs the VM here (VMTC_HOST_VM_NOT_FOUND once it is gone), dropDiskCheckpoints
+//                drops them by the disks' paths
 //   seed/delta   the disks are read at one instant, and the blocks that are not zero (seed) or
 //                whose hash differs from `from` (delta) go over one TCP connection to the
 //                export: a header line, then [u32 disk][u32 length][f64 offset] + data frames,
@@ -16,16 +19,22 @@
 //                checkpoint (IMAGE.vmtc.json beside the files, as qemu-store.ts) only if the
 //                export received a complete transfer of it
 //   pacing       `bandwidthMbps` paces the source (tests that kill a destination mid-seed)
+//   digests      Merkle digests of the files (disks/digest.ts); incremental ones as the QEMU
+//                backend's (docs/disks.md#incremental-digests): leaves kept with `keepAs`, and
+//                with `since` only the chunks re-read that the checkpoint after `since` found
+//                changed (the source) or the controller names (`changed`, the store)
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, stat, truncate, writeFile, open } from 'node:fs/promises';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ReplicaCheckpoint, ReplicaDigest, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../src/common/agent-protocol.ts';
+import type { ReplicaCheckpoint, ReplicaDigest, ReplicaDigestAsk, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../src/common/agent-protocol.ts';
 import { clockSleep, type Clock } from '../../src/common/clock.ts';
 import { hostError } from './errors.ts';
 import { digestDisk } from './disks/digest.ts';
+import { KeptLeaves, type DigestNote } from './disks/kept-leaves.ts';
+import { refreshLeaves, type LeafCache } from './disks/leaf-cache.ts';
 import { isReplicaCheckpoint, type ReplicaOps } from './replicas.ts';
 
 const BLOCK = 64 * 1024;
@@ -61,9 +70,13 @@ const isZero = (b: Buffer) => b.every((x) => x === 0);
 
 export class ReplicaDouble implements ReplicaOps {
   private readonly checkpoints = new Map<string, { cp: ReplicaCheckpoint; hashes: string[][] }[]>();
+  /** The disk paths each chain's checkpoints were taken of. */
+  private readonly chainDisks = new Map<string, string[]>();
   private readonly exports = new Map<string, Export>();
   private dir: string | undefined;
   private ownDir = false;
+  /** Leaves kept for incremental digests; `notes` says which kind each digest was. */
+  readonly leaves = new KeptLeaves();
 
   constructor(private readonly opts: ReplicaDoubleOptions) {
     this.dir = opts.dir;
@@ -207,6 +220,7 @@ export class ReplicaDouble implements ReplicaOps {
 
   async removeStore(replicaId: string, opts: { keepImages?: boolean } = {}): Promise<void> {
     await this.closeExport(replicaId);
+    this.leaves.forget(replicaId);
     if (!this.dir) return;
     const d = join(this.dir, replicaId);
     if (opts.keepImages) {
@@ -217,8 +231,52 @@ export class ReplicaDouble implements ReplicaOps {
     await rm(d, { recursive: true, force: true });
   }
 
-  async digestStore(replicaId: string): Promise<ReplicaDigest> {
-    return this.digestFiles(await this.storePaths(replicaId));
+  async digestStore(replicaId: string, ask: ReplicaDigestAsk = {}): Promise<ReplicaDigest> {
+    const paths = await this.storePaths(replicaId);
+    const now = (await this.held(replicaId))?.checkpoint;
+    const kept = ask.since ? this.leaves.take('store', replicaId, ask.since) : undefined;
+    let out: ReplicaDigest | undefined;
+    // Incremental: the store is exactly one delta (the last) further than the kept leaves, and
+    // the controller names the chunks that delta's source found written.
+    if (kept && ask.since && ask.changed && now?.seq === ask.since.seq + 1) out = await this.incremental('store', replicaId, kept, paths, (i) => ask.changed![i]);
+    if (!out) out = await this.fullDigest('store', replicaId, paths);
+    if (ask.keepAs && now?.id === ask.keepAs.id && now.seq === ask.keepAs.seq) this.leaves.keep('store', replicaId, ask.keepAs, out);
+    return out;
+  }
+
+  private async fullDigest(side: DigestNote['side'], replicaId: string, paths: string[]): Promise<ReplicaDigest> {
+    const out = await this.digestFiles(paths);
+    this.leaves.note({ side, replicaId, mode: 'full', chunks: out.disks.reduce((n, d) => n + d.leaves.length, 0) });
+    return out;
+  }
+
+  /** The kept leaves with the chunks `chunksOf` names re-read from the files; undefined (a full
+   *  digest instead) when the files do not match what was kept, a list is missing or a read fails. */
+  private async incremental(side: DigestNote['side'], replicaId: string, kept: LeafCache[], paths: string[], chunksOf: (disk: number, cache: LeafCache) => number[] | undefined): Promise<ReplicaDigest | undefined> {
+    if (kept.length !== paths.length) return undefined;
+    try {
+      const out: ReplicaDigest = { disks: [] };
+      for (const [index, p] of paths.entries()) {
+        const cache = kept[index]!;
+        const chunks = chunksOf(index, cache);
+        if (!chunks || (await stat(p)).size !== cache.size) return undefined;
+        const fh = await open(p, 'r');
+        try {
+          const g = await refreshLeaves(cache, chunks, async (o, l) => {
+            const b = Buffer.alloc(l);
+            const { bytesRead } = await fh.read(b, 0, l, o);
+            return b.subarray(0, bytesRead);
+          });
+          out.disks.push({ index, size: g.size, chunkBytes: g.chunkBytes, root: g.root, leaves: g.leaves, changed: chunks });
+        } finally {
+          await fh.close();
+        }
+      }
+      this.leaves.note({ side, replicaId, mode: 'incremental', chunks: out.disks.reduce((n, d) => n + d.changed!.length, 0) });
+      return out;
+    } catch {
+      return undefined;
+    }
   }
 
   // ---- source -------------------------------------------------------------------------------
@@ -263,6 +321,7 @@ export class ReplicaDouble implements ReplicaOps {
     end.writeUInt32BE(END, 0);
     await this.ship(addr, JSON.stringify({ checkpoint: cp, sizes: images.map((b) => b.length) }) + '\n', frames, end, { vmId, replicaId, checkpoint: checkpointId });
     chain.push({ cp, hashes });
+    this.chainDisks.set(`${vmId}/${replicaId}`, disks.map((d) => d.path));
     return { kind: from ? 'delta' : 'full', checkpoint: cp, ...(from ? { from } : {}), diskBytes: images.reduce((n, b) => n + b.length, 0), bytes, ms: this.opts.clock.now() - started, disks: disks.length };
   }
 
@@ -319,14 +378,48 @@ export class ReplicaDouble implements ReplicaOps {
   }
 
   async dropCheckpoints(vmId: string, replicaId: string, keep?: ReplicaCheckpoint): Promise<void> {
+    this.opts.disksOf(vmId);
     const k = `${vmId}/${replicaId}`;
     const l = (this.checkpoints.get(k) ?? []).filter((c) => keep && c.cp.id === keep.id && isReplicaCheckpoint(replicaId, c.cp.id));
     if (l.length) this.checkpoints.set(k, l);
     else this.checkpoints.delete(k);
   }
 
-  async digestSource(vmId: string): Promise<ReplicaDigest> {
-    return this.digestFiles(this.opts.disksOf(vmId).map((d) => d.path));
+  async dropDiskCheckpoints(spec: VmSpec): Promise<string[]> {
+    const paths = new Set((spec.disks ?? []).map((d) => d.path));
+    const out: string[] = [];
+    for (const [k, disks] of this.chainDisks) {
+      if (!disks.some((p) => paths.has(p))) continue;
+      out.push(...(this.checkpoints.get(k) ?? []).map((c) => c.cp.id));
+      this.checkpoints.delete(k);
+      this.chainDisks.delete(k);
+    }
+    return out;
+  }
+
+  async digestSource(vmId: string, ask?: ReplicaDigestAsk & { replicaId: string }): Promise<ReplicaDigest> {
+    const paths = this.opts.disksOf(vmId).map((d) => d.path);
+    if (!ask) return this.digestFiles(paths);
+    const since = ask.since;
+    const kept = since ? this.leaves.take('source', ask.replicaId, since) : undefined;
+    let out: ReplicaDigest | undefined;
+    if (kept && since) {
+      // What the source's change tracking says was written since `since`: the blocks that the
+      // next checkpoint (the last delta's) found changed, as `since`'s QEMU bitmap would.
+      const chain = this.chain(vmId, ask.replicaId);
+      const base = chain.find((c) => c.cp.id === since.id && c.cp.seq === since.seq);
+      const next = chain.find((c) => c.cp.seq === since.seq + 1);
+      out = base && next ? await this.incremental('source', ask.replicaId, kept, paths, (di, cache) => {
+        const a = base.hashes[di] ?? [];
+        const b = next.hashes[di] ?? [];
+        const out = new Set<number>();
+        for (let bi = 0; bi < Math.max(a.length, b.length); bi++) if (a[bi] !== b[bi]) out.add(Math.floor((bi * BLOCK) / cache.chunkBytes));
+        return [...out].sort((x, y) => x - y);
+      }) : undefined;
+    }
+    if (!out) out = await this.fullDigest('source', ask.replicaId, paths);
+    if (ask.keepAs) this.leaves.keep('source', ask.replicaId, ask.keepAs, out);
+    return out;
   }
 
   private async digestFiles(paths: string[]): Promise<ReplicaDigest> {

@@ -4,6 +4,8 @@
 // happens (src/controller/replicas/); an agent only does one step when asked, so a restarted
 // agent has nothing of its own to resume. A driver without disk-state operations refuses every
 // step with VMTC_HOST_DISK_UNSUPPORTED.
+import type { ErrorBody } from '../../src/common/errors.ts';
+import { toVmtcError } from '../../src/common/errors.ts';
 import type { HostMethods, ReplicaCheckpoint, ReplicaDigest, ReplicaDigestAsk, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../src/common/agent-protocol.ts';
 import { AGENT_PARAMS, type ReplicaMethod } from '../../src/common/agent-schemas.ts';
 import type { Logger } from '../../src/common/log.ts';
@@ -31,6 +33,10 @@ export interface ReplicaOps {
   lag(vmId: string, replicaId: string, from: ReplicaCheckpoint): Promise<number>;
   /** Source: remove every checkpoint of the replica except `keep` (idempotent). */
   dropCheckpoints(vmId: string, replicaId: string, keep?: ReplicaCheckpoint): Promise<void>;
+  /** Source, once VM `spec` left this host for good (a committed move; it was destroyed here, so
+   *  dropCheckpoints no longer finds it): every replica checkpoint its disks still carry, of any
+   *  replica (the backend's removeAllCheckpoints). Returns what went. */
+  dropDiskCheckpoints?(spec: VmSpec): Promise<string[]>;
   /** Digests of the VM's disks (source) or the store's (destination). `ask`: the incremental
    *  form (ReplicaDigestAsk); an implementation may ignore it and always read every chunk. */
   digestSource(vmId: string, ask?: ReplicaDigestAsk & { replicaId: string }): Promise<ReplicaDigest>;
@@ -94,6 +100,22 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
       return need().digestSource(q.vmId, { replicaId: q.replicaId, ...ask });
     },
   };
+}
+
+/** After a committed move destroyed VM `spec` here (vm.destroy with dropCheckpoints): the replica
+ *  checkpoints left on its disks go (docs/disks.md#replicas). A failure is logged and returned,
+ *  never thrown: the move is committed, the controller records it as a warning. */
+export async function dropLeftCheckpoints(ops: ReplicaOps | undefined, spec: VmSpec, log: Logger): Promise<{ dropped: string[] } | { error: ErrorBody } | undefined> {
+  if (!ops?.dropDiskCheckpoints) return undefined;
+  try {
+    const dropped = await ops.dropDiskCheckpoints(spec);
+    if (dropped.length) log.info({ vmId: spec.vmId, dropped }, 'replica checkpoints dropped from the disks the VM left');
+    return { dropped };
+  } catch (e) {
+    const error = toVmtcError(e).toJSON();
+    log.warn({ vmId: spec.vmId, code: error.code }, 'could not drop the replica checkpoints from the disks the VM left');
+    return { error };
+  }
 }
 
 /** Checkpoint ids of a replica: `<replicaId>-<seq>` (agents/host/disks/backend.ts CHECKPOINT_ID). */

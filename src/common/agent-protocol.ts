@@ -351,7 +351,9 @@ export interface HostMethods {
   'vm.start': [{ spec: VmSpec }, VmInfo];
   'vm.describe': [{ vmId: string }, VmInfo];
   'vm.stop': [{ vmId: string }, { ok: true }];
-  'vm.destroy': [{ vmId: string }, { ok: true }];
+  /** `dropCheckpoints` (after a committed move): the replica checkpoints left on the disks the VM
+   *  leaves go too (agents/host/replicas.ts dropLeftCheckpoints); `checkpoints` says how that went. */
+  'vm.destroy': [{ vmId: string; dropCheckpoints?: boolean }, { ok: true; checkpoints?: { dropped: string[] } | { error: { code: string; message: string; details?: unknown } } }];
   'vm.resume': [{ vmId: string }, VmInfo];
   /** Destination: start an identical VM waiting for the incoming state on `listenHost`, with the
    *  capabilities that must match the source's (tuning.multifd, tuning.postcopy). With

@@ -134,7 +134,9 @@ export class LvmDouble {
     if (!json || !bytes) return fail(3, 'double: only --reportformat json --units b is modelled\n');
     const rows: Record<string, string>[] = [];
     let stderr = '';
-    for (const n of names) {
+    // A bare VG name lists every LV of it, as lvs does.
+    const expanded = names.flatMap((n) => (n.includes('/') ? [n] : [...this.pools.keys(), ...this.lvs.keys()].filter((k) => k.startsWith(`${n}/`))));
+    for (const n of expanded) {
       const row = this.row(n);
       if (!row) stderr += `  Failed to find logical volume "${n}"\n`;
       else {

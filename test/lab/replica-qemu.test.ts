@@ -37,7 +37,14 @@ describe('replicas with real QEMU: seed, deltas, cold move with the replica (loo
    *  destination's QEMU runs the VM; the guest's boot after that is the same either way). */
   function coldDowntimeMs(rec: any): number {
     const at = (to: string) => Date.parse(rec.transitions.find((x: any) => x.to === to).at);
-    return at('cold_verifying') - at('cold_exporting');
+    // With a replica the delta and the kept digests run first, the VM still running: the
+    // power-off is asked for after them (steps.cold.replica.powerOffAt).
+    return at('cold_verifying') - (rec.steps.cold.replica?.powerOffAt ?? at('cold_exporting'));
+  }
+  /** The persistent bitmaps of a qcow2 image, by name. */
+  async function bitmapsOf(image: string): Promise<string[]> {
+    const info = JSON.parse((await exec('qemu-img', ['info', '-U', '--output=json', image])).stdout);
+    return (info['format-specific']?.data?.bitmaps ?? []).map((b: { name: string }) => b.name);
   }
 
   beforeAll(() => lab.start('vmtc-rq-'), 300_000);
@@ -69,6 +76,13 @@ describe('replicas with real QEMU: seed, deltas, cold move with the replica (loo
     expect({ state: rec.state, error: rec.error }).toEqual({ state: 'completed', error: null });
     expect(rec.steps.cold.replica, JSON.stringify(rec.steps.cold.replica)).toMatchObject({ used: true, replicaId: rid, disks: 1 });
     expect(rec.steps.cold.imported.bytes).toBe(0);
+    // Leaves kept before the power-off: after it each side re-read only what the last delta carried.
+    expect(rec.steps.cold.replica.digest).toEqual({ source: 'incremental', store: 'incremental' });
+    const lastNote = (host: string, side: string) => drivers.get(host)!.replicas.leaves.notes.filter((n) => n.replicaId === rid && n.side === side).at(-1);
+    expect(lastNote('A', 'source')).toMatchObject({ mode: 'incremental' });
+    expect(lastNote('B', 'store')).toMatchObject({ mode: 'incremental' });
+    // The source VM is gone from A: its image keeps no checkpoint bitmap of the replica.
+    expect(await bitmapsOf(lab.data)).toEqual([]);
     const lastDelta = rec.steps.cold.replica.lastDeltaBytes as number;
     expect(lastDelta).toBeLessThanOrEqual(1 * MiB + 64 * 1024);
     // B runs from the replica's store; its content is the source's final state.
@@ -86,7 +100,7 @@ describe('replicas with real QEMU: seed, deltas, cold move with the replica (loo
     expect(back.steps.cold.imported.bytes).toBeGreaterThan(16 * MiB);
     pids.add((await drivers.get('A')!.pid(vmId))!);
     const without = coldDowntimeMs(back);
-    console.log(`[numbers] replica seed ${warm.seedBytes} B (64 MiB disk, 16 MiB data); last delta at the move ${lastDelta} B (1 MiB written after the last periodic delta, or less if one took it); cold downtime with replica ${withReplica} ms (digests ${rec.steps.cold.replica.digestMs} ms, last delta ${rec.steps.cold.replica.lastDeltaMs} ms), without ${without} ms (fetched ${back.steps.cold.imported.bytes} B)`);
+    console.log(`[numbers] replica seed ${warm.seedBytes} B (64 MiB disk, 16 MiB data); last delta at the move ${lastDelta} B (1 MiB written after the last periodic delta, or less if one took it); cold downtime with replica ${withReplica} ms (digests ${JSON.stringify(rec.steps.cold.replica.digest)} ${rec.steps.cold.replica.digestMs} ms, last delta ${rec.steps.cold.replica.lastDeltaMs} ms; before the power-off: delta ${rec.steps.cold.replica.precopyDeltaBytes} B ${rec.steps.cold.replica.precopyDeltaMs} ms, kept digests ${rec.steps.cold.replica.keptDigestMs} ms), without ${without} ms (fetched ${back.steps.cold.imported.bytes} B)`);
     expect(withReplica).toBeGreaterThan(0);
     expect(without).toBeGreaterThan(0);
   }, 600_000);

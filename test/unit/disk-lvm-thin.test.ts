@@ -45,6 +45,17 @@ describe('LVM thin backend (against LvmDouble)', () => {
     await rm(tmp, { recursive: true, force: true });
   });
 
+  it('removeAllCheckpoints drops every checkpoint snapshot of the LV (after a committed move), and only those', async () => {
+    const full = await a.seed(disk, 'c0', dest);
+    await b.applyDelta(dest, full);
+    await a.sendDelta(disk, full.checkpoint, 'c1', dest);
+    expect(src.lvs.has('vg0/vm1-disk0.vmtc.c0') && src.lvs.has('vg0/vm1-disk0.vmtc.c1')).toBe(true);
+    expect((await a.removeAllCheckpoints(disk)).sort()).toEqual(['vm1-disk0.vmtc.c0', 'vm1-disk0.vmtc.c1']);
+    expect([...src.lvs.keys()].filter((k) => k.includes('.vmtc.'))).toEqual([]);
+    expect(src.lvs.has('vg0/vm1-disk0')).toBe(true);
+    expect(await a.removeAllCheckpoints(disk)).toEqual([]);
+  });
+
   it('seeds a full copy, then sends only the blocks written since: the destination equals the source at each checkpoint', async () => {
     const full = await a.seed(disk, 'c0', dest);
     expect(full).toMatchObject({ kind: 'full', checkpoint: { id: 'c0', seq: 0, ref: 'vm1-disk0.vmtc.c0' }, diskBytes: 16 * MiB });

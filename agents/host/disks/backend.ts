@@ -103,6 +103,10 @@ export interface DiskStateBackend<D> {
   applyDelta(dest: D, report: TransferReport): Promise<void>;
   /** Drop a checkpoint the chain no longer needs. Idempotent: an unknown one is not an error. */
   removeCheckpoint(disk: SourceDisk, cp: Checkpoint): Promise<void>;
+  /** Drop every checkpoint of this layer the disk carries (any replica's), with no VM running
+   *  it: the VM left the host for good (a committed move), so no chain continues from them.
+   *  Returns their refs (bitmap or snapshot names). Idempotent. */
+  removeAllCheckpoints(disk: SourceDisk): Promise<string[]>;
   /** Digest of the source disk's guest-visible bytes (take it with the VM paused, or of a
    *  checkpoint's view where the backend keeps one: `at`). */
   digestSource(disk: SourceDisk, opts?: DigestOptions, at?: Checkpoint): Promise<DiskDigest>;

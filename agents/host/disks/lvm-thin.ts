@@ -109,6 +109,18 @@ export class LvmThinBackend implements DiskStateBackend<LvmDestination> {
     if (r.code !== 0 && !LVM_MESSAGES.notFound.test(r.stderr)) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { argv: ['lvremove', '-f', `${vg}/${cp.ref}`], exitCode: r.code, stderr: r.stderr.trim().slice(0, 1000) });
   }
 
+  /** Every checkpoint snapshot of the LV (`LV.vmtc.*` whose origin it is): `lvremove -f` each. */
+  async removeAllCheckpoints(disk: SourceDisk): Promise<string[]> {
+    const { vg, lv } = thinDisk(disk);
+    checkNames(vg, lv);
+    const argv = ['lvs', '--reportformat', 'json', '--units', 'b', '--nosuffix', '-o', LVS_FIELDS.join(','), vg];
+    const r = await this.run(argv, { timeoutMs: this.timeoutMs });
+    if (r.code !== 0) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { argv, exitCode: r.code, stderr: r.stderr.trim().slice(0, 1000) });
+    const snaps = parseLvsJson(r.stdout).filter((l) => l.vg === vg && l.origin === lv && l.name.startsWith(`${lv}.vmtc.`)).map((l) => l.name);
+    for (const name of snaps) await this.removeCheckpoint(disk, { id: name.slice(lv.length + '.vmtc.'.length), seq: 0, takenAt: 0, ref: name });
+    return snaps;
+  }
+
   async digestSource(disk: SourceDisk, opts: DigestOptions = {}, at?: Checkpoint): Promise<DiskDigest> {
     const { vg, lv } = thinDisk(disk);
     const name = at ? (await this.checkpointLv(vg, lv, at)).name : lv;

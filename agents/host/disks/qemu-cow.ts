@@ -150,6 +150,22 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
     });
   }
 
+  /** Every checkpoint bitmap (vmtc-cp.*) of an image no VM runs: `qemu-img bitmap --remove` each
+   *  (`qemu-img info` without -U first: an image some process holds is refused, not changed). */
+  async removeAllCheckpoints(disk: SourceDisk): Promise<string[]> {
+    if (disk.kind !== 'qcow2' || disk.vmId !== undefined) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk', reason: 'an image no VM runs: { kind: qcow2, image }' });
+    const info = (await runOk(this.run, ['qemu-img', 'info', '--output=json', disk.image], { image: disk.image })).stdout;
+    let bitmaps: { name?: unknown }[];
+    try {
+      bitmaps = (JSON.parse(info) as { 'format-specific'?: { data?: { bitmaps?: { name?: unknown }[] } } })['format-specific']?.data?.bitmaps ?? [];
+    } catch {
+      throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-img info', reason: 'not JSON', output: info.slice(0, 300) });
+    }
+    const names = bitmaps.map((b) => b.name).filter((n): n is string => typeof n === 'string' && n.startsWith(bitmapOf('')));
+    for (const n of names) await runOk(this.run, ['qemu-img', 'bitmap', '--remove', disk.image, n], { image: disk.image, bitmap: n });
+    return names;
+  }
+
   /** The checkpoints (bitmap names) the disk carries, with whether each records and its count. */
   async checkpointBitmaps(disk: SourceDisk): Promise<{ name: string; recording: boolean; count: number }[]> {
     return this.withNode(disk, async (qmp, node) => (await this.bitmaps(qmp, node)).map((b) => ({ name: b.name, recording: b.recording, count: b.count })));

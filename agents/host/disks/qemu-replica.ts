@@ -295,6 +295,13 @@ export class QemuReplicas implements ReplicaOps {
     }
   }
 
+  async dropDiskCheckpoints(spec: VmSpec): Promise<string[]> {
+    const out: string[] = [];
+    // The VM's own copies went with it (a cold import's); an operator's image stays and is cleaned.
+    for (const d of writable(spec)) if (d.format === 'qcow2' && existsSync(d.path)) out.push(...(await this.backend.removeAllCheckpoints({ kind: 'qcow2', image: d.path })));
+    return out;
+  }
+
   async digestSource(vmId: string, ask?: ReplicaDigestAsk & { replicaId: string }): Promise<ReplicaDigest> {
     const disks = await this.sourceDisks(vmId);
     // Incremental: the chunks written since `since` are those its bitmap marks (it stopped

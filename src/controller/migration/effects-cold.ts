@@ -9,7 +9,7 @@ import type { MigrationCtx } from '../store.ts';
 import { err } from '../errors.ts';
 import { aborted, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
 import { deadlineAt } from './request.ts';
-import { lastDeltaAndVerify, replicaConsumed } from '../replicas/migration.ts';
+import { lastDeltaAndVerify, prepareColdReplica, replicaConsumed } from '../replicas/migration.ts';
 
 /** A cold step's failure under the controller's D4.4-style code, with the agent's error inside. */
 function coldError(code: Parameters<typeof err>[0], e: unknown): VmtcError {
@@ -49,6 +49,13 @@ const coldExport: EffectFn = async (cx, row) => {
   const tcp = row.request.verifyTcp;
   const reach = tcp ? await checkVerifyTarget(cx, row, tcp) : undefined;
   saveCtx(cx, row.id, { cold: { exportRequested: true, ...(reach ? { reach } : {}) } });
+  // A warm replica at the destination (docs/disks.md "Cold move with a warm replica"): a delta
+  // and both sides' kept digests while the VM still runs, so that after the power-off only the
+  // last delta and the chunks it carried are read (coldImport). Lent to this migration until it
+  // ends.
+  const prep = await prepareColdReplica(cx.hub, cx.clock, cx.log, { migrationId: row.id, vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId });
+  const replica = prep ? { replica: { ...prep, powerOffAt: cx.clock.now() } } : {};
+  if (prep) saveCtx(cx, row.id, { cold: { exportRequested: true, ...(reach ? { reach } : {}), ...replica } });
   const ttlMs = Math.max(60_000, deadlineAt(row.request, row.createdAt, cx.options.defaultDeadlineMs) - cx.clock.now());
   let exp: ColdExport;
   try {
@@ -70,7 +77,7 @@ const coldExport: EffectFn = async (cx, row) => {
   cx.log.info({ disks: disks.length, totalBytes, priorState: exp.priorState }, 'cold export ready');
   return {
     event: { type: 'COLD_EXPORTED' }, detail: { disks: disks.length, totalBytes },
-    ctxPatch: { cold: { exportRequested: true, ...(reach ? { reach } : {}), priorState: exp.priorState, disks, totalBytes, expiresAt: exp.expiresAt } },
+    ctxPatch: { cold: { exportRequested: true, ...(reach ? { reach } : {}), ...replica, priorState: exp.priorState, disks, totalBytes, expiresAt: exp.expiresAt } },
   };
 };
 
@@ -105,7 +112,8 @@ const coldImport: EffectFn = async (cx, row, signal) => {
   // A warm replica at the destination (docs/disks.md#replicas): now that the source is off only
   // its last delta crosses, and the destination boots from it once the digests agree; else the
   // disks are fetched as below (never a wrong disk).
-  const plan = await lastDeltaAndVerify(hub, cx.clock, cx.log, row);
+  const prep = cold.replica;
+  const plan = await lastDeltaAndVerify(hub, cx.clock, cx.log, row, prep);
   const replica = plan && 'use' in plan ? plan.use : undefined;
   // A last delta that ran and failed, or digests that differ: the source's image took a
   // checkpoint after its disks were checksummed for the export, so no full copy can be trusted
@@ -123,10 +131,11 @@ const coldImport: EffectFn = async (cx, row, signal) => {
     const mbps = r.ms > 0 ? Math.round((r.bytes * 8) / r.ms / 1000 * 10) / 10 : null;
     cx.log.info({ bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps, total, replica: replica?.replicaId }, 'cold import done; VM booted at the destination');
     if (replica) replicaConsumed(hub, replica.replicaId, row.id);
-    const used = plan ? { replica: 'use' in plan ? { used: true, ...plan.use } : { used: false, replicaId: plan.fallback.replicaId, code: plan.fallback.code } } : {};
+    const planId = plan ? ('use' in plan ? plan.use.replicaId : plan.fallback.replicaId) : undefined;
+    const used = plan ? { replica: { ...(prep?.replicaId === planId ? prep : {}), ...('use' in plan ? { used: true, ...plan.use } : { used: false, replicaId: plan.fallback.replicaId, code: plan.fallback.code }) } } : {};
     return {
       event: { type: 'COLD_IMPORTED' }, detail: { bytes: r.bytes, ms: r.ms, state: r.vm.state, ...used },
-      ctxPatch: { cold: { ...cold, imported: { bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps }, ...used }, result: { transferredBytes: r.bytes + (replica?.lastDeltaBytes ?? 0), totalTimeMs: r.ms } },
+      ctxPatch: { cold: { ...cold, imported: { bytes: r.bytes, resumedBytes: r.resumedBytes, ms: r.ms, mbps }, ...used }, result: { transferredBytes: r.bytes + (replica ? replica.lastDeltaBytes + (prep?.replicaId === replica.replicaId ? prep.precopyDeltaBytes ?? 0 : 0) : 0), totalTimeMs: r.ms } },
     };
   } catch (e) {
     // The destination may have taken the store's files already: the replica goes with the move.

@@ -6,7 +6,7 @@ import { closeAccounting, releaseLightpath } from './effects-rollback.ts';
 import { NOT_FOUND, askAgent, currentCtx, refreshInventories, saveCtx, site, type EffectFn } from './context.ts';
 import type { TunnelDowntime } from '../../common/tunnel-protocol.ts';
 import type { MigrationDowntime } from './record.ts';
-import { endReplicasAfterCommit, returnLiveReplica } from '../replicas/migration.ts';
+import { endReplicasAfterCommit, returnLiveReplica, vmHasReplicas } from '../replicas/migration.ts';
 
 const activate: EffectFn = async (cx, row) => {
   let warnings = row.ctx.warnings ?? [];
@@ -46,7 +46,17 @@ const cleanupSource: EffectFn = async (cx, row) => {
   try {
     // A source agent restarting now is waited for (bounded): otherwise its stale copy, paused,
     // would outlive the migration (docs/design.md#commit).
-    await askAgent(cx, row.sourceHostId, () => cx.hub.request(row.sourceHostId, 'vm.destroy', { vmId: row.vmId }));
+    // dropCheckpoints: the replicas' checkpoints go from the disks the VM leaves (docs/disks.md#replicas).
+    // Asked only of a VM with replicas: a VM without has none to drop, and its disks may be
+    // shared storage the destination now holds (which the agent would refuse to touch, noisily).
+    const drop = vmHasReplicas(cx.hub, row.vmId);
+    const out = await askAgent(cx, row.sourceHostId, () => cx.hub.request(row.sourceHostId, 'vm.destroy', { vmId: row.vmId, ...(drop ? { dropCheckpoints: true } : {}) }));
+    const cp = out?.checkpoints;
+    if (cp && 'error' in cp) {
+      // The move is committed: a warning (the agent's error, naming what it was doing), no rollback.
+      cx.log.warn({ code: cp.error.code, hostId: row.sourceHostId }, 'replica checkpoints left on the source\'s disks');
+      warnings.push({ code: cp.error.code, message: cp.error.message, details: { ...(cp.error.details as Record<string, unknown> | undefined), step: 'dropping the replica checkpoints left on the source\'s disks', hostId: row.sourceHostId } });
+    }
   } catch (e) {
     if (!NOT_FOUND.test(toVmtcError(e).code)) warnings.push(toVmtcError(e).toJSON());
   }

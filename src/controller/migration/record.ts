@@ -99,6 +99,8 @@ export interface MigrationCtx {
     importRequested?: boolean;
     imported?: { bytes: number; resumedBytes: number; ms: number; mbps: number | null };
     verified?: boolean;
+    /** A warm replica at the destination (src/controller/replicas/migration.ts ColdReplicaUse). */
+    replica?: ColdReplicaUse;
   };
 }
 
@@ -115,6 +117,30 @@ export interface MigrationDowntime {
 export type MigrationChange =
   | { at: number; by: string; what: 'tune'; limits: MigrationLimits; previous: MigrationLimits; reported: MigrationLimits }
   | { at: number; by: string; what: 'force-complete'; mode: ForceCompleteMode };
+
+/** A cold migration's use of a warm replica at its destination (src/controller/replicas/migration.ts):
+ *  before the power-off a delta and the kept digests (`precopyDeltaBytes`, `precopyDeltaMs`,
+ *  `keptDigestMs`, `keptAt`), after it the last delta and the digests, each side's `digest`
+ *  incremental (re-read `readChunks` chunks) or full; `used: false` with `code` when the store
+ *  could not be used. */
+export interface ColdReplicaUse {
+  replicaId: string;
+  used?: boolean;
+  code?: string;
+  precopyDeltaBytes?: number;
+  precopyDeltaMs?: number;
+  keptDigestMs?: number;
+  keptAt?: { id: string; seq: number };
+  /** When the source was asked to power off (clock ms), after the kept digests. */
+  powerOffAt?: number;
+  lastDeltaBytes?: number;
+  lastDeltaMs?: number;
+  preSeededBytes?: number;
+  digestMs?: number;
+  digest?: { source: 'incremental' | 'full'; store: 'incremental' | 'full' };
+  readChunks?: number;
+  disks?: number;
+}
 
 /** A live migration's use of a warm replica at its destination (src/controller/replicas/migration.ts). */
 export interface LiveReplicaUse {

@@ -11,7 +11,8 @@ import { VmtcError, toVmtcError } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
 import type { HubPort } from '../ports.ts';
 import { replicaServiceOf } from './service.ts';
-import type { LiveReplicaUse } from '../migration/record.ts';
+import type { ColdReplicaUse, LiveReplicaUse } from '../migration/record.ts';
+import type { ReplicaRow } from './machine.ts';
 
 /** What the migration record keeps of it. */
 export interface ReplicaUse {
@@ -23,7 +24,12 @@ export interface ReplicaUse {
   preSeededBytes: number;
   digestMs: number;
   disks: number;
+  /** Which digest each side took after the power-off (incremental: from the leaves kept before
+   *  it, `readChunks` chunks re-read a side; full: every chunk). */
+  digest: { source: DigestKind; store: DigestKind };
+  readChunks?: number;
 }
+export type DigestKind = 'incremental' | 'full';
 export type ReplicaPlan =
   | { use: ReplicaUse }
   /** `touched`: the last delta ran against the source's disks (a cold source's image then has a
@@ -52,14 +58,99 @@ export function digestsDiffer(src: ReplicaDigest, dst: ReplicaDigest): { index: 
   return out;
 }
 
+/** An answer's kind: incremental only if every disk was (docs/disks.md#incremental-digests). */
+export const digestKind = (d: ReplicaDigest): DigestKind => (d.disks.length > 0 && d.disks.every((x) => x.changed) ? 'incremental' : 'full');
+
+/** Both sides' digests of the replica's disks, the source paused or off (the live pause, the
+ *  cold power-off). `since`: the checkpoint the last delta started from, where both sides kept
+ *  leaves: the source finds the chunks written since in its change tracking and the store is told
+ *  them (only with every disk's list can the store's digest be incremental); each side falls
+ *  back to a full digest on its own. Without `since` both read every chunk, at once. */
+async function bothDigests(hub: HubPort, m: { vmId: string; sourceHostId: string; destinationHostId: string; replicaId: string; since?: ReplicaCheckpoint | null }): Promise<readonly [ReplicaDigest, ReplicaDigest]> {
+  const source = () => hub.request(m.sourceHostId, 'replica.digest', { replicaId: m.replicaId, side: 'source', vmId: m.vmId, ...(m.since ? { since: m.since } : {}) }, DIGEST_TIMEOUT_MS);
+  const store = (changed?: number[][]) => hub.request(m.destinationHostId, 'replica.digest', { replicaId: m.replicaId, side: 'store', ...(m.since && changed ? { since: m.since, changed } : {}) }, DIGEST_TIMEOUT_MS);
+  if (!m.since) return Promise.all([source(), store()]);
+  const s = await source();
+  const changed = s.disks.every((d) => d.changed) ? s.disks.map((d) => d.changed!) : undefined;
+  return [s, await store(changed)] as const;
+}
+/** Both sides take a full digest of the replica's disks and keep its leaves at `keepAs`, the
+ *  checkpoint the store holds (docs/disks.md#incremental-digests, step 1). False when either
+ *  could not: the later digests are then full (as sound, slower). */
+async function keepDigests(hub: HubPort, log: Logger, r: { id: string; vmId: string; sourceHostId: string; destinationHostId: string }, keepAs: ReplicaCheckpoint): Promise<boolean> {
+  return Promise.all([
+    hub.request(r.sourceHostId, 'replica.digest', { replicaId: r.id, side: 'source', vmId: r.vmId, keepAs }, DIGEST_TIMEOUT_MS),
+    hub.request(r.destinationHostId, 'replica.digest', { replicaId: r.id, side: 'store', keepAs }, DIGEST_TIMEOUT_MS),
+  ]).then(
+    () => true,
+    (e: unknown) => {
+      log.warn({ replicaId: r.id, code: toVmtcError(e).code }, 'digest leaves not kept: the later digests read every chunk');
+      return false;
+    },
+  );
+}
+
+/** A cold move's warm replica before the power-off (ColdReplicaUse's first fields). */
+export type ColdReplicaPrep = Required<Pick<ColdReplicaUse, 'replicaId' | 'preSeededBytes' | 'precopyDeltaBytes' | 'precopyDeltaMs' | 'keptDigestMs'>> & Pick<ColdReplicaUse, 'keptAt'>;
+
 /**
- * With the VM stopped at the source: the last delta of its warm replica at `destinationHostId`
- * and the digest check. `use` when the store equals the source's disks (the replica is held:
- * call consumed() or released()); `fallback` with why otherwise; null without a warm replica.
+ * A cold move with a warm replica at its destination, while the VM still runs (before the
+ * power-off: docs/disks.md "Cold move with a warm replica"): the replica is lent to migration
+ * `migrationId` (no periodic delta until it ends: finish() gives it back unless consumed), one
+ * delta brings the store close, and both sides take their full digests and keep the leaves at
+ * the checkpoint it took, as a live move's pre-copy does; after the power-off the last delta and
+ * digests of only what it carried (lastDeltaAndVerify) are then the downtime. Null without a
+ * warm replica or when it cannot be lent; a delta that failed leaves it lent without kept
+ * leaves (the last delta retries from the store's checkpoint, the digests read every chunk).
  */
-export async function lastDeltaAndVerify(hub: HubPort, clock: Clock, log: Logger, m: { vmId: string; sourceHostId: string; destinationHostId: string }): Promise<ReplicaPlan> {
+export async function prepareColdReplica(hub: HubPort, clock: Clock, log: Logger, m: { migrationId: string; vmId: string; sourceHostId: string; destinationHostId: string }): Promise<ColdReplicaPrep | null> {
   const svc = replicaServiceOf(hub);
   const r = svc?.warmAt(m.vmId, m.destinationHostId);
+  if (!svc || !r || r.sourceHostId !== m.sourceHostId) return null;
+  svc.hold(r.id);
+  const t0 = clock.now();
+  let next: ReplicaRow | null | undefined;
+  try {
+    // After a periodic step under way, under the same lock.
+    next = await svc.exclusive(r.id, async () => {
+      const cur = svc.records.get(r.id);
+      if (!cur || cur.state !== 'warm' || cur.migrationId) return undefined;
+      return svc.transferStep(svc.lend(r.id, m.migrationId));
+    });
+  } catch (e) {
+    log.warn({ replicaId: r.id, code: toVmtcError(e).code }, 'the replica could not be lent to the cold move');
+    svc.giveBack(r.id);
+    return null;
+  }
+  if (next === undefined) {
+    svc.release(r.id);
+    return null;
+  }
+  const t1 = clock.now();
+  const prep: ColdReplicaPrep = { replicaId: r.id, preSeededBytes: r.bytesSent, precopyDeltaBytes: 0, precopyDeltaMs: t1 - t0, keptDigestMs: 0 };
+  if (!next || next.state !== 'warm' || next.error || !next.checkpoint) {
+    log.warn({ replicaId: r.id, code: next?.error?.code }, 'the delta before the power-off failed: the last delta sends it, the digests read every chunk');
+    return prep;
+  }
+  prep.precopyDeltaBytes = next.lastDeltaBytes;
+  const keepAs = next.checkpoint;
+  if (await keepDigests(hub, log, next, keepAs)) prep.keptAt = { id: keepAs.id, seq: keepAs.seq };
+  prep.keptDigestMs = clock.now() - t1;
+  log.info({ ...prep }, 'cold move: replica delta and kept digests done before the power-off');
+  return prep;
+}
+
+/**
+ * With the VM stopped at the source: the last delta of its warm replica at `destinationHostId`
+ * (the one lent to migration `id` before the power-off, else a warm one) and the digest check:
+ * incremental when `prep.keptAt` names leaves both sides kept at the checkpoint this last delta
+ * starts from (its bitmap, kept with it, names what the delta carried). `use` when the store equals the
+ * source's disks (the replica is held: call consumed() or released()); `fallback` with why
+ * otherwise; null without a warm replica.
+ */
+export async function lastDeltaAndVerify(hub: HubPort, clock: Clock, log: Logger, m: { id?: string; vmId: string; sourceHostId: string; destinationHostId: string }, prep?: Pick<ColdReplicaUse, 'replicaId' | 'keptAt' | 'preSeededBytes'>): Promise<ReplicaPlan> {
+  const svc = replicaServiceOf(hub);
+  const r = (m.id ? svc?.lentTo(m.vmId, m.id) : undefined) ?? svc?.warmAt(m.vmId, m.destinationHostId);
   if (!svc || !r || r.sourceHostId !== m.sourceHostId) return null;
   svc.hold(r.id);
   const fallback = (e: unknown): ReplicaPlan => {
@@ -70,21 +161,22 @@ export async function lastDeltaAndVerify(hub: HubPort, clock: Clock, log: Logger
   try {
     const t0 = clock.now();
     let touched = false;
+    let since: ReplicaCheckpoint | null = null;
     const next = await svc.exclusive(r.id, async () => {
       const cur = svc.records.get(r.id);
       if (!cur || cur.state !== 'warm') return cur ?? null;
       touched = true;
-      return svc.transferStep(cur);
+      const keptAt = prep?.replicaId === cur.id ? prep.keptAt : undefined;
+      const incremental = !!keptAt && cur.checkpoint?.id === keptAt.id && cur.checkpoint.seq === keptAt.seq;
+      if (incremental) since = cur.checkpoint;
+      return svc.transferStep(cur, { keepFrom: incremental });
     });
     const t1 = clock.now();
     if (!next || next.state !== 'warm' || next.error) {
       svc.release(r.id);
       return { fallback: { replicaId: r.id, code: next?.error?.code ?? 'VMTC_REPLICA_STATE', message: next?.error?.message ?? `the replica is ${next?.state ?? 'gone'}`, touched } };
     }
-    const [src, dst] = await Promise.all([
-      hub.request(m.sourceHostId, 'replica.digest', { replicaId: r.id, side: 'source', vmId: m.vmId }, DIGEST_TIMEOUT_MS),
-      hub.request(m.destinationHostId, 'replica.digest', { replicaId: r.id, side: 'store' }, DIGEST_TIMEOUT_MS),
-    ]);
+    const [src, dst] = await bothDigests(hub, { vmId: m.vmId, sourceHostId: m.sourceHostId, destinationHostId: m.destinationHostId, replicaId: r.id, since });
     const differ = digestsDiffer(src, dst);
     if (differ.length) {
       const error = { code: 'VMTC_HOST_DISK_DIGEST_MISMATCH', message: "the replica's store differs from the source's disks", details: { disks: differ } };
@@ -92,7 +184,11 @@ export async function lastDeltaAndVerify(hub: HubPort, clock: Clock, log: Logger
       log.warn({ replicaId: r.id, disks: differ }, 'the replica differs from the source: full copy');
       return { fallback: { replicaId: r.id, ...error, touched: true } };
     }
-    const use: ReplicaUse = { replicaId: r.id, lastDeltaBytes: next.lastDeltaBytes, lastDeltaMs: t1 - t0, preSeededBytes: r.bytesSent, digestMs: clock.now() - t1, disks: src.disks.length };
+    const digest = { source: digestKind(src), store: digestKind(dst) };
+    const use: ReplicaUse = {
+      replicaId: r.id, lastDeltaBytes: next.lastDeltaBytes, lastDeltaMs: t1 - t0, preSeededBytes: (prep?.replicaId === r.id ? prep.preSeededBytes : undefined) ?? r.bytesSent, digestMs: clock.now() - t1, disks: src.disks.length, digest,
+      ...(digest.source === 'incremental' ? { readChunks: src.disks.reduce((n, d) => n + d.changed!.length, 0) } : {}),
+    };
     log.info({ ...use }, 'replica verified: the destination boots from it');
     return { use };
   } catch (e) {
@@ -119,6 +215,11 @@ export function replicaReleased(hub: HubPort, replicaId: string): void {
  * consumed (a cold move booted from its store) is already being removed and is left to that.
  * Returns the ids whose removal this started.
  */
+/** Whether the VM has replicas (any state): only then can its disks carry their checkpoints. */
+export function vmHasReplicas(hub: HubPort, vmId: string): boolean {
+  return (replicaServiceOf(hub)?.records.forVm(vmId).length ?? 0) > 0;
+}
+
 export function endReplicasAfterCommit(hub: HubPort, log: Logger, vmId: string, migrationId: string): string[] {
   const svc = replicaServiceOf(hub);
   if (!svc) return [];
@@ -240,16 +341,7 @@ export async function liveReplicaDelta(hub: HubPort, clock: Clock, log: Logger, 
  *  tracking and the store is told them). A mismatch fails the replica (VERIFY_FAILED) and the
  *  migration. */
 export async function verifyLiveReplica(hub: HubPort, log: Logger, m: { vmId: string; sourceHostId: string; destinationHostId: string; replicaId: string; since?: ReplicaCheckpoint | null }): Promise<{ disks: number; readChunks?: number }> {
-  const source = () => hub.request(m.sourceHostId, 'replica.digest', { replicaId: m.replicaId, side: 'source', vmId: m.vmId, ...(m.since ? { since: m.since } : {}) }, DIGEST_TIMEOUT_MS);
-  const store = (changed?: number[][]) => hub.request(m.destinationHostId, 'replica.digest', { replicaId: m.replicaId, side: 'store', ...(m.since && changed ? { since: m.since, changed } : {}) }, DIGEST_TIMEOUT_MS);
-  const [src, dst] = await (m.since
-    ? source().then(async (s) => {
-      // Only with every disk's written chunks can the store's digest be incremental.
-      const changed = s.disks.every((d) => d.changed) ? s.disks.map((d) => d.changed!) : undefined;
-      return [s, await store(changed)] as const;
-    })
-    : Promise.all([source(), store()])
-  ).catch((e: unknown) => {
+  const [src, dst] = await bothDigests(hub, m).catch((e: unknown) => {
     const v = toVmtcError(e);
     throw liveFailure(m.replicaId, { code: v.code, message: v.message }, 'digest');
   });
@@ -260,7 +352,7 @@ export async function verifyLiveReplica(hub: HubPort, log: Logger, m: { vmId: st
     log.warn({ replicaId: m.replicaId, disks: differ }, 'the replica differs from the paused source: the live move is cancelled');
     throw liveFailure(m.replicaId, error, 'digest');
   }
-  const incremental = src.disks.every((d) => d.changed) && dst.disks.every((d) => d.changed);
+  const incremental = digestKind(src) === 'incremental' && digestKind(dst) === 'incremental';
   return { disks: src.disks.length, ...(incremental ? { readChunks: src.disks.reduce((n, d) => n + d.changed!.length, 0) } : {}) };
 }
 
