@@ -17,13 +17,15 @@
 // The UDP figure runs from the client's last reply before the pause to firstClientReply, so the
 // steps (sourcePaused → firstClientReply) fall short of it by the `lead`: how long before the
 // pause the last reply came, at most one probe period when the guest answers evenly. A guest
-// never answers perfectly evenly (TCG, a busy machine, auto-converge's throttle), so each bound
+// never answers perfectly evenly (TCG, a busy machine, auto-converge's throttle), so the bound
 // also allows what the probe itself showed in the second before the pause: the longest gap
-// between UDP replies there (for the lead) and between heartbeats read at the source (for the
-// heartbeat step). The heartbeat's path (the guest's UART, QEMU's chardev socket, the host's
-// read) is slower and less even than the network's, and least even right after a resume: the
-// heartbeat step also allows the longest gap between the destination's heartbeats in the second
-// after its first one. Beyond that, something happened at the pause that the steps do not explain.
+// between UDP replies there. Beyond that, something happened at the pause that the steps do not
+// explain.
+// The first heartbeat and the first client reply are not a sequence: both follow the RESUME, on
+// two paths of the guest (its UART and its network stack) that a TCG guest runs for the first
+// time in the new QEMU in whichever order it reaches them (a capture at the destination, docs/
+// lab.md, saw the heartbeat first in most moves and the client's reply up to 41 ms before it in
+// others). So `heartbeatToReply` may be negative; what must hold is RESUME ≤ first client reply.
 
 /** Clock reads: the probes' time base is within 1 ms of CLOCK_REALTIME (probes/time.ts), and
  *  QEMU's downtime is a whole number of ms. */
@@ -70,12 +72,12 @@ export interface MigrationBreakdown {
    *  UDP replies (up to the outage's start) and between heartbeats read at the source. */
   beforePauseMs: { udpMaxGap: number | null; heartbeatMaxGap: number | null };
   /** The serial line's regularity at the destination: the longest gap between its heartbeats in
-   *  the BEFORE_PAUSE_MS after the first one. */
+   *  the BEFORE_PAUSE_MS after the first one (information; no verdict depends on it). */
   afterResumeMs: { heartbeatMaxGap: number | null };
-  /** Every step ≥ −tolerance (the heartbeat step: −(max(serial period, heartbeat gap before the
-   *  pause, heartbeat gap after the resume) + tolerance)) and the lead within [−tolerance, max(UDP period, UDP gap before the
-   *  pause) + tolerance + answer jitter]. False also when an instant a live move must have is
-   *  missing. */
+  /** Pause → last page → RESUME → first heartbeat and RESUME → first client reply each ≥
+   *  −tolerance (heartbeat → reply may be negative: both follow the RESUME in parallel), and the
+   *  lead within [−tolerance, max(UDP period, UDP gap before the pause) + tolerance + answer
+   *  jitter]. False also when an instant a live move must have is missing. */
   consistent: boolean;
   /** What made it inconsistent, one line each (empty when consistent). */
   problems: string[];
@@ -141,20 +143,17 @@ export function computeBreakdown(i: BreakdownInput): MigrationBreakdown {
     : ['sourcePaused', 'destinationResumed', 'firstHeartbeat', 'firstClientReply'];
   for (const k of required) if (at[k] === null) problems.push(`${k} is missing`);
   const tol = CLOCK_READ_TOLERANCE_MS;
-  const floor: Record<keyof BreakdownSteps, number> = {
-    pauseToLastPage: -tol, lastPageToResume: -tol, resumeToHeartbeat: -tol,
-    heartbeatToReply: -(heartbeatLagAllowance(i.serialPeriodMs, beforePauseMs, afterResumeMs) + tol),
-  };
-  for (const k of Object.keys(stepsMs) as (keyof BreakdownSteps)[]) {
+  // Every step that is a sequence is ≥ 0 within the clock reads; heartbeat → reply is not one.
+  for (const k of ['pauseToLastPage', 'lastPageToResume', 'resumeToHeartbeat'] as const) {
     const v = stepsMs[k];
-    if (v !== null && v < floor[k]) problems.push(`${k} is ${v} ms (below ${floor[k]} ms)`);
+    if (v !== null && v < -tol) problems.push(`${k} is ${v} ms (below ${-tol} ms)`);
   }
   // Without a last page (non-live) the resume still follows the pause, and the reply the resume.
   if (lastPageSent === null) {
     const v = diff(sourcePaused, destinationResumed);
     if (v !== null && v < -tol) problems.push(`pause to resume is ${v} ms (below ${-tol} ms)`);
   }
-  if (firstHeartbeat === null) {
+  {
     const v = diff(destinationResumed, firstClientReply);
     if (v !== null && v < -tol) problems.push(`resume to first client reply is ${v} ms (below ${-tol} ms)`);
   }
@@ -163,13 +162,6 @@ export function computeBreakdown(i: BreakdownInput): MigrationBreakdown {
     problems.push(`the steps add up to ${totalMs} ms where the UDP probe saw ${clientSeenMs} ms: its last reply came ${leadMs} ms before the pause (allowed ${-tol}…${leadMax} ms${leadMs > 0 ? ': the guest stopped answering before QEMU paused it' : ''})`);
   }
   return { clock: 'host CLOCK_REALTIME (epoch ms)', at, stepsMs, totalMs, clientSeenMs, leadMs, beforePauseMs, afterResumeMs, consistent: problems.length === 0, problems };
-}
-
-/** How long the host may read the destination's first heartbeat after the client's first reply:
- *  one serial period, or the longest gap the serial line showed before the pause or after the
- *  resume (the line delivers a heartbeat that late at other times too). */
-export function heartbeatLagAllowance(serialPeriodMs: number, before: { heartbeatMaxGap: number | null }, after: { heartbeatMaxGap: number | null } | undefined): number {
-  return Math.max(serialPeriodMs, before.heartbeatMaxGap ?? 0, after?.heartbeatMaxGap ?? 0);
 }
 
 /** Labels of the steps, in order, for tables. */

@@ -34,15 +34,15 @@ describe('computeBreakdown', () => {
     expect(computeBreakdown({ ...live, destinationHeartbeats: [T + 266, T + 256] }).at.firstHeartbeat).toBe(T + 256);
   });
 
-  it('lets the client hear first by up to one heartbeat period, not more', () => {
-    const ok = computeBreakdown({ ...live, destinationHeartbeats: [T + 276 + live.serialPeriodMs] });
-    expect(ok.stepsMs.heartbeatToReply).toBe(-5);
-    expect(ok.consistent).toBe(true);
-    // The heartbeat read 61 ms after the client's reply: the serial line lagged, which the verdict says.
+  it('lets the client hear the guest before the host reads its heartbeat, but never before the RESUME', () => {
+    // Both follow the RESUME on two paths of the guest (docs/lab.md: a capture saw either first).
     const late = computeBreakdown({ ...live, destinationHeartbeats: [T + 337] });
     expect(late.stepsMs.heartbeatToReply).toBe(-61);
-    expect(late.consistent).toBe(false);
-    expect(late.problems.join()).toMatch(/heartbeatToReply is -61 ms/);
+    expect(late).toMatchObject({ consistent: true, problems: [] });
+    // A reply before the destination resumed is a clock or a label wrong (or another responder).
+    const early = computeBreakdown({ ...live, udpOutage: { start: T - 1.5, end: T + 120, gapMs: 121.5 } });
+    expect(early.consistent).toBe(false);
+    expect(early.problems.join()).toMatch(/resume to first client reply is -11 ms/);
   });
 
   it('finds a heartbeat before the resume (a clock or a label wrong) and a resume before the last page', () => {
@@ -64,7 +64,7 @@ describe('computeBreakdown', () => {
     expect(computeBreakdown({ ...live, udpOutage: { start: T + 3, end: T + 276, gapMs: 273 } }).consistent).toBe(false);
   });
 
-  it("allows the lead and the heartbeat's lag what the probes showed in the second before the pause, no more", () => {
+  it('allows the lead what the probe showed in the second before the pause, no more', () => {
     // The client's replies every 2 ms up to 1.5 ms before the pause, but one 12 ms hole 300 ms before it.
     const even = Array.from({ length: 500 }, (_, k) => T - 1.5 - 2 * k);
     const holed = even.filter((t) => t > T - 300 || t < T - 312);
@@ -76,29 +76,6 @@ describe('computeBreakdown', () => {
     // A stall longer than any before it is not explained.
     const long = computeBreakdown({ ...live, udpOutage: { start: T - 105, end: T + 276, gapMs: 381 }, udpReplies: holed.map((t) => t - 103.5) });
     expect(long.problems.join()).toMatch(/last reply came 105 ms before the pause \(allowed -2…19 ms: the guest stopped answering before QEMU paused it\)/);
-    // Heartbeats read at the source every 5 ms, then once 25 ms apart: the host may read the
-    // destination's first one up to 25 ms after the client's first reply.
-    const beats = Array.from({ length: 200 }, (_, k) => T - 5 * k);
-    const holedBeats = beats.filter((t) => t <= T - 530 || t >= T - 505);
-    const lag = { ...live, destinationHeartbeats: [T + 296] };
-    expect(computeBreakdown({ ...lag, sourceHeartbeats: beats }).consistent).toBe(false);
-    const ok2 = computeBreakdown({ ...lag, sourceHeartbeats: holedBeats });
-    expect(ok2.beforePauseMs.heartbeatMaxGap).toBe(25);
-    expect(ok2.stepsMs.heartbeatToReply).toBe(-20);
-    expect(ok2.consistent).toBe(true);
-    // …or after the resume: the destination's heartbeats read once 45 ms apart in the second
-    // after the first one explain a first one read 44 ms after the client's reply; 30 ms apart do not.
-    const lag44 = { ...live, sourceHeartbeats: beats, destinationHeartbeats: [T + 320, T + 325, T + 370, T + 375] };
-    const ok3 = computeBreakdown(lag44);
-    expect(ok3.stepsMs.heartbeatToReply).toBe(-44);
-    expect(ok3.afterResumeMs.heartbeatMaxGap).toBe(45);
-    expect(ok3.consistent).toBe(true);
-    const bad3 = computeBreakdown({ ...lag44, destinationHeartbeats: [T + 320, T + 325, T + 355, T + 360] });
-    expect(bad3.afterResumeMs.heartbeatMaxGap).toBe(30);
-    expect(bad3.consistent).toBe(false);
-    expect(bad3.problems.join()).toMatch(/heartbeatToReply is -44 ms \(below -32 ms\)/);
-    // Gaps later than a second after the first heartbeat say nothing of it.
-    expect(computeBreakdown({ ...lag44, destinationHeartbeats: [T + 320, T + 1330, T + 1400] }).consistent).toBe(false);
   });
 
   it('measures the longest gap within a window only', () => {
@@ -161,15 +138,15 @@ describe('the breakdown in the summary, the table and the report', () => {
   });
 
   it('prints one row per migration with the steps, the sum, the UDP figure and whether they add up', () => {
-    const r = { config: {}, migrations: [ms[0]!, mig(4, { ...live, destinationHeartbeats: [T + 337] })] } as unknown as TurntableResult;
+    const r = { config: {}, migrations: [ms[0]!, mig(4, { ...live, udpOutage: { start: T - 1.5, end: T + 120, gapMs: 121.5 } })] } as unknown as TurntableResult;
     const lines = breakdownLines(r);
     expect(lines[0]).toMatch(/host CLOCK_REALTIME/);
     expect(lines[2]).toMatch(/^1\s+live\s+27\s+104\s+125\s+20\s+276\s+278\s+2\s+yes$/);
     expect(lines[3]).toMatch(/NO$/);
-    expect(lines[4]).toMatch(/live 4 does not add up: heartbeatToReply is -61 ms/);
+    expect(lines[4]).toMatch(/live 4 does not add up: resume to first client reply is -11 ms/);
     const html = breakdownSection({ ...r, summary: summarize(r.migrations) } as TurntableResult);
     expect(html).toContain('Where the downtime goes');
     expect(html).toContain('QEMU’s STOP event at the source');
-    expect(html).toContain('heartbeatToReply is -61 ms');
+    expect(html).toContain('resume to first client reply is -11 ms');
   });
 });
