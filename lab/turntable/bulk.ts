@@ -81,6 +81,7 @@ export function copyVsBulk(ms: readonly { hypervisorTotalMs: number | null; byte
 export async function measureBulkTcp(lab: Lab, from: string, to: string, o: BulkTcpOptions): Promise<BulkTcpResult> {
   const { provisionLightpath, netnsExec } = await import('../net.ts');
   const { LabLightpathDriver } = await import('../lightpath-driver.ts');
+  const { pingMinMs } = await import('./probes/session.ts');
   const seconds = Math.min(60, Math.max(1, o.seconds ?? 8));
   const port = o.port ?? 5301;
   const id = o.connectionId ?? `bulk-${lab.prefix}`;
@@ -92,6 +93,8 @@ export async function measureBulkTcp(lab: Lab, from: string, to: string, o: Bulk
   try {
     await provisionLightpath(lab, from, to, o.bandwidthMbps, id);
     const cc = (await netnsExec(a.ns, ['sysctl', '-n', 'net.ipv4.tcp_congestion_control'])).stdout.trim();
+    // The path's RTT while nothing else crosses it (emulator.rttMs of the run).
+    const idleRttMs = await pingMinMs(a.ns, b.lightpathIp);
     const before = await driver.report(id);
     const common = ['--host', b.lightpathIp, '--port', String(port)];
     const recv = peer(b.ns, ['--bulk-role', 'recv', ...common]);
@@ -103,7 +106,7 @@ export async function measureBulkTcp(lab: Lab, from: string, to: string, o: Bulk
     const r = JSON.parse(await withTimeout(result, (seconds + 30) * 1000, 'no result from the receiver')) as { bytes: number; ms: number; buckets: number[] };
     const after = await driver.report(id);
     const drops = (x: typeof after) => (x ? x.total.ab.drops + x.total.ba.drops : 0);
-    return { mbps: mbpsOf(r.bytes, r.ms), steadyMbps: steadyMbps(r.buckets), bytes: r.bytes, ms: Math.round(r.ms), congestionControl: cc, drops: drops(after) - drops(before), bandwidthMbps: o.bandwidthMbps, buckets: r.buckets };
+    return { mbps: mbpsOf(r.bytes, r.ms), steadyMbps: steadyMbps(r.buckets), bytes: r.bytes, ms: Math.round(r.ms), congestionControl: cc, drops: drops(after) - drops(before), bandwidthMbps: o.bandwidthMbps, idleRttMs, buckets: r.buckets };
   } finally {
     for (const c of children) if (c.exitCode === null && c.pid) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
     await driver.release(id).catch(() => undefined);

@@ -171,7 +171,9 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
       try {
         const { buckets: _, ...bulk } = await measureBulkTcp(s.lab, sites[0]!, sites[1]!, { bandwidthMbps, seconds: o.bulkSeconds ?? 5 });
         config.bulkTcp = bulk;
-        say(`bulk TCP ${sites[0]} → ${sites[1]}: ${bulk.mbps} Mbit/s (second half ${bulk.steadyMbps ?? '–'}), ${bulk.drops} drops`);
+        // The RTT on the idle lightpath (a migration's own is measured behind its copy).
+        if (typeof bulk.idleRttMs === 'number') measuredRtt = bulk.idleRttMs;
+        say(`bulk TCP ${sites[0]} → ${sites[1]}: ${bulk.mbps} Mbit/s (second half ${bulk.steadyMbps ?? '–'}), ${bulk.drops} drops; idle RTT ${bulk.idleRttMs ?? '–'} ms`);
       } catch (e) {
         findings.push(`the bulk-TCP reference flow could not be measured: ${(e as Error).message}`);
       }

@@ -84,6 +84,9 @@ export interface BulkTcpFigure {
   drops: number;
   /** The lightpath's reserved rate the flow ran at (htb). */
   bandwidthMbps: number;
+  /** The least of 4 pings across the same lightpath before the flow started (idle), ms: the
+   *  run's `emulator.rttMs` (null: no answer). Absent in older files. */
+  idleRttMs?: number | null;
 }
 
 /** A change of a running migration's limits (PATCH /v1/migrations/:id), at least one of the two. */
