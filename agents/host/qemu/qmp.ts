@@ -78,8 +78,11 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
       } catch (e) {
         lastErr = e;
         const code = (e as NodeJS.ErrnoException).code;
-        // Only "not there yet" is worth retrying; a protocol error will not fix itself.
-        if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || clock.now() >= deadline) break;
+        // Only "not there yet" is worth retrying; a protocol error will not fix itself. A
+        // connection closed before the greeting (or the capabilities' answer) is "not there yet"
+        // too: a QEMU or storage daemon still starting (or already stopping) may drop it; a
+        // daemon that is gone then refuses the next attempt, and the deadline bounds them all.
+        if ((code !== 'ENOENT' && code !== 'ECONNREFUSED' && code !== 'VMTC_QMP_CLOSED') || clock.now() >= deadline) break;
         await new Promise<void>((r) => clock.setTimeout(r, 50));
       }
     }
