@@ -28,6 +28,7 @@ export function presentReplica(r: ReplicaRow, now: number): Replica {
     checkpoint: r.checkpoint ? { id: r.checkpoint.id, seq: r.checkpoint.seq, takenAt: r.checkpoint.takenAt } : null,
     diskBytes: r.diskBytes, seedBytes: r.seedBytes, lastDeltaBytes: r.lastDeltaBytes, deltas: r.deltas, bytesSent: r.bytesSent,
     lastSyncAt: r.lastSyncAt === null ? null : iso(r.lastSyncAt), lag: { bytes: r.lagBytes, seconds: lagSeconds(r, now) },
+    lentTo: r.state === 'warm' ? r.migrationId : null,
     error: r.error, createdAt: iso(r.createdAt), updatedAt: iso(r.updatedAt),
   };
 }

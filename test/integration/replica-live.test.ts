@@ -60,19 +60,25 @@ describe('live migration with a warm replica (DoubleDriver, replica double, no s
     const vm = diskVm(h, 'vm4', 2, 4);
     await h.addHost('A', { vms: [vm.spec], sharedStorage: false });
     await h.addHost('B', { sharedStorage: false });
-    await warmReplica(h, 'vm4');
+    const rid = await warmReplica(h, 'vm4');
+    expect((await h.api('GET', `/v1/vms/vm4/replicas/${rid}`)).body.lentTo).toBeNull();
     writeAt(vm.path, 1 * MiB, randomBytes(128 * KiB));
     // Every request the controller sends a host, in order.
     const hub = h.controller.hub;
     const sent: string[] = [];
     const request = hub.request.bind(hub);
+    let duringCopy: Promise<any> | undefined;
     hub.request = ((hostId: string, method: string, params: any, timeoutMs?: number) => {
       sent.push(method === 'replica.digest' ? `replica.digest${params?.keepAs ? ' keep' : params?.since ? ' since' : ''}@${hostId}` : `${method}@${hostId}`);
+      // What the API says of the replica while the memory copy runs.
+      if (method === 'vm.migrate') duringCopy ??= h!.api('GET', `/v1/vms/vm4/replicas/${rid}`);
       return (request as any)(hostId, method, params, timeoutMs);
     }) as typeof hub.request;
     const res = await h.api('POST', '/v1/migrations', { vmId: 'vm4', destinationHostId: 'B', mode: 'live' });
     const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
     expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
+    // Lent to the move while it ran: the view says to which.
+    expect((await duringCopy!).body).toMatchObject({ state: 'warm', lentTo: res.body.id });
     const migrate = sent.indexOf('vm.migrate@A');
     expect(migrate).toBeGreaterThan(-1);
     for (const keep of ['replica.digest keep@A', 'replica.digest keep@B']) {
@@ -116,9 +122,10 @@ describe('live migration with a warm replica (DoubleDriver, replica double, no s
     const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
     expect(done.state).toBe('rolled_back');
     expect(done.steps.incoming.replica).toMatchObject({ replicaId: rid });
-    // The terminal state's effect gives it back (the record: migrationId, not in the API's view).
+    // The terminal state's effect gives it back (the record's migrationId, the view's lentTo).
     const row = await h.waitFor(() => { const r = replicaServiceOf(h!.controller.hub)!.records.get(rid); return r && !r.migrationId ? r : undefined; }, 'replica given back');
     expect(row.state).toBe('warm');
+    expect((await h.api('GET', `/v1/vms/vm3/replicas/${rid}`)).body).toMatchObject({ state: 'warm', lentTo: null });
     // Lent no more: the next live move may borrow it again (it fails the same way, lending first).
     const again = await h.api('POST', '/v1/migrations', { vmId: 'vm3', destinationHostId: 'B', mode: 'live' });
     const second = await h.waitState(again.body.id, ['completed', 'rolled_back', 'failed']);

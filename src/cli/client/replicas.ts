@@ -21,7 +21,8 @@ const bytes = (n: number) => (n >= 1024 * 1024 ? `${(n / 1024 / 1024).toFixed(1)
 export function formatReplica(r: Replica): string {
   const cp = r.checkpoint ? ` at checkpoint ${r.checkpoint.seq}` : '';
   const why = r.error ? ` (${r.error.code})` : '';
-  return `${r.id}  ${r.vmId}  ${r.sourceHostId} -> ${r.destinationHostId}  ${r.state}${cp}${why}  every ${r.intervalS} s  seed ${bytes(r.seedBytes)}, ${r.deltas} deltas, ${bytes(r.bytesSent)} sent  lag ${bytes(r.lag.bytes)} / ${r.lag.seconds} s`;
+  const lent = r.lentTo ? `, lent to ${r.lentTo}` : '';
+  return `${r.id}  ${r.vmId}  ${r.sourceHostId} -> ${r.destinationHostId}  ${r.state}${cp}${lent}${why}  every ${r.intervalS} s  seed ${bytes(r.seedBytes)}, ${r.deltas} deltas, ${bytes(r.bytesSent)} sent  lag ${bytes(r.lag.bytes)} / ${r.lag.seconds} s`;
 }
 
 export const replicate = verb('replicate', {

@@ -30,6 +30,7 @@ export const Replica = Type.Object({
     bytes: Type.Number({ description: 'written at the source since the last delta (as the source counts it, in its tracking granularity)' }),
     seconds: Type.Number({ description: 'since the last delta (or the creation, while seeding)' }),
   }),
+  lentTo: Nullable(Type.String({ description: 'the migration this warm replica is lent to (it boots or verifies from the store; no periodic delta meanwhile), else null' })),
   error: Nullable(ErrorBody),
   createdAt: Type.String({ format: 'date-time' }),
   updatedAt: Type.String({ format: 'date-time' }),
