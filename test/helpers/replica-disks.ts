@@ -35,3 +35,17 @@ export async function warmReplica(harness: Harness, vmId: string, to = 'B'): Pro
   await harness.waitFor(async () => (await harness.api('GET', `/v1/vms/${vmId}/replicas/${res.body.id}`)).body.state === 'warm', 'replica warm');
   return res.body.id as string;
 }
+
+/** Every request the controller sends a host from now on, in order, as `method@host` (a
+ *  `replica.digest` also says `keep` or `since`); `each` runs before a request is passed on. */
+export function traceRequests(harness: Harness, each?: (method: string, hostId: string) => void): string[] {
+  const hub = harness.controller.hub;
+  const sent: string[] = [];
+  const request = hub.request.bind(hub);
+  hub.request = ((hostId: string, method: string, params: any, timeoutMs?: number) => {
+    sent.push(method === 'replica.digest' ? `replica.digest${params?.keepAs ? ' keep' : params?.since ? ' since' : ''}@${hostId}` : `${method}@${hostId}`);
+    each?.(method, hostId);
+    return (request as any)(hostId, method, params, timeoutMs);
+  }) as typeof hub.request;
+  return sent;
+}

@@ -9,8 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { startHarness, type Harness } from '../helpers/controller-harness.ts';
-import type { HostMethods } from '../../src/common/agent-protocol.ts';
-import { diskVm, warmReplica, writeAt } from '../helpers/replica-disks.ts';
+import { diskVm, traceRequests, warmReplica, writeAt } from '../helpers/replica-disks.ts';
 
 let h: Harness | undefined;
 afterEach(async () => {
@@ -84,15 +83,9 @@ describe('cold migration with a warm replica (DoubleDriver, replica double)', ()
   /** Run `before` when the controller asks A to power the VM off and export it (the VM still
    *  runs: the kept digests are done by then); every request sent, in order. */
   function atPowerOff(harness: Harness, before: () => void): string[] {
-    const hub = harness.controller.hub;
-    const sent: string[] = [];
-    const request = hub.request.bind(hub);
-    hub.request = ((hostId: string, method: keyof HostMethods, params: any, timeoutMs?: number) => {
-      sent.push(method === 'replica.digest' ? `replica.digest${params?.keepAs ? ' keep' : params?.since ? ' since' : ''}@${hostId}` : `${method}@${hostId}`);
+    return traceRequests(harness, (method) => {
       if (method === 'vm.coldExport') before();
-      return (request as any)(hostId, method, params, timeoutMs);
-    }) as typeof hub.request;
-    return sent;
+    });
   }
   const lastNote = (host: { replicas: { leaves: { notes: { replicaId: string; side: string }[] } } }, rid: string, side: string) => host.replicas.leaves.notes.filter((n) => n.replicaId === rid && n.side === side).at(-1);
 

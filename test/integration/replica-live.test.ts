@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { startHarness, type Harness } from '../helpers/controller-harness.ts';
-import { diskVm, warmReplica, writeAt } from '../helpers/replica-disks.ts';
+import { diskVm, traceRequests, warmReplica, writeAt } from '../helpers/replica-disks.ts';
 import { replicaServiceOf } from '../../src/controller/replicas/service.ts';
 
 let h: Harness | undefined;
@@ -63,17 +63,12 @@ describe('live migration with a warm replica (DoubleDriver, replica double, no s
     const rid = await warmReplica(h, 'vm4');
     expect((await h.api('GET', `/v1/vms/vm4/replicas/${rid}`)).body.lentTo).toBeNull();
     writeAt(vm.path, 1 * MiB, randomBytes(128 * KiB));
-    // Every request the controller sends a host, in order.
-    const hub = h.controller.hub;
-    const sent: string[] = [];
-    const request = hub.request.bind(hub);
+    // Every request the controller sends a host, in order; and what the API says of the replica
+    // while the memory copy runs.
     let duringCopy: Promise<any> | undefined;
-    hub.request = ((hostId: string, method: string, params: any, timeoutMs?: number) => {
-      sent.push(method === 'replica.digest' ? `replica.digest${params?.keepAs ? ' keep' : params?.since ? ' since' : ''}@${hostId}` : `${method}@${hostId}`);
-      // What the API says of the replica while the memory copy runs.
+    const sent = traceRequests(h, (method) => {
       if (method === 'vm.migrate') duringCopy ??= h!.api('GET', `/v1/vms/vm4/replicas/${rid}`);
-      return (request as any)(hostId, method, params, timeoutMs);
-    }) as typeof hub.request;
+    });
     const res = await h.api('POST', '/v1/migrations', { vmId: 'vm4', destinationHostId: 'B', mode: 'live' });
     const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
     expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });

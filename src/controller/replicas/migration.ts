@@ -207,6 +207,11 @@ export function replicaReleased(hub: HubPort, replicaId: string): void {
   replicaServiceOf(hub)?.release(replicaId);
 }
 
+/** Whether the VM has replicas (any state): only then can its disks carry their checkpoints. */
+export function vmHasReplicas(hub: HubPort, vmId: string): boolean {
+  return (replicaServiceOf(hub)?.records.forVm(vmId).length ?? 0) > 0;
+}
+
 /**
  * After a committed move of `vmId` (live or cold): every replica of the VM is removed. Their
  * checkpoints were taken of the source's disks, which are gone with the source VM, so each
@@ -215,11 +220,6 @@ export function replicaReleased(hub: HubPort, replicaId: string): void {
  * consumed (a cold move booted from its store) is already being removed and is left to that.
  * Returns the ids whose removal this started.
  */
-/** Whether the VM has replicas (any state): only then can its disks carry their checkpoints. */
-export function vmHasReplicas(hub: HubPort, vmId: string): boolean {
-  return (replicaServiceOf(hub)?.records.forVm(vmId).length ?? 0) > 0;
-}
-
 export function endReplicasAfterCommit(hub: HubPort, log: Logger, vmId: string, migrationId: string): string[] {
   const svc = replicaServiceOf(hub);
   if (!svc) return [];
@@ -319,13 +319,7 @@ export async function liveReplicaDelta(hub: HubPort, clock: Clock, log: Logger, 
   if (phase === 'precopy' && next.checkpoint) {
     const keepAs = next.checkpoint;
     const t1 = clock.now();
-    await Promise.all([
-      hub.request(next.sourceHostId, 'replica.digest', { replicaId, side: 'source', vmId: next.vmId, keepAs }, DIGEST_TIMEOUT_MS),
-      hub.request(next.destinationHostId, 'replica.digest', { replicaId, side: 'store', keepAs }, DIGEST_TIMEOUT_MS),
-    ]).then(
-      () => log.info({ replicaId, checkpoint: keepAs.id, ms: clock.now() - t1 }, 'digest leaves kept for the pause'),
-      (e: unknown) => log.warn({ replicaId, code: toVmtcError(e).code }, 'digest leaves not kept: the pause reads every chunk'),
-    );
+    if (await keepDigests(hub, log, next, keepAs)) log.info({ replicaId, checkpoint: keepAs.id, ms: clock.now() - t1 }, 'digest leaves kept for the pause');
     // The last delta's store export, opened now rather than in the pause.
     await svc.exclusive(replicaId, async () => {
       const cur = svc.records.get(replicaId);
