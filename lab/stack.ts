@@ -47,6 +47,8 @@ export interface StackOptions {
   lab?: LabConfig;
   /** The controller's fleet options (`vmtc controller --fleet`, docs/fleet.md): links, booking. */
   fleet?: Record<string, unknown>;
+  /** What replica seeds and deltas ask the broker for, Mbit/s (`vmtc controller --replica-mbps`). */
+  replicaMbps?: number;
   onProgress?: (msg: string) => void;
 }
 
@@ -183,7 +185,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     procs.push(broker.child);
     const brokerToken = readFileSync(broker.ready.operatorTokenFile as string, 'utf8').trim();
     if (o.fleet) writeFileSync(join(dir, 'fleet.json'), JSON.stringify(o.fleet));
-    const ctl = await startProc(['controller', '--listen', '127.0.0.1:0', '--agent-listen', '127.0.0.1:0', '--data', ctlDir, '--aaa', aaa.ready.url, '--broker', broker.ready.url, '--heartbeat-ms', '2000', ...(o.fleet ? ['--fleet', join(dir, 'fleet.json')] : [])], join(dir, 'controller.log'), { env });
+    const ctl = await startProc(['controller', '--listen', '127.0.0.1:0', '--agent-listen', '127.0.0.1:0', '--data', ctlDir, '--aaa', aaa.ready.url, '--broker', broker.ready.url, '--heartbeat-ms', '2000', ...(o.fleet ? ['--fleet', join(dir, 'fleet.json')] : []), ...(o.replicaMbps !== undefined ? ['--replica-mbps', String(o.replicaMbps)] : [])], join(dir, 'controller.log'), { env });
     procs.push(ctl.child);
     const url = ctl.ready.url as string;
     const adminToken = readFileSync(join(ctlDir, 'admin.token'), 'utf8').trim();

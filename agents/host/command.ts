@@ -23,7 +23,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   driver: { type: 'string', arg: 'qemu|double', default: 'qemu', help: 'hypervisor driver; "double" is a test double with real TCP migration' },
   'double-config': { type: 'string', arg: 'FILE', help: 'JSON configuration of the double driver' },
   accel: { type: 'string', arg: 'tcg|kvm', default: 'tcg', help: 'QEMU acceleration (qemu driver)' },
-  netns: { type: 'string', arg: 'NAME', help: 'network namespace the QEMU guests run in (qemu driver)' },
+  netns: { type: 'string', arg: 'NAME', help: 'network namespace the QEMU guests run in (qemu driver); the cold path\'s disk transfer goes through it too, on --migration-address' },
   site: { type: 'string', arg: 'NAME', help: 'site name reported in the inventory' },
   'migration-address': { type: 'string', arg: 'IP', help: "this host's lightpath address, reported in the inventory" },
   'export-listen': { type: 'string', arg: 'HOST:PORT', default: '127.0.0.1:0', help: 'HTTPS (mutual TLS) server that publishes disks to the destination of a cold migration' },
@@ -85,6 +85,8 @@ export const command: Command = {
         ...linkArgs(o),
         ...(o.site ? { site: o.site as string } : {}),
         ...(o['migration-address'] ? { migrationAddress: o['migration-address'] as string } : {}),
+        // The QEMU driver's namespace: the cold path's disk transfer goes through it too.
+        ...(o.driver === 'qemu' && o.netns ? { netns: o.netns as string } : {}),
         exportListen: o['export-listen'] as string,
         statsIntervalMs: statsSecs * 1000,
       });

@@ -23,6 +23,7 @@ export const HOST_ERRORS = {
   VMTC_HOST_COLD_DISK_UNREADABLE: { status: 500, message: 'a disk of the VM cannot be read for export, or changed size since' },
   VMTC_HOST_COLD_TRANSFER_FAILED: { status: 502, message: 'fetching a disk from the source host failed; a retry resumes it' }, // DataTransferError
   VMTC_HOST_COLD_CHECKSUM: { status: 502, message: 'a fetched disk does not match the checksum the source published' }, // DataTransferError
+  VMTC_HOST_COLD_RELAY_FAILED: { status: 502, message: 'the relay that carries the disk transfer through the host\'s network namespace could not start (its lightpath address is not there?)' }, // DataTransferError
   VMTC_HOST_COLD_TCP_CHECK_FAILED: { status: 502, message: 'the service port of the VM did not accept a connection in time' }, // VerificationFailed
   // Disk state as checkpoints and deltas (agents/host/disks/; docs/disks.md).
   VMTC_HOST_DISK_NOT_FOUND: { status: 404, message: 'the disk, image, logical volume or destination store named does not exist' },

@@ -44,6 +44,11 @@ export interface HostAgentOptions {
    *  first vm.coldExport. Default '127.0.0.1:0'; on a wildcard address the URLs name
    *  migrationAddress (or the host name). */
   exportListen?: string;
+  /** The network namespace the driver's guests and lightpath address are in (the QEMU driver's
+   *  netns: the lab). The cold path then serves its disks on migrationAddress and fetches them
+   *  from inside that namespace, through relays, so they cross the lightpath
+   *  (docs/design.md#cold-path, "Across the lightpath"). */
+  netns?: string;
   /** Tuning of the cold path (tests: clock, free space, stall timeout). */
   cold?: Pick<ColdOptions, 'clock' | 'ids' | 'freeSpace' | 'stallMs' | 'progressEveryMs' | 'exportHost'>;
   /** How often the 'stats' event goes out (docs/monitoring.md; default STATS_DEFAULTS, 0: never),
@@ -360,6 +365,7 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       dataDir: opts.dataDir, hostId, driver, logger: log, clock,
       ...(opts.exportListen ? { exportListen: opts.exportListen } : {}),
       ...(opts.migrationAddress ? { exportHost: opts.migrationAddress } : {}),
+      ...(opts.netns ? { relay: { netns: opts.netns, ...(opts.migrationAddress ? { host: opts.migrationAddress } : {}) } } : {}),
       ...(opts.cold ?? {}),
     });
   } catch (e) {

@@ -19,6 +19,14 @@
 //                checkpoint (IMAGE.vmtc.json beside the files, as qemu-store.ts) only if the
 //                export received a complete transfer of it
 //   pacing       `bandwidthMbps` paces the source (tests that kill a destination mid-seed)
+//                or limit() (replica.limit / a send's rateBytesPerS), read at every frame
+//   follow       (a live move, docs/disks.md#following) the catch-up delta as a delta; then, as
+//                QEMU's write-blocking mirror leaves the store, every block written since is in
+//                the store when unfollow returns: the double sends them at unfollow over the
+//                same export, under the catch-up's checkpoint, whose hashes become the disks'
+//                at that instant (so, as the QEMU bitmaps' union, the digests at the pause
+//                re-read every block written since `from`). An export that went away fails
+//                the "mirror": unfollow reports it and nothing is counted as carried
 //   digests      Merkle digests of the files (disks/digest.ts); incremental ones as the QEMU
 //                backend's (docs/disks.md#incremental-digests): leaves kept with `keepAs`, and
 //                with `since` only the chunks re-read that the checkpoint after `since` found
@@ -53,6 +61,25 @@ export interface ReplicaDoubleOptions {
 interface Held { checkpoint: ReplicaCheckpoint; disks: number; sizes: number[] }
 interface Export { server: Server; sockets: Set<Socket>; received?: { checkpoint: ReplicaCheckpoint; sizes: number[] }; expect: ReplicaCheckpoint | null }
 
+/** The frames of the blocks `send` picks (disk, block, its hash, its bytes), and the end frame. */
+function blockFrames(images: Buffer[], hashes: string[][], send: (disk: number, block: number, hash: string, data: Buffer) => boolean): { frames: Buffer[]; bytes: number; end: Buffer } {
+  const frames: Buffer[] = [];
+  let bytes = 0;
+  images.forEach((img, di) => hashes[di]!.forEach((h, bi) => {
+    const data = img.subarray(bi * BLOCK, (bi + 1) * BLOCK);
+    if (!send(di, bi, h, data)) return;
+    const hd = Buffer.alloc(16);
+    hd.writeUInt32BE(di, 0);
+    hd.writeUInt32BE(data.length, 4);
+    hd.writeDoubleBE(bi * BLOCK, 8);
+    frames.push(hd, data);
+    bytes += data.length;
+  }));
+  const end = Buffer.alloc(16);
+  end.writeUInt32BE(END, 0);
+  return { frames, bytes, end };
+}
+
 async function readAll(path: string): Promise<Buffer> {
   try {
     return await readFile(path);
@@ -78,8 +105,54 @@ export class ReplicaDouble implements ReplicaOps {
   /** Leaves kept for incremental digests; `notes` says which kind each digest was. */
   readonly leaves = new KeptLeaves();
 
+  /** The copy rate limit() set (bytes/s, 0: none; then opts.bandwidthMbps paces), and every
+   *  rate it was set to, in order (what a test reads). */
+  private rateBytesPerS = 0;
+  readonly limits: number[] = [];
+
   constructor(private readonly opts: ReplicaDoubleOptions) {
     this.dir = opts.dir;
+  }
+
+  limit(bytesPerSecond: number): void {
+    this.rateBytesPerS = bytesPerSecond;
+    this.limits.push(bytesPerSecond);
+  }
+
+  /** Live moves' follows: the export and the catch-up delta's checkpoint, by VM/replica. */
+  private readonly follows = new Map<string, { addr: { host: string; port: number }; cp: ReplicaCheckpoint }>();
+
+  async follow(vmId: string, replicaId: string, store: ReplicaStoreHandoff, from: ReplicaCheckpoint, checkpointId: string): Promise<ReplicaTransfer> {
+    const t = await this.send(vmId, replicaId, store, from, checkpointId);
+    this.follows.set(`${vmId}/${replicaId}`, { addr: (store as { double: { host: string; port: number } }).double, cp: t.checkpoint });
+    return t;
+  }
+
+  /** TEST ONLY: the next unfollow finds its "mirror" failed (as a QEMU mirror whose store went
+   *  away mid-follow): nothing carried, the error reported; the export itself stays. */
+  failNextFollow = false;
+
+  async unfollow(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string }> {
+    const k = `${vmId}/${replicaId}`;
+    const f = this.follows.get(k);
+    this.follows.delete(k);
+    if (!f) return { bytes: 0, following: false };
+    if (this.failNextFollow) {
+      this.failNextFollow = false;
+      return { bytes: 0, following: true, error: 'Input/output error (injected)' };
+    }
+    const c = this.chain(vmId, replicaId).find((x) => x.cp.id === f.cp.id);
+    if (!c) return { bytes: 0, following: true, error: 'the followed checkpoint is gone' };
+    const images = await Promise.all(this.opts.disksOf(vmId).map((d) => readAll(d.path)));
+    const hashes = images.map(blockHashes);
+    const { frames, bytes, end } = blockFrames(images, hashes, (di, bi, h) => c.hashes[di]?.[bi] !== h);
+    try {
+      await this.ship(f.addr, JSON.stringify({ checkpoint: f.cp, sizes: images.map((b) => b.length) }) + '\n', frames, end, { vmId, replicaId, checkpoint: f.cp.id });
+    } catch (e) {
+      return { bytes: 0, following: true, error: (e as Error).message };
+    }
+    c.hashes = hashes;
+    return { bytes, following: true };
   }
 
   /** TEST ONLY: the checkpoint ids the source keeps for the VM (all replicas). */
@@ -302,23 +375,7 @@ export class ReplicaDouble implements ReplicaOps {
     const images = await Promise.all(disks.map((d) => readAll(d.path)));
     const hashes = images.map(blockHashes);
     const cp: ReplicaCheckpoint = { id: checkpointId, seq: from ? from.seq + 1 : 0, takenAt: started, ref: `double.${checkpointId}` };
-    const frames: Buffer[] = [];
-    let bytes = 0;
-    images.forEach((img, di) => {
-      hashes[di]!.forEach((h, bi) => {
-        const data = img.subarray(bi * BLOCK, (bi + 1) * BLOCK);
-        const send = base ? base.hashes[di]?.[bi] !== h : !isZero(data);
-        if (!send) return;
-        const hd = Buffer.alloc(16);
-        hd.writeUInt32BE(di, 0);
-        hd.writeUInt32BE(data.length, 4);
-        hd.writeDoubleBE(bi * BLOCK, 8);
-        frames.push(hd, data);
-        bytes += data.length;
-      });
-    });
-    const end = Buffer.alloc(16);
-    end.writeUInt32BE(END, 0);
+    const { frames, bytes, end } = blockFrames(images, hashes, (di, bi, h, data) => (base ? base.hashes[di]?.[bi] !== h : !isZero(data)));
     await this.ship(addr, JSON.stringify({ checkpoint: cp, sizes: images.map((b) => b.length) }) + '\n', frames, end, { vmId, replicaId, checkpoint: checkpointId });
     chain.push({ cp, hashes });
     this.chainDisks.set(`${vmId}/${replicaId}`, disks.map((d) => d.path));
@@ -349,12 +406,13 @@ export class ReplicaDouble implements ReplicaOps {
       s.on('connect', () => {
         void (async () => {
           s.write(header);
-          const mbps = this.opts.bandwidthMbps;
           let sinceSleep = 0;
           for (const f of frames) {
             if (settled) return;
             s.write(f);
             sinceSleep += f.length;
+            // A rate set by limit() (replica.limit) applies from the next frame on.
+            const mbps = this.rateBytesPerS > 0 ? (this.rateBytesPerS * 8) / 1e6 : this.opts.bandwidthMbps;
             if (mbps && sinceSleep >= 256 * 1024) {
               await clockSleep(this.opts.clock, (sinceSleep * 8) / (mbps * 1000));
               sinceSleep = 0;
@@ -379,6 +437,8 @@ export class ReplicaDouble implements ReplicaOps {
 
   async dropCheckpoints(vmId: string, replicaId: string, keep?: ReplicaCheckpoint): Promise<void> {
     this.opts.disksOf(vmId);
+    // A follow left behind ends first (as the QEMU backend stops a mirror left by a move).
+    this.follows.delete(`${vmId}/${replicaId}`);
     const k = `${vmId}/${replicaId}`;
     const l = (this.checkpoints.get(k) ?? []).filter((c) => keep && c.cp.id === keep.id && isReplicaCheckpoint(replicaId, c.cp.id));
     if (l.length) this.checkpoints.set(k, l);

@@ -29,6 +29,17 @@ export interface ReplicaOps {
   /** Source: a full copy (from null) or the delta since `from`, under checkpoint `checkpointId`. A
    *  failed transfer leaves `from` as it was and no new checkpoint. */
   send(vmId: string, replicaId: string, store: ReplicaStoreHandoff, from: ReplicaCheckpoint | null, checkpointId: string): Promise<ReplicaTransfer>;
+  /** Source: the copy rate of the seeds and deltas from now on, bytes/s (0: none), for every
+   *  replica of the host (replica.limit, or a send's rateBytesPerS). */
+  limit?(bytesPerSecond: number): void;
+  /** Source, a live move with the replica (docs/disks.md#following): from now on mirror every
+   *  write of the running VM's disks into `store` (opened for the delta from `from`), then send
+   *  that delta under `checkpointId`. Optional: a driver without it moves the last delta in the
+   *  pause instead. */
+  follow?(vmId: string, replicaId: string, store: ReplicaStoreHandoff, from: ReplicaCheckpoint, checkpointId: string): Promise<ReplicaTransfer>;
+  /** Source: stop following (idempotent); the bytes the mirrors wrote, whether any ran, and the
+   *  error of one that failed (the store then misses writes). */
+  unfollow?(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string }>;
   /** Source: bytes written to the VM's disks since `from`. */
   lag(vmId: string, replicaId: string, from: ReplicaCheckpoint): Promise<number>;
   /** Source: remove every checkpoint of the replica except `keep` (idempotent). */
@@ -78,9 +89,32 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
     },
     'replica.send': async (p) => {
       const q = checked('replica.send', p);
+      if (q.rateBytesPerS !== undefined) need().limit?.(q.rateBytesPerS);
       const t = await need().send(q.vmId, q.replicaId, q.store, q.from, q.checkpointId);
       log.info({ replicaId: q.replicaId, vmId: q.vmId, kind: t.kind, checkpoint: t.checkpoint.id, bytes: t.bytes, ms: t.ms }, 'replica transfer sent');
       return t;
+    },
+    'replica.follow': async (p) => {
+      const q = checked('replica.follow', p);
+      const o = need();
+      if (!o.follow) throw hostError('VMTC_HOST_DISK_UNSUPPORTED', { reason: "this host's driver cannot mirror writes into a store" });
+      const t = await o.follow(q.vmId, q.replicaId, q.store, q.from, q.checkpointId);
+      log.info({ replicaId: q.replicaId, vmId: q.vmId, checkpoint: t.checkpoint.id, bytes: t.bytes, ms: t.ms }, 'replica followed: writes mirrored into the store, catch-up delta sent');
+      return t;
+    },
+    'replica.unfollow': async (p) => {
+      const q = checked('replica.unfollow', p);
+      const o = need();
+      if (!o.unfollow) return { bytes: 0, following: false };
+      const r = await o.unfollow(q.vmId, q.replicaId);
+      if (r.following) log.info({ replicaId: q.replicaId, vmId: q.vmId, bytes: r.bytes, ...(r.error ? { error: r.error } : {}) }, 'replica no longer followed');
+      return r;
+    },
+    'replica.limit': async (p) => {
+      const q = checked('replica.limit', p);
+      need().limit?.(q.rateBytesPerS);
+      log.info({ replicaId: q.replicaId, rateBytesPerS: q.rateBytesPerS }, 'replica copy rate set');
+      return { ok: true };
     },
     'replica.lag': async (p) => {
       const q = checked('replica.lag', p);

@@ -60,20 +60,24 @@ export interface ReplicaPrep {
 
 /** A migration's disk figures from its record and the replica prepared for it (pure). With a
  *  replica the disk bytes moved at migration time are the deltas the migration sent (while
- *  memory was pre-copied and at the pause); without, what the mirror copied. */
+ *  memory was pre-copied, the catch-up and the writes mirrored into the store while it followed
+ *  the disks, and at the pause); without, what the drive-mirror copied. */
 export function diskFigures(rec: MigrationOutcome | undefined, prep: ReplicaPrep | null, diskMb: number, delayLineBytes: number, writtenBoundBytes: number): TurntableDisk {
   const used = (rec?.steps?.incoming as { replica?: LiveReplicaUse } | undefined)?.replica;
   const mirrored = rec?.result?.storageBytes ?? 0;
   const precopyDelta = used?.precopyDeltaBytes ?? 0;
   const lastDelta = used?.lastDeltaBytes ?? 0;
+  // A followed replica (docs/disks.md#following): the catch-up delta and the mirrors' writes.
+  const followed = (used?.catchUpBytes ?? 0) + (used?.mirroredBytes ?? 0);
   return {
     diskMb,
     replica: prep !== null,
     replicaUsed: used !== undefined,
     ...(prep ? { replicaId: prep.replicaId } : {}),
-    bytesAtMigration: precopyDelta + lastDelta + mirrored,
+    bytesAtMigration: precopyDelta + followed + lastDelta + mirrored,
     mirrorBytes: mirrored,
     precopyDeltaBytes: used ? precopyDelta : null,
+    followBytes: used?.mirroredBytes !== undefined ? followed : null,
     lastDeltaAtPauseBytes: used ? lastDelta : null,
     lastDeltaAtPauseMs: used?.lastDeltaMs ?? null,
     digestMs: used?.digestMs ?? null,
@@ -87,7 +91,8 @@ export function diskFigures(rec: MigrationOutcome | undefined, prep: ReplicaPrep
   };
 }
 
-async function waitReplica(s: Stack, rid: string, ok: (r: any) => boolean, what: string, ms: number, signal?: AbortSignal): Promise<any> {
+/** Wait until the replica passes `ok` (a failed replica throws), bounded by `ms`. */
+export async function waitReplica(s: Stack, rid: string, ok: (r: any) => boolean, what: string, ms: number, signal?: AbortSignal): Promise<any> {
   const until = Date.now() + ms;
   for (;;) {
     const r = await s.api('GET', `/v1/vms/${s.vmId}/replicas/${rid}`);

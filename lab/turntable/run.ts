@@ -149,6 +149,8 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
   const s = await startStack({
     rttMs: o.rttMs, rateMbps: o.rateMbps, memoryMb: o.memoryMb, dir: stackDir, keepDir: true, queueMs, accel,
     ...(diskMb ? { diskMb, diskFillMb } : {}),
+    // Seeds ask for the migrations' bandwidth; the broker gives them what migrations leave.
+    ...(replicaPlan !== 'off' ? { replicaMbps: bandwidthMbps } : {}),
     lab: { delayLineImpl: delayLine },
     guest: {
       clockGapMs: o.clockGapMs, clockPeriodUs: o.clockPeriodUs, heartbeatMs: o.serialPeriodMs,
@@ -213,7 +215,7 @@ export async function runTurntable(opts: TurntableOptions): Promise<TurntableRes
         if (diskMb) {
           m.disk = diskFigures(rec, prep, diskMb, lineBytes, (diskLoad?.windowMb ?? 0) * 1024 * 1024);
           if (prep && !m.disk.replicaUsed) findings.push(`${step.mode} ${step.round} (${m.migrationId}) had a warm replica at ${to} but did not use it`);
-          say(`  disk: ${(m.disk.bytesAtMigration / 1e6).toFixed(2)} MB at migration time (${m.disk.replicaUsed ? `deltas: pre-copy ${((m.disk.precopyDeltaBytes ?? 0) / 1e6).toFixed(2)} MB, at the pause ${((m.disk.lastDeltaAtPauseBytes ?? 0) / 1e6).toFixed(2)} MB in ${m.disk.lastDeltaAtPauseMs ?? '–'} ms` : 'mirror'}); the migration's delay line carried ${(lineBytes / 1e6).toFixed(1)} MB`);
+          say(`  disk: ${(m.disk.bytesAtMigration / 1e6).toFixed(2)} MB at migration time (${m.disk.replicaUsed ? `deltas: pre-copy ${((m.disk.precopyDeltaBytes ?? 0) / 1e6).toFixed(2)} MB${m.disk.followBytes !== null ? `, followed ${(m.disk.followBytes / 1e6).toFixed(2)} MB` : ''}, at the pause ${((m.disk.lastDeltaAtPauseBytes ?? 0) / 1e6).toFixed(2)} MB in ${m.disk.lastDeltaAtPauseMs ?? '–'} ms` : 'mirror'}); the migration's delay line carried ${(lineBytes / 1e6).toFixed(1)} MB`);
         }
         if (prep) await dropReplicas(s).catch(() => undefined);
       } catch (e) {

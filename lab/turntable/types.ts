@@ -226,6 +226,8 @@ export interface TurntableDisk {
   bytesAtMigration: number;
   mirrorBytes: number;
   precopyDeltaBytes: number | null;
+  /** The store followed the disks (docs/disks.md#following): catch-up delta + mirrored writes. */
+  followBytes: number | null;
   lastDeltaAtPauseBytes: number | null;
   lastDeltaAtPauseMs: number | null;
   digestMs: number | null;

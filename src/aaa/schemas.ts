@@ -21,6 +21,7 @@ export const AuthorizationBody = Type.Object({
     end: Type.Integer({ minimum: 0 }),
   }, { additionalProperties: false, description: 'epoch seconds, [start, end)' }),
   via: Type.Optional(Type.Array(Name, { maxItems: 16 })),
+  class: Type.Optional(StringEnum(['migration', 'background'], { description: "the broker's reservation class the token is for (docs/broker.md \"Classes\"); a background token reserves only background bandwidth" })),
 }, { additionalProperties: false });
 
 // policy.ts decides on LightpathRequest: tsc fails here if the two drift apart.

@@ -159,7 +159,7 @@ export class AaaService {
           now,
           lifetimeSec: this.d.tokenLifetimeSec,
           jti,
-          scope: { migrationId: req.migrationId, vmId: req.vmId, project: req.project, src: req.src, dst: req.dst, bandwidthMbps: req.bandwidthMbps, window: { start: req.window.start, end: req.window.end }, domains: domains! },
+          scope: { migrationId: req.migrationId, vmId: req.vmId, project: req.project, src: req.src, dst: req.dst, bandwidthMbps: req.bandwidthMbps, window: { start: req.window.start, end: req.window.end }, domains: domains!, ...(req.class ? { class: req.class } : {}) },
         });
         this.d.accounting.record({
           at: now, kind: 'grant', who: requester.id, rule: again.rule, jti, migrationId: req.migrationId, vmId: req.vmId, project: req.project,

@@ -4,6 +4,7 @@
 // topology, the peer list and the time come in as arguments.
 import { brokerError } from './errors.ts';
 import type { PeerLinks } from './peer.ts';
+import type { ReservationClass } from './classes.ts';
 import type { Owner } from './store.ts';
 import { stpsToward, type Topology } from './topology.ts';
 
@@ -15,6 +16,10 @@ export interface ReserveInput {
   start: number;
   end: number;
   migrationId?: string;
+  /** Absent: migration. A background reservation gets what migrations leave (classes.ts). */
+  class?: ReservationClass;
+  /** Background only: the floor below which its grant is 0 (default 0). */
+  minMbps?: number;
   /** The caller's name for the reservation, unique per owner (docs/broker.md "Idempotency key"). */
   idempotencyKey?: string;
 }
@@ -60,6 +65,12 @@ export function checkReserve(ctx: AdmissionContext, input: ReserveInput, auth: P
   if (input.bandwidthMbps > topo.maxCapacityMbps) {
     throw brokerError('VMTC_BAD_BANDWIDTH', { field: 'bandwidthMbps', bandwidthMbps: input.bandwidthMbps, maxLinkMbps: topo.maxCapacityMbps, reason: 'larger than any link' });
   }
+  if (input.minMbps !== undefined) {
+    if (input.class !== 'background') throw brokerError('VMTC_CLASS_UNSUPPORTED', { field: 'minMbps', class: input.class ?? 'migration', reason: 'only a background reservation has a floor' });
+    if (!(input.minMbps >= 0) || !Number.isFinite(input.minMbps) || input.minMbps > input.bandwidthMbps) {
+      throw brokerError('VMTC_BAD_BANDWIDTH', { field: 'minMbps', minMbps: input.minMbps, bandwidthMbps: input.bandwidthMbps, reason: 'must be between 0 and bandwidthMbps' });
+    }
+  }
   const src = topo.nodes.get(input.src);
   if (!src) throw brokerError('VMTC_UNKNOWN_ENDPOINT', { field: 'src', node: input.src, domain: ctx.domain });
   if (auth.upstream && src.stp?.peerDomain !== auth.upstream.domain) {
@@ -74,6 +85,8 @@ export function checkReserve(ctx: AdmissionContext, input: ReserveInput, auth: P
   const i = auth.domains.indexOf(ctx.domain);
   const nextDomain = i >= 0 ? auth.domains[i + 1] : undefined;
   if (!nextDomain) throw brokerError('VMTC_UNKNOWN_ENDPOINT', { field: 'dst', node: input.dst, domain: ctx.domain, reason: 'not in this domain and no next domain in the token' });
+  // Grants are decided per domain and are not relayed along a chain of segments.
+  if (input.class === 'background') throw brokerError('VMTC_CLASS_UNSUPPORTED', { field: 'class', class: 'background', dst: input.dst, reason: 'a background reservation stays in one domain' });
   const stps = stpsToward(topo, nextDomain);
   if (stps.length === 0) throw brokerError('VMTC_NO_ROUTE_TO_DOMAIN', { nextDomain, reason: 'no inter-domain point in the topology' });
   if (!ctx.peers.has(nextDomain)) throw brokerError('VMTC_NO_ROUTE_TO_DOMAIN', { nextDomain, reason: 'no peer broker for that domain in the trust file' });

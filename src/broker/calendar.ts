@@ -5,6 +5,13 @@
 // whole window, not their sum or their load at the start.
 //
 // Times are plain numbers (the broker uses epoch seconds). Windows are half-open [start, end).
+//
+// Two classes (classes.ts): migration bookings are the step functions above; background bookings
+// are kept apart and never counted against a migration's admission: each gets, instant by
+// instant, what the migration bookings leave (grantsAt), so a migration admitted over them
+// squeezes them instead of being refused.
+
+import { backgroundGrants, type BackgroundBooking } from './classes.ts';
 
 const EPS = 1e-9;
 
@@ -59,6 +66,18 @@ export class StepLoad {
   get breakpoints(): number {
     return this.times.length;
   }
+
+  /** The load at instant t. */
+  at(t: number): number {
+    const i = this.floor(t);
+    return i >= 0 ? this.loads[i]! : 0;
+  }
+
+  /** The first breakpoint after t (Infinity if none). */
+  nextAfter(t: number): number {
+    const i = this.floor(t) + 1;
+    return i < this.times.length ? this.times[i]! : Infinity;
+  }
 }
 
 export interface Booking {
@@ -72,6 +91,11 @@ export interface Booking {
 export class Calendar {
   private readonly perLink = new Map<string, StepLoad>();
   private readonly bookings = new Map<string, Booking>();
+  /** Background-class bookings (classes.ts), in admission order: never in perLink, so migration
+   *  admission does not see them. */
+  private readonly background = new Map<string, BackgroundBooking>();
+  /** Increases on every change of either class (the service re-computes background grants). */
+  version = 0;
 
   constructor(private readonly capacity: (linkId: string) => number) {}
 
@@ -105,18 +129,79 @@ export class Calendar {
       load.add(b.start, b.end, b.mbps);
     }
     this.bookings.set(b.id, { ...b, links: [...b.links] });
+    this.version++;
   }
 
   unbook(id: string): boolean {
+    if (this.background.delete(id)) {
+      this.version++;
+      return true;
+    }
     const b = this.bookings.get(id);
     if (!b) return false;
     for (const l of b.links) this.perLink.get(l)?.add(b.start, b.end, -b.mbps);
     this.bookings.delete(id);
+    this.version++;
     return true;
   }
 
   has(id: string): boolean {
-    return this.bookings.has(id);
+    return this.bookings.has(id) || this.background.has(id);
+  }
+
+  // ---- the background class (classes.ts): what the migration bookings leave, shared in order
+
+  /** Capacity of a link left by migration bookings at instant t. */
+  leftAt(linkId: string, t: number): number {
+    return this.capacity(linkId) - (this.perLink.get(linkId)?.at(t) ?? 0);
+  }
+
+  /** Grants of the background bookings at instant t (0 for those not active then). */
+  grantsAt(t: number): Map<string, number> {
+    return backgroundGrants(t, [...this.background.values()], (l) => this.leftAt(l, t));
+  }
+
+  /** What a new background booking over `links` would be granted at instant t. */
+  wouldGrant(b: Omit<BackgroundBooking, 'id'>, t: number): number {
+    return this.grantOf({ ...b, id: '\0new' }, t, [...this.background.values(), { ...b, id: '\0new' }]);
+  }
+
+  /** Book a background reservation if it would be granted at least its floor (and more than 0)
+   *  at `t0` (its first instant); false and nothing booked otherwise. */
+  bookBackground(b: BackgroundBooking, t0: number): boolean {
+    if (this.background.has(b.id)) return true;
+    if (!(this.wouldGrant(b, t0) > 0)) return false;
+    this.forceBackground(b);
+    return true;
+  }
+
+  /** Book without checking (rebuilding the calendar from the store at start). */
+  forceBackground(b: BackgroundBooking): void {
+    if (this.background.has(b.id)) return;
+    this.background.set(b.id, { ...b, links: [...b.links] });
+    this.version++;
+  }
+
+  /** The grant of background booking `id` (booked or not) at instant t. */
+  grantOf(b: BackgroundBooking, t: number, all: BackgroundBooking[] = [...this.background.values()]): number {
+    return backgroundGrants(t, all, (l) => this.leftAt(l, t)).get(b.id) ?? 0;
+  }
+
+  /** The first instant after t at which some background grant may change: a breakpoint of the
+   *  migration load on a background booking's links, or a background window's start or end. */
+  nextGrantChange(t: number): number {
+    let next = Infinity;
+    for (const b of this.background.values()) {
+      if (b.end <= t) continue;
+      if (b.start > t) next = Math.min(next, b.start);
+      else next = Math.min(next, b.end);
+      for (const l of b.links) next = Math.min(next, this.perLink.get(l)?.nextAfter(t) ?? Infinity);
+    }
+    return next;
+  }
+
+  get backgroundIds(): string[] {
+    return [...this.background.keys()];
   }
 
   /** Peak booked load on a link over a window (for tests and GET /v1/links). */
@@ -125,6 +210,6 @@ export class Calendar {
   }
 
   get size(): number {
-    return this.bookings.size;
+    return this.bookings.size + this.background.size;
   }
 }

@@ -19,6 +19,10 @@ export interface ReserveRequest {
   /** Epoch seconds; start omitted = now (on-demand). */
   window: { start?: number; end: number };
   migrationId?: string;
+  /** docs/broker.md "Classes": absent = migration. */
+  class?: 'migration' | 'background';
+  /** Background only: below this the grant is 0 (suspended). */
+  minMbps?: number;
   /** The caller's name for the reservation: a retry with it answers with the same reservation,
    *  and findByKey() finds it (docs/broker.md "Idempotency key"). */
   idempotencyKey?: string;
@@ -31,6 +35,9 @@ export interface ReservationView {
   src: string;
   dst: string;
   bandwidthMbps: number;
+  class?: 'migration' | 'background';
+  /** What the calendar grants now (a migration: bandwidthMbps; background: what is left, 0 = suspended). */
+  grantedMbps?: number;
   window: { start: number; end: number };
   path: { nodes: string[]; links: string[]; cost: number; alternative: boolean };
   reservationState: string;

@@ -28,6 +28,7 @@ export const BROKER_OWN_ERRORS = {
   VMTC_BAD_BANDWIDTH: { status: 400, message: 'the bandwidth must be positive and no larger than the largest link' },
   VMTC_NO_PATH: { status: 409, message: 'no path with enough free bandwidth over the requested window' },
   VMTC_NO_ROUTE_TO_DOMAIN: { status: 409, message: 'this domain has no inter-domain point toward the next domain' },
+  VMTC_CLASS_UNSUPPORTED: { status: 400, message: 'the reservation class does not allow this request (a background reservation stays in one domain and has no data plane of its own)' },
   VMTC_PEER_SEGMENT_FAILED: { status: 502, message: 'a peer domain refused or failed its segment; every segment was aborted' },
   VMTC_COMMIT_FAILED: { status: 502, message: 'the commit failed; every segment was aborted' },
   VMTC_PROVISION_FAILED: { status: 502, message: 'the data plane could not be set up; the reservation is back to Released' },

@@ -11,6 +11,7 @@ import type { PeerCertificate } from 'node:tls';
 import type { CapabilityClaims } from '../aaa/tokens.ts';
 import type { Clock } from '../common/clock.ts';
 import { DpopReplayCache, ED25519_JWS_ALGS, decodeCompactJws, dpopFailure, isEd25519JwsAlg, verifyDpopProofSync, verifyEd25519, type VerifiedProof } from '../common/dpop.ts';
+import { classAllowed } from './classes.ts';
 import { brokerError } from './errors.ts';
 import type { ReserveInput } from './service.ts';
 import type { BrokerStore } from './store.ts';
@@ -93,6 +94,7 @@ export class TokenGate {
     if (!v || !isStr(v.migrationId) || !isStr(v.vmId) || !isStr(v.project) || !isStr(v.src) || !isStr(v.dst) || !isNum(v.bandwidthMbps) || !w || !isNum(w.start) || !isNum(w.end) || !Array.isArray(v.domains) || !v.domains.every(isStr)) {
       throw malformed('the vmtc scope claim is incomplete');
     }
+    if (v.class !== undefined && v.class !== 'migration' && v.class !== 'background') throw malformed('the vmtc scope class must be migration or background', { class: v.class });
     if (checkTime) {
       const now = this.opts.clock.now() / 1000;
       if (now >= exp) throw brokerError('VMTC_TOKEN_EXPIRED', { exp, now: Math.floor(now) });
@@ -103,6 +105,7 @@ export class TokenGate {
       vmtc: {
         migrationId: v.migrationId, vmId: v.vmId, project: v.project, src: v.src, dst: v.dst,
         bandwidthMbps: v.bandwidthMbps, window: { start: w.start, end: w.end }, domains: v.domains as string[],
+        ...(v.class !== undefined ? { class: v.class as 'migration' | 'background' } : {}),
       },
     };
   }
@@ -135,6 +138,8 @@ export class TokenGate {
     if (req.bandwidthMbps > s.bandwidthMbps) refuse('bandwidthMbps', { requested: req.bandwidthMbps, allowed: s.bandwidthMbps });
     if (req.start < s.window.start || req.end > s.window.end) refuse('window', { requested: { start: req.start, end: req.end }, allowed: s.window });
     if (req.migrationId !== undefined && req.migrationId !== s.migrationId) refuse('migrationId', { requested: req.migrationId, allowed: s.migrationId });
+    // A token granted for background bandwidth cannot book a migration's (docs/broker.md "Classes").
+    if (!classAllowed(s.class, req.class ?? 'migration')) refuse('class', { requested: req.class ?? 'migration', allowed: s.class });
   }
 
   /**

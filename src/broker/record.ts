@@ -29,6 +29,11 @@ export function newReservation(id: string, now: number, input: ReserveInput, aut
     updatedAt: now,
   };
   if (input.migrationId) r.migrationId = input.migrationId;
+  if (input.class === 'background') {
+    r.class = 'background';
+    r.minMbps = input.minMbps ?? 0;
+    r.grantedMbps = 0;
+  }
   if (input.idempotencyKey !== undefined) r.idempotencyKey = input.idempotencyKey;
   if (auth.upstream) r.upstream = auth.upstream;
   return r;

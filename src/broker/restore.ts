@@ -8,9 +8,12 @@ import { armEnd, armHold } from './deadlines.ts';
 import { endUncommitted, failReserve, type Runner } from './runner.ts';
 
 export async function restore(rn: Runner): Promise<void> {
-  for (const r of rn.store.live()) {
+  // In creation order: background reservations share what migrations leave in that order.
+  for (const r of rn.store.live().sort((x, y) => x.createdAt - y.createdAt || (x.id < y.id ? -1 : 1))) {
     rn.live.set(r.id, r);
-    if (r.booked) rn.calendar.force({ id: r.id, links: r.path.links, start: r.start, end: r.end, mbps: r.bandwidthMbps });
+    if (!r.booked) continue;
+    if (r.class === 'background') rn.calendar.forceBackground({ id: r.id, links: r.path.links, start: r.start, end: r.end, mbps: r.bandwidthMbps, minMbps: r.minMbps ?? 0 });
+    else rn.calendar.force({ id: r.id, links: r.path.links, start: r.start, end: r.end, mbps: r.bandwidthMbps });
   }
   for (const r of [...rn.live.values()]) {
     try {

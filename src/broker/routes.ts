@@ -100,7 +100,8 @@ export function registerRoutes(fastify: FastifyInstance, d: RouteDeps): void {
     const b = req.body;
     // --- token gate (authenticated in onRequest): nothing below changes state until all of it has passed.
     const start = b.window.start ?? Math.floor(d.clock.now() / 1000);
-    const scopeReq = { src: b.src, dst: b.dst, bandwidthMbps: b.bandwidthMbps, start, end: b.window.end, ...(b.migrationId ? { migrationId: b.migrationId } : {}) };
+    const cls = b.class ?? 'migration';
+    const scopeReq = { src: b.src, dst: b.dst, bandwidthMbps: b.bandwidthMbps, start, end: b.window.end, class: cls, ...(b.migrationId ? { migrationId: b.migrationId } : {}) };
     if (f.peerDomain) {
       // An upstream broker: its mutual-TLS identity stands in for the holder's DPoP proof.
       if (!b.upstream || b.upstream.domain !== f.peerDomain) throw brokerError('VMTC_PEER_NOT_TRUSTED', { reason: 'upstream.domain must name the peer that presents the certificate', peer: f.peerDomain });
@@ -117,6 +118,7 @@ export function registerRoutes(fastify: FastifyInstance, d: RouteDeps): void {
       const prior = d.service.byKey(owner, b.idempotencyKey);
       if (prior) {
         const same = prior.src === b.src && prior.dst === b.dst && prior.bandwidthMbps === b.bandwidthMbps && prior.end === b.window.end
+          && (prior.class ?? 'migration') === cls && (cls !== 'background' || (prior.minMbps ?? 0) === (b.minMbps ?? 0))
           && (b.window.start === undefined || prior.start === b.window.start) && prior.migrationId === migrationId;
         if (!same) throw brokerError('VMTC_IDEMPOTENCY_KEY_REUSED', { idempotencyKey: b.idempotencyKey, reservationId: prior.id });
         return reply.status(200).send(out(prior));
@@ -125,7 +127,7 @@ export function registerRoutes(fastify: FastifyInstance, d: RouteDeps): void {
     d.gate.checkNotReplayed(tok);
     // --- the runner.
     const r = await d.service.reserve(
-      { src: b.src, dst: b.dst, bandwidthMbps: b.bandwidthMbps, start, end: b.window.end, migrationId, ...(b.idempotencyKey !== undefined ? { idempotencyKey: b.idempotencyKey } : {}) },
+      { src: b.src, dst: b.dst, bandwidthMbps: b.bandwidthMbps, start, end: b.window.end, migrationId, ...(b.class ? { class: b.class } : {}), ...(b.minMbps !== undefined ? { minMbps: b.minMbps } : {}), ...(b.idempotencyKey !== undefined ? { idempotencyKey: b.idempotencyKey } : {}) },
       {
         owner,
         token: raw, jti: tok.jti, iss: tok.iss, exp: tok.exp, domains: tok.vmtc.domains,

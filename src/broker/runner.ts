@@ -35,7 +35,9 @@ export interface BrokerServiceOptions {
 export type BrokerEvent =
   | { type: 'stateChange'; reservationId: string; machine: Machine; from: string; to: string; event: string; at: number }
   | { type: 'dataPlaneStateChange'; reservationId: string; active: boolean; version: number; at: number; details?: Record<string, unknown> }
-  | { type: 'error'; reservationId: string; code: string; message: string; at: number; details?: Record<string, unknown> };
+  | { type: 'error'; reservationId: string; code: string; message: string; at: number; details?: Record<string, unknown> }
+  /** A background reservation's grant changed (docs/broker.md "Classes"); 0 = suspended. */
+  | { type: 'grantChange'; reservationId: string; class: 'background'; grantedMbps: number; previousMbps: number; bandwidthMbps: number; at: number };
 
 /** One transition: table check, effects, persist, log, publish (BrokerService.apply). */
 export type Apply = <M extends Machine>(r: Reservation, machine: M, event: MachineTypes[M]['event'], ctx?: { error?: VmtcError }) => void;

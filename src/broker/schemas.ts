@@ -20,6 +20,8 @@ export const ReserveBody = Type.Object({
     end: Type.Integer({ description: 'epoch seconds, exclusive' }),
   }, { additionalProperties: false }),
   migrationId: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  class: Type.Optional(StringEnum(['migration', 'background'], { description: 'migration (default): booked in full; background: gets what migrations leave, squeezed when one is admitted (docs/broker.md "Classes")' })),
+  minMbps: Type.Optional(Type.Number({ description: 'background only: below this the grant is 0 (suspended); default 0' })),
   idempotencyKey: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: "the caller's name for this reservation: a reserve with a key already used (by the same holder) answers with that reservation, and GET /v1/reservations/by-key/:key finds it" })),
   upstream: Type.Optional(Type.Object(Segment.properties, { additionalProperties: false, description: 'set only by an upstream broker (mutual TLS)' })),
 }, { additionalProperties: false });
@@ -39,6 +41,9 @@ export const Reservation = Type.Object({
   src: Type.String(),
   dst: Type.String(),
   bandwidthMbps: Type.Number(),
+  class: StringEnum(['migration', 'background']),
+  grantedMbps: Type.Number({ description: 'migration: bandwidthMbps; background: what the calendar grants it now (at its start, before its window), 0 = suspended' }),
+  minMbps: Type.Optional(Type.Number({ description: 'background: the floor below which the grant is 0' })),
   window: Type.Object({ start: Type.Number(), end: Type.Number() }, { description: 'epoch seconds, half-open [start, end)' }),
   path: Type.Object({ nodes: Type.Array(Type.String()), links: Type.Array(Type.String()), cost: Type.Number(), alternative: Type.Boolean() }),
   reservationState: Type.String({ description: 'NSI CS v2 reservation state machine' }),

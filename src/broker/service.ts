@@ -26,6 +26,9 @@ export type { ReserveAuth, ReserveInput } from './admission.ts';
 export type { BrokerEvent, BrokerServiceOptions, FaultInjection } from './runner.ts';
 export { view } from './view.ts';
 
+/** The timer of the next background grant change (not a reservation's id). */
+const GRANTS_TIMER = '\0grants';
+
 const FIELD: Record<Machine, 'reservationState' | 'provisionState' | 'lifecycleState'> = {
   reservation: 'reservationState',
   provision: 'provisionState',
@@ -38,6 +41,8 @@ export class BrokerService {
   private readonly live = new Map<string, Reservation>();
   private readonly timers: ReservationTimers;
   private readonly log: Logger;
+  /** The calendar's version the background grants were last computed for (regrant). */
+  private grantedFor = -1;
   /** What the runner's parts (data-plane.ts, deadlines.ts, downstream.ts, restore.ts) act on. */
   private readonly rn: Runner;
 
@@ -76,6 +81,44 @@ export class BrokerService {
       this.timers.clear(r.id);
       this.live.delete(r.id);
     }
+    if (this.calendar.version !== this.grantedFor) this.regrant();
+  }
+
+  /**
+   * Background grants (classes.ts): each booked background reservation's grant now (at its start
+   * when its window has not begun), recorded and published when it changed; then a timer for the
+   * next instant a grant may change (a migration's window starting or ending on its links).
+   */
+  private regrant(): void {
+    if (this.rn.closed) return;
+    this.grantedFor = this.calendar.version;
+    const now = this.nowS();
+    const at = new Map<number, Reservation[]>();
+    for (const id of this.calendar.backgroundIds) {
+      const r = this.live.get(id);
+      if (!r) continue;
+      const t = Math.max(now, r.start);
+      at.set(t, [...(at.get(t) ?? []), r]);
+    }
+    for (const [t, rs] of at) {
+      const grants = this.calendar.grantsAt(t);
+      for (const r of rs) this.setGrant(r, grants.get(r.id) ?? 0);
+    }
+    const next = this.calendar.nextGrantChange(now);
+    if (Number.isFinite(next)) this.timers.arm(GRANTS_TIMER, 'regrant', next * 1000 - this.o.clock.now(), () => this.regrant());
+    else this.timers.cancel(GRANTS_TIMER, 'regrant');
+  }
+
+  private setGrant(r: Reservation, g: number): void {
+    const prev = r.grantedMbps ?? 0;
+    if (prev === g) return;
+    r.grantedMbps = g;
+    const at = this.o.clock.now();
+    r.updatedAt = at;
+    const event = g === 0 ? 'suspended' : g < prev ? 'squeezed' : 'raised';
+    this.o.store.save(r, [{ reservationId: r.id, machine: 'grant', from: String(prev), to: String(g), event, at }]);
+    this.log.info({ reservationId: r.id, from: prev, to: g, event }, 'background grant changed');
+    this.rn.publish({ type: 'grantChange', reservationId: r.id, class: 'background', grantedMbps: g, previousMbps: prev, bandwidthMbps: r.bandwidthMbps, at });
   }
 
   private effect(r: Reservation, eff: Effect, ctx: { error?: VmtcError }): void {
@@ -170,20 +213,39 @@ export class BrokerService {
     this.live.set(r.id, r);
     this.apply(r, 'reservation', 'reserve');
 
-    const found = computePath(this.o.topology, input.src, plan.targets, (l) => this.calendar.free(l, input.start, input.end) + 1e-9 >= input.bandwidthMbps);
-    if (!found.path || !this.calendar.book({ id: r.id, links: found.path.links, start: input.start, end: input.end, mbps: input.bandwidthMbps })) {
-      const e = brokerError('VMTC_NO_PATH', { reservationId: r.id, src: input.src, dst: input.dst, bandwidthMbps: input.bandwidthMbps, window: { start: input.start, end: input.end }, domain: this.o.domain });
+    const found = input.class === 'background' ? this.bookBackground(r.id, input, plan) : this.bookMigration(r.id, input, plan);
+    if (!found) {
+      const e = brokerError('VMTC_NO_PATH', { reservationId: r.id, src: input.src, dst: input.dst, bandwidthMbps: input.bandwidthMbps, window: { start: input.start, end: input.end }, domain: this.o.domain, class: input.class ?? 'migration' });
       failReserve(this.rn, r, e);
       throw e;
     }
     r.booked = true;
-    r.path = { ...found.path, alternative: found.alternative };
+    r.path = found;
+    if (input.class === 'background') r.grantedMbps = this.calendar.grantOf({ id: r.id, links: found.links, start: input.start, end: input.end, mbps: input.bandwidthMbps, minMbps: input.minMbps ?? 0 }, Math.max(this.nowS(), input.start));
     this.o.store.save(r);
 
     if (plan.nextDomain) await holdNextSegment(this.rn, r, input, plan.nextDomain, plan.stpPeer!, auth.token);
     if (this.rn.closed) throw brokerError('VMTC_SHUTTING_DOWN');
     this.apply(r, 'reservation', 'reserveConfirmed');
     return r;
+  }
+
+  /** A migration's path and booking: the whole bandwidth over the whole window, background
+   *  bookings not counted (they are squeezed instead). */
+  private bookMigration(id: string, input: ReserveInput, plan: AdmissionPlan): Reservation['path'] | undefined {
+    const found = computePath(this.o.topology, input.src, plan.targets, (l) => this.calendar.free(l, input.start, input.end) + 1e-9 >= input.bandwidthMbps);
+    if (!found.path || !this.calendar.book({ id, links: found.path.links, start: input.start, end: input.end, mbps: input.bandwidthMbps })) return undefined;
+    return { ...found.path, alternative: found.alternative };
+  }
+
+  /** A background reservation's path and booking: admitted when, at its first instant, what the
+   *  migrations and the background reservations before it leave on every link is above its floor. */
+  private bookBackground(id: string, input: ReserveInput, plan: AdmissionPlan): Reservation['path'] | undefined {
+    const t0 = Math.max(this.nowS(), input.start);
+    const b = { id, start: input.start, end: input.end, mbps: input.bandwidthMbps, minMbps: input.minMbps ?? 0 };
+    const found = computePath(this.o.topology, input.src, plan.targets, (l) => this.calendar.wouldGrant({ ...b, links: [l] }, t0) > 0);
+    if (!found.path || !this.calendar.bookBackground({ ...b, links: found.path.links }, t0)) return undefined;
+    return { ...found.path, alternative: found.alternative };
   }
 
   /**
@@ -231,6 +293,7 @@ export class BrokerService {
     const r = this.mustBeLive(id, 'provision');
     const refused = notCommitted(r);
     if (refused) throw refused;
+    if (r.class === 'background') throw brokerError('VMTC_CLASS_UNSUPPORTED', { reservationId: r.id, class: 'background', event: 'provision', reason: 'a background reservation has no data plane of its own: its holder sends at the granted rate (docs/broker.md "Classes")' });
     this.apply(r, 'provision', 'provision');
     try {
       if (this.nowS() >= r.start) await activate(this.rn, r);
@@ -276,8 +339,9 @@ export class BrokerService {
   // ---------------------------------------------------------------- restart
 
   /** Rebuild calendar and timers from the store after a (re)start; settle what a crash cut short. */
-  restore(): Promise<void> {
-    return restore(this.rn);
+  async restore(): Promise<void> {
+    await restore(this.rn);
+    this.regrant();
   }
 
   close(): void {

@@ -3,6 +3,7 @@
 // survive a restart (docs/broker.md#token-gate).
 import { openDb, type Db } from '../common/db.ts';
 import type { LifecycleState, ProvisionState, ReservationState, Machine } from './nsi.ts';
+import type { ReservationClass } from './classes.ts';
 
 export type Owner = { kind: 'holder'; jkt: string } | { kind: 'peer'; domain: string };
 
@@ -24,6 +25,12 @@ export interface Reservation {
   src: string;
   dst: string;
   bandwidthMbps: number;
+  /** Absent: migration (docs/broker.md "Classes"). */
+  class?: ReservationClass;
+  /** Background: the floor below which its grant is 0 (suspended). */
+  minMbps?: number;
+  /** Background: what the calendar grants it now (at its start, before its window). */
+  grantedMbps?: number;
   /** Epoch seconds, half-open [start, end). */
   start: number;
   end: number;
@@ -50,7 +57,7 @@ export interface Reservation {
 export interface TransitionRow {
   seq: number;
   reservationId: string;
-  machine: Machine | 'dataPlane';
+  machine: Machine | 'dataPlane' | 'grant';
   from: string;
   to: string;
   event: string;

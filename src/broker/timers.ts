@@ -3,7 +3,7 @@
 // reservation's are cleared together.
 import type { Clock } from '../common/clock.ts';
 
-export type TimerKind = 'hold' | 'end' | 'activate';
+export type TimerKind = 'hold' | 'end' | 'activate' | 'regrant';
 
 export class ReservationTimers {
   private readonly byId = new Map<string, Partial<Record<TimerKind, { cancel(): void }>>>();

@@ -10,6 +10,9 @@ export function view(r: Reservation, domain: string): Record<string, unknown> {
     src: r.src,
     dst: r.dst,
     bandwidthMbps: r.bandwidthMbps,
+    class: r.class ?? 'migration',
+    // A migration reservation always has what it booked; a background one what is left now.
+    grantedMbps: r.class === 'background' ? (r.grantedMbps ?? 0) : r.bandwidthMbps,
     window: { start: r.start, end: r.end },
     path: r.path,
     reservationState: r.reservationState,
@@ -23,6 +26,7 @@ export function view(r: Reservation, domain: string): Record<string, unknown> {
     updatedAt: r.updatedAt,
   };
   if (r.migrationId) v.migrationId = r.migrationId;
+  if (r.class === 'background') v.minMbps = r.minMbps ?? 0;
   if (r.idempotencyKey !== undefined) v.idempotencyKey = r.idempotencyKey;
   if (r.heldAt !== undefined) v.heldAt = r.heldAt;
   if (r.downstream) v.downstream = r.downstream;

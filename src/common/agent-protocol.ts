@@ -403,7 +403,15 @@ export interface HostMethods {
   /** Destination: the paths of the store's images, in disk order (a live move with the replica
    *  boots its incoming VM from them; keepImages on removal then leaves them to that VM). */
   'replica.storePaths': [{ replicaId: string }, { paths: string[] }];
-  'replica.send': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff; from: ReplicaCheckpoint | null; checkpointId: string }, ReplicaTransfer];
+  'replica.send': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff; from: ReplicaCheckpoint | null; checkpointId: string; rateBytesPerS?: number }, ReplicaTransfer];
+  /** Source: the copy rate of its seeds and deltas from now on, bytes/s (0: none); also given to
+   *  a send as rateBytesPerS. The controller sets it to a background reservation's grant
+   *  (docs/broker.md "Classes"); a driver without a rate limit ignores it. */
+  'replica.limit': [{ replicaId: string; rateBytesPerS: number }, { ok: true }];
+  /** Source, a live move (docs/disks.md#following): mirror the running VM's writes into `store`
+   *  from now on, then send the delta since `from`; unfollow stops the mirrors. */
+  'replica.follow': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff; from: ReplicaCheckpoint; checkpointId: string }, ReplicaTransfer];
+  'replica.unfollow': [{ replicaId: string; vmId: string }, { bytes: number; following: boolean; error?: string }];
   'replica.lag': [{ replicaId: string; vmId: string; from: ReplicaCheckpoint }, { bytes: number }];
   'replica.dropCheckpoints': [{ replicaId: string; vmId: string; keep?: ReplicaCheckpoint }, { ok: true }];
   /** A digest of the source VM's disks (side source, take it with the VM paused or off) or of the

@@ -14,6 +14,9 @@ export interface LightpathRequest {
   bandwidthMbps: number;
   /** Epoch seconds. */
   window: { start: number; end: number };
+  /** The broker's reservation class (docs/broker.md "Classes"); absent = migration. A token
+   *  granted for `background` reserves only background bandwidth. */
+  class?: 'migration' | 'background';
 }
 
 /** What the AAA's policy check (POST /v1/policy/check, docs/aaa.md) asks: a lightpath request

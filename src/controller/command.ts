@@ -25,6 +25,7 @@ const base: Command = {
     'heartbeat-ms': { type: 'string', arg: 'MS', default: '5000', help: 'agent heartbeat interval' },
     'log-level': { type: 'string', arg: 'LEVEL', default: 'info', help: 'pino log level' },
     monitoring: { type: 'string', arg: 'FILE', help: 'JSON of the monitoring options (docs/monitoring.md): thresholds, sustain, autoMitigate, followTheMoon, siteUtcOffsetMinutes, …' },
+    'replica-mbps': { type: 'string', arg: 'MBPS', help: 'background bandwidth a replica\'s seed or delta asks the broker for (docs/disks.md#replicas; default 100; 0: none, transfers unreserved)' },
     fleet: { type: 'string', arg: 'FILE', help: 'JSON of the fleet options (docs/fleet.md): links (the lightpaths between sites: { id?, a, b, mbps, available?, distance? }), booking { stretch, slackS }' },
   },
   async run(o) {
@@ -38,6 +39,10 @@ const base: Command = {
     }
     const monitoring = o.monitoring ? readJson(o.monitoring as string, 'monitoring') : undefined;
     const fleet = o.fleet ? parseFleetOptions(readJson(o.fleet as string, 'fleet'), 'fleet') : undefined;
+    const replicaMbps = o['replica-mbps'] === undefined ? undefined : Number(o['replica-mbps']);
+    if (replicaMbps !== undefined && !(Number.isFinite(replicaMbps) && replicaMbps >= 0 && replicaMbps <= 1e6)) {
+      throw commonError('VMTC_CONFIG_INVALID', { field: 'replica-mbps', value: o['replica-mbps'] }, { message: '--replica-mbps must be a number of Mbit/s, 0 to 1000000' });
+    }
     const c = await startController({
       dataDir: o.data as string,
       listen: parseListen(o.listen as string, 'listen'),
@@ -49,6 +54,7 @@ const base: Command = {
       ...(o['broker-ca'] ? { brokerCa: readFileSync(o['broker-ca'] as string, 'utf8') } : {}),
       ...(monitoring ? { monitoring } : {}),
       ...(fleet ? { fleet } : {}),
+      ...(replicaMbps !== undefined ? { replicaBandwidth: replicaMbps === 0 ? false as const : { mbps: replicaMbps } } : {}),
       ...(o['tls-cert'] ? { tls: { cert: readPem(o['tls-cert'] as string, 'tls-cert'), key: readPem(o['tls-key'] as string, 'tls-key') } } : {}),
     });
     process.stdout.write(JSON.stringify({ event: 'ready', url: c.url, agentUrl: c.agentUrl, adminTokenFile: `${o.data}/admin.token`, jkt: c.jkt }) + '\n');

@@ -22,6 +22,7 @@ import { registerEvacuationRoutes } from './evacuation-routes.ts';
 import { Monitoring, type MonitoringOptions } from './monitoring/index.ts';
 import { registerPlanRoutes } from './plan-routes.ts';
 import { ReplicaService } from './replicas/service.ts';
+import { BrokerReplicaBandwidth, ReplicaBandwidth, type ReplicaBandwidthOptions } from './replicas/bandwidth.ts';
 import { registerReplicaRoutes } from './replica-routes.ts';
 import { registerDashboard } from './dashboard/routes.ts';
 import { HUB_ERRORS } from './hub-errors.ts';
@@ -74,6 +75,9 @@ export interface ControllerOptions {
   /** Placement and evacuation (docs/fleet.md): the lightpaths between sites, for the network
    *  weigher and the evacuation plan (without them every pair of sites counts 1 Gbit/s). */
   fleet?: FleetOptions;
+  /** Replica transfers' background reservations (src/controller/replicas/bandwidth.ts), made when
+   *  both aaaUrl and brokerUrl are given; false: none (transfers unreserved). */
+  replicaBandwidth?: Partial<ReplicaBandwidthOptions> | false;
   /** Called with the hub once it exists, to build integrations that need it (tunnel agents). */
   integrations?: (hub: AgentHub) => { authorization?: AuthorizationPort; lightpath?: LightpathPort; tunnel?: TunnelPort };
 }
@@ -193,7 +197,11 @@ export async function startController(opts: ControllerOptions): Promise<Controll
     hub.on('event', (hostId: string, name: string, data: unknown) => { if (name === 'stats') monitoring.ingest(hostId, data as StatsReport); });
     registerPlanRoutes(app, { monitoring, store, hub, reader: requireRole(store, 'reader'), orchestrator: requireRole(store, 'orchestrator'), security: [{ bearer: [] }], autoAuthorization: `Bearer ${adminToken}` });
     // Replicas (docs/disks.md#replicas): disks pre-seeded at a destination and kept warm.
-    const replicas = new ReplicaService({ store, hub, clock, ids, logger: logger.child({ mod: 'replicas' }) });
+    // With an AAA and a broker, every seed and delta runs under a background reservation.
+    const replicaBandwidth = aaaPort && opts.brokerUrl && opts.replicaBandwidth !== false
+      ? new ReplicaBandwidth({ port: new BrokerReplicaBandwidth(opts.brokerUrl, key, aaaPort, logger.child({ mod: 'replica-bandwidth' }), opts.brokerCa ? { ca: opts.brokerCa } : {}), db: store.db, hub, clock, ids, logger: logger.child({ mod: 'replica-bandwidth' }), ...(opts.replicaBandwidth ? { options: opts.replicaBandwidth } : {}) })
+      : undefined;
+    const replicas = new ReplicaService({ store, hub, clock, ids, logger: logger.child({ mod: 'replicas' }), ...(replicaBandwidth ? { bandwidth: replicaBandwidth } : {}) });
     cleanups.push(() => replicas.close());
     registerReplicaRoutes(app, { replicas, clock, reader: requireRole(store, 'reader'), orchestrator: requireRole(store, 'orchestrator'), security: [{ bearer: [] }] });
     registerHealthRoutes(app, { store: storeCheck(store.db), aaa: peerCheck(opts.aaaUrl), broker: peerCheck(opts.brokerUrl, opts.brokerCa ? { tls: { ca: opts.brokerCa } } : {}) }, { clock });

@@ -11,6 +11,7 @@ import { IdParams } from './schemas.ts';
 import { lagSeconds, type ReplicaRow } from './replicas/machine.ts';
 import { Replica, ReplicaBody, ReplicaList, ReplicaParams } from './replicas/schemas.ts';
 import type { ReplicaService } from './replicas/service.ts';
+import type { ReplicaBandwidthStatus } from './replicas/bandwidth.ts';
 
 export interface ReplicaRouteDeps {
   replicas: ReplicaService;
@@ -22,8 +23,9 @@ export interface ReplicaRouteDeps {
 
 const iso = (t: number) => new Date(t).toISOString();
 
-export function presentReplica(r: ReplicaRow, now: number): Replica {
+export function presentReplica(r: ReplicaRow, now: number, bandwidth?: ReplicaBandwidthStatus): Replica {
   return {
+    ...(bandwidth ? { bandwidth } : {}),
     id: r.id, vmId: r.vmId, sourceHostId: r.sourceHostId, destinationHostId: r.destinationHostId, intervalS: r.intervalS, state: r.state,
     checkpoint: r.checkpoint ? { id: r.checkpoint.id, seq: r.checkpoint.seq, takenAt: r.checkpoint.takenAt } : null,
     diskBytes: r.diskBytes, seedBytes: r.seedBytes, lastDeltaBytes: r.lastDeltaBytes, deltas: r.deltas, bytesSent: r.bytesSent,
@@ -48,7 +50,7 @@ export function registerReplicaRoutes(fastify: FastifyInstance, d: ReplicaRouteD
     },
   }, async (request, reply) => {
     const { created, row } = d.replicas.create(request.params.id, request.body.destinationHostId, request.body.intervalS);
-    return reply.status(created ? 202 : 200).send(presentReplica(row, d.clock.now()));
+    return reply.status(created ? 202 : 200).send(presentReplica(row, d.clock.now(), d.replicas.bandwidthOf(row.id)));
   });
 
   app.get('/v1/vms/:id/replicas', {
@@ -59,7 +61,7 @@ export function registerReplicaRoutes(fastify: FastifyInstance, d: ReplicaRouteD
       params: IdParams,
       response: { 200: ReplicaList, ...errorResponses({}, 401, 403) },
     },
-  }, async (request) => ({ replicas: (await d.replicas.list(request.params.id)).map((r) => presentReplica(r, d.clock.now())) }));
+  }, async (request) => ({ replicas: (await d.replicas.list(request.params.id)).map((r) => presentReplica(r, d.clock.now(), d.replicas.bandwidthOf(r.id))) }));
 
   app.get('/v1/vms/:id/replicas/:rid', {
     onRequest: d.reader,
@@ -69,7 +71,7 @@ export function registerReplicaRoutes(fastify: FastifyInstance, d: ReplicaRouteD
       params: ReplicaParams,
       response: { 200: Replica, ...errorResponses({}, 401, 403, 404) },
     },
-  }, async (request) => presentReplica(await d.replicas.withLag(d.replicas.get(request.params.id, request.params.rid)), d.clock.now()));
+  }, async (request) => presentReplica(await d.replicas.withLag(d.replicas.get(request.params.id, request.params.rid)), d.clock.now(), d.replicas.bandwidthOf(request.params.rid)));
 
   app.delete('/v1/vms/:id/replicas/:rid', {
     onRequest: d.orchestrator,

@@ -84,6 +84,73 @@ describe('live migration with a warm replica (DoubleDriver, replica double, no s
     expect(sent.indexOf('replica.digest since@A')).toBeGreaterThan(migrate);
   });
 
+  it('the store follows the disk during the pre-copy: a write made then is carried as it happens (the double: by unfollow), the pause sends nothing, and B holds the final bytes', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm5', 2, 4);
+    await h.addHost('A', { vms: [vm.spec], sharedStorage: false });
+    const b = await h.addHost('B', { sharedStorage: false });
+    const rid = await warmReplica(h, 'vm5');
+    // Written once the follow began (the memory copy starts after it).
+    const sent = traceRequests(h, (method) => {
+      if (method === 'vm.migrate') writeAt(vm.path, 2 * MiB, randomBytes(192 * KiB));
+    });
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm5', destinationHostId: 'B', mode: 'live' });
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
+    let at = 0;
+    for (const m of ['replica.follow@A', 'vm.migrate@A', 'replica.unfollow@A', 'replica.closeStore@B', 'replica.digest since@A']) {
+      at = sent.indexOf(m, at);
+      expect(at, `${m} in order in\n${sent.join('\n')}`).toBeGreaterThan(-1);
+    }
+    expect(done.steps.incoming.replica).toMatchObject({ catchUpBytes: 0, mirroredBytes: 192 * KiB, lastDeltaBytes: 0 });
+    // No openStore in the pause: the follow's export served it.
+    expect(sent.slice(sent.indexOf('vm.migrate@A')).filter((m) => m.startsWith('replica.openStore'))).toEqual([]);
+    expect(readFileSync(b.replicas.storeFile(rid, 0)!).equals(readFileSync(vm.path))).toBe(true);
+  });
+
+  it('a mirror that fails while the store follows: unfollow reports it, nothing is recorded, the last delta runs in the pause from the checkpoint the store holds, and B holds the final bytes', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm6', 2, 4);
+    const a = await h.addHost('A', { vms: [vm.spec], sharedStorage: false });
+    const b = await h.addHost('B', { sharedStorage: false });
+    const rid = await warmReplica(h, 'vm6');
+    a.replicas.failNextFollow = true;
+    const sent = traceRequests(h, (method) => {
+      if (method === 'vm.migrate') writeAt(vm.path, 3 * MiB, randomBytes(128 * KiB));
+    });
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm6', destinationHostId: 'B', mode: 'live' });
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
+    expect(done.steps.incoming.replica).toMatchObject({ mirroredBytes: 0, lastDeltaBytes: 128 * KiB });
+    // The last delta opened the store anew, after the failed follow ended.
+    expect(sent.indexOf('replica.openStore@B', sent.indexOf('replica.unfollow@A')), sent.join('\n')).toBeGreaterThan(-1);
+    expect(readFileSync(b.replicas.storeFile(rid, 0)!).equals(readFileSync(vm.path))).toBe(true);
+  });
+
+  it('a move that fails while the store follows gives the replica back with its follow ended; the next delta brings the store up to date', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm7', 2, 4);
+    const a = await h.addHost('A', { vms: [vm.spec], sharedStorage: false, failures: { failMigrateAfterBytes: 1 } });
+    const b = await h.addHost('B', { sharedStorage: false });
+    const rid = await warmReplica(h, 'vm7');
+    const sent = traceRequests(h, (method) => {
+      if (method === 'vm.migrate') writeAt(vm.path, 1 * MiB, randomBytes(64 * KiB));
+    });
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm7', destinationHostId: 'B', mode: 'live' });
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect(done.state).toBe('rolled_back');
+    expect((await a.describe('vm7')).state).toBe('running');
+    await h.waitFor(() => sent.includes('replica.unfollow@A') || undefined, 'the follow ended');
+    const row = await h.waitFor(() => { const r = replicaServiceOf(h!.controller.hub)!.records.get(rid); return r && !r.migrationId ? r : undefined; }, 'replica given back');
+    expect(row.state).toBe('warm');
+    // The store still holds the checkpoint before the follow: the next delta (run now) carries
+    // the write, and the store equals the disk.
+    const svc = replicaServiceOf(h.controller.hub)!;
+    const next = await svc.exclusive(rid, async () => svc.transferStep(svc.records.get(rid)!));
+    expect(next).toMatchObject({ state: 'warm', error: null });
+    expect(readFileSync(b.replicas.storeFile(rid, 0)!).equals(readFileSync(vm.path))).toBe(true);
+  });
+
   it('a corrupt replica (a byte flipped in its store) fails the digests at the pause: the move rolls back, the VM runs at the source, B has nothing', async () => {
     h = await startHarness();
     const vm = diskVm(h, 'vm2', 2, 4);

@@ -25,7 +25,7 @@ describe('QEMU command line', () => {
     const local = (a: string[]) => a.map((x) => x.replace(/\/[ab]\//g, '/X/').replace(/vt(aaaa|bbbb)0/, 'TAP'));
     expect(local(dst.slice(0, -2))).toEqual(local(src));
     expect(src).toContain('virtio-net-pci,netdev=net0,mac=52:54:00:aa:00:01,id=nic0');
-    expect(src).toContain('file=/d/a,,b.qcow2,format=qcow2,if=virtio,id=disk0');
+    expect(src).toContain('if=virtio,id=disk0,driver=raw,file.driver=qcow2,file.node-name=disk0-fmt,file.file.driver=file,file.file.filename=/d/a,,b.qcow2');
     expect(src).toContain('socket,id=ser1,path=/a/serial1.sock,server=on,wait=off');
     expect(src.join(' ')).toContain('-m 256M -smp 2');
   });

@@ -3,13 +3,12 @@
 // loopback, and a running guest at A with a 64 MiB qcow2 data disk holding 16 MiB of 0x5a. Not a
 // test file. start() in beforeAll, close() in afterAll: close() tears down whatever start() got
 // to, also after it failed halfway.
-import { mkdtemp, open } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startController, type Controller } from '../../src/controller/index.ts';
 import { startHostAgent, type HostAgent } from '../../agents/host/index.ts';
 import { QemuDriver } from '../../agents/host/qemu/driver.ts';
-import { silentLogger } from '../../src/common/log.ts';
 import { buildGuestImage, guestAppend } from '../../lab/guest/build.ts';
 import { exec, guestSpec, shortId, testLogger, waitForLine, teardownDrivers } from './qemu-helpers.ts';
 
@@ -73,18 +72,39 @@ export class ReplicaLab {
     return store;
   }
 
+  /** Kill -9 the storage daemon exporting `host`'s store of replica `rid` (a child of this
+   *  process: the agents run in it). Returns its pid, or undefined when none runs. */
+  async killStoreDaemon(host: string, rid: string): Promise<number | undefined> {
+    const image = join(this.tmp, host, 'qemu', 'replicas', rid, 'disk0.qcow2');
+    for (const d of await readdir('/proc')) {
+      if (!/^\d+$/.test(d)) continue;
+      const pid = Number(d);
+      try {
+        const cmd = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+        const ppid = Number((await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ')[1]);
+        if (ppid === process.pid && cmd[0]!.endsWith('qemu-storage-daemon') && cmd.some((a) => a.includes(image))) {
+          process.kill(pid, 'SIGKILL');
+          return pid;
+        }
+      } catch {
+        /* gone meanwhile */
+      }
+    }
+    return undefined;
+  }
+
   private async addHost(hostId: string): Promise<void> {
     const drv = new QemuDriver({ dataDir: join(this.tmp, hostId, 'qemu'), logger: testLogger(), pollMs: 100 });
     this.drivers.set(hostId, drv);
     const tok = this.ctl!.hub.mintEnrollToken({ kind: 'host', hostId });
-    this.agents.push(await startHostAgent({ controllerUrl: this.ctl!.url, enrollToken: tok.token, dataDir: join(this.tmp, hostId, 'agent'), driver: drv, logger: silentLogger(), migrationAddress: '127.0.0.1', backoff: { initialMs: 50, maxMs: 500, jitter: 0.2 } }));
+    this.agents.push(await startHostAgent({ controllerUrl: this.ctl!.url, enrollToken: tok.token, dataDir: join(this.tmp, hostId, 'agent'), driver: drv, logger: testLogger(), migrationAddress: '127.0.0.1', backoff: { initialMs: 50, maxMs: 500, jitter: 0.2 } }));
     await this.waitFor(async () => this.ctl!.hub.inventory(hostId), `inventory of ${hostId}`);
   }
 
   async start(tmpPrefix: string): Promise<void> {
     const img = await buildGuestImage();
     this.tmp = await mkdtemp(join(tmpdir(), tmpPrefix));
-    this.ctl = await startController({ dataDir: join(this.tmp, 'controller'), listen: { host: '127.0.0.1', port: 0 }, agentListen: { host: '127.0.0.1', port: 0 }, logger: silentLogger(), runner: { statusPollMs: 200, destinationRunTimeoutMs: 60_000 } });
+    this.ctl = await startController({ dataDir: join(this.tmp, 'controller'), listen: { host: '127.0.0.1', port: 0 }, agentListen: { host: '127.0.0.1', port: 0 }, logger: testLogger(), runner: { statusPollMs: 200, destinationRunTimeoutMs: 60_000 } });
     await this.addHost('A');
     await this.addHost('B');
     // The guest's data disk: 64 MiB qcow2, 16 MiB of 0x5a.

@@ -54,22 +54,26 @@ describe('live migration with a warm replica, real QEMU (loopback)', () => {
     await drivers.get('A')!.humanMonitor(vmId, 'qemu-io disk0 "write -P 0x44 40M 1M"');
     await drivers.get('A')!.humanMonitor(vmId, 'qemu-io disk0 "write -P 0x55 50M 64k"');
 
-    // More writes while memory is pre-copied (40 Mbit/s: seconds of it), after the pre-copy delta
-    // went: only the last delta, in the pause before the switchover, can carry them.
+    // More writes while memory is pre-copied (40 Mbit/s: seconds of it), once the source's
+    // mirror into the store runs (docs/disks.md#following): the mirror carries them as they are
+    // written, and nothing of the disk is left for the pause.
     const late = 512 * 1024;
     let wroteLate = false;
     const rec = await migrate('B', async (mid) => {
       await waitFor(async () => (await api('GET', `/v1/vms/${vmId}/replicas/${rid}`)).body.deltas === warm.deltas + 1, 'the pre-copy delta', 120_000);
+      await waitFor(async () => /vmtc-follow\./.test(await drivers.get('A')!.humanMonitor(vmId, 'info block-jobs')), 'the mirror into the store', 120_000);
       const m = (await api('GET', `/v1/migrations/${mid}`)).body;
       if (m.state !== 'precopy') return;
       await drivers.get('A')!.humanMonitor(vmId, 'qemu-io disk0 "write -P 0x66 52M 512k"');
       wroteLate = true;
     }, 40);
     expect({ state: rec.state, error: rec.error }).toEqual({ state: 'completed', error: null });
-    expect(wroteLate, 'the pre-copy outlasted the pre-copy delta').toBe(true);
+    expect(wroteLate, 'the pre-copy outlasted the mirror\'s start').toBe(true);
     const used = rec.steps.incoming.replica;
-    expect(used.lastDeltaBytes).toBe(late);
     expect(used.precopyDeltaBytes).toBe(written);
+    // Nothing was written between the pre-copy delta and the mirror's start: the catch-up is
+    // empty, the mirror wrote the late writes, and the pause sent nothing.
+    expect({ catchUp: used.catchUpBytes, mirrored: used.mirroredBytes, last: used.lastDeltaBytes }).toEqual({ catchUp: 0, mirrored: late, last: 0 });
     expect(used, JSON.stringify(rec.steps.incoming)).toMatchObject({ replicaId: rid, disks: 1 });
     // No drive-mirror: nothing was exported by the destination for one, nothing mirrored.
     expect(rec.steps.incoming.storage).toBeUndefined();
@@ -80,7 +84,7 @@ describe('live migration with a warm replica, real QEMU (loopback)', () => {
     const lastNote = (host: string, side: string) => drivers.get(host)!.replicas.leaves.notes.filter((n) => n.replicaId === rid && n.side === side).at(-1);
     expect(lastNote('A', 'source')).toMatchObject({ mode: 'incremental', chunks: 1 });
     expect(lastNote('B', 'store')).toMatchObject({ mode: 'incremental', chunks: 1 });
-    const moved = used.precopyDeltaBytes + used.lastDeltaBytes;
+    const moved = used.precopyDeltaBytes + used.catchUpBytes + used.mirroredBytes + used.lastDeltaBytes;
     expect(moved).toBeLessThanOrEqual(1.2 * (written + late));
     const bDisk = await diskOf('B');
     expect(bDisk).toBe(join(lab.tmp, 'B', 'qemu', 'replicas', rid, 'disk0.qcow2'));
@@ -93,7 +97,7 @@ describe('live migration with a warm replica, real QEMU (loopback)', () => {
     }
     await waitFor(async () => (await api('GET', `/v1/vms/${vmId}/replicas/${rid}`)).status === 404, 'the consumed replica removed', 60_000);
     await exec('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', lab.data, bDisk]);
-    console.log(`[numbers] live move with a replica: seed ${warm.seedBytes} B before; at migration time disk bytes moved ${moved} B (pre-copy delta ${used.precopyDeltaBytes} B, last delta at the pause ${used.lastDeltaBytes} B in ${used.lastDeltaMs} ms, digests ${used.digestMs} ms) for ${written + late} B written (${written} before the move, ${late} during the pre-copy; ${(moved / (written + late)).toFixed(4)}x); memory ${rec.result?.transferredBytes} B, hypervisor downtime ${rec.result?.downtimeMs} ms`);
+    console.log(`[numbers] live move with a replica: seed ${warm.seedBytes} B before; at migration time disk bytes moved ${moved} B (pre-copy delta ${used.precopyDeltaBytes} B, catch-up ${used.catchUpBytes} B in ${used.catchUpMs} ms, mirrored ${used.mirroredBytes} B, last delta at the pause ${used.lastDeltaBytes} B in ${used.lastDeltaMs} ms, digests ${used.digestMs} ms) for ${written + late} B written (${written} before the move, ${late} during the pre-copy; ${(moved / (written + late)).toFixed(4)}x); memory ${rec.result?.transferredBytes} B, hypervisor downtime ${rec.result?.downtimeMs} ms`);
   }, 600_000);
 
   it('a corrupt replica is caught by the digests at the pause: the live move rolls back and the VM runs on at the source', async () => {
@@ -110,10 +114,41 @@ describe('live migration with a warm replica, real QEMU (loopback)', () => {
     const note = drivers.get('B')!.replicas.leaves.notes.filter((n) => n.replicaId === rid && n.side === 'source').at(-1);
     expect(note?.mode).toBe('incremental');
     expect((await drivers.get('B')!.describe(vmId)).state).toBe('running');
+    // The store followed the disk until the pause; the mirror ended there (the VM runs on at B
+    // without writing through to A's store).
+    expect(await drivers.get('B')!.humanMonitor(vmId, 'info block-jobs')).not.toMatch(/vmtc-follow/);
     await expect(drivers.get('A')!.describe(vmId)).rejects.toMatchObject({ code: expect.stringMatching(/VM_NOT_FOUND$/) });
     const r = await drivers.get('B')!.humanMonitor(vmId, 'qemu-io disk0 "read -P 0x55 50M 64k"');
     expect(r).not.toMatch(/Pattern verification failed|error/i);
     expect((await api('GET', `/v1/vms/${vmId}/replicas/${rid}`)).body).toMatchObject({ state: 'failed', error: { code: 'VMTC_HOST_DISK_DIGEST_MISMATCH' } });
     await api('DELETE', `/v1/vms/${vmId}/replicas/${rid}`);
+  }, 600_000);
+
+  it('a store that dies while it follows the disk: the mirror fails, the pause falls back to the last delta from the checkpoint the store holds, and the move commits the right disk', async () => {
+    // The VM is at B; a replica at A whose storage daemon is killed once the mirror runs, then a
+    // write the mirror cannot carry (the guest's write still succeeds: QEMU fails the job, not
+    // the write).
+    const warm = await warmReplica('A');
+    const rid = warm.id as string;
+    const source = await diskOf('B');
+    let killed: number | undefined;
+    const rec = await migrate('A', async (mid) => {
+      await waitFor(async () => /vmtc-follow\./.test(await drivers.get('B')!.humanMonitor(vmId, 'info block-jobs')), 'the mirror into the store', 120_000);
+      killed = await lab.killStoreDaemon('A', rid);
+      await drivers.get('B')!.humanMonitor(vmId, 'qemu-io disk0 "write -P 0x77 30M 256k"');
+      expect((await api('GET', `/v1/migrations/${mid}`)).body.state).toBe('precopy');
+    }, 40);
+    expect(killed, 'the store\'s storage daemon was found and killed').toBeGreaterThan(0);
+    expect({ state: rec.state, error: rec.error }).toEqual({ state: 'completed', error: null });
+    const used = rec.steps.incoming.replica;
+    // The last delta ran in the pause and carried the write the mirror could not.
+    expect(used.lastDeltaBytes).toBeGreaterThanOrEqual(256 * 1024);
+    const aDisk = await diskOf('A');
+    expect(aDisk).toBe(join(lab.tmp, 'A', 'qemu', 'replicas', rid, 'disk0.qcow2'));
+    pids.add((await drivers.get('A')!.pid(vmId))!);
+    await exec('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', source, aDisk]);
+    const r = await drivers.get('A')!.humanMonitor(vmId, 'qemu-io disk0 "read -P 0x77 30M 256k"');
+    expect(r).not.toMatch(/Pattern verification failed|error/i);
+    console.log(`[numbers] store killed while following: last delta at the pause ${used.lastDeltaBytes} B in ${used.lastDeltaMs} ms (mirrored ${used.mirroredBytes} B before it died), digests ${used.digestMs} ms`);
   }, 600_000);
 });

@@ -219,10 +219,15 @@ describe('the disk: load, rounds and figures (lab/turntable/disk.ts)', () => {
     const rec = { steps: { incoming: { replica: { replicaId: 'rep_1', preSeededBytes: 67 << 20, precopyDeltaBytes: 1 << 20, lastDeltaBytes: 65_536, lastDeltaMs: 40, digestMs: 12, disks: 1 } } }, result: { transferredBytes: 1e8 } } as any;
     expect(diskFigures(rec, prep, 64, 2e8, 16 << 20)).toEqual({
       diskMb: 64, replica: true, replicaUsed: true, replicaId: 'rep_1', bytesAtMigration: (1 << 20) + 65_536, mirrorBytes: 0,
-      precopyDeltaBytes: 1 << 20, lastDeltaAtPauseBytes: 65_536, lastDeltaAtPauseMs: 40, digestMs: 12,
+      precopyDeltaBytes: 1 << 20, followBytes: null, lastDeltaAtPauseBytes: 65_536, lastDeltaAtPauseMs: 40, digestMs: 12,
       seedBytes: 64 << 20, replicaDeltaBytes: 3 << 20, replicaLastDeltaBytes: 2 << 20, seedDelayLineBytes: 70 << 20, seedMs: 4000,
       delayLineBytes: 2e8, writtenBoundBytes: 16 << 20,
     });
+  });
+
+  it('with a replica the store followed, the catch-up delta and the mirrored writes count, and the pause sent nothing', () => {
+    const rec = { steps: { incoming: { replica: { replicaId: 'rep_1', preSeededBytes: 67 << 20, precopyDeltaBytes: 1 << 20, catchUpBytes: 131_072, catchUpMs: 300, mirroredBytes: 4 << 20, lastDeltaBytes: 0, lastDeltaMs: 15, digestMs: 70, disks: 1 } } } } as any;
+    expect(diskFigures(rec, prep, 64, 2e8, 16 << 20)).toMatchObject({ replicaUsed: true, bytesAtMigration: (1 << 20) + 131_072 + (4 << 20), followBytes: 131_072 + (4 << 20), lastDeltaAtPauseBytes: 0, lastDeltaAtPauseMs: 15 });
   });
 
   it('without one, it is what the mirror copied; a replica the move did not use is told apart', () => {

@@ -13,12 +13,15 @@ import { normaliseSerial } from '../../../src/common/pki.ts';
 import type { HypervisorDriver } from '../driver.ts';
 import { hostError } from '../errors.ts';
 import type { ExportServer } from './server.ts';
-import { progressReporter, sha256File, type ColdProgressListener, type ExportedDisk, type ExportParams, type ExportRec } from './shared.ts';
+import { progressReporter, sha256File, type ColdProgressListener, type ExportedDisk, type ExportParams, type ExportRec, type ExportRoute } from './shared.ts';
 
 export interface ColdExporterDeps {
   hostId: string;
   driver: HypervisorDriver;
   server: ExportServer;
+  /** Start serving an export (before the power-off): the server's URL, or a relay's on the
+   *  lightpath address (index.ts). `hasDisks` false: nothing will be fetched. */
+  route: (hasDisks: boolean, log: Logger) => Promise<ExportRoute>;
   clock: Clock;
   ids: Ids;
   progressEveryMs: number;
@@ -71,13 +74,17 @@ export class ColdExporter {
     // Only a VM that is running or already off: any other state belongs to an operation in flight
     // (a live migration, an operator's pause) that a power-off would break.
     if (!['running', 'stopped', 'crashed'].includes(priorState)) throw hostError('VMTC_HOST_VM_STATE', { vmId: p.vmId, state: priorState, op: 'coldExport' });
-    const { url: base } = await this.d.server.start();
+    const specDisks = info.spec.disks ?? [];
+    const route = await this.d.route(specDisks.length > 0, log);
+    const base = route.url;
     if (priorState === 'running') {
       log.info('powering the VM off for a cold migration');
-      await driver.stop(p.vmId);
+      await driver.stop(p.vmId).catch(async (e: unknown) => {
+        await route.close();
+        throw e;
+      });
     }
     try {
-      const specDisks = info.spec.disks ?? [];
       const sizes: number[] = [];
       for (const [index, d] of specDisks.entries()) {
         const st = await stat(d.path).catch((e: unknown) => {
@@ -102,12 +109,13 @@ export class ColdExporter {
         ...(p.destinationCertSerials ? { destinationCertSerials: p.destinationCertSerials.map(normaliseSerial) } : {}),
         ...(p.sourceCertSerials ? { sourceCertSerials: p.sourceCertSerials.map(normaliseSerial) } : {}),
       };
-      const rec: ExportRec = { exp, disks, withdrawn: false, active: new Set() };
+      const rec: ExportRec = { exp, route, disks, withdrawn: false, active: new Set() };
       this.d.server.publish(rec);
       this.settled.set(p.migrationId, rec);
       log.info({ disks: disks.length, totalBytes, destinationHostId: p.destinationHostId, expiresAt: exp.expiresAt }, 'disks published for a cold migration');
       return rec;
     } catch (e) {
+      await route.close();
       // Transactional (D4.4): a failed export leaves the VM as it found it.
       if (priorState === 'running') await driver.start(info.spec).catch((err: unknown) => log.error({ err }, 'restarting the VM after a failed export failed'));
       throw e;
@@ -119,7 +127,7 @@ export class ColdExporter {
     const pending = this.exports.get(p.migrationId);
     const rec = pending ? await pending.catch(() => undefined) : undefined;
     if (rec && rec.exp.vmId !== p.vmId) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'vmId', migrationId: p.migrationId, reason: 'this migration exports another VM' });
-    if (rec) this.withdraw(rec);
+    if (rec) await this.withdraw(rec);
     const info = await this.d.driver.describe(p.vmId);
     if (rec && rec.exp.priorState === 'running' && info.state === 'stopped') {
       this.d.log.info({ vmId: p.vmId, migrationId: p.migrationId }, 'cold migration rolled back: restarting the source VM');
@@ -129,19 +137,21 @@ export class ColdExporter {
   }
 
   /** After vm.destroy of the VM: withdraw its exports. */
-  forgetVm(vmId: string): void {
-    for (const rec of [...this.settled.values()]) if (rec.exp.vmId === vmId) this.withdraw(rec);
+  async forgetVm(vmId: string): Promise<void> {
+    await Promise.all([...this.settled.values()].filter((rec) => rec.exp.vmId === vmId).map((rec) => this.withdraw(rec)));
   }
 
-  /** Withdraw every export (the agent stops). */
-  close(): void {
-    for (const rec of [...this.settled.values()]) this.withdraw(rec);
+  /** Withdraw every export (the agent stops); resolves once their relays have stopped. */
+  async close(): Promise<void> {
+    await Promise.all([...this.settled.values()].map((rec) => this.withdraw(rec)));
   }
 
-  private withdraw(rec: ExportRec): void {
+  /** Its URLs stop answering at once; the promise is its relay stopping. */
+  private withdraw(rec: ExportRec): Promise<void> {
     rec.withdrawn = true;
     this.d.server.unpublish(rec);
     this.settled.delete(rec.exp.migrationId);
     this.exports.delete(rec.exp.migrationId);
+    return rec.route.close().catch((err: unknown) => this.d.log.warn({ err, migrationId: rec.exp.migrationId }, 'stopping the export\'s relay failed'));
   }
 }

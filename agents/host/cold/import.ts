@@ -20,6 +20,7 @@ import { normaliseSerial } from '../../../src/common/pki.ts';
 import { tcpConnectCheck, type HypervisorDriver } from '../driver.ts';
 import { hostError } from '../errors.ts';
 import { checkExport } from './check.ts';
+import { FetchRelays } from './relay.ts';
 import { hashFile, peerCn, progressReporter, sha256File, type ColdProgressListener, type Credentials } from './shared.ts';
 
 const ERROR_BODY_LIMIT = 64 * 1024;
@@ -34,6 +35,8 @@ export interface ColdImporterDeps {
   stallMs: number;
   progressEveryMs: number;
   log: Logger;
+  /** Fetch from inside this network namespace, through relays (relay.ts; ColdOptions.relay). */
+  relay?: { netns: string };
 }
 
 export class ColdImporter {
@@ -131,6 +134,8 @@ export class ColdImporter {
     log.info({ disks: exp.disks.length, totalBytes, sourceHostId: exp.sourceHostId }, 'cold import: fetching disks');
     const progress = progressReporter(clock, this.d.progressEveryMs, onProgress, { migrationId: exp.migrationId, vmId: exp.vmId, phase: 'download', totalBytes });
     let done = 0;
+    // In the driver's namespace (the lab), the fetch's TCP leaves from there, across the lightpath.
+    const relays = this.d.relay ? new FetchRelays({ netns: this.d.relay.netns, clock, log }) : undefined;
     try {
       for (const [i, d] of exp.disks.entries()) {
         const final = finals[i]!;
@@ -141,7 +146,7 @@ export class ColdImporter {
           }
           await rm(final, { force: true });
         }
-        const r = await this.fetchDisk(exp, d, `${final}.part`, (n) => progress(done + n));
+        const r = await this.fetchDisk(exp, d, `${final}.part`, (n) => progress(done + n), relays);
         bytes += r.fetched;
         resumedBytes += r.resumed;
         done += d.sizeBytes;
@@ -154,6 +159,8 @@ export class ColdImporter {
       if (e instanceof VmtcError && e.code === 'VMTC_HOST_COLD_CHECKSUM') await removeCopies(dir, exp.migrationId);
       log.warn({ err: toVmtcError(e).toJSON() }, 'cold import: fetching the disks failed');
       throw e;
+    } finally {
+      await relays?.close();
     }
     }
 
@@ -202,7 +209,7 @@ export class ColdImporter {
   }
 
   /** Fetch one disk into `part`, resuming what is there; verify size and sha256. */
-  private async fetchDisk(exp: ColdExport, d: ColdDisk, part: string, onBytes: (n: number) => void): Promise<{ fetched: number; resumed: number }> {
+  private async fetchDisk(exp: ColdExport, d: ColdDisk, part: string, onBytes: (n: number) => void, relays?: FetchRelays): Promise<{ fetched: number; resumed: number }> {
     const st = await stat(part).catch(() => undefined);
     let from = st?.isFile() && st.size <= d.sizeBytes ? st.size : 0;
     if (st && from === d.sizeBytes) {
@@ -212,7 +219,7 @@ export class ColdImporter {
     }
     let hash = createHash('sha256');
     if (from > 0) await hashFile(part, hash, from);
-    const { res, stalled } = await this.request(exp, d, from);
+    const { res, stalled } = await this.request(exp, d, from, relays);
     if (res.statusCode === 200 && from > 0) {
       // The server sent the whole disk despite the Range: start over.
       hash = createHash('sha256');
@@ -253,7 +260,7 @@ export class ColdImporter {
 
   /** GET one disk URL with this agent's certificate, trusting only the deployment CA and only a
    *  server whose certificate names the export's source host. */
-  private request(exp: ColdExport, d: ColdDisk, from: number): Promise<{ res: IncomingMessage; stalled: () => boolean }> {
+  private async request(exp: ColdExport, d: ColdDisk, from: number, relays?: FetchRelays): Promise<{ res: IncomingMessage; stalled: () => boolean }> {
     const c = this.d.credentials();
     const stallMs = this.d.stallMs;
     let u: URL;
@@ -263,11 +270,15 @@ export class ColdImporter {
     } catch {
       throw hostError('VMTC_HOST_BAD_PARAMS', { field: `export.disks[${d.index}].url` });
     }
+    const host = u.hostname.replace(/^\[|\]$/g, '');
+    const port = Number(u.port || 443);
+    // Through the namespace's relay: TLS runs over its Unix socket, end to end with the source.
+    const socketPath = relays ? await relays.socketFor(host, port) : undefined;
     let stalled = false;
     return new Promise((resolve, reject) => {
       let identityError: string | undefined;
       const req = https.request({
-        host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port || 443, path: u.pathname, method: 'GET',
+        host, port, ...(socketPath ? { socketPath } : {}), path: u.pathname, method: 'GET',
         key: c.key, cert: c.cert, ca: c.ca, agent: false,
         // The URL names an address, not a DNS name in the certificate: the peer is identified by
         // its CN, which the deployment CA sets to the host id at enrolment.

@@ -3,20 +3,24 @@
 //   export.ts  source: power off, checksum, publish single-use, time-limited URLs; abort
 //   server.ts  source: the HTTPS (mutual TLS) server behind those URLs
 //   import.ts  destination: fetch with resume and sha256 into the agent's own store, boot, verify
+//   relay.ts   both, in the driver's network namespace (the lab): relays that put the disk fetch's
+//              TCP on the lightpath (relay-main.ts is the relay process)
 //   check.ts, shared.ts
 //
 // ColdTransfer is what the agent holds: one per agent, serving both roles.
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ColdExport, ColdImportResult, VmInfo } from '../../../src/common/agent-protocol.ts';
-import { keepAliveClock, randomIds } from '../../../src/common/clock.ts';
+import { keepAliveClock, randomIds, type Clock } from '../../../src/common/clock.ts';
 import { commonError } from '../../../src/common/errors.ts';
 import { parseListen } from '../../../src/common/listen.ts';
-import { silentLogger } from '../../../src/common/log.ts';
+import { silentLogger, type Logger } from '../../../src/common/log.ts';
+import { hostError } from '../errors.ts';
 import { ColdExporter } from './export.ts';
 import { ColdImporter, type VerifyAttempt } from './import.ts';
+import { startRelay } from './relay.ts';
 import { ExportServer } from './server.ts';
-import { COLD_DEFAULTS, loadCredentials, SAFE_NAME, type ColdOptions, type ColdProgressListener, type Credentials, type ExportParams } from './shared.ts';
+import { COLD_DEFAULTS, loadCredentials, SAFE_NAME, type ColdOptions, type ColdProgressListener, type Credentials, type ExportParams, type ExportRoute } from './shared.ts';
 
 export type { ColdOptions, ColdProgressListener, ExportParams } from './shared.ts';
 
@@ -25,10 +29,11 @@ export class ColdTransfer {
   private readonly exporter: ColdExporter;
   private readonly importer: ColdImporter;
   private creds?: Credentials;
+  private readonly clock: Clock;
 
   constructor(private readonly opts: ColdOptions) {
     const log = (opts.logger ?? silentLogger()).child({ mod: 'cold', hostId: opts.hostId });
-    const clock = opts.clock ?? keepAliveClock;
+    const clock = (this.clock = opts.clock ?? keepAliveClock);
     const listen = parseListen(opts.exportListen ?? COLD_DEFAULTS.exportListen, 'exportListen');
     for (const k of ['stallMs', 'progressEveryMs'] as const) {
       const v = opts[k];
@@ -41,12 +46,32 @@ export class ColdTransfer {
       ...(opts.exportHost ? { exportHost: opts.exportHost } : {}),
       credentials, clock, log,
     });
-    this.exporter = new ColdExporter({ hostId: opts.hostId, driver: opts.driver, server: this.server, clock, ids: opts.ids ?? randomIds, progressEveryMs, log });
+    if (opts.relay !== undefined && !(typeof opts.relay.netns === 'string' && opts.relay.netns)) throw commonError('VMTC_CONFIG_INVALID', { field: 'relay.netns', value: opts.relay.netns ?? null });
+    this.exporter = new ColdExporter({ hostId: opts.hostId, driver: opts.driver, server: this.server, route: (hasDisks, l) => this.route(hasDisks, l), clock, ids: opts.ids ?? randomIds, progressEveryMs, log });
     this.importer = new ColdImporter({
       hostId: opts.hostId, driver: opts.driver, credentials, diskDir: (vmId) => this.diskDir(vmId), clock,
       ...(opts.freeSpace ? { freeSpace: opts.freeSpace } : {}),
+      ...(opts.relay ? { relay: { netns: opts.relay.netns } } : {}),
       stallMs: opts.stallMs ?? COLD_DEFAULTS.stallMs, progressEveryMs, log,
     });
+  }
+
+  /**
+   * Where an export's disks are served. Without a namespace: the export server's own address
+   * (exportListen). In the driver's namespace (ColdOptions.relay, the lab): a relay there listens
+   * on this host's lightpath address and hands each connection to the export server's Unix
+   * socket, so the destination's fetch (its own relay, import.ts) crosses the lightpath; the
+   * URLs name that address, and the TLS stays end to end between the agents.
+   */
+  private async route(hasDisks: boolean, log: Logger): Promise<ExportRoute> {
+    const none = async () => undefined;
+    const relay = this.opts.relay;
+    if (!relay) return { url: (await this.server.start()).url, close: none };
+    if (!hasDisks) return { url: '', close: none };
+    if (!relay.host) throw hostError('VMTC_HOST_COLD_RELAY_FAILED', { netns: relay.netns, reason: 'no lightpath address to serve the disks on (the agent\'s --migration-address)' });
+    const path = await this.server.startUnix();
+    const r = await startRelay({ netns: relay.netns, listen: { type: 'tcp', host: relay.host, port: 0 }, to: { type: 'unix', path }, clock: this.clock, log });
+    return { url: `https://${relay.host.includes(':') ? `[${relay.host}]` : relay.host}:${r.port}`, close: r.stop };
   }
 
   /** The store of agent-owned disk copies of one VM. */
@@ -81,14 +106,14 @@ export class ColdTransfer {
 
   /** After vm.destroy: withdraw the VM's exports and delete the agent-owned copies of its disks. */
   async forgetVm(vmId: string): Promise<void> {
-    this.exporter.forgetVm(vmId);
+    await this.exporter.forgetVm(vmId);
     this.importer.forgetVm(vmId);
     if (SAFE_NAME.test(vmId)) await rm(this.diskDir(vmId), { recursive: true, force: true });
   }
 
   async close(): Promise<void> {
     this.importer.close();
-    this.exporter.close();
+    await this.exporter.close();
     await this.server.close();
   }
 }

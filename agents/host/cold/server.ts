@@ -9,6 +9,7 @@ import https from 'node:https';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -18,6 +19,7 @@ import { commonError, toVmtcError, type VmtcError } from '../../../src/common/er
 import type { Logger } from '../../../src/common/log.ts';
 import { normaliseSerial } from '../../../src/common/pki.ts';
 import { hostError } from '../errors.ts';
+import { socketDir } from './relay.ts';
 import { peerCn, type Credentials, type ExportRec } from './shared.ts';
 
 export interface ExportServerOptions {
@@ -32,6 +34,7 @@ export interface ExportServerOptions {
 export class ExportServer {
   private readonly bySecret = new Map<string, { rec: ExportRec; index: number }>();
   private server?: Promise<{ server: https.Server; url: string }>;
+  private unix?: Promise<{ server: https.Server; path: string; remove: () => Promise<void> }>;
   private closed = false;
 
   constructor(private readonly opts: ExportServerOptions) {}
@@ -41,11 +44,7 @@ export class ExportServer {
     if (this.closed) return Promise.reject(commonError('VMTC_SHUTTING_DOWN'));
     const { listen, log } = this.opts;
     this.server ??= (async () => {
-      const c = this.opts.credentials();
-      // Mutual TLS with the deployment CA only: a client without a certificate from it never gets
-      // past the handshake; which host it is is checked per request (the export's destination).
-      const server = https.createServer({ key: c.key, cert: c.cert, ca: c.ca, requestCert: true, rejectUnauthorized: true }, (req, res) => void this.serve(req, res));
-      server.on('tlsClientError', (err) => log.info({ reason: err.message }, 'export server: TLS handshake refused'));
+      const server = this.makeServer();
       await new Promise<void>((resolve, reject) => {
         server.once('error', (e) => reject(commonError('VMTC_CONFIG_INVALID', { field: 'exportListen', value: `${listen.host}:${listen.port}`, reason: e.message }, { message: 'the disk export server cannot listen', cause: e })));
         server.listen(listen.port, listen.host, () => resolve());
@@ -59,6 +58,39 @@ export class ExportServer {
     })();
     this.server.catch(() => { this.server = undefined; });
     return this.server;
+  }
+
+  /** The same server on a Unix socket too (once), for the relay that brings connections from the
+   *  lightpath in the driver's network namespace (relay.ts): resolves with the socket's path. */
+  startUnix(): Promise<string> {
+    if (this.closed) return Promise.reject(commonError('VMTC_SHUTTING_DOWN'));
+    this.unix ??= (async () => {
+      const dir = await socketDir();
+      const path = join(dir.dir, 'export.sock');
+      const server = this.makeServer();
+      try {
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', (e) => reject(hostError('VMTC_HOST_COLD_RELAY_FAILED', { listen: `unix:${path}`, reason: e.message }, { cause: e })));
+          server.listen(path, () => resolve());
+        });
+      } catch (e) {
+        await dir.remove();
+        throw e;
+      }
+      this.opts.log.info({ path }, 'disk export server listening on a Unix socket for the relay');
+      return { server, path, remove: dir.remove };
+    })();
+    this.unix.catch(() => { this.unix = undefined; });
+    return this.unix.then((u) => u.path);
+  }
+
+  private makeServer(): https.Server {
+    const c = this.opts.credentials();
+    // Mutual TLS with the deployment CA only: a client without a certificate from it never gets
+    // past the handshake; which host it is is checked per request (the export's destination).
+    const server = https.createServer({ key: c.key, cert: c.cert, ca: c.ca, requestCert: true, rejectUnauthorized: true }, (req, res) => void this.serve(req, res));
+    server.on('tlsClientError', (err) => this.opts.log.info({ reason: err.message }, 'export server: TLS handshake refused'));
+    return server;
   }
 
   /** Make an export's URLs answer. */
@@ -75,11 +107,12 @@ export class ExportServer {
 
   async close(): Promise<void> {
     this.closed = true;
-    const s = await this.server?.catch(() => undefined);
-    if (s) {
+    for (const s of [await this.server?.catch(() => undefined), await this.unix?.catch(() => undefined)]) {
+      if (!s) continue;
       s.server.closeAllConnections();
       await new Promise<void>((r) => s.server.close(() => r()));
     }
+    await (await this.unix?.catch(() => undefined))?.remove();
   }
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {

@@ -35,6 +35,11 @@ export interface ColdOptions {
   stallMs?: number;
   /** Minimum interval between cold.progress callbacks (default 250 ms). */
   progressEveryMs?: number;
+  /** The driver's network namespace, where the lightpath is (the QEMU driver's `netns`: the lab),
+   *  and this host's lightpath address in it (the agent's migrationAddress): the disks are served
+   *  on that address and fetched from inside the namespace, through relays (relay.ts), so their
+   *  bytes cross the lightpath. Without it the agent serves and fetches in its own namespace. */
+  relay?: { netns: string; host?: string };
 }
 
 export const COLD_DEFAULTS = {
@@ -65,10 +70,18 @@ export interface ExportedDisk {
 /** One published export: its disks' URLs answer until it is withdrawn or expires. */
 export interface ExportRec {
   exp: ColdExport;
+  /** Where the URLs are served from; closed when the export is withdrawn (a relay stops). */
+  route: ExportRoute;
   disks: ExportedDisk[];
   withdrawn: boolean;
   /** Responses being streamed, cut when the export is withdrawn. */
   active: Set<ServerResponse>;
+}
+
+/** The base URL of an export's disks, and how to stop serving there. */
+export interface ExportRoute {
+  url: string;
+  close(): Promise<void>;
 }
 
 export interface Credentials {

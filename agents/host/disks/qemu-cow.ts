@@ -18,7 +18,7 @@
 // The destination store (qemu-store.ts) is a qcow2 image exported over NBD by a
 // qemu-storage-daemon; what it holds is recorded beside it.
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { clockSleep, systemClock, type Clock } from '../../../src/common/clock.ts';
@@ -28,7 +28,7 @@ import { QmpClient } from '../qemu/qmp.ts';
 import { CHECKPOINT_ID, type ChangedBlocks, type Checkpoint, type DigestOptions, type DiskDigest, type DiskStateBackend, type SourceDisk, type TransferReport } from './backend.ts';
 import { runOk, systemRunner, type CommandRunner } from './io.ts';
 import { digestImageByMap, openImageReader, parseMap, type ImageReader } from './image-reader.ts';
-import { startStorageDaemon } from './qemu-images.ts';
+import { startNbdRelay, startStorageDaemon } from './qemu-images.ts';
 import { QemuStore, type NbdDestination } from './qemu-store.ts';
 
 /** What the backend needs of a QMP connection (the QEMU driver's, or one of its own). */
@@ -87,6 +87,11 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
     this.pollMs = opts.pollMs ?? 50;
   }
 
+  /** The backend's scratch directory (relays, storage daemons' sockets). */
+  get scratchDir(): string {
+    return this.tmp;
+  }
+
   // ---- source ------------------------------------------------------------------------------
 
   async seed(disk: SourceDisk, id: string, dest: NbdDestination): Promise<TransferReport> {
@@ -98,7 +103,7 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
       const add: Record<string, unknown> = { node, name: bm, persistent: true };
       if (this.opts.granularity) add.granularity = this.opts.granularity;
       const cp: Checkpoint = { id, seq: 0, takenAt: this.clock.now(), ref: bm };
-      const bytes = await this.backup(qmp, node, dest, id, [{ type: 'block-dirty-bitmap-add', data: add }], { sync: 'full' }, async () => {
+      const bytes = await this.backup(qmp, node, dest, id, [{ type: 'block-dirty-bitmap-add', data: add }], { sync: 'full' }, disk.kind === 'qcow2' && disk.vmId !== undefined, async () => {
         await qmp.execute('block-dirty-bitmap-remove', { node, name: bm }).catch(() => undefined);
       });
       return { kind: 'full', checkpoint: cp, diskBytes: size, bytes, ms: this.clock.now() - t0 };
@@ -129,7 +134,7 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
         ...(prev.recording ? [{ type: 'block-dirty-bitmap-disable', data: { node, name: from.ref } }] : []),
       ];
       const cp: Checkpoint = { id, seq: from.seq + 1, takenAt: this.clock.now(), ref: bm };
-      const bytes = await this.backup(qmp, node, dest, id, actions, { sync: 'bitmap', bitmap: from.ref, 'bitmap-mode': 'never' }, async () => {
+      const bytes = await this.backup(qmp, node, dest, id, actions, { sync: 'bitmap', bitmap: from.ref, 'bitmap-mode': 'never' }, disk.kind === 'qcow2' && disk.vmId !== undefined, async () => {
         // Writes since the failed attempt began are in the new bitmap: give them back to `from`.
         await qmp.execute('transaction', {
           actions: [
@@ -212,27 +217,44 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
    *  driver's `x-dirty-bitmap` reports the dirty extents as holes. The bitmap must no longer
    *  record (QEMU refuses to export a recording one read-only): it is, after the delta that
    *  took the next checkpoint. The NBD server is started and stopped here. */
-  async dirtyRanges(disk: SourceDisk, cp: Checkpoint): Promise<{ offset: number; length: number }[]> {
+  async dirtyRanges(disk: SourceDisk, cp: Checkpoint, alsoRefs: string[] = []): Promise<{ offset: number; length: number }[]> {
     return this.withNode(disk, async (qmp, node, size) => {
-      const b = (await this.bitmaps(qmp, node)).find((x) => x.name === cp.ref);
+      const have = await this.bitmaps(qmp, node);
+      const b = have.find((x) => x.name === cp.ref);
       if (!b) throw hostError('VMTC_HOST_DISK_CHECKPOINT_MISSING', { checkpoint: cp.id, bitmap: cp.ref });
-      if (b.recording) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'checkpoint', reason: 'its bitmap still records: take the next checkpoint first', checkpoint: cp.id });
+      const also = alsoRefs.filter((r) => r !== cp.ref && have.some((x) => x.name === r));
+      if (b.recording && also.length === 0) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'checkpoint', reason: 'its bitmap still records: take the next checkpoint first', checkpoint: cp.id });
       const dir = await mkdtemp(join(this.tmp, 'vmtc-nbd-'));
       const sock = join(dir, 's');
       let server = false;
       let exported = false;
+      // With later checkpoints too (a live move whose last writes a mirror carried, the newest
+      // still recording): their union, in a disabled scratch bitmap that is exported instead.
+      let bitmap = cp.ref;
+      const merged = also.length ? 'vmtc-dirty.union' : undefined;
       try {
+        if (merged) {
+          await qmp.execute('block-dirty-bitmap-remove', { node, name: merged }).catch(() => undefined);
+          await qmp.execute('transaction', {
+            actions: [
+              { type: 'block-dirty-bitmap-add', data: { node, name: merged, granularity: b.granularity, persistent: false, disabled: true } },
+              { type: 'block-dirty-bitmap-merge', data: { node, target: merged, bitmaps: [cp.ref, ...also] } },
+            ],
+          });
+          bitmap = merged;
+        }
         await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: sock } } });
         server = true;
-        await qmp.execute('block-export-add', { type: 'nbd', id: 'vmtc-dirty', 'node-name': node, name: 'vmtc-dirty', writable: false, bitmaps: [cp.ref] });
+        await qmp.execute('block-export-add', { type: 'nbd', id: 'vmtc-dirty', 'node-name': node, name: 'vmtc-dirty', writable: false, bitmaps: [bitmap] });
         exported = true;
-        const opts = `driver=nbd,server.type=unix,server.path=${sock.replace(/,/g, ',,')},export=vmtc-dirty,x-dirty-bitmap=qemu:dirty-bitmap:${cp.ref}`;
+        const opts = `driver=nbd,server.type=unix,server.path=${sock.replace(/,/g, ',,')},export=vmtc-dirty,x-dirty-bitmap=qemu:dirty-bitmap:${bitmap}`;
         const map = parseMap((await runOk(this.run, ['qemu-img', 'map', '--output=json', '--image-opts', opts], { checkpoint: cp.id }, 5 * 60_000)).stdout);
         if (map.reduce((n, e) => n + e.length, 0) !== size) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-img map', reason: 'the bitmap map does not cover the disk' });
         return map.filter((e) => !e.data).map((e) => ({ offset: e.start, length: e.length }));
       } finally {
         if (exported) await qmp.execute('block-export-del', { id: 'vmtc-dirty' }).catch((e: unknown) => this.opts.logger.warn({ err: String(e) }, 'block-export-del refused'));
         if (server) await qmp.execute('nbd-server-stop').catch((e: unknown) => this.opts.logger.warn({ err: String(e) }, 'nbd-server-stop refused'));
+        if (merged) await qmp.execute('block-dirty-bitmap-remove', { node, name: merged }).catch((e: unknown) => this.opts.logger.warn({ err: String(e) }, 'the scratch bitmap could not be removed'));
         await rm(dir, { recursive: true, force: true });
       }
     });
@@ -267,7 +289,7 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
   // ---- steps ---------------------------------------------------------------------------------
 
   /** QMP and the qcow2 node of the disk: the running VM's, or a storage daemon's (cold). */
-  private async withNode<T>(disk: SourceDisk, fn: (qmp: QmpPort, node: string, size: number) => Promise<T>): Promise<T> {
+  async withNode<T>(disk: SourceDisk, fn: (qmp: QmpPort, node: string, size: number, top?: string) => Promise<T>): Promise<T> {
     if (disk.kind !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.kind', reason: 'the QEMU backend takes { kind: qcow2, image, vmId?, device? }' });
     if (disk.vmId !== undefined) {
       if (!disk.device || !/^[A-Za-z0-9_.-]{1,64}$/.test(disk.device)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.device', reason: 'the drive id, e.g. disk0' });
@@ -275,8 +297,15 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
       const blocks = await qmp.execute<{ device: string; qdev?: string; inserted?: { 'node-name': string; image: { 'virtual-size': number; format: string } } }[]>('query-block');
       const b = blocks.find((x) => x.device === disk.device || x.qdev === disk.device);
       if (!b?.inserted) throw hostError('VMTC_HOST_DISK_NOT_FOUND', { vmId: disk.vmId, device: disk.device });
-      if (b.inserted.image.format !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk', reason: `persistent bitmaps need qcow2, the drive is ${b.inserted.image.format}` });
-      return fn(qmp, b.inserted['node-name'], b.inserted.image['virtual-size']);
+      if (b.inserted.image.format === 'qcow2') return fn(qmp, b.inserted['node-name'], b.inserted.image['virtual-size']);
+      // The driver's writable qcow2 drives: a raw pass-through node (the drive's top, `top`)
+      // over the qcow2 node `DRIVE-fmt` (agents/host/qemu/cmdline.ts).
+      if (b.inserted.image.format === 'raw') {
+        const fmt = `${b.device || disk.device}-fmt`;
+        const n = (await qmp.execute<(NodeInfo & { image: { 'virtual-size': number } })[]>('query-named-block-nodes', { flat: true })).find((x) => x['node-name'] === fmt);
+        if (n?.drv === 'qcow2') return fn(qmp, fmt, n.image['virtual-size'], b.inserted['node-name']);
+      }
+      throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk', reason: `persistent bitmaps need qcow2, the drive is ${b.inserted.image.format}` });
     }
     // Cold: nobody runs the image; a storage daemon opens it for the transfer and, stopping,
     // stores the bitmaps back into it.
@@ -299,7 +328,7 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
     }
   }
 
-  private async bitmaps(qmp: QmpPort, node: string): Promise<NonNullable<NodeInfo['dirty-bitmaps']>> {
+  async bitmaps(qmp: QmpPort, node: string): Promise<NonNullable<NodeInfo['dirty-bitmaps']>> {
     const nodes = await qmp.execute<NodeInfo[]>('query-named-block-nodes', { flat: true });
     const n = nodes.find((x) => x['node-name'] === node);
     if (!n) throw hostError('VMTC_HOST_DISK_NOT_FOUND', { node });
@@ -308,14 +337,18 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
 
   /** One backup job into the destination's NBD export, started in one transaction with the
    *  checkpoint's bitmap actions; waits for it to conclude. Returns the bytes it copied. */
-  private async backup(qmp: QmpPort, node: string, dest: NbdDestination, id: string, actions: { type: string; data: Record<string, unknown> }[], job: Record<string, unknown>, undo: () => Promise<void>): Promise<number> {
+  private async backup(qmp: QmpPort, node: string, dest: NbdDestination, id: string, actions: { type: string; data: Record<string, unknown> }[], job: Record<string, unknown>, guest: boolean, undo: () => Promise<void>): Promise<number> {
     // QEMU node names are at most 31 characters: the target is named by a hash of the id.
     const target = `vt${createHash('sha256').update(id).digest('hex').slice(0, 24)}`;
     const jobId = `vmtc-backup.${id}`;
-    const server = dest.nbd.type === 'unix' ? { type: 'unix', path: dest.nbd.path } : { type: 'inet', host: dest.nbd.host, port: String(dest.nbd.port) };
+    const conn = await this.nbdConnection(dest, guest ? join(this.tmp, `relay-${target}`) : undefined);
     try {
-      await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': target, server, export: dest.exportName }, { timeoutMs: 30_000 });
+      // Without flushes over the path (closing the node would wait a round trip for one, in a
+      // live move's pause for the last delta): the store's daemon writes everything out when it
+      // closes, and only then does the store record the checkpoint (qemu-store.ts).
+      await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': target, server: conn.server, export: conn.exportName, cache: { 'no-flush': true } }, { timeoutMs: 30_000 });
     } catch (e) {
+      await conn.close();
       throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'connect to the destination export', nbd: dest.nbd, reason: String((e as Error).message ?? e) }, { cause: e });
     }
     let started = false;
@@ -352,8 +385,40 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
       await undo();
       throw e;
     } finally {
+      // The relay first: the job is over (every write acknowledged by the store, or the job
+      // failed), so it holds nothing and goes at once; closing the node before it would wait a
+      // round trip of the path for the relay's own close.
+      await conn.close();
       await qmp.execute('blockdev-del', { 'node-name': target }).catch((e: unknown) => this.opts.logger.warn({ err: String(e), target }, 'blockdev-del of the NBD target refused'));
     }
+  }
+
+  /** How a QEMU opens its NBD node for `dest`. A running VM's QEMU (`relayDir` given) reaches an
+   *  export across the path through a local relay started here (qemu-images.ts startNbdRelay:
+   *  its own connection's round trips do not hold the guest); a unix export, or a storage
+   *  daemon's (cold) QEMU, connects directly. `close` stops the relay. */
+  async nbdConnection(dest: NbdDestination, relayDir?: string): Promise<{ server: Record<string, unknown>; exportName: string; close(): Promise<void>; pid?: number }> {
+    if (dest.nbd.type === 'unix') return { server: { type: 'unix', path: dest.nbd.path }, exportName: dest.exportName, close: async () => undefined };
+    if (!relayDir) return { server: { type: 'inet', host: dest.nbd.host, port: String(dest.nbd.port) }, exportName: dest.exportName, close: async () => undefined };
+    await rm(relayDir, { recursive: true, force: true });
+    await mkdir(relayDir, { recursive: true });
+    let relay;
+    try {
+      relay = await startNbdRelay({ remote: { host: dest.nbd.host, port: dest.nbd.port, exportName: dest.exportName }, dir: relayDir, clock: this.clock, ...(this.opts.netns ? { netns: this.opts.netns } : {}) });
+    } catch (e) {
+      await rm(relayDir, { recursive: true, force: true });
+      throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'connect to the destination export', nbd: dest.nbd, reason: String((e as Error).message ?? e) }, { cause: e });
+    }
+    const r = relay;
+    return {
+      server: { type: 'unix', path: r.nbdSocket! }, exportName: r.exportName, pid: r.pid,
+      // A relay holds nothing unwritten (a write is acknowledged once the store acknowledged
+      // it), so it is killed, not asked to close: its close would wait a round trip of the path.
+      close: async () => {
+        await r.stop({ now: true });
+        await rm(relayDir, { recursive: true, force: true });
+      },
+    };
   }
 
   /** After a failure: make sure the job is gone before its target node is deleted. */

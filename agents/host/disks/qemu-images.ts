@@ -64,7 +64,9 @@ export interface StorageDaemon {
   qmpSocket: string;
   /** The NBD server's unix socket, when one was asked for. */
   nbdSocket?: string;
-  stop(): Promise<void>;
+  /** SIGTERM (a clean exit: bitmaps stored, image flushed); `now`: SIGKILL, for a daemon that
+   *  holds nothing unwritten (a relay, whose writes were all acknowledged by the remote). */
+  stop(opts?: { now?: boolean }): Promise<void>;
 }
 
 /** qemu-storage-daemon holding one image as node `disk` (qcow2 over file), with a QMP socket
@@ -82,6 +84,8 @@ export async function startStorageDaemon(opts: {
    *  export on the lightpath address, or a backup job writing to one, needs that namespace's
    *  addresses and routes. `ip netns exec` execs the daemon: its pid is the daemon's. */
   netns?: string;
+  /** Instead of the image: the node `disk` is this NBD export elsewhere (a relay, startNbdRelay). */
+  remote?: { host: string; port: number; exportName: string };
 }): Promise<StorageDaemon> {
   // A unix socket's path must fit sun_path (108 bytes): under a deep data directory the sockets
   // go to a short directory of their own, removed when the daemon stops.
@@ -89,10 +93,12 @@ export async function startStorageDaemon(opts: {
   const ownSockDir = sockDir !== opts.dir;
   const qmpSocket = join(sockDir, 'qsd-qmp.sock');
   const nbdSocket = opts.nbd?.type === 'unix' ? join(sockDir, 'qsd-nbd.sock') : undefined;
-  const args = [
-    '--blockdev', `driver=file,node-name=file0,filename=${opts.image.replace(/,/g, ',,')}`,
-    '--blockdev', `driver=${opts.format},node-name=disk,file=file0`,
-  ];
+  const args = opts.remote
+    ? ['--blockdev', `driver=nbd,node-name=disk,server.type=inet,server.host=${opts.remote.host},server.port=${opts.remote.port},export=${opts.remote.exportName.replace(/,/g, ',,')},cache.no-flush=on`]
+    : [
+        '--blockdev', `driver=file,node-name=file0,filename=${opts.image.replace(/,/g, ',,')}`,
+        '--blockdev', `driver=${opts.format},node-name=disk,file=file0`,
+      ];
   if (opts.nbd && opts.exportName) {
     args.push('--nbd-server', opts.nbd.type === 'unix' ? `addr.type=unix,addr.path=${nbdSocket}` : `addr.type=inet,addr.host=${opts.nbd.host},addr.port=${opts.nbd.port}`);
     args.push('--export', `type=nbd,id=exp0,node-name=disk,name=${opts.exportName},writable=on`);
@@ -112,12 +118,12 @@ export async function startStorageDaemon(opts: {
     gone = true;
   });
   child.once('error', () => undefined);
-  const stop = async () => {
-    if (!gone && child.pid) await terminate();
+  const stop = async (o: { now?: boolean } = {}) => {
+    if (!gone && child.pid) await terminate(o.now ? 'SIGKILL' : 'SIGTERM');
     if (ownSockDir) await rm(sockDir, { recursive: true, force: true });
   };
-  const terminate = async () => {
-    child.kill('SIGTERM'); // a clean exit stores persistent bitmaps and flushes the image
+  const terminate = async (signal: 'SIGTERM' | 'SIGKILL') => {
+    child.kill(signal); // SIGTERM: a clean exit stores persistent bitmaps and flushes the image
     // Wait for the exit itself (not a polling step: this is on a live move's pause), 10 s at most.
     let timer: { cancel(): void } | undefined;
     const late = await Promise.race([exited.then(() => false), new Promise<boolean>((r) => { timer = opts.clock.setTimeout(() => r(true), 10_000); })]);
@@ -129,7 +135,7 @@ export async function startStorageDaemon(opts: {
   for (;;) {
     if (gone) {
       await stop();
-      throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-storage-daemon', image: opts.image, stderr: stderr.trim() });
+      throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-storage-daemon', ...(opts.remote ? { remote: opts.remote } : { image: opts.image }), stderr: stderr.trim() });
     }
     if (existsSync(qmpSocket) && (!nbdSocket || existsSync(nbdSocket))) break;
     if (opts.clock.now() > deadline) {
@@ -139,4 +145,17 @@ export async function startStorageDaemon(opts: {
     await clockSleep(opts.clock, 5);
   }
   return { pid: child.pid!, qmpSocket, ...(nbdSocket ? { nbdSocket } : {}), stop };
+}
+
+/** A local relay to a store's NBD export across the path: a qemu-storage-daemon (in `netns`,
+ *  where the lightpath address is) whose node is an NBD client of the remote export, exported
+ *  again on a unix socket. A running VM's QEMU then opens its NBD node on the local socket:
+ *  opening an NBD node holds QEMU's main loop (and so the guest's vCPUs that need it) until the
+ *  connection is negotiated, several round trips of the path (about 1 s at 198 ms); the relay
+ *  pays them instead, before the VM's QEMU connects. The relay adds no flush and no cache:
+ *  a write is acknowledged once the remote acknowledged it. */
+export async function startNbdRelay(opts: { remote: { host: string; port: number; exportName: string }; dir: string; clock: Clock; netns?: string; startTimeoutMs?: number }): Promise<StorageDaemon & { exportName: string }> {
+  const exportName = 'relay';
+  const d = await startStorageDaemon({ image: '', format: 'nbd', dir: opts.dir, clock: opts.clock, exportName, nbd: { type: 'unix' }, remote: opts.remote, startTimeoutMs: opts.startTimeoutMs ?? 30_000, ...(opts.netns ? { netns: opts.netns } : {}) });
+  return { ...d, exportName };
 }

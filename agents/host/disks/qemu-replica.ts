@@ -23,6 +23,7 @@ import type { Checkpoint, SourceDisk, TransferReport } from './backend.ts';
 import { bitmapOf, QemuCowBackend, type QmpPort } from './qemu-cow.ts';
 import { QemuStore, type NbdDestination } from './qemu-store.ts';
 import { KeptLeaves } from './kept-leaves.ts';
+import { startFollow, stopFollow } from './qemu-follow.ts';
 import { chunksOfRanges, refreshLeaves, type LeafCache } from './leaf-cache.ts';
 import type { ImageReader } from './image-reader.ts';
 
@@ -271,6 +272,51 @@ export class QemuReplicas implements ReplicaOps {
     };
   }
 
+  /** Source, a live move: mirror every write of the VM's disks into the store's exports from now
+   *  on (qemu-follow.ts), then send the delta since `from` (what was written before the mirror
+   *  began) under `checkpointId` through the same exports. With both, the store keeps up with the
+   *  disks until unfollow. A failure stops the mirrors and undoes the delta's checkpoint. */
+  async follow(vmId: string, replicaId: string, store: ReplicaStoreHandoff, from: ReplicaCheckpoint, checkpointId: string): Promise<ReplicaTransfer> {
+    const disks = await this.sourceDisks(vmId);
+    if (disks.some((d) => d.kind !== 'qcow2' || d.vmId === undefined)) throw hostError('VMTC_HOST_DISK_UNSUPPORTED', { vmId, reason: 'only a running VM\'s disks are followed' });
+    const ex = (store as Partial<Handoff>).qemu?.exports;
+    if (!Array.isArray(ex) || ex.length !== disks.length) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'store', reason: `one export per writable disk (${disks.length})` });
+    const deps = { backend: this.backend, clock: this.clock, logger: this.o.logger };
+    const started: SourceDisk[] = [];
+    try {
+      for (const [i, disk] of disks.entries()) {
+        const e = ex[i]!;
+        if (typeof e.host !== 'string' || !Number.isInteger(e.port) || typeof e.exportName !== 'string') throw hostError('VMTC_HOST_BAD_PARAMS', { field: `store.exports[${i}]` });
+        started.push(disk);
+        await startFollow(deps, disk, { image: '', exportName: e.exportName, nbd: { type: 'inet', host: e.host, port: e.port } }, this.followKey(replicaId, disk));
+      }
+      return await this.send(vmId, replicaId, store, from, checkpointId);
+    } catch (e) {
+      for (const disk of started) await stopFollow(deps, disk, this.followKey(replicaId, disk)).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** Source: stop following (idempotent). `bytes`: what the mirrors wrote into the store;
+   *  `error`: a mirror that failed (the store misses writes: the last delta must send them). */
+  async unfollow(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string }> {
+    const deps = { backend: this.backend, clock: this.clock, logger: this.o.logger };
+    let bytes = 0;
+    let found = false;
+    let error: string | undefined;
+    for (const disk of await this.sourceDisks(vmId)) {
+      const r = await stopFollow(deps, disk, this.followKey(replicaId, disk));
+      bytes += r.bytes;
+      found ||= r.found;
+      error ??= r.error;
+    }
+    return { bytes, following: found, ...(error ? { error } : {}) };
+  }
+
+  private followKey(replicaId: string, disk: SourceDisk): string {
+    return `${replicaId}.${disk.kind === 'qcow2' ? disk.device ?? '' : ''}`;
+  }
+
   async lag(vmId: string, _replicaId: string, from: ReplicaCheckpoint): Promise<number> {
     let n = 0;
     for (const d of await this.sourceDisks(vmId)) n += (await this.backend.changedSince(d, this.perDisk(from))).bytes;
@@ -278,6 +324,9 @@ export class QemuReplicas implements ReplicaOps {
   }
 
   async dropCheckpoints(vmId: string, replicaId: string, keep?: ReplicaCheckpoint): Promise<void> {
+    // A mirror a live move left (its controller restarted) ends before the chain is tidied: the
+    // next delta, from `keep`, sends everything it wrote.
+    if (this.o.vmOf(vmId).running) await this.unfollow(vmId, replicaId);
     for (const disk of await this.sourceDisks(vmId)) {
       const prefix = 'vmtc-cp.';
       const mine = (await this.backend.checkpointBitmaps(disk))
@@ -293,6 +342,14 @@ export class QemuReplicas implements ReplicaOps {
         else await this.backend.removeCheckpoint(disk, cp);
       }
     }
+  }
+
+  /** The bitmaps of the replica's checkpoints after `cp` on the disk. */
+  private async laterBitmaps(disk: SourceDisk, replicaId: string, cp: ReplicaCheckpoint): Promise<string[]> {
+    const prefix = 'vmtc-cp.';
+    return (await this.backend.checkpointBitmaps(disk))
+      .map((b) => b.name)
+      .filter((n) => n.startsWith(prefix) && isReplicaCheckpoint(replicaId, n.slice(prefix.length)) && Number(n.slice(prefix.length + replicaId.length + 1)) > cp.seq);
   }
 
   async dropDiskCheckpoints(spec: VmSpec): Promise<string[]> {
@@ -311,7 +368,9 @@ export class QemuReplicas implements ReplicaOps {
     let out: ReplicaDigest | undefined;
     if (kept && since) {
       out = await this.incremental('source', ask.replicaId, kept, disks.map((d) => ({
-        chunks: async (cache: LeafCache) => chunksOfRanges(await this.backend.dirtyRanges(d, this.perDisk(since)), cache.chunkBytes, cache.size),
+        // `since`'s bitmap and every later one of the replica: what a mirror carried after the
+        // last delta's checkpoint is in the newest (docs/disks.md#following).
+        chunks: async (cache: LeafCache) => chunksOfRanges(await this.backend.dirtyRanges(d, this.perDisk(since), await this.laterBitmaps(d, ask.replicaId, since)), cache.chunkBytes, cache.size),
         reader: () => this.backend.reader(d),
       })));
     }

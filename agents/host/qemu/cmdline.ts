@@ -107,7 +107,12 @@ export function buildQemuArgs(i: CmdlineInput): string[] {
   if (spec.initrd) a.push('-initrd', spec.initrd);
   if (spec.append) a.push('-append', spec.append);
   for (const [n, d] of (spec.disks ?? []).entries()) {
-    a.push('-drive', `file=${q(d.path)},format=${d.format},if=virtio,id=disk${n}${d.readonly ? ',readonly=on' : ''}`);
+    // A writable qcow2 disk is a raw pass-through node over the qcow2 node `diskN-fmt`: a live
+    // move's mirror into a replica's store runs on the top node while the backup jobs and the
+    // checkpoint bitmaps use the qcow2 node below it (QEMU allows one job a node;
+    // docs/disks.md#following). The guest sees the same bytes.
+    if (d.format === 'qcow2' && !d.readonly) a.push('-drive', `if=virtio,id=disk${n},driver=raw,file.driver=qcow2,file.node-name=disk${n}-fmt,file.file.driver=file,file.file.filename=${q(d.path)}`);
+    else a.push('-drive', `file=${q(d.path)},format=${d.format},if=virtio,id=disk${n}${d.readonly ? ',readonly=on' : ''}`);
   }
   for (const [n, nic] of (spec.nics ?? []).entries()) {
     a.push('-netdev', `tap,id=net${n},ifname=${taps[n]},script=no,downscript=no`);

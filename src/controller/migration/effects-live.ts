@@ -10,7 +10,7 @@ import { err } from '../errors.ts';
 import { askAgent, saveCtx, currentCtx, site, wrap, type EffectContext, type EffectFn } from './context.ts';
 import { lightpathMbps, lightpathWindow, migrationTuning, mustCopyStorage, sourceParams } from './request.ts';
 import { settleSourceLost } from './source-lost.ts';
-import { lendForLive, lentReplica, liveReplicaDelta, verifyLiveReplica, type LiveReplicaUse } from '../replicas/migration.ts';
+import { endLiveFollow, followLiveReplica, lendForLive, lentReplica, liveReplicaDelta, verifyLiveReplica, type LiveReplicaUse } from '../replicas/migration.ts';
 
 function lightpathRequest(cx: EffectContext, row: MigrationRow): LightpathRequest {
   return {
@@ -124,13 +124,16 @@ const startMigration: EffectFn = async (cx, row, signal) => {
   // soon as memory converges: the pause must not wait for them. Then the last delta once the
   // source paused before the switchover, and the digests; a failure or a mismatch fails the
   // migration here, before the point of no return (the rollback cancels it; the source runs on).
+  // Between them the store follows the disks (an active mirror), so the pause has nothing of
+  // the disks left to send (docs/disks.md#following); without it the last delta runs there.
   const preDelta = await liveReplicaDelta(cx.hub, cx.clock, cx.log, replicaId, 'precopy');
+  const follow = await followLiveReplica(cx.hub, cx.clock, cx.log, replicaId);
   const ready = await runMigration(cx, row, signal, 'switchover');
-  const last = await liveReplicaDelta(cx.hub, cx.clock, cx.log, replicaId, 'switchover');
+  const last = await endLiveFollow(cx.hub, cx.clock, cx.log, replicaId);
   const t1 = cx.clock.now();
   await verifyLiveReplica(cx.hub, cx.log, { vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, replicaId, since: last.from });
   const cur = currentCtx(cx, row.id).incoming;
-  const use: LiveReplicaUse = { ...(cur?.replica ?? { replicaId, preSeededBytes: 0, disks: 0 }), precopyDeltaBytes: preDelta.bytes, lastDeltaBytes: last.bytes, lastDeltaMs: last.ms, digestMs: cx.clock.now() - t1 };
+  const use: LiveReplicaUse = { ...(cur?.replica ?? { replicaId, preSeededBytes: 0, disks: 0 }), precopyDeltaBytes: preDelta.bytes, ...(follow ? { catchUpBytes: follow.bytes, catchUpMs: follow.ms } : {}), ...(last.mirroredBytes !== undefined ? { mirroredBytes: last.mirroredBytes } : {}), lastDeltaBytes: last.bytes, lastDeltaMs: last.ms, digestMs: cx.clock.now() - t1 };
   cx.log.info({ ...use }, 'replica verified at the pause: the destination holds the source\'s disks');
   return {
     event: { type: 'SWITCHOVER_READY' }, detail: { transferredBytes: ready.transferredBytes, totalBytes: ready.totalBytes, replica: use },

@@ -133,6 +133,11 @@ export interface ColdReplicaUse {
   keptAt?: { id: string; seq: number };
   /** When the source was asked to power off (clock ms), after the kept digests. */
   powerOffAt?: number;
+  /** The store followed the disks (docs/disks.md#following): the catch-up delta sent once the
+   *  mirrors ran, and what the mirrors wrote until the pause (then the last delta is 0 bytes). */
+  catchUpBytes?: number;
+  catchUpMs?: number;
+  mirroredBytes?: number;
   lastDeltaBytes?: number;
   lastDeltaMs?: number;
   preSeededBytes?: number;
@@ -148,6 +153,11 @@ export interface LiveReplicaUse {
   preSeededBytes: number;
   /** Bytes of the delta sent while memory was pre-copied, and of the last one (source paused). */
   precopyDeltaBytes?: number;
+  /** The store followed the disks (docs/disks.md#following): the catch-up delta sent once the
+   *  mirrors ran, and what the mirrors wrote until the pause (then the last delta is 0 bytes). */
+  catchUpBytes?: number;
+  catchUpMs?: number;
+  mirroredBytes?: number;
   lastDeltaBytes?: number;
   lastDeltaMs?: number;
   digestMs?: number;

@@ -329,6 +329,51 @@ export async function liveReplicaDelta(hub: HubPort, clock: Clock, log: Logger, 
   return out;
 }
 
+/** After the pre-copy delta (its store export opened ahead): the source mirrors every write of
+ *  the VM's disks into the store from now on and sends the delta since that checkpoint, so the
+ *  store keeps up until the pause (docs/disks.md#following). Null when it cannot (a driver
+ *  without it, a failure): the last delta then runs in the pause, as without. */
+export async function followLiveReplica(hub: HubPort, clock: Clock, log: Logger, replicaId: string): Promise<{ bytes: number; ms: number } | null> {
+  const svc = replicaServiceOf(hub);
+  if (!svc) return null;
+  const t0 = clock.now();
+  try {
+    const t = await svc.exclusive(replicaId, async () => {
+      const cur = svc.records.get(replicaId);
+      if (!cur) throw err('VMTC_REPLICA_NOT_FOUND', { replicaId });
+      return svc.followStep(cur);
+    });
+    const out = { bytes: t.bytes, ms: clock.now() - t0 };
+    log.info({ replicaId, catchUpBytes: out.bytes, ms: out.ms }, 'the store follows the disks: writes mirrored, catch-up delta sent');
+    return out;
+  } catch (e) {
+    const v = toVmtcError(e);
+    log.info({ replicaId, code: v.code, reason: v.message }, 'the store cannot follow the disks: the last delta runs in the pause');
+    return null;
+  }
+}
+
+/** In the pause, a followed replica: the mirrors stop (nothing in flight is left) and the store
+ *  records the catch-up delta's checkpoint. A mirror that failed (or a step that did) falls back
+ *  to the last delta, from the checkpoint the store still holds. Same answer as liveReplicaDelta
+ *  ('switchover'), with what the mirrors carried. */
+export async function endLiveFollow(hub: HubPort, clock: Clock, log: Logger, replicaId: string): Promise<{ bytes: number; ms: number; from: ReplicaCheckpoint | null; mirroredBytes?: number }> {
+  const svc = replicaServiceOf(hub);
+  if (!svc?.isFollowed(replicaId)) return liveReplicaDelta(hub, clock, log, replicaId, 'switchover');
+  const t0 = clock.now();
+  let from: ReplicaCheckpoint | null = null;
+  const o = await svc.exclusive(replicaId, async () => {
+    const cur = svc.records.get(replicaId);
+    if (!cur) throw liveFailure(replicaId, { code: 'VMTC_REPLICA_NOT_FOUND', message: 'the replica is gone' }, 'switchover');
+    from = cur.checkpoint;
+    return svc.unfollowStep(cur, { record: true });
+  });
+  if (o.recorded) return { bytes: 0, ms: clock.now() - t0, from, mirroredBytes: o.mirroredBytes };
+  log.warn({ replicaId, error: o.error }, 'the store did not keep up with the disks: the last delta runs in the pause');
+  const last = await liveReplicaDelta(hub, clock, log, replicaId, 'switchover');
+  return { ...last, ms: clock.now() - t0, mirroredBytes: o.mirroredBytes };
+}
+
 /** With the source paused after the last delta: each side digests its own disks and only the
  *  digests cross. `since`: the checkpoint the last delta started from (the leaves kept there
  *  serve an incremental digest: the source finds the chunks written since in its change

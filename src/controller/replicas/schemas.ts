@@ -30,6 +30,12 @@ export const Replica = Type.Object({
     bytes: Type.Number({ description: 'written at the source since the last delta (as the source counts it, in its tracking granularity)' }),
     seconds: Type.Number({ description: 'since the last delta (or the creation, while seeding)' }),
   }),
+  bandwidth: Type.Optional(Type.Object({
+    state: StringEnum(['reserved', 'waiting'], { description: "reserved: the step runs under a background reservation; waiting: none could be had (error), the step is tried again later" }),
+    reservationId: Type.Optional(Type.String()),
+    grantedMbps: Type.Optional(Type.Number({ description: "what the broker grants now (0: suspended); the source copies at this rate" })),
+    error: Type.Optional(ErrorBody),
+  }, { description: "with a broker (docs/disks.md#replicas): the background reservation of the step under way, or why the step waits; absent between steps" })),
   lentTo: Nullable(Type.String({ description: 'the migration this warm replica is lent to (it boots or verifies from the store; no periodic delta meanwhile), else null' })),
   error: Nullable(ErrorBody),
   createdAt: Type.String({ format: 'date-time' }),

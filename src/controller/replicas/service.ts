@@ -22,6 +22,7 @@ import type { AgentHub } from '../hub.ts';
 import type { ControllerStore } from '../store.ts';
 import { replicaNext, replicaStep, type ReplicaError, type ReplicaEvent, type ReplicaRow } from './machine.ts';
 import { ReplicaStore } from './store.ts';
+import type { ReplicaBandwidth, ReplicaBandwidthStatus } from './bandwidth.ts';
 import { TERMINAL } from '../machine.ts';
 
 /** The replica service of a controller, by its hub: how the migration effects find it
@@ -48,6 +49,9 @@ export interface ReplicaServiceOptions {
   ids: Ids;
   logger: Logger;
   options?: Partial<typeof REPLICA_DEFAULTS>;
+  /** With a broker: every periodic seed and delta runs under a background reservation
+   *  (bandwidth.ts, docs/disks.md#replicas); without: unreserved, at the agent's own rate. */
+  bandwidth?: ReplicaBandwidth;
 }
 
 const checkpointId = (replicaId: string, seq: number) => `${replicaId}-${seq}`;
@@ -68,6 +72,8 @@ export class ReplicaService {
   private readonly held = new Set<string>();
   /** A store export opened ahead of the delta that will use it (openAhead). */
   private readonly ahead = new Map<string, { expect: ReplicaCheckpoint; store: ReplicaStoreHandoff }>();
+  /** Live moves' follows under way (followStep): the catch-up delta, recorded at unfollowStep. */
+  private readonly following = new Map<string, ReplicaTransfer>();
   private closed = false;
 
   constructor(private readonly d: ReplicaServiceOptions) {
@@ -90,6 +96,8 @@ export class ReplicaService {
   /** After a start: a seed the previous process did not see end failed (its store and
    *  checkpoints go on removal); warm replicas continue; removals are retried. */
   resume(): void {
+    // Background reservations a step of the previous process left (killed mid-step).
+    void this.d.bandwidth?.cleanup().catch((e: unknown) => this.log.warn({ code: toVmtcError(e).code }, 'replica reservations left by the previous run not cleaned up'));
     for (const r of this.records.all()) {
       // Lent to a live move (LENT): held while that migration runs; returned if it ended without
       // committing (a commit consumed it), so deltas go on.
@@ -188,6 +196,13 @@ export class ReplicaService {
     if (this.ahead.delete(replicaId) && r && this.d.hub.isConnected(r.destinationHostId)) {
       void this.d.hub.request(r.destinationHostId, 'replica.closeStore', { replicaId }).catch((e: unknown) => this.log.warn({ replicaId, code: toVmtcError(e).code }, 'closing a store opened ahead failed'));
     }
+    // A follow the move did not end (it failed during the pre-copy): the source's mirrors stop,
+    // nothing is recorded; before any next step (they run one at a time).
+    if (r && this.following.has(replicaId)) {
+      void this.exclusive(replicaId, () => this.unfollowStep(r, { record: false }))
+        .then((o) => this.log.info({ replicaId, mirroredBytes: o.mirroredBytes, ...(o.error ? { error: o.error } : {}) }, 'the move gave the replica back: its mirrors stopped'))
+        .catch((e: unknown) => this.log.warn({ replicaId, code: toVmtcError(e).code }, 'stopping the mirrors of a replica given back failed: its next delta stops them'));
+    }
     if (r?.state === 'warm' && r.migrationId) this.apply(r, { type: 'RETURNED' });
     this.release(replicaId);
   }
@@ -254,8 +269,21 @@ export class ReplicaService {
       if (next) this.schedule(replicaId, this.o.retryMs);
       return;
     }
+    if (this.d.bandwidth) {
+      // Under a background reservation; none to be had (refused, or no answer): the step waits
+      // and is tried again (docs/disks.md#replicas).
+      const out = await this.d.bandwidth.around(r, (rateBytesPerS) => this.transferStep(r, { rateBytesPerS }));
+      if (!out.ran) return this.schedule(replicaId, r.state === 'warm' ? r.intervalS * 1000 : this.o.retryMs);
+      if (out.value && replicaStep(out.value.state) === 'delta') this.schedule(replicaId, out.value.intervalS * 1000);
+      return;
+    }
     const next = await this.transferStep(r);
     if (next && replicaStep(next.state) === 'delta') this.schedule(replicaId, next.intervalS * 1000);
+  }
+
+  /** The background reservation of the replica's current step (or why it waits), if any. */
+  bandwidthOf(replicaId: string): ReplicaBandwidthStatus | undefined {
+    return this.d.bandwidth?.of(replicaId);
   }
 
   /** Open the destination's store now for the next delta from the checkpoint it holds, so that
@@ -276,7 +304,7 @@ export class ReplicaService {
    *  `keepFrom` leaves the checkpoint the delta started from at the source (its bitmap names
    *  what the delta carried, which the digests at a live move's pause read,
    *  docs/disks.md#incremental-digests); the next step's first dropCheckpoints removes it. */
-  async transferStep(r: ReplicaRow, opts: { keepFrom?: boolean } = {}): Promise<ReplicaRow | null> {
+  async transferStep(r: ReplicaRow, opts: { keepFrom?: boolean; rateBytesPerS?: number } = {}): Promise<ReplicaRow | null> {
     const seed = r.state === 'seeding';
     const from: ReplicaCheckpoint | null = seed ? null : r.checkpoint;
     const seq = from ? from.seq + 1 : 0;
@@ -294,7 +322,7 @@ export class ReplicaService {
         const listenHost = this.d.hub.inventory(r.destinationHostId)?.migrationAddress ?? this.o.listenHost;
         store = (await this.d.hub.request(r.destinationHostId, 'replica.openStore', { ...ask, spec: vm.spec, listenHost, expect: from })).store;
       }
-      transfer = await this.d.hub.request(r.sourceHostId, 'replica.send', { ...ask, vmId: r.vmId, store, from, checkpointId: checkpointId(r.id, seq) }, this.o.transferTimeoutMs);
+      transfer = await this.d.hub.request(r.sourceHostId, 'replica.send', { ...ask, vmId: r.vmId, store, from, checkpointId: checkpointId(r.id, seq), ...(opts.rateBytesPerS !== undefined ? { rateBytesPerS: opts.rateBytesPerS } : {}) }, this.o.transferTimeoutMs);
       await this.d.hub.request(r.destinationHostId, 'replica.closeStore', { ...ask, transfer });
       if (from && !opts.keepFrom) await this.d.hub.request(r.sourceHostId, 'replica.dropCheckpoints', { ...ask, vmId: r.vmId, keep: transfer.checkpoint }).catch(() => undefined);
     } catch (e) {
@@ -310,6 +338,64 @@ export class ReplicaService {
     const now = this.records.get(r.id);
     if (!now || now.state === 'removing') return now ?? null;
     return this.apply(now, seed ? { type: 'SEEDED', transfer } : { type: 'DELTA_SENT', transfer });
+  }
+
+  /** A live move's follow (docs/disks.md#following), over the export openAhead opened for the
+   *  delta from the checkpoint the store holds: the source mirrors the VM's writes into the store
+   *  and sends that delta (the catch-up). The export stays open and nothing is recorded until
+   *  unfollowStep. Throws (the export closed, the store still holding its checkpoint: what the
+   *  mirror wrote is in the source's bitmaps from it, so the next delta sends it again). Call
+   *  under exclusive(). */
+  async followStep(r: ReplicaRow): Promise<ReplicaTransfer> {
+    const from = r.checkpoint;
+    const ahead = this.ahead.get(r.id);
+    this.ahead.delete(r.id);
+    const ask = { replicaId: r.id };
+    try {
+      if (r.state !== 'warm' || !from || !ahead || ahead.expect.id !== from.id || ahead.expect.seq !== from.seq) throw err('VMTC_REPLICA_STATE', { replicaId: r.id, state: r.state, reason: 'no store export opened ahead for the delta from its checkpoint' });
+      const transfer = await this.d.hub.request(r.sourceHostId, 'replica.follow', { ...ask, vmId: r.vmId, store: ahead.store, from, checkpointId: checkpointId(r.id, from.seq + 1) }, this.o.transferTimeoutMs);
+      this.following.set(r.id, transfer);
+      return transfer;
+    } catch (e) {
+      // A source that cannot follow did nothing: the export serves the last delta as planned.
+      if (ahead && toVmtcError(e).code === 'VMTC_HOST_DISK_UNSUPPORTED') this.ahead.set(r.id, ahead);
+      else if (this.d.hub.isConnected(r.destinationHostId)) await this.d.hub.request(r.destinationHostId, 'replica.closeStore', ask).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** End a follow (the VM paused, or the move given up): the source stops its mirrors, the
+   *  destination records the catch-up delta's checkpoint (the mirrors carried everything since)
+   *  unless a mirror failed or `record` is false, and closes the export. Returns the record and
+   *  the mirrors' bytes; `recorded` false when the store still holds the older checkpoint (the
+   *  next delta, from it, sends what the mirrors wrote again). Call under exclusive(). */
+  async unfollowStep(r: ReplicaRow, opts: { record: boolean }): Promise<{ row: ReplicaRow | null; mirroredBytes: number; recorded: boolean; error?: string }> {
+    const transfer = this.following.get(r.id);
+    this.following.delete(r.id);
+    const ask = { replicaId: r.id };
+    let mirrored = { bytes: 0, following: false } as { bytes: number; following: boolean; error?: string };
+    try {
+      mirrored = await this.d.hub.request(r.sourceHostId, 'replica.unfollow', { ...ask, vmId: r.vmId });
+    } catch (e) {
+      mirrored.error = errorOf(e).message;
+    }
+    const record = opts.record && !!transfer && !mirrored.error;
+    try {
+      if (record) await this.d.hub.request(r.destinationHostId, 'replica.closeStore', { ...ask, transfer });
+      else await this.d.hub.request(r.destinationHostId, 'replica.closeStore', ask);
+    } catch (e) {
+      if (record) await this.d.hub.request(r.destinationHostId, 'replica.closeStore', ask).catch(() => undefined);
+      const now = this.records.get(r.id);
+      return { row: now ? this.apply(now, { type: 'DELTA_FAILED', error: errorOf(e) }) : null, mirroredBytes: mirrored.bytes, recorded: false, error: errorOf(e).message };
+    }
+    const now = this.records.get(r.id);
+    if (!record || !transfer || !now || now.state !== 'warm') return { row: now ?? null, mirroredBytes: mirrored.bytes, recorded: false, ...(mirrored.error ? { error: mirrored.error } : {}) };
+    return { row: this.apply(now, { type: 'DELTA_SENT', transfer: { ...transfer, bytes: transfer.bytes + mirrored.bytes } }), mirroredBytes: mirrored.bytes, recorded: true };
+  }
+
+  /** Whether a live move's follow of the replica is under way (followStep, not yet ended). */
+  isFollowed(replicaId: string): boolean {
+    return this.following.has(replicaId);
   }
 
   private async removeStep(r: ReplicaRow): Promise<ReplicaRow | null> {

@@ -1,0 +1,170 @@
+// A live move's active mirror into a replica's store (docs/disks.md#following): while memory is
+// pre-copied, every write the guest makes to a disk is also written to the store at the
+// destination before the guest is told it is done (`blockdev-mirror sync=none
+// copy-mode=write-blocking` into the store's NBD export), so when the source pauses the store
+// already has the final state and nothing of the disk is left to send in the pause.
+//   start   an NBD client node on the store's export (its own connection: the catch-up delta
+//           that follows writes through another) and the mirror job, which copies only writes
+//           made from its start; waits until the job is ready and actively synced
+//   stop    block-job-cancel (force) of the ready job, in the pause: every write the guest
+//           completed is in the store already; then the node goes (opened without flushes, so
+//           closing it does not wait a round trip: the store's daemon flushes as it closes)
+// A job is named by the replica and the drive (vmtc-follow.REPLICA.DRIVE), so an agent that
+// restarted finds and stops what its predecessor started. Nothing here proves the store equal
+// to the disk: the digests at the pause do (docs/disks.md#incremental-digests).
+import { createHash } from 'node:crypto';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { clockSleep, type Clock } from '../../../src/common/clock.ts';
+import type { Logger } from '../../../src/common/log.ts';
+import { hostError } from '../errors.ts';
+import type { SourceDisk } from './backend.ts';
+import type { QemuCowBackend, QmpPort } from './qemu-cow.ts';
+import type { NbdDestination } from './qemu-store.ts';
+
+interface BlockJob { device: string; type: string; ready?: boolean; status?: string; offset: number; len: number; 'actively-synced'?: boolean }
+interface Job { id: string; status: string; error?: string; 'current-progress': number }
+
+export const FOLLOW_JOB_PREFIX = 'vmtc-follow.';
+const jobIdOf = (key: string) => `${FOLLOW_JOB_PREFIX}${key}`;
+/** QEMU node names are at most 31 characters: the target is named by a hash of the key. */
+const targetOf = (key: string) => `vf${createHash('sha256').update(key).digest('hex').slice(0, 24)}`;
+
+export interface FollowDeps {
+  backend: QemuCowBackend;
+  clock: Clock;
+  logger: Logger;
+  /** Longest to wait for a job to get ready, or to conclude once cancelled (default 60 s). */
+  timeoutMs?: number;
+  pollMs?: number;
+}
+
+/** Start mirroring `disk`'s writes into `dest` under `key` (replica and drive). */
+export async function startFollow(d: FollowDeps, disk: SourceDisk, dest: NbdDestination, key: string): Promise<void> {
+  if (disk.kind !== 'qcow2' || disk.vmId === undefined) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk', reason: 'a running VM\'s drive' });
+  await d.backend.withNode(disk, async (qmp, _node, _size, top) => {
+    // The mirror runs on the drive's top node, above the qcow2 node whose backup jobs send the
+    // catch-up delta (one job a node): a drive without one cannot be followed.
+    if (!top) throw hostError('VMTC_HOST_DISK_UNSUPPORTED', { vmId: disk.vmId, device: disk.device, reason: 'the drive has no pass-through node above its qcow2 node (a VM started before followed moves existed)' });
+    const jobId = jobIdOf(key);
+    const target = targetOf(key);
+    // A job left by an earlier attempt (an agent restarted mid-move) goes first.
+    await stopJob(d, qmp, jobId, target);
+    await stopRelay(d, key);
+    // Through a local relay (its connection's round trips do not hold the guest), kept until
+    // stopFollow; its pid is written down for an agent that restarts meanwhile.
+    const dir = relayDirOf(d, key);
+    const conn = await d.backend.nbdConnection(dest, dir);
+    RELAYS.set(key, conn.close);
+    if (conn.pid) await writeFile(join(dir, 'relay.pid'), String(conn.pid));
+    try {
+      // No flushes over the path (closing the node would wait a round trip for one): the store's
+      // daemon writes everything out when it closes, before the store records anything.
+      await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': target, server: conn.server, export: conn.exportName, cache: { 'no-flush': true } }, { timeoutMs: 30_000 });
+    } catch (e) {
+      await stopRelay(d, key);
+      throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'connect the mirror to the store', nbd: dest.nbd, reason: String((e as Error).message ?? e) }, { cause: e });
+    }
+    try {
+      await qmp.execute('blockdev-mirror', { 'job-id': jobId, device: top, target, sync: 'none', 'copy-mode': 'write-blocking', 'auto-finalize': true, 'auto-dismiss': false });
+    } catch (e) {
+      await qmp.execute('blockdev-del', { 'node-name': target }).catch(() => undefined);
+      await stopRelay(d, key);
+      throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'start the mirror into the store', reason: String((e as Error).message ?? e) }, { cause: e });
+    }
+    try {
+      await waitFor(d, async () => {
+        const j = (await qmp.execute<BlockJob[]>('query-block-jobs')).find((x) => x.device === jobId);
+        if (!j) {
+          const gone = (await qmp.execute<Job[]>('query-jobs')).find((x) => x.id === jobId);
+          throw hostError('VMTC_HOST_DISK_COPY_FAILED', { job: jobId, reason: gone?.error ?? 'the mirror ended before it was ready' });
+        }
+        return j.ready === true && j['actively-synced'] !== false;
+      }, 'the mirror into the store did not get ready');
+    } catch (e) {
+      await stopJob(d, qmp, jobId, target);
+      await stopRelay(d, key);
+      throw e;
+    }
+  });
+}
+
+/** Relays of the follows this agent started: key -> stop. */
+const RELAYS = new Map<string, () => Promise<void>>();
+const relayDirOf = (d: FollowDeps, key: string) => join(d.backend.scratchDir, `follow-${targetOf(key)}`);
+
+/** Stop the relay of follow `key`: this agent's, or one a previous agent process left (its pid
+ *  file, and only a qemu-storage-daemon whose command line names that directory). */
+async function stopRelay(d: FollowDeps, key: string): Promise<void> {
+  const dir = relayDirOf(d, key);
+  const close = RELAYS.get(key);
+  RELAYS.delete(key);
+  if (close) return close().catch((e: unknown) => d.logger.warn({ key, err: String(e) }, 'stopping a relay failed'));
+  const pid = Number(await readFile(join(dir, 'relay.pid'), 'utf8').catch(() => ''));
+  if (Number.isInteger(pid) && pid > 1) {
+    const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.includes('qemu-storage-daemon') && cmd.includes(dir)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone meanwhile */
+      }
+    }
+  }
+  await rm(dir, { recursive: true, force: true });
+}
+
+/** Stop following `key` (idempotent): the bytes the mirror wrote into the store, and whether it
+ *  ended well (a job that failed left writes out of the store: `error`). */
+export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): Promise<{ bytes: number; error?: string; found: boolean }> {
+  if (disk.kind !== 'qcow2' || disk.vmId === undefined) return { bytes: 0, found: false };
+  const t0 = d.clock.now();
+  // The job, then the relay (killed: it holds nothing unwritten), then the node: closed after
+  // its relay is gone it does not wait a round trip of the path.
+  const out = await d.backend.withNode(disk, (qmp) => stopJob(d, qmp, jobIdOf(key), targetOf(key), () => stopRelay(d, key)));
+  if (out.found) d.logger.info({ key, ms: d.clock.now() - t0 }, 'follow stopped');
+  return out;
+}
+
+async function stopJob(d: FollowDeps, qmp: QmpPort, jobId: string, target: string, beforeDel?: () => Promise<void>): Promise<{ bytes: number; error?: string; found: boolean }> {
+  const first = (await qmp.execute<Job[]>('query-jobs')).find((x) => x.id === jobId);
+  let out: { bytes: number; error?: string; found: boolean } = { bytes: 0, found: !!first };
+  if (first) {
+    // A ready, actively synced write-blocking mirror has every completed guest write in the
+    // store already (the write completed only once the store acknowledged it) and, the VM
+    // paused (its I/O drained), nothing in flight: it is abandoned at once (force), without
+    // the soft cancel's final flush of the store over the path (a round trip: the store's
+    // daemon flushes when it closes). Any other live job is cancelled hard too, and counts as
+    // failed: the store may miss writes.
+    const bj = (await qmp.execute<BlockJob[]>('query-block-jobs')).find((x) => x.device === jobId);
+    const synced = first.status === 'ready' && !first.error && bj?.['actively-synced'] === true;
+    if (first.status !== 'concluded' && first.status !== 'null') {
+      await qmp.execute('block-job-cancel', { device: jobId, force: true }).catch((e: unknown) => d.logger.warn({ jobId, err: String(e) }, 'block-job-cancel refused'));
+    }
+    let last = first;
+    await waitFor(d, async () => {
+      const j = (await qmp.execute<Job[]>('query-jobs')).find((x) => x.id === jobId);
+      if (j) last = j;
+      return !j || j.status === 'concluded' || j.status === 'null';
+    }, 'the mirror into the store did not stop');
+    await qmp.execute('job-dismiss', { id: jobId }).catch(() => undefined);
+    // The forced cancel's own error ("canceled") is not a failure of a job that was in sync.
+    const error = synced ? undefined : last.error ?? (first.status === 'concluded' ? undefined : 'the mirror was not in sync when stopped');
+    out = { bytes: last['current-progress'], found: true, ...(error ? { error } : {}) };
+  }
+  await beforeDel?.();
+  // The node outlives a job that never started or was dismissed by an earlier attempt.
+  await qmp.execute('blockdev-del', { 'node-name': target }).catch(() => undefined);
+  return out;
+}
+
+async function waitFor(d: FollowDeps, done: () => Promise<boolean>, what: string): Promise<void> {
+  const deadline = d.clock.now() + (d.timeoutMs ?? 60_000);
+  let wait = 2;
+  for (;;) {
+    if (await done()) return;
+    if (d.clock.now() > deadline) throw hostError('VMTC_HOST_DISK_COPY_FAILED', { reason: what });
+    await clockSleep(d.clock, wait);
+    wait = Math.min(d.pollMs ?? 50, wait * 2);
+  }
+}
