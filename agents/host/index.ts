@@ -19,7 +19,7 @@ import type { HypervisorDriver } from './driver.ts';
 import { hostError } from './errors.ts';
 import { inheritedOutcome, MigrationJournal } from './migration-journal.ts';
 import { StatsReporter } from './stats.ts';
-import { dropLeftCheckpoints, replicaHandlers } from './replicas.ts';
+import { dropLeftCheckpoints, removeLeftStores, replicaHandlers } from './replicas.ts';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -188,7 +188,8 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       const q = obj(p, 'params');
       const vmId = str(q.vmId, 'vmId');
       // After a committed move: the disks it leaves keep no replica checkpoint (agents/host/replicas.ts).
-      const leaving = q.dropCheckpoints === true ? await driver.describe(vmId).then((i) => i.spec, () => undefined) : undefined;
+      // leftForGood (a committed move): the consumed replica stores it ran from go too.
+      const leaving = q.dropCheckpoints === true || q.leftForGood === true ? await driver.describe(vmId).then((i) => i.spec, () => undefined) : undefined;
       try {
         await driver.destroy(vmId);
       } catch (e) {
@@ -202,8 +203,9 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       await cold.forgetVm(vmId);
       // Nobody asks about the migration of a VM that is gone from here.
       await journal.forget(vmId);
-      const checkpoints = leaving ? await dropLeftCheckpoints(driver.replicas, leaving, log) : undefined;
-      return { ok: true as const, ...(checkpoints ? { checkpoints } : {}) };
+      const checkpoints = leaving && q.dropCheckpoints === true ? await dropLeftCheckpoints(driver.replicas, leaving, log) : undefined;
+      const stores = leaving && q.leftForGood === true ? await removeLeftStores(driver.replicas, leaving, log) : undefined;
+      return { ok: true as const, ...(checkpoints ? { checkpoints } : {}), ...(stores ? { stores } : {}) };
     },
     'vm.resume': async (p) => {
       const vmId = str(obj(p, 'params').vmId, 'vmId');
@@ -319,7 +321,13 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
         if (!Array.isArray(v) || v.length > 100 || !v.every((x) => typeof x === 'string' && /^[0-9A-Fa-f:]{1,128}$/.test(x))) throw hostError('VMTC_HOST_BAD_PARAMS', { field });
         return { [field]: v as string[] };
       };
-      return cold.export({ vmId, migrationId, destinationHostId, ttlMs, ...serials('destinationCertSerials'), ...serials('sourceCertSerials') }, (prog) => link.send('cold.progress', prog));
+      if (q.checksums !== undefined && q.checksums !== 'now' && q.checksums !== 'later') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'checksums', reason: "'now' or 'later'" });
+      const checksums = q.checksums === 'later' ? { checksums: 'later' as const } : {};
+      return cold.export({ vmId, migrationId, destinationHostId, ttlMs, ...serials('destinationCertSerials'), ...serials('sourceCertSerials'), ...checksums }, (prog) => link.send('cold.progress', prog));
+    },
+    'vm.coldChecksums': async (p) => {
+      const q = obj(p, 'params');
+      return cold.checksums({ vmId: str(q.vmId, 'vmId'), migrationId: str(q.migrationId, 'migrationId') }, (prog) => link.send('cold.progress', prog));
     },
     'vm.coldAbort': async (p) => {
       const q = obj(p, 'params');

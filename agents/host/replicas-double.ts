@@ -33,10 +33,10 @@
 //                changed (the source) or the controller names (`changed`, the store)
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rename, rm, stat, truncate, writeFile, open } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, rmdir, stat, truncate, writeFile, open } from 'node:fs/promises';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, sep } from 'node:path';
 import type { ReplicaCheckpoint, ReplicaDigest, ReplicaDigestAsk, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../src/common/agent-protocol.ts';
 import { clockSleep, type Clock } from '../../src/common/clock.ts';
 import { hostError } from './errors.ts';
@@ -302,6 +302,19 @@ export class ReplicaDouble implements ReplicaOps {
       return;
     }
     await rm(d, { recursive: true, force: true });
+  }
+
+  async removeConsumedStores(spec: VmSpec): Promise<string[]> {
+    if (!this.dir) return [];
+    const root = this.dir + sep;
+    const out: string[] = [];
+    for (const d of spec.disks ?? []) {
+      if (d.readonly || !d.path.startsWith(root) || existsSync(join(dirname(d.path), 'store.vmtc.json'))) continue;
+      await rm(d.path, { force: true });
+      out.push(d.path);
+      await rmdir(dirname(d.path)).catch(() => undefined); // only when empty
+    }
+    return out;
   }
 
   async digestStore(replicaId: string, ask: ReplicaDigestAsk = {}): Promise<ReplicaDigest> {

@@ -37,6 +37,9 @@ export interface ReplicaOps {
    *  that delta under `checkpointId`. Optional: a driver without it moves the last delta in the
    *  pause instead. */
   follow?(vmId: string, replicaId: string, store: ReplicaStoreHandoff, from: ReplicaCheckpoint, checkpointId: string): Promise<ReplicaTransfer>;
+  /** Source, before a cold move's power-off: connect to `store`'s exports now (local relays), so
+   *  the last delta after the power-off does not pay the connection's round trips. Optional. */
+  preconnect?(vmId: string, replicaId: string, store: ReplicaStoreHandoff): Promise<{ relays: number }>;
   /** Source: stop following (idempotent); the bytes the mirrors wrote, whether any ran, and the
    *  error of one that failed (the store then misses writes). */
   unfollow?(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string }>;
@@ -48,6 +51,12 @@ export interface ReplicaOps {
    *  dropCheckpoints no longer finds it): every replica checkpoint its disks still carry, of any
    *  replica (the backend's removeAllCheckpoints). Returns what went. */
   dropDiskCheckpoints?(spec: VmSpec): Promise<string[]>;
+  /** Once VM `spec` left this host for good (a committed move destroyed it here): the images of
+   *  replica stores it ran from (a live move with the replica had booted it there; the replica
+   *  was consumed, so no store record is left beside them) are deleted. Images with a store
+   *  record (a replica still kept here) and disks anywhere else are never touched. Returns the
+   *  paths deleted. */
+  removeConsumedStores?(spec: VmSpec): Promise<string[]>;
   /** Digests of the VM's disks (source) or the store's (destination). `ask`: the incremental
    *  form (ReplicaDigestAsk); an implementation may ignore it and always read every chunk. */
   digestSource(vmId: string, ask?: ReplicaDigestAsk & { replicaId: string }): Promise<ReplicaDigest>;
@@ -116,6 +125,12 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
       log.info({ replicaId: q.replicaId, rateBytesPerS: q.rateBytesPerS }, 'replica copy rate set');
       return { ok: true };
     },
+    'replica.preconnect': async (p) => {
+      const q = checked('replica.preconnect', p);
+      const o = need();
+      if (!o.preconnect) return { relays: 0 };
+      return o.preconnect(q.vmId, q.replicaId, q.store);
+    },
     'replica.lag': async (p) => {
       const q = checked('replica.lag', p);
       return { bytes: await need().lag(q.vmId, q.replicaId, q.from) };
@@ -148,6 +163,22 @@ export async function dropLeftCheckpoints(ops: ReplicaOps | undefined, spec: VmS
   } catch (e) {
     const error = toVmtcError(e).toJSON();
     log.warn({ vmId: spec.vmId, code: error.code }, 'could not drop the replica checkpoints from the disks the VM left');
+    return { error };
+  }
+}
+
+/** After a committed move destroyed VM `spec` here (vm.destroy with leftForGood): the consumed
+ *  replica stores it ran from go (ReplicaOps.removeConsumedStores). Logged and returned, never
+ *  thrown: the move is committed. */
+export async function removeLeftStores(ops: ReplicaOps | undefined, spec: VmSpec, log: Logger): Promise<{ removed: string[] } | { error: ErrorBody } | undefined> {
+  if (!ops?.removeConsumedStores) return undefined;
+  try {
+    const removed = await ops.removeConsumedStores(spec);
+    if (removed.length) log.info({ vmId: spec.vmId, removed }, 'the replica store images the VM ran from are deleted: it left this host');
+    return { removed };
+  } catch (e) {
+    const error = toVmtcError(e).toJSON();
+    log.warn({ vmId: spec.vmId, code: error.code }, 'could not delete the replica store images the VM ran from');
     return { error };
   }
 }

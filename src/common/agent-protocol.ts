@@ -353,7 +353,9 @@ export interface HostMethods {
   'vm.stop': [{ vmId: string }, { ok: true }];
   /** `dropCheckpoints` (after a committed move): the replica checkpoints left on the disks the VM
    *  leaves go too (agents/host/replicas.ts dropLeftCheckpoints); `checkpoints` says how that went. */
-  'vm.destroy': [{ vmId: string; dropCheckpoints?: boolean }, { ok: true; checkpoints?: { dropped: string[] } | { error: { code: string; message: string; details?: unknown } } }];
+  /** dropCheckpoints: the replicas' checkpoints go from the disks the VM leaves; leftForGood (a
+   *  committed move's source): the consumed replica stores it ran from are deleted too. */
+  'vm.destroy': [{ vmId: string; dropCheckpoints?: boolean; leftForGood?: boolean }, { ok: true; checkpoints?: { dropped: string[] } | { error: { code: string; message: string; details?: unknown } }; stores?: { removed: string[] } | { error: { code: string; message: string; details?: unknown } } }];
   'vm.resume': [{ vmId: string }, VmInfo];
   /** Destination: start an identical VM waiting for the incoming state on `listenHost`, with the
    *  capabilities that must match the source's (tuning.multifd, tuning.postcopy). With
@@ -383,7 +385,10 @@ export interface HostMethods {
   'vm.waitRunning': [{ vmId: string; timeoutMs: number }, VmInfo];
   /** Cold source: power the VM off (if running), checksum its disks and publish them for
    *  `destinationHostId` until now + ttlMs. Idempotent for the same migrationId. */
-  'vm.coldExport': [{ vmId: string; migrationId: string; destinationHostId: string; ttlMs: number; destinationCertSerials?: string[]; sourceCertSerials?: string[] }, ColdExport];
+  /** checksums 'later': the disks are published without their sha256 (empty), for a move that
+   *  expects to boot from a replica; vm.coldChecksums computes them if a fetch is needed after all. */
+  'vm.coldExport': [{ vmId: string; migrationId: string; destinationHostId: string; ttlMs: number; destinationCertSerials?: string[]; sourceCertSerials?: string[]; checksums?: 'now' | 'later' }, ColdExport];
+  'vm.coldChecksums': [{ vmId: string; migrationId: string }, { disks: { index: number; sha256: string }[] }];
   /** Cold source, on rollback: withdraw the export and bring the VM back to its prior state. */
   'vm.coldAbort': [{ vmId: string; migrationId: string }, VmInfo];
   /** Cold destination: check space, fetch every disk (resuming, checksummed) into this agent's
@@ -412,6 +417,8 @@ export interface HostMethods {
    *  from now on, then send the delta since `from`; unfollow stops the mirrors. */
   'replica.follow': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff; from: ReplicaCheckpoint; checkpointId: string }, ReplicaTransfer];
   'replica.unfollow': [{ replicaId: string; vmId: string }, { bytes: number; following: boolean; error?: string }];
+  /** Source, before a cold move's power-off: connect ahead to `store`'s exports (relays). */
+  'replica.preconnect': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff }, { relays: number }];
   'replica.lag': [{ replicaId: string; vmId: string; from: ReplicaCheckpoint }, { bytes: number }];
   'replica.dropCheckpoints': [{ replicaId: string; vmId: string; keep?: ReplicaCheckpoint }, { ok: true }];
   /** A digest of the source VM's disks (side source, take it with the VM paused or off) or of the

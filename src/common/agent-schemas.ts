@@ -237,6 +237,7 @@ const ReplicaParams = {
   'replica.limit': Type.Object({ replicaId: ReplicaId, rateBytesPerS: Type.Integer({ minimum: 0 }) }),
   'replica.follow': Type.Object({ replicaId: ReplicaId, vmId: Id, store: Handoff, from: ReplicaCheckpointSchema, checkpointId: CheckpointIdText }),
   'replica.unfollow': Type.Object({ replicaId: ReplicaId, vmId: Id }),
+  'replica.preconnect': Type.Object({ replicaId: ReplicaId, vmId: Id, store: Handoff }),
   'replica.lag': Type.Object({ replicaId: ReplicaId, vmId: Id, from: ReplicaCheckpointSchema }),
   'replica.dropCheckpoints': Type.Object({ replicaId: ReplicaId, vmId: Id, keep: Type.Optional(ReplicaCheckpointSchema) }),
   'replica.digest': Type.Object({
@@ -308,6 +309,7 @@ export const AGENT_RESULTS: Record<string, Checker> = (() => {
     'vm.migrationStatus': checker(Type.Union([Type.Null(), MigrationProgressSchema, MigrationResultSchema])),
     'vm.coldExport': checker(ColdExportSchema),
     'vm.coldImport': checker(ColdImportResultSchema),
+    'vm.coldChecksums': checker(Type.Object({ disks: Type.Array(Type.Object({ index: Count, sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }) }), { maxItems: 64 }) })),
     'host.checkReach': checker(ReachResultSchema),
     'vm.tuneMigration': checker(MigrationLimitsSchema),
     'vm.forceComplete': checker(ForceCompleteResultSchema),
@@ -316,6 +318,7 @@ export const AGENT_RESULTS: Record<string, Checker> = (() => {
     'replica.send': checker(ReplicaTransferSchema),
     'replica.follow': checker(ReplicaTransferSchema),
     'replica.unfollow': checker(Type.Object({ bytes: Bytes, following: Type.Boolean(), error: Type.Optional(Type.String({ maxLength: 4096 })) })),
+    'replica.preconnect': checker(Type.Object({ relays: Count })),
     'replica.lag': checker(Type.Object({ bytes: Bytes })),
     'replica.digest': checker(ReplicaDigestSchema),
     'replica.storePaths': checker(Type.Object({ paths: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { maxItems: 64 }) })),

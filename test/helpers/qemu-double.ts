@@ -157,9 +157,13 @@ export class QemuHostDouble implements QemuSystem {
     if (!qmpPath) throw new Error('no QMP socket in the QEMU command line');
     // -incoming defer: waiting for the stream; -S: not started; otherwise the guest runs.
     const initial = argv.includes('-incoming') ? 'inmigrate' : argv.includes('-S') ? 'prelaunch' : 'running';
+    // Both forms of the driver's -drive (agents/host/qemu/cmdline.ts): `file=…,format=…` and a
+    // writable qcow2 disk's raw pass-through node over `diskN-fmt`.
     const blocks = argv.flatMap((a) => {
-      const id = /,id=(disk\d+)/.exec(a)?.[1];
-      return a.startsWith('file=') && id ? [{ device: id, inserted: { 'node-name': `#block-${id}`, image: { 'virtual-size': this.diskBytes } } }] : [];
+      const id = /(?:^|,)id=(disk\d+)/.exec(a)?.[1];
+      if (!id || !(a.startsWith('file=') || a.startsWith('if=virtio,'))) return [];
+      const raw = a.includes('driver=raw,file.driver=qcow2');
+      return [{ device: id, inserted: { 'node-name': `#block-${id}`, image: { 'virtual-size': this.diskBytes, ...(raw ? { format: 'raw' } : {}) } } }];
     });
     this.qmps.set(qmpPath, new QmpDouble(qmpPath, initial, blocks, {
       quit: () => this.alive.delete(pid),

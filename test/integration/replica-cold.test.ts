@@ -43,13 +43,36 @@ describe('cold migration with a warm replica (DoubleDriver, replica double)', ()
     expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
     // The 256 KiB went in the delta before the power-off; nothing was written after it.
     expect(done.steps.cold.replica).toMatchObject({ used: true, replicaId: rid, precopyDeltaBytes: 256 * KiB, lastDeltaBytes: 0, preSeededBytes: 2 * MiB, disks: 1 });
-    // Nothing was fetched: the disk came from the replica's store.
+    // Nothing was fetched: the disk came from the replica's store. Nor was it checksummed after
+    // the power-off (the export came without: downtime for nothing).
     expect(done.steps.cold.imported.bytes).toBe(0);
+    expect(done.steps.cold.disks).toEqual([expect.objectContaining({ index: 0, sha256: '' })]);
     expect((await destinationDisk(h, 'vm1')).equals(final)).toBe(true);
     // The replica is gone once the migration ended: the store became the VM's disk.
     await h.waitFor(async () => (await h!.api('GET', `/v1/vms/vm1/replicas/${rid}`)).status === 404, 'replica removed', 20_000);
     expect(b.replicas.hasStore(rid)).toBe(false);
     expect(a.replicas.checkpointIds('vm1')).toEqual([]);
+  });
+
+  it('a replica that is no longer usable when the disks move (removed after the export): the source checksums its disks then, B fetches them whole and checks them', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm5', 2, 4);
+    await h.addHost('A', { vms: [vm.spec] });
+    await h.addHost('B');
+    const rid = await warmReplica(h, 'vm5');
+    writeAt(vm.path, 1 * MiB, randomBytes(64 * KiB));
+    const sent = traceRequests(h, (method) => {
+      // Once the source is off and its disks published (without checksums), the replica goes.
+      if (method === 'vm.coldExport') void h!.api('DELETE', `/v1/vms/vm5/replicas/${rid}`);
+    });
+    const res = await h.api('POST', '/v1/migrations', { vmId: 'vm5', destinationHostId: 'B', mode: 'cold' });
+    const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
+    expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
+    expect(done.steps.cold.replica, JSON.stringify(done.steps.cold.replica)).not.toMatchObject({ used: true });
+    expect(sent.indexOf('vm.coldChecksums@A'), sent.join('\n')).toBeGreaterThan(sent.indexOf('vm.coldExport@A'));
+    expect(sent.indexOf('vm.coldImport@B')).toBeGreaterThan(sent.indexOf('vm.coldChecksums@A'));
+    expect(done.steps.cold.imported.bytes).toBe(4 * MiB);
+    expect((await destinationDisk(h, 'vm5')).equals(readFileSync(vm.path))).toBe(true);
   });
 
   it('a corrupt replica (a byte flipped in its store) is caught by the digests: the move rolls back, the replica is failed, the next move copies the disk whole', async () => {

@@ -55,6 +55,31 @@ describe('live migration with a warm replica (DoubleDriver, replica double, no s
     await expect(a.describe('vm1')).rejects.toMatchObject({ code: 'VMTC_HOST_VM_NOT_FOUND' });
   });
 
+  it('a VM that runs from a consumed store and moves away for good leaves no store image behind; a store still kept is untouched', async () => {
+    h = await startHarness();
+    const vm = diskVm(h, 'vm8', 2, 4);
+    await h.addHost('A', { vms: [vm.spec], sharedStorage: false });
+    const b = await h.addHost('B', { sharedStorage: false });
+    const rid = await warmReplica(h, 'vm8');
+    const storeImage = b.replicas.storeFile(rid, 0)!;
+    const first = await h.api('POST', '/v1/migrations', { vmId: 'vm8', destinationHostId: 'B', mode: 'live' });
+    expect((await h.waitState(first.body.id, ['completed', 'rolled_back', 'failed'])).state).toBe('completed');
+    expect((await b.describe('vm8')).spec.disks![0]!.path).toBe(storeImage);
+    await h.waitFor(async () => (await h!.api('GET', `/v1/vms/vm8/replicas/${rid}`)).status === 404, 'replica consumed', 20_000);
+    // A replica of another VM kept at B: its store has a record, and stays.
+    const other = diskVm(h, 'vm9', 1, 2);
+    await h.addHost('C', { vms: [other.spec], sharedStorage: false });
+    const kept = await warmReplica(h, 'vm9', 'B');
+    // Back to A, with a replica there (the double does not mirror). Once committed, B's copy,
+    // which nobody holds any more, is gone.
+    await warmReplica(h, 'vm8', 'A');
+    const back = await h.api('POST', '/v1/migrations', { vmId: 'vm8', destinationHostId: 'A', mode: 'live' });
+    const backDone = await h.waitState(back.body.id, ['completed', 'rolled_back', 'failed']);
+    expect({ state: backDone.state, error: backDone.error }).toEqual({ state: 'completed', error: null });
+    expect(existsSync(storeImage)).toBe(false);
+    expect(existsSync(b.replicas.storeFile(kept, 0)!)).toBe(true);
+  });
+
   it('the memory copy starts only once the pre-copy delta and both sides\' kept digests are done: the pause never waits for a whole-disk read', async () => {
     h = await startHarness();
     const vm = diskVm(h, 'vm4', 2, 4);

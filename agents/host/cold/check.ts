@@ -36,6 +36,7 @@ export function checkExport(exp: unknown): asserts exp is ColdExport {
     if (typeof d.url !== 'string') bad(`disks[${i}].url`);
     if (d.format !== 'raw' && d.format !== 'qcow2') bad(`disks[${i}].format`);
     if (!(Number.isSafeInteger(d.sizeBytes) && d.sizeBytes >= 0)) bad(`disks[${i}].sizeBytes`);
-    if (typeof d.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(d.sha256)) bad(`disks[${i}].sha256`);
+    // Booting from a replica fetches nothing: its export may come without checksums (empty).
+    if (typeof d.sha256 !== 'string' || !(/^[0-9a-f]{64}$/.test(d.sha256) || (e.replica !== undefined && d.sha256 === ''))) bad(`disks[${i}].sha256`);
   }
 }

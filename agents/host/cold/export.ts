@@ -98,7 +98,7 @@ export class ColdExporter {
       let hashed = 0;
       const disks: ExportedDisk[] = [];
       for (const [index, d] of specDisks.entries()) {
-        const sha256 = await sha256File(d.path, (n) => progress((hashed += n)));
+        const sha256 = p.checksums === 'later' ? '' : await sha256File(d.path, (n) => progress((hashed += n)));
         const secret = this.d.ids.secret(32);
         disks.push({ disk: { index, url: `${base}/cold/${secret}/${index}`, format: d.format, sizeBytes: sizes[index]!, sha256 }, path: d.path, secret, spent: false });
       }
@@ -123,6 +123,27 @@ export class ColdExporter {
   }
 
   /** Rollback at the source: withdraw the export, bring a VM that was running back up. Idempotent. */
+  /** The sha256 of each disk of export `migrationId`, computed now when it was published without
+   *  them (checksums 'later'; the VM is off, so they are the bytes a fetch gets), and kept in
+   *  the export. */
+  async checksums(p: { vmId: string; migrationId: string }, onProgress?: ColdProgressListener): Promise<{ disks: { index: number; sha256: string }[] }> {
+    const rec = this.settled.get(p.migrationId);
+    if (!rec || rec.exp.vmId !== p.vmId || rec.withdrawn) throw hostError('VMTC_HOST_COLD_EXPORT_NOT_FOUND', { vmId: p.vmId, migrationId: p.migrationId });
+    const totalBytes = rec.exp.disks.reduce((a, d) => a + d.sizeBytes, 0);
+    const progress = progressReporter(this.d.clock, this.d.progressEveryMs, onProgress, { migrationId: p.migrationId, vmId: p.vmId, phase: 'export', totalBytes });
+    let hashed = 0;
+    for (const [i, x] of rec.disks.entries()) {
+      if (x.disk.sha256) {
+        hashed += x.disk.sizeBytes;
+        continue;
+      }
+      x.disk.sha256 = await sha256File(x.path, (n) => progress((hashed += n)));
+      rec.exp.disks[i]!.sha256 = x.disk.sha256;
+    }
+    progress(hashed, true);
+    return { disks: rec.exp.disks.map((d) => ({ index: d.index, sha256: d.sha256 })) };
+  }
+
   async abort(p: { vmId: string; migrationId: string }): Promise<VmInfo> {
     const pending = this.exports.get(p.migrationId);
     const rec = pending ? await pending.catch(() => undefined) : undefined;

@@ -89,6 +89,11 @@ export class ColdTransfer {
     return this.exporter.export(p, onProgress);
   }
 
+  /** Source: the sha256 of an export's disks published without them (vm.coldChecksums). */
+  checksums(p: { vmId: string; migrationId: string }, onProgress?: ColdProgressListener): Promise<{ disks: { index: number; sha256: string }[] }> {
+    return this.exporter.checksums(p, onProgress);
+  }
+
   /** Source, on rollback: withdraw the export and restore the VM (vm.coldAbort). */
   abort(p: { vmId: string; migrationId: string }): Promise<VmInfo> {
     return this.exporter.abort(p);

@@ -10,7 +10,9 @@
 //
 // Prints one JSON line `{"event":"ready","port":N}` on stdout once it listens (`port` 0 on a Unix
 // socket), `{"event":"error",...}` and exits 1 when it cannot. It exits when its stdin closes
-// (the agent that started it is gone) or on SIGTERM, cutting the connections it carries.
+// (the agent that started it is gone) or on SIGTERM, cutting the connections it carries. A
+// connection one side closes cleanly is half-closed to the other, never cut: its buffered bytes
+// are delivered first (test/integration/cold-relay.test.ts).
 import net from 'node:net';
 import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -42,12 +44,20 @@ const server = net.createServer((inbound) => {
     s.setNoDelay(true);
     s.on('close', () => open.delete(s));
   }
-  // Either side's error or close ends both: the TLS above sees a cut connection, never a hang.
+  // Either side's error cuts both: the TLS above sees a cut connection, never a hang. A side that
+  // closes cleanly only ends the other (the pipe did): what that one still buffers goes out first
+  // — the last bytes of a response, queued behind a long path — and it closes once its peer has
+  // too, or after a minute without traffic.
   const cut = () => { inbound.destroy(); outbound.destroy(); };
   inbound.on('error', cut);
   outbound.on('error', cut);
-  inbound.on('close', cut);
-  outbound.on('close', cut);
+  const endOther = (other: net.Socket) => (hadError: boolean) => {
+    if (hadError) return cut();
+    other.end();
+    other.setTimeout(60_000, () => other.destroy());
+  };
+  inbound.on('close', endOther(outbound));
+  outbound.on('close', endOther(inbound));
   inbound.pipe(outbound);
   outbound.pipe(inbound);
 });

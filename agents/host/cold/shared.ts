@@ -58,6 +58,10 @@ export interface ExportParams {
   ttlMs: number;
   destinationCertSerials?: string[];
   sourceCertSerials?: string[];
+  /** 'later': publish without the disks' sha256 (empty), computed only when asked
+   *  (vm.coldChecksums): a move that expects to boot from a replica fetches nothing, and the
+   *  checksums would be downtime for nothing (docs/design.md#cold-path). Default 'now'. */
+  checksums?: 'now' | 'later';
 }
 
 export interface ExportedDisk {

@@ -53,7 +53,15 @@ export interface QemuCowOptions {
   speed?: number;
   /** Network namespace for the storage daemons (qemu-images.ts startStorageDaemon). */
   netns?: string;
+  /** Relays connected ahead to stores' exports (QemuReplicas.preconnect), by NbdConnections.key:
+   *  the next job writing to that export takes one instead of connecting then. */
+  preconnected?: Map<string, PreconnectedRelay>;
 }
+
+export type NbdConnection = { server: Record<string, unknown>; exportName: string; close(): Promise<void>; pid?: number };
+export interface PreconnectedRelay { replicaId: string; conn: NbdConnection; timer: { cancel(): void } }
+/** The key of an export across the path, for preconnected relays. */
+export const exportKey = (dest: NbdDestination): string => (dest.nbd.type === 'inet' ? `${dest.nbd.host}:${dest.nbd.port}/${dest.exportName}` : `unix:${dest.nbd.path}/${dest.exportName}`);
 
 interface NodeInfo {
   'node-name': string;
@@ -397,7 +405,14 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
    *  export across the path through a local relay started here (qemu-images.ts startNbdRelay:
    *  its own connection's round trips do not hold the guest); a unix export, or a storage
    *  daemon's (cold) QEMU, connects directly. `close` stops the relay. */
-  async nbdConnection(dest: NbdDestination, relayDir?: string): Promise<{ server: Record<string, unknown>; exportName: string; close(): Promise<void>; pid?: number }> {
+  async nbdConnection(dest: NbdDestination, relayDir?: string): Promise<NbdConnection> {
+    // A relay connected ahead (before a cold move's power-off: its round trips were paid then).
+    const pre = this.opts.preconnected?.get(exportKey(dest));
+    if (pre) {
+      this.opts.preconnected!.delete(exportKey(dest));
+      pre.timer.cancel();
+      return pre.conn;
+    }
     if (dest.nbd.type === 'unix') return { server: { type: 'unix', path: dest.nbd.path }, exportName: dest.exportName, close: async () => undefined };
     if (!relayDir) return { server: { type: 'inet', host: dest.nbd.host, port: String(dest.nbd.port) }, exportName: dest.exportName, close: async () => undefined };
     await rm(relayDir, { recursive: true, force: true });

@@ -11,8 +11,8 @@
 //                the new checkpoint of the disks before it back (qemu-cow.ts foldBack), so a
 //                retry from the same checkpoint finds no stray one
 import { existsSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, rm, rmdir } from 'node:fs/promises';
+import { dirname, join, sep } from 'node:path';
 import type { ReplicaCheckpoint, ReplicaDigest, ReplicaDigestAsk, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../../src/common/agent-protocol.ts';
 import { systemClock, type Clock } from '../../../src/common/clock.ts';
 import type { Logger } from '../../../src/common/log.ts';
@@ -20,7 +20,7 @@ import { hostError } from '../errors.ts';
 import { listeningPorts } from '../qemu/proc.ts';
 import { isReplicaCheckpoint, type ReplicaOps } from '../replicas.ts';
 import type { Checkpoint, SourceDisk, TransferReport } from './backend.ts';
-import { bitmapOf, QemuCowBackend, type QmpPort } from './qemu-cow.ts';
+import { bitmapOf, exportKey, QemuCowBackend, type PreconnectedRelay, type QmpPort } from './qemu-cow.ts';
 import { QemuStore, type NbdDestination } from './qemu-store.ts';
 import { KeptLeaves } from './kept-leaves.ts';
 import { startFollow, stopFollow } from './qemu-follow.ts';
@@ -55,15 +55,17 @@ export class QemuReplicas implements ReplicaOps {
   private readonly exports = new Map<string, (() => Promise<void>)[]>();
   /** Leaves kept for incremental digests (docs/disks.md#incremental-digests). */
   readonly leaves = new KeptLeaves();
+  /** Relays connected ahead to stores' exports (preconnect), by export. */
+  private readonly preconnected = new Map<string, PreconnectedRelay>();
 
   constructor(private readonly o: QemuReplicaOptions) {
     this.clock = o.clock ?? systemClock;
-    this.backend = new QemuCowBackend({ qmpFor: o.qmpFor, logger: o.logger, clock: this.clock, tmpDir: join(o.dataDir, 'replicas'), ...(o.speed ? { speed: o.speed } : {}), ...(o.netns ? { netns: o.netns } : {}) });
+    this.backend = new QemuCowBackend({ qmpFor: o.qmpFor, logger: o.logger, clock: this.clock, tmpDir: join(o.dataDir, 'replicas'), preconnected: this.preconnected, ...(o.speed ? { speed: o.speed } : {}), ...(o.netns ? { netns: o.netns } : {}) });
   }
 
   /** Limit the copy rate of the seeds and deltas that start from now on (bytes/s; 0: none). */
   limit(bytesPerSecond: number): void {
-    this.backend = new QemuCowBackend({ qmpFor: this.o.qmpFor, logger: this.o.logger, clock: this.clock, tmpDir: join(this.o.dataDir, 'replicas'), ...(bytesPerSecond > 0 ? { speed: bytesPerSecond } : {}), ...(this.o.netns ? { netns: this.o.netns } : {}) });
+    this.backend = new QemuCowBackend({ qmpFor: this.o.qmpFor, logger: this.o.logger, clock: this.clock, tmpDir: join(this.o.dataDir, 'replicas'), preconnected: this.preconnected, ...(bytesPerSecond > 0 ? { speed: bytesPerSecond } : {}), ...(this.o.netns ? { netns: this.o.netns } : {}) });
   }
 
   /** The checkpoints of the replica that each of the VM's disks carries (bitmap names). */
@@ -297,6 +299,40 @@ export class QemuReplicas implements ReplicaOps {
     }
   }
 
+  /** Source, before a cold move's power-off (the store's export opened ahead for the last
+   *  delta): a local relay per export, connected now, so that the last delta's job, after the
+   *  power-off, does not pay the connection's round trips (qemu-images.ts startNbdRelay). Unused
+   *  relays go after `ttlMs`, or at the replica's next step (dropCheckpoints). */
+  async preconnect(_vmId: string, replicaId: string, store: ReplicaStoreHandoff, ttlMs = 600_000): Promise<{ relays: number }> {
+    const ex = (store as Partial<Handoff>).qemu?.exports;
+    if (!Array.isArray(ex)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'store', reason: 'the store\'s exports' });
+    await this.dropPreconnected(replicaId);
+    let n = 0;
+    for (const [i, e] of ex.entries()) {
+      if (typeof e.host !== 'string' || !Number.isInteger(e.port) || typeof e.exportName !== 'string') throw hostError('VMTC_HOST_BAD_PARAMS', { field: `store.exports[${i}]` });
+      const dest: NbdDestination = { image: '', exportName: e.exportName, nbd: { type: 'inet', host: e.host, port: e.port } };
+      const conn = await this.backend.nbdConnection(dest, join(this.o.dataDir, 'replicas', `pre-${replicaId}-${i}`));
+      const key = exportKey(dest);
+      const timer = this.clock.setTimeout(() => {
+        if (this.preconnected.get(key)?.conn !== conn) return;
+        this.preconnected.delete(key);
+        void conn.close().catch(() => undefined);
+      }, ttlMs);
+      this.preconnected.set(key, { replicaId, conn, timer });
+      n++;
+    }
+    return { relays: n };
+  }
+
+  private async dropPreconnected(replicaId: string): Promise<void> {
+    for (const [key, p] of [...this.preconnected.entries()]) {
+      if (p.replicaId !== replicaId) continue;
+      this.preconnected.delete(key);
+      p.timer.cancel();
+      await p.conn.close().catch(() => undefined);
+    }
+  }
+
   /** Source: stop following (idempotent). `bytes`: what the mirrors wrote into the store;
    *  `error`: a mirror that failed (the store misses writes: the last delta must send them). */
   async unfollow(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string }> {
@@ -327,6 +363,7 @@ export class QemuReplicas implements ReplicaOps {
     // A mirror a live move left (its controller restarted) ends before the chain is tidied: the
     // next delta, from `keep`, sends everything it wrote.
     if (this.o.vmOf(vmId).running) await this.unfollow(vmId, replicaId);
+    await this.dropPreconnected(replicaId);
     for (const disk of await this.sourceDisks(vmId)) {
       const prefix = 'vmtc-cp.';
       const mine = (await this.backend.checkpointBitmaps(disk))
@@ -350,6 +387,18 @@ export class QemuReplicas implements ReplicaOps {
     return (await this.backend.checkpointBitmaps(disk))
       .map((b) => b.name)
       .filter((n) => n.startsWith(prefix) && isReplicaCheckpoint(replicaId, n.slice(prefix.length)) && Number(n.slice(prefix.length + replicaId.length + 1)) > cp.seq);
+  }
+
+  async removeConsumedStores(spec: VmSpec): Promise<string[]> {
+    const root = join(this.o.dataDir, 'replicas') + sep;
+    const out: string[] = [];
+    for (const d of writable(spec)) {
+      if (!d.path.startsWith(root) || existsSync(`${d.path}.vmtc.json`)) continue;
+      await rm(d.path, { force: true });
+      out.push(d.path);
+      await rmdir(dirname(d.path)).catch(() => undefined); // only when empty
+    }
+    return out;
   }
 
   async dropDiskCheckpoints(spec: VmSpec): Promise<string[]> {
@@ -388,5 +437,6 @@ export class QemuReplicas implements ReplicaOps {
 
   async close(): Promise<void> {
     for (const id of [...this.exports.keys()]) await this.closeExports(id);
+    for (const p of new Set([...this.preconnected.values()].map((x) => x.replicaId))) await this.dropPreconnected(p);
   }
 }

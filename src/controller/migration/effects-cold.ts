@@ -5,9 +5,9 @@
 // the source copy is intact and a rollback restores it.
 import { toVmtcError, type VmtcError } from '../../common/errors.ts';
 import type { ColdExport, ColdProgress, ColdVerifyProgress, ReachResult } from '../../common/agent-protocol.ts';
-import type { MigrationCtx } from '../store.ts';
+import type { MigrationCtx, MigrationRow } from '../store.ts';
 import { err } from '../errors.ts';
-import { aborted, currentCtx, saveCtx, site, type EffectFn } from './context.ts';
+import { aborted, currentCtx, saveCtx, site, type EffectContext, type EffectFn } from './context.ts';
 import { deadlineAt } from './request.ts';
 import { lastDeltaAndVerify, prepareColdReplica, replicaConsumed } from '../replicas/migration.ts';
 
@@ -64,7 +64,9 @@ const coldExport: EffectFn = async (cx, row) => {
     const serials = cx.hub.certSerials
       ? { destinationCertSerials: cx.hub.certSerials(row.destinationHostId), sourceCertSerials: cx.hub.certSerials(row.sourceHostId) }
       : {};
-    exp = await cx.hub.request(row.sourceHostId, 'vm.coldExport', { vmId: row.vmId, migrationId: row.id, destinationHostId: row.destinationHostId, ttlMs, ...serials }, ttlMs + 5_000);
+    // With a replica the destination boots from its store and fetches nothing: the checksums
+    // (seconds a GiB, after the power-off) are asked for only if a fetch is needed after all.
+    exp = await cx.hub.request(row.sourceHostId, 'vm.coldExport', { vmId: row.vmId, migrationId: row.id, destinationHostId: row.destinationHostId, ttlMs, ...serials, ...(prep ? { checksums: 'later' as const } : {}) }, ttlMs + 5_000);
   } catch (e) {
     throw coldError('VMTC_COLD_EXPORT_FAILED', e);
   }
@@ -124,8 +126,11 @@ const coldImport: EffectFn = async (cx, row, signal) => {
   }
   const deadline = deadlineAt(row.request, row.createdAt, cx.options.defaultDeadlineMs);
   try {
+    // A fetch after all (no replica used) of disks published without checksums: the source
+    // computes them now (the VM is off and the replica's last delta did not touch its disks).
+    const fetch = !replica && exp.disks.some((d) => !d.sha256) ? await withChecksums(cx, row, exp) : exp;
     const r = await Promise.race([
-      hub.request(row.destinationHostId, 'vm.coldImport', { export: replica ? { ...exp, replica: { replicaId: replica.replicaId } } : exp }, Math.max(60_000, deadline - cx.clock.now() + 5_000)),
+      hub.request(row.destinationHostId, 'vm.coldImport', { export: replica ? { ...exp, replica: { replicaId: replica.replicaId } } : fetch }, Math.max(60_000, deadline - cx.clock.now() + 5_000)),
       aborted(signal, row.id),
     ]);
     const mbps = r.ms > 0 ? Math.round((r.bytes * 8) / r.ms / 1000 * 10) / 10 : null;
@@ -182,5 +187,21 @@ const coldVerify: EffectFn = async (cx, row) => {
     if (tcp) cx.hub.off('event', onEvent);
   }
 };
+
+/** The export with the sha256 of its disks, asked of the source (vm.coldChecksums) for an export
+ *  published without them; kept for a retry of the import. */
+async function withChecksums(cx: EffectContext, row: MigrationRow, exp: ColdExport): Promise<ColdExport> {
+  let got: { disks: { index: number; sha256: string }[] };
+  try {
+    got = await cx.hub.request(row.sourceHostId, 'vm.coldChecksums', { vmId: row.vmId, migrationId: row.id }, Math.max(60_000, deadlineAt(row.request, row.createdAt, cx.options.defaultDeadlineMs) - cx.clock.now()));
+  } catch (e) {
+    throw coldError('VMTC_COLD_TRANSFER_FAILED', e);
+  }
+  const out: ColdExport = { ...exp, disks: exp.disks.map((d) => ({ ...d, sha256: got.disks.find((x) => x.index === d.index)?.sha256 ?? d.sha256 })) };
+  if (out.disks.some((d) => !d.sha256)) throw err('VMTC_COLD_TRANSFER_FAILED', { reason: 'the source did not give the checksum of every disk' });
+  cx.exports.set(row.id, out);
+  cx.log.info({ disks: out.disks.length }, 'disk checksums computed at the source for a full fetch');
+  return out;
+}
 
 export const COLD_EFFECTS = { coldExport, coldImport, coldVerify };

@@ -50,7 +50,9 @@ const cleanupSource: EffectFn = async (cx, row) => {
     // Asked only of a VM with replicas: a VM without has none to drop, and its disks may be
     // shared storage the destination now holds (which the agent would refuse to touch, noisily).
     const drop = vmHasReplicas(cx.hub, row.vmId);
-    const out = await askAgent(cx, row.sourceHostId, () => cx.hub.request(row.sourceHostId, 'vm.destroy', { vmId: row.vmId, ...(drop ? { dropCheckpoints: true } : {}) }));
+    // leftForGood: a VM that ran from a consumed replica store there (an earlier live move with
+    // the replica) leaves those images behind for nobody: the agent deletes them.
+    const out = await askAgent(cx, row.sourceHostId, () => cx.hub.request(row.sourceHostId, 'vm.destroy', { vmId: row.vmId, leftForGood: true, ...(drop ? { dropCheckpoints: true } : {}) }));
     const cp = out?.checkpoints;
     if (cp && 'error' in cp) {
       // The move is committed: a warning (the agent's error, naming what it was doing), no rollback.

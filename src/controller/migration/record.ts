@@ -130,6 +130,8 @@ export interface ColdReplicaUse {
   precopyDeltaBytes?: number;
   precopyDeltaMs?: number;
   keptDigestMs?: number;
+  /** Opening the last delta's store export and connecting the source to it, before the power-off. */
+  connectAheadMs?: number;
   keptAt?: { id: string; seq: number };
   /** When the source was asked to power off (clock ms), after the kept digests. */
   powerOffAt?: number;

@@ -91,7 +91,7 @@ async function keepDigests(hub: HubPort, log: Logger, r: { id: string; vmId: str
 }
 
 /** A cold move's warm replica before the power-off (ColdReplicaUse's first fields). */
-export type ColdReplicaPrep = Required<Pick<ColdReplicaUse, 'replicaId' | 'preSeededBytes' | 'precopyDeltaBytes' | 'precopyDeltaMs' | 'keptDigestMs'>> & Pick<ColdReplicaUse, 'keptAt'>;
+export type ColdReplicaPrep = Required<Pick<ColdReplicaUse, 'replicaId' | 'preSeededBytes' | 'precopyDeltaBytes' | 'precopyDeltaMs' | 'keptDigestMs'>> & Pick<ColdReplicaUse, 'keptAt' | 'connectAheadMs'>;
 
 /**
  * A cold move with a warm replica at its destination, while the VM still runs (before the
@@ -136,6 +136,15 @@ export async function prepareColdReplica(hub: HubPort, clock: Clock, log: Logger
   const keepAs = next.checkpoint;
   if (await keepDigests(hub, log, next, keepAs)) prep.keptAt = { id: keepAs.id, seq: keepAs.seq };
   prep.keptDigestMs = clock.now() - t1;
+  // The last delta's store export, opened now, and the source connected to it (its relays pay
+  // the path's round trips now, not after the power-off); either failing only costs time then.
+  const t2 = clock.now();
+  await svc.exclusive(r.id, async () => {
+    const cur = svc.records.get(r.id);
+    const store = cur ? await svc.openAhead(cur) : undefined;
+    if (store) await hub.request(m.sourceHostId, 'replica.preconnect', { replicaId: r.id, vmId: m.vmId, store });
+  }).catch((e: unknown) => log.warn({ replicaId: r.id, code: toVmtcError(e).code }, 'the last delta\'s store could not be opened or connected ahead: it is, after the power-off'));
+  prep.connectAheadMs = clock.now() - t2;
   log.info({ ...prep }, 'cold move: replica delta and kept digests done before the power-off');
   return prep;
 }

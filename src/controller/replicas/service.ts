@@ -291,13 +291,14 @@ export class ReplicaService {
    *  which runs in the pause (docs/disks.md#replicas). The next transferStep from that checkpoint
    *  uses it; any other step's openStore replaces it, removeStore closes it. Call under
    *  exclusive(). */
-  async openAhead(r: ReplicaRow): Promise<void> {
-    if (r.state !== 'warm' || !r.checkpoint) return;
+  async openAhead(r: ReplicaRow): Promise<ReplicaStoreHandoff | undefined> {
+    if (r.state !== 'warm' || !r.checkpoint) return undefined;
     const vm = locateVm([this.d.hub.inventory(r.sourceHostId)].filter((x) => !!x), r.vmId)?.vm;
-    if (!vm) return;
+    if (!vm) return undefined;
     const listenHost = this.d.hub.inventory(r.destinationHostId)?.migrationAddress ?? this.o.listenHost;
     const { store } = await this.d.hub.request(r.destinationHostId, 'replica.openStore', { replicaId: r.id, spec: vm.spec, listenHost, expect: r.checkpoint });
     this.ahead.set(r.id, { expect: r.checkpoint, store });
+    return store;
   }
 
   /** One seed or delta (the protocol above). Also what a migration runs for its last delta:
