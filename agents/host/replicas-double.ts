@@ -14,7 +14,7 @@
 //   seed/delta   the disks are read at one instant, and the blocks that are not zero (seed) or
 //                whose hash differs from `from` (delta) go over one TCP connection to the
 //                export: a header line, then [u32 disk][u32 length][f64 offset] + data frames,
-//                an end frame, and the destination's "OK\n" once all is written
+//                an end frame, and the destination's "OK\n" once all is written (replicas-double-wire.ts)
 //   store        export = a TCP server on listenHost for one transfer; closeStore records the
 //                checkpoint (IMAGE.vmtc.json beside the files, as qemu-store.ts) only if the
 //                export received a complete transfer of it
@@ -31,22 +31,20 @@
 //                backend's (docs/disks.md#incremental-digests): leaves kept with `keepAs`, and
 //                with `since` only the chunks re-read that the checkpoint after `since` found
 //                changed (the source) or the controller names (`changed`, the store)
-import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, rmdir, stat, truncate, writeFile, open } from 'node:fs/promises';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, sep } from 'node:path';
 import type { ReplicaCheckpoint, ReplicaDigest, ReplicaDigestAsk, ReplicaStoreHandoff, ReplicaTransfer, VmSpec } from '../../src/common/agent-protocol.ts';
-import { clockSleep, type Clock } from '../../src/common/clock.ts';
+import type { Clock } from '../../src/common/clock.ts';
 import { hostError } from './errors.ts';
 import { digestDisk } from './disks/digest.ts';
 import { KeptLeaves, type DigestNote } from './disks/kept-leaves.ts';
 import { refreshLeaves, type LeafCache } from './disks/leaf-cache.ts';
 import { isReplicaCheckpoint, type ReplicaOps } from './replicas.ts';
+import { BLOCK, END, blockFrames, blockHashes, isZero, readAll, ship } from './replicas-double-wire.ts';
 
-const BLOCK = 64 * 1024;
-const END = 0xffffffff;
 
 export interface ReplicaDoubleOptions {
   clock: Clock;
@@ -60,40 +58,6 @@ export interface ReplicaDoubleOptions {
 
 interface Held { checkpoint: ReplicaCheckpoint; disks: number; sizes: number[] }
 interface Export { server: Server; sockets: Set<Socket>; received?: { checkpoint: ReplicaCheckpoint; sizes: number[] }; expect: ReplicaCheckpoint | null }
-
-/** The frames of the blocks `send` picks (disk, block, its hash, its bytes), and the end frame. */
-function blockFrames(images: Buffer[], hashes: string[][], send: (disk: number, block: number, hash: string, data: Buffer) => boolean): { frames: Buffer[]; bytes: number; end: Buffer } {
-  const frames: Buffer[] = [];
-  let bytes = 0;
-  images.forEach((img, di) => hashes[di]!.forEach((h, bi) => {
-    const data = img.subarray(bi * BLOCK, (bi + 1) * BLOCK);
-    if (!send(di, bi, h, data)) return;
-    const hd = Buffer.alloc(16);
-    hd.writeUInt32BE(di, 0);
-    hd.writeUInt32BE(data.length, 4);
-    hd.writeDoubleBE(bi * BLOCK, 8);
-    frames.push(hd, data);
-    bytes += data.length;
-  }));
-  const end = Buffer.alloc(16);
-  end.writeUInt32BE(END, 0);
-  return { frames, bytes, end };
-}
-
-async function readAll(path: string): Promise<Buffer> {
-  try {
-    return await readFile(path);
-  } catch (e) {
-    throw hostError('VMTC_HOST_DISK_UNREADABLE', { path, reason: (e as Error).message }, { cause: e });
-  }
-}
-
-function blockHashes(b: Buffer): string[] {
-  const out: string[] = [];
-  for (let o = 0; o < b.length; o += BLOCK) out.push(createHash('sha256').update(b.subarray(o, o + BLOCK)).digest('base64'));
-  return out;
-}
-const isZero = (b: Buffer) => b.every((x) => x === 0);
 
 export class ReplicaDouble implements ReplicaOps {
   private readonly checkpoints = new Map<string, { cp: ReplicaCheckpoint; hashes: string[][] }[]>();
@@ -113,6 +77,9 @@ export class ReplicaDouble implements ReplicaOps {
   constructor(private readonly opts: ReplicaDoubleOptions) {
     this.dir = opts.dir;
   }
+
+  /** The source's pace: limit()'s rate, read at every frame, else opts.bandwidthMbps. */
+  private readonly pace = { clock: () => this.opts.clock, mbps: () => (this.rateBytesPerS > 0 ? (this.rateBytesPerS * 8) / 1e6 : this.opts.bandwidthMbps) };
 
   limit(bytesPerSecond: number): void {
     this.rateBytesPerS = bytesPerSecond;
@@ -147,7 +114,7 @@ export class ReplicaDouble implements ReplicaOps {
     const hashes = images.map(blockHashes);
     const { frames, bytes, end } = blockFrames(images, hashes, (di, bi, h) => c.hashes[di]?.[bi] !== h);
     try {
-      await this.ship(f.addr, JSON.stringify({ checkpoint: f.cp, sizes: images.map((b) => b.length) }) + '\n', frames, end, { vmId, replicaId, checkpoint: f.cp.id });
+      await ship(f.addr, JSON.stringify({ checkpoint: f.cp, sizes: images.map((b) => b.length) }) + '\n', frames, end, { vmId, replicaId, checkpoint: f.cp.id }, this.pace);
     } catch (e) {
       return { bytes: 0, following: true, error: (e as Error).message };
     }
@@ -389,53 +356,13 @@ export class ReplicaDouble implements ReplicaOps {
     const hashes = images.map(blockHashes);
     const cp: ReplicaCheckpoint = { id: checkpointId, seq: from ? from.seq + 1 : 0, takenAt: started, ref: `double.${checkpointId}` };
     const { frames, bytes, end } = blockFrames(images, hashes, (di, bi, h, data) => (base ? base.hashes[di]?.[bi] !== h : !isZero(data)));
-    await this.ship(addr, JSON.stringify({ checkpoint: cp, sizes: images.map((b) => b.length) }) + '\n', frames, end, { vmId, replicaId, checkpoint: checkpointId });
+    await ship(addr, JSON.stringify({ checkpoint: cp, sizes: images.map((b) => b.length) }) + '\n', frames, end, { vmId, replicaId, checkpoint: checkpointId }, this.pace);
     chain.push({ cp, hashes });
     this.chainDisks.set(`${vmId}/${replicaId}`, disks.map((d) => d.path));
     return { kind: from ? 'delta' : 'full', checkpoint: cp, ...(from ? { from } : {}), diskBytes: images.reduce((n, b) => n + b.length, 0), bytes, ms: this.opts.clock.now() - started, disks: disks.length };
   }
 
-  private ship(addr: { host: string; port: number }, header: string, frames: Buffer[], end: Buffer, details: Record<string, unknown>): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const s = connect(addr.port, addr.host);
-      let answer = '';
-      let settled = false;
-      const fail = (reason: string) => {
-        if (settled) return;
-        settled = true;
-        s.destroy();
-        reject(hostError('VMTC_HOST_DISK_COPY_FAILED', { ...details, reason }));
-      };
-      s.on('error', (e) => fail(e.message));
-      s.on('data', (d: Buffer) => {
-        answer += d.toString('utf8');
-      });
-      s.on('close', () => {
-        if (answer === 'OK\n' && !settled) {
-          settled = true;
-          resolve();
-        } else fail('the destination closed the connection before it had all of the transfer');
-      });
-      s.on('connect', () => {
-        void (async () => {
-          s.write(header);
-          let sinceSleep = 0;
-          for (const f of frames) {
-            if (settled) return;
-            s.write(f);
-            sinceSleep += f.length;
-            // A rate set by limit() (replica.limit) applies from the next frame on.
-            const mbps = this.rateBytesPerS > 0 ? (this.rateBytesPerS * 8) / 1e6 : this.opts.bandwidthMbps;
-            if (mbps && sinceSleep >= 256 * 1024) {
-              await clockSleep(this.opts.clock, (sinceSleep * 8) / (mbps * 1000));
-              sinceSleep = 0;
-            }
-          }
-          if (!settled) s.write(end);
-        })();
-      });
-    });
-  }
+
 
   async lag(vmId: string, replicaId: string, from: ReplicaCheckpoint): Promise<number> {
     const base = this.chain(vmId, replicaId).find((c) => c.cp.id === from.id);

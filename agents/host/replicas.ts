@@ -151,37 +151,31 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
   };
 }
 
-/** After a committed move destroyed VM `spec` here (vm.destroy with dropCheckpoints): the replica
- *  checkpoints left on its disks go (docs/disks.md#replicas). A failure is logged and returned,
- *  never thrown: the move is committed, the controller records it as a warning. */
-export async function dropLeftCheckpoints(ops: ReplicaOps | undefined, spec: VmSpec, log: Logger): Promise<{ dropped: string[] } | { error: ErrorBody } | undefined> {
-  if (!ops?.dropDiskCheckpoints) return undefined;
+/** A step after a committed move destroyed VM `spec` here, on the disks it left (logged and
+ *  returned, never thrown: the move is committed, the controller records an error as a warning).
+ *  Undefined when the driver has no such step. */
+async function afterLeaving<K extends string>(run: ((spec: VmSpec) => Promise<string[]>) | undefined, key: K, spec: VmSpec, log: Logger, what: string): Promise<Record<K, string[]> | { error: ErrorBody } | undefined> {
+  if (!run) return undefined;
   try {
-    const dropped = await ops.dropDiskCheckpoints(spec);
-    if (dropped.length) log.info({ vmId: spec.vmId, dropped }, 'replica checkpoints dropped from the disks the VM left');
-    return { dropped };
+    const done = await run(spec);
+    if (done.length) log.info({ vmId: spec.vmId, [key]: done }, `${what}: done on the disks the VM left`);
+    return { [key]: done } as Record<K, string[]>;
   } catch (e) {
     const error = toVmtcError(e).toJSON();
-    log.warn({ vmId: spec.vmId, code: error.code }, 'could not drop the replica checkpoints from the disks the VM left');
+    log.warn({ vmId: spec.vmId, code: error.code }, `${what}: failed on the disks the VM left`);
     return { error };
   }
 }
 
-/** After a committed move destroyed VM `spec` here (vm.destroy with leftForGood): the consumed
- *  replica stores it ran from go (ReplicaOps.removeConsumedStores). Logged and returned, never
- *  thrown: the move is committed. */
-export async function removeLeftStores(ops: ReplicaOps | undefined, spec: VmSpec, log: Logger): Promise<{ removed: string[] } | { error: ErrorBody } | undefined> {
-  if (!ops?.removeConsumedStores) return undefined;
-  try {
-    const removed = await ops.removeConsumedStores(spec);
-    if (removed.length) log.info({ vmId: spec.vmId, removed }, 'the replica store images the VM ran from are deleted: it left this host');
-    return { removed };
-  } catch (e) {
-    const error = toVmtcError(e).toJSON();
-    log.warn({ vmId: spec.vmId, code: error.code }, 'could not delete the replica store images the VM ran from');
-    return { error };
-  }
-}
+/** vm.destroy with dropCheckpoints: the replica checkpoints left on the VM's disks go
+ *  (docs/disks.md#replicas). */
+export const dropLeftCheckpoints = (ops: ReplicaOps | undefined, spec: VmSpec, log: Logger) =>
+  afterLeaving(ops?.dropDiskCheckpoints?.bind(ops), 'dropped', spec, log, 'dropping the replica checkpoints');
+
+/** vm.destroy with leftForGood: the consumed replica stores the VM ran from go
+ *  (ReplicaOps.removeConsumedStores). */
+export const removeLeftStores = (ops: ReplicaOps | undefined, spec: VmSpec, log: Logger) =>
+  afterLeaving(ops?.removeConsumedStores?.bind(ops), 'removed', spec, log, 'deleting the consumed replica store images');
 
 /** Checkpoint ids of a replica: `<replicaId>-<seq>` (agents/host/disks/backend.ts CHECKPOINT_ID). */
 export const checkpointIdOf = (replicaId: string, seq: number): string => `${replicaId}-${seq}`;

@@ -224,14 +224,16 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
    *  socket of the QEMU (or storage daemon) that holds it, and `qemu-img map` with the nbd
    *  driver's `x-dirty-bitmap` reports the dirty extents as holes. The bitmap must no longer
    *  record (QEMU refuses to export a recording one read-only): it is, after the delta that
-   *  took the next checkpoint. The NBD server is started and stopped here. */
-  async dirtyRanges(disk: SourceDisk, cp: Checkpoint, alsoRefs: string[] = []): Promise<{ offset: number; length: number }[]> {
+   *  took the next checkpoint. With `also`, the union with the disk's other bitmaps it picks
+   *  (a followed live move's later checkpoints, the newest still recording) is exported instead,
+   *  merged into a disabled scratch bitmap. The NBD server is started and stopped here. */
+  async dirtyRanges(disk: SourceDisk, cp: Checkpoint, also: (bitmap: string) => boolean = () => false): Promise<{ offset: number; length: number }[]> {
     return this.withNode(disk, async (qmp, node, size) => {
       const have = await this.bitmaps(qmp, node);
       const b = have.find((x) => x.name === cp.ref);
       if (!b) throw hostError('VMTC_HOST_DISK_CHECKPOINT_MISSING', { checkpoint: cp.id, bitmap: cp.ref });
-      const also = alsoRefs.filter((r) => r !== cp.ref && have.some((x) => x.name === r));
-      if (b.recording && also.length === 0) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'checkpoint', reason: 'its bitmap still records: take the next checkpoint first', checkpoint: cp.id });
+      const later = have.map((x) => x.name).filter((n) => n !== cp.ref && also(n));
+      if (b.recording && later.length === 0) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'checkpoint', reason: 'its bitmap still records: take the next checkpoint first', checkpoint: cp.id });
       const dir = await mkdtemp(join(this.tmp, 'vmtc-nbd-'));
       const sock = join(dir, 's');
       let server = false;
@@ -239,14 +241,14 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
       // With later checkpoints too (a live move whose last writes a mirror carried, the newest
       // still recording): their union, in a disabled scratch bitmap that is exported instead.
       let bitmap = cp.ref;
-      const merged = also.length ? 'vmtc-dirty.union' : undefined;
+      const merged = later.length ? 'vmtc-dirty.union' : undefined;
       try {
         if (merged) {
           await qmp.execute('block-dirty-bitmap-remove', { node, name: merged }).catch(() => undefined);
           await qmp.execute('transaction', {
             actions: [
               { type: 'block-dirty-bitmap-add', data: { node, name: merged, granularity: b.granularity, persistent: false, disabled: true } },
-              { type: 'block-dirty-bitmap-merge', data: { node, target: merged, bitmaps: [cp.ref, ...also] } },
+              { type: 'block-dirty-bitmap-merge', data: { node, target: merged, bitmaps: [cp.ref, ...later] } },
             ],
           });
           bitmap = merged;

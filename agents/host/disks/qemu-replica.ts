@@ -381,12 +381,10 @@ export class QemuReplicas implements ReplicaOps {
     }
   }
 
-  /** The bitmaps of the replica's checkpoints after `cp` on the disk. */
-  private async laterBitmaps(disk: SourceDisk, replicaId: string, cp: ReplicaCheckpoint): Promise<string[]> {
-    const prefix = 'vmtc-cp.';
-    return (await this.backend.checkpointBitmaps(disk))
-      .map((b) => b.name)
-      .filter((n) => n.startsWith(prefix) && isReplicaCheckpoint(replicaId, n.slice(prefix.length)) && Number(n.slice(prefix.length + replicaId.length + 1)) > cp.seq);
+  /** Whether a bitmap is one of the replica's checkpoints after `cp`. */
+  private laterOf(replicaId: string, cp: ReplicaCheckpoint): (bitmap: string) => boolean {
+    const prefix = bitmapOf('');
+    return (n) => n.startsWith(prefix) && isReplicaCheckpoint(replicaId, n.slice(prefix.length)) && Number(n.slice(prefix.length + replicaId.length + 1)) > cp.seq;
   }
 
   async removeConsumedStores(spec: VmSpec): Promise<string[]> {
@@ -419,7 +417,7 @@ export class QemuReplicas implements ReplicaOps {
       out = await this.incremental('source', ask.replicaId, kept, disks.map((d) => ({
         // `since`'s bitmap and every later one of the replica: what a mirror carried after the
         // last delta's checkpoint is in the newest (docs/disks.md#following).
-        chunks: async (cache: LeafCache) => chunksOfRanges(await this.backend.dirtyRanges(d, this.perDisk(since), await this.laterBitmaps(d, ask.replicaId, since)), cache.chunkBytes, cache.size),
+        chunks: async (cache: LeafCache) => chunksOfRanges(await this.backend.dirtyRanges(d, this.perDisk(since), this.laterOf(ask.replicaId, since)), cache.chunkBytes, cache.size),
         reader: () => this.backend.reader(d),
       })));
     }
