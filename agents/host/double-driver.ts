@@ -268,6 +268,10 @@ export class DoubleDriver implements HypervisorDriver {
   }
 
   async resume(vmId: string): Promise<VmInfo> {
+    // A held destination (tuning.holdAfterLanding) whose copy is still landing: as the QEMU
+    // driver, wait for it (bounded), then start it.
+    const deadline = this.clock.now() + 30_000;
+    while (this.get(vmId).info.state === 'incoming' && this.clock.now() < deadline) await this.changeOrTimeout(deadline - this.clock.now());
     const vm = this.get(vmId);
     if (vm.info.state === 'paused' || vm.info.state === 'postmigrate') {
       vm.info.state = 'running';
@@ -306,7 +310,7 @@ export class DoubleDriver implements HypervisorDriver {
       server.listen(port ?? 0, listenHost, () => resolve());
     });
     const bound = (server.address() as net.AddressInfo).port;
-    const vm: DoubleVm = { info: { ...infoOf(spec, 'incoming'), migrationId }, incoming: { server, port: bound } };
+    const vm: DoubleVm = { info: { ...infoOf(spec, 'incoming'), migrationId }, incoming: { server, port: bound, ...(opts.tuning?.holdAfterLanding ? { hold: true } : {}) } };
     this.vms.set(spec.vmId, vm);
     server.on('connection', (sock) => receiveMigration(this.stream, vm, sock));
     this.changed();
@@ -371,17 +375,22 @@ export class DoubleDriver implements HypervisorDriver {
       if (vm.info.state === 'stopped' || vm.info.state === 'crashed') throw hostError('VMTC_HOST_VM_STATE', { vmId, state: vm.info.state, op: 'waitRunning' });
       const left = deadline - this.clock.now();
       if (left <= 0) throw commonError('VMTC_TIMEOUT', { vmId, waitingFor: 'running', timeoutMs, state: vm.info.state });
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          timer.cancel();
-          const i = this.listeners.indexOf(done);
-          if (i >= 0) this.listeners.splice(i, 1);
-          resolve();
-        };
-        const timer = this.clock.setTimeout(done, left);
-        this.listeners.push(done);
-      });
+      await this.changeOrTimeout(left);
     }
+  }
+
+  /** Until the VM table changes or `ms` pass. */
+  private changeOrTimeout(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        timer.cancel();
+        const i = this.listeners.indexOf(done);
+        if (i >= 0) this.listeners.splice(i, 1);
+        resolve();
+      };
+      const timer = this.clock.setTimeout(done, ms);
+      this.listeners.push(done);
+    });
   }
 
   /** The double's guests have no network of their own: the check runs from the agent. */

@@ -29,7 +29,7 @@ export function fillerBytes(n: number): Buffer {
 /** One VM of the double, with its migration stream in either direction. */
 export interface DoubleVm {
   info: VmInfo;
-  incoming?: { server: net.Server; socket?: net.Socket; port: number };
+  incoming?: { server: net.Server; socket?: net.Socket; port: number; hold?: boolean };
   outgoing?: {
     socket?: net.Socket;
     cancelled: boolean;
@@ -320,7 +320,8 @@ export function receiveMigration(h: StreamHost, vm: DoubleVm, sock: net.Socket):
     }
     if (!complete && finalReceived >= FINAL_STATE_BYTES) {
       complete = true;
-      vm.info.state = 'running';
+      // Held (tuning.holdAfterLanding): paused until vm.resume, as QEMU started with -S.
+      vm.info.state = inc.hold ? 'paused' : 'running';
       delete vm.info.migrationId;
       inc.server.close();
       delete vm.incoming;

@@ -20,7 +20,7 @@ export interface ReplicaOps {
    *  VMTC_HOST_DISK_DELTA_REJECTED when the store does not hold `expect`. */
   openStore(replicaId: string, spec: VmSpec, listenHost: string, expect: ReplicaCheckpoint | null): Promise<ReplicaStoreHandoff>;
   /** End the export; with `transfer`, first record the checkpoint the store holds now. */
-  closeStore(replicaId: string, transfer?: ReplicaTransfer): Promise<ReplicaCheckpoint | null>;
+  closeStore(replicaId: string, transfer?: ReplicaTransfer, opts?: { waitClients?: boolean }): Promise<ReplicaCheckpoint | null>;
   /** Delete the store (idempotent). With keepImages only its records and exports go: its images
    *  became a VM's disks (a committed live move with the replica). */
   removeStore(replicaId: string, opts?: { keepImages?: boolean }): Promise<void>;
@@ -42,7 +42,10 @@ export interface ReplicaOps {
   preconnect?(vmId: string, replicaId: string, store: ReplicaStoreHandoff): Promise<{ relays: number }>;
   /** Source: stop following (idempotent); the bytes the mirrors wrote, whether any ran, and the
    *  error of one that failed (the store then misses writes). */
-  unfollow?(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string }>;
+  unfollow?(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string; cut?: boolean }>;
+  /** Source: the VM stopped for its migration's end: cut its follows now, without waiting for
+   *  the mirrored writes in flight (qemu-follow.ts cutFollows). Optional. */
+  cut?(vmId: string, ended: (jobId: string) => boolean): void;
   /** Source: bytes written to the VM's disks since `from`. */
   lag(vmId: string, replicaId: string, from: ReplicaCheckpoint): Promise<number>;
   /** Source: remove every checkpoint of the replica except `keep` (idempotent). */
@@ -84,7 +87,7 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
     },
     'replica.closeStore': async (p) => {
       const q = checked('replica.closeStore', p);
-      return { holds: await need().closeStore(q.replicaId, q.transfer) };
+      return { holds: await need().closeStore(q.replicaId, q.transfer, q.waitClients ? { waitClients: true } : {}) };
     },
     'replica.removeStore': async (p) => {
       const q = checked('replica.removeStore', p);
@@ -116,7 +119,7 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
       const o = need();
       if (!o.unfollow) return { bytes: 0, following: false };
       const r = await o.unfollow(q.vmId, q.replicaId);
-      if (r.following) log.info({ replicaId: q.replicaId, vmId: q.vmId, bytes: r.bytes, ...(r.error ? { error: r.error } : {}) }, 'replica no longer followed');
+      if (r.following) log.info({ replicaId: q.replicaId, vmId: q.vmId, bytes: r.bytes, ...(r.error ? { error: r.error } : {}), ...(r.cut ? { cut: true } : {}) }, 'replica no longer followed');
       return r;
     },
     'replica.limit': async (p) => {

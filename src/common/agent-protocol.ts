@@ -94,6 +94,10 @@ export interface MigrationTuning {
   /** Non-shared storage: the destination makes empty copies of the VM's writable disks and
    *  offers them for the source to copy into (see MigrationParams.storage). */
   copyStorage?: boolean;
+  /** Destination only: stay paused once the copy landed, until vm.resume (a live move with a
+   *  replica: the controller lets the final state go while it still checks the store's disks,
+   *  docs/disks.md#following). Ignored by the source. */
+  holdAfterLanding?: boolean;
 }
 
 /** Non-shared storage: where the destination offers its empty copies of the VM's disks. Its
@@ -403,7 +407,9 @@ export interface HostMethods {
   // `from` under checkpoint `checkpointId`; lag: bytes written since `from`; dropCheckpoints:
   // every checkpoint of the replica but `keep`.
   'replica.openStore': [{ replicaId: string; spec: VmSpec; listenHost: string; expect: ReplicaCheckpoint | null }, { store: ReplicaStoreHandoff }];
-  'replica.closeStore': [{ replicaId: string; transfer?: ReplicaTransfer }, { holds: ReplicaCheckpoint | null }];
+  /** waitClients: end the export only once its clients left (a follow cut at the VM's stop has
+   *  writes on their way: docs/disks.md#following). */
+  'replica.closeStore': [{ replicaId: string; transfer?: ReplicaTransfer; waitClients?: boolean }, { holds: ReplicaCheckpoint | null }];
   'replica.removeStore': [{ replicaId: string; keepImages?: boolean }, { ok: true }];
   /** Destination: the paths of the store's images, in disk order (a live move with the replica
    *  boots its incoming VM from them; keepImages on removal then leaves them to that VM). */
@@ -416,7 +422,9 @@ export interface HostMethods {
   /** Source, a live move (docs/disks.md#following): mirror the running VM's writes into `store`
    *  from now on, then send the delta since `from`; unfollow stops the mirrors. */
   'replica.follow': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff; from: ReplicaCheckpoint; checkpointId: string }, ReplicaTransfer];
-  'replica.unfollow': [{ replicaId: string; vmId: string }, { bytes: number; following: boolean; error?: string }];
+  /** cut: the mirrors were cut at the VM's stop (their writes in flight were not waited for):
+   *  the store's export must be closed with waitClients. */
+  'replica.unfollow': [{ replicaId: string; vmId: string }, { bytes: number; following: boolean; error?: string; cut?: boolean }];
   /** Source, before a cold move's power-off: connect ahead to `store`'s exports (relays). */
   'replica.preconnect': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff }, { relays: number }];
   'replica.lag': [{ replicaId: string; vmId: string; from: ReplicaCheckpoint }, { bytes: number }];

@@ -230,7 +230,7 @@ export const ReplicaDigestSchema = Type.Object({
 });
 const ReplicaParams = {
   'replica.openStore': Type.Object({ replicaId: ReplicaId, spec: VmSpecSchema, listenHost: Type.String({ minLength: 1, maxLength: 256 }), expect: Type.Union([Type.Null(), ReplicaCheckpointSchema]) }),
-  'replica.closeStore': Type.Object({ replicaId: ReplicaId, transfer: Type.Optional(ReplicaTransferSchema) }),
+  'replica.closeStore': Type.Object({ replicaId: ReplicaId, transfer: Type.Optional(ReplicaTransferSchema), waitClients: Type.Optional(Type.Boolean()) }),
   'replica.removeStore': Type.Object({ replicaId: ReplicaId, keepImages: Type.Optional(Type.Boolean()) }),
   'replica.storePaths': Type.Object({ replicaId: ReplicaId }),
   'replica.send': Type.Object({ replicaId: ReplicaId, vmId: Id, store: Handoff, from: Type.Union([Type.Null(), ReplicaCheckpointSchema]), checkpointId: CheckpointIdText, rateBytesPerS: Type.Optional(Type.Integer({ minimum: 0 })) }),
@@ -317,7 +317,7 @@ export const AGENT_RESULTS: Record<string, Checker> = (() => {
     'replica.closeStore': checker(Type.Object({ holds: Type.Union([Type.Null(), ReplicaCheckpointSchema]) })),
     'replica.send': checker(ReplicaTransferSchema),
     'replica.follow': checker(ReplicaTransferSchema),
-    'replica.unfollow': checker(Type.Object({ bytes: Bytes, following: Type.Boolean(), error: Type.Optional(Type.String({ maxLength: 4096 })) })),
+    'replica.unfollow': checker(Type.Object({ bytes: Bytes, following: Type.Boolean(), error: Type.Optional(Type.String({ maxLength: 4096 })), cut: Type.Optional(Type.Boolean()) })),
     'replica.preconnect': checker(Type.Object({ relays: Count })),
     'replica.lag': checker(Type.Object({ bytes: Bytes })),
     'replica.digest': checker(ReplicaDigestSchema),

@@ -122,11 +122,19 @@ describe('live migration with a warm replica (DoubleDriver, replica double, no s
     const res = await h.api('POST', '/v1/migrations', { vmId: 'vm5', destinationHostId: 'B', mode: 'live' });
     const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
     expect({ state: done.state, error: done.error }).toEqual({ state: 'completed', error: null });
-    let at = 0;
-    for (const m of ['replica.follow@A', 'vm.migrate@A', 'replica.unfollow@A', 'replica.closeStore@B', 'replica.digest since@A']) {
-      at = sent.indexOf(m, at);
-      expect(at, `${m} in order in\n${sent.join('\n')}`).toBeGreaterThan(-1);
-    }
+    // In the pause only the source's side: unfollow, its digest, then the final state goes; the
+    // store closes and digests while it crosses, and the held destination runs only after.
+    const inOrder = (ms: string[]) => {
+      let at = 0;
+      for (const m of ms) {
+        at = sent.indexOf(m, at);
+        expect(at, `${m} in order in\n${sent.join('\n')}`).toBeGreaterThan(-1);
+      }
+    };
+    inOrder(['replica.follow@A', 'vm.migrate@A', 'replica.unfollow@A', 'replica.digest since@A', 'vm.continueMigration@A']);
+    inOrder(['replica.unfollow@A', 'replica.closeStore@B', 'replica.digest since@B', 'vm.resume@B']);
+    expect(b.lastIncomingTuning('vm5')).toMatchObject({ holdAfterLanding: true });
+    expect(done.steps.incoming).toMatchObject({ held: true, resumeAsked: true, replica: { storeCheckedAfterSwitchover: true } });
     expect(done.steps.incoming.replica).toMatchObject({ catchUpBytes: 0, mirroredBytes: 192 * KiB, lastDeltaBytes: 0 });
     // No openStore in the pause: the follow's export served it.
     expect(sent.slice(sent.indexOf('vm.migrate@A')).filter((m) => m.startsWith('replica.openStore'))).toEqual([]);
@@ -187,10 +195,16 @@ describe('live migration with a warm replica (DoubleDriver, replica double, no s
     bad[12345] ^= 0xff;
     writeFileSync(store!, bad);
     const before = readFileSync(vm.path);
+    const sent = traceRequests(h);
 
     const res = await h.api('POST', '/v1/migrations', { vmId: 'vm2', destinationHostId: 'B', mode: 'live' });
     const done = await h.waitState(res.body.id, ['completed', 'rolled_back', 'failed']);
     expect(done.state).toBe('rolled_back');
+    // The store was checked while the final state crossed: the held destination, which never
+    // ran, was removed by the rollback and the source resumed (reducer.ts heldDestinationNeverRan).
+    expect(sent.indexOf('vm.continueMigration@A'), sent.join('\n')).toBeGreaterThan(-1);
+    expect(sent.indexOf('replica.digest since@B', sent.indexOf('vm.continueMigration@A')), sent.join('\n')).toBeGreaterThan(-1);
+    expect(sent).not.toContain('vm.resume@B');
     expect(done.error).toMatchObject({ code: 'VMTC_MIGRATION_FAILED', details: { phase: 'digest', replica: rid, cause: { code: 'VMTC_HOST_DISK_DIGEST_MISMATCH', details: { disks: [{ index: 0, chunks: [0] }] } } } });
     expect((await a.describe('vm2')).state).toBe('running');
     await expect(b.describe('vm2')).rejects.toMatchObject({ code: 'VMTC_HOST_VM_NOT_FOUND' });

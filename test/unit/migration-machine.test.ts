@@ -5,7 +5,7 @@ import {
   CANCELLABLE, FAILABLE, STATES, STATE_DEFS, TERMINAL, edges, effectOf, outcomeStates, transition,
   type MigrationEvent, type MigrationRecord, type MigrationState, type StateDef,
 } from '../../src/controller/machine.ts';
-import { decideRollbackOutcome, finalStateMayHaveLeft, reduce, sourceMayBeRestored, type RollbackFacts, type SourceReport } from '../../src/controller/migration/reducer.ts';
+import { decideRollbackOutcome, finalStateMayHaveLeft, heldDestinationNeverRan, reduce, sourceMayBeRestored, type RollbackFacts, type SourceReport } from '../../src/controller/migration/reducer.ts';
 import { deadlineAt, migrationTuning, mustCopyStorage, sourceParams } from '../../src/controller/migration/request.ts';
 import { EFFECTS } from '../../src/controller/migration/effects.ts';
 import type { MigrationCtx, MigrationRequest } from '../../src/controller/store.ts';
@@ -302,5 +302,20 @@ describe('migration request: deadline and tuning', () => {
     expect(mustCopyStorage(rw, undefined, true)).toBe(true);
     expect(mustCopyStorage(ro, false, false)).toBe(false);
     expect(mustCopyStorage({}, false, false)).toBe(false);
+  });
+});
+
+describe('a held destination that never ran (a move with a replica: docs/disks.md#following)', () => {
+  const inc = { uri: 'tcp:x:1', prepared: true };
+  it('may be removed when held, never told to run, and incoming or paused', () => {
+    expect(heldDestinationNeverRan({ incoming: { ...inc, held: true } }, 'paused')).toBe(true);
+    expect(heldDestinationNeverRan({ incoming: { ...inc, held: true } }, 'incoming')).toBe(true);
+  });
+  it('not once it was told to run, nor when it runs, nor without an answer, nor when not held', () => {
+    expect(heldDestinationNeverRan({ incoming: { ...inc, held: true, resumeAsked: true } }, 'paused')).toBe(false);
+    expect(heldDestinationNeverRan({ incoming: { ...inc, held: true } }, 'running')).toBe(false);
+    expect(heldDestinationNeverRan({ incoming: { ...inc, held: true } }, undefined)).toBe(false);
+    expect(heldDestinationNeverRan({ incoming: { ...inc } }, 'paused')).toBe(false);
+    expect(heldDestinationNeverRan({}, 'paused')).toBe(false);
   });
 });

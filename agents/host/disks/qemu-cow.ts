@@ -29,6 +29,7 @@ import { CHECKPOINT_ID, type ChangedBlocks, type Checkpoint, type DigestOptions,
 import { runOk, systemRunner, type CommandRunner } from './io.ts';
 import { digestImageByMap, openImageReader, parseMap, type ImageReader } from './image-reader.ts';
 import { startNbdRelay, startStorageDaemon } from './qemu-images.ts';
+import { connectNbd, type NbdClient } from './nbd-client.ts';
 import { QemuStore, type NbdDestination } from './qemu-store.ts';
 
 /** What the backend needs of a QMP connection (the QEMU driver's, or one of its own). */
@@ -58,7 +59,10 @@ export interface QemuCowOptions {
   preconnected?: Map<string, PreconnectedRelay>;
 }
 
-export type NbdConnection = { server: Record<string, unknown>; exportName: string; close(): Promise<void>; pid?: number };
+/** An NBD server a QEMU node can open: the store's export itself, or a local relay to it. A
+ *  relay that can (nbd-relay.ts) is `release`d when the VM stops: it answers the writes in
+ *  flight itself, so the stop does not wait a round trip of the path. */
+export type NbdConnection = { server: Record<string, unknown>; exportName: string; close(): Promise<void>; pid?: number; release?: () => void };
 export interface PreconnectedRelay { replicaId: string; conn: NbdConnection; timer: { cancel(): void } }
 /** The key of an export across the path, for preconnected relays. */
 export const exportKey = (dest: NbdDestination): string => (dest.nbd.type === 'inet' ? `${dest.nbd.host}:${dest.nbd.port}/${dest.exportName}` : `unix:${dest.nbd.path}/${dest.exportName}`);
@@ -210,25 +214,33 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
     return digestImageByMap(this.run, disk.image, 'qcow2', this.tmp, opts);
   }
 
-  /** A reader of the disk's guest-visible bytes as of now, through its image's map (flushed
-   *  first for a running VM, as digestSource). */
-  async reader(disk: SourceDisk): Promise<ImageReader> {
-    if (disk.kind !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.kind', reason: 'qcow2' });
-    if (disk.vmId !== undefined) await this.flush(disk);
-    return openImageReader(this.run, disk.image, 'qcow2');
+  /** The byte ranges checkpoint `cp`'s bitmap marks: written between `cp` and the checkpoint
+   *  after it (dirtyReader, its reader closed at once). */
+  async dirtyRanges(disk: SourceDisk, cp: Checkpoint, also: (bitmap: string) => boolean = () => false): Promise<{ offset: number; length: number }[]> {
+    const d = await this.dirtyReader(disk, cp, also);
+    await d.reader.close();
+    return d.ranges;
   }
 
-  /** The byte ranges checkpoint `cp`'s bitmap marks: written between `cp` and the checkpoint
-   *  after it. QEMU offers a bitmap's contents only over NBD (the `qemu:dirty-bitmap:NAME`
-   *  metadata context of an export): the disk is exported read-only with the bitmap on a unix
-   *  socket of the QEMU (or storage daemon) that holds it, and `qemu-img map` with the nbd
-   *  driver's `x-dirty-bitmap` reports the dirty extents as holes. The bitmap must no longer
-   *  record (QEMU refuses to export a recording one read-only): it is, after the delta that
-   *  took the next checkpoint. With `also`, the union with the disk's other bitmaps it picks
-   *  (a followed live move's later checkpoints, the newest still recording) is exported instead,
-   *  merged into a disabled scratch bitmap. The NBD server is started and stopped here. */
-  async dirtyRanges(disk: SourceDisk, cp: Checkpoint, also: (bitmap: string) => boolean = () => false): Promise<{ offset: number; length: number }[]> {
-    return this.withNode(disk, async (qmp, node, size) => {
+  /** The byte ranges checkpoint `cp`'s bitmap marks, and a reader of the disk's guest-visible
+   *  bytes as they are now, over one NBD connection in this process (nbd-client.ts: no `qemu-img`
+   *  spawn, no flush: the export reads through QEMU's own block layer). QEMU offers a bitmap's
+   *  contents only over NBD (the `qemu:dirty-bitmap:NAME` metadata context of an export): the
+   *  disk is exported read-only with the bitmap on a unix socket of the QEMU (or storage daemon)
+   *  that holds it. The bitmap must no longer record (QEMU refuses to export a recording one
+   *  read-only): it is, after the delta that took the next checkpoint. With `also`, the union
+   *  with the disk's other bitmaps it picks (a followed live move's later checkpoints, the newest
+   *  still recording) is exported instead, merged into a disabled scratch bitmap. The reader's
+   *  close ends the connection, the export, the NBD server and the scratch bitmap. Take it with
+   *  the VM paused (the live pause) or off. */
+  async dirtyReader(disk: SourceDisk, cp: Checkpoint, also: (bitmap: string) => boolean = () => false): Promise<{ ranges: { offset: number; length: number }[]; reader: ImageReader }> {
+    // The node stays held (withNode) until the reader closes: the caller reads between.
+    let release!: () => void;
+    const held = new Promise<void>((r) => { release = r; });
+    let handOut!: (v: { ranges: { offset: number; length: number }[]; reader: ImageReader }) => void;
+    let fail!: (e: unknown) => void;
+    const out = new Promise<{ ranges: { offset: number; length: number }[]; reader: ImageReader }>((res, rej) => { handOut = res; fail = rej; });
+    const job = this.withNode(disk, async (qmp, node, size) => {
       const have = await this.bitmaps(qmp, node);
       const b = have.find((x) => x.name === cp.ref);
       if (!b) throw hostError('VMTC_HOST_DISK_CHECKPOINT_MISSING', { checkpoint: cp.id, bitmap: cp.ref });
@@ -238,8 +250,7 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
       const sock = join(dir, 's');
       let server = false;
       let exported = false;
-      // With later checkpoints too (a live move whose last writes a mirror carried, the newest
-      // still recording): their union, in a disabled scratch bitmap that is exported instead.
+      let client: NbdClient | undefined;
       let bitmap = cp.ref;
       const merged = later.length ? 'vmtc-dirty.union' : undefined;
       try {
@@ -257,17 +268,24 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
         server = true;
         await qmp.execute('block-export-add', { type: 'nbd', id: 'vmtc-dirty', 'node-name': node, name: 'vmtc-dirty', writable: false, bitmaps: [bitmap] });
         exported = true;
-        const opts = `driver=nbd,server.type=unix,server.path=${sock.replace(/,/g, ',,')},export=vmtc-dirty,x-dirty-bitmap=qemu:dirty-bitmap:${bitmap}`;
-        const map = parseMap((await runOk(this.run, ['qemu-img', 'map', '--output=json', '--image-opts', opts], { checkpoint: cp.id }, 5 * 60_000)).stdout);
-        if (map.reduce((n, e) => n + e.length, 0) !== size) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'qemu-img map', reason: 'the bitmap map does not cover the disk' });
-        return map.filter((e) => !e.data).map((e) => ({ offset: e.start, length: e.length }));
+        const context = `qemu:dirty-bitmap:${bitmap}`;
+        client = await connectNbd({ path: sock }, 'vmtc-dirty', { clock: this.clock, metaContexts: [context], timeoutMs: 5 * 60_000 });
+        if (client.size !== size) throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'nbd', reason: `the export is ${client.size} B, the node ${size} B` });
+        // Flag 1: dirty (written since the checkpoint).
+        const ranges = (await client.blockStatus(context, 0, size)).filter((e) => (e.flags & 1) !== 0).map((e) => ({ offset: e.offset, length: e.length }));
+        const c = client;
+        handOut({ ranges, reader: { size, read: (offset, length) => c.read(offset, Math.min(length, size - offset)), close: async () => { release(); await job.catch(() => undefined); } } });
+        await held;
       } finally {
-        if (exported) await qmp.execute('block-export-del', { id: 'vmtc-dirty' }).catch((e: unknown) => this.opts.logger.warn({ err: String(e) }, 'block-export-del refused'));
+        await client?.close().catch(() => undefined);
+        if (exported) await qmp.execute('block-export-del', { id: 'vmtc-dirty', mode: 'hard' }).catch((e: unknown) => this.opts.logger.warn({ err: String(e) }, 'block-export-del refused'));
         if (server) await qmp.execute('nbd-server-stop').catch((e: unknown) => this.opts.logger.warn({ err: String(e) }, 'nbd-server-stop refused'));
         if (merged) await qmp.execute('block-dirty-bitmap-remove', { node, name: merged }).catch((e: unknown) => this.opts.logger.warn({ err: String(e) }, 'the scratch bitmap could not be removed'));
         await rm(dir, { recursive: true, force: true });
       }
     });
+    job.catch(fail);
+    return out;
   }
 
   /** QEMU keeps qcow2 metadata (L2 tables, refcounts) in memory until a flush: before anything

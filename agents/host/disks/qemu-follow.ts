@@ -56,6 +56,9 @@ export async function startFollow(d: FollowDeps, disk: SourceDisk, dest: NbdDest
     const dir = relayDirOf(d, key);
     const conn = await d.backend.nbdConnection(dest, dir);
     RELAYS.set(key, conn.close);
+    if (conn.release) RELEASES.set(key, conn.release);
+    VM_OF.set(key, disk.vmId!);
+    CUT.delete(key);
     if (conn.pid) await writeFile(join(dir, 'relay.pid'), String(conn.pid));
     try {
       // No flushes over the path (closing the node would wait a round trip for one): the store's
@@ -91,6 +94,49 @@ export async function startFollow(d: FollowDeps, disk: SourceDisk, dest: NbdDest
 
 /** Relays of the follows this agent started: key -> stop. */
 const RELAYS = new Map<string, () => Promise<void>>();
+/** How to release the VM from waiting on a follow's relay (relays that can: nbd-relay.ts). */
+const RELEASES = new Map<string, () => void>();
+/** The VM each follow key mirrors. */
+const VM_OF = new Map<string, string>();
+/** Follows cut at their VM's stop (cutFollows): `clean` while the cut found the mirror intact
+ *  and the VM has not run since. */
+const CUT = new Map<string, { clean: boolean; reason?: string }>();
+
+/** The VM stopped for its migration's end (QEMU's STOP event: its vCPUs are paused, no new guest
+ *  write can start): release every follow of `vmId` from the path at once. QEMU completes a stop
+ *  only once every request in flight is done and every node flushed: a mirrored write in flight
+ *  waits for the store's answer, a round trip of the path (~200 ms at 198 ms) inside the pause.
+ *  The relay (nbd-relay.ts) answers those writes itself from now on and still delivers them to
+ *  the store, in order, before it closes; the store's export is closed only once the relay's
+ *  connection ended (closeStore `waitClients`), and whether the store holds every write is for
+ *  the digests to say. `ended(jobId)`: the job had already ended (failed) before the stop; the
+ *  cut then proves nothing and unfollow reports the failure. Synchronous (a signal). */
+export function cutFollows(vmId: string, ended: (jobId: string) => boolean, logger: Logger): string[] {
+  const out: string[] = [];
+  for (const [key, v] of VM_OF) {
+    const release = RELEASES.get(key);
+    if (v !== vmId || !release || CUT.has(key)) continue;
+    CUT.set(key, ended(jobIdOf(key)) ? { clean: false, reason: 'the mirror had failed before the VM stopped' } : { clean: true });
+    try {
+      release();
+    } catch (e) {
+      logger.warn({ key, err: String(e) }, 'releasing a follow\'s relay failed');
+      CUT.set(key, { clean: false, reason: 'its relay could not be released' });
+    }
+    out.push(key);
+  }
+  if (out.length) logger.info({ vmId, keys: out }, 'follow cut at the stop: mirrored writes in flight are not waited for');
+  return out;
+}
+
+/** The VM ran again after a cut (a migration that went on, or was given up): its writes since
+ *  are in no store, so the cut no longer stands for a complete mirror. */
+export function followsResumed(vmId: string): void {
+  for (const [key, v] of VM_OF) {
+    const c = CUT.get(key);
+    if (v === vmId && c?.clean) CUT.set(key, { clean: false, reason: 'the VM ran after its mirror was cut' });
+  }
+}
 const relayDirOf = (d: FollowDeps, key: string) => join(d.backend.scratchDir, `follow-${targetOf(key)}`);
 
 /** Stop the relay of follow `key`: this agent's, or one a previous agent process left (its pid
@@ -116,13 +162,23 @@ async function stopRelay(d: FollowDeps, key: string): Promise<void> {
 
 /** Stop following `key` (idempotent): the bytes the mirror wrote into the store, and whether it
  *  ended well (a job that failed left writes out of the store: `error`). */
-export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): Promise<{ bytes: number; error?: string; found: boolean }> {
+export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): Promise<{ bytes: number; error?: string; found: boolean; cut?: boolean }> {
   if (disk.kind !== 'qcow2' || disk.vmId === undefined) return { bytes: 0, found: false };
   const t0 = d.clock.now();
   // The job, then the relay (killed: it holds nothing unwritten), then the node: closed after
   // its relay is gone it does not wait a round trip of the path.
-  const out = await d.backend.withNode(disk, (qmp) => stopJob(d, qmp, jobIdOf(key), targetOf(key), () => stopRelay(d, key)));
-  if (out.found) d.logger.info({ key, ms: d.clock.now() - t0 }, 'follow stopped');
+  const cut = CUT.get(key);
+  CUT.delete(key);
+  VM_OF.delete(key);
+  RELEASES.delete(key);
+  let out: { bytes: number; error?: string; found: boolean; cut?: boolean } = await d.backend.withNode(disk, (qmp) => stopJob(d, qmp, jobIdOf(key), targetOf(key), () => stopRelay(d, key)));
+  // A cut mirror fails on the writes it had in flight (their acknowledgements were cut off, not
+  // the writes): not a failure when the cut found it intact and the VM stayed paused.
+  if (cut && out.found) {
+    const { error: _cutError, ...rest } = out;
+    out = cut.clean ? { ...rest, cut: true } : { ...rest, error: cut.reason ?? out.error ?? 'cut' };
+  }
+  if (out.found) d.logger.info({ key, ms: d.clock.now() - t0, ...(cut ? { cut: cut.clean ? 'clean' : cut.reason } : {}) }, 'follow stopped');
   return out;
 }
 

@@ -21,9 +21,9 @@ import { listeningPorts } from '../qemu/proc.ts';
 import { isReplicaCheckpoint, type ReplicaOps } from '../replicas.ts';
 import type { Checkpoint, SourceDisk, TransferReport } from './backend.ts';
 import { bitmapOf, exportKey, QemuCowBackend, type PreconnectedRelay, type QmpPort } from './qemu-cow.ts';
-import { QemuStore, type NbdDestination } from './qemu-store.ts';
+import { QemuStore, type CloseOptions, type NbdDestination } from './qemu-store.ts';
 import { KeptLeaves } from './kept-leaves.ts';
-import { startFollow, stopFollow } from './qemu-follow.ts';
+import { cutFollows, followsResumed, startFollow, stopFollow } from './qemu-follow.ts';
 import { chunksOfRanges, refreshLeaves, type LeafCache } from './leaf-cache.ts';
 import type { ImageReader } from './image-reader.ts';
 
@@ -52,7 +52,7 @@ function writable(spec: VmSpec): { index: number; path: string; format: string }
 export class QemuReplicas implements ReplicaOps {
   private readonly clock: Clock;
   private backend: QemuCowBackend;
-  private readonly exports = new Map<string, (() => Promise<void>)[]>();
+  private readonly exports = new Map<string, ((o?: CloseOptions) => Promise<void>)[]>();
   /** Leaves kept for incremental digests (docs/disks.md#incremental-digests). */
   readonly leaves = new KeptLeaves();
   /** Relays connected ahead to stores' exports (preconnect), by export. */
@@ -125,10 +125,11 @@ export class QemuReplicas implements ReplicaOps {
     return { qemu: { exports: out } } satisfies Handoff;
   }
 
-  private async closeExports(replicaId: string): Promise<void> {
+  private async closeExports(replicaId: string, opts: { waitClients?: boolean } = {}): Promise<void> {
     const c = this.exports.get(replicaId);
     this.exports.delete(replicaId);
-    for (const f of c ?? []) await f().catch((e: unknown) => this.o.logger.warn({ replicaId, err: String(e) }, 'closing a replica export failed'));
+    // Several disks' exports wait for their clients at once (each is a one-way trip of the path).
+    await Promise.all((c ?? []).map((f) => f({ ...opts, logger: this.o.logger }).catch((e: unknown) => this.o.logger.warn({ replicaId, err: String(e) }, 'closing a replica export failed'))));
   }
 
   /** The checkpoint as each disk's bitmap names it. */
@@ -136,8 +137,8 @@ export class QemuReplicas implements ReplicaOps {
     return { ...cp, ref: bitmapOf(cp.id) };
   }
 
-  async closeStore(replicaId: string, transfer?: ReplicaTransfer): Promise<ReplicaCheckpoint | null> {
-    await this.closeExports(replicaId);
+  async closeStore(replicaId: string, transfer?: ReplicaTransfer, opts: { waitClients?: boolean } = {}): Promise<ReplicaCheckpoint | null> {
+    await this.closeExports(replicaId, opts);
     const stores = await this.existing(replicaId);
     if (transfer) {
       if (stores.length !== transfer.disks) throw hostError('VMTC_HOST_DISK_DELTA_REJECTED', { replicaId, disks: stores.length, transferDisks: transfer.disks });
@@ -335,18 +336,30 @@ export class QemuReplicas implements ReplicaOps {
 
   /** Source: stop following (idempotent). `bytes`: what the mirrors wrote into the store;
    *  `error`: a mirror that failed (the store misses writes: the last delta must send them). */
-  async unfollow(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string }> {
+  async unfollow(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string; cut?: boolean }> {
     const deps = { backend: this.backend, clock: this.clock, logger: this.o.logger };
     let bytes = 0;
     let found = false;
+    let cut = false;
     let error: string | undefined;
     for (const disk of await this.sourceDisks(vmId)) {
       const r = await stopFollow(deps, disk, this.followKey(replicaId, disk));
       bytes += r.bytes;
       found ||= r.found;
+      cut ||= !!r.cut;
       error ??= r.error;
     }
-    return { bytes, following: found, ...(error ? { error } : {}) };
+    return { bytes, following: found, ...(error ? { error } : {}), ...(cut ? { cut } : {}) };
+  }
+
+  /** Source: the VM stopped for its migration's end (its QEMU's STOP event): cut its follows. */
+  cut(vmId: string, ended: (jobId: string) => boolean): void {
+    cutFollows(vmId, ended, this.o.logger);
+  }
+
+  /** Source: the VM runs again: a cut follow no longer holds every write. */
+  resumed(vmId: string): void {
+    followsResumed(vmId);
   }
 
   private followKey(replicaId: string, disk: SourceDisk): string {
@@ -414,12 +427,17 @@ export class QemuReplicas implements ReplicaOps {
     const kept = since ? this.leaves.take('source', ask.replicaId, since) : undefined;
     let out: ReplicaDigest | undefined;
     if (kept && since) {
-      out = await this.incremental('source', ask.replicaId, kept, disks.map((d) => ({
+      out = await this.incremental('source', ask.replicaId, kept, disks.map((d) => {
         // `since`'s bitmap and every later one of the replica: what a mirror carried after the
-        // last delta's checkpoint is in the newest (docs/disks.md#following).
-        chunks: async (cache: LeafCache) => chunksOfRanges(await this.backend.dirtyRanges(d, this.perDisk(since), this.laterOf(ask.replicaId, since)), cache.chunkBytes, cache.size),
-        reader: () => this.backend.reader(d),
-      })));
+        // last delta's checkpoint is in the newest (docs/disks.md#following). Both the ranges
+        // and the reads over one NBD connection to the VM's QEMU (qemu-cow.ts dirtyReader).
+        let dr: ReturnType<QemuCowBackend['dirtyReader']> | undefined;
+        const open = () => (dr ??= this.backend.dirtyReader(d, this.perDisk(since), this.laterOf(ask.replicaId, since)));
+        return {
+          chunks: async (cache: LeafCache) => chunksOfRanges((await open()).ranges, cache.chunkBytes, cache.size),
+          reader: async () => (await open()).reader,
+        };
+      }));
     }
     if (!out) {
       out = { disks: [] };

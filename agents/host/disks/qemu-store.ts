@@ -5,11 +5,13 @@
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { systemClock, type Clock } from '../../../src/common/clock.ts';
+import { clockSleep, systemClock, type Clock } from '../../../src/common/clock.ts';
+import { silentLogger, type Logger } from '../../../src/common/log.ts';
 import { hostError } from '../errors.ts';
 import type { Checkpoint, TransferReport } from './backend.ts';
 import { runOk, systemRunner, type CommandRunner } from './io.ts';
 import { startStorageDaemon, type StorageDaemon } from './qemu-images.ts';
+import { QmpClient } from '../qemu/qmp.ts';
 
 /** Where the source's backup job writes: an NBD export (unix socket, or the lightpath address). */
 export interface NbdDestination {
@@ -58,7 +60,7 @@ export class QemuStore {
 
   /** Export the image for one transfer. `expect`: the checkpoint the coming delta starts from
    *  (null for a seed); a store that holds another is refused before anything is written. */
-  async export(nbd: { type: 'unix' } | { type: 'inet'; host: string; port: number }, expect: Checkpoint | null, exportName = 'vmtc-replica'): Promise<{ dest: NbdDestination; daemon: StorageDaemon; close(): Promise<void> }> {
+  async export(nbd: { type: 'unix' } | { type: 'inet'; host: string; port: number }, expect: Checkpoint | null, exportName = 'vmtc-replica'): Promise<{ dest: NbdDestination; daemon: StorageDaemon; close(opts?: CloseOptions): Promise<void> }> {
     if (!existsSync(this.image)) throw hostError('VMTC_HOST_DISK_NOT_FOUND', { image: this.image });
     await this.check(expect);
     const dir = await mkdtemp(join(dirname(this.image), '.vmtc-export-'));
@@ -73,7 +75,8 @@ export class QemuStore {
     return {
       dest: { image: this.image, exportName, nbd: address },
       daemon,
-      close: async () => {
+      close: async (o: CloseOptions = {}) => {
+        if (o.waitClients) await waitForClients(daemon, this.clock, o.logger, o.waitMs ?? 10_000);
         await daemon.stop();
         await rm(dir, { recursive: true, force: true });
       },
@@ -93,5 +96,38 @@ export class QemuStore {
     const held = await this.held();
     const ok = expect === null ? held === null : held !== null && held.checkpoint.id === expect.id && held.checkpoint.seq === expect.seq;
     if (!ok) throw hostError('VMTC_HOST_DISK_DELTA_REJECTED', { image: this.image, holds: held ? { id: held.checkpoint.id, seq: held.checkpoint.seq } : null, expected: expect ? { id: expect.id, seq: expect.seq } : null });
+  }
+}
+
+export interface CloseOptions {
+  /** Close only once no client is connected (at most `waitMs`, default 10 s): a follow cut at
+   *  the VM's stop (qemu-follow.ts cutFollows) leaves writes on their way across the path, and
+   *  the relay's connection ends behind them; stopping the daemon before would drop them. */
+  waitClients?: boolean;
+  waitMs?: number;
+  logger?: Logger;
+}
+
+/** Wait until the daemon's export has no client: `block-export-del` in its safe mode refuses an
+ *  export still in use, and removes it once the last client left (its requests all done). */
+async function waitForClients(daemon: StorageDaemon, clock: Clock, logger: Logger | undefined, waitMs: number): Promise<void> {
+  const t0 = clock.now();
+  let qmp: QmpClient | undefined;
+  let tries = 0;
+  try {
+    qmp = await QmpClient.connect(daemon.qmpSocket, { logger: logger ?? silentLogger(), clock, commandTimeoutMs: 5_000 });
+    for (;;) {
+      tries++;
+      const ok = await qmp.execute('block-export-del', { id: 'exp0', mode: 'safe' }).then(() => true, () => false);
+      if (ok || clock.now() - t0 > waitMs) {
+        logger?.info({ ms: clock.now() - t0, tries, clientsLeft: ok }, ok ? 'store export closed after its last client left' : 'store export still in use: closing it anyway');
+        return;
+      }
+      await clockSleep(clock, 2);
+    }
+  } catch (e) {
+    logger?.warn({ err: String(e) }, 'could not wait for the store export\'s clients');
+  } finally {
+    qmp?.close();
   }
 }

@@ -28,8 +28,9 @@ export async function prepareIncoming(vms: QemuVms, spec: VmSpec, migrationId: s
   }
   let rec: VmRecord;
   try {
-    // -S: with storage copy the guest starts only after the NBD server is closed.
-    rec = await vms.launch(launchSpec, 'incoming', migrationId, { startPaused: copy });
+    // -S: with storage copy the guest starts only after the NBD server is closed; held, only
+    // once told (vm.resume).
+    rec = await vms.launch(launchSpec, 'incoming', migrationId, { startPaused: copy || t.holdAfterLanding === true });
   } catch (e) {
     for (const f of created) await rm(f, { force: true });
     throw e;

@@ -57,6 +57,8 @@ export class QemuDriver implements HypervisorDriver {
       qmpFor: async (vmId) => { await this.ready; return this.vms.qmpOf(this.vms.get(vmId)); },
       vmOf: (vmId) => { const r = this.vms.get(vmId); return { spec: r.spec, running: !!r.qmp && !r.qmp.closed }; },
     });
+    this.vms.onStoppedMigrating = (rec) => this.replicas.cut(rec.spec.vmId, (job) => rec.endedJobs?.has(job) ?? false);
+    this.vms.onResumed = (rec) => this.replicas.resumed(rec.spec.vmId);
   }
 
   // ---- inventory -------------------------------------------------------------------------

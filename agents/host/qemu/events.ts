@@ -11,6 +11,10 @@ export interface EventFollowUp {
   wake: boolean;
   /** Ask QEMU for the run state again. */
   refresh: boolean;
+  /** The VM stopped while it migrates out (STOP with migrate() running). */
+  stoppedMigrating?: boolean;
+  /** The VM runs again (RESUME). */
+  resumed?: boolean;
 }
 
 /** Apply `ev` to `rec`; `now` stands in for an event without QEMU's own timestamp. */
@@ -29,6 +33,11 @@ export function applyEvent(rec: VmRecord, ev: QmpEvent, now: number): EventFollo
     case 'BLOCK_JOB_COMPLETED':
     case 'BLOCK_JOB_CANCELLED': {
       const job = String(ev.data?.device ?? '');
+      // Every job that ended, until one of the same name is ready again (a follow's cut asks
+      // whether its mirror had already failed: qemu-follow.ts cutFollows).
+      rec.endedJobs ??= new Set();
+      rec.endedJobs.add(job);
+      if (rec.endedJobs.size > 64) rec.endedJobs.delete(rec.endedJobs.values().next().value!);
       const m = rec.mirror;
       if (m?.jobs.has(job)) {
         const end: { event: string; error?: string; offset?: number } = { event: ev.event };
@@ -40,6 +49,9 @@ export function applyEvent(rec: VmRecord, ev: QmpEvent, now: number): EventFollo
       break;
     }
     case 'BLOCK_JOB_READY':
+      rec.endedJobs?.delete(String(ev.data?.device ?? ''));
+      then.wake = true;
+      break;
     case 'BLOCK_JOB_ERROR':
       then.wake = true;
       break;
@@ -48,6 +60,10 @@ export function applyEvent(rec: VmRecord, ev: QmpEvent, now: number): EventFollo
       const at = ev.timestamp ? ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000 : now;
       if (ev.event === 'STOP') rec.pausedAt = at;
       else rec.resumedAt = at;
+      // The source of a migration stopped (its final stop, or an operator's forced pause): the
+      // disks' follows are cut at once, before QEMU's drain waits on them (qemu-follow.ts).
+      then.stoppedMigrating = ev.event === 'STOP' && rec.migrating;
+      then.resumed = ev.event === 'RESUME';
       then.refresh = true;
       break;
     }

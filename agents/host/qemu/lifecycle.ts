@@ -28,6 +28,11 @@ export class QemuVms {
   /** A storage-copy destination's incoming migration completed (its MIGRATION event): the
    *  driver wires this to storage.ts's finishIncoming. */
   onIncomingLanded: (rec: VmRecord) => void = () => undefined;
+  /** The VM stopped while it migrates out, and it runs again: the driver wires these to the
+   *  replicas' follows (agents/host/disks/qemu-follow.ts cutFollows). Called synchronously from
+   *  the event, before anything else is asked of QEMU. */
+  onStoppedMigrating: (rec: VmRecord) => void = () => undefined;
+  onResumed: (rec: VmRecord) => void = () => undefined;
   private readonly listeners = new Set<() => void>();
   private readonly machineCache = new Map<string, Promise<string>>();
 
@@ -265,6 +270,8 @@ export class QemuVms {
   private onEvent(rec: VmRecord, ev: QmpEvent): void {
     rec.log.debug({ event: ev.event, data: ev.data }, 'qmp event');
     const then = applyEvent(rec, ev, this.clock.now());
+    if (then.stoppedMigrating) this.onStoppedMigrating(rec);
+    if (then.resumed) this.onResumed(rec);
     // The guest runs: its taps come up now, not a query-status later.
     if (ev.event === 'RESUME' && rec.tapsDown) void this.tapsUp(rec).catch(() => undefined);
     if (then.landed) this.onIncomingLanded(rec);

@@ -142,6 +142,9 @@ export interface VmRecord extends VmFile {
   tapsDown?: boolean;
   /** A running tapsUp(). */
   tapsGoingUp?: Promise<void>;
+  /** Block jobs that ended (BLOCK_JOB_COMPLETED/CANCELLED), until one of the name is ready
+   *  again; the 64 latest. */
+  endedJobs?: Set<string>;
   /** Epoch ms of the last STOP / RESUME event (QEMU's own timestamps, the host clock). */
   pausedAt?: number;
   resumedAt?: number;

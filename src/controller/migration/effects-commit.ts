@@ -7,6 +7,7 @@ import { NOT_FOUND, askAgent, currentCtx, refreshInventories, saveCtx, site, typ
 import type { TunnelDowntime } from '../../common/tunnel-protocol.ts';
 import type { MigrationDowntime } from './record.ts';
 import { endReplicasAfterCommit, returnLiveReplica, vmHasReplicas } from '../replicas/migration.ts';
+import { dropStoreCheck } from '../replicas/pause-check.ts';
 
 const activate: EffectFn = async (cx, row) => {
   let warnings = row.ctx.warnings ?? [];
@@ -79,7 +80,9 @@ const finish: EffectFn = async (cx, row) => {
   const token = await closeAccounting(cx, row, warnings, 'finish');
   if (token || warnings.length) saveCtx(cx, row.id, { ...(token ? { token } : {}), ...(warnings.length ? { warnings: [...(currentCtx(cx, row.id).warnings ?? []), ...warnings] } : {}) });
   cx.store.releaseHold(row.id);
-  // A replica lent to a live move that did not commit goes back to its deltas.
+  // A store check nobody took (a cancel won the race with the switchover) goes; a replica lent
+  // to a live move that did not commit goes back to its deltas.
+  dropStoreCheck(row.id);
   if (row.state !== 'completed') returnLiveReplica(cx.hub, row.vmId, row.id);
   cx.secrets.delete(row.id);
   cx.exports.delete(row.id);

@@ -10,7 +10,8 @@ import { err } from '../errors.ts';
 import { askAgent, saveCtx, currentCtx, site, wrap, type EffectContext, type EffectFn } from './context.ts';
 import { lightpathMbps, lightpathWindow, migrationTuning, mustCopyStorage, sourceParams } from './request.ts';
 import { settleSourceLost } from './source-lost.ts';
-import { endLiveFollow, followLiveReplica, lendForLive, lentReplica, liveReplicaDelta, verifyLiveReplica, type LiveReplicaUse } from '../replicas/migration.ts';
+import { followLiveReplica, lendForLive, lentReplica, liveReplicaDelta, type LiveReplicaUse } from '../replicas/migration.ts';
+import { endAtPause, takeStoreCheck } from '../replicas/pause-check.ts';
 
 function lightpathRequest(cx: EffectContext, row: MigrationRow): LightpathRequest {
   return {
@@ -92,8 +93,10 @@ const prepareDestination: EffectFn = async (cx, row) => {
   // store and only deltas cross (startMigration); none: the mirror, as always. A replica lent
   // here goes back to its deltas when the migration ends without committing (finish).
   const lent = copyStorage ? await lendForLive(hub, cx.log, { migrationId: row.id, vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, spec: src.spec }) : null;
-  if (lent) saveCtx(cx, row.id, { incoming: { uri: '', prepared: false, replica: lent.use } });
-  const tuning = migrationTuning(row.request, copyStorage && !lent);
+  if (lent) saveCtx(cx, row.id, { incoming: { uri: '', prepared: false, replica: lent.use, held: true } });
+  // With a replica the destination is held after the copy lands: the store's check may then run
+  // while the final state crosses (replicas/pause-check.ts), and the VM runs there only after it.
+  const tuning = { ...migrationTuning(row.request, copyStorage && !lent), ...(lent ? { holdAfterLanding: true } : {}) };
   const prepared = await hub.request(row.destinationHostId, 'vm.prepareIncoming', { spec: lent ? lent.spec : src.spec, migrationId: row.id, listenHost, tuning }, 60_000);
   const uri = prepared.uri;
   if (copyStorage && !lent && !prepared.storage) {
@@ -107,7 +110,7 @@ const prepareDestination: EffectFn = async (cx, row) => {
   }
   return {
     event: { type: 'DESTINATION_PREPARED' }, detail: { uri, listenHost, ...(prepared.storage ? { storage: prepared.storage } : {}) },
-    ctxPatch: { incoming: { uri, prepared: true, ...(prepared.storage ? { storage: prepared.storage } : {}), ...(lent ? { replica: lent.use } : {}) }, tunnel },
+    ctxPatch: { incoming: { uri, prepared: true, ...(prepared.storage ? { storage: prepared.storage } : {}), ...(lent ? { replica: lent.use, held: true } : {}) }, tunnel },
   };
 };
 
@@ -129,12 +132,15 @@ const startMigration: EffectFn = async (cx, row, signal) => {
   const preDelta = await liveReplicaDelta(cx.hub, cx.clock, cx.log, replicaId, 'precopy');
   const follow = await followLiveReplica(cx.hub, cx.clock, cx.log, replicaId);
   const ready = await runMigration(cx, row, signal, 'switchover');
-  const last = await endLiveFollow(cx.hub, cx.clock, cx.log, replicaId);
   const t1 = cx.clock.now();
-  await verifyLiveReplica(cx.hub, cx.log, { vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, replicaId, since: last.from });
+  // A held destination (prepareDestination): the store's check may run while the final state
+  // crosses; the switchover waits for it before the destination runs.
+  const held = currentCtx(cx, row.id).incoming?.held === true;
+  const end = await endAtPause(cx.hub, cx.clock, cx.log, { migrationId: row.id, vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, replicaId, overlap: held });
+  const last = end.last;
   const cur = currentCtx(cx, row.id).incoming;
-  const use: LiveReplicaUse = { ...(cur?.replica ?? { replicaId, preSeededBytes: 0, disks: 0 }), precopyDeltaBytes: preDelta.bytes, ...(follow ? { catchUpBytes: follow.bytes, catchUpMs: follow.ms } : {}), ...(last.mirroredBytes !== undefined ? { mirroredBytes: last.mirroredBytes } : {}), lastDeltaBytes: last.bytes, lastDeltaMs: last.ms, digestMs: cx.clock.now() - t1 };
-  cx.log.info({ ...use }, 'replica verified at the pause: the destination holds the source\'s disks');
+  const use: LiveReplicaUse = { ...(cur?.replica ?? { replicaId, preSeededBytes: 0, disks: 0 }), precopyDeltaBytes: preDelta.bytes, ...(follow ? { catchUpBytes: follow.bytes, catchUpMs: follow.ms } : {}), ...(last.mirroredBytes !== undefined ? { mirroredBytes: last.mirroredBytes } : {}), ...(last.cut ? { followCut: true } : {}), lastDeltaBytes: last.bytes, lastDeltaMs: last.ms, ...(end.verified ? { digestMs: cx.clock.now() - t1 } : { sourceDigestMs: end.sourceDigestMs ?? 0, storeCheckedAfterSwitchover: true }) };
+  cx.log.info({ ...use }, end.verified ? 'replica verified at the pause: the destination holds the source\'s disks' : 'source digested at the pause: the store is checked while the final state crosses');
   return {
     event: { type: 'SWITCHOVER_READY' }, detail: { transferredBytes: ready.transferredBytes, totalBytes: ready.totalBytes, replica: use },
     ...(cur ? { ctxPatch: { incoming: { ...cur, replica: use } } } : {}),
@@ -145,8 +151,22 @@ const startMigration: EffectFn = async (cx, row, signal) => {
  *  told to send its final state; then the copy is followed to its end. Idempotent after a
  *  controller restart (the source answers ok for a migration already continued or completed). */
 const switchover: EffectFn = async (cx, row, signal) => {
-  const result = await runMigration(cx, row, signal, 'end');
-  return { event: { type: 'MIGRATION_COMPLETED' }, detail: result, ctxPatch: { result: pickResult(result) } };
+  const inc = currentCtx(cx, row.id).incoming;
+  if (!inc?.replica?.storeCheckedAfterSwitchover) {
+    const result = await runMigration(cx, row, signal, 'end');
+    return { event: { type: 'MIGRATION_COMPLETED' }, detail: result, ctxPatch: { result: pickResult(result) } };
+  }
+  // The store's check runs while the final state crosses (replicas/pause-check.ts); the held
+  // destination runs only once both are done. A check lost with a controller restart is not
+  // taken on trust: the move rolls back (the held copy never ran).
+  const check = takeStoreCheck(row.id) ?? Promise.reject(err('VMTC_MIGRATION_FAILED', { phase: 'switchover', replica: inc.replica.replicaId, reason: "the store's check was lost with a controller restart" }));
+  const [copy, store] = await Promise.allSettled([runMigration(cx, row, signal, 'end'), check]);
+  if (store.status === 'rejected') throw store.reason;
+  if (copy.status === 'rejected') throw copy.reason;
+  const result = copy.value;
+  const replica: LiveReplicaUse = { ...inc.replica, digestMs: store.value.ms };
+  cx.log.info({ ...replica }, 'replica verified while the final state crossed: the destination holds the source\'s disks');
+  return { event: { type: 'MIGRATION_COMPLETED' }, detail: { ...result, replica }, ctxPatch: { result: pickResult(result), incoming: { ...inc, replica } } };
 };
 
 const awaitDestinationRunning: EffectFn = async (cx, row) => {
@@ -158,7 +178,11 @@ const awaitDestinationRunning: EffectFn = async (cx, row) => {
     const dest = <T>(ask: () => Promise<T>) => askAgent(cx, row.destinationHostId, ask);
     // Non-live, or an operator's forced pause (migration/control.ts): the copy was made of a
     // paused VM, so the destination stays paused until told.
-    if (row.request.suspend || row.ctx.forced?.mode === 'pause') await dest(() => hub.request(row.destinationHostId, 'vm.resume', { vmId: row.vmId }));
+    // A held destination (a move with a replica: replicas/pause-check.ts) likewise, its disks
+    // checked; told once, recorded first (from then on it may run: effects-rollback.ts).
+    const inc = currentCtx(cx, row.id).incoming;
+    if (inc?.held && !inc.resumeAsked) saveCtx(cx, row.id, { incoming: { ...inc, resumeAsked: true } });
+    if (row.request.suspend || row.ctx.forced?.mode === 'pause' || inc?.held) await dest(() => hub.request(row.destinationHostId, 'vm.resume', { vmId: row.vmId }));
     const vm = await dest(() => hub.request(row.destinationHostId, 'vm.waitRunning', { vmId: row.vmId, timeoutMs }, timeoutMs + 5_000));
     const resumedAt = vm.resumedAt;
     return {

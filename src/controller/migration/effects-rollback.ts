@@ -6,7 +6,7 @@ import { toVmtcError, type ErrorBody } from '../../common/errors.ts';
 import type { VmInfo } from '../../common/agent-protocol.ts';
 import { clockSleep } from '../../common/clock.ts';
 import type { MigrationCtx, MigrationRow } from '../store.ts';
-import { decideRollbackOutcome, finalStateMayHaveLeft, sourceMayBeRestored, type RollbackFacts, type SourceReport } from './reducer.ts';
+import { decideRollbackOutcome, finalStateMayHaveLeft, heldDestinationNeverRan, sourceMayBeRestored, type RollbackFacts, type SourceReport } from './reducer.ts';
 import { NOT_FOUND, askAgent, currentCtx, refreshInventories, site, whenConnected, type EffectContext, type EffectFn } from './context.ts';
 
 /** How long the rollback waits for the source's migration to end after cancelling it, before it
@@ -62,7 +62,16 @@ const rollback: EffectFn = async (cx, row) => {
   // Before the destination is touched: may the source have sent its final state? Then the
   // destination may hold (or run) the VM, and destroying it could lose the only up-to-date
   // copy while the stale source is resumed (docs/design.md#switchover).
-  const mayHaveLeft = ctx.migrationStarted ? finalStateMayHaveLeft(ctx, await askSource(cx, row, ctx)) : false;
+  let mayHaveLeft = ctx.migrationStarted ? finalStateMayHaveLeft(ctx, await askSource(cx, row, ctx)) : false;
+  // A held destination that never ran (a move with a replica whose store check failed after the
+  // final state left) is asked, and then removed like any other.
+  if (mayHaveLeft && ctx.incoming?.held && !ctx.incoming.resumeAsked) {
+    const d = await hub.request(row.destinationHostId, 'vm.describe', { vmId: row.vmId }).catch(() => undefined);
+    if (heldDestinationNeverRan(ctx, d?.state)) {
+      log.info({ destinationState: d?.state }, 'rollback: the held destination never ran: it is removed and the source resumed');
+      mayHaveLeft = false;
+    }
+  }
   // The destination copy goes first, so that the VM never runs in two places (a cold copy may
   // already have booted there).
   let destinationGone = true;

@@ -53,7 +53,10 @@ export interface MigrationCtx {
   lightpath?: { key?: string; reservationId?: string; provisioned?: boolean; released?: boolean; skipped?: string; booked?: string; details?: Record<string, unknown> };
   /** `replica`: the warm replica the destination booted from instead of mirrored copies
    *  (src/controller/replicas/migration.ts). */
-  incoming?: { uri: string; prepared: boolean; storage?: MigrationParams['storage']; replica?: LiveReplicaUse };
+  /** held: the destination stays paused once the copy landed, until told (a live move with a
+   *  followed replica checks the store while the final state crosses: docs/disks.md#following);
+   *  resumeAsked: it was told (from then on it may run). */
+  incoming?: { uri: string; prepared: boolean; storage?: MigrationParams['storage']; replica?: LiveReplicaUse; held?: boolean; resumeAsked?: boolean };
   tunnel?: { bicast?: boolean; pruned?: boolean; skipped?: string };
   migrationStarted?: boolean;
   /** The controller let the source send its final state (entering 'switchover', recorded with
@@ -140,6 +143,9 @@ export interface ColdReplicaUse {
   catchUpBytes?: number;
   catchUpMs?: number;
   mirroredBytes?: number;
+  /** The mirrors were cut at the source's stop (their writes in flight not waited for): the
+   *  store's export closed once the last of them was in (docs/disks.md#following). */
+  followCut?: boolean;
   lastDeltaBytes?: number;
   lastDeltaMs?: number;
   preSeededBytes?: number;
@@ -163,5 +169,9 @@ export interface LiveReplicaUse {
   lastDeltaBytes?: number;
   lastDeltaMs?: number;
   digestMs?: number;
+  /** The store was checked while the final state crossed (the destination held until then):
+   *  the source's digest in the pause took sourceDigestMs, the whole check digestMs. */
+  storeCheckedAfterSwitchover?: boolean;
+  sourceDigestMs?: number;
   disks: number;
 }

@@ -136,6 +136,17 @@ export function finalStateMayHaveLeft(ctx: Pick<MigrationCtx, 'migrationStarted'
   return r.status === 'running' || r.vmState !== 'running';
 }
 
+/**
+ * A destination started held (ctx.incoming.held: it stays paused once the copy landed, until
+ * told) that was never told to run, and says it is incoming or paused, never ran the VM: even
+ * with the final state there, removing it loses nothing (the source, paused at the same point,
+ * holds the same state), so the rollback may remove it and resume the source. Any other answer,
+ * or none, and the usual rule stands (finalStateMayHaveLeft).
+ */
+export function heldDestinationNeverRan(ctx: Pick<MigrationCtx, 'incoming'>, destinationState: string | undefined): boolean {
+  return ctx.incoming?.held === true && ctx.incoming.resumeAsked !== true && (destinationState === 'incoming' || destinationState === 'paused');
+}
+
 export interface RollbackOutcome extends EventInput {
   detail?: unknown;
   /** The destination's capacity is freed now (not when the cold attempt keeps it). */

@@ -66,14 +66,24 @@ export const digestKind = (d: ReplicaDigest): DigestKind => (d.disks.length > 0 
  *  leaves: the source finds the chunks written since in its change tracking and the store is told
  *  them (only with every disk's list can the store's digest be incremental); each side falls
  *  back to a full digest on its own. Without `since` both read every chunk, at once. */
-async function bothDigests(hub: HubPort, m: { vmId: string; sourceHostId: string; destinationHostId: string; replicaId: string; since?: ReplicaCheckpoint | null }): Promise<readonly [ReplicaDigest, ReplicaDigest]> {
-  const source = () => hub.request(m.sourceHostId, 'replica.digest', { replicaId: m.replicaId, side: 'source', vmId: m.vmId, ...(m.since ? { since: m.since } : {}) }, DIGEST_TIMEOUT_MS);
-  const store = (changed?: number[][]) => hub.request(m.destinationHostId, 'replica.digest', { replicaId: m.replicaId, side: 'store', ...(m.since && changed ? { since: m.since, changed } : {}) }, DIGEST_TIMEOUT_MS);
-  if (!m.since) return Promise.all([source(), store()]);
-  const s = await source();
-  const changed = s.disks.every((d) => d.changed) ? s.disks.map((d) => d.changed!) : undefined;
-  return [s, await store(changed)] as const;
+async function bothDigests(hub: HubPort, m: DigestSides & { since?: ReplicaCheckpoint | null }): Promise<readonly [ReplicaDigest, ReplicaDigest]> {
+  if (!m.since) return Promise.all([sourceDigest(hub, m), storeDigest(hub, m)]);
+  const s = await sourceDigest(hub, m, m.since);
+  return [s, await storeDigest(hub, m, m.since, changedOf(s))] as const;
 }
+
+export interface DigestSides { vmId: string; sourceHostId: string; destinationHostId: string; replicaId: string }
+
+/** The source's digest (incremental from `since` where it kept leaves there). */
+export const sourceDigest = (hub: HubPort, m: DigestSides, since?: ReplicaCheckpoint | null) =>
+  hub.request(m.sourceHostId, 'replica.digest', { replicaId: m.replicaId, side: 'source', vmId: m.vmId, ...(since ? { since } : {}) }, DIGEST_TIMEOUT_MS);
+
+/** The store's digest: incremental only with `since` and the source's lists of changed chunks. */
+export const storeDigest = (hub: HubPort, m: DigestSides, since?: ReplicaCheckpoint | null, changed?: number[][]) =>
+  hub.request(m.destinationHostId, 'replica.digest', { replicaId: m.replicaId, side: 'store', ...(since && changed ? { since, changed } : {}) }, DIGEST_TIMEOUT_MS);
+
+/** The source's changed chunks per disk, when its digest was incremental on every disk. */
+export const changedOf = (s: ReplicaDigest): number[][] | undefined => (s.disks.every((d) => d.changed) ? s.disks.map((d) => d.changed!) : undefined);
 /** Both sides take a full digest of the replica's disks and keep its leaves at `keepAs`, the
  *  checkpoint the store holds (docs/disks.md#incremental-digests, step 1). False when either
  *  could not: the later digests are then full (as sound, slower). */
@@ -300,7 +310,7 @@ export function lentReplica(hub: HubPort, vmId: string, migrationId: string): st
   return replicaServiceOf(hub)?.lentTo(vmId, migrationId)?.id;
 }
 
-const liveFailure = (replicaId: string, why: { code: string; message: string; details?: Record<string, unknown> }, phase: string) =>
+export const liveFailure = (replicaId: string, why: { code: string; message: string; details?: Record<string, unknown> }, phase: string) =>
   err('VMTC_MIGRATION_FAILED', { phase, replica: replicaId, cause: { code: why.code, message: why.message, ...(why.details ? { details: why.details } : {}) } }, {
     message: `the replica ${replicaId} failed the live move (${why.code}): cancelled, the VM runs at the source`,
   });
@@ -366,7 +376,7 @@ export async function followLiveReplica(hub: HubPort, clock: Clock, log: Logger,
  *  records the catch-up delta's checkpoint. A mirror that failed (or a step that did) falls back
  *  to the last delta, from the checkpoint the store still holds. Same answer as liveReplicaDelta
  *  ('switchover'), with what the mirrors carried. */
-export async function endLiveFollow(hub: HubPort, clock: Clock, log: Logger, replicaId: string): Promise<{ bytes: number; ms: number; from: ReplicaCheckpoint | null; mirroredBytes?: number }> {
+export async function endLiveFollow(hub: HubPort, clock: Clock, log: Logger, replicaId: string): Promise<{ bytes: number; ms: number; from: ReplicaCheckpoint | null; mirroredBytes?: number; cut?: boolean }> {
   const svc = replicaServiceOf(hub);
   if (!svc?.isFollowed(replicaId)) return liveReplicaDelta(hub, clock, log, replicaId, 'switchover');
   const t0 = clock.now();
@@ -377,7 +387,7 @@ export async function endLiveFollow(hub: HubPort, clock: Clock, log: Logger, rep
     from = cur.checkpoint;
     return svc.unfollowStep(cur, { record: true });
   });
-  if (o.recorded) return { bytes: 0, ms: clock.now() - t0, from, mirroredBytes: o.mirroredBytes };
+  if (o.recorded) return { bytes: 0, ms: clock.now() - t0, from, mirroredBytes: o.mirroredBytes, ...(o.cut ? { cut: true } : {}) };
   log.warn({ replicaId, error: o.error }, 'the store did not keep up with the disks: the last delta runs in the pause');
   const last = await liveReplicaDelta(hub, clock, log, replicaId, 'switchover');
   return { ...last, ms: clock.now() - t0, mirroredBytes: o.mirroredBytes };
@@ -390,15 +400,25 @@ export async function endLiveFollow(hub: HubPort, clock: Clock, log: Logger, rep
  *  migration. */
 export async function verifyLiveReplica(hub: HubPort, log: Logger, m: { vmId: string; sourceHostId: string; destinationHostId: string; replicaId: string; since?: ReplicaCheckpoint | null }): Promise<{ disks: number; readChunks?: number }> {
   const [src, dst] = await bothDigests(hub, m).catch((e: unknown) => {
-    const v = toVmtcError(e);
-    throw liveFailure(m.replicaId, { code: v.code, message: v.message }, 'digest');
+    throw digestFailure(m.replicaId, e);
   });
+  return sameDisksOrFail(hub, log, m.replicaId, src, dst);
+}
+
+/** A digest that could not be taken fails the move. */
+export const digestFailure = (replicaId: string, e: unknown): VmtcError => {
+  const v = toVmtcError(e);
+  return liveFailure(replicaId, { code: v.code, message: v.message }, 'digest');
+};
+
+/** Equal digests, or the replica fails (VERIFY_FAILED) and so does the move. */
+export function sameDisksOrFail(hub: HubPort, log: Logger, replicaId: string, src: ReplicaDigest, dst: ReplicaDigest): { disks: number; readChunks?: number } {
   const differ = digestsDiffer(src, dst);
   if (differ.length) {
     const error = { code: 'VMTC_HOST_DISK_DIGEST_MISMATCH', message: "the replica's store differs from the source's disks", details: { disks: differ } };
-    replicaServiceOf(hub)?.event(m.replicaId, { type: 'VERIFY_FAILED', error });
-    log.warn({ replicaId: m.replicaId, disks: differ }, 'the replica differs from the paused source: the live move is cancelled');
-    throw liveFailure(m.replicaId, error, 'digest');
+    replicaServiceOf(hub)?.event(replicaId, { type: 'VERIFY_FAILED', error });
+    log.warn({ replicaId, disks: differ }, 'the replica differs from the paused source: the live move is cancelled');
+    throw liveFailure(replicaId, error, 'digest');
   }
   const incremental = digestKind(src) === 'incremental' && digestKind(dst) === 'incremental';
   return { disks: src.disks.length, ...(incremental ? { readChunks: src.disks.reduce((n, d) => n + d.changed!.length, 0) } : {}) };

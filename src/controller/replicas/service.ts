@@ -61,6 +61,20 @@ function errorOf(e: unknown): ReplicaError {
   return { code: v.code, message: v.message, ...(v.details ? { details: v.details as Record<string, unknown> } : {}) };
 }
 
+/** What the source said as it stopped a follow's mirrors (ReplicaService.unfollowSource). */
+export interface SourceUnfollowed {
+  transfer?: ReplicaTransfer;
+  mirrored: { bytes: number; following: boolean; error?: string; cut?: boolean };
+}
+
+export interface UnfollowOutcome {
+  row: ReplicaRow | null;
+  mirroredBytes: number;
+  recorded: boolean;
+  error?: string;
+  cut?: boolean;
+}
+
 export class ReplicaService {
   readonly records: ReplicaStore;
   private readonly o: typeof REPLICA_DEFAULTS;
@@ -370,20 +384,36 @@ export class ReplicaService {
    *  unless a mirror failed or `record` is false, and closes the export. Returns the record and
    *  the mirrors' bytes; `recorded` false when the store still holds the older checkpoint (the
    *  next delta, from it, sends what the mirrors wrote again). Call under exclusive(). */
-  async unfollowStep(r: ReplicaRow, opts: { record: boolean }): Promise<{ row: ReplicaRow | null; mirroredBytes: number; recorded: boolean; error?: string }> {
+  async unfollowStep(r: ReplicaRow, opts: { record: boolean }): Promise<UnfollowOutcome> {
+    const s = await this.unfollowSource(r);
+    return this.closeFollowedStore(r, s, opts);
+  }
+
+  /** The first half of unfollowStep: the source stops its mirrors. Call under exclusive(). */
+  async unfollowSource(r: ReplicaRow): Promise<SourceUnfollowed> {
     const transfer = this.following.get(r.id);
     this.following.delete(r.id);
-    const ask = { replicaId: r.id };
-    let mirrored = { bytes: 0, following: false } as { bytes: number; following: boolean; error?: string };
+    let mirrored: SourceUnfollowed['mirrored'] = { bytes: 0, following: false };
     try {
-      mirrored = await this.d.hub.request(r.sourceHostId, 'replica.unfollow', { ...ask, vmId: r.vmId });
+      mirrored = await this.d.hub.request(r.sourceHostId, 'replica.unfollow', { replicaId: r.id, vmId: r.vmId });
     } catch (e) {
       mirrored.error = errorOf(e).message;
     }
+    return { mirrored, ...(transfer ? { transfer } : {}) };
+  }
+
+  /** The second half: the destination closes the export (once its clients left, after mirrors
+   *  cut at the VM's stop) and records the catch-up's checkpoint when it may. Call under
+   *  exclusive(). */
+  async closeFollowedStore(r: ReplicaRow, s: SourceUnfollowed, opts: { record: boolean }): Promise<UnfollowOutcome> {
+    const { transfer, mirrored } = s;
+    const ask = { replicaId: r.id };
     const record = opts.record && !!transfer && !mirrored.error;
+    // Mirrors cut at the VM's stop have writes on their way: the export closes once they are in.
+    const wait = mirrored.cut ? { waitClients: true } : {};
     try {
-      if (record) await this.d.hub.request(r.destinationHostId, 'replica.closeStore', { ...ask, transfer });
-      else await this.d.hub.request(r.destinationHostId, 'replica.closeStore', ask);
+      if (record) await this.d.hub.request(r.destinationHostId, 'replica.closeStore', { ...ask, transfer, ...wait });
+      else await this.d.hub.request(r.destinationHostId, 'replica.closeStore', { ...ask, ...wait });
     } catch (e) {
       if (record) await this.d.hub.request(r.destinationHostId, 'replica.closeStore', ask).catch(() => undefined);
       const now = this.records.get(r.id);
@@ -391,7 +421,7 @@ export class ReplicaService {
     }
     const now = this.records.get(r.id);
     if (!record || !transfer || !now || now.state !== 'warm') return { row: now ?? null, mirroredBytes: mirrored.bytes, recorded: false, ...(mirrored.error ? { error: mirrored.error } : {}) };
-    return { row: this.apply(now, { type: 'DELTA_SENT', transfer: { ...transfer, bytes: transfer.bytes + mirrored.bytes } }), mirroredBytes: mirrored.bytes, recorded: true };
+    return { row: this.apply(now, { type: 'DELTA_SENT', transfer: { ...transfer, bytes: transfer.bytes + mirrored.bytes } }), mirroredBytes: mirrored.bytes, recorded: true, ...(mirrored.cut ? { cut: true } : {}) };
   }
 
   /** Whether a live move's follow of the replica is under way (followStep, not yet ended). */
