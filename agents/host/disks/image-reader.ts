@@ -63,11 +63,12 @@ export async function openImageReader(run: CommandRunner, image: string, format:
     if (!e.data && !e.zero) throw hostError('VMTC_HOST_DISK_UNREADABLE', { image, needsConvert: true, reason: 'an extent neither data nor zeros', extent: e });
   }
   const files = chain.map((c) => (isAbsolute(c.filename) ? c.filename : join(dirname(image), c.filename)));
-  const handles = new Map<number, FileHandle>();
-  const handle = async (depth: number): Promise<FileHandle> => {
+  // Each layer opened once, also when reads run at once (the promise is what is kept).
+  const handles = new Map<number, Promise<FileHandle>>();
+  const handle = (depth: number): Promise<FileHandle> => {
     let h = handles.get(depth);
     if (!h) {
-      h = await open(files[depth]!, 'r');
+      h = open(files[depth]!, 'r');
       handles.set(depth, h);
     }
     return h;
@@ -101,7 +102,7 @@ export async function openImageReader(run: CommandRunner, image: string, format:
   return {
     size, read,
     close: async () => {
-      for (const h of handles.values()) await h.close().catch(() => undefined);
+      for (const h of handles.values()) await h.then((f) => f.close()).catch(() => undefined);
       handles.clear();
     },
   };

@@ -15,6 +15,9 @@ export interface LeafCache {
   leaves: readonly string[];
 }
 
+/** Chunks read at once by refreshLeaves. */
+const READ_AHEAD = 4;
+
 /** The chunks that byte ranges touch: sorted, distinct, within the disk. */
 export function chunksOfRanges(ranges: readonly { offset: number; length: number }[], chunkBytes: number, size: number): number[] {
   const chunks = Math.ceil(size / chunkBytes);
@@ -35,12 +38,19 @@ export async function refreshLeaves(cache: LeafCache, chunks: readonly number[],
   const n = Math.ceil(cache.size / cache.chunkBytes);
   if (cache.leaves.length !== n) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'cache.leaves', reason: `${n} leaves for ${cache.size} B in ${cache.chunkBytes} B chunks`, got: cache.leaves.length });
   const leaves = [...cache.leaves];
-  for (const i of chunks) {
-    if (!(Number.isInteger(i) && i >= 0 && i < n)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'chunks', reason: `chunk indices 0 .. ${n - 1}`, got: i });
+  for (const i of chunks) if (!(Number.isInteger(i) && i >= 0 && i < n)) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'chunks', reason: `chunk indices 0 .. ${n - 1}`, got: i });
+  // A few reads in flight while earlier chunks are hashed (an NBD export answers each read a
+  // round trip later); at most READ_AHEAD chunks held at once.
+  const leafOf = async (i: number) => {
     const want = Math.min(cache.chunkBytes, cache.size - i * cache.chunkBytes);
     const data = await read(i * cache.chunkBytes, want);
     if (data.length !== want) throw hostError('VMTC_HOST_DISK_UNREADABLE', { offset: i * cache.chunkBytes, wanted: want, got: data.length });
     leaves[i] = leafHash(i, data);
-  }
+  };
+  let next = 0;
+  const worker = async () => {
+    while (next < chunks.length) await leafOf(chunks[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(READ_AHEAD, chunks.length) }, worker));
   return { mode: 'merkle', algorithm: 'sha256', size: cache.size, chunkBytes: cache.chunkBytes, root: merkleRoot(leaves), leaves };
 }

@@ -152,7 +152,8 @@ const startMigration: EffectFn = async (cx, row, signal) => {
  *  controller restart (the source answers ok for a migration already continued or completed). */
 const switchover: EffectFn = async (cx, row, signal) => {
   const inc = currentCtx(cx, row.id).incoming;
-  if (!inc?.replica?.storeCheckedAfterSwitchover) {
+  // resumeAsked: the check passed before the destination was told to run (a restarted controller).
+  if (!inc?.replica?.storeCheckedAfterSwitchover || inc.resumeAsked) {
     const result = await runMigration(cx, row, signal, 'end');
     return { event: { type: 'MIGRATION_COMPLETED' }, detail: result, ctxPatch: { result: pickResult(result) } };
   }
@@ -166,7 +167,13 @@ const switchover: EffectFn = async (cx, row, signal) => {
   const result = copy.value;
   const replica: LiveReplicaUse = { ...inc.replica, digestMs: store.value.ms };
   cx.log.info({ ...replica }, 'replica verified while the final state crossed: the destination holds the source\'s disks');
-  return { event: { type: 'MIGRATION_COMPLETED' }, detail: { ...result, replica }, ctxPatch: { result: pickResult(result), incoming: { ...inc, replica } } };
+  // Checked and sent: the held destination is told to run now (it starts once its copy landed),
+  // as an unheld one would have started by itself; recorded first (effects-rollback.ts).
+  // awaitDestinationRunning asks again (idempotent) and waits for it.
+  const told = { ...inc, replica, resumeAsked: true };
+  saveCtx(cx, row.id, { incoming: told });
+  void cx.hub.request(row.destinationHostId, 'vm.resume', { vmId: row.vmId }).catch((e: unknown) => cx.log.info({ code: toVmtcError(e).code }, 'the held destination did not start yet: asked again'));
+  return { event: { type: 'MIGRATION_COMPLETED' }, detail: { ...result, replica }, ctxPatch: { result: pickResult(result), incoming: told } };
 };
 
 const awaitDestinationRunning: EffectFn = async (cx, row) => {
