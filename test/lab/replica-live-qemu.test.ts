@@ -75,6 +75,9 @@ describe('live migration with a warm replica, real QEMU (loopback)', () => {
     // Nothing was written between the pre-copy delta and the mirror's start: the catch-up is
     // empty, the mirror wrote the late writes, and the pause sent nothing.
     expect({ catchUp: used.catchUpBytes, mirrored: used.mirroredBytes, last: used.lastDeltaBytes }).toEqual({ catchUp: 0, mirrored: late, last: 0 });
+    // The follow's relay was released at the source's stop (docs/disks.md#following), and that
+    // was no failure; the store was checked while the final state crossed, B held until then.
+    expect(used).toMatchObject({ followCut: true, storeCheckedAfterSwitchover: true });
     expect(used, JSON.stringify(rec.steps.incoming)).toMatchObject({ replicaId: rid, disks: 1 });
     // No drive-mirror: nothing was exported by the destination for one, nothing mirrored.
     expect(rec.steps.incoming.storage).toBeUndefined();

@@ -7,13 +7,13 @@
 // One relay process per export (source) and per import (destination), started by pid through
 // `ip netns exec` (which execs: the pid is the relay's), stopped by that pid, and gone with the
 // agent too (it exits when its stdin, a pipe from the agent, closes).
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Clock } from '../../../src/common/clock.ts';
 import type { Logger } from '../../../src/common/log.ts';
 import { hostError } from '../errors.ts';
+import { startHelper } from '../helper-process.ts';
 
 const MAIN = new URL('./relay-main.ts', import.meta.url).pathname;
 /** tsx's loader, resolved from this file: the agent's working directory may be anywhere. */
@@ -49,64 +49,16 @@ export function relayArgv(netns: string, listen: RelayEnd, to: RelayEnd): string
 /** Start a relay; resolves once it listens. Throws VMTC_HOST_COLD_RELAY_FAILED (the listen
  *  address not in the namespace, a namespace that does not exist, …) with nothing left running. */
 export async function startRelay(o: RelayOptions): Promise<Relay> {
-  const argv = relayArgv(o.netns, o.listen, o.to);
-  const child: ChildProcess = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
   const details = { netns: o.netns, listen: endArg(o.listen), to: endArg(o.to) };
-  let stderr = '';
-  child.stderr!.on('data', (d) => { stderr = (stderr + String(d)).slice(-2000); });
-  child.stdin!.on('error', () => undefined);
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  let gone = false;
-  void exited.then(() => { gone = true; });
-  const stop = async () => {
-    if (!gone) {
-      child.kill('SIGTERM');
-      let timer: { cancel(): void } | undefined;
-      await Promise.race([exited, new Promise<void>((r) => { timer = o.clock.setTimeout(() => r(), 5000); })]);
-      timer?.cancel();
-      if (!gone) {
-        child.kill('SIGKILL');
-        await exited;
-      }
-    }
-  };
-  let timer: { cancel(): void } | undefined;
-  try {
-    const port = await new Promise<number>((resolve, reject) => {
-      let buf = '';
-      child.once('error', (e) => reject(hostError('VMTC_HOST_COLD_RELAY_FAILED', { ...details, reason: e.message }, { cause: e })));
-      void exited.then(() => reject(hostError('VMTC_HOST_COLD_RELAY_FAILED', { ...details, reason: lastLine(buf) ?? (stderr.trim().slice(-500) || 'exited before listening') })));
-      timer = o.clock.setTimeout(() => reject(hostError('VMTC_HOST_COLD_RELAY_FAILED', { ...details, reason: `not listening within ${o.startTimeoutMs ?? 10_000} ms`, stderr: stderr.trim().slice(-500) })), o.startTimeoutMs ?? 10_000);
-      child.stdout!.setEncoding('utf8');
-      child.stdout!.on('data', (d: string) => {
-        buf += d;
-        for (const line of buf.split('\n')) {
-          if (!line.startsWith('{')) continue;
-          try {
-            const j = JSON.parse(line) as { event?: string; port?: number };
-            if (j.event === 'ready') resolve(Number(j.port ?? 0));
-          } catch { /* a partial line */ }
-        }
-      });
-    });
-    o.log.info({ ...details, pid: child.pid, port }, 'cold path relay listening');
-    return { pid: child.pid!, port, stop };
-  } catch (e) {
-    await stop();
-    throw e;
-  } finally {
-    timer?.cancel();
-  }
-}
-
-function lastLine(buf: string): string | undefined {
-  for (const line of buf.split('\n').reverse()) {
-    try {
-      const j = JSON.parse(line) as { event?: string; reason?: string };
-      if (j.event === 'error') return j.reason;
-    } catch { /* not JSON */ }
-  }
-  return undefined;
+  const p = await startHelper({
+    argv: relayArgv(o.netns, o.listen, o.to),
+    clock: o.clock,
+    startTimeoutMs: o.startTimeoutMs ?? 10_000,
+    failure: (why, cause) => hostError('VMTC_HOST_COLD_RELAY_FAILED', { ...details, ...why }, cause === undefined ? undefined : { cause }),
+  });
+  const port = Number(p.ready.port ?? 0);
+  o.log.info({ ...details, pid: p.pid, port }, 'cold path relay listening');
+  return { pid: p.pid, port, stop: () => p.stop(5000) };
 }
 
 /** A short directory of its own for a Unix socket (sun_path is 108 bytes), removed by `remove`. */

@@ -100,6 +100,11 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
   }
 
   /** The backend's scratch directory (relays, storage daemons' sockets). */
+  /** The network namespace its storage daemons and relays run in (the lightpath's side). */
+  get netns(): string | undefined {
+    return this.opts.netns;
+  }
+
   get scratchDir(): string {
     return this.tmp;
   }

@@ -13,7 +13,7 @@
 // restarted finds and stops what its predecessor started. Nothing here proves the store equal
 // to the disk: the digests at the pause do (docs/disks.md#incremental-digests).
 import { createHash } from 'node:crypto';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { clockSleep, type Clock } from '../../../src/common/clock.ts';
 import type { Logger } from '../../../src/common/log.ts';
@@ -21,6 +21,7 @@ import { hostError } from '../errors.ts';
 import type { SourceDisk } from './backend.ts';
 import type { QemuCowBackend, QmpPort } from './qemu-cow.ts';
 import type { NbdDestination } from './qemu-store.ts';
+import { startFollowRelay } from './nbd-relay.ts';
 
 interface BlockJob { device: string; type: string; ready?: boolean; status?: string; offset: number; len: number; 'actively-synced'?: boolean }
 interface Job { id: string; status: string; error?: string; 'current-progress': number }
@@ -51,10 +52,17 @@ export async function startFollow(d: FollowDeps, disk: SourceDisk, dest: NbdDest
     // A job left by an earlier attempt (an agent restarted mid-move) goes first.
     await stopJob(d, qmp, jobId, target);
     await stopRelay(d, key);
-    // Through a local relay (its connection's round trips do not hold the guest), kept until
-    // stopFollow; its pid is written down for an agent that restarts meanwhile.
+    // Through a local relay (its connection's round trips do not hold the guest; it can be
+    // released at the VM's stop: nbd-relay.ts), kept until stopFollow; its pid is written down
+    // for an agent that restarts meanwhile.
     const dir = relayDirOf(d, key);
-    const conn = await d.backend.nbdConnection(dest, dir);
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { recursive: true });
+    if (dest.nbd.type !== 'inet') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'store', reason: 'an export on the lightpath address' });
+    const conn = await startFollowRelay({ remote: { host: dest.nbd.host, port: dest.nbd.port, exportName: dest.exportName }, dir, clock: d.clock, logger: d.logger, ...(d.backend.netns ? { netns: d.backend.netns } : {}) }).catch(async (e: unknown) => {
+      await rm(dir, { recursive: true, force: true });
+      throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'start the follow relay', nbd: dest.nbd, reason: String((e as Error).message ?? e) }, { cause: e });
+    });
     RELAYS.set(key, conn.close);
     if (conn.release) RELEASES.set(key, conn.release);
     VM_OF.set(key, disk.vmId!);
@@ -149,7 +157,7 @@ async function stopRelay(d: FollowDeps, key: string): Promise<void> {
   const pid = Number(await readFile(join(dir, 'relay.pid'), 'utf8').catch(() => ''));
   if (Number.isInteger(pid) && pid > 1) {
     const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-    if (cmd.includes('qemu-storage-daemon') && cmd.includes(dir)) {
+    if ((cmd.includes('qemu-storage-daemon') || cmd.includes('nbd-relay-main')) && cmd.includes(dir)) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
@@ -171,7 +179,11 @@ export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): 
   CUT.delete(key);
   VM_OF.delete(key);
   RELEASES.delete(key);
-  let out: { bytes: number; error?: string; found: boolean; cut?: boolean } = await d.backend.withNode(disk, (qmp) => stopJob(d, qmp, jobIdOf(key), targetOf(key), () => stopRelay(d, key)));
+  // The job, then the node (its relay supports no flush: closing it sends only a disconnect),
+  // then the relay, not waited for: it delivers what it still holds to the store and ends its
+  // connection, which the store's close waits for (closeStore waitClients).
+  let out: { bytes: number; error?: string; found: boolean; cut?: boolean } = await d.backend.withNode(disk, (qmp) => stopJob(d, qmp, jobIdOf(key), targetOf(key)));
+  void stopRelay(d, key);
   // A cut mirror fails on the writes it had in flight (their acknowledgements were cut off, not
   // the writes): not a failure when the cut found it intact and the VM stayed paused.
   if (cut && out.found) {
