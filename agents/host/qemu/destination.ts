@@ -79,8 +79,11 @@ export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {
   if (rec.incomingStorage) await finishIncoming(vms, rec);
   await vms.refresh(rec);
   if (rec.state !== 'running') {
-    await vms.tapsUp(rec);
+    // Started first, its taps brought up right after (as QEMU's own start of a guest that lands
+    // unheld: the RESUME event brings them up too): a held destination (tuning.holdAfterLanding)
+    // runs as soon as it may, not an `ip` command later.
     await vms.qmpOf(rec).execute('cont');
+    await vms.tapsUp(rec);
   }
   await vms.refresh(rec);
   return vms.info(rec);

@@ -63,33 +63,49 @@ export async function endAtPause(hub: HubPort, clock: Clock, log: Logger, m: Dig
   };
   if (!m.overlap || !svc?.isFollowed(replicaId)) return inPause();
   const t0 = clock.now();
-  const s = await svc.exclusive(replicaId, async () => {
-    const cur = svc.records.get(replicaId);
-    if (!cur) throw liveFailure(replicaId, { code: 'VMTC_REPLICA_NOT_FOUND', message: 'the replica is gone' }, 'switchover');
-    return { cur, from: cur.checkpoint, out: await svc.unfollowSource(cur) };
-  });
-  if (s.out.mirrored.error || !s.out.transfer) {
-    // A mirror that failed: the store misses writes; the last delta, from the checkpoint the store
-    // still holds, and the digests, all before the switchover.
-    await svc.exclusive(replicaId, () => svc.closeFollowedStore(svc.records.get(replicaId) ?? s.cur, s.out, { record: false }));
-    log.warn({ replicaId, error: s.out.mirrored.error }, 'the store did not keep up with the disks: the last delta runs in the pause');
+  const cur0 = svc.records.get(replicaId);
+  if (!cur0) throw liveFailure(replicaId, { code: 'VMTC_REPLICA_NOT_FOUND', message: 'the replica is gone' }, 'switchover');
+  const from = cur0.checkpoint;
+  // The source's digest does not wait for its mirrors to stop: the VM is paused, its disks no
+  // longer change, and the digest reads the disks, not the mirrors.
+  const srcP = sourceDigest(hub, m, from);
+  srcP.catch(() => undefined);
+  const s = await svc.exclusive(replicaId, async () => svc.unfollowSource(svc.records.get(replicaId) ?? cur0));
+  const cur = (): typeof cur0 => svc.records.get(replicaId) ?? cur0;
+  const source = async () => {
+    const t = clock.now();
+    const src = await srcP.catch((e: unknown) => {
+      throw digestFailure(replicaId, e);
+    });
+    return { src, ms: clock.now() - t };
+  };
+  if (s.mirrored.error || !s.transfer) {
+    // A mirror that failed: the store misses writes; the last delta, from the checkpoint the
+    // store still holds, then the store's digest against the source's (the source did not
+    // change since: it is paused), all before the switchover.
+    await svc.exclusive(replicaId, () => svc.closeFollowedStore(cur(), s, { record: false }));
+    log.warn({ replicaId, error: s.mirrored.error }, 'the store did not keep up with the disks: the last delta runs in the pause');
     const d = await liveReplicaDelta(hub, clock, log, replicaId, 'switchover');
-    const last = { ...d, ms: clock.now() - t0, mirroredBytes: s.out.mirrored.bytes };
-    return { last, verified: await verifyLiveReplica(hub, log, { ...m, since: last.from }) };
+    const last = { ...d, ms: clock.now() - t0, mirroredBytes: s.mirrored.bytes };
+    const { src } = await source();
+    const dst = await storeDigest(hub, m, d.from, changedOf(src)).catch((e: unknown) => {
+      throw digestFailure(replicaId, e);
+    });
+    return { last, verified: sameDisksOrFail(hub, log, replicaId, src, dst) };
   }
-  const last = { bytes: 0, ms: clock.now() - t0, from: s.from, mirroredBytes: s.out.mirrored.bytes, ...(s.out.mirrored.cut ? { cut: true } : {}) };
+  const last = { bytes: 0, ms: clock.now() - t0, from, mirroredBytes: s.mirrored.bytes, ...(s.mirrored.cut ? { cut: true } : {}) };
   const t1 = clock.now();
-  const src = await sourceDigest(hub, m, s.from).catch((e: unknown) => {
+  const { src } = await source().catch((e: unknown) => {
     // The store's export still waits to be closed, nothing recorded: the rollback gives the
     // replica back (its next delta, from the checkpoint the store holds, sends the rest).
-    void svc.exclusive(replicaId, () => svc.closeFollowedStore(svc.records.get(replicaId) ?? s.cur, s.out, { record: false })).catch(() => undefined);
-    throw digestFailure(replicaId, e);
+    void svc.exclusive(replicaId, () => svc.closeFollowedStore(cur(), s, { record: false })).catch(() => undefined);
+    throw e;
   });
-  const sourceDigestMs = clock.now() - t1;
+  const sourceDigestMs = clock.now() - t0;
   const store = svc.exclusive(replicaId, async (): Promise<StoreChecked> => {
-    const o = await svc.closeFollowedStore(svc.records.get(replicaId) ?? s.cur, s.out, { record: true });
+    const o = await svc.closeFollowedStore(cur(), s, { record: true });
     if (!o.recorded) throw liveFailure(replicaId, { code: 'VMTC_REPLICA_STATE', message: `the store did not record the followed state: ${o.error ?? 'not recorded'}` }, 'switchover');
-    const dst = await storeDigest(hub, m, s.from, changedOf(src)).catch((e: unknown) => {
+    const dst = await storeDigest(hub, m, from, changedOf(src)).catch((e: unknown) => {
       throw digestFailure(replicaId, e);
     });
     return { ...sameDisksOrFail(hub, log, replicaId, src, dst), ms: clock.now() - t1 };
