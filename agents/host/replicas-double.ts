@@ -403,23 +403,40 @@ export class ReplicaDouble implements ReplicaOps {
     const since = ask.since;
     const kept = since ? this.leaves.take('source', ask.replicaId, since) : undefined;
     let out: ReplicaDigest | undefined;
-    if (kept && since) {
-      // What the source's change tracking says was written since `since`: the blocks that the
-      // next checkpoint (the last delta's) found changed, as `since`'s QEMU bitmap would.
-      const chain = this.chain(vmId, ask.replicaId);
-      const base = chain.find((c) => c.cp.id === since.id && c.cp.seq === since.seq);
-      const next = chain.find((c) => c.cp.seq === since.seq + 1);
-      out = base && next ? await this.incremental('source', ask.replicaId, kept, paths, (di, cache) => {
-        const a = base.hashes[di] ?? [];
-        const b = next.hashes[di] ?? [];
-        const out = new Set<number>();
-        for (let bi = 0; bi < Math.max(a.length, b.length); bi++) if (a[bi] !== b[bi]) out.add(Math.floor((bi * BLOCK) / cache.chunkBytes));
-        return [...out].sort((x, y) => x - y);
-      }) : undefined;
+    if (kept && since && ask.changed) {
+      const changed = ask.changed;
+      out = await this.incremental('source', ask.replicaId, kept, paths, (di) => changed[di]);
+    } else if (kept && since) {
+      const chunksOf = this.changedOf(vmId, ask.replicaId, since);
+      out = chunksOf ? await this.incremental('source', ask.replicaId, kept, paths, chunksOf) : undefined;
     }
     if (!out) out = await this.fullDigest('source', ask.replicaId, paths);
     if (ask.keepAs) this.leaves.keep('source', ask.replicaId, ask.keepAs, out);
     return out;
+  }
+
+  /** What the source's change tracking says was written since `since`: the blocks that the next
+   *  checkpoint (the last delta's) found changed, as `since`'s QEMU bitmap would; undefined
+   *  without both checkpoints. */
+  private changedOf(vmId: string, replicaId: string, since: ReplicaCheckpoint): ((disk: number, cache: LeafCache) => number[]) | undefined {
+    const chain = this.chain(vmId, replicaId);
+    const base = chain.find((c) => c.cp.id === since.id && c.cp.seq === since.seq);
+    const next = chain.find((c) => c.cp.seq === since.seq + 1);
+    if (!base || !next) return undefined;
+    return (di, cache) => {
+      const a = base.hashes[di] ?? [];
+      const b = next.hashes[di] ?? [];
+      const out = new Set<number>();
+      for (let bi = 0; bi < Math.max(a.length, b.length); bi++) if (a[bi] !== b[bi]) out.add(Math.floor((bi * BLOCK) / cache.chunkBytes));
+      return [...out].sort((x, y) => x - y);
+    };
+  }
+
+  async changedSince(vmId: string, replicaId: string, since: ReplicaCheckpoint): Promise<number[][] | null> {
+    const kept = this.leaves.peek('source', replicaId, since);
+    const chunksOf = this.changedOf(vmId, replicaId, since);
+    if (!kept || !chunksOf) return null;
+    return kept.map((cache, i) => chunksOf(i, cache));
   }
 
   private async digestFiles(paths: string[]): Promise<ReplicaDigest> {

@@ -63,6 +63,10 @@ export interface ReplicaOps {
   /** Digests of the VM's disks (source) or the store's (destination). `ask`: the incremental
    *  form (ReplicaDigestAsk); an implementation may ignore it and always read every chunk. */
   digestSource(vmId: string, ask?: ReplicaDigestAsk & { replicaId: string }): Promise<ReplicaDigest>;
+  /** Source, its VM paused: the chunks written since `since` per disk, in the chunks of the
+   *  leaves kept there (null: none kept). Then digestSource with them as `changed` reads only
+   *  those (the source may have completed its migration by then). Optional. */
+  changedSince?(vmId: string, replicaId: string, since: ReplicaCheckpoint): Promise<number[][] | null>;
   digestStore(replicaId: string, ask?: ReplicaDigestAsk): Promise<ReplicaDigest>;
   close?(): Promise<void>;
 }
@@ -148,8 +152,12 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
       const ask: ReplicaDigestAsk = { ...(q.keepAs ? { keepAs: q.keepAs } : {}), ...(q.since ? { since: q.since } : {}), ...(q.changed ? { changed: q.changed } : {}) };
       if (q.side === 'store') return need().digestStore(q.replicaId, ask);
       if (!q.vmId) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'vmId' });
-      if (q.changed) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'changed', reason: 'the store is told the changed chunks, the source finds them' });
       return need().digestSource(q.vmId, { replicaId: q.replicaId, ...ask });
+    },
+    'replica.changed': async (p) => {
+      const q = checked('replica.changed', p);
+      const o = need();
+      return { changed: o.changedSince ? await o.changedSince(q.vmId, q.replicaId, q.since) : null };
     },
   };
 }

@@ -428,6 +428,10 @@ export interface HostMethods {
   /** Source, before a cold move's power-off: connect ahead to `store`'s exports (relays). */
   'replica.preconnect': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff }, { relays: number }];
   'replica.lag': [{ replicaId: string; vmId: string; from: ReplicaCheckpoint }, { bytes: number }];
+  /** Source, its VM paused: the chunks of each disk written since `since`, in the chunks of the
+   *  digest leaves it kept there (null: none kept, or a driver that cannot say). A later
+   *  `replica.digest` with these as `changed` reads only them (docs/disks.md#following). */
+  'replica.changed': [{ replicaId: string; vmId: string; since: ReplicaCheckpoint }, { changed: number[][] | null }];
   'replica.dropCheckpoints': [{ replicaId: string; vmId: string; keep?: ReplicaCheckpoint }, { ok: true }];
   /** A digest of the source VM's disks (side source, take it with the VM paused or off) or of the
    *  replica's store (side store). */

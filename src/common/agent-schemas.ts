@@ -239,6 +239,7 @@ const ReplicaParams = {
   'replica.unfollow': Type.Object({ replicaId: ReplicaId, vmId: Id }),
   'replica.preconnect': Type.Object({ replicaId: ReplicaId, vmId: Id, store: Handoff }),
   'replica.lag': Type.Object({ replicaId: ReplicaId, vmId: Id, from: ReplicaCheckpointSchema }),
+  'replica.changed': Type.Object({ replicaId: ReplicaId, vmId: Id, since: ReplicaCheckpointSchema }),
   'replica.dropCheckpoints': Type.Object({ replicaId: ReplicaId, vmId: Id, keep: Type.Optional(ReplicaCheckpointSchema) }),
   'replica.digest': Type.Object({
     replicaId: ReplicaId, side: Type.Union([Type.Literal('source'), Type.Literal('store')]), vmId: Type.Optional(Id),
@@ -320,6 +321,7 @@ export const AGENT_RESULTS: Record<string, Checker> = (() => {
     'replica.unfollow': checker(Type.Object({ bytes: Bytes, following: Type.Boolean(), error: Type.Optional(Type.String({ maxLength: 4096 })), cut: Type.Optional(Type.Boolean()) })),
     'replica.preconnect': checker(Type.Object({ relays: Count })),
     'replica.lag': checker(Type.Object({ bytes: Bytes })),
+    'replica.changed': checker(Type.Object({ changed: Type.Union([Type.Null(), Type.Array(ChunkList, { maxItems: 64 })]) })),
     'replica.digest': checker(ReplicaDigestSchema),
     'replica.storePaths': checker(Type.Object({ paths: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { maxItems: 64 }) })),
     'tunnel.bicast': sites, 'tunnel.prune': checker(PruneResult), 'tunnel.state': AGENT_EVENTS['tunnel.state']!,

@@ -131,10 +131,13 @@ describe('live migration with a warm replica (DoubleDriver, replica double, no s
         expect(at, `${m} in order in\n${sent.join('\n')}`).toBeGreaterThan(-1);
       }
     };
-    // (the source's digest does not wait for its mirrors to stop: the VM is paused)
+    // In the pause: the mirrors stop and the changed chunks are named (at once: the VM is
+    // paused); both digests come after the final state left, and B runs only after them.
     inOrder(['replica.follow@A', 'vm.migrate@A', 'replica.unfollow@A', 'vm.continueMigration@A']);
-    inOrder(['replica.follow@A', 'vm.migrate@A', 'replica.digest since@A', 'vm.continueMigration@A']);
+    inOrder(['replica.follow@A', 'vm.migrate@A', 'replica.changed@A', 'vm.continueMigration@A']);
+    inOrder(['vm.continueMigration@A', 'replica.digest since@A', 'vm.resume@B']);
     inOrder(['replica.unfollow@A', 'replica.closeStore@B', 'replica.digest since@B', 'vm.resume@B']);
+    expect(sent.slice(0, sent.indexOf('vm.continueMigration@A')), sent.join('\n')).not.toContain('replica.digest since@A');
     expect(b.lastIncomingTuning('vm5')).toMatchObject({ holdAfterLanding: true });
     expect(done.steps.incoming).toMatchObject({ held: true, resumeAsked: true, replica: { storeCheckedAfterSwitchover: true } });
     expect(done.steps.incoming.replica).toMatchObject({ catchUpBytes: 0, mirroredBytes: 192 * KiB, lastDeltaBytes: 0 });

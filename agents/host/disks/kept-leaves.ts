@@ -34,6 +34,12 @@ export class KeptLeaves {
     return k && k.at.id === since.id && k.at.seq === since.seq ? k.disks : undefined;
   }
 
+  /** The leaves kept at exactly `since`, left kept. */
+  peek(side: DigestNote['side'], replicaId: string, since: ReplicaCheckpoint): LeafCache[] | undefined {
+    const k = this.kept.get(`${side}:${replicaId}`);
+    return k && k.at.id === since.id && k.at.seq === since.seq ? k.disks : undefined;
+  }
+
   forget(replicaId: string): void {
     this.kept.delete(`source:${replicaId}`);
     this.kept.delete(`store:${replicaId}`);

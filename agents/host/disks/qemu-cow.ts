@@ -219,6 +219,19 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
     return digestImageByMap(this.run, disk.image, 'qcow2', this.tmp, opts);
   }
 
+  /** A reader of the disk's image file as it is now (image-reader.ts). A running VM's QEMU keeps
+   *  qcow2 metadata in memory until a flush: flushed first, unless its migration completed
+   *  (status `postmigrate`: QEMU wrote everything out as it gave the disks up, and a flush of a
+   *  node it no longer holds active is refused). */
+  async fileReader(disk: SourceDisk): Promise<ImageReader> {
+    if (disk.kind !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.kind', reason: 'qcow2' });
+    if (disk.vmId !== undefined) {
+      const status = await this.withNode(disk, async (qmp) => (await qmp.execute<{ status: string }>('query-status')).status);
+      if (status !== 'postmigrate') await this.flush(disk);
+    }
+    return openImageReader(this.run, disk.image, 'qcow2');
+  }
+
   /** The byte ranges checkpoint `cp`'s bitmap marks: written between `cp` and the checkpoint
    *  after it (dirtyReader, its reader closed at once). */
   async dirtyRanges(disk: SourceDisk, cp: Checkpoint, also: (bitmap: string) => boolean = () => false): Promise<{ offset: number; length: number }[]> {

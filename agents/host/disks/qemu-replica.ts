@@ -426,7 +426,12 @@ export class QemuReplicas implements ReplicaOps {
     const since = ask?.since;
     const kept = since ? this.leaves.take('source', ask.replicaId, since) : undefined;
     let out: ReplicaDigest | undefined;
-    if (kept && since) {
+    if (kept && since && ask.changed) {
+      // The chunks were named before (changedSince, in the pause); the VM may have completed its
+      // migration since: its image is then read as the file it is (qemu-cow.ts fileReader).
+      const changed = ask.changed;
+      out = await this.incremental('source', ask.replicaId, kept, disks.map((d, i) => ({ chunks: () => Promise.resolve(changed[i]), reader: () => this.backend.fileReader(d) })));
+    } else if (kept && since) {
       out = await this.incremental('source', ask.replicaId, kept, disks.map((d) => {
         // `since`'s bitmap and every later one of the replica: what a mirror carried after the
         // last delta's checkpoint is in the newest (docs/disks.md#following). Both the ranges
@@ -448,6 +453,19 @@ export class QemuReplicas implements ReplicaOps {
       if (ask) this.leaves.note({ side: 'source', replicaId: ask.replicaId, mode: 'full', chunks: out.disks.reduce((n, d) => n + d.leaves.length, 0) });
     }
     if (ask?.keepAs) this.leaves.keep('source', ask.replicaId, ask.keepAs, out);
+    return out;
+  }
+
+  async changedSince(vmId: string, replicaId: string, since: ReplicaCheckpoint): Promise<number[][] | null> {
+    const kept = this.leaves.peek('source', replicaId, since);
+    const disks = await this.sourceDisks(vmId);
+    if (!kept || kept.length !== disks.length) return null;
+    const out: number[][] = [];
+    for (const [i, d] of disks.entries()) {
+      const dr = await this.backend.dirtyReader(d, this.perDisk(since), this.laterOf(replicaId, since));
+      await dr.reader.close();
+      out.push(chunksOfRanges(dr.ranges, kept[i]!.chunkBytes, kept[i]!.size));
+    }
     return out;
   }
 

@@ -139,8 +139,8 @@ const startMigration: EffectFn = async (cx, row, signal) => {
   const end = await endAtPause(cx.hub, cx.clock, cx.log, { migrationId: row.id, vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, replicaId, overlap: held });
   const last = end.last;
   const cur = currentCtx(cx, row.id).incoming;
-  const use: LiveReplicaUse = { ...(cur?.replica ?? { replicaId, preSeededBytes: 0, disks: 0 }), precopyDeltaBytes: preDelta.bytes, ...(follow ? { catchUpBytes: follow.bytes, catchUpMs: follow.ms } : {}), ...(last.mirroredBytes !== undefined ? { mirroredBytes: last.mirroredBytes } : {}), ...(last.cut ? { followCut: true } : {}), lastDeltaBytes: last.bytes, lastDeltaMs: last.ms, ...(end.verified ? { digestMs: cx.clock.now() - t1 } : { sourceDigestMs: end.sourceDigestMs ?? 0, storeCheckedAfterSwitchover: true }) };
-  cx.log.info({ ...use }, end.verified ? 'replica verified at the pause: the destination holds the source\'s disks' : 'source digested at the pause: the store is checked while the final state crosses');
+  const use: LiveReplicaUse = { ...(cur?.replica ?? { replicaId, preSeededBytes: 0, disks: 0 }), precopyDeltaBytes: preDelta.bytes, ...(follow ? { catchUpBytes: follow.bytes, catchUpMs: follow.ms } : {}), ...(last.mirroredBytes !== undefined ? { mirroredBytes: last.mirroredBytes } : {}), ...(last.cut ? { followCut: true } : {}), lastDeltaBytes: last.bytes, lastDeltaMs: last.ms, ...(end.deferred ? { pauseCheckMs: end.sourceMs ?? 0, storeCheckedAfterSwitchover: true } : { digestMs: cx.clock.now() - t1 }) };
+  cx.log.info({ ...use }, end.deferred ? 'the changed chunks named at the pause: the disks are checked while the final state crosses' : 'replica verified at the pause: the destination holds the source\'s disks');
   return {
     event: { type: 'SWITCHOVER_READY' }, detail: { transferredBytes: ready.transferredBytes, totalBytes: ready.totalBytes, replica: use },
     ...(cur ? { ctxPatch: { incoming: { ...cur, replica: use } } } : {}),
@@ -160,12 +160,15 @@ const switchover: EffectFn = async (cx, row, signal) => {
   // The store's check runs while the final state crosses (replicas/pause-check.ts); the held
   // destination runs only once both are done. A check lost with a controller restart is not
   // taken on trust: the move rolls back (the held copy never ran).
-  const check = takeStoreCheck(row.id) ?? Promise.reject(err('VMTC_MIGRATION_FAILED', { phase: 'switchover', replica: inc.replica.replicaId, reason: "the store's check was lost with a controller restart" }));
-  const [copy, store] = await Promise.allSettled([runMigration(cx, row, signal, 'end'), check]);
+  const check = takeStoreCheck(row.id);
+  if (!check) throw err('VMTC_MIGRATION_FAILED', { phase: 'switchover', replica: inc.replica.replicaId, reason: "the disks' check was lost with a controller restart" });
+  const [copy, store] = await Promise.allSettled([runMigration(cx, row, signal, 'end'), check.store]);
   if (store.status === 'rejected') throw store.reason;
   if (copy.status === 'rejected') throw copy.reason;
   const result = copy.value;
-  const replica: LiveReplicaUse = { ...inc.replica, digestMs: store.value.ms };
+  // The source's digest now that its copy completed (its image written out), then compared.
+  const checked = await check.finish();
+  const replica: LiveReplicaUse = { ...inc.replica, digestMs: checked.ms };
   cx.log.info({ ...replica }, 'replica verified while the final state crossed: the destination holds the source\'s disks');
   // Checked and sent: the held destination is told to run now (it starts once its copy landed),
   // as an unheld one would have started by itself; recorded first (effects-rollback.ts).

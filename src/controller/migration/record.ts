@@ -169,9 +169,10 @@ export interface LiveReplicaUse {
   lastDeltaBytes?: number;
   lastDeltaMs?: number;
   digestMs?: number;
-  /** The store was checked while the final state crossed (the destination held until then):
-   *  the source's digest in the pause took sourceDigestMs, the whole check digestMs. */
+  /** The disks were checked while the final state crossed (the destination held until then):
+   *  the pause took pauseCheckMs, the check digestMs from then on. */
   storeCheckedAfterSwitchover?: boolean;
-  sourceDigestMs?: number;
+  /** What the pause spent on the disks then (the mirrors stopped, the changed chunks named). */
+  pauseCheckMs?: number;
   disks: number;
 }

@@ -75,8 +75,8 @@ async function bothDigests(hub: HubPort, m: DigestSides & { since?: ReplicaCheck
 export interface DigestSides { vmId: string; sourceHostId: string; destinationHostId: string; replicaId: string }
 
 /** The source's digest (incremental from `since` where it kept leaves there). */
-export const sourceDigest = (hub: HubPort, m: DigestSides, since?: ReplicaCheckpoint | null) =>
-  hub.request(m.sourceHostId, 'replica.digest', { replicaId: m.replicaId, side: 'source', vmId: m.vmId, ...(since ? { since } : {}) }, DIGEST_TIMEOUT_MS);
+export const sourceDigest = (hub: HubPort, m: DigestSides, since?: ReplicaCheckpoint | null, changed?: number[][]) =>
+  hub.request(m.sourceHostId, 'replica.digest', { replicaId: m.replicaId, side: 'source', vmId: m.vmId, ...(since ? { since } : {}), ...(since && changed ? { changed } : {}) }, DIGEST_TIMEOUT_MS);
 
 /** The store's digest: incremental only with `since` and the source's lists of changed chunks. */
 export const storeDigest = (hub: HubPort, m: DigestSides, since?: ReplicaCheckpoint | null, changed?: number[][]) =>
