@@ -162,12 +162,15 @@ const switchover: EffectFn = async (cx, row, signal) => {
   // taken on trust: the move rolls back (the held copy never ran).
   const check = takeStoreCheck(row.id);
   if (!check) throw err('VMTC_MIGRATION_FAILED', { phase: 'switchover', replica: inc.replica.replicaId, reason: "the disks' check was lost with a controller restart" });
-  const [copy, store] = await Promise.allSettled([runMigration(cx, row, signal, 'end'), check.store]);
-  if (store.status === 'rejected') throw store.reason;
+  // The source digests once its copy completed (its image written out), beside the store.
+  const copyP = runMigration(cx, row, signal, 'end');
+  const srcP = copyP.then(() => check.source());
+  const [copy, store, src] = await Promise.allSettled([copyP, check.store, srcP]);
   if (copy.status === 'rejected') throw copy.reason;
+  if (store.status === 'rejected') throw store.reason;
+  if (src.status === 'rejected') throw src.reason;
   const result = copy.value;
-  // The source's digest now that its copy completed (its image written out), then compared.
-  const checked = await check.finish();
+  const checked = check.compare(src.value, store.value);
   const replica: LiveReplicaUse = { ...inc.replica, digestMs: checked.ms };
   cx.log.info({ ...replica }, 'replica verified while the final state crossed: the destination holds the source\'s disks');
   // Checked and sent: the held destination is told to run now (it starts once its copy landed),

@@ -39,11 +39,12 @@ export interface StoreChecked {
   ms: number;
 }
 
-/** A check under way: the store's part runs already; `finish` (once the copy completed) takes
- *  the source's digest and compares. */
+/** A check under way: the store's part runs already; `source` (once the copy completed) takes
+ *  the source's digest; `compare` ends it. */
 export interface StoreCheck {
   store: Promise<ReplicaDigest>;
-  finish(): Promise<StoreChecked>;
+  source(): Promise<ReplicaDigest>;
+  compare(src: ReplicaDigest, dst: ReplicaDigest): StoreChecked;
 }
 
 /** The checks under way, by migration: the switchover takes its own. */
@@ -116,13 +117,10 @@ export async function endAtPause(hub: HubPort, clock: Clock, log: Logger, m: Dig
   store.catch((e: unknown) => log.info({ replicaId, err: String(e) }, 'the store check failed'));
   pending.set(m.migrationId, {
     store,
-    finish: async () => {
-      const dst = await store;
-      const src = await sourceDigest(hub, m, from, changed).catch((e: unknown) => {
-        throw digestFailure(replicaId, e);
-      });
-      return { ...sameDisksOrFail(hub, log, replicaId, src, dst), ms: clock.now() - t1 };
-    },
+    source: () => sourceDigest(hub, m, from, changed).catch((e: unknown) => {
+      throw digestFailure(replicaId, e);
+    }),
+    compare: (src, dst) => ({ ...sameDisksOrFail(hub, log, replicaId, src, dst), ms: clock.now() - t1 }),
   });
   return { last, deferred: true, sourceMs: clock.now() - t0 };
 }
