@@ -21,6 +21,8 @@ export interface Gate {
   connections: number;
   /** Write `b` into the latest connection's `dir` stream at once (junk from a side). */
   inject(dir: Dir, b: Buffer): void;
+  /** Close every connection open now, both sides (the path dropped them). */
+  cut(): void;
 }
 
 export async function startGate(o: { to: { path: string } | { host: string; port: number }; delayMs?: number }, cleanups: Cleanup[]): Promise<Gate> {
@@ -49,6 +51,9 @@ export async function startGate(o: { to: { path: string } | { host: string; port
     connections: 0,
     inject(dir, b) {
       latest?.[dir].write(b);
+    },
+    cut() {
+      for (const s of sockets) s.destroy();
     },
   };
   const server = net.createServer({ allowHalfOpen: true }, (relay) => {

@@ -1,46 +1,27 @@
 // The server's side of the NBD protocol, built by hand, for the NBD client's tests
 // (agents/host/disks/nbd-client.ts): the bytes a server sends (so a test can send what no real
 // server would: junk, a reply cut short, lengths out of bounds) and a scripted server on a unix
-// socket whose every connection runs the test's script. Not a test file itself.
+// socket whose every connection runs the test's script. The well-formed messages are the
+// relay's own encoders (agents/host/disks/nbd-server-wire.ts). Not a test file itself.
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import {
-  ByteReader, IHAVEOPT, INFO_BLOCK_SIZE, INFO_EXPORT, NBDMAGIC, OPT, OPTION_REPLY_MAGIC, REP, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC,
-} from '../../agents/host/disks/nbd-wire.ts';
+  encodeGreeting, encodeInfoBlockSize, encodeInfoExport, encodeOptionReply, encodeSimpleReply,
+} from '../../agents/host/disks/nbd-server-wire.ts';
+import { ByteReader, IHAVEOPT, OPT, REP, STRUCTURED_REPLY_MAGIC } from '../../agents/host/disks/nbd-wire.ts';
 import type { Cleanup } from './cleanups.ts';
 
 export const srv = {
   /** NBDMAGIC, IHAVEOPT, handshake flags (fixed newstyle, no zeroes). */
-  hello(flags = 3): Buffer {
-    const b = Buffer.alloc(18);
-    b.writeBigUInt64BE(NBDMAGIC, 0);
-    b.writeBigUInt64BE(IHAVEOPT, 8);
-    b.writeUInt16BE(flags, 16);
-    return b;
-  },
+  hello: (flags = 3): Buffer => encodeGreeting(flags),
+  /** `length` other than the payload's: a header that lies. */
   optReply(option: number, type: number, payload: Buffer = Buffer.alloc(0), length = payload.length): Buffer {
-    const b = Buffer.alloc(20);
-    b.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0);
-    b.writeUInt32BE(option, 8);
-    b.writeUInt32BE(type, 12);
+    const b = encodeOptionReply(option, type, payload);
     b.writeUInt32BE(length, 16);
-    return Buffer.concat([b, payload]);
-  },
-  infoExport(size: number, flags = 1 | 2): Buffer {
-    const b = Buffer.alloc(12);
-    b.writeUInt16BE(INFO_EXPORT, 0);
-    b.writeBigUInt64BE(BigInt(size), 2);
-    b.writeUInt16BE(flags, 10);
     return b;
   },
-  infoBlockSize(min: number, preferred: number, max: number): Buffer {
-    const b = Buffer.alloc(14);
-    b.writeUInt16BE(INFO_BLOCK_SIZE, 0);
-    b.writeUInt32BE(min, 2);
-    b.writeUInt32BE(preferred, 6);
-    b.writeUInt32BE(max, 10);
-    return b;
-  },
+  infoExport: (size: number, flags = 1 | 2): Buffer => encodeInfoExport(size, flags),
+  infoBlockSize: (min: number, preferred: number, max: number): Buffer => encodeInfoBlockSize(min, preferred, max),
   metaContext(id: number, name: string): Buffer {
     const b = Buffer.alloc(4);
     b.writeUInt32BE(id, 0);
@@ -56,14 +37,7 @@ export const srv = {
     b.writeUInt32BE(length, 16);
     return Buffer.concat([b, payload]);
   },
-  simple(errno: number, handle: number, data: Buffer = Buffer.alloc(0)): Buffer {
-    const b = Buffer.alloc(16);
-    b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-    b.writeUInt32BE(errno, 4);
-    b.writeUInt32BE(0, 8);
-    b.writeUInt32BE(handle, 12);
-    return Buffer.concat([b, data]);
-  },
+  simple: (errno: number, handle: number, data: Buffer = Buffer.alloc(0)): Buffer => Buffer.concat([encodeSimpleReply(BigInt(handle >>> 0), errno), data]),
   /** OFFSET_DATA / OFFSET_HOLE payloads; BLOCK_STATUS payload; ERROR payload. */
   offsetData(offset: number, data: Buffer): Buffer {
     const b = Buffer.alloc(8);

@@ -42,7 +42,7 @@ async function startStore(dir: string): Promise<StorageDaemon & { image: string;
 
 async function startProxy(dir: string, connect: ProxyTarget, closeWaitMs?: number): Promise<NbdProxy & { path: string }> {
   const path = join(dir, 'relay.sock');
-  const p = await startNbdProxy({ listen: { path }, connect, clock: systemClock, logger: log, ...(closeWaitMs ? { closeWaitMs } : {}) });
+  const p = await startNbdProxy({ listen: { path }, connect, exportName: 'x', clock: systemClock, logger: log, ...(closeWaitMs ? { closeWaitMs } : {}) });
   cleanups.push(() => p.close({ timeoutMs: 2000 }));
   return { ...p, path };
 }
@@ -96,11 +96,20 @@ async function expectStore(dir: string, store: { image: string; stop: StorageDae
 
 // ---- an in-test NBD handshake, to read what a client is told ------------------------------
 
-interface Told { extendedHeaders?: 'ack' | 'unsup' | 'other'; flags: number }
+interface Told {
+  structured: boolean;
+  extendedHeaders?: 'ack' | 'unsup' | 'other';
+  flags: number;
+  /** NBD_OPT_GO's final reply when it was an error (its type). */
+  refused?: number;
+  /** The connection closed instead of an answer (a refused NBD_OPT_EXPORT_NAME). */
+  closed?: boolean;
+}
 
-/** Negotiate with `path` as far as the transmission flags: NBD_OPT_EXTENDED_HEADERS (before GO
- *  only), then NBD_OPT_GO (or NBD_OPT_EXPORT_NAME) for export `x`. The socket is left open. */
-async function handshake(path: string, via: 'go' | 'export-name'): Promise<Told & { socket: net.Socket }> {
+/** Negotiate with `path` as far as the transmission flags, as QEMU's client does: structured
+ *  replies, NBD_OPT_EXTENDED_HEADERS (before GO only), then NBD_OPT_GO (or NBD_OPT_EXPORT_NAME)
+ *  for export `name` (default `x`). The socket is left open. */
+async function handshake(path: string, via: 'go' | 'export-name', name = 'x'): Promise<Told & { socket: net.Socket }> {
   const s = net.connect({ path });
   cleanups.push(() => void s.destroy());
   let buf = Buffer.alloc(0);
@@ -136,26 +145,29 @@ async function handshake(path: string, via: 'go' | 'export-name'): Promise<Told 
   const hello = await read(18);
   expect(hello.subarray(0, 8).toString('latin1')).toBe('NBDMAGIC');
   s.write(Buffer.from([0, 0, 0, 3])); // fixed newstyle, no zeroes
-  const told: Told & { socket: net.Socket } = { flags: -1, socket: s };
+  option(8, Buffer.alloc(0)); // NBD_OPT_STRUCTURED_REPLY
+  const told: Told & { socket: net.Socket } = { structured: (await reply()).type === 1, flags: -1, socket: s };
   if (via === 'go') {
     // (Not before NBD_OPT_EXPORT_NAME: with extended headers agreed it would not be allowed.)
     option(11, Buffer.alloc(0)); // NBD_OPT_EXTENDED_HEADERS
     const eh = await reply();
     told.extendedHeaders = eh.type === 1 ? 'ack' : eh.type === 0x80000001 ? 'unsup' : 'other';
   }
-  const name = Buffer.from('x');
+  const n = Buffer.from(name);
   if (via === 'export-name') {
-    option(1, name);
-    const r = await read(10);
-    told.flags = r.readUInt16BE(8);
+    option(1, n);
+    const r = await read(10).catch(() => undefined);
+    if (r) told.flags = r.readUInt16BE(8);
+    else told.closed = true;
   } else {
-    const data = Buffer.alloc(4 + name.length + 2);
-    data.writeUInt32BE(name.length, 0);
-    name.copy(data, 4);
+    const data = Buffer.alloc(4 + n.length + 2);
+    data.writeUInt32BE(n.length, 0);
+    n.copy(data, 4);
     option(7, data);
     for (let i = 0; i < 20; i++) {
       const r = await reply();
       if (r.type === 3 && r.data.readUInt16BE(0) === 0) told.flags = r.data.readUInt16BE(10); // NBD_REP_INFO, NBD_INFO_EXPORT
+      if (r.type >= 0x80000000) told.refused = r.type;
       if (r.type === 1 || r.type >= 0x80000000) break;
     }
   }
@@ -307,7 +319,7 @@ describe('the follow relay (NBD proxy)', () => {
     await expectStore(dir, store, ['write -P 0x33 5M 64k', 'write -P 0x44 6M 128k']);
   });
 
-  it('junk from either side cuts both connections, in the handshake or the transmission phase; the relay goes on', async () => {
+  it('junk: a store that is no NBD server fails the start; a client\'s junk in its handshake cuts it alone, junk from either side later cuts both; the relay goes on', async () => {
     const dir = await tempDir();
     const store = await startStore(dir);
     // The server's side: a first connection is answered with junk, later ones reach the store
@@ -325,33 +337,42 @@ describe('the follow relay (NBD proxy)', () => {
     });
     await new Promise<void>((r) => junkServer.listen(0, '127.0.0.1', () => r()));
     cleanups.push(() => new Promise<void>((r) => junkServer.close(() => r())));
-    const proxy = await startProxy(dir, { host: '127.0.0.1', port: (junkServer.address() as net.AddressInfo).port });
+    const junkAt = { host: '127.0.0.1', port: (junkServer.address() as net.AddressInfo).port };
+
+    // The server is no NBD server: the relay does not start, and says why.
+    const err = await startProxy(dir, junkAt).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'VMTC_HOST_DISK_TOOL_FAILED', details: { tool: 'nbd-relay' } });
+    expect(String((err as { details: { reason: string } }).details.reason)).toMatch(/not an NBD server/);
+
+    const proxy = await startProxy(dir, junkAt);
     const cuts = () => proxy.stats().protocolErrors;
+    expect(gate.connections).toBe(1);
 
-    // The server is no NBD server: the client's connection is cut.
-    await closed(net.connect({ path: proxy.path }));
-    expect(cuts()).toBe(1);
-
-    // The client sends junk instead of its options: cut, the store's side too.
+    // The client sends junk instead of its options: it is cut; the store's connection, which it
+    // had not taken yet, stays for the next client.
     const b = net.connect({ path: proxy.path });
     b.once('data', () => b.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), Buffer.alloc(64, 0xee)])));
     await closed(b);
-    expect(cuts()).toBe(2);
-    await until(() => proxy.stats().open.length === 0, () => 'both connections closed');
+    expect(cuts()).toBe(1);
+    await until(() => proxy.stats().open.length === 0, () => 'the client\'s connection closed');
+    expect(proxy.stats().storeIdle).toBe(true);
 
-    // In the transmission phase: a request of an unknown type...
+    // In the transmission phase: a request of an unknown type (on the idle connection)...
     const c = await handshake(proxy.path, 'go');
     c.socket.write(request(99, 1, 0, 512));
     await closed(c.socket);
-    expect(cuts()).toBe(3);
-    // ...and an answer to a request nobody sent.
+    expect(cuts()).toBe(2);
+    expect(gate.connections).toBe(1);
+    await until(() => gate.relayEnds.length === 1, () => 'the store\'s connection cut');
+    // ...and an answer to a request nobody sent (a connection negotiated for this client).
     const io = qemuIo(proxy.path);
     await io.prompt(1);
+    expect(gate.connections).toBe(2);
     const bogus = Buffer.alloc(16);
     bogus.writeUInt32BE(0x67446698, 0); // a simple reply
     bogus.writeBigUInt64BE(0xdeadbeefn, 8);
     gate.inject('down', bogus);
-    await until(() => cuts() === 4, () => 'the fourth cut');
+    await until(() => cuts() === 3, () => 'the third cut');
     await until(() => proxy.stats().open.length === 0, () => 'both connections closed');
     io.send('write -P 0x5a 0 4k'); // the client lost its connection: the write fails
     await io.prompt(2);
@@ -362,7 +383,7 @@ describe('the follow relay (NBD proxy)', () => {
     // The relay goes on: a well-behaved client still gets through.
     await run(['qemu-io', '--image-opts', imageOpts(proxy.path), '-c', 'write -P 0x5a 0 4k']);
     await proxy.close();
-    expect(cuts()).toBe(4);
+    expect(cuts()).toBe(3);
     await expectStore(dir, store, ['write -P 0x5a 0 4k']);
   });
   it('the relay process: SIGUSR1 releases, SIGTERM forwards what it holds and exits; a socket it cannot listen on is a coded error', async () => {
@@ -397,11 +418,11 @@ describe('the follow relay (NBD proxy)', () => {
     await closing;
     expect(pidAlive(relay.pid)).toBe(false);
     expect(gate.relayEnds).toEqual(['fin']);
-    await expectStore(dir, store, ['write -P 0x66 7M 64k', 'write -P 0x77 8M 64k']);
 
     const err = await startFollowRelay({ remote: { host: '127.0.0.1', port: gate.port, exportName: 'x' }, dir: join(dir, 'no', 'such'), clock: systemClock, logger: log }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'VMTC_HOST_DISK_TOOL_FAILED', details: { tool: 'nbd-relay' } });
     expect(String((err as { details: { reason: string } }).details.reason)).toMatch(/listen E[A-Z]+/);
+    await expectStore(dir, store, ['write -P 0x66 7M 64k', 'write -P 0x77 8M 64k']);
   });
   it('a client killed after release, and close() with a client still connected: what they sent reaches the store, then NBD_CMD_DISC', async () => {
     const dir = await tempDir();
@@ -449,7 +470,7 @@ describe('the follow relay (NBD proxy)', () => {
     const gate = await startGate({ to: { path: store.nbdSocket } }, cleanups);
     const clock = new ManualClock();
     const path = join(dir, 'relay.sock');
-    const proxy = await startNbdProxy({ listen: { path }, connect: { host: '127.0.0.1', port: gate.port }, clock, logger: log, closeWaitMs: 60_000 });
+    const proxy = await startNbdProxy({ listen: { path }, connect: { host: '127.0.0.1', port: gate.port }, exportName: 'x', clock, logger: log, closeWaitMs: 60_000 });
     cleanups.push(() => proxy.close({ timeoutMs: 0 }));
     const io = qemuIo(path);
     await io.prompt(1);
@@ -467,5 +488,151 @@ describe('the follow relay (NBD proxy)', () => {
     expect(proxy.stats().open).toEqual([]);
     io.quit();
     await io.exited;
+  });
+
+  // ---- the relay's own handshake: negotiated with the store at the start, served locally ----
+
+  it('over a delayed path the relay is ready only once it negotiated with the store; a client\'s handshake then crosses nothing of the path; writes, reads, release, the barrier and close work', async () => {
+    const dir = await tempDir();
+    const store = await startStore(dir);
+    const gate = await startGate({ to: { path: store.nbdSocket }, delayMs: 150 }, cleanups);
+    const proxy = await startProxy(dir, { host: '127.0.0.1', port: gate.port });
+    // Ready: the store's greeting and its answers (NBD_OPT_STRUCTURED_REPLY's ACK, NBD_OPT_GO's
+    // NBD_INFO_EXPORT and ACK at least) have crossed the path, and nothing is on its way.
+    const ready = { ...gate.delivered };
+    expect(ready.up).toBeGreaterThan(0);
+    expect(ready.down).toBeGreaterThanOrEqual(18 + 20 + (20 + 12) + 20);
+    expect(gate.waiting()).toEqual({ up: 0, down: 0 });
+    expect(proxy.stats()).toMatchObject({ storeIdle: true, storeConnections: 1 });
+
+    const io = qemuIo(proxy.path);
+    await io.prompt(1); // qemu-io opened its NBD node: its handshake is done
+    expect({ ...gate.delivered }).toEqual(ready); // no byte crossed the path for it...
+    expect(gate.waiting()).toEqual({ up: 0, down: 0 }); // ...nor is on its way
+    expect(gate.connections).toBe(1);
+    expect(proxy.stats()).toMatchObject({ storeIdle: false, storeConnections: 1, refusedOptions: 1 });
+    expect(proxy.stats().open).toMatchObject([{ phase: 'transmission', structured: true }]);
+
+    io.send('write -P 0x5a 1M 64k');
+    await io.prompt(2);
+    io.send('read -P 0x5a 1M 64k');
+    await io.prompt(3);
+    expect(io.output()).toContain('wrote 65536/65536 bytes at offset 1048576');
+    expect(io.output()).toContain('read 65536/65536 bytes at offset 1048576');
+    expect(io.output()).not.toContain('verification failed');
+    expect(gate.delivered.up).toBeGreaterThan(ready.up + 64 * 1024);
+
+    gate.hold('both');
+    io.send('write -P 0x11 2M 64k');
+    await until(() => gate.waiting().up >= 64 * 1024, () => 'the write on the path');
+    expect(io.prompts()).toBe(3);
+    proxy.release();
+    await io.prompt(4); // answered by the relay
+    io.send('write -P 0x22 2M 32k'); // overlaps it: answered, and sent only once the first was answered
+    await io.prompt(5);
+    expect(proxy.stats().open[0]!.queued).toBe(1);
+    io.quit();
+    expect(await io.exited).toBe(0);
+    gate.open();
+    await proxy.close();
+    expect(proxy.stats()).toMatchObject({ answeredEarly: 2, droppedReplies: 2, earlyErrors: 0 });
+    expect(gate.relayEnds).toEqual(['fin']);
+    await expectStore(dir, store, ['write -P 0x5a 1M 64k', 'write -P 0x11 2M 64k', 'write -P 0x22 2M 32k']);
+  });
+
+  it('a client that asks for another export is refused (NBD_OPT_GO: NBD_REP_ERR_UNKNOWN; NBD_OPT_EXPORT_NAME: closed) without using the store\'s connection; the relay keeps serving', async () => {
+    const dir = await tempDir();
+    const store = await startStore(dir);
+    const gate = await startGate({ to: { path: store.nbdSocket } }, cleanups);
+    const proxy = await startProxy(dir, { host: '127.0.0.1', port: gate.port });
+    const ready = { ...gate.delivered };
+
+    const go = await handshake(proxy.path, 'go', 'y');
+    expect(go.structured).toBe(true);
+    expect(go.refused).toBe(0x80000006); // NBD_REP_ERR_UNKNOWN
+    expect(go.flags).toBe(-1);
+    go.socket.destroy();
+    const old = await handshake(proxy.path, 'export-name', 'y');
+    expect(old.closed).toBe(true);
+    expect({ ...gate.delivered }).toEqual(ready); // answered by the relay, not the store
+    expect(proxy.stats()).toMatchObject({ refusedExports: 2, storeIdle: true, protocolErrors: 0 });
+
+    // The right name gets the export, on the connection negotiated at the start.
+    await run(['qemu-io', '--image-opts', imageOpts(proxy.path), '-c', 'write -P 0x5b 3M 64k']);
+    expect(gate.connections).toBe(1);
+    await proxy.close();
+    await expectStore(dir, store, ['write -P 0x5b 3M 64k']);
+  });
+
+  it('a store that refuses the export, or cannot be reached: the relay process does not start, and the starter\'s coded error says why', async () => {
+    const dir = await tempDir();
+    const store = await startStore(dir);
+    const gate = await startGate({ to: { path: store.nbdSocket } }, cleanups);
+    const refused = await startFollowRelay({ remote: { host: '127.0.0.1', port: gate.port, exportName: 'nope' }, dir, clock: systemClock, logger: log }).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ code: 'VMTC_HOST_DISK_TOOL_FAILED', details: { tool: 'nbd-relay' } });
+    expect(String((refused as { details: { reason: string } }).details.reason)).toMatch(/NBD_REP_ERR_UNKNOWN/);
+
+    // A port nothing listens on (one just freed).
+    const free = net.createServer();
+    await new Promise<void>((r) => free.listen(0, '127.0.0.1', () => r()));
+    const port = (free.address() as net.AddressInfo).port;
+    await new Promise<void>((r) => free.close(() => r()));
+    const unreachable = await startFollowRelay({ remote: { host: '127.0.0.1', port, exportName: 'x' }, dir, clock: systemClock, logger: log }).catch((e: unknown) => e);
+    expect(unreachable).toMatchObject({ code: 'VMTC_HOST_DISK_TOOL_FAILED', details: { tool: 'nbd-relay' } });
+    expect(String((unreachable as { details: { reason: string } }).details.reason)).toMatch(/cannot be reached.*ECONNREFUSED/);
+  });
+
+  it('a client after the idle connection dropped, and clients beside or after the first, get a connection negotiated then', async () => {
+    const dir = await tempDir();
+    const store = await startStore(dir);
+    const gate = await startGate({ to: { path: store.nbdSocket } }, cleanups);
+    const proxy = await startProxy(dir, { host: '127.0.0.1', port: gate.port });
+    gate.cut(); // the path drops the idle connection
+    await until(() => !proxy.stats().storeIdle, () => 'the relay to see its idle connection gone');
+
+    await run(['qemu-io', '--image-opts', imageOpts(proxy.path), '-c', 'write -P 0x61 0 64k']);
+    expect(gate.connections).toBe(2);
+    const a = qemuIo(proxy.path);
+    await a.prompt(1);
+    const b = qemuIo(proxy.path);
+    await b.prompt(1);
+    expect(gate.connections).toBe(4);
+    a.send('write -P 0x62 1M 64k');
+    await a.prompt(2);
+    b.send('read -P 0x61 0 64k');
+    await b.prompt(2);
+    expect(a.output()).toContain('wrote 65536/65536 bytes at offset 1048576');
+    expect(b.output()).toContain('read 65536/65536 bytes at offset 0');
+    expect(b.output()).not.toContain('verification failed');
+    a.quit();
+    b.quit();
+    await Promise.all([a.exited, b.exited]);
+    expect(proxy.stats().storeConnections).toBe(4);
+    await proxy.close();
+    await expectStore(dir, store, ['write -P 0x61 0 64k', 'write -P 0x62 1M 64k']);
+  });
+
+  it('close() with no client ever: the idle connection says NBD_CMD_DISC and half-closes; the store sees its last client leave', async () => {
+    const dir = await tempDir();
+    const store = await startStore(dir);
+    const gate = await startGate({ to: { path: store.nbdSocket } }, cleanups);
+    const qmp = await QmpClient.connect(store.qmpSocket, { logger: log });
+    cleanups.push(() => qmp.close());
+    const proxy = await startProxy(dir, { host: '127.0.0.1', port: gate.port });
+    // The relay's idle connection is a client of the export.
+    await expect(qmp.execute('block-export-del', { id: 'exp0', mode: 'safe' })).rejects.toThrow(/in use/);
+    const before = gate.delivered.up;
+    await proxy.close();
+    expect(gate.delivered.up).toBe(before + 28); // NBD_CMD_DISC
+    expect(gate.relayEnds).toEqual(['fin']);
+    await until(() => gate.connections === 1 && gate.waiting().up === 0, () => 'the path to deliver the end');
+    for (let i = 0; ; i++) {
+      // The store's daemon handles the disconnect on its own turn: asked again (bounded).
+      const r = await qmp.execute('block-export-del', { id: 'exp0', mode: 'safe' }).then(() => 'deleted', (e: Error) => e.message);
+      if (r === 'deleted') break;
+      expect(r).toMatch(/in use/);
+      if (i >= 100) throw new Error('the export is still in use');
+      await sleep(20);
+    }
   });
 });

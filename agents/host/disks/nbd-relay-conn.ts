@@ -1,19 +1,20 @@
-// One connection of the follow relay (nbd-relay.ts): the VM's QEMU NBD client on one side, the
-// store's NBD server on the other. Bytes pass through in order; both streams are parsed just
-// enough to follow the protocol (NBD protocol, proto.md): the handshake as nbd-relay-handshake.ts
-// says, then the transmission phase ("Request message", "Simple reply message", "Structured
-// reply chunk message"): requests in flight are tracked by cookie and, after release, write-like
-// ones are answered at once and their real replies dropped (the table in nbd-relay-frames.ts).
-// Malformed input from either side cuts both sockets; nothing here throws into the event loop.
+// One connection of the follow relay (nbd-relay.ts) in the transmission phase: the VM's QEMU NBD
+// client on one side, a connection the relay negotiated with the store's NBD server on the other
+// (the client's handshake was the relay's own: nbd-relay-session.ts). Bytes pass through in
+// order; both streams are parsed just enough to follow the protocol (NBD protocol, proto.md:
+// "Request message", "Simple reply message", "Structured reply chunk message"): requests in
+// flight are tracked by cookie and, after release, write-like ones are answered at once and their
+// real replies dropped (the table in nbd-relay-frames.ts). Malformed input from either side cuts
+// both sockets; nothing here throws into the event loop.
 import type { Socket } from 'node:net';
 import type { Clock } from '../../../src/common/clock.ts';
 import type { Logger } from '../../../src/common/log.ts';
 import {
-  CHUNK_HEADER, classOf, CMD, CMD_NAMES, encodeDisc, encodeSimpleReply, GOODBYE, handlingOf, mayForward, parseRequestHeader,
-  releasedInFlight, REQUEST_HEADER, requestPayload, SIMPLE_REPLY_HEADER, SIMPLE_REPLY_MAGIC, type Forward, type RequestClass,
+  CHUNK_HEADER, classOf, CMD, CMD_NAMES, encodeDisc, GOODBYE, handlingOf, mayForward, parseRequestHeader, releasedInFlight,
+  REQUEST_HEADER, requestPayload, SIMPLE_REPLY_HEADER, SIMPLE_REPLY_MAGIC, type Forward, type RequestClass,
 } from './nbd-relay-frames.ts';
-import { Negotiation } from './nbd-relay-handshake.ts';
 import { Bytes, Valve, type ConnState, type RelayCounters } from './nbd-relay-plumbing.ts';
+import { encodeSimpleReply } from './nbd-server-wire.ts';
 import { maxChunkPayload, REPLY_FLAG_DONE, STRUCTURED_REPLY_MAGIC } from './nbd-wire.ts';
 
 interface Entry {
@@ -35,21 +36,30 @@ interface Entry {
 interface Queued { buf: Buffer; forward: Forward; entry?: Entry }
 
 type ClientState =
-  | { k: 'handshake' } | { k: 'hold' } | { k: 'request' } | { k: 'ignore' }
+  | { k: 'request' } | { k: 'ignore' }
   | { k: 'payload'; entry: Entry; left: number; stream: boolean; parts: Buffer[]; early: boolean; forward: Forward };
 type ServerState =
-  | { k: 'handshake' } | { k: 'reply' } | { k: 'payload'; entry: Entry; left: number; drop: boolean; done: boolean; error: number };
+  | { k: 'reply' } | { k: 'payload'; entry: Entry; left: number; drop: boolean; done: boolean; error: number };
+
+export interface RelayConnDeps {
+  id: number;
+  released: () => boolean;
+  counters: RelayCounters;
+  clock: Clock;
+  log: Logger;
+  closeWaitMs: number;
+  /** Structured replies were agreed (the store's replies may be chunks). */
+  structured: boolean;
+}
 
 /** Requests queued behind the barrier beyond this many bytes pause the client. */
 const QUEUE_CAP = 64 * 1024 * 1024;
 
 export class RelayConn {
   readonly done: Promise<void>;
-  private phase: ConnState['phase'] = 'handshake';
-  private readonly negotiation: Negotiation;
-  private cState: ClientState = { k: 'handshake' };
-  private sState: ServerState = { k: 'handshake' };
-  private readonly cin = new Bytes();
+  private phase: ConnState['phase'] = 'transmission';
+  private cState: ClientState = { k: 'request' };
+  private sState: ServerState = { k: 'reply' };
   private readonly sin = new Bytes();
   private readonly clientValve: Valve;
   private readonly serverValve: Valve;
@@ -70,15 +80,17 @@ export class RelayConn {
   private resolveDone!: () => void;
   private waitingDrain = { client: false, server: false };
 
+  /** `cin`: what the client sent after its handshake and the relay has not read yet. Built in
+   *  the turn the handshake ended: the client's next data events come to these listeners. */
   constructor(
     private readonly client: Socket,
     private readonly server: Socket,
-    private readonly d: { id: number; released: () => boolean; counters: RelayCounters; clock: Clock; log: Logger; closeWaitMs: number },
+    private readonly cin: Bytes,
+    private readonly d: RelayConnDeps,
   ) {
     this.done = new Promise((r) => { this.resolveDone = r; });
     this.clientValve = new Valve(client);
     this.serverValve = new Valve(server);
-    this.negotiation = new Negotiation({ toClient: (b) => this.toClient(b), toServer: (b) => this.toServer(b), counters: d.counters });
     for (const s of [client, server]) s.setNoDelay?.(true);
     client.on('data', (b: Buffer) => this.guard('client', () => this.onClientData(b)));
     server.on('data', (b: Buffer) => this.guard('server', () => this.onServerData(b)));
@@ -90,10 +102,15 @@ export class RelayConn {
     server.on('error', (e) => this.cut(`the server's connection failed: ${e.message}`));
     client.on('close', () => this.onClose('client'));
     server.on('close', () => this.onClose('server'));
+    // Either may be closed already (while the client's handshake ended): its event came before.
+    if (client.closed) queueMicrotask(() => this.onClose('client'));
+    if (server.closed) queueMicrotask(() => this.onClose('server'));
+    this.d.log.debug({ conn: d.id, structured: d.structured }, 'nbd relay: transmission phase');
+    this.guard('client', () => this.pumpClient());
   }
 
   state(): ConnState {
-    return { id: this.d.id, phase: this.phase, structured: this.negotiation.structured, inflight: this.inflight.size, queued: this.queue.length };
+    return { id: this.d.id, phase: this.phase, structured: this.d.structured, inflight: this.inflight.size, queued: this.queue.length };
   }
 
   /** The VM stopped: answer every write-like request in flight at once (nbd-relay-frames.ts
@@ -108,12 +125,11 @@ export class RelayConn {
     }
   }
 
-  /** The relay closes: a client in the transmission phase is treated as gone (what it sent is
-   *  forwarded, then NBD_CMD_DISC once the server answered it all); one still negotiating is cut. */
+  /** The relay closes: the client is treated as gone (what it sent is forwarded, then
+   *  NBD_CMD_DISC once the server answered it all). */
   shutdown(): void {
     if (this.phase === 'closed' || this.closing) return;
     this.closing = true;
-    if (this.phase === 'handshake') return this.cut('the relay closes during the handshake', 'info');
     if (this.cState.k === 'request') this.goodbye();
   }
 
@@ -158,18 +174,6 @@ export class RelayConn {
         case 'ignore':
           this.cin.clear();
           return;
-        case 'hold':
-          return;
-        case 'handshake': {
-          const step = this.negotiation.clientStep(this.cin);
-          if (step === 'wait') return;
-          if (step === 'hold') {
-            this.cState = { k: 'hold' };
-            this.clientValve.set('hold', true);
-          } else if (step === 'ignore') this.cState = { k: 'ignore' };
-          else if (step !== 'next') return this.fail('client', step);
-          break;
-        }
         case 'request': {
           if (this.closing && !this.discSeen) return this.goodbye();
           if (this.cin.length < REQUEST_HEADER) return;
@@ -287,12 +291,6 @@ export class RelayConn {
   private onClientEnd(): void {
     if (this.clientGone) return;
     this.clientGone = true;
-    if (this.phase === 'handshake') {
-      this.server.end();
-      this.phase = 'closing';
-      this.arm(() => this.cut('the server did not close after the client left during the handshake', 'info'));
-      return;
-    }
     const st = this.cState;
     // A write whose header went on but whose data never came cannot be completed.
     if (st.k === 'payload' && st.stream && st.left > 0) return this.cut('the client left in the middle of a write');
@@ -323,14 +321,6 @@ export class RelayConn {
       if (this.phase === 'closed') return;
       const st = this.sState;
       switch (st.k) {
-        case 'handshake': {
-          const step = this.negotiation.serverStep(this.sin);
-          if (step === 'wait') return;
-          if (step === 'transmission') this.startTransmission();
-          else if (step === 'resume') this.resumeClient({ k: 'handshake' });
-          else if (step !== 'next') return this.fail('server', step);
-          break;
-        }
         case 'reply':
           if (!this.readReplyHeader()) return;
           break;
@@ -350,28 +340,12 @@ export class RelayConn {
     }
   }
 
-  /** The client, held while NBD_OPT_GO or _EXPORT_NAME was answered, reads on in `next`. */
-  private resumeClient(next: ClientState): void {
-    if (this.cState.k !== 'hold') return;
-    this.cState = next;
-    this.clientValve.set('hold', false);
-    this.pumpClient();
-  }
-
-  private startTransmission(): void {
-    this.sState = { k: 'reply' };
-    if (this.phase !== 'handshake') return; // the client left meanwhile
-    this.phase = 'transmission';
-    this.d.log.debug({ conn: this.d.id, structured: this.negotiation.structured }, 'nbd relay: transmission phase');
-    this.resumeClient({ k: 'request' });
-  }
-
   /** One reply's header (simple, or a structured chunk's); false when more bytes are needed. */
   private readReplyHeader(): boolean {
     if (this.sin.length < 4) return false;
     const magic = this.sin.peekUInt32();
     const simple = magic === SIMPLE_REPLY_MAGIC;
-    if (!simple && !(magic === STRUCTURED_REPLY_MAGIC && this.negotiation.structured)) {
+    if (!simple && !(magic === STRUCTURED_REPLY_MAGIC && this.d.structured)) {
       this.fail('server', `a reply with magic 0x${magic.toString(16)}`);
       return false;
     }
@@ -473,8 +447,7 @@ export class RelayConn {
     this.closed[side] = true;
     if (side === 'client' && !this.closed.server && this.phase !== 'closed') {
       // A client that vanished without its end (reset): what it sent before still goes on.
-      if (this.phase === 'handshake') this.cut('the client left during the handshake', 'info');
-      else this.onClientEnd();
+      this.onClientEnd();
     }
     if (side === 'server' && !this.serverEnded && !this.closed.client && this.phase !== 'closed') this.cut('the server\'s connection closed');
     if (this.closed.client && this.closed.server) {

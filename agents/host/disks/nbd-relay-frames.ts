@@ -1,20 +1,25 @@
 // The follow relay's view of the NBD protocol (nbd-relay.ts; section names are those of the NBD
-// protocol specification, proto.md of the NBD project): the few handshake messages it reads or
-// writes itself, the compact transmission headers it parses to track requests, and the table of
-// what it does with each request before and after the VM stopped (release). Pure: no sockets, no
-// clock. Constants the agent's NBD client already names come from nbd-wire.ts.
-import {
-  IHAVEOPT, INFO_EXPORT, NBDMAGIC, OPT, OPTION_REPLY_MAGIC, REP, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC,
-} from './nbd-wire.ts';
+// protocol specification, proto.md of the NBD project): the option requests its client sends
+// (answered by nbd-relay-handshake.ts), the compact transmission headers it parses to track
+// requests, and the table of what it does with each request before and after the VM stopped
+// (release). Pure: no sockets, no clock. Constants the agent's NBD client already names come from
+// nbd-wire.ts; the replies the relay sends itself are encoded by nbd-server-wire.ts.
+import { IHAVEOPT, OPT, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from './nbd-wire.ts';
 
-/** Option types ("Option types") the relay treats specially. */
+/** Option types ("Option types") the relay answers. */
 export const OPT_EXPORT_NAME = 1;
 export const OPT_ABORT = 2;
 export const OPT_STARTTLS = 5;
 export const OPT_INFO = 6;
 export const OPT_GO = OPT.GO;
 export const OPT_STRUCTURED_REPLY = OPT.STRUCTURED_REPLY;
+export const OPT_LIST_META_CONTEXT = 9;
+export const OPT_SET_META_CONTEXT = OPT.SET_META_CONTEXT;
 export const OPT_EXTENDED_HEADERS = 11;
+
+/** Option reply errors ("Option reply types") the relay sends beside those nbd-wire.ts names. */
+export const REP_ERR_POLICY = 0x80000002;
+export const REP_ERR_INVALID = 0x80000003;
 
 /** Transmission flags the relay hides from the client ("Transmission flags"). */
 export const FLAG_SEND_FLUSH = 1 << 2;
@@ -25,12 +30,10 @@ export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WR
 export const CMD_NAMES = ['read', 'write', 'disc', 'flush', 'trim', 'cache', 'write_zeroes', 'block_status', 'resize'] as const;
 export type CmdName = (typeof CMD_NAMES)[number];
 
-/** Sizes the relay accepts; anything larger is a protocol error (both sockets cut). */
+/** Sizes the relay accepts from its client; anything larger is a protocol error (the connection is cut). */
 export const LIMITS = {
   /** One option's data (an export name and meta context queries: strings of at most 4096 bytes). */
   optionData: 64 * 1024,
-  /** One option reply's payload (NBD_REP_SERVER, _INFO, _META_CONTEXT, error messages). */
-  optionReply: 64 * 1024,
   /** One write's payload: the 32 MiB QEMU's client and server use at most. */
   write: 32 * 1024 * 1024,
 } as const;
@@ -39,22 +42,14 @@ export const REQUEST_HEADER = 28;
 export const SIMPLE_REPLY_HEADER = 16;
 export const CHUNK_HEADER = 20;
 export const OPTION_HEADER = 16;
-export const OPTION_REPLY_HEADER = 20;
-export const GREETING = 18;
 
-export { IHAVEOPT, NBDMAGIC, OPTION_REPLY_MAGIC, REP, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC };
+export { SIMPLE_REPLY_MAGIC };
 
 // ---- handshake ------------------------------------------------------------------------------
 
-/** The server's greeting: NBDMAGIC, IHAVEOPT (newstyle), handshake flags; why not, if not. */
-export function checkGreeting(b: Buffer): string | undefined {
-  if (b.readBigUInt64BE(0) !== NBDMAGIC) return 'not an NBD server (no NBDMAGIC)';
-  if (b.readBigUInt64BE(8) !== IHAVEOPT) return 'not a newstyle NBD server';
-  return undefined;
-}
-
 export interface OptionHeader { option: number; length: number }
 
+/** A client's option request header ("Fixed newstyle negotiation"); a string says why not. */
 export function parseOptionHeader(b: Buffer): OptionHeader | string {
   if (b.readBigUInt64BE(0) !== IHAVEOPT) return 'an option without IHAVEOPT';
   const h = { option: b.readUInt32BE(8), length: b.readUInt32BE(12) };
@@ -62,59 +57,11 @@ export function parseOptionHeader(b: Buffer): OptionHeader | string {
   return h;
 }
 
-export interface OptionReplyHeader { option: number; type: number; length: number }
-
-export function parseOptionReplyHeader(b: Buffer): OptionReplyHeader | string {
-  if (b.readBigUInt64BE(0) !== OPTION_REPLY_MAGIC) return 'an option reply with a wrong magic';
-  const h = { option: b.readUInt32BE(8), type: b.readUInt32BE(12), length: b.readUInt32BE(16) };
-  if (h.length > LIMITS.optionReply) return `an option reply of ${h.length} bytes`;
-  return h;
-}
-
-/** An option reply the relay sends itself (NBD_REP_ERR_UNSUP to NBD_OPT_EXTENDED_HEADERS). */
-export function encodeOptionReply(option: number, type: number, data: Buffer = Buffer.alloc(0)): Buffer {
-  const b = Buffer.alloc(OPTION_REPLY_HEADER + data.length);
-  b.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0);
-  b.writeUInt32BE(option, 8);
-  b.writeUInt32BE(type, 12);
-  b.writeUInt32BE(data.length, 16);
-  data.copy(b, OPTION_REPLY_HEADER);
-  return b;
-}
-
-/** Options the relay answers itself and never forwards: extended headers (so compact headers,
- *  which it parses, are used) and TLS (it could not read the stream any more). */
-export function answeredLocally(option: number): boolean {
-  return option === OPT_EXTENDED_HEADERS || option === OPT_STARTTLS;
-}
-
-/** Whether an option reply of `type` is the last one to its option (NBD_REP_ACK or an error). */
-export function isFinalReply(type: number): boolean {
-  return type === REP.ACK || type >= 0x80000000;
-}
-
 /** `flags` without NBD_FLAG_SEND_FLUSH and NBD_FLAG_SEND_FUA: QEMU's client then never sends a
  *  flush and emulates FUA by a flush, which is then a no-op; the store's daemon flushes as it
  *  closes (docs/disks.md#following). */
 export function withoutFlush(flags: number): number {
   return flags & ~(FLAG_SEND_FLUSH | FLAG_SEND_FUA);
-}
-
-/** NBD_REP_INFO's payload with NBD_INFO_EXPORT's flags cleared (a copy), or the payload itself
- *  for other information types; a string when an NBD_INFO_EXPORT has the wrong length. */
-export function rewriteInfo(p: Buffer): Buffer | string {
-  if (p.length < 2 || p.readUInt16BE(0) !== INFO_EXPORT) return p;
-  if (p.length !== 12) return `an NBD_INFO_EXPORT of ${p.length} bytes`;
-  const out = Buffer.from(p);
-  out.writeUInt16BE(withoutFlush(p.readUInt16BE(10)), 10);
-  return out;
-}
-
-/** NBD_OPT_EXPORT_NAME's reply (size, transmission flags, zeroes) with the flags cleared (a copy). */
-export function rewriteExportNameReply(b: Buffer): Buffer {
-  const out = Buffer.from(b);
-  out.writeUInt16BE(withoutFlush(b.readUInt16BE(8)), 8);
-  return out;
 }
 
 // ---- transmission ---------------------------------------------------------------------------
@@ -134,15 +81,6 @@ export function parseRequestHeader(b: Buffer): RequestHeader | string {
 /** The payload that follows a request header: a write's data. */
 export function requestPayload(h: RequestHeader): number {
   return h.type === CMD.WRITE ? h.length : 0;
-}
-
-/** A simple reply ("Simple reply message"): what the relay answers for a request it released. */
-export function encodeSimpleReply(cookie: bigint, error = 0): Buffer {
-  const b = Buffer.alloc(SIMPLE_REPLY_HEADER);
-  b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-  b.writeUInt32BE(error, 4);
-  b.writeBigUInt64BE(cookie, 8);
-  return b;
 }
 
 /** NBD_CMD_DISC, sent for a client that went away without one. */

@@ -1,142 +1,117 @@
-// The follow relay's handshake phase (nbd-relay-conn.ts; NBD protocol, proto.md: "Fixed newstyle
-// negotiation", "Option types", "Option reply types"). Bytes pass through in order; the relay
-//   - answers NBD_OPT_EXTENDED_HEADERS (and NBD_OPT_STARTTLS) itself with NBD_REP_ERR_UNSUP,
-//     after the replies to the options sent before it, so compact headers are used;
-//   - clears NBD_FLAG_SEND_FLUSH and NBD_FLAG_SEND_FUA in NBD_INFO_EXPORT (NBD_OPT_GO, _INFO) and
-//     in NBD_OPT_EXPORT_NAME's reply;
-//   - notes whether structured replies were agreed, and when the transmission phase begins.
-// Each step reads what it can from its side's bytes and says what the connection does next.
+// The follow relay's handshake with its client, answered by the relay itself (NBD protocol,
+// proto.md: "Fixed newstyle negotiation", "Option types", "Option reply types"). The relay
+// negotiated with the store when it started (nbd-relay-store.ts), so the VM's QEMU, whose main
+// loop waits for its NBD node's handshake, negotiates over a local socket and never across the
+// path (docs/disks.md#following). What it is told is what the store said, less
+// NBD_FLAG_SEND_FLUSH and _FUA; compact headers only (the relay parses them). Pure: one table of
+// options and a function from (the store's export, what the client agreed, an option) to the
+// replies and what the connection does next (nbd-relay-session.ts performs it).
+import { encodeExportNameReply, encodeInfoBlockSize, encodeInfoExport, encodeOptionReply } from './nbd-server-wire.ts';
 import {
-  answeredLocally, checkGreeting, encodeOptionReply, GREETING, isFinalReply, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO,
-  OPT_STRUCTURED_REPLY, OPTION_HEADER, OPTION_REPLY_HEADER, parseOptionHeader, parseOptionReplyHeader, REP, rewriteExportNameReply, rewriteInfo,
+  OPT_ABORT, OPT_EXPORT_NAME, OPT_EXTENDED_HEADERS, OPT_GO, OPT_INFO, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT, OPT_STARTTLS,
+  OPT_STRUCTURED_REPLY, REP_ERR_INVALID, REP_ERR_POLICY, withoutFlush,
 } from './nbd-relay-frames.ts';
-import type { Bytes, RelayCounters } from './nbd-relay-plumbing.ts';
-import { FLAG_NO_ZEROES, REP_ERR_UNSUP } from './nbd-wire.ts';
+import { FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, MAX_STRING, REP, REP_ERR_UNKNOWN, REP_ERR_UNSUP } from './nbd-wire.ts';
 
-/** What the connection does after a step:
- *  wait          more bytes are needed
- *  next          step again
- *  hold          the client waits for NBD_OPT_GO's or _EXPORT_NAME's answer: read nothing more
- *  resume        that answer was a refusal: the client goes on negotiating
- *  ignore        the client aborted: discard what it sends
- *  transmission  the transmission phase begins (both sides)
- *  string        malformed input: why (the connection cuts both sockets) */
-export type Step = 'wait' | 'next' | 'hold' | 'resume' | 'ignore' | 'transmission' | string;
+/** The store's export as the relay's own handshake with it found it. */
+export interface StoreExport {
+  name: string;
+  size: number;
+  /** Transmission flags (NBD_FLAG_*), as the store sent them. */
+  flags: number;
+  /** The store agreed to structured replies: its replies on that connection are structured. */
+  structured: boolean;
+  /** NBD_INFO_BLOCK_SIZE, when the store sent it. */
+  blockSize?: { min: number; preferred: number; max: number };
+}
 
-type ClientState = { k: 'flags' } | { k: 'option' } | { k: 'option-data'; header: Buffer; option: number; length: number };
-type ServerState = { k: 'greeting' } | { k: 'option-reply' } | { k: 'option-data'; header: Buffer; option: number; type: number; length: number } | { k: 'export-name' };
+/** What the client has agreed so far. */
+export interface ClientSession {
+  /** NBD_FLAG_C_NO_ZEROES: NBD_OPT_EXPORT_NAME's reply without its 124 zero bytes. */
+  noZeroes: boolean;
+  structured: boolean;
+}
 
-export class Negotiation {
-  /** Structured replies were agreed (NBD_OPT_STRUCTURED_REPLY answered NBD_REP_ACK). */
-  structured = false;
-  private clientNoZeroes = false;
-  private cState: ClientState = { k: 'flags' };
-  private sState: ServerState = { k: 'greeting' };
-  /** Options sent and not finally answered, in order; `local`: the relay's own answer. */
-  private readonly options: { option: number; local?: Buffer }[] = [];
+/** After an option:
+ *  options       the replies are sent and the client goes on negotiating
+ *  transmission  the replies (NBD_OPT_GO's, or NBD_OPT_EXPORT_NAME's) are sent once the store's
+ *                connection is there, and the transmission phase begins on it
+ *  close         the replies are sent, then the connection closes (`why`)
+ *  `count`: the relay's counter this answer adds to. */
+export type Answer =
+  | { next: 'options'; out: Buffer[]; session: ClientSession; count?: 'refusedOptions' | 'refusedExports' }
+  | { next: 'transmission'; out: Buffer[] }
+  | { next: 'close'; out: Buffer[]; why: string; count?: 'refusedExports' };
 
-  constructor(private readonly io: { toClient(b: Buffer): void; toServer(b: Buffer): void; counters: RelayCounters }) {}
+interface Ctx { store: StoreExport; session: ClientSession; option: number; data: Buffer }
 
-  clientStep(cin: Bytes): Step {
-    const st = this.cState;
-    switch (st.k) {
-      case 'flags': {
-        if (cin.length < 4) return 'wait';
-        const b = cin.take(4);
-        this.clientNoZeroes = (b.readUInt32BE(0) & FLAG_NO_ZEROES) !== 0;
-        this.io.toServer(b);
-        this.cState = { k: 'option' };
-        return 'next';
-      }
-      case 'option': {
-        if (cin.length < OPTION_HEADER) return 'wait';
-        const header = cin.take(OPTION_HEADER);
-        const h = parseOptionHeader(header);
-        if (typeof h === 'string') return h;
-        this.cState = { k: 'option-data', header, option: h.option, length: h.length };
-        return 'next';
-      }
-      case 'option-data': {
-        if (cin.length < st.length) return 'wait';
-        const data = cin.take(st.length);
-        this.cState = { k: 'option' };
-        if (answeredLocally(st.option)) {
-          // Not forwarded: the server would agree to extended headers (or TLS), which the relay
-          // does not parse; the client falls back to compact headers.
-          this.io.counters.refusedOptions++;
-          this.options.push({ option: st.option, local: encodeOptionReply(st.option, REP_ERR_UNSUP) });
-          this.flushLocalReplies();
-          return 'next';
-        }
-        this.io.toServer(Buffer.concat([st.header, data]));
-        this.options.push({ option: st.option });
-        // After these, what follows depends on the answer: more options, or transmission.
-        if (st.option === OPT_GO || st.option === OPT_EXPORT_NAME) return 'hold';
-        return st.option === OPT_ABORT ? 'ignore' : 'next';
-      }
-    }
-  }
+/** The client's flags (the 4 bytes after the greeting); a string says why they are refused. */
+export function clientFlags(v: number): ClientSession | string {
+  if (!(v & FLAG_FIXED_NEWSTYLE)) return 'a client without fixed newstyle negotiation';
+  if (v & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) return `unknown client flags 0x${v.toString(16)}`;
+  return { noZeroes: (v & FLAG_NO_ZEROES) !== 0, structured: false };
+}
 
-  serverStep(sin: Bytes): Step {
-    const st = this.sState;
-    switch (st.k) {
-      case 'greeting': {
-        if (sin.length < GREETING) return 'wait';
-        const b = sin.take(GREETING);
-        const why = checkGreeting(b);
-        if (why) return why;
-        this.io.toClient(b);
-        this.sState = { k: 'option-reply' };
-        return 'next';
-      }
-      case 'option-reply': {
-        if (sin.length === 0) return 'wait';
-        const head = this.options[0];
-        if (!head) return 'an option reply to no option';
-        if (head.option === OPT_EXPORT_NAME) {
-          this.sState = { k: 'export-name' };
-          return 'next';
-        }
-        if (sin.length < OPTION_REPLY_HEADER) return 'wait';
-        const header = sin.take(OPTION_REPLY_HEADER);
-        const h = parseOptionReplyHeader(header);
-        if (typeof h === 'string') return h;
-        if (h.option !== head.option) return `a reply to option ${h.option} while ${head.option} is pending`;
-        this.sState = { k: 'option-data', header, option: h.option, type: h.type, length: h.length };
-        return 'next';
-      }
-      case 'option-data': {
-        if (sin.length < st.length) return 'wait';
-        let data = sin.take(st.length);
-        if (st.type === REP.INFO && (st.option === OPT_GO || st.option === OPT_INFO)) {
-          const out = rewriteInfo(data);
-          if (typeof out === 'string') return out;
-          if (out !== data) this.io.counters.flagsCleared++;
-          data = out;
-        }
-        this.io.toClient(Buffer.concat([st.header, data]));
-        this.sState = { k: 'option-reply' };
-        if (!isFinalReply(st.type)) return 'next';
-        this.options.shift();
-        const ack = st.type === REP.ACK;
-        if (st.option === OPT_STRUCTURED_REPLY && ack) this.structured = true;
-        if (st.option === OPT_GO && ack) return 'transmission';
-        this.flushLocalReplies();
-        return st.option === OPT_GO ? 'resume' : 'next';
-      }
-      case 'export-name': {
-        const n = 10 + (this.clientNoZeroes ? 0 : 124);
-        if (sin.length < n) return 'wait';
-        this.io.toClient(rewriteExportNameReply(sin.take(n)));
-        this.io.counters.flagsCleared++;
-        this.options.shift();
-        return 'transmission';
-      }
-    }
-  }
+const reply = (c: Ctx, type: number, message?: string) => encodeOptionReply(c.option, type, message ? Buffer.from(message) : undefined);
+const goOn = (c: Ctx, out: Buffer[], extra: Partial<Extract<Answer, { next: 'options' }>> = {}): Answer => ({ next: 'options', out, session: c.session, ...extra });
 
-  /** The relay's own option replies go out once the options before them were answered. */
-  private flushLocalReplies(): void {
-    while (this.options[0]?.local) this.io.toClient(this.options.shift()!.local!);
-  }
+/** The transmission flags the client is told: the store's, less flush and FUA. */
+export const clientFlagsOf = (store: StoreExport): number => withoutFlush(store.flags);
+
+/** NBD_OPT_INFO's and _GO's data: the export name, then information requests ("Option types"). */
+export function parseInfoRequest(d: Buffer): { name: string } | string {
+  if (d.length < 6) return 'too short for a name length and a request count';
+  const n = d.readUInt32BE(0);
+  if (n > MAX_STRING || 4 + n + 2 > d.length) return `an export name of ${n} bytes`;
+  const requests = d.readUInt16BE(4 + n);
+  if (d.length !== 4 + n + 2 + 2 * requests) return `${requests} information requests in ${d.length - 6 - n} bytes`;
+  return { name: d.subarray(4, 4 + n).toString('utf8') };
+}
+
+function info(c: Ctx, go: boolean): Answer {
+  const req = parseInfoRequest(c.data);
+  if (typeof req === 'string') return goOn(c, [reply(c, REP_ERR_INVALID, req)]);
+  if (req.name !== c.store.name) return goOn(c, [reply(c, REP_ERR_UNKNOWN, `no export named ${JSON.stringify(req.name.slice(0, 200))}`)], { count: 'refusedExports' });
+  const { size, blockSize: bs } = c.store;
+  const out = [
+    encodeOptionReply(c.option, REP.INFO, encodeInfoExport(size, clientFlagsOf(c.store))),
+    ...(bs ? [encodeOptionReply(c.option, REP.INFO, encodeInfoBlockSize(bs.min, bs.preferred, bs.max))] : []),
+    reply(c, REP.ACK),
+  ];
+  if (!go) return goOn(c, out);
+  // The store's connection sends structured replies to every request: a client that cannot read
+  // them cannot use it.
+  if (c.store.structured && !c.session.structured) return goOn(c, [reply(c, REP_ERR_POLICY, 'structured replies are required (NBD_OPT_STRUCTURED_REPLY first)')]);
+  return { next: 'transmission', out };
+}
+
+/** The relay's table: each option it knows and its answer; any other gets NBD_REP_ERR_UNSUP. */
+const OPTIONS: Record<number, (c: Ctx) => Answer> = {
+  [OPT_STRUCTURED_REPLY]: (c) => {
+    if (c.data.length) return goOn(c, [reply(c, REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY has no data')]);
+    if (!c.store.structured) return goOn(c, [reply(c, REP_ERR_UNSUP)]);
+    return goOn(c, [reply(c, REP.ACK)], { session: { ...c.session, structured: true } });
+  },
+  // Compact headers only (the relay parses them), and no TLS (it could not read the stream).
+  [OPT_EXTENDED_HEADERS]: (c) => goOn(c, [reply(c, REP_ERR_UNSUP)], { count: 'refusedOptions' }),
+  [OPT_STARTTLS]: (c) => goOn(c, [reply(c, REP_ERR_UNSUP)], { count: 'refusedOptions' }),
+  // No metadata contexts: the mirror writes, it does not ask for block status.
+  [OPT_SET_META_CONTEXT]: (c) => goOn(c, [reply(c, REP.ACK)]),
+  [OPT_LIST_META_CONTEXT]: (c) => goOn(c, [reply(c, REP.ACK)]),
+  [OPT_INFO]: (c) => info(c, false),
+  [OPT_GO]: (c) => info(c, true),
+  // The old way: no error reply exists, so a refusal closes ("Fixed newstyle negotiation").
+  [OPT_EXPORT_NAME]: (c) => {
+    const name = c.data.toString('utf8');
+    if (name !== c.store.name) return { next: 'close', out: [], why: `no export named ${JSON.stringify(name.slice(0, 200))}`, count: 'refusedExports' };
+    if (c.store.structured && !c.session.structured) return { next: 'close', out: [], why: 'structured replies are required (NBD_OPT_STRUCTURED_REPLY first)' };
+    return { next: 'transmission', out: [encodeExportNameReply(c.store.size, clientFlagsOf(c.store), c.session.noZeroes)] };
+  },
+  [OPT_ABORT]: (c) => ({ next: 'close', out: [reply(c, REP.ACK)], why: 'the client aborted the handshake' }),
+};
+
+/** The relay's answer to one option of its client. */
+export function answerOption(store: StoreExport, session: ClientSession, option: number, data: Buffer): Answer {
+  const c: Ctx = { store, session, option, data };
+  return (OPTIONS[option] ?? ((x: Ctx) => goOn(x, [reply(x, REP_ERR_UNSUP)])))(c);
 }

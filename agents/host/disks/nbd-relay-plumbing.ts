@@ -1,6 +1,6 @@
-// The follow relay's plumbing (nbd-relay-conn.ts): bytes received and not yet parsed, a socket
-// paused while any reason holds (backpressure, a handshake waiting for its answer, a full
-// queue), and the counters the relay reports (NbdProxy.stats()).
+// The follow relay's plumbing (nbd-relay-session.ts, nbd-relay-conn.ts): bytes received and not
+// yet parsed, a socket paused while any reason holds (backpressure, a client waiting for the
+// store's connection, a full queue), and the counters the relay reports (NbdProxy.stats()).
 import type { Socket } from 'node:net';
 import { CMD_NAMES, type CmdName } from './nbd-relay-frames.ts';
 
@@ -20,15 +20,17 @@ export interface RelayCounters {
   earlyErrors: number;
   /** Options the relay answered NBD_REP_ERR_UNSUP itself (extended headers, TLS). */
   refusedOptions: number;
-  /** NBD_INFO_EXPORT and NBD_OPT_EXPORT_NAME replies whose flush and FUA flags were cleared. */
-  flagsCleared: number;
+  /** Clients refused for the export name they asked for. */
+  refusedExports: number;
+  /** Connections negotiated with the store (the one made at the start included). */
+  storeConnections: number;
   /** Connections cut for malformed input. */
   protocolErrors: number;
 }
 
 export const newCounters = (): RelayCounters => ({
   requests: Object.fromEntries(CMD_NAMES.map((n) => [n, 0])) as Record<CmdName, number>,
-  forwarded: 0, answeredEarly: 0, absorbedFlushes: 0, droppedReplies: 0, earlyErrors: 0, refusedOptions: 0, flagsCleared: 0, protocolErrors: 0,
+  forwarded: 0, answeredEarly: 0, absorbedFlushes: 0, droppedReplies: 0, earlyErrors: 0, refusedOptions: 0, refusedExports: 0, storeConnections: 0, protocolErrors: 0,
 });
 
 export interface ConnState {

@@ -5,7 +5,11 @@
 // store (qemu-follow.ts: an active write-blocking mirror into an NBD client node). When QEMU
 // stops the VM for the migration's end it drains every request in flight and flushes every node;
 // through a relay that only forwards, both wait a round trip of the path inside the VM's pause.
-// This relay speaks NBD on both sides (nbd-relay-conn.ts, the table in nbd-relay-frames.ts):
+// This relay speaks NBD on both sides (nbd-relay-session.ts, nbd-relay-conn.ts, the table in
+// nbd-relay-frames.ts):
+//   - it negotiates with the store when it starts (nbd-relay-store.ts) and answers its client's
+//     handshake itself (nbd-relay-handshake.ts): opening a node holds QEMU's main loop until its
+//     handshake ends, and here that crosses no round trip of the path;
 //   - it hides NBD_FLAG_SEND_FLUSH and NBD_FLAG_SEND_FUA, so QEMU never sends a flush (the
 //     store's daemon flushes as it closes, before the store records anything);
 //   - release() (the VM stopped): every write-like request in flight is answered at once, its
@@ -26,8 +30,9 @@ import type { Clock } from '../../../src/common/clock.ts';
 import { silentLogger, type Logger } from '../../../src/common/log.ts';
 import { hostError } from '../errors.ts';
 import { startHelper } from '../helper-process.ts';
-import { RelayConn } from './nbd-relay-conn.ts';
 import { newCounters, type ConnState, type RelayCounters } from './nbd-relay-plumbing.ts';
+import { RelaySession } from './nbd-relay-session.ts';
+import { StoreLink } from './nbd-relay-store.ts';
 
 export type ProxyListen = { path: string } | { host: string; port: number };
 export type ProxyTarget = ProxyListen | (() => net.Socket);
@@ -36,17 +41,24 @@ export interface NbdProxyOptions {
   listen: ProxyListen;
   /** The store's NBD server: an address, or a function that opens a new connection to it. */
   connect: ProxyTarget;
+  /** The store's export: negotiated before startNbdProxy resolves, and the only name the relay's
+   *  clients may ask for. */
+  exportName: string;
   clock: Clock;
   logger?: Logger;
   /** How long a server may take to close after NBD_CMD_DISC (and a client after the server),
    *  and close() at most, before sockets are cut (default 60 s). */
   closeWaitMs?: number;
+  /** The bound on one handshake with the store (default 30 s). */
+  handshakeTimeoutMs?: number;
 }
 
 export interface NbdProxyStats extends RelayCounters {
   released: boolean;
   /** Connections accepted so far. */
   connections: number;
+  /** The store connection negotiated at the start is still there, waiting for a client. */
+  storeIdle: boolean;
   open: ConnState[];
 }
 
@@ -56,18 +68,22 @@ export interface NbdProxy {
   /** The VM stopped: stop making it wait for the path (synchronous). */
   release(): void;
   /** Stop listening; each connection forwards what it has, sends NBD_CMD_DISC, half-closes and
-   *  waits for the server to close; cut after `timeoutMs` (default closeWaitMs). */
+   *  waits for the server to close (an idle store connection no client took, too); cut after
+   *  `timeoutMs` (default closeWaitMs). */
   close(opts?: { timeoutMs?: number }): Promise<void>;
   stats(): NbdProxyStats;
 }
 
 export const DEFAULT_CLOSE_WAIT_MS = 60_000;
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
 
+/** Start the relay: negotiate with the store (a store that cannot be reached or refuses the
+ *  export: VMTC_HOST_DISK_TOOL_FAILED, `details.reason` says why), then listen. */
 export async function startNbdProxy(o: NbdProxyOptions): Promise<NbdProxy> {
   const log = o.logger ?? silentLogger();
   const closeWaitMs = o.closeWaitMs ?? DEFAULT_CLOSE_WAIT_MS;
   const counters = newCounters();
-  const conns = new Set<RelayConn>();
+  const conns = new Set<RelaySession>();
   let released = false;
   let accepted = 0;
   let closing: Promise<void> | undefined;
@@ -77,20 +93,19 @@ export async function startNbdProxy(o: NbdProxyOptions): Promise<NbdProxy> {
     if (typeof c === 'function') return c();
     return 'path' in c ? net.connect({ path: c.path, allowHalfOpen: true }) : net.connect({ host: c.host, port: c.port, allowHalfOpen: true });
   };
+  const to = o.connect;
+  const storeAddress = typeof to === 'function' ? 'a connection the caller opens' : 'path' in to ? to.path : `${to.host}:${to.port}`;
+  const link = new StoreLink({ open, exportName: o.exportName, server: storeAddress, clock: o.clock, log, counters, handshakeTimeoutMs: o.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS, closeWaitMs });
+  const store = await link.start().catch((e: Error & { details?: { nbd?: string } }) => {
+    throw hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'nbd-relay', store: storeAddress, export: o.exportName, reason: `cannot negotiate with the store: ${e.details?.nbd ?? e.message}` }, { cause: e });
+  });
+  log.info({ store: storeAddress, export: o.exportName, size: store.size, flags: store.flags, structured: store.structured }, 'nbd relay: negotiated with the store');
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (client) => {
     if (closing) return void client.destroy();
     const id = ++accepted;
-    let outbound: net.Socket;
-    try {
-      outbound = open();
-    } catch (e) {
-      log.warn({ conn: id, err: String(e) }, 'nbd relay: cannot connect to the server');
-      return void client.destroy();
-    }
-    const conn = new RelayConn(client, outbound, { id, released: () => released, counters, clock: o.clock, log, closeWaitMs });
+    const conn = new RelaySession(client, { id, store, link, released: () => released, counters, clock: o.clock, log, closeWaitMs });
     conns.add(conn);
     void conn.done.then(() => conns.delete(conn));
-    if (released) conn.release();
     client.resume();
     log.debug({ conn: id }, 'nbd relay: client connected');
   });
@@ -101,7 +116,10 @@ export async function startNbdProxy(o: NbdProxyOptions): Promise<NbdProxy> {
     if (st?.isSocket()) await rm(o.listen.path, { force: true });
   }
   await new Promise<void>((resolve, reject) => {
-    const onError = (e: Error) => reject(hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'nbd-relay', listen: o.listen, reason: e.message }, { cause: e }));
+    const onError = (e: Error) => {
+      void link.close(0);
+      reject(hostError('VMTC_HOST_DISK_TOOL_FAILED', { tool: 'nbd-relay', listen: o.listen, reason: e.message }, { cause: e }));
+    };
     server.once('error', onError);
     const done = () => {
       server.off('error', onError);
@@ -135,13 +153,13 @@ export async function startNbdProxy(o: NbdProxyOptions): Promise<NbdProxy> {
         const unlistened = new Promise<void>((r) => server.close(() => r()));
         const all = [...conns];
         for (const c of all) c.shutdown();
-        await Promise.all(all.map((c) => c.done));
+        await Promise.all([...all.map((c) => c.done), link.close(limit)]);
         await unlistened;
         log.info({ ...counters, late }, 'nbd relay: closed');
       })();
       return closing.finally(() => timer?.cancel());
     },
-    stats: () => ({ ...counters, requests: { ...counters.requests }, released, connections: accepted, open: [...conns].map((c) => c.state()) }),
+    stats: () => ({ ...counters, requests: { ...counters.requests }, released, connections: accepted, storeIdle: link.idleReady, open: [...conns].map((c) => c.state()) }),
   };
 }
 
@@ -165,17 +183,18 @@ export interface FollowRelay {
 }
 
 /** The argv of the relay process (in `netns` when given). */
-export function followRelayArgv(listen: string, remote: { host: string; port: number }, netns?: string): string[] {
+export function followRelayArgv(listen: string, remote: { host: string; port: number; exportName: string }, netns?: string): string[] {
   const host = remote.host.includes(':') ? `[${remote.host}]` : remote.host;
-  const argv = [process.execPath, '--import', TSX, MAIN, '--listen', `unix:${listen}`, '--to', `tcp:${host}:${remote.port}`];
+  const argv = [process.execPath, '--import', TSX, MAIN, '--listen', `unix:${listen}`, '--to', `tcp:${host}:${remote.port}`, '--export', remote.exportName];
   return netns ? ['ip', 'netns', 'exec', netns, ...argv] : argv;
 }
 
 /** Start the follow relay for the store's export `remote`: a process (in `netns`, where the
- *  lightpath address is) listening on a unix socket in `dir` (or a short directory of its own
- *  when `dir` is too deep for sun_path). The export name is the store's: the relay does not
- *  rename it. Throws VMTC_HOST_DISK_TOOL_FAILED (`details.tool` "nbd-relay") with nothing left
- *  running when it cannot start. */
+ *  lightpath address is) that negotiates with the store, then listens on a unix socket in `dir`
+ *  (or a short directory of its own when `dir` is too deep for sun_path). The export name is the
+ *  store's: the relay does not rename it. Throws VMTC_HOST_DISK_TOOL_FAILED (`details.tool`
+ *  "nbd-relay", `details.reason`) with nothing left running when it cannot start: it cannot
+ *  listen, or the store cannot be reached or refuses the export. */
 export async function startFollowRelay(o: {
   remote: { host: string; port: number; exportName: string };
   dir: string;
