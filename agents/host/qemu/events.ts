@@ -23,6 +23,7 @@ export function applyEvent(rec: VmRecord, ev: QmpEvent, now: number): EventFollo
   switch (ev.event) {
     case 'MIGRATION':
       then.landed = !!rec.incomingStorage && ev.data?.status === 'completed';
+      if (ev.data?.status === 'completed') rec.migrationCompletedAt = ev.timestamp ? ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000 : now;
       then.wake = true;
       then.refresh = true;
       break;

@@ -145,6 +145,8 @@ export interface VmRecord extends VmFile {
   /** Block jobs that ended (BLOCK_JOB_COMPLETED/CANCELLED), until one of the name is ready
    *  again; the 64 latest. */
   endedJobs?: Set<string>;
+  /** Epoch ms of the last MIGRATION event with status completed (QEMU's own timestamp). */
+  migrationCompletedAt?: number;
   /** Epoch ms of the last STOP / RESUME event (QEMU's own timestamps, the host clock). */
   pausedAt?: number;
   resumedAt?: number;
