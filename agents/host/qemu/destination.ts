@@ -79,11 +79,10 @@ export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {
   if (rec.incomingStorage) await finishIncoming(vms, rec);
   await vms.refresh(rec);
   if (rec.state !== 'running') {
-    // Started first, its taps brought up right after (as QEMU's own start of a guest that lands
-    // unheld: the RESUME event brings them up too): a held destination (tuning.holdAfterLanding)
-    // runs as soon as it may, not an `ip` command later.
-    await vms.qmpOf(rec).execute('cont');
+    // Its taps first: what the guest sends as it starts (QEMU's announcement of its address
+    // after a migration) must find them up.
     await vms.tapsUp(rec);
+    await vms.qmpOf(rec).execute('cont');
   }
   await vms.refresh(rec);
   return vms.info(rec);
