@@ -69,7 +69,7 @@ describe('QEMU driver, source side (QMP double, manual clock)', () => {
     await idle(t.clock);
     await runUntilSettled(t.clock, o, 1000);
     expect(o.value).toMatchObject({ status: 'completed', downtimeMs: 57 });
-    expect(o.value.totalTimeMs).toBeUndefined();
+    expect(o.value?.totalTimeMs).toBeUndefined();
   });
 
   it('completed while QEMU still says finish-migrate: migrate() returns only once the source is postmigrate (never reported as migrating)', async () => {

@@ -31,6 +31,7 @@ export async function prepareIncoming(vms: QemuVms, spec: VmSpec, migrationId: s
     // -S: with storage copy the guest starts only after the NBD server is closed; held, only
     // once told (vm.resume).
     rec = await vms.launch(launchSpec, 'incoming', migrationId, { startPaused: copy || t.holdAfterLanding === true });
+    if (t.holdAfterLanding && !copy) rec.held = true;
   } catch (e) {
     for (const f of created) await rm(f, { force: true });
     throw e;

@@ -7,6 +7,9 @@ import type { VmRecord } from './types.ts';
 export interface EventFollowUp {
   /** A storage-copy destination's incoming migration completed: close NBD, start the guest. */
   landed: boolean;
+  /** A held destination's incoming migration completed: activate its disks now, so that the
+   *  `cont` that starts it later does not (QEMU 10 leaves them inactive under -S). */
+  heldLanded?: boolean;
   /** Wake a poll loop waiting on this VM (migrate(), the storage mirror). */
   wake: boolean;
   /** Ask QEMU for the run state again. */
@@ -23,6 +26,9 @@ export function applyEvent(rec: VmRecord, ev: QmpEvent, now: number): EventFollo
   switch (ev.event) {
     case 'MIGRATION':
       then.landed = !!rec.incomingStorage && ev.data?.status === 'completed';
+      then.heldLanded = !!rec.held && ev.data?.status === 'completed';
+      // Once: the VM may migrate out later, and its own completion then is a source's.
+      if (then.heldLanded) rec.held = false;
       if (ev.data?.status === 'completed') rec.migrationCompletedAt = ev.timestamp ? ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000 : now;
       then.wake = true;
       then.refresh = true;

@@ -92,6 +92,8 @@ export interface VmFile {
   /** A storage-copy destination whose NBD exports are open: when the incoming migration lands,
    *  the driver stops the NBD server, then starts the guest (unless `suspend`). */
   incomingStorage?: { suspend: boolean };
+  /** A held destination (tuning.holdAfterLanding): paused once landed, until vm.resume. */
+  held?: boolean;
 }
 
 /** The source's mirror jobs of one storage-copy migration. */
