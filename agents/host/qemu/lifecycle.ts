@@ -123,11 +123,20 @@ export class QemuVms {
     });
   }
 
-  /** A poll loop's pause: `ms`, or less when a QMP event calls rec.wake. */
+  /** A poll loop's pause: `ms`, or less when a QMP event calls rec.wake. An event that came
+   *  while the loop was not pausing (it was querying QEMU) is not lost: the next pause ends at
+   *  once (a completed migration was otherwise seen a whole poll late). */
   pollWait(rec: VmRecord, ms: number = this.opts.pollMs ?? QEMU_DEFAULTS.pollMs): Promise<void> {
+    if (rec.wakePending) {
+      rec.wakePending = false;
+      return Promise.resolve();
+    }
     const wake = new AbortController();
     rec.wake = () => wake.abort();
-    return clockSleep(this.clock, ms, wake.signal);
+    return clockSleep(this.clock, ms, wake.signal).finally(() => {
+      rec.wakePending = false;
+      rec.wake = () => { rec.wakePending = true; };
+    });
   }
 
   /** Disk copies of a storage-copy destination live here (deleted by destroy()). */

@@ -102,6 +102,7 @@ export async function migrate(vms: QemuVms, vmId: string, uri: string, params: M
     }
     rec.migrating = false;
     rec.wake = undefined;
+    rec.wakePending = false;
     // Past the switch to post-copy the destination runs the VM with part of its memory: the
     // source must not run too, whatever QEMU says now (docs/design.md#switchover).
     const destinationMayRun = result!.status !== 'completed' && rec.switchover === 'continued' && !!rec.postcopyRequested;

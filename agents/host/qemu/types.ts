@@ -124,6 +124,8 @@ export interface VmRecord extends VmFile {
   finishing?: Promise<void>;
   /** Wakes migrate()'s poll loop early when a MIGRATION or block job event arrives. */
   wake?: () => void;
+  /** An event came while the poll loop was not pausing: its next pause ends at once. */
+  wakePending?: boolean;
   /** The source's point of no return (docs/design.md#switchover): 'waiting' while QEMU is paused
    *  in `pre-switchover` and the controller has been told, 'continued' once `migrate-continue`
    *  went (the final state is on its way: no cancel from here). */
