@@ -436,11 +436,18 @@ export class QemuReplicas implements ReplicaOps {
         // `since`'s bitmap and every later one of the replica: what a mirror carried after the
         // last delta's checkpoint is in the newest (docs/disks.md#following). Both the ranges
         // and the reads over one NBD connection to the VM's QEMU (qemu-cow.ts dirtyReader).
+        // A disk no QEMU runs (a cold move's, powered off) is read from its file, at the file's
+        // speed; the NBD export (a storage daemon's then) serves only the bitmap's extents.
         let dr: ReturnType<QemuCowBackend['dirtyReader']> | undefined;
         const open = () => (dr ??= this.backend.dirtyReader(d, this.perDisk(since), this.laterOf(ask.replicaId, since)));
+        const fromFile = d.kind === 'qcow2' && d.vmId === undefined;
         return {
-          chunks: async (cache: LeafCache) => chunksOfRanges((await open()).ranges, cache.chunkBytes, cache.size),
-          reader: async () => (await open()).reader,
+          chunks: async (cache: LeafCache) => {
+            const o = await open();
+            if (fromFile) await o.reader.close();
+            return chunksOfRanges(o.ranges, cache.chunkBytes, cache.size);
+          },
+          reader: async () => (fromFile ? this.backend.fileReader(d) : (await open()).reader),
         };
       }));
     }
