@@ -19,11 +19,14 @@ export interface Negotiated {
   contexts: Map<string, number>;
   /** The largest read one request may ask for: 32 MiB, or less if the server says so. */
   readMax: number;
+  /** NBD_INFO_BLOCK_SIZE, when the server sent it. */
+  blockSize?: { min: number; preferred: number; max: number };
 }
 
 const MAX_OPTION_REPLIES = 1024;
 
-export async function negotiate(reader: ByteReader, write: (b: Buffer) => void, exportName: string, queries: readonly string[], server: string): Promise<Negotiated> {
+/** `maxReplies`: the most replies one option may get (a bound on a hostile server). */
+export async function negotiate(reader: ByteReader, write: (b: Buffer) => void, exportName: string, queries: readonly string[], server: string, maxReplies = MAX_OPTION_REPLIES): Promise<Negotiated> {
   const hello = await reader.read(18);
   const magic = hello.readBigUInt64BE(0);
   if (magic !== NBDMAGIC) throw nbdFailure('not an NBD server (no NBDMAGIC)', { server, magic: hex(magic) });
@@ -40,7 +43,7 @@ export async function negotiate(reader: ByteReader, write: (b: Buffer) => void, 
    *  With `unsupOk`, NBD_REP_ERR_UNSUP resolves false instead of failing. */
   const option = async (opt: number, request: Buffer, onReply: (type: number, payload: Buffer) => void, unsupOk = false): Promise<boolean> => {
     write(request);
-    for (let n = 0; n < MAX_OPTION_REPLIES; n++) {
+    for (let n = 0; n < maxReplies; n++) {
       const h = parseOptionReplyHeader(await reader.read(20), opt);
       const payload = await reader.read(h.length);
       if (h.type === REP.ACK) return true;
@@ -69,13 +72,13 @@ export async function negotiate(reader: ByteReader, write: (b: Buffer) => void, 
     }, true);
   }
   let info: { size: number; flags: number } | undefined;
-  let readMax = MAX_READ_REQUEST;
+  let blockSize: Negotiated['blockSize'];
   await option(OPT.GO, encodeGo(exportName), (type, p) => {
     if (type !== REP.INFO) return;
     const i = parseInfo(p);
     if (i.type === 'export') info = { size: i.size, flags: i.flags };
-    else if (i.type === 'block-size') readMax = Math.min(MAX_READ_REQUEST, i.max);
+    else if (i.type === 'block-size') blockSize = { min: i.min, preferred: i.preferred, max: i.max };
   });
   if (!info) throw nbdFailure('NBD_OPT_GO ended without NBD_INFO_EXPORT', { server });
-  return { ...info, structured, contexts, readMax };
+  return { ...info, structured, contexts, readMax: blockSize ? Math.min(MAX_READ_REQUEST, blockSize.max) : MAX_READ_REQUEST, ...(blockSize ? { blockSize } : {}) };
 }

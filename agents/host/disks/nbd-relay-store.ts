@@ -4,62 +4,30 @@
 // contexts), keeping what the store said (nbd-relay-handshake.ts StoreExport). That connection
 // waits, idle, for the relay's first client, which then crosses no round trip of the path to open
 // its node. Any later client (or the first, if the idle connection dropped) gets a new connection,
-// negotiated when it asks for the export. Built from the NBD client's parts (nbd-wire.ts);
-// nbd-handshake.ts `negotiate` keeps only the largest read of NBD_INFO_BLOCK_SIZE, and the relay
-// passes all of it on.
+// negotiated when it asks for the export, with the NBD client's handshake (nbd-handshake.ts).
 import type { Socket } from 'node:net';
 import type { Clock } from '../../../src/common/clock.ts';
 import type { Logger } from '../../../src/common/log.ts';
 import { encodeDisc } from './nbd-relay-frames.ts';
 import type { StoreExport } from './nbd-relay-handshake.ts';
 import type { RelayCounters } from './nbd-relay-plumbing.ts';
-import {
-  ByteReader, encodeGo, encodeOption, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, hex, IHAVEOPT, isRepError, NBDMAGIC, nbdFailure, OLDSTYLE_MAGIC,
-  OPT, parseInfo, parseOptionReplyHeader, REP, REP_ERR_UNSUP, repErrorName,
-} from './nbd-wire.ts';
+import { negotiate } from './nbd-handshake.ts';
+import { ByteReader, nbdFailure } from './nbd-wire.ts';
 
 /** Replies to one option the relay reads at most (the store sends one or two NBD_REP_INFO). */
 const MAX_OPTION_REPLIES = 64;
 
-/** The relay's handshake with the store ("Fixed newstyle negotiation"); a coded error
- *  (VMTC_HOST_DISK_TOOL_FAILED, `details.nbd` says what) when the store is no fixed newstyle NBD
- *  server or refuses the export. */
+/** The relay's handshake with the store: the NBD client's (nbd-handshake.ts), without metadata
+ *  contexts; a coded error (VMTC_HOST_DISK_TOOL_FAILED, `details.nbd` says what) when the store
+ *  is no fixed newstyle NBD server or refuses the export (an unknown export too: for the relay
+ *  that is a store it cannot use, not a disk not found). */
 export async function negotiateStore(reader: ByteReader, write: (b: Buffer) => void, name: string, server: string): Promise<StoreExport> {
-  const hello = await reader.read(18);
-  if (hello.readBigUInt64BE(0) !== NBDMAGIC) throw nbdFailure('not an NBD server (no NBDMAGIC)', { server, magic: hex(hello.readBigUInt64BE(0)) });
-  const style = hello.readBigUInt64BE(8);
-  if (style !== IHAVEOPT) throw nbdFailure(style === OLDSTYLE_MAGIC ? 'an oldstyle NBD server: only fixed newstyle is spoken' : 'an unknown NBD handshake', { server, magic: hex(style) });
-  const serverFlags = hello.readUInt16BE(16);
-  if (!(serverFlags & FLAG_FIXED_NEWSTYLE)) throw nbdFailure('the server does not offer fixed newstyle negotiation', { server, flags: serverFlags });
-  const flags = Buffer.alloc(4);
-  flags.writeUInt32BE(FLAG_FIXED_NEWSTYLE | (serverFlags & FLAG_NO_ZEROES), 0);
-  write(flags);
-
-  /** One option: its replies up to NBD_REP_ACK (true), NBD_REP_ERR_UNSUP (false, when allowed). */
-  const option = async (opt: number, request: Buffer, onInfo: (p: Buffer) => void, unsupOk: boolean): Promise<boolean> => {
-    write(request);
-    for (let n = 0; n < MAX_OPTION_REPLIES; n++) {
-      const h = parseOptionReplyHeader(await reader.read(20), opt);
-      const payload = await reader.read(h.length);
-      if (h.type === REP.ACK) return true;
-      if (isRepError(h.type)) {
-        if (unsupOk && h.type === REP_ERR_UNSUP) return false;
-        throw nbdFailure(`the store refused option ${opt} for export ${JSON.stringify(name)}: ${repErrorName(h.type)}`, { server, export: name, option: opt, reply: repErrorName(h.type), message: payload.toString('utf8').slice(0, 300) });
-      }
-      if (h.type === REP.INFO) onInfo(payload);
-    }
-    throw nbdFailure('too many replies to one option', { server, option: opt });
-  };
-
-  const structured = await option(OPT.STRUCTURED_REPLY, encodeOption(OPT.STRUCTURED_REPLY), () => undefined, true);
-  const got: Partial<StoreExport> = {};
-  await option(OPT.GO, encodeGo(name), (p) => {
-    const i = parseInfo(p);
-    if (i.type === 'export') Object.assign(got, { size: i.size, flags: i.flags });
-    else if (i.type === 'block-size') got.blockSize = { min: i.min, preferred: i.preferred, max: i.max };
-  }, false);
-  if (got.size === undefined || got.flags === undefined) throw nbdFailure('NBD_OPT_GO ended without NBD_INFO_EXPORT', { server });
-  return { name, size: got.size, flags: got.flags, structured, ...(got.blockSize ? { blockSize: got.blockSize } : {}) };
+  const n = await negotiate(reader, write, name, [], server, MAX_OPTION_REPLIES).catch((e: unknown) => {
+    const d = (e as { details?: { reply?: string; option?: number; message?: string } }).details;
+    if (d?.reply) throw nbdFailure(`the store refused option ${d.option} for export ${JSON.stringify(name)}: ${d.reply}`, { server, export: name, option: d.option, reply: d.reply, message: d.message });
+    throw e;
+  });
+  return { name, size: n.size, flags: n.flags, structured: n.structured, ...(n.blockSize ? { blockSize: n.blockSize } : {}) };
 }
 
 /** Two handshakes with the store found the same export (a client told one is served by the other). */
