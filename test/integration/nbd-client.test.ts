@@ -138,7 +138,7 @@ describe('nbd client against qemu-storage-daemon', () => {
     expect([...c.contexts.keys()].sort()).toEqual(['base:allocation', 'qemu:dirty-bitmap:b0']);
     const dirty = (await c.blockStatus('qemu:dirty-bitmap:b0', 0, SIZE)).filter((e) => e.flags & 1).map((e) => ({ offset: e.offset, length: e.length }));
     expect(dirty).toEqual(AFTER.map((w) => ({ offset: w.offset, length: w.length })));
-    // qemu-img's nbd driver with x-dirty-bitmap reports the dirty extents as holes (qemu-cow.ts dirtyRanges).
+    // qemu-img's nbd driver with x-dirty-bitmap reports the dirty extents as holes (as qemu-cow.ts once read them).
     const opts = `driver=nbd,server.type=unix,server.path=${sock},export=x,x-dirty-bitmap=qemu:dirty-bitmap:b0`;
     const map = JSON.parse((await run(['qemu-img', 'map', '--output=json', '--image-opts', opts])).stdout) as { start: number; length: number; data: boolean }[];
     expect(dirty).toEqual(map.filter((e) => !e.data).map((e) => ({ offset: e.start, length: e.length })));

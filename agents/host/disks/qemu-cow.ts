@@ -59,10 +59,8 @@ export interface QemuCowOptions {
   preconnected?: Map<string, PreconnectedRelay>;
 }
 
-/** An NBD server a QEMU node can open: the store's export itself, or a local relay to it. A
- *  relay that can (nbd-relay.ts) is `release`d when the VM stops: it answers the writes in
- *  flight itself, so the stop does not wait a round trip of the path. */
-export type NbdConnection = { server: Record<string, unknown>; exportName: string; close(): Promise<void>; pid?: number; release?: () => void };
+/** An NBD server a QEMU node can open: the store's export itself, or a local relay to it. */
+export type NbdConnection = { server: Record<string, unknown>; exportName: string; close(): Promise<void>; pid?: number };
 export interface PreconnectedRelay { replicaId: string; conn: NbdConnection; timer: { cancel(): void } }
 /** The key of an export across the path, for preconnected relays. */
 export const exportKey = (dest: NbdDestination): string => (dest.nbd.type === 'inet' ? `${dest.nbd.host}:${dest.nbd.port}/${dest.exportName}` : `unix:${dest.nbd.path}/${dest.exportName}`);
@@ -230,14 +228,6 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
       if (status !== 'postmigrate') await this.flush(disk);
     }
     return openImageReader(this.run, disk.image, 'qcow2');
-  }
-
-  /** The byte ranges checkpoint `cp`'s bitmap marks: written between `cp` and the checkpoint
-   *  after it (dirtyReader, its reader closed at once). */
-  async dirtyRanges(disk: SourceDisk, cp: Checkpoint, also: (bitmap: string) => boolean = () => false): Promise<{ offset: number; length: number }[]> {
-    const d = await this.dirtyReader(disk, cp, also);
-    await d.reader.close();
-    return d.ranges;
   }
 
   /** The byte ranges checkpoint `cp`'s bitmap marks, and a reader of the disk's guest-visible

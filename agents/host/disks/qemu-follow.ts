@@ -3,12 +3,15 @@
 // destination before the guest is told it is done (`blockdev-mirror sync=none
 // copy-mode=write-blocking` into the store's NBD export), so when the source pauses the store
 // already has the final state and nothing of the disk is left to send in the pause.
-//   start   an NBD client node on the store's export (its own connection: the catch-up delta
-//           that follows writes through another) and the mirror job, which copies only writes
-//           made from its start; waits until the job is ready and actively synced
+//   start   a local relay to the store's export (nbd-relay.ts), an NBD client node on it (its
+//           own connection: the catch-up delta that follows writes through another) and the
+//           mirror job, which copies only writes made from its start; waits until the job is
+//           ready and actively synced
+//   cut     at the VM's STOP event the relay is released: it answers the writes in flight
+//           itself and still delivers them (cutFollows)
 //   stop    block-job-cancel (force) of the ready job, in the pause: every write the guest
-//           completed is in the store already; then the node goes (opened without flushes, so
-//           closing it does not wait a round trip: the store's daemon flushes as it closes)
+//           completed is in the store or on its way; then the node goes (the relay offers no
+//           flush, so closing it waits for nothing), then the relay, in the background
 // A job is named by the replica and the drive (vmtc-follow.REPLICA.DRIVE), so an agent that
 // restarted finds and stops what its predecessor started. Nothing here proves the store equal
 // to the disk: the digests at the pause do (docs/disks.md#incremental-digests).
@@ -63,14 +66,12 @@ export async function startFollow(d: FollowDeps, disk: SourceDisk, dest: NbdDest
       await rm(dir, { recursive: true, force: true });
       throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'start the follow relay', nbd: dest.nbd, reason: String((e as Error).message ?? e) }, { cause: e });
     });
-    RELAYS.set(key, conn.close);
-    if (conn.release) RELEASES.set(key, conn.release);
-    VM_OF.set(key, disk.vmId!);
-    CUT.delete(key);
+    FOLLOWS.set(key, { vmId: disk.vmId!, relay: conn });
     if (conn.pid) await writeFile(join(dir, 'relay.pid'), String(conn.pid));
     try {
-      // No flushes over the path (closing the node would wait a round trip for one): the store's
-      // daemon writes everything out when it closes, before the store records anything.
+      // No flushes over the path: the relay offers none (QEMU's NBD driver flushes even a node
+      // opened with cache.no-flush); the store's daemon writes everything out when it closes,
+      // before the store records anything.
       await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': target, server: conn.server, export: conn.exportName, cache: { 'no-flush': true } }, { timeoutMs: 30_000 });
     } catch (e) {
       await stopRelay(d, key);
@@ -100,15 +101,10 @@ export async function startFollow(d: FollowDeps, disk: SourceDisk, dest: NbdDest
   });
 }
 
-/** Relays of the follows this agent started: key -> stop. */
-const RELAYS = new Map<string, () => Promise<void>>();
-/** How to release the VM from waiting on a follow's relay (relays that can: nbd-relay.ts). */
-const RELEASES = new Map<string, () => void>();
-/** The VM each follow key mirrors. */
-const VM_OF = new Map<string, string>();
-/** Follows cut at their VM's stop (cutFollows): `clean` while the cut found the mirror intact
- *  and the VM has not run since. */
-const CUT = new Map<string, { clean: boolean; reason?: string }>();
+/** The follows this agent started, by key: the VM mirrored, its relay (until stopRelay), and
+ *  the cut at the VM's stop (cutFollows: `clean` while the cut found the mirror intact and the
+ *  VM has not run since). */
+const FOLLOWS = new Map<string, { vmId: string; relay?: { close(): Promise<void>; release(): void }; cut?: { clean: boolean; reason?: string } }>();
 
 /** The VM stopped for its migration's end (QEMU's STOP event: its vCPUs are paused, no new guest
  *  write can start): release every follow of `vmId` from the path at once. QEMU completes a stop
@@ -121,15 +117,14 @@ const CUT = new Map<string, { clean: boolean; reason?: string }>();
  *  cut then proves nothing and unfollow reports the failure. Synchronous (a signal). */
 export function cutFollows(vmId: string, ended: (jobId: string) => boolean, logger: Logger): string[] {
   const out: string[] = [];
-  for (const [key, v] of VM_OF) {
-    const release = RELEASES.get(key);
-    if (v !== vmId || !release || CUT.has(key)) continue;
-    CUT.set(key, ended(jobIdOf(key)) ? { clean: false, reason: 'the mirror had failed before the VM stopped' } : { clean: true });
+  for (const [key, f] of FOLLOWS) {
+    if (f.vmId !== vmId || !f.relay || f.cut) continue;
+    f.cut = ended(jobIdOf(key)) ? { clean: false, reason: 'the mirror had failed before the VM stopped' } : { clean: true };
     try {
-      release();
+      f.relay.release();
     } catch (e) {
       logger.warn({ key, err: String(e) }, 'releasing a follow\'s relay failed');
-      CUT.set(key, { clean: false, reason: 'its relay could not be released' });
+      f.cut = { clean: false, reason: 'its relay could not be released' };
     }
     out.push(key);
   }
@@ -140,20 +135,18 @@ export function cutFollows(vmId: string, ended: (jobId: string) => boolean, logg
 /** The VM ran again after a cut (a migration that went on, or was given up): its writes since
  *  are in no store, so the cut no longer stands for a complete mirror. */
 export function followsResumed(vmId: string): void {
-  for (const [key, v] of VM_OF) {
-    const c = CUT.get(key);
-    if (v === vmId && c?.clean) CUT.set(key, { clean: false, reason: 'the VM ran after its mirror was cut' });
+  for (const f of FOLLOWS.values()) {
+    if (f.vmId === vmId && f.cut?.clean) f.cut = { clean: false, reason: 'the VM ran after its mirror was cut' };
   }
 }
 const relayDirOf = (d: FollowDeps, key: string) => join(d.backend.scratchDir, `follow-${targetOf(key)}`);
 
-/** Stop the relay of follow `key`: this agent's, or one a previous agent process left (its pid
- *  file, and only a qemu-storage-daemon whose command line names that directory). */
-async function stopRelay(d: FollowDeps, key: string): Promise<void> {
+/** Stop the relay of follow `key` (the follow is forgotten): this agent's, or one a previous
+ *  agent process left (its pid file, and only a relay whose command line names that directory). */
+async function stopRelay(d: FollowDeps, key: string, relay = FOLLOWS.get(key)?.relay): Promise<void> {
+  FOLLOWS.delete(key);
   const dir = relayDirOf(d, key);
-  const close = RELAYS.get(key);
-  RELAYS.delete(key);
-  if (close) return close().catch((e: unknown) => d.logger.warn({ key, err: String(e) }, 'stopping a relay failed'));
+  if (relay) return relay.close().catch((e: unknown) => d.logger.warn({ key, err: String(e) }, 'stopping a relay failed'));
   const pid = Number(await readFile(join(dir, 'relay.pid'), 'utf8').catch(() => ''));
   if (Number.isInteger(pid) && pid > 1) {
     const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
@@ -173,19 +166,16 @@ async function stopRelay(d: FollowDeps, key: string): Promise<void> {
 export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): Promise<{ bytes: number; error?: string; found: boolean; cut?: boolean }> {
   if (disk.kind !== 'qcow2' || disk.vmId === undefined) return { bytes: 0, found: false };
   const t0 = d.clock.now();
-  // The job, then the relay (killed: it holds nothing unwritten), then the node: closed after
-  // its relay is gone it does not wait a round trip of the path.
-  const cut = CUT.get(key);
-  CUT.delete(key);
-  VM_OF.delete(key);
-  RELEASES.delete(key);
+  const f = FOLLOWS.get(key);
+  FOLLOWS.delete(key);
+  const cut = f?.cut;
   // The job, then the node (its relay supports no flush: closing it sends only a disconnect),
   // then the relay, not waited for: it delivers what it still holds to the store and ends its
   // connection, which the store's close waits for (closeStore waitClients).
   let out: { bytes: number; error?: string; found: boolean; cut?: boolean } = await d.backend.withNode(disk, (qmp) => stopJob(d, qmp, jobIdOf(key), targetOf(key)));
-  void stopRelay(d, key);
-  // A cut mirror fails on the writes it had in flight (their acknowledgements were cut off, not
-  // the writes): not a failure when the cut found it intact and the VM stayed paused.
+  void stopRelay(d, key, f?.relay);
+  // A mirror released at the stop is no failure when the release found it intact and the VM
+  // stayed paused; otherwise the reason is the error.
   if (cut && out.found) {
     const { error: _cutError, ...rest } = out;
     out = cut.clean ? { ...rest, cut: true } : { ...rest, error: cut.reason ?? out.error ?? 'cut' };
@@ -194,13 +184,14 @@ export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): 
   return out;
 }
 
-async function stopJob(d: FollowDeps, qmp: QmpPort, jobId: string, target: string, beforeDel?: () => Promise<void>): Promise<{ bytes: number; error?: string; found: boolean }> {
+async function stopJob(d: FollowDeps, qmp: QmpPort, jobId: string, target: string): Promise<{ bytes: number; error?: string; found: boolean }> {
   const first = (await qmp.execute<Job[]>('query-jobs')).find((x) => x.id === jobId);
   let out: { bytes: number; error?: string; found: boolean } = { bytes: 0, found: !!first };
   if (first) {
     // A ready, actively synced write-blocking mirror has every completed guest write in the
-    // store already (the write completed only once the store acknowledged it) and, the VM
-    // paused (its I/O drained), nothing in flight: it is abandoned at once (force), without
+    // store already (the write completed only once the store, or the relay released at the
+    // stop, acknowledged it) and, the VM paused (its I/O drained), nothing in flight: it is
+    // abandoned at once (force), without
     // the soft cancel's final flush of the store over the path (a round trip: the store's
     // daemon flushes when it closes). Any other live job is cancelled hard too, and counts as
     // failed: the store may miss writes.
@@ -220,7 +211,6 @@ async function stopJob(d: FollowDeps, qmp: QmpPort, jobId: string, target: strin
     const error = synced ? undefined : last.error ?? (first.status === 'concluded' ? undefined : 'the mirror was not in sync when stopped');
     out = { bytes: last['current-progress'], found: true, ...(error ? { error } : {}) };
   }
-  await beforeDel?.();
   // The node outlives a job that never started or was dismissed by an earlier attempt.
   await qmp.execute('blockdev-del', { 'node-name': target }).catch(() => undefined);
   return out;

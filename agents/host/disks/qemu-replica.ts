@@ -438,16 +438,12 @@ export class QemuReplicas implements ReplicaOps {
         // and the reads over one NBD connection to the VM's QEMU (qemu-cow.ts dirtyReader).
         // A disk no QEMU runs (a cold move's, powered off) is read from its file, at the file's
         // speed; the NBD export (a storage daemon's then) serves only the bitmap's extents.
+        if (d.kind === 'qcow2' && d.vmId === undefined) return { chunks: (cache: LeafCache) => this.changedChunks(d, ask.replicaId, since, cache), reader: () => this.backend.fileReader(d) };
         let dr: ReturnType<QemuCowBackend['dirtyReader']> | undefined;
         const open = () => (dr ??= this.backend.dirtyReader(d, this.perDisk(since), this.laterOf(ask.replicaId, since)));
-        const fromFile = d.kind === 'qcow2' && d.vmId === undefined;
         return {
-          chunks: async (cache: LeafCache) => {
-            const o = await open();
-            if (fromFile) await o.reader.close();
-            return chunksOfRanges(o.ranges, cache.chunkBytes, cache.size);
-          },
-          reader: async () => (fromFile ? this.backend.fileReader(d) : (await open()).reader),
+          chunks: async (cache: LeafCache) => chunksOfRanges((await open()).ranges, cache.chunkBytes, cache.size),
+          reader: async () => (await open()).reader,
         };
       }));
     }
@@ -468,12 +464,16 @@ export class QemuReplicas implements ReplicaOps {
     const disks = await this.sourceDisks(vmId);
     if (!kept || kept.length !== disks.length) return null;
     const out: number[][] = [];
-    for (const [i, d] of disks.entries()) {
-      const dr = await this.backend.dirtyReader(d, this.perDisk(since), this.laterOf(replicaId, since));
-      await dr.reader.close();
-      out.push(chunksOfRanges(dr.ranges, kept[i]!.chunkBytes, kept[i]!.size));
-    }
+    for (const [i, d] of disks.entries()) out.push(await this.changedChunks(d, replicaId, since, kept[i]!));
     return out;
+  }
+
+  /** The chunks (in `cache`'s chunks) of `d` written since `since`: its bitmap and every later
+   *  one of the replica, read over NBD (qemu-cow.ts dirtyReader, closed at once). */
+  private async changedChunks(d: SourceDisk, replicaId: string, since: ReplicaCheckpoint, cache: LeafCache): Promise<number[]> {
+    const dr = await this.backend.dirtyReader(d, this.perDisk(since), this.laterOf(replicaId, since));
+    await dr.reader.close();
+    return chunksOfRanges(dr.ranges, cache.chunkBytes, cache.size);
   }
 
   async close(): Promise<void> {

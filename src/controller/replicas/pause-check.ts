@@ -18,7 +18,7 @@ import type { ReplicaCheckpoint, ReplicaDigest } from '../../common/agent-protoc
 import type { Clock } from '../../common/clock.ts';
 import type { Logger } from '../../common/log.ts';
 import type { HubPort } from '../ports.ts';
-import { changedOf, digestFailure, endLiveFollow, liveFailure, liveReplicaDelta, sameDisksOrFail, sourceDigest, storeDigest, verifyLiveReplica, type DigestSides } from './migration.ts';
+import { digestFailure, endLiveFollow, liveFailure, liveReplicaDelta, sameDisksOrFail, sourceDigest, storeDigest, verifyLiveReplica, type DigestSides } from './migration.ts';
 import { replicaServiceOf } from './service.ts';
 
 export interface PauseEnd {
@@ -68,11 +68,9 @@ export async function endAtPause(hub: HubPort, clock: Clock, log: Logger, m: Dig
   const svc = replicaServiceOf(hub);
   const { replicaId } = m;
   const t0 = clock.now();
-  const inPause = async (): Promise<PauseEnd> => {
-    const last = await endLiveFollow(hub, clock, log, replicaId);
-    return { last, verified: await verifyLiveReplica(hub, log, { ...m, since: last.from }), sourceMs: clock.now() - t0 };
-  };
-  if (!m.overlap || !svc?.isFollowed(replicaId)) return inPause();
+  // Both digests now, in the pause, from the checkpoint the last delta started from.
+  const bothNow = async (last: PauseEnd['last']): Promise<PauseEnd> => ({ last, verified: await verifyLiveReplica(hub, log, { ...m, since: last.from }), sourceMs: clock.now() - t0 });
+  if (!m.overlap || !svc?.isFollowed(replicaId)) return bothNow(await endLiveFollow(hub, clock, log, replicaId));
   const cur0 = svc.records.get(replicaId);
   if (!cur0) throw liveFailure(replicaId, { code: 'VMTC_REPLICA_NOT_FOUND', message: 'the replica is gone' }, 'switchover');
   const cur = (): typeof cur0 => svc.records.get(replicaId) ?? cur0;
@@ -82,15 +80,6 @@ export async function endAtPause(hub: HubPort, clock: Clock, log: Logger, m: Dig
   const changedP = from ? hub.request(m.sourceHostId, 'replica.changed', { replicaId, vmId: m.vmId, since: from }).then((r) => r.changed, () => null) : Promise.resolve(null);
   const s = await svc.exclusive(replicaId, async () => svc.unfollowSource(cur()));
   const changed = await changedP;
-  const bothNow = async (last: PauseEnd['last']): Promise<PauseEnd> => {
-    const src = await sourceDigest(hub, m, from).catch((e: unknown) => {
-      throw digestFailure(replicaId, e);
-    });
-    const dst = await storeDigest(hub, m, last.from, changedOf(src)).catch((e: unknown) => {
-      throw digestFailure(replicaId, e);
-    });
-    return { last, verified: sameDisksOrFail(hub, log, replicaId, src, dst), sourceMs: clock.now() - t0 };
-  };
   if (s.mirrored.error || !s.transfer) {
     // A mirror that failed: the store misses writes; the last delta, from the checkpoint the
     // store still holds, then both digests, all before the switchover.
