@@ -267,6 +267,19 @@ export class DoubleDriver implements HypervisorDriver {
     this.changed();
   }
 
+  /** As the QEMU driver: only a held destination (landed or not) or a paused VM; running: nothing
+   *  to do. Which VMs took their disks early is kept for tests (disksTaken). */
+  async activateDisks(vmId: string): Promise<{ ms: number }> {
+    const vm = this.get(vmId);
+    if (vm.info.state === 'running') return { ms: 0 };
+    if (!((vm.info.state === 'incoming' && vm.incoming?.hold) || vm.info.state === 'paused')) throw hostError('VMTC_HOST_VM_STATE', { vmId, state: vm.info.state, op: 'activateDisks' });
+    this.disksTaken.add(vmId);
+    return { ms: 0 };
+  }
+
+  /** The VMs that took their disks early (activateDisks). */
+  readonly disksTaken = new Set<string>();
+
   async resume(vmId: string): Promise<VmInfo> {
     // A held destination (tuning.holdAfterLanding) whose copy is still landing: as the QEMU
     // driver, wait for it (bounded), then start it.

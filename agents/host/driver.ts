@@ -62,6 +62,9 @@ export interface HypervisorDriver {
   /** Remove the VM and its host-side resources (after a committed migration, or a failed incoming). */
   destroy(vmId: string): Promise<void>;
   resume(vmId: string): Promise<VmInfo>;
+  /** A held destination (tuning.holdAfterLanding) takes its disks before it is told to run:
+   *  the store that wrote them closed. Optional: a driver without it takes them as it resumes. */
+  activateDisks?(vmId: string): Promise<{ ms: number }>;
   /** Destination side: an identical VM waiting for the incoming state on `listenHost` only (on
    *  `port`, or one the driver picks), set up for this migration's `tuning` (what must match the
    *  source's: multifd, postcopy). The tuning is this migration's alone and never goes into the

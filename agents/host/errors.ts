@@ -34,6 +34,7 @@ export const HOST_ERRORS = {
   VMTC_HOST_DISK_DELTA_REJECTED: { status: 409, message: 'the destination does not hold the checkpoint this delta starts from, or the delta does not match its checksum' },
   VMTC_HOST_DISK_DIGEST_MISMATCH: { status: 409, message: 'the destination disk differs from the source disk' },
   VMTC_HOST_DISK_UNREADABLE: { status: 500, message: 'a disk could not be read while computing its digest or a delta' },
+  VMTC_HOST_DISK_BITMAP_IN_USE: { status: 409, message: 'the persistent dirty bitmap is marked in use in the image file (a QEMU holds the image read-write, or stopped without storing the bitmap): its contents cannot be trusted' },
   VMTC_HOST_DISK_UNSUPPORTED: { status: 501, message: "this host's hypervisor driver cannot keep replicas (it has no disk-state operations), or the VM has no disk it can copy" },
   VMTC_HOST_DISK_TOOL_FAILED: { status: 502, message: 'a storage tool (lvm, thin_delta, dmsetup, qemu-img, qemu-storage-daemon) failed or answered something unexpected' },
 } as const satisfies Catalogue;

@@ -352,7 +352,7 @@ export async function startHostAgent(opts: HostAgentOptions): Promise<HostAgent>
       return cold.verify({ vmId, timeoutMs: t, tcp: { host: str(tcp.host, 'tcp.host'), port: port as number } }, onAttempt);
     },
     // Replicas (agents/host/replicas.ts; docs/disks.md#replicas).
-    ...replicaHandlers(driver.replicas, log),
+    ...replicaHandlers(driver.replicas, log, driver.activateDisks ? (vmId) => driver.activateDisks!(vmId) : undefined),
   };
 
   const link = await AgentLink.open({

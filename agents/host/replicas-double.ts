@@ -245,7 +245,20 @@ export class ReplicaDouble implements ReplicaOps {
     return ex;
   }
 
+  /** Closes under way, by replica: a store digest asked meanwhile waits for it (ReplicaOps). */
+  private readonly closing = new Map<string, Promise<unknown>>();
+
   async closeStore(replicaId: string, transfer?: ReplicaTransfer): Promise<ReplicaCheckpoint | null> {
+    const p = this.closeStoreNow(replicaId, transfer);
+    this.closing.set(replicaId, p);
+    try {
+      return await p;
+    } finally {
+      if (this.closing.get(replicaId) === p) this.closing.delete(replicaId);
+    }
+  }
+
+  private async closeStoreNow(replicaId: string, transfer?: ReplicaTransfer): Promise<ReplicaCheckpoint | null> {
     const ex = await this.closeExport(replicaId);
     if (transfer) {
       const got = ex?.received;
@@ -285,6 +298,7 @@ export class ReplicaDouble implements ReplicaOps {
   }
 
   async digestStore(replicaId: string, ask: ReplicaDigestAsk = {}): Promise<ReplicaDigest> {
+    await this.closing.get(replicaId)?.catch(() => undefined);
     const paths = await this.storePaths(replicaId);
     const now = (await this.held(replicaId))?.checkpoint;
     const kept = ask.since ? this.leaves.take('store', replicaId, ask.since) : undefined;
@@ -430,13 +444,6 @@ export class ReplicaDouble implements ReplicaOps {
       for (let bi = 0; bi < Math.max(a.length, b.length); bi++) if (a[bi] !== b[bi]) out.add(Math.floor((bi * BLOCK) / cache.chunkBytes));
       return [...out].sort((x, y) => x - y);
     };
-  }
-
-  async changedSince(vmId: string, replicaId: string, since: ReplicaCheckpoint): Promise<number[][] | null> {
-    const kept = this.leaves.peek('source', replicaId, since);
-    const chunksOf = this.changedOf(vmId, replicaId, since);
-    if (!kept || !chunksOf) return null;
-    return kept.map((cache, i) => chunksOf(i, cache));
   }
 
   private async digestFiles(paths: string[]): Promise<ReplicaDigest> {

@@ -20,6 +20,7 @@ export interface ReplicaOps {
    *  VMTC_HOST_DISK_DELTA_REJECTED when the store does not hold `expect`. */
   openStore(replicaId: string, spec: VmSpec, listenHost: string, expect: ReplicaCheckpoint | null): Promise<ReplicaStoreHandoff>;
   /** End the export; with `transfer`, first record the checkpoint the store holds now. */
+  /** A store digest asked while the store closes waits for the close (and its record). */
   closeStore(replicaId: string, transfer?: ReplicaTransfer, opts?: { waitClients?: boolean }): Promise<ReplicaCheckpoint | null>;
   /** Delete the store (idempotent). With keepImages only its records and exports go: its images
    *  became a VM's disks (a committed live move with the replica). */
@@ -42,7 +43,7 @@ export interface ReplicaOps {
   preconnect?(vmId: string, replicaId: string, store: ReplicaStoreHandoff): Promise<{ relays: number }>;
   /** Source: stop following (idempotent); the bytes the mirrors wrote, whether any ran, and the
    *  error of one that failed (the store then misses writes). */
-  unfollow?(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string; cut?: boolean }>;
+  unfollow?(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string; cut?: boolean; stoppedAtCut?: boolean }>;
   /** Source: the VM stopped for its migration's end: cut its follows now, without waiting for
    *  the mirrored writes in flight (qemu-follow.ts cutFollows). Optional. */
   cut?(vmId: string, ended: (jobId: string) => boolean): void;
@@ -63,10 +64,6 @@ export interface ReplicaOps {
   /** Digests of the VM's disks (source) or the store's (destination). `ask`: the incremental
    *  form (ReplicaDigestAsk); an implementation may ignore it and always read every chunk. */
   digestSource(vmId: string, ask?: ReplicaDigestAsk & { replicaId: string }): Promise<ReplicaDigest>;
-  /** Source, its VM paused: the chunks written since `since` per disk, in the chunks of the
-   *  leaves kept there (null: none kept). Then digestSource with them as `changed` reads only
-   *  those (the source may have completed its migration by then). Optional. */
-  changedSince?(vmId: string, replicaId: string, since: ReplicaCheckpoint): Promise<number[][] | null>;
   digestStore(replicaId: string, ask?: ReplicaDigestAsk): Promise<ReplicaDigest>;
   close?(): Promise<void>;
 }
@@ -74,7 +71,8 @@ export interface ReplicaOps {
 type ReplicaHandlers = { [M in ReplicaMethod]: (p: HostMethods[M][0]) => Promise<HostMethods[M][1]> };
 
 /** The replica.* handlers of a host agent over its driver's operations. */
-export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): ReplicaHandlers {
+/** `activateDisks`: the driver's (a held destination takes its disks: closeStore activateVmId). */
+export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger, activateDisks?: (vmId: string) => Promise<{ ms: number }>): ReplicaHandlers {
   const checked = <M extends ReplicaMethod>(method: M, p: unknown): HostMethods[M][0] => {
     const problems = AGENT_PARAMS[method]!.problems(p);
     if (problems.length) throw hostError('VMTC_HOST_BAD_PARAMS', { field: problems[0]!.path.replace(/^\//, '') || 'params', problems });
@@ -91,7 +89,14 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
     },
     'replica.closeStore': async (p) => {
       const q = checked('replica.closeStore', p);
-      return { holds: await need().closeStore(q.replicaId, q.transfer, q.waitClients ? { waitClients: true } : {}) };
+      const holds = await need().closeStore(q.replicaId, q.transfer, q.waitClients ? { waitClients: true } : {});
+      if (!q.activateVmId) return { holds };
+      // The store's files are the held destination's disks: nothing else holds them now. A
+      // refusal costs only time (the landing, or the resume, activates them).
+      const activated = activateDisks
+        ? await activateDisks(q.activateVmId).then((r) => ({ ms: r.ms }), (e: unknown) => ({ error: String((e as Error).message ?? e).slice(0, 2000) }))
+        : { error: 'this host\'s driver takes a VM\'s disks only as it runs' };
+      return { holds, activated };
     },
     'replica.removeStore': async (p) => {
       const q = checked('replica.removeStore', p);
@@ -153,11 +158,6 @@ export function replicaHandlers(ops: ReplicaOps | undefined, log: Logger): Repli
       if (q.side === 'store') return need().digestStore(q.replicaId, ask);
       if (!q.vmId) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'vmId' });
       return need().digestSource(q.vmId, { replicaId: q.replicaId, ...ask });
-    },
-    'replica.changed': async (p) => {
-      const q = checked('replica.changed', p);
-      const o = need();
-      return { changed: o.changedSince ? await o.changedSince(q.vmId, q.replicaId, q.since) : null };
     },
   };
 }

@@ -409,7 +409,10 @@ export interface HostMethods {
   'replica.openStore': [{ replicaId: string; spec: VmSpec; listenHost: string; expect: ReplicaCheckpoint | null }, { store: ReplicaStoreHandoff }];
   /** waitClients: end the export only once its clients left (a follow cut at the VM's stop has
    *  writes on their way: docs/disks.md#following). */
-  'replica.closeStore': [{ replicaId: string; transfer?: ReplicaTransfer; waitClients?: boolean }, { holds: ReplicaCheckpoint | null }];
+  /** `activateVmId`: the held destination booting from this store (a live move's) takes its
+   *  disks as soon as the store closed (the driver's activateDisks), not as it lands; `activated`
+   *  says how that went. A store digest asked meanwhile waits for the close. */
+  'replica.closeStore': [{ replicaId: string; transfer?: ReplicaTransfer; waitClients?: boolean; activateVmId?: string }, { holds: ReplicaCheckpoint | null; activated?: { ms: number } | { error: string } }];
   'replica.removeStore': [{ replicaId: string; keepImages?: boolean }, { ok: true }];
   /** Destination: the paths of the store's images, in disk order (a live move with the replica
    *  boots its incoming VM from them; keepImages on removal then leaves them to that VM). */
@@ -424,14 +427,12 @@ export interface HostMethods {
   'replica.follow': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff; from: ReplicaCheckpoint; checkpointId: string }, ReplicaTransfer];
   /** cut: the mirrors were cut at the VM's stop (their writes in flight were not waited for):
    *  the store's export must be closed with waitClients. */
-  'replica.unfollow': [{ replicaId: string; vmId: string }, { bytes: number; following: boolean; error?: string; cut?: boolean }];
+  /** `cut`: the mirrors were released at the VM's stop; `stoppedAtCut`: their jobs were stopped
+   *  then too, so this only waited for that (agents/host/disks/qemu-follow.ts cutFollows). */
+  'replica.unfollow': [{ replicaId: string; vmId: string }, { bytes: number; following: boolean; error?: string; cut?: boolean; stoppedAtCut?: boolean }];
   /** Source, before a cold move's power-off: connect ahead to `store`'s exports (relays). */
   'replica.preconnect': [{ replicaId: string; vmId: string; store: ReplicaStoreHandoff }, { relays: number }];
   'replica.lag': [{ replicaId: string; vmId: string; from: ReplicaCheckpoint }, { bytes: number }];
-  /** Source, its VM paused: the chunks of each disk written since `since`, in the chunks of the
-   *  digest leaves it kept there (null: none kept, or a driver that cannot say). A later
-   *  `replica.digest` with these as `changed` reads only them (docs/disks.md#following). */
-  'replica.changed': [{ replicaId: string; vmId: string; since: ReplicaCheckpoint }, { changed: number[][] | null }];
   'replica.dropCheckpoints': [{ replicaId: string; vmId: string; keep?: ReplicaCheckpoint }, { ok: true }];
   /** A digest of the source VM's disks (side source, take it with the VM paused or off) or of the
    *  replica's store (side store). */

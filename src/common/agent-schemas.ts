@@ -230,7 +230,7 @@ export const ReplicaDigestSchema = Type.Object({
 });
 const ReplicaParams = {
   'replica.openStore': Type.Object({ replicaId: ReplicaId, spec: VmSpecSchema, listenHost: Type.String({ minLength: 1, maxLength: 256 }), expect: Type.Union([Type.Null(), ReplicaCheckpointSchema]) }),
-  'replica.closeStore': Type.Object({ replicaId: ReplicaId, transfer: Type.Optional(ReplicaTransferSchema), waitClients: Type.Optional(Type.Boolean()) }),
+  'replica.closeStore': Type.Object({ replicaId: ReplicaId, transfer: Type.Optional(ReplicaTransferSchema), waitClients: Type.Optional(Type.Boolean()), activateVmId: Type.Optional(Id) }),
   'replica.removeStore': Type.Object({ replicaId: ReplicaId, keepImages: Type.Optional(Type.Boolean()) }),
   'replica.storePaths': Type.Object({ replicaId: ReplicaId }),
   'replica.send': Type.Object({ replicaId: ReplicaId, vmId: Id, store: Handoff, from: Type.Union([Type.Null(), ReplicaCheckpointSchema]), checkpointId: CheckpointIdText, rateBytesPerS: Type.Optional(Type.Integer({ minimum: 0 })) }),
@@ -239,7 +239,6 @@ const ReplicaParams = {
   'replica.unfollow': Type.Object({ replicaId: ReplicaId, vmId: Id }),
   'replica.preconnect': Type.Object({ replicaId: ReplicaId, vmId: Id, store: Handoff }),
   'replica.lag': Type.Object({ replicaId: ReplicaId, vmId: Id, from: ReplicaCheckpointSchema }),
-  'replica.changed': Type.Object({ replicaId: ReplicaId, vmId: Id, since: ReplicaCheckpointSchema }),
   'replica.dropCheckpoints': Type.Object({ replicaId: ReplicaId, vmId: Id, keep: Type.Optional(ReplicaCheckpointSchema) }),
   'replica.digest': Type.Object({
     replicaId: ReplicaId, side: Type.Union([Type.Literal('source'), Type.Literal('store')]), vmId: Type.Optional(Id),
@@ -315,13 +314,12 @@ export const AGENT_RESULTS: Record<string, Checker> = (() => {
     'vm.tuneMigration': checker(MigrationLimitsSchema),
     'vm.forceComplete': checker(ForceCompleteResultSchema),
     'replica.openStore': checker(Type.Object({ store: Handoff })),
-    'replica.closeStore': checker(Type.Object({ holds: Type.Union([Type.Null(), ReplicaCheckpointSchema]) })),
+    'replica.closeStore': checker(Type.Object({ holds: Type.Union([Type.Null(), ReplicaCheckpointSchema]), activated: Type.Optional(Type.Union([Type.Object({ ms: Type.Number({ minimum: 0 }) }), Type.Object({ error: Type.String({ maxLength: 2000 }) })])) })),
     'replica.send': checker(ReplicaTransferSchema),
     'replica.follow': checker(ReplicaTransferSchema),
-    'replica.unfollow': checker(Type.Object({ bytes: Bytes, following: Type.Boolean(), error: Type.Optional(Type.String({ maxLength: 4096 })), cut: Type.Optional(Type.Boolean()) })),
+    'replica.unfollow': checker(Type.Object({ bytes: Bytes, following: Type.Boolean(), error: Type.Optional(Type.String({ maxLength: 4096 })), cut: Type.Optional(Type.Boolean()), stoppedAtCut: Type.Optional(Type.Boolean()) })),
     'replica.preconnect': checker(Type.Object({ relays: Count })),
     'replica.lag': checker(Type.Object({ bytes: Bytes })),
-    'replica.changed': checker(Type.Object({ changed: Type.Union([Type.Null(), Type.Array(ChunkList, { maxItems: 64 })]) })),
     'replica.digest': checker(ReplicaDigestSchema),
     'replica.storePaths': checker(Type.Object({ paths: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { maxItems: 64 }) })),
     'tunnel.bicast': sites, 'tunnel.prune': checker(PruneResult), 'tunnel.state': AGENT_EVENTS['tunnel.state']!,

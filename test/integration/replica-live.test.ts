@@ -131,13 +131,16 @@ describe('live migration with a warm replica (DoubleDriver, replica double, no s
         expect(at, `${m} in order in\n${sent.join('\n')}`).toBeGreaterThan(-1);
       }
     };
-    // In the pause: the mirrors stop and the changed chunks are named (at once: the VM is
-    // paused); both digests come after the final state left, and B runs only after them.
+    // In the pause only the mirrors' stop (begun by the source at the VM's stop); the source
+    // names the changed chunks itself, in its digest after the final state left; the store
+    // digests the chunks it names once closed; B takes its disks as the store closes (while
+    // held: disksTaken) and runs only after both digests.
     inOrder(['replica.follow@A', 'vm.migrate@A', 'replica.unfollow@A', 'vm.continueMigration@A']);
-    inOrder(['replica.follow@A', 'vm.migrate@A', 'replica.changed@A', 'vm.continueMigration@A']);
-    inOrder(['vm.continueMigration@A', 'replica.digest since@A', 'vm.resume@B']);
+    expect(sent, sent.join('\n')).not.toContain('replica.changed@A');
+    inOrder(['vm.continueMigration@A', 'replica.digest since@A', 'replica.digest since@B', 'vm.resume@B']);
     inOrder(['replica.unfollow@A', 'replica.closeStore@B', 'replica.digest since@B', 'vm.resume@B']);
     expect(sent.slice(0, sent.indexOf('vm.continueMigration@A')), sent.join('\n')).not.toContain('replica.digest since@A');
+    expect(b.disksTaken.has('vm5')).toBe(true);
     expect(b.lastIncomingTuning('vm5')).toMatchObject({ holdAfterLanding: true });
     expect(done.steps.incoming).toMatchObject({ held: true, resumeAsked: true, replica: { storeCheckedAfterSwitchover: true } });
     expect(done.steps.incoming.replica).toMatchObject({ catchUpBytes: 0, mirroredBytes: 192 * KiB, lastDeltaBytes: 0 });

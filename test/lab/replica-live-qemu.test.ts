@@ -77,7 +77,8 @@ describe('live migration with a warm replica, real QEMU (loopback)', () => {
     expect({ catchUp: used.catchUpBytes, mirrored: used.mirroredBytes, last: used.lastDeltaBytes }).toEqual({ catchUp: 0, mirrored: late, last: 0 });
     // The follow's relay was released at the source's stop (docs/disks.md#following), and that
     // was no failure; the store was checked while the final state crossed, B held until then.
-    expect(used).toMatchObject({ followCut: true, storeCheckedAfterSwitchover: true });
+    // Its job was stopped then too: the pause only waited for that (qemu-follow.ts cutFollows).
+    expect(used).toMatchObject({ followCut: true, mirrorsStoppedAtCut: true, storeCheckedAfterSwitchover: true });
     expect(used, JSON.stringify(rec.steps.incoming)).toMatchObject({ replicaId: rid, disks: 1 });
     // No drive-mirror: nothing was exported by the destination for one, nothing mirrored.
     expect(rec.steps.incoming.storage).toBeUndefined();

@@ -1,5 +1,7 @@
-// Reading an image's guest-visible bytes without converting it (docs/disks.md#digests): `qemu-img
-// map --output=json` lists, for each extent of the guest disk, whether it reads as zeros or
+// Reading an image's guest-visible bytes without converting it (docs/disks.md#digests). A qcow2
+// image is read in this process (qcow2-file.ts: no spawn); what that reader does not implement
+// (`needsQemuImg`: compressed clusters, encryption, ...) and other formats go through qemu-img:
+// `qemu-img map --output=json` lists, for each extent of the guest disk, whether it reads as zeros or
 // where its data lies (the host offset, in the layer of the backing chain `depth` names); the
 // chunks a digest wants are then read straight from those files. For a running VM the caller
 // flushes QEMU's cached qcow2 metadata first (qemu-cow.ts flush). An extent whose data has no
@@ -12,6 +14,8 @@ import { hostError } from '../errors.ts';
 import type { DigestOptions, DiskDigest } from './backend.ts';
 import { digestDisk, type ReadAt } from './digest.ts';
 import { runOk, type CommandRunner } from './io.ts';
+import { needsQemuImg } from './qcow2-format.ts';
+import { openQcow2, type Qcow2Image } from './qcow2-file.ts';
 import { backingChain, digestImage } from './qemu-images.ts';
 
 export interface MapExtent {
@@ -49,8 +53,43 @@ export interface ImageReader {
   close(): Promise<void>;
 }
 
-/** A reader of `image`'s guest-visible bytes as of now (its map is read once, here). */
+/** A reader of `image`'s guest-visible bytes as of now: a qcow2 image in this process (its header
+ *  and L1 table read here, its L2 tables when a read needs them), falling back to qemu-img's map
+ *  where the in-process reader meets what it does not implement, at open or at a read (a
+ *  compressed cluster: the map path then refuses the image with `needsConvert`, as before). */
 export async function openImageReader(run: CommandRunner, image: string, format: string): Promise<ImageReader> {
+  if (format !== 'qcow2') return openImageReaderByMap(run, image, format);
+  let q: Qcow2Image;
+  try {
+    q = await openQcow2(image);
+  } catch (e) {
+    if (needsQemuImg(e)) return openImageReaderByMap(run, image, format);
+    throw e;
+  }
+  let fallback: Promise<ImageReader> | undefined; // opened once, also when reads run at once
+  const read: ReadAt = async (offset, length) => {
+    if (!fallback) {
+      try {
+        return await q.read(offset, length);
+      } catch (e) {
+        if (!needsQemuImg(e)) throw e;
+        fallback ??= openImageReaderByMap(run, image, format);
+      }
+    }
+    return (await fallback).read(offset, length);
+  };
+  return {
+    size: q.size, read,
+    close: async () => {
+      await q.close();
+      if (fallback) await fallback.then((r) => r.close(), () => undefined);
+    },
+  };
+}
+
+/** A reader of `image`'s guest-visible bytes through `qemu-img info --backing-chain` and `qemu-img
+ *  map` (its map is read once, here). */
+export async function openImageReaderByMap(run: CommandRunner, image: string, format: string): Promise<ImageReader> {
   const [chain, map] = await Promise.all([
     backingChain(run, image),
     runOk(run, ['qemu-img', 'map', '-U', '-f', format, '--output=json', image], { image }, 10 * 60_000).then((r) => parseMap(r.stdout)),
@@ -121,6 +160,10 @@ export async function digestImageByMap(run: CommandRunner, image: string, format
   }
   try {
     return await digestDisk(r.read, r.size, opts);
+  } catch (e) {
+    // A compressed cluster met while reading: the map path behind the reader refused the image.
+    if ((e as { details?: { needsConvert?: boolean } }).details?.needsConvert) return await digestImage(run, image, format, tmpDir, opts);
+    throw e;
   } finally {
     await r.close();
   }

@@ -28,6 +28,7 @@ import { QmpClient } from '../qemu/qmp.ts';
 import { CHECKPOINT_ID, type ChangedBlocks, type Checkpoint, type DigestOptions, type DiskDigest, type DiskStateBackend, type SourceDisk, type TransferReport } from './backend.ts';
 import { runOk, systemRunner, type CommandRunner } from './io.ts';
 import { digestImageByMap, openImageReader, parseMap, type ImageReader } from './image-reader.ts';
+import { openQcow2 } from './qcow2-file.ts';
 import { startNbdRelay, startStorageDaemon } from './qemu-images.ts';
 import { connectNbd, type NbdClient } from './nbd-client.ts';
 import { QemuStore, type NbdDestination } from './qemu-store.ts';
@@ -215,6 +216,28 @@ export class QemuCowBackend implements DiskStateBackend<NbdDestination> {
     if (disk.kind !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.kind', reason: 'qcow2' });
     if (disk.vmId !== undefined) await this.flush(disk);
     return digestImageByMap(this.run, disk.image, 'qcow2', this.tmp, opts);
+  }
+
+  /** Whether the VM of `disk` completed its migration (QEMU status `postmigrate`): it gave the
+   *  disk up, wrote its image out and stored its persistent bitmaps in the file. */
+  async migratedAway(disk: SourceDisk): Promise<boolean> {
+    if (disk.kind !== 'qcow2' || disk.vmId === undefined) return false;
+    return this.withNode(disk, async (qmp) => (await qmp.execute<{ status: string }>('query-status')).status === 'postmigrate');
+  }
+
+  /** What dirtyReader's ranges are, read from the image file itself (qcow2-file.ts: no QMP, no
+   *  NBD): checkpoint `cp`'s bitmap and the later ones `also` picks, as QEMU stored them into the
+   *  file when it gave the disk up. Only for a disk no process holds (migratedAway): a bitmap
+   *  still marked in use (held, or left by a QEMU that crashed) is refused there. */
+  async storedDirtyRanges(disk: SourceDisk, cp: Checkpoint, also: (bitmap: string) => boolean = () => false): Promise<{ offset: number; length: number }[]> {
+    if (disk.kind !== 'qcow2') throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk.kind', reason: 'qcow2' });
+    const img = await openQcow2(disk.image);
+    try {
+      if (!img.bitmaps.some((b) => b.name === cp.ref)) throw hostError('VMTC_HOST_DISK_CHECKPOINT_MISSING', { checkpoint: cp.id, bitmap: cp.ref, image: disk.image });
+      return await img.dirtyRanges(img.bitmaps.map((b) => b.name).filter((n) => n === cp.ref || also(n)));
+    } finally {
+      await img.close();
+    }
   }
 
   /** A reader of the disk's image file as it is now (image-reader.ts). A running VM's QEMU keeps

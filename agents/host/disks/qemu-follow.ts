@@ -9,9 +9,10 @@
 //           ready and actively synced
 //   cut     at the VM's STOP event the relay is released: it answers the writes in flight
 //           itself and still delivers them (cutFollows)
-//   stop    block-job-cancel (force) of the ready job, in the pause: every write the guest
-//           completed is in the store or on its way; then the node goes (the relay offers no
-//           flush, so closing it waits for nothing), then the relay, in the background
+//   stop    block-job-cancel (force) of the ready job, begun at the cut (unfollow, in the
+//           pause, waits for it): every write the guest completed is in the store or on its
+//           way; then the node goes (the relay offers no flush, so closing it waits for
+//           nothing), then the relay, in the background
 // A job is named by the replica and the drive (vmtc-follow.REPLICA.DRIVE), so an agent that
 // restarted finds and stops what its predecessor started. Nothing here proves the store equal
 // to the disk: the digests at the pause do (docs/disks.md#incremental-digests).
@@ -66,7 +67,7 @@ export async function startFollow(d: FollowDeps, disk: SourceDisk, dest: NbdDest
       await rm(dir, { recursive: true, force: true });
       throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'start the follow relay', nbd: dest.nbd, reason: String((e as Error).message ?? e) }, { cause: e });
     });
-    FOLLOWS.set(key, { vmId: disk.vmId!, relay: conn });
+    FOLLOWS.set(key, { vmId: disk.vmId!, relay: conn, stopJob: () => d.backend.withNode(disk, (q) => stopJob(d, q, jobId, target)) });
     if (conn.pid) await writeFile(join(dir, 'relay.pid'), String(conn.pid));
     try {
       // No flushes over the path: the relay offers none (QEMU's NBD driver flushes even a node
@@ -101,10 +102,11 @@ export async function startFollow(d: FollowDeps, disk: SourceDisk, dest: NbdDest
   });
 }
 
-/** The follows this agent started, by key: the VM mirrored, its relay (until stopRelay), and
- *  the cut at the VM's stop (cutFollows: `clean` while the cut found the mirror intact and the
- *  VM has not run since). */
-const FOLLOWS = new Map<string, { vmId: string; relay?: { close(): Promise<void>; release(): void }; cut?: { clean: boolean; reason?: string } }>();
+type JobEnd = { bytes: number; error?: string; found: boolean };
+/** The follows this agent started, by key: the VM mirrored, its relay (until stopRelay), the
+ *  cut at the VM's stop (cutFollows: `clean` while the cut found the mirror intact and the VM
+ *  has not run since), how to stop its job, and that stop once the cut began it. */
+const FOLLOWS = new Map<string, { vmId: string; relay?: { close(): Promise<void>; release(): void }; cut?: { clean: boolean; reason?: string }; stopJob?: () => Promise<JobEnd>; stopping?: Promise<JobEnd> }>();
 
 /** The VM stopped for its migration's end (QEMU's STOP event: its vCPUs are paused, no new guest
  *  write can start): release every follow of `vmId` from the path at once. QEMU completes a stop
@@ -126,9 +128,16 @@ export function cutFollows(vmId: string, ended: (jobId: string) => boolean, logg
       logger.warn({ key, err: String(e) }, 'releasing a follow\'s relay failed');
       f.cut = { clean: false, reason: 'its relay could not be released' };
     }
+    // The job is stopped now too, not when the controller asks (unfollow, in the pause before
+    // the switchover, which waits for it): QEMU runs the commands once its stop has drained
+    // (the relay answers at once from here on), and the pause waits only for what is left.
+    if (f.cut.clean && f.stopJob) {
+      f.stopping = f.stopJob();
+      f.stopping.catch((e: unknown) => logger.warn({ key, err: String(e) }, 'stopping a cut follow\'s mirror failed'));
+    }
     out.push(key);
   }
-  if (out.length) logger.info({ vmId, keys: out }, 'follow cut at the stop: mirrored writes in flight are not waited for');
+  if (out.length) logger.info({ vmId, keys: out }, 'follow cut at the stop: mirrored writes in flight are not waited for, the mirrors stop');
   return out;
 }
 
@@ -163,7 +172,7 @@ async function stopRelay(d: FollowDeps, key: string, relay = FOLLOWS.get(key)?.r
 
 /** Stop following `key` (idempotent): the bytes the mirror wrote into the store, and whether it
  *  ended well (a job that failed left writes out of the store: `error`). */
-export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): Promise<{ bytes: number; error?: string; found: boolean; cut?: boolean }> {
+export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): Promise<{ bytes: number; error?: string; found: boolean; cut?: boolean; stoppedAtCut?: boolean }> {
   if (disk.kind !== 'qcow2' || disk.vmId === undefined) return { bytes: 0, found: false };
   const t0 = d.clock.now();
   const f = FOLLOWS.get(key);
@@ -172,7 +181,9 @@ export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): 
   // The job, then the node (its relay supports no flush: closing it sends only a disconnect),
   // then the relay, not waited for: it delivers what it still holds to the store and ends its
   // connection, which the store's close waits for (closeStore waitClients).
-  let out: { bytes: number; error?: string; found: boolean; cut?: boolean } = await d.backend.withNode(disk, (qmp) => stopJob(d, qmp, jobIdOf(key), targetOf(key)));
+  // The stop the cut began, if it went well; otherwise (none, or it failed) once more here.
+  const early = await f?.stopping?.catch(() => undefined);
+  let out: { bytes: number; error?: string; found: boolean; cut?: boolean; stoppedAtCut?: boolean } = early ? { ...early, stoppedAtCut: true } : await d.backend.withNode(disk, (qmp) => stopJob(d, qmp, jobIdOf(key), targetOf(key)));
   void stopRelay(d, key, f?.relay);
   // A mirror released at the stop is no failure when the release found it intact and the VM
   // stayed paused; otherwise the reason is the error.
@@ -180,13 +191,13 @@ export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): 
     const { error: _cutError, ...rest } = out;
     out = cut.clean ? { ...rest, cut: true } : { ...rest, error: cut.reason ?? out.error ?? 'cut' };
   }
-  if (out.found) d.logger.info({ key, ms: d.clock.now() - t0, ...(cut ? { cut: cut.clean ? 'clean' : cut.reason } : {}) }, 'follow stopped');
+  if (out.found) d.logger.info({ key, ms: d.clock.now() - t0, ...(cut ? { cut: cut.clean ? 'clean' : cut.reason } : {}), ...(early ? { stoppedAtCut: true } : {}) }, 'follow stopped');
   return out;
 }
 
-async function stopJob(d: FollowDeps, qmp: QmpPort, jobId: string, target: string): Promise<{ bytes: number; error?: string; found: boolean }> {
+async function stopJob(d: FollowDeps, qmp: QmpPort, jobId: string, target: string): Promise<JobEnd> {
   const first = (await qmp.execute<Job[]>('query-jobs')).find((x) => x.id === jobId);
-  let out: { bytes: number; error?: string; found: boolean } = { bytes: 0, found: !!first };
+  let out: JobEnd = { bytes: 0, found: !!first };
   if (first) {
     // A ready, actively synced write-blocking mirror has every completed guest write in the
     // store already (the write completed only once the store, or the relay released at the

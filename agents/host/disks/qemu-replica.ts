@@ -137,7 +137,20 @@ export class QemuReplicas implements ReplicaOps {
     return { ...cp, ref: bitmapOf(cp.id) };
   }
 
+  /** Closes under way, by replica: a store digest asked meanwhile waits for it (ReplicaOps). */
+  private readonly closing = new Map<string, Promise<unknown>>();
+
   async closeStore(replicaId: string, transfer?: ReplicaTransfer, opts: { waitClients?: boolean } = {}): Promise<ReplicaCheckpoint | null> {
+    const p = this.closeStoreNow(replicaId, transfer, opts);
+    this.closing.set(replicaId, p);
+    try {
+      return await p;
+    } finally {
+      if (this.closing.get(replicaId) === p) this.closing.delete(replicaId);
+    }
+  }
+
+  private async closeStoreNow(replicaId: string, transfer?: ReplicaTransfer, opts: { waitClients?: boolean } = {}): Promise<ReplicaCheckpoint | null> {
     await this.closeExports(replicaId, opts);
     const stores = await this.existing(replicaId);
     if (transfer) {
@@ -170,6 +183,7 @@ export class QemuReplicas implements ReplicaOps {
   }
 
   async digestStore(replicaId: string, ask: ReplicaDigestAsk = {}): Promise<ReplicaDigest> {
+    await this.closing.get(replicaId)?.catch(() => undefined);
     const paths = await this.storePaths(replicaId);
     await this.scratch();
     const held = (await this.existing(replicaId))[0]!.held().then((h) => h?.checkpoint);
@@ -336,20 +350,22 @@ export class QemuReplicas implements ReplicaOps {
 
   /** Source: stop following (idempotent). `bytes`: what the mirrors wrote into the store;
    *  `error`: a mirror that failed (the store misses writes: the last delta must send them). */
-  async unfollow(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string; cut?: boolean }> {
+  async unfollow(vmId: string, replicaId: string): Promise<{ bytes: number; following: boolean; error?: string; cut?: boolean; stoppedAtCut?: boolean }> {
     const deps = { backend: this.backend, clock: this.clock, logger: this.o.logger };
     let bytes = 0;
     let found = false;
     let cut = false;
+    let atCut = true;
     let error: string | undefined;
     for (const disk of await this.sourceDisks(vmId)) {
       const r = await stopFollow(deps, disk, this.followKey(replicaId, disk));
       bytes += r.bytes;
       found ||= r.found;
       cut ||= !!r.cut;
+      if (r.found) atCut &&= !!r.stoppedAtCut;
       error ??= r.error;
     }
-    return { bytes, following: found, ...(error ? { error } : {}), ...(cut ? { cut } : {}) };
+    return { bytes, following: found, ...(error ? { error } : {}), ...(cut ? { cut } : {}), ...(found && atCut ? { stoppedAtCut: true } : {}) };
   }
 
   /** Source: the VM stopped for its migration's end (its QEMU's STOP event): cut its follows. */
@@ -426,13 +442,12 @@ export class QemuReplicas implements ReplicaOps {
     const since = ask?.since;
     const kept = since ? this.leaves.take('source', ask.replicaId, since) : undefined;
     let out: ReplicaDigest | undefined;
-    if (kept && since && ask.changed) {
-      // The chunks were named before (changedSince, in the pause); the VM may have completed its
-      // migration since: its image is then read as the file it is (qemu-cow.ts fileReader).
-      const changed = ask.changed;
-      out = await this.incremental('source', ask.replicaId, kept, disks.map((d, i) => ({ chunks: () => Promise.resolve(changed[i]), reader: () => this.backend.fileReader(d) })));
-    } else if (kept && since) {
+    if (kept && since) {
+      // A VM whose migration completed (a live move's check after the switchover: pause-check.ts)
+      // stored its bitmaps into its image files: both the names and the reads come from them.
+      const away = disks.length > 0 && (await this.backend.migratedAway(disks[0]!).catch(() => false));
       out = await this.incremental('source', ask.replicaId, kept, disks.map((d) => {
+        if (away) return { chunks: async (cache: LeafCache) => chunksOfRanges(await this.backend.storedDirtyRanges(d, this.perDisk(since), this.laterOf(ask.replicaId, since)), cache.chunkBytes, cache.size), reader: () => this.backend.fileReader(d) };
         // `since`'s bitmap and every later one of the replica: what a mirror carried after the
         // last delta's checkpoint is in the newest (docs/disks.md#following). Both the ranges
         // and the reads over one NBD connection to the VM's QEMU (qemu-cow.ts dirtyReader).
@@ -456,15 +471,6 @@ export class QemuReplicas implements ReplicaOps {
       if (ask) this.leaves.note({ side: 'source', replicaId: ask.replicaId, mode: 'full', chunks: out.disks.reduce((n, d) => n + d.leaves.length, 0) });
     }
     if (ask?.keepAs) this.leaves.keep('source', ask.replicaId, ask.keepAs, out);
-    return out;
-  }
-
-  async changedSince(vmId: string, replicaId: string, since: ReplicaCheckpoint): Promise<number[][] | null> {
-    const kept = this.leaves.peek('source', replicaId, since);
-    const disks = await this.sourceDisks(vmId);
-    if (!kept || kept.length !== disks.length) return null;
-    const out: number[][] = [];
-    for (const [i, d] of disks.entries()) out.push(await this.changedChunks(d, replicaId, since, kept[i]!));
     return out;
   }
 

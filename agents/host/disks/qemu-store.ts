@@ -77,8 +77,10 @@ export class QemuStore {
       daemon,
       close: async (o: CloseOptions = {}) => {
         if (o.waitClients) await waitForClients(daemon, this.clock, o.logger, o.waitMs ?? 10_000);
+        const t0 = this.clock.now();
         await daemon.stop();
         await rm(dir, { recursive: true, force: true });
+        o.logger?.info({ image: this.image, ms: this.clock.now() - t0 }, 'store daemon stopped');
       },
     };
   }

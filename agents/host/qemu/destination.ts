@@ -29,8 +29,10 @@ export async function prepareIncoming(vms: QemuVms, spec: VmSpec, migrationId: s
   let rec: VmRecord;
   try {
     // -S: with storage copy the guest starts only after the NBD server is closed; held, only
-    // once told (vm.resume).
-    rec = await vms.launch(launchSpec, 'incoming', migrationId, { startPaused: copy || t.holdAfterLanding === true });
+    // once told (vm.resume). Either way the disks are this host's own files (new copies, or a
+    // replica's store: docs/disks.md#following), not storage shared with the source.
+    const local = copy || t.holdAfterLanding === true;
+    rec = await vms.launch(launchSpec, 'incoming', migrationId, { startPaused: local, localDisks: local });
     if (t.holdAfterLanding && !copy) rec.held = true;
   } catch (e) {
     for (const f of created) await rm(f, { force: true });
@@ -63,6 +65,22 @@ export async function prepareIncoming(vms: QemuVms, spec: VmSpec, migrationId: s
     await vms.destroy(spec.vmId).catch(() => undefined);
     throw e;
   }
+}
+
+/** A held destination (tuning.holdAfterLanding) takes its disks now, landed or not: the
+ *  controller says the store that wrote them has closed, so nothing else holds the files
+ *  (`blockdev-set-active`: QEMU's activation takes their locks and re-reads their metadata, a
+ *  cost that otherwise falls between the landing and the run). The guest still runs only once
+ *  told (resume). A paused VM's disks are active already: nothing to do; anything else is refused. */
+export async function activateDisks(vms: QemuVms, vmId: string): Promise<{ ms: number }> {
+  const rec = vms.get(vmId);
+  const t0 = vms.clock.now();
+  if (rec.state === 'running') return { ms: 0 };
+  if (!(rec.state === 'incoming' && rec.held) && rec.state !== 'paused') throw qemuError('VMTC_QEMU_BAD_STATE', { vmId, state: rec.state, operation: 'activateDisks', reason: 'only a held destination, or a paused VM' });
+  await vms.qmpOf(rec).execute('blockdev-set-active', { active: true });
+  const ms = vms.clock.now() - t0;
+  rec.log.info({ ms }, 'held destination took its disks');
+  return { ms };
 }
 
 export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {

@@ -20,7 +20,7 @@ import { readHostCounters, readText, readVmCounters, type DirtyRates, type ReadT
 import { decideReach, isAddress, probeFromBash, routeFromIp, tcpProbe } from '../reach.ts';
 import type { VmPaths } from './cmdline.ts';
 import { forceComplete, readLimits, tuneMigration } from './control.ts';
-import { prepareIncoming, resume, waitRunning } from './destination.ts';
+import { activateDisks, prepareIncoming, resume, waitRunning } from './destination.ts';
 import { cpuModelFeatures, hostCpuFlags, qemuVersion } from './facts.ts';
 import { QemuVms } from './lifecycle.ts';
 import { cancelMigration, continueMigration, migrate } from './source.ts';
@@ -204,6 +204,11 @@ export class QemuDriver implements HypervisorDriver {
   async resume(vmId: string): Promise<VmInfo> {
     await this.ready;
     return resume(this.vms, vmId);
+  }
+
+  async activateDisks(vmId: string): Promise<{ ms: number }> {
+    await this.ready;
+    return activateDisks(this.vms, vmId);
   }
 
   async waitRunning(vmId: string, timeoutMs: number): Promise<VmInfo> {

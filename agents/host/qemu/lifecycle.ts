@@ -166,7 +166,7 @@ export class QemuVms {
 
   // ---- start, stop, destroy -----------------------------------------------------------------
 
-  async launch(specIn: VmSpec, role: 'normal' | 'incoming', migrationId?: string, lo: { startPaused?: boolean } = {}): Promise<VmRecord> {
+  async launch(specIn: VmSpec, role: 'normal' | 'incoming', migrationId?: string, lo: { startPaused?: boolean; localDisks?: boolean } = {}): Promise<VmRecord> {
     if (this.closed) throw qemuError('VMTC_QEMU_BAD_STATE', { reason: 'driver closed' });
     validateSpec(specIn);
     const vmId = specIn.vmId;
@@ -195,7 +195,7 @@ export class QemuVms {
     this.vms.set(vmId, rec);
     try {
       await this.persist(rec);
-      const args = buildQemuArgs({ spec, paths, taps: rec.taps, accel: this.accel, machine, incoming: role === 'incoming', startPaused: !!lo.startPaused });
+      const args = buildQemuArgs({ spec, paths, taps: rec.taps, accel: this.accel, machine, incoming: role === 'incoming', startPaused: !!lo.startPaused, ...(lo.localDisks ? { localDisks: true } : {}) });
       const argv = this.opts.netns ? ['ip', 'netns', 'exec', this.opts.netns, this.binary, ...args] : [this.binary, ...args];
       rec.log.info({ argv: argv.join(' ') }, role === 'incoming' ? 'starting QEMU for an incoming migration' : 'starting QEMU');
       // With -daemonize the first process exits once QEMU is initialised (sockets listening);

@@ -139,7 +139,7 @@ const startMigration: EffectFn = async (cx, row, signal) => {
   const end = await endAtPause(cx.hub, cx.clock, cx.log, { migrationId: row.id, vmId: row.vmId, sourceHostId: row.sourceHostId, destinationHostId: row.destinationHostId, replicaId, overlap: held });
   const last = end.last;
   const cur = currentCtx(cx, row.id).incoming;
-  const use: LiveReplicaUse = { ...(cur?.replica ?? { replicaId, preSeededBytes: 0, disks: 0 }), precopyDeltaBytes: preDelta.bytes, ...(follow ? { catchUpBytes: follow.bytes, catchUpMs: follow.ms } : {}), ...(last.mirroredBytes !== undefined ? { mirroredBytes: last.mirroredBytes } : {}), ...(last.cut ? { followCut: true } : {}), lastDeltaBytes: last.bytes, lastDeltaMs: last.ms, ...(end.deferred ? { pauseCheckMs: end.sourceMs ?? 0, storeCheckedAfterSwitchover: true } : { digestMs: cx.clock.now() - t1 }) };
+  const use: LiveReplicaUse = { ...(cur?.replica ?? { replicaId, preSeededBytes: 0, disks: 0 }), precopyDeltaBytes: preDelta.bytes, ...(follow ? { catchUpBytes: follow.bytes, catchUpMs: follow.ms } : {}), ...(last.mirroredBytes !== undefined ? { mirroredBytes: last.mirroredBytes } : {}), ...(last.cut ? { followCut: true } : {}), ...(last.stoppedAtCut ? { mirrorsStoppedAtCut: true } : {}), lastDeltaBytes: last.bytes, lastDeltaMs: last.ms, ...(end.deferred ? { pauseCheckMs: end.sourceMs ?? 0, storeCheckedAfterSwitchover: true } : { digestMs: cx.clock.now() - t1 }) };
   cx.log.info({ ...use }, end.deferred ? 'the changed chunks named at the pause: the disks are checked while the final state crosses' : 'replica verified at the pause: the destination holds the source\'s disks');
   return {
     event: { type: 'SWITCHOVER_READY' }, detail: { transferredBytes: ready.transferredBytes, totalBytes: ready.totalBytes, replica: use },
@@ -162,15 +162,14 @@ const switchover: EffectFn = async (cx, row, signal) => {
   // taken on trust: the move rolls back (the held copy never ran).
   const check = takeStoreCheck(row.id);
   if (!check) throw err('VMTC_MIGRATION_FAILED', { phase: 'switchover', replica: inc.replica.replicaId, reason: "the disks' check was lost with a controller restart" });
-  // The source digests once its copy completed (its image written out), beside the store.
+  // The digests once the source's copy completed (its image written out, its bitmaps in it),
+  // the store's once it closed too.
   const copyP = runMigration(cx, row, signal, 'end');
-  const srcP = copyP.then(() => check.source());
-  const [copy, store, src] = await Promise.allSettled([copyP, check.store, srcP]);
+  const [copy, checkedP] = await Promise.allSettled([copyP, copyP.then(() => check.verify())]);
   if (copy.status === 'rejected') throw copy.reason;
-  if (store.status === 'rejected') throw store.reason;
-  if (src.status === 'rejected') throw src.reason;
+  if (checkedP.status === 'rejected') throw checkedP.reason;
   const result = copy.value;
-  const checked = check.compare(src.value, store.value);
+  const checked = checkedP.value;
   const replica: LiveReplicaUse = { ...inc.replica, digestMs: checked.ms };
   cx.log.info({ ...replica }, 'replica verified while the final state crossed: the destination holds the source\'s disks');
   // Checked and sent: the held destination is told to run now (it starts once its copy landed),

@@ -146,6 +146,8 @@ export interface ColdReplicaUse {
   /** The mirrors were cut at the source's stop (their writes in flight not waited for): the
    *  store's export closed once the last of them was in (docs/disks.md#following). */
   followCut?: boolean;
+  /** Their jobs were stopped at the source's stop too: the pause only waited for that. */
+  mirrorsStoppedAtCut?: boolean;
   lastDeltaBytes?: number;
   lastDeltaMs?: number;
   preSeededBytes?: number;

@@ -83,7 +83,7 @@ export const storeDigest = (hub: HubPort, m: DigestSides, since?: ReplicaCheckpo
   hub.request(m.destinationHostId, 'replica.digest', { replicaId: m.replicaId, side: 'store', ...(since && changed ? { since, changed } : {}) }, DIGEST_TIMEOUT_MS);
 
 /** The source's changed chunks per disk, when its digest was incremental on every disk. */
-const changedOf = (s: ReplicaDigest): number[][] | undefined => (s.disks.every((d) => d.changed) ? s.disks.map((d) => d.changed!) : undefined);
+export const changedOf = (s: ReplicaDigest): number[][] | undefined => (s.disks.every((d) => d.changed) ? s.disks.map((d) => d.changed!) : undefined);
 /** Both sides take a full digest of the replica's disks and keep its leaves at `keepAs`, the
  *  checkpoint the store holds (docs/disks.md#incremental-digests, step 1). False when either
  *  could not: the later digests are then full (as sound, slower). */

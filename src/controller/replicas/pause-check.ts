@@ -1,29 +1,30 @@
 // A live move's disk check at the pause, with a followed replica (docs/disks.md#following,
-// "Checked while the final state crosses"). In the pause before the switchover the source stops
-// its mirrors (released at the VM's stop already: agents/host/disks/qemu-follow.ts) and names the
-// chunks written since the digests' kept leaves (`replica.changed`: its dirty bitmaps, read over
-// NBD); the controller then lets the final memory state go at once. The rest runs while that
-// state crosses the path: the store closes its export once the relay's last writes are in (a
-// one-way trip of the path after the release), records the catch-up's checkpoint and digests
-// the named chunks; the source digests them too once its copy completed (QEMU wrote its image
-// out as it gave the disks up, so the image file is read as it is); the digests are compared.
-// The destination was started held (it stays paused once the state landed:
-// tuning.holdAfterLanding) and is told to run only after the check passed; a failed check rolls
-// the move back, and the held copy, which never ran, is removed
-// (src/controller/migration/reducer.ts heldDestinationNeverRan).
+// "Checked while the final state crosses"). The source stopped its mirrors at the VM's stop
+// already (agents/host/disks/qemu-follow.ts cutFollows: the relays released, the jobs
+// cancelled); in the pause before the switchover the controller only waits for that
+// (`replica.unfollow`) and then lets the final memory state go at once. The rest runs while
+// that state crosses the path: the store closes its export once the relay's last writes are in
+// (a one-way trip of the path after the release) and records the catch-up's checkpoint; the
+// held destination then takes its disks (closeStore `activateVmId`), off the resume's path; the
+// source, once its copy completed, names the chunks written since the digests' kept leaves
+// from its image file (QEMU stored its dirty bitmaps into it as it gave the disks up) and
+// digests them; the store digests the same chunks; the digests are compared. The destination
+// was started held (it stays paused once the state landed: tuning.holdAfterLanding) and is told
+// to run only after the check passed; a failed check rolls the move back, and the held copy,
+// which never ran, is removed (src/controller/migration/reducer.ts heldDestinationNeverRan).
 //
-// Without a follow, with a mirror that failed, or without kept leaves everything happens in the
-// pause, before the switchover, as before: the last delta (if any), then both digests.
+// Without a follow, or with a mirror that failed, everything happens in the pause, before the
+// switchover, as before: the last delta (if any), then both digests.
 import type { ReplicaCheckpoint, ReplicaDigest } from '../../common/agent-protocol.ts';
 import type { Clock } from '../../common/clock.ts';
 import type { Logger } from '../../common/log.ts';
 import type { HubPort } from '../ports.ts';
-import { digestFailure, endLiveFollow, liveFailure, liveReplicaDelta, sameDisksOrFail, sourceDigest, storeDigest, verifyLiveReplica, type DigestSides } from './migration.ts';
+import { changedOf, digestFailure, endLiveFollow, liveFailure, liveReplicaDelta, sameDisksOrFail, sourceDigest, storeDigest, verifyLiveReplica, type DigestSides } from './migration.ts';
 import { replicaServiceOf } from './service.ts';
 
 export interface PauseEnd {
   /** The last delta (0 bytes when the store followed), and what the mirrors wrote. */
-  last: { bytes: number; ms: number; from: ReplicaCheckpoint | null; mirroredBytes?: number; cut?: boolean };
+  last: { bytes: number; ms: number; from: ReplicaCheckpoint | null; mirroredBytes?: number; cut?: boolean; stoppedAtCut?: boolean };
   /** Checked already, in the pause. */
   verified?: { disks: number; readChunks?: number };
   /** Checked after the switchover (takeStoreCheck): the pause only named the changed chunks. */
@@ -39,12 +40,11 @@ export interface StoreChecked {
   ms: number;
 }
 
-/** A check under way: the store's part runs already; `source` (once the copy completed) takes
- *  the source's digest; `compare` ends it. */
+/** A check under way: the store's close runs already; `verify`, once the source's copy
+ *  completed, takes both digests and compares them. */
 export interface StoreCheck {
-  store: Promise<ReplicaDigest>;
-  source(): Promise<ReplicaDigest>;
-  compare(src: ReplicaDigest, dst: ReplicaDigest): StoreChecked;
+  closed: Promise<void>;
+  verify(): Promise<StoreChecked>;
 }
 
 /** The checks under way, by migration: the switchover takes its own. */
@@ -75,11 +75,7 @@ export async function endAtPause(hub: HubPort, clock: Clock, log: Logger, m: Dig
   if (!cur0) throw liveFailure(replicaId, { code: 'VMTC_REPLICA_NOT_FOUND', message: 'the replica is gone' }, 'switchover');
   const cur = (): typeof cur0 => svc.records.get(replicaId) ?? cur0;
   const from = cur0.checkpoint;
-  // The changed chunks are named while the mirrors stop: the VM is paused, its disks no longer
-  // change, and the bitmaps are not the mirrors'.
-  const changedP = from ? hub.request(m.sourceHostId, 'replica.changed', { replicaId, vmId: m.vmId, since: from }).then((r) => r.changed, () => null) : Promise.resolve(null);
   const s = await svc.exclusive(replicaId, async () => svc.unfollowSource(cur()));
-  const changed = await changedP;
   if (s.mirrored.error || !s.transfer) {
     // A mirror that failed: the store misses writes; the last delta, from the checkpoint the
     // store still holds, then both digests, all before the switchover.
@@ -88,28 +84,31 @@ export async function endAtPause(hub: HubPort, clock: Clock, log: Logger, m: Dig
     const d = await liveReplicaDelta(hub, clock, log, replicaId, 'switchover');
     return bothNow({ ...d, ms: clock.now() - t0, mirroredBytes: s.mirrored.bytes });
   }
-  const last = { bytes: 0, ms: clock.now() - t0, from, mirroredBytes: s.mirrored.bytes, ...(s.mirrored.cut ? { cut: true } : {}) };
-  const closed = () => svc.exclusive(replicaId, async () => {
-    const o = await svc.closeFollowedStore(cur(), s, { record: true });
+  const last = { bytes: 0, ms: clock.now() - t0, from, mirroredBytes: s.mirrored.bytes, ...(s.mirrored.cut ? { cut: true } : {}), ...(s.mirrored.stoppedAtCut ? { stoppedAtCut: true } : {}) };
+  const t1 = clock.now();
+  // The store closes once the relay's last writes are in and records the catch-up; its files
+  // are the held destination's disks, which it takes then, off the resume's path.
+  const closed = svc.exclusive(replicaId, async () => {
+    const o = await svc.closeFollowedStore(cur(), s, { record: true, activateVmId: m.vmId });
     if (!o.recorded) throw liveFailure(replicaId, { code: 'VMTC_REPLICA_STATE', message: `the store did not record the followed state: ${o.error ?? 'not recorded'}` }, 'switchover');
   });
-  if (!changed) {
-    // No kept leaves at the source: full digests, in the pause.
-    await closed();
-    return bothNow(last);
-  }
-  const t1 = clock.now();
-  const store = closed().then(() => storeDigest(hub, m, from, changed).catch((e: unknown) => {
-    throw digestFailure(replicaId, e);
-  }));
-  // Observed here so that a check nobody awaits (a cancel won the race) is no unhandled rejection.
-  store.catch((e: unknown) => log.info({ replicaId, err: String(e) }, 'the store check failed'));
+  // Observed here so that a check nobody takes (a cancel won the race) is no unhandled rejection.
+  closed.catch((e: unknown) => log.info({ replicaId, err: String(e) }, 'the store check failed'));
   pending.set(m.migrationId, {
-    store,
-    source: () => sourceDigest(hub, m, from, changed).catch((e: unknown) => {
-      throw digestFailure(replicaId, e);
-    }),
-    compare: (src, dst) => ({ ...sameDisksOrFail(hub, log, replicaId, src, dst), ms: clock.now() - t1 }),
+    closed,
+    verify: async () => {
+      // The source names the chunks written since `from` itself (its image file's bitmaps) and
+      // digests them; the store reads the same chunks: asked at once, it waits for its own close
+      // (no round trip of the controller's between).
+      const src = await sourceDigest(hub, m, from).catch((e: unknown) => {
+        throw digestFailure(replicaId, e);
+      });
+      const dstP = storeDigest(hub, m, from, changedOf(src)).catch((e: unknown) => {
+        throw digestFailure(replicaId, e);
+      });
+      const [, dst] = await Promise.all([closed, dstP]);
+      return { ...sameDisksOrFail(hub, log, replicaId, src, dst), ms: clock.now() - t1 };
+    },
   });
   return { last, deferred: true, sourceMs: clock.now() - t0 };
 }

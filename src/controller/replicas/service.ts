@@ -64,7 +64,7 @@ function errorOf(e: unknown): ReplicaError {
 /** What the source said as it stopped a follow's mirrors (ReplicaService.unfollowSource). */
 export interface SourceUnfollowed {
   transfer?: ReplicaTransfer;
-  mirrored: { bytes: number; following: boolean; error?: string; cut?: boolean };
+  mirrored: { bytes: number; following: boolean; error?: string; cut?: boolean; stoppedAtCut?: boolean };
 }
 
 export interface UnfollowOutcome {
@@ -405,9 +405,9 @@ export class ReplicaService {
   /** The second half: the destination closes the export (once its clients left, after mirrors
    *  cut at the VM's stop) and records the catch-up's checkpoint when it may. Call under
    *  exclusive(). */
-  async closeFollowedStore(r: ReplicaRow, s: SourceUnfollowed, opts: { record: boolean }): Promise<UnfollowOutcome> {
+  async closeFollowedStore(r: ReplicaRow, s: SourceUnfollowed, opts: { record: boolean; activateVmId?: string }): Promise<UnfollowOutcome> {
     const { transfer, mirrored } = s;
-    const ask = { replicaId: r.id };
+    const ask = { replicaId: r.id, ...(opts.activateVmId ? { activateVmId: opts.activateVmId } : {}) };
     const record = opts.record && !!transfer && !mirrored.error;
     // Mirrors cut at the VM's stop have writes on their way: the export closes once they are in.
     const wait = mirrored.cut ? { waitClients: true } : {};
@@ -415,7 +415,7 @@ export class ReplicaService {
       if (record) await this.d.hub.request(r.destinationHostId, 'replica.closeStore', { ...ask, transfer, ...wait });
       else await this.d.hub.request(r.destinationHostId, 'replica.closeStore', { ...ask, ...wait });
     } catch (e) {
-      if (record) await this.d.hub.request(r.destinationHostId, 'replica.closeStore', ask).catch(() => undefined);
+      if (record) await this.d.hub.request(r.destinationHostId, 'replica.closeStore', { replicaId: r.id }).catch(() => undefined);
       const now = this.records.get(r.id);
       return { row: now ? this.apply(now, { type: 'DELTA_FAILED', error: errorOf(e) }) : null, mirroredBytes: mirrored.bytes, recorded: false, error: errorOf(e).message };
     }
