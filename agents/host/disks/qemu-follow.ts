@@ -48,6 +48,8 @@ export interface FollowDeps {
 export async function startFollow(d: FollowDeps, disk: SourceDisk, dest: NbdDestination, key: string): Promise<void> {
   if (disk.kind !== 'qcow2' || disk.vmId === undefined) throw hostError('VMTC_HOST_BAD_PARAMS', { field: 'disk', reason: 'a running VM\'s drive' });
   await d.backend.withNode(disk, async (qmp, _node, _size, top) => {
+    // (qmp: the VM's connection now; the cut's stop uses it as is, and unfollow looks again if
+    // that failed.)
     // The mirror runs on the drive's top node, above the qcow2 node whose backup jobs send the
     // catch-up delta (one job a node): a drive without one cannot be followed.
     if (!top) throw hostError('VMTC_HOST_DISK_UNSUPPORTED', { vmId: disk.vmId, device: disk.device, reason: 'the drive has no pass-through node above its qcow2 node (a VM started before followed moves existed)' });
@@ -67,7 +69,7 @@ export async function startFollow(d: FollowDeps, disk: SourceDisk, dest: NbdDest
       await rm(dir, { recursive: true, force: true });
       throw hostError('VMTC_HOST_DISK_COPY_FAILED', { step: 'start the follow relay', nbd: dest.nbd, reason: String((e as Error).message ?? e) }, { cause: e });
     });
-    FOLLOWS.set(key, { vmId: disk.vmId!, relay: conn, stopJob: () => d.backend.withNode(disk, (q) => stopJob(d, q, jobId, target)) });
+    FOLLOWS.set(key, { vmId: disk.vmId!, relay: conn, stopJob: () => stopJob(d, qmp, jobId, target) });
     if (conn.pid) await writeFile(join(dir, 'relay.pid'), String(conn.pid));
     try {
       // No flushes over the path: the relay offers none (QEMU's NBD driver flushes even a node
@@ -196,7 +198,9 @@ export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): 
 }
 
 async function stopJob(d: FollowDeps, qmp: QmpPort, jobId: string, target: string): Promise<JobEnd> {
-  const first = (await qmp.execute<Job[]>('query-jobs')).find((x) => x.id === jobId);
+  // Both queries at once (QMP answers in order; one round trip, not two).
+  const [jobs, blockJobs] = await Promise.all([qmp.execute<Job[]>('query-jobs'), qmp.execute<BlockJob[]>('query-block-jobs')]);
+  const first = jobs.find((x) => x.id === jobId);
   let out: JobEnd = { bytes: 0, found: !!first };
   if (first) {
     // A ready, actively synced write-blocking mirror has every completed guest write in the
@@ -206,7 +210,7 @@ async function stopJob(d: FollowDeps, qmp: QmpPort, jobId: string, target: strin
     // the soft cancel's final flush of the store over the path (a round trip: the store's
     // daemon flushes when it closes). Any other live job is cancelled hard too, and counts as
     // failed: the store may miss writes.
-    const bj = (await qmp.execute<BlockJob[]>('query-block-jobs')).find((x) => x.device === jobId);
+    const bj = blockJobs.find((x) => x.device === jobId);
     const synced = first.status === 'ready' && !first.error && bj?.['actively-synced'] === true;
     if (first.status !== 'concluded' && first.status !== 'null') {
       await qmp.execute('block-job-cancel', { device: jobId, force: true }).catch((e: unknown) => d.logger.warn({ jobId, err: String(e) }, 'block-job-cancel refused'));

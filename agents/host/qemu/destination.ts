@@ -78,6 +78,7 @@ export async function activateDisks(vms: QemuVms, vmId: string): Promise<{ ms: n
   if (rec.state === 'running') return { ms: 0 };
   if (!(rec.state === 'incoming' && rec.held) && rec.state !== 'paused') throw qemuError('VMTC_QEMU_BAD_STATE', { vmId, state: rec.state, operation: 'activateDisks', reason: 'only a held destination, or a paused VM' });
   await vms.qmpOf(rec).execute('blockdev-set-active', { active: true });
+  rec.disksActive = true;
   const ms = vms.clock.now() - t0;
   rec.log.info({ ms }, 'held destination took its disks');
   return { ms };
@@ -96,7 +97,8 @@ export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {
   if (!['paused', 'postmigrate', 'running'].includes(rec.state)) throw qemuError('VMTC_QEMU_BAD_STATE', { vmId, state: rec.state, operation: 'resume' });
   // A storage-copy destination closes its NBD exports before its guest may run.
   if (rec.incomingStorage) await finishIncoming(vms, rec);
-  await vms.refresh(rec);
+  // A held destination that landed is paused by its own events: no query first.
+  if (rec.state !== 'paused') await vms.refresh(rec);
   if (rec.state !== 'running') {
     // Its taps first: what the guest sends as it starts (QEMU's announcement of its address
     // after a migration) must find them up.

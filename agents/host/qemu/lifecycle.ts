@@ -284,7 +284,7 @@ export class QemuVms {
     // The guest runs: its taps come up now, not a query-status later.
     if (ev.event === 'RESUME' && rec.tapsDown) void this.tapsUp(rec).catch(() => undefined);
     if (then.landed) this.onIncomingLanded(rec);
-    if (then.heldLanded) {
+    if (then.heldLanded && !rec.disksActive) {
       const t0 = this.clock.now();
       void this.qmpOf(rec).execute('blockdev-set-active', { active: true })
         .then(() => rec.log.info({ ms: this.clock.now() - t0 }, 'held destination landed: its disks are active, it starts when told'))

@@ -144,6 +144,9 @@ export interface VmRecord extends VmFile {
    *  for it (a tunnel bicasting during the copy) is dropped at the bridge, not queued in the tap
    *  and replayed into the guest when it resumes. */
   tapsDown?: boolean;
+  /** A held destination took its disks already (destination.ts activateDisks): its landing
+   *  need not ask again (one QMP command less queued before the resume's). */
+  disksActive?: boolean;
   /** A running tapsUp(). */
   tapsGoingUp?: Promise<void>;
   /** Block jobs that ended (BLOCK_JOB_COMPLETED/CANCELLED), until one of the name is ready
