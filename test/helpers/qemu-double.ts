@@ -145,8 +145,12 @@ export class QemuHostDouble implements QemuSystem {
   private readonly ports = new Map<number, number[]>();
   private nextPid = 4_000_000;
 
+  /** Holds a command until the promise it returns settles (a test's slow `bridge`, say). */
+  gate?: (argv: string[]) => Promise<void> | undefined;
+
   async exec(argv: string[]): Promise<{ code: number | null; stderr: string }> {
     this.argvs.push(argv);
+    await this.gate?.(argv);
     if (argv[0] === 'ip') return this.ip(argv[1] === '-n' ? argv.slice(3) : argv.slice(1));
     if (argv[0] === 'bridge') return this.bridge(argv[1] === '-n' ? argv.slice(3) : argv.slice(1));
     const at = argv.indexOf('-pidfile');

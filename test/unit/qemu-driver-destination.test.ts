@@ -209,6 +209,30 @@ describe('QEMU driver, destination side (QMP double, manual clock)', () => {
       expect(upAtCont).toBe(true);
     });
 
+    it("a held destination's cont waits for its taps' links, not for the bridge's entries for its MAC (they go in while it starts)", async () => {
+      const { driver, clock, qmp, host } = driverUnderTest(cleanups);
+      await driver.prepareIncoming(vmSpec('vm-t5', { nics }), 'mig-t5', '127.0.0.1', { tuning: { holdAfterLanding: true } });
+      const [tap] = tapOf(host);
+      let release!: () => void;
+      const bridgeHeld = new Promise<void>((r) => { release = r; });
+      host.gate = (argv) => (argv[0] === 'bridge' ? bridgeHeld : undefined);
+      const q = await qmp('vm-t5');
+      let atCont: { up?: boolean; fdb: number } | undefined;
+      q.handlers.set('cont', () => {
+        atCont = { up: host.links.get(tap)?.up, fdb: host.fdb.size };
+        release();
+        q.runState = 'running';
+        return {};
+      });
+      q.runState = 'paused';
+      q.migration = { status: 'completed' };
+      const o = watch(driver.resume('vm-t5'), clock);
+      await runUntilSettled(clock, o, 5000);
+      expect(o.error).toBeUndefined();
+      expect(atCont).toEqual({ up: true, fdb: 0 });
+      expect(host.fdb.get('br-site/52:54:00:00:00:11')).toBe(tap);
+    });
+
     it('a VM started here (not incoming) has its taps up from the start', async () => {
       const { driver, host } = driverUnderTest(cleanups);
       await driver.start(vmSpec('vm-t3', { nics }));

@@ -100,10 +100,14 @@ export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {
   // A held destination that landed is paused by its own events: no query first.
   if (rec.state !== 'paused') await vms.refresh(rec);
   if (rec.state !== 'running') {
-    // Its taps first: what the guest sends as it starts (QEMU's announcement of its address
-    // after a migration) must find them up.
-    await vms.tapsUp(rec);
+    // Its taps' links first: what the guest sends as it starts (QEMU's announcement of its
+    // address after a migration) must find them up. The bridge's entries for its MACs
+    // (setTapsUp) go in while it starts: its first frames come later still.
+    const taps = vms.tapsUp(rec);
+    taps.catch(() => undefined); // its fdb part only warns (setTapsUp); a link's failure is below
+    await taps.links;
     await vms.qmpOf(rec).execute('cont');
+    await taps;
   }
   await vms.refresh(rec);
   return vms.info(rec);

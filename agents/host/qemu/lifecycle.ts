@@ -91,10 +91,17 @@ export class QemuVms {
   }
 
   /** Bring an incoming VM's taps up: at its RESUME event, before a `cont`, and whenever it is
-   *  found running. Idempotent; a failure is logged and left for the next caller to retry. */
-  tapsUp(rec: VmRecord): Promise<void> {
-    if (!rec.tapsDown) return Promise.resolve();
-    rec.tapsGoingUp ??= setTapsUp(this.system, this.opts.netns, rec.spec.vmId, rec.taps, (rec.spec.nics ?? []).map((n) => n.mac)).then(
+   *  found running. Idempotent; a failure is logged and left for the next caller to retry.
+   *  `links` resolves once the links are up (the bridge's fdb entries follow: setTapsUp), or
+   *  as the whole fails. */
+  tapsUp(rec: VmRecord): Promise<void> & { links: Promise<void> } {
+    if (!rec.tapsDown) return Object.assign(Promise.resolve(), { links: Promise.resolve() });
+    let linksUp!: () => void;
+    let linksFailed!: (e: unknown) => void;
+    const links = new Promise<void>((res, rej) => { linksUp = res; linksFailed = rej; });
+    links.catch(() => undefined);
+    rec.tapLinks ??= links;
+    rec.tapsGoingUp ??= setTapsUp(this.system, this.opts.netns, rec.spec.vmId, rec.taps, (rec.spec.nics ?? []).map((n) => n.mac), linksUp).then(
       (refused) => {
         rec.tapsDown = false;
         rec.log.info({ taps: rec.taps }, 'taps up: the guest runs here');
@@ -102,12 +109,15 @@ export class QemuVms {
       },
       (e: unknown) => {
         rec.log.error({ err: String(e) }, 'bringing the taps up failed');
+        linksFailed(e); // (no effect once the links were up)
         throw e;
       },
     ).finally(() => {
       rec.tapsGoingUp = undefined;
+      rec.tapLinks = undefined;
     });
-    return rec.tapsGoingUp;
+    const all = rec.tapsGoingUp;
+    return Object.assign(all, { links: rec.tapLinks ?? links });
   }
 
   /** Resolves at the VM's next state change, or after `ms`. */

@@ -115,11 +115,13 @@ export async function createTaps(system: QemuSystem, netns: string | undefined, 
  *  ends comes before the RESUME that brings the tap up, so it is lost, and the next is 50 ms
  *  later (`announce-initial`). The entry is best effort: a bridge that refuses it learns the MAC
  *  from the VM's next frame, so its failures are returned, not thrown. */
-export async function setTapsUp(system: QemuSystem, netns: string | undefined, vmId: string, taps: string[], macs: (string | undefined)[] = []): Promise<string[]> {
+export async function setTapsUp(system: QemuSystem, netns: string | undefined, vmId: string, taps: string[], macs: (string | undefined)[] = [], linksUp: () => void = () => undefined): Promise<string[]> {
   for (const tap of taps) {
     const r = await ip(system, netns, ['link', 'set', tap, 'up']);
     if (r.code !== 0) throw qemuError('VMTC_QEMU_TAP_FAILED', { vmId, tap, netns: netns ?? null, argv: `link set ${tap} up`, stderr: r.stderr.trim().slice(0, 500) });
   }
+  // (The fdb entries need a port that is up: the kernel refuses them on one that is down.)
+  linksUp();
   const refused: string[] = [];
   for (const [i, tap] of taps.entries()) {
     const mac = macs[i];

@@ -147,8 +147,9 @@ export interface VmRecord extends VmFile {
   /** A held destination took its disks already (destination.ts activateDisks): its landing
    *  need not ask again (one QMP command less queued before the resume's). */
   disksActive?: boolean;
-  /** A running tapsUp(). */
+  /** A running tapsUp(), and its links being up (before the bridge's fdb entries). */
   tapsGoingUp?: Promise<void>;
+  tapLinks?: Promise<void>;
   /** Block jobs that ended (BLOCK_JOB_COMPLETED/CANCELLED), until one of the name is ready
    *  again; the 64 latest. */
   endedJobs?: Set<string>;
