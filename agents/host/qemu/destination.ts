@@ -86,6 +86,14 @@ export async function activateDisks(vms: QemuVms, vmId: string): Promise<{ ms: n
 
 export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {
   const rec = vms.get(vmId);
+  const t0 = vms.clock.now();
+  // Its taps' links first: what the guest sends as it starts (QEMU's announcement of its
+  // address after a migration) must find them up. They go up now, also while the copy still
+  // lands: the guest is to run here (its source is paused, so a frame queued meanwhile is no
+  // duplicate of one it answered). The bridge's entries for its MACs (setTapsUp) go in while it
+  // starts: its first frames come later still.
+  const taps = rec.state !== 'running' && rec.tapsDown ? vms.tapsUp(rec) : undefined;
+  taps?.catch(() => undefined); // its fdb part only warns (setTapsUp); a link's failure is below
   // A destination of a non-live migration: the copy may still be arriving (the source finishes
   // sending before the last bytes cross the path); wait for it to land, then start it.
   const deadline = vms.clock.now() + QEMU_DEFAULTS.incomingLandMs;
@@ -100,14 +108,14 @@ export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {
   // A held destination that landed is paused by its own events: no query first.
   if (rec.state !== 'paused') await vms.refresh(rec);
   if (rec.state !== 'running') {
-    // Its taps' links first: what the guest sends as it starts (QEMU's announcement of its
-    // address after a migration) must find them up. The bridge's entries for its MACs
-    // (setTapsUp) go in while it starts: its first frames come later still.
-    const taps = vms.tapsUp(rec);
-    taps.catch(() => undefined); // its fdb part only warns (setTapsUp); a link's failure is below
-    await taps.links;
+    const t1 = vms.clock.now();
+    const up = taps ?? vms.tapsUp(rec);
+    up.catch(() => undefined);
+    await up.links;
+    const t2 = vms.clock.now();
     await vms.qmpOf(rec).execute('cont');
-    await taps;
+    rec.log.info({ landMs: t1 - t0, linksMs: t2 - t1, contMs: vms.clock.now() - t2 }, 'resumed here');
+    await up;
   }
   await vms.refresh(rec);
   return vms.info(rec);
