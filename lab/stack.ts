@@ -140,7 +140,8 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
   mkdirSync(dir, { recursive: true });
   const procs: ChildProcess[] = [];
   let lab: Lab | undefined;
-  const env = { VMTC_LOG_LEVEL: o.logLevel ?? 'info' };
+  // VMTC_LAB_LOG_LEVEL=debug: the services' debug logs (e.g. every QMP command and event).
+  const env = { VMTC_LOG_LEVEL: o.logLevel ?? process.env.VMTC_LAB_LOG_LEVEL ?? 'info' };
   const cleanup = async () => {
     // Agents first (they stop nothing of the guests: QEMU keeps running), then the guests' QEMU
     // processes by the pidfiles the QEMU driver keeps, then services, then the lab.

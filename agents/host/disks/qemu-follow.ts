@@ -198,8 +198,13 @@ export async function stopFollow(d: FollowDeps, disk: SourceDisk, key: string): 
 }
 
 async function stopJob(d: FollowDeps, qmp: QmpPort, jobId: string, target: string): Promise<JobEnd> {
-  // Both queries at once (QMP answers in order; one round trip, not two).
-  const [jobs, blockJobs] = await Promise.all([qmp.execute<Job[]>('query-jobs'), qmp.execute<BlockJob[]>('query-block-jobs')]);
+  // The queries and the cancel at once: QMP runs them in order (the queries see the job as it
+  // was), one round trip rather than three; a cancel of a job that is gone or ended is refused,
+  // which is no failure.
+  const q = Promise.all([qmp.execute<Job[]>('query-jobs'), qmp.execute<BlockJob[]>('query-block-jobs')]);
+  const cancel = qmp.execute('block-job-cancel', { device: jobId, force: true }).then(() => undefined, (e: unknown) => e);
+  const [jobs, blockJobs] = await q;
+  const refused = await cancel;
   const first = jobs.find((x) => x.id === jobId);
   let out: JobEnd = { bytes: 0, found: !!first };
   if (first) {
@@ -212,22 +217,23 @@ async function stopJob(d: FollowDeps, qmp: QmpPort, jobId: string, target: strin
     // failed: the store may miss writes.
     const bj = blockJobs.find((x) => x.device === jobId);
     const synced = first.status === 'ready' && !first.error && bj?.['actively-synced'] === true;
-    if (first.status !== 'concluded' && first.status !== 'null') {
-      await qmp.execute('block-job-cancel', { device: jobId, force: true }).catch((e: unknown) => d.logger.warn({ jobId, err: String(e) }, 'block-job-cancel refused'));
-    }
+    if (refused && first.status !== 'concluded' && first.status !== 'null') d.logger.warn({ jobId, err: String(refused) }, 'block-job-cancel refused');
     let last = first;
     await waitFor(d, async () => {
       const j = (await qmp.execute<Job[]>('query-jobs')).find((x) => x.id === jobId);
       if (j) last = j;
       return !j || j.status === 'concluded' || j.status === 'null';
     }, 'the mirror into the store did not stop');
-    await qmp.execute('job-dismiss', { id: jobId }).catch(() => undefined);
     // The forced cancel's own error ("canceled") is not a failure of a job that was in sync.
     const error = synced ? undefined : last.error ?? (first.status === 'concluded' ? undefined : 'the mirror was not in sync when stopped');
     out = { bytes: last['current-progress'], found: true, ...(error ? { error } : {}) };
   }
-  // The node outlives a job that never started or was dismissed by an earlier attempt.
-  await qmp.execute('blockdev-del', { 'node-name': target }).catch(() => undefined);
+  // The job dismissed and the node deleted at once (the node outlives a job that never started
+  // or was dismissed by an earlier attempt).
+  await Promise.all([
+    first ? qmp.execute('job-dismiss', { id: jobId }).catch(() => undefined) : undefined,
+    qmp.execute('blockdev-del', { 'node-name': target }).catch(() => undefined),
+  ]);
   return out;
 }
 

@@ -34,6 +34,8 @@ interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
   timer: { cancel(): void };
+  /** When it was sent (a debug log says how long QEMU took). */
+  at: number;
 }
 
 export interface QmpClientEvents {
@@ -125,7 +127,7 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
         this.pending.delete(id);
         reject(qemuError('VMTC_QMP_TIMEOUT', { path: this.path, command, id, timeoutMs }));
       }, timeoutMs);
-      this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
+      this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer, at: this.clock.now() });
       const msg: Record<string, unknown> = { execute: command, id };
       if (args !== undefined) msg.arguments = args;
       this.sock.write(JSON.stringify(msg) + '\n');
@@ -174,6 +176,7 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
     }
     this.pending.delete(id!);
     p.timer.cancel();
+    this.log.debug({ command: p.command, ms: this.clock.now() - p.at }, 'qmp command answered');
     if ('error' in msg) {
       const err = msg.error as { class?: string; desc?: string };
       p.reject(qemuError('VMTC_QMP_COMMAND_FAILED', { command: p.command, class: err.class ?? 'unknown', desc: err.desc ?? '' }, {
