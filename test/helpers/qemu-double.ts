@@ -145,6 +145,25 @@ export class QemuHostDouble implements QemuSystem {
   private readonly ports = new Map<number, number[]>();
   private nextPid = 4_000_000;
 
+  /** Commands made ready (QemuSystem.prepare), and what became of each: run through exec, or
+   *  cancelled. */
+  readonly prepared: { argv: string[]; fate?: 'run' | 'cancelled' }[] = [];
+
+  prepare(argv: string[]): { run(): Promise<{ code: number | null; stderr: string }>; cancel(): void } {
+    const p: { argv: string[]; fate?: 'run' | 'cancelled' } = { argv };
+    this.prepared.push(p);
+    return {
+      run: () => {
+        if (p.fate) return Promise.resolve({ code: -1, stderr: 'used' });
+        p.fate = 'run';
+        return this.exec(argv);
+      },
+      cancel: () => {
+        p.fate ??= 'cancelled';
+      },
+    };
+  }
+
   /** Holds a command until the promise it returns settles (a test's slow `bridge`, say). */
   gate?: (argv: string[]) => Promise<void> | undefined;
 

@@ -233,6 +233,39 @@ describe('QEMU driver, destination side (QMP double, manual clock)', () => {
       expect(host.fdb.get('br-site/52:54:00:00:00:11')).toBe(tap);
     });
 
+    it("a held destination's link commands are made ready as it lands and run at its resume (no process start then); a destroyed one's are cancelled", async () => {
+      const { driver, clock, qmp, host } = driverUnderTest(cleanups);
+      await driver.prepareIncoming(vmSpec('vm-t6', { nics }), 'mig-t6', '127.0.0.1', { tuning: { holdAfterLanding: true } });
+      const [tap] = tapOf(host);
+      const q = await qmp('vm-t6');
+      expect(host.prepared).toEqual([]);
+      q.runState = 'paused';
+      q.migration = { status: 'completed' };
+      q.event('MIGRATION', { status: 'completed' });
+      await runUntilSettled(clock, watch(Promise.resolve(), clock), 100);
+      expect(host.prepared.map((p) => [p.argv.slice(-4).join(' '), p.fate])).toEqual([[`link set ${tap} up`, undefined]]);
+      expect(host.links.get(tap)?.up).toBe(false);
+      const execsBefore = host.argvs.filter((a) => a[0] === 'ip' && a.includes('up')).length;
+      const o = watch(driver.resume('vm-t6'), clock);
+      await runUntilSettled(clock, o, 5000);
+      expect(o.error).toBeUndefined();
+      expect(host.prepared[0]!.fate).toBe('run');
+      expect(host.links.get(tap)?.up).toBe(true);
+      // exec saw the prepared argv once (the double runs it through exec), and nothing else
+      expect(host.argvs.filter((a) => a[0] === 'ip' && a.includes('up')).length).toBe(execsBefore + 1);
+
+      await driver.prepareIncoming(vmSpec('vm-t7', { nics }), 'mig-t7', '127.0.0.1', { tuning: { holdAfterLanding: true } });
+      const q7 = await qmp('vm-t7');
+      q7.runState = 'paused';
+      q7.migration = { status: 'completed' };
+      q7.event('MIGRATION', { status: 'completed' });
+      await runUntilSettled(clock, watch(Promise.resolve(), clock), 100);
+      expect(host.prepared[1]?.fate).toBeUndefined();
+      const d = watch(driver.destroy('vm-t7'), clock);
+      await runUntilSettled(clock, d, 30_000);
+      expect(host.prepared[1]?.fate).toBe('cancelled');
+    });
+
     it('a VM started here (not incoming) has its taps up from the start', async () => {
       const { driver, host } = driverUnderTest(cleanups);
       await driver.start(vmSpec('vm-t3', { nics }));

@@ -13,7 +13,7 @@ import { buildQemuArgs, extraOf, mapRunState, qemuVmPaths, validateSpec, type Ac
 import { qemuError } from './errors.ts';
 import { applyEvent } from './events.ts';
 import { resolveMachine } from './facts.ts';
-import { createTaps, removeTaps, setTapsUp, systemQemu, tapNames } from './proc.ts';
+import { createTaps, prepareTapsUp, removeTaps, setTapsUp, systemQemu, tapNames } from './proc.ts';
 import type { QmpEvent } from './qmp.ts';
 import { ACTIVE_MIGRATION, QEMU_DEFAULTS, type QemuDriverOptions, type QemuSystem, type QmpLink, type QueryBlock, type QueryMigrate, type VmFile, type VmRecord } from './types.ts';
 
@@ -101,7 +101,7 @@ export class QemuVms {
     const links = new Promise<void>((res, rej) => { linksUp = res; linksFailed = rej; });
     links.catch(() => undefined);
     rec.tapLinks ??= links;
-    rec.tapsGoingUp ??= setTapsUp(this.system, this.opts.netns, rec.spec.vmId, rec.taps, (rec.spec.nics ?? []).map((n) => n.mac), linksUp).then(
+    rec.tapsGoingUp ??= setTapsUp(this.system, this.opts.netns, rec.spec.vmId, rec.taps, (rec.spec.nics ?? []).map((n) => n.mac), linksUp, rec.tapsReady).then(
       (refused) => {
         rec.tapsDown = false;
         rec.log.info({ taps: rec.taps }, 'taps up: the guest runs here');
@@ -252,6 +252,8 @@ export class QemuVms {
     const rec = this.vms.get(vmId);
     if (!rec) throw qemuError('VMTC_QEMU_VM_NOT_FOUND', { vmId });
     await this.quit(rec);
+    for (const c of rec.tapsReady?.values() ?? []) c.cancel();
+    rec.tapsReady = undefined;
     await removeTaps(this.system, this.opts.netns, rec.taps);
     // Disk copies this driver made (storage-copy destination) go with the VM; disks anywhere
     // else (the operator's, a cold import's) are never deleted here.
@@ -294,6 +296,9 @@ export class QemuVms {
     // The guest runs: its taps come up now, not a query-status later.
     if (ev.event === 'RESUME' && rec.tapsDown) void this.tapsUp(rec).catch(() => undefined);
     if (then.landed) this.onIncomingLanded(rec);
+    // A held destination runs once told, and then its taps' links come up first: the commands
+    // are made ready now (QemuSystem.prepare), so the resume pays no process start for them.
+    if (then.heldLanded && rec.tapsDown && !rec.tapsReady) rec.tapsReady = prepareTapsUp(this.system, this.opts.netns, rec.taps);
     if (then.heldLanded && !rec.disksActive) {
       const t0 = this.clock.now();
       void this.qmpOf(rec).execute('blockdev-set-active', { active: true })

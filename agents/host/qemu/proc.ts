@@ -8,7 +8,7 @@ import { sha256Hex } from '../../../src/common/hash.ts';
 import { pidAlive } from '../../../src/common/proc.ts';
 import { qemuError } from './errors.ts';
 import { QmpClient } from './qmp.ts';
-import type { QemuSystem } from './types.ts';
+import type { PreparedCommand, QemuSystem } from './types.ts';
 
 /** The real host. */
 export function systemQemu(clock: Clock): QemuSystem {
@@ -18,6 +18,38 @@ export function systemQemu(clock: Clock): QemuSystem {
     kill: (pid) => killPid(pid, clock),
     listeningPorts,
     connectQmp: (path, opts) => QmpClient.connect(path, opts),
+    prepare: (argv) => prepareArgv(argv, clock),
+  };
+}
+
+/** A shell that waits for a line on its stdin, then execs argv in its place: the fork of this
+ *  (large) process is done now; run() costs only the exec. EOF instead of a line (cancel(), or
+ *  this process's exit closing the pipe) ends it with code 125, unrun. */
+function prepareArgv(argv: string[], clock: Clock): PreparedCommand {
+  const c = spawn('sh', ['-c', 'read -r _ || exit 125; exec "$@"', 'sh', ...argv], { stdio: ['pipe', 'ignore', 'pipe'] });
+  let stderr = '';
+  c.stderr!.on('data', (d: Buffer) => {
+    if (stderr.length < 8192) stderr += d.toString();
+  });
+  c.stdin!.on('error', () => undefined); // a shell already gone: its exit says so
+  const exited = new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    c.on('error', (e) => resolve({ code: -1, stderr: e.message }));
+    c.on('exit', (code) => resolve({ code, stderr }));
+  });
+  let used = false;
+  return {
+    run: (timeoutMs = 30_000) => {
+      if (used) return Promise.resolve({ code: -1, stderr: 'prepared command already used' });
+      used = true;
+      const timer = clock.setTimeout(() => c.kill('SIGKILL'), timeoutMs);
+      c.stdin!.end('\n');
+      return exited.finally(() => timer.cancel());
+    },
+    cancel: () => {
+      if (used) return;
+      used = true;
+      c.stdin!.end();
+    },
   };
 }
 
@@ -85,8 +117,19 @@ export function tapNames(dataDir: string, vmId: string, n: number): string[] {
   return Array.from({ length: n }, (_, i) => `vt${h}${i.toString(36)}`);
 }
 
+const ipArgv = (netns: string | undefined, args: string[]) => (netns ? ['ip', '-n', netns, ...args] : ['ip', ...args]);
+
 function ip(system: QemuSystem, netns: string | undefined, args: string[]): Promise<{ code: number | null; stderr: string }> {
-  return system.exec(netns ? ['ip', '-n', netns, ...args] : ['ip', ...args]);
+  return system.exec(ipArgv(netns, args));
+}
+
+/** `ip link set TAP up` for each tap, made ready ahead (QemuSystem.prepare) for setTapsUp; none
+ *  without prepare. */
+export function prepareTapsUp(system: QemuSystem, netns: string | undefined, taps: string[]): Map<string, PreparedCommand> {
+  const out = new Map<string, PreparedCommand>();
+  if (!system.prepare) return out;
+  for (const tap of taps) out.set(tap, system.prepare(ipArgv(netns, ['link', 'set', tap, 'up'])));
+  return out;
 }
 
 /** One tap per NIC, joined to the NIC's bridge; on failure none is left behind. With `up: false`
@@ -115,9 +158,11 @@ export async function createTaps(system: QemuSystem, netns: string | undefined, 
  *  ends comes before the RESUME that brings the tap up, so it is lost, and the next is 50 ms
  *  later (`announce-initial`). The entry is best effort: a bridge that refuses it learns the MAC
  *  from the VM's next frame, so its failures are returned, not thrown. */
-export async function setTapsUp(system: QemuSystem, netns: string | undefined, vmId: string, taps: string[], macs: (string | undefined)[] = [], linksUp: () => void = () => undefined): Promise<string[]> {
+export async function setTapsUp(system: QemuSystem, netns: string | undefined, vmId: string, taps: string[], macs: (string | undefined)[] = [], linksUp: () => void = () => undefined, prepared?: Map<string, PreparedCommand>): Promise<string[]> {
   for (const tap of taps) {
-    const r = await ip(system, netns, ['link', 'set', tap, 'up']);
+    const p = prepared?.get(tap);
+    prepared?.delete(tap);
+    const r = p ? await p.run() : await ip(system, netns, ['link', 'set', tap, 'up']);
     if (r.code !== 0) throw qemuError('VMTC_QEMU_TAP_FAILED', { vmId, tap, netns: netns ?? null, argv: `link set ${tap} up`, stderr: r.stderr.trim().slice(0, 500) });
   }
   // (The fdb entries need a port that is up: the kernel refuses them on one that is down.)

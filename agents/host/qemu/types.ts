@@ -77,6 +77,15 @@ export interface QemuSystem {
   /** TCP ports the process listens on. */
   listeningPorts(pid: number): Promise<number[]>;
   connectQmp(path: string, opts: { logger: Logger; connectTimeoutMs: number; clock: Clock }): Promise<QmpLink>;
+  /** argv made ready now and run only at run() (as exec would: its exit code and stderr): the
+   *  process's start is paid ahead, off the path that waits for it. cancel() ends it unrun (and
+   *  so does this agent's exit). Optional: without it the caller execs when it needs to. */
+  prepare?(argv: string[]): PreparedCommand;
+}
+
+export interface PreparedCommand {
+  run(timeoutMs?: number): Promise<{ code: number | null; stderr: string }>;
+  cancel(): void;
 }
 
 /** What the driver keeps on disk per VM (vm.json), enough to re-attach after a restart. */
@@ -150,6 +159,8 @@ export interface VmRecord extends VmFile {
   /** A running tapsUp(), and its links being up (before the bridge's fdb entries). */
   tapsGoingUp?: Promise<void>;
   tapLinks?: Promise<void>;
+  /** A held destination's `ip link set TAP up`, made ready as it landed (proc.ts prepareTapsUp). */
+  tapsReady?: Map<string, PreparedCommand>;
   /** Block jobs that ended (BLOCK_JOB_COMPLETED/CANCELLED), until one of the name is ready
    *  again; the 64 latest. */
   endedJobs?: Set<string>;
