@@ -72,9 +72,13 @@ describe('live migration with a warm replica, real QEMU (loopback)', () => {
     expect(wroteLate, 'the pre-copy outlasted the mirror\'s start').toBe(true);
     const used = rec.steps.incoming.replica;
     expect(used.precopyDeltaBytes).toBe(written);
-    // Nothing was written between the pre-copy delta and the mirror's start: the catch-up is
-    // empty, the mirror wrote the late writes, and the pause sent nothing.
-    expect({ catchUp: used.catchUpBytes, mirrored: used.mirroredBytes, last: used.lastDeltaBytes }).toEqual({ catchUp: 0, mirrored: late, last: 0 });
+    // Nothing was written between the pre-copy delta and the mirror's start: the mirror wrote
+    // the late writes and the pause sent nothing. The catch-up (what was written before the
+    // mirror began, sent once it runs) is empty, unless the late write came before the
+    // catch-up took its checkpoint: then it carried that write too (a CI run under load saw
+    // it), which the bound on bytes below still holds.
+    expect({ mirrored: used.mirroredBytes, last: used.lastDeltaBytes }).toEqual({ mirrored: late, last: 0 });
+    expect([0, late]).toContain(used.catchUpBytes);
     // The follow's relay was released at the source's stop (docs/disks.md#following), and that
     // was no failure; the store was checked while the final state crossed, B held until then.
     // Its job was stopped then too: the pause only waited for that (qemu-follow.ts cutFollows).
