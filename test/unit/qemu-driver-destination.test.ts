@@ -11,6 +11,22 @@ import { driverUnderTest, runUntilSettled, vmSpec, watch } from '../helpers/qemu
 const cleanups = cleanupsAfterEach();
 const MiB = 1024 * 1024;
 
+type Under = ReturnType<typeof driverUnderTest>;
+/** A destination whose copy landed (paused) is resumed; `atCont` sees the host as QEMU's `cont`
+ *  comes, which then starts the guest. The resume must succeed. */
+async function resumeLanded(driver: Under['driver'], clock: Under['clock'], q: Awaited<ReturnType<Under['qmp']>>, vmId: string, atCont: () => void): Promise<void> {
+  q.handlers.set('cont', () => {
+    atCont();
+    q.runState = 'running';
+    return {};
+  });
+  q.runState = 'paused';
+  q.migration = { status: 'completed' };
+  const o = watch(driver.resume(vmId), clock);
+  await runUntilSettled(clock, o, 5000);
+  expect(o.error).toBeUndefined();
+}
+
 describe('QEMU driver, destination side (QMP double, manual clock)', () => {
   it('prepareIncoming sets the capabilities from the tuning it is given, not from spec.extra, and listens on listenHost only', async () => {
     const { driver, qmp } = driverUnderTest(cleanups);
@@ -194,18 +210,10 @@ describe('QEMU driver, destination side (QMP double, manual clock)', () => {
       const { driver, clock, qmp, host } = driverUnderTest(cleanups);
       await driver.prepareIncoming(vmSpec('vm-t2', { nics }), 'mig-t2', '127.0.0.1', { tuning: { suspend: true } });
       const [tap] = tapOf(host);
-      const q = await qmp('vm-t2');
       let upAtCont: boolean | undefined;
-      q.handlers.set('cont', () => {
+      await resumeLanded(driver, clock, await qmp('vm-t2'), 'vm-t2', () => {
         upAtCont = host.links.get(tap)?.up;
-        q.runState = 'running';
-        return {};
       });
-      q.runState = 'paused';
-      q.migration = { status: 'completed' };
-      const o = watch(driver.resume('vm-t2'), clock);
-      await runUntilSettled(clock, o, 5000);
-      expect(o.error).toBeUndefined();
       expect(upAtCont).toBe(true);
     });
 
@@ -216,19 +224,11 @@ describe('QEMU driver, destination side (QMP double, manual clock)', () => {
       let release!: () => void;
       const bridgeHeld = new Promise<void>((r) => { release = r; });
       host.gate = (argv) => (argv[0] === 'bridge' ? bridgeHeld : undefined);
-      const q = await qmp('vm-t5');
       let atCont: { up?: boolean; fdb: number } | undefined;
-      q.handlers.set('cont', () => {
+      await resumeLanded(driver, clock, await qmp('vm-t5'), 'vm-t5', () => {
         atCont = { up: host.links.get(tap)?.up, fdb: host.fdb.size };
         release();
-        q.runState = 'running';
-        return {};
       });
-      q.runState = 'paused';
-      q.migration = { status: 'completed' };
-      const o = watch(driver.resume('vm-t5'), clock);
-      await runUntilSettled(clock, o, 5000);
-      expect(o.error).toBeUndefined();
       expect(atCont).toEqual({ up: true, fdb: 0 });
       expect(host.fdb.get('br-site/52:54:00:00:00:11')).toBe(tap);
     });

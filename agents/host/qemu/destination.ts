@@ -92,8 +92,8 @@ export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {
   // lands: the guest is to run here (its source is paused, so a frame queued meanwhile is no
   // duplicate of one it answered). The bridge's entries for its MACs (setTapsUp) go in while it
   // starts: its first frames come later still.
-  const taps = rec.state !== 'running' && rec.tapsDown ? vms.tapsUp(rec) : undefined;
-  taps?.catch(() => undefined); // its fdb part only warns (setTapsUp); a link's failure is below
+  const taps = vms.tapsUp(rec);
+  taps.catch(() => undefined); // its fdb part only warns (setTapsUp); a link's failure is below
   // A destination of a non-live migration: the copy may still be arriving (the source finishes
   // sending before the last bytes cross the path); wait for it to land, then start it.
   const deadline = vms.clock.now() + QEMU_DEFAULTS.incomingLandMs;
@@ -109,13 +109,11 @@ export async function resume(vms: QemuVms, vmId: string): Promise<VmInfo> {
   if (rec.state !== 'paused') await vms.refresh(rec);
   if (rec.state !== 'running') {
     const t1 = vms.clock.now();
-    const up = taps ?? vms.tapsUp(rec);
-    up.catch(() => undefined);
-    await up.links;
+    await taps.links;
     const t2 = vms.clock.now();
     await vms.qmpOf(rec).execute('cont');
     rec.log.info({ landMs: t1 - t0, linksMs: t2 - t1, contMs: vms.clock.now() - t2 }, 'resumed here');
-    await up;
+    await taps;
   }
   await vms.refresh(rec);
   return vms.info(rec);

@@ -15,7 +15,7 @@ import { applyEvent } from './events.ts';
 import { resolveMachine } from './facts.ts';
 import { createTaps, prepareTapsUp, removeTaps, setTapsUp, systemQemu, tapNames } from './proc.ts';
 import type { QmpEvent } from './qmp.ts';
-import { ACTIVE_MIGRATION, QEMU_DEFAULTS, type QemuDriverOptions, type QemuSystem, type QmpLink, type QueryBlock, type QueryMigrate, type VmFile, type VmRecord } from './types.ts';
+import { ACTIVE_MIGRATION, QEMU_DEFAULTS, type QemuDriverOptions, type QemuSystem, type QmpLink, type QueryBlock, type QueryMigrate, type TapsGoingUp, type VmFile, type VmRecord } from './types.ts';
 
 export class QemuVms {
   readonly vms = new Map<string, VmRecord>();
@@ -94,30 +94,30 @@ export class QemuVms {
    *  found running. Idempotent; a failure is logged and left for the next caller to retry.
    *  `links` resolves once the links are up (the bridge's fdb entries follow: setTapsUp), or
    *  as the whole fails. */
-  tapsUp(rec: VmRecord): Promise<void> & { links: Promise<void> } {
+  tapsUp(rec: VmRecord): TapsGoingUp {
     if (!rec.tapsDown) return Object.assign(Promise.resolve(), { links: Promise.resolve() });
-    let linksUp!: () => void;
-    let linksFailed!: (e: unknown) => void;
-    const links = new Promise<void>((res, rej) => { linksUp = res; linksFailed = rej; });
-    links.catch(() => undefined);
-    rec.tapLinks ??= links;
-    rec.tapsGoingUp ??= setTapsUp(this.system, this.opts.netns, rec.spec.vmId, rec.taps, (rec.spec.nics ?? []).map((n) => n.mac), linksUp, rec.tapsReady).then(
-      (refused) => {
-        rec.tapsDown = false;
-        rec.log.info({ taps: rec.taps }, 'taps up: the guest runs here');
-        if (refused.length) rec.log.warn({ refused }, "the bridge did not take the VM's MAC behind its tap; it learns it from the VM's next frame");
-      },
-      (e: unknown) => {
-        rec.log.error({ err: String(e) }, 'bringing the taps up failed');
-        linksFailed(e); // (no effect once the links were up)
-        throw e;
-      },
-    ).finally(() => {
-      rec.tapsGoingUp = undefined;
-      rec.tapLinks = undefined;
-    });
-    const all = rec.tapsGoingUp;
-    return Object.assign(all, { links: rec.tapLinks ?? links });
+    if (!rec.tapsGoingUp) {
+      let linksUp!: () => void;
+      let linksFailed!: (e: unknown) => void;
+      const links = new Promise<void>((res, rej) => { linksUp = res; linksFailed = rej; });
+      links.catch(() => undefined);
+      const all = setTapsUp(this.system, this.opts.netns, rec.spec.vmId, rec.taps, (rec.spec.nics ?? []).map((n) => n.mac), linksUp, rec.tapsReady).then(
+        (refused) => {
+          rec.tapsDown = false;
+          rec.log.info({ taps: rec.taps }, 'taps up: the guest runs here');
+          if (refused.length) rec.log.warn({ refused }, "the bridge did not take the VM's MAC behind its tap; it learns it from the VM's next frame");
+        },
+        (e: unknown) => {
+          rec.log.error({ err: String(e) }, 'bringing the taps up failed');
+          linksFailed(e); // (no effect once the links were up)
+          throw e;
+        },
+      ).finally(() => {
+        rec.tapsGoingUp = undefined;
+      });
+      rec.tapsGoingUp = Object.assign(all, { links });
+    }
+    return rec.tapsGoingUp;
   }
 
   /** Resolves at the VM's next state change, or after `ms`. */

@@ -83,6 +83,10 @@ export interface QemuSystem {
   prepare?(argv: string[]): PreparedCommand;
 }
 
+/** The taps coming up (lifecycle.ts tapsUp); `links` resolves once the links are up (the
+ *  bridge's fdb entries follow: proc.ts setTapsUp), or rejects as they fail. */
+export type TapsGoingUp = Promise<void> & { links: Promise<void> };
+
 export interface PreparedCommand {
   run(timeoutMs?: number): Promise<{ code: number | null; stderr: string }>;
   cancel(): void;
@@ -156,9 +160,8 @@ export interface VmRecord extends VmFile {
   /** A held destination took its disks already (destination.ts activateDisks): its landing
    *  need not ask again (one QMP command less queued before the resume's). */
   disksActive?: boolean;
-  /** A running tapsUp(), and its links being up (before the bridge's fdb entries). */
-  tapsGoingUp?: Promise<void>;
-  tapLinks?: Promise<void>;
+  /** A running tapsUp(). */
+  tapsGoingUp?: TapsGoingUp;
   /** A held destination's `ip link set TAP up`, made ready as it landed (proc.ts prepareTapsUp). */
   tapsReady?: Map<string, PreparedCommand>;
   /** Block jobs that ended (BLOCK_JOB_COMPLETED/CANCELLED), until one of the name is ready
